@@ -1,0 +1,133 @@
+# Kobo — GNU make build.
+#
+#   make            release build: build/kobod, build/kobo, build/kobo-bench
+#   make run        install build deps if missing, build, start kobod on :8080
+#   make test       install test deps, ASan+UBSan build, unit + system tests,
+#                   a short fuzz run
+#   make fuzz       longer fuzz run (FUZZ_SECONDS, default 300)
+#   make bench      standard benchmark set; appends results to docs/benchmarks.md
+#
+# Sources are found by folder, so a new .c file needs no Makefile change:
+#   src/{ledger,store,shard,http,obs}/*.c   the core library (libkobo)
+#   src/kobod/*.c, src/cli/*.c, src/bench/*.c  the three programs
+#   tests/unit/test_*.c                      one cmocka binary per file
+#   tests/fuzz/fuzz_*.c                      one libFuzzer binary per file
+
+CC      ?= cc
+PKGS    := libmicrohttpd jansson sqlite3 libcurl
+CSTD    := -std=c11 -D_GNU_SOURCE
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wvla
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+RELEASE_FLAGS := -O2 -g
+SAN_FLAGS     := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+                 -fno-omit-frame-pointer
+
+CORE_SRC  := $(wildcard src/ledger/*.c src/store/*.c src/shard/*.c src/http/*.c src/obs/*.c)
+KOBOD_SRC := $(wildcard src/kobod/*.c)
+CLI_SRC   := $(wildcard src/cli/*.c)
+BENCH_SRC := $(wildcard src/bench/*.c)
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+
+# $(call objs,BUILD_DIR,SOURCES)
+objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
+
+REL := build
+SAN := build/asan
+
+.PHONY: all run test unit system fuzz fuzz-smoke bench deps test-deps clean
+all: $(REL)/kobod $(REL)/kobo $(REL)/kobo-bench
+
+# ---- Compilation (one pattern per build flavour). ----
+
+$(REL)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+
+$(SAN)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(SAN_FLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+
+-include $(shell find build -name '*.d' 2>/dev/null)
+
+# ---- Programs. ----
+
+define programs
+$(1)/kobod: $(call objs,$(1),$(KOBOD_SRC) $(CORE_SRC))
+	$$(CC) $(2) $$^ -o $$@ $$(PKG_LIBS)
+$(1)/kobo: $(call objs,$(1),$(CLI_SRC) $(CORE_SRC))
+	$$(CC) $(2) $$^ -o $$@ $$(PKG_LIBS)
+$(1)/kobo-bench: $(call objs,$(1),$(BENCH_SRC) $(CORE_SRC))
+	$$(CC) $(2) $$^ -o $$@ $$(PKG_LIBS)
+endef
+$(eval $(call programs,$(REL),$(RELEASE_FLAGS)))
+$(eval $(call programs,$(SAN),$(SAN_FLAGS)))
+
+# A unit test links only the layers its subject needs, named by its prefix
+# (test_ledger* links src/ledger only), so layers build and test alone.
+test_layers = $(strip \
+  $(if $(filter test_ledger%,$(1)),ledger, \
+  $(if $(filter test_obs%,$(1)),ledger obs, \
+  $(if $(filter test_store%,$(1)),ledger obs store, \
+  $(if $(filter test_shard%,$(1)),ledger obs store shard, \
+  ledger obs store shard http))))))
+layer_src = $(foreach l,$(1),$(wildcard src/$(l)/*.c))
+
+UNIT_BINS := $(patsubst tests/unit/%.c,$(SAN)/tests/%,$(UNIT_SRC))
+define unit_test
+$(SAN)/tests/$(1): $(SAN)/obj/tests/unit/$(1).o $(call objs,$(SAN),$(call layer_src,$(call test_layers,$(1))))
+	@mkdir -p $$(@D)
+	$$(CC) $(SAN_FLAGS) $$^ -o $$@ $$(PKG_LIBS) $$(CMOCKA_LIBS)
+endef
+$(foreach t,$(patsubst tests/unit/%.c,%,$(UNIT_SRC)),$(eval $(call unit_test,$(t))))
+
+# ---- Dependencies (Debian packages; see README "Dependencies"). ----
+
+deps:
+	@scripts/install-deps.sh build
+test-deps:
+	@scripts/install-deps.sh test
+
+# ---- Running. ----
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run.sh
+
+# ---- Tests. ----
+
+test: test-deps
+	@$(MAKE) --no-print-directory unit system fuzz-smoke
+
+unit: $(UNIT_BINS)
+	@scripts/run-unit-tests.sh $(UNIT_BINS)
+
+system: $(SAN)/kobod $(SAN)/kobo $(SAN)/kobo-bench
+	KOBOD=$(CURDIR)/$(SAN)/kobod KOBO=$(CURDIR)/$(SAN)/kobo \
+	KOBO_BENCH=$(CURDIR)/$(SAN)/kobo-bench \
+	/usr/bin/python3 -m pytest -q tests/system
+
+# libFuzzer needs clang; the fuzzers compile the core sources themselves.
+FUZZ_CC    := clang
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_BINS  := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+build/fuzz/%: tests/fuzz/%.c $(CORE_SRC)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CSTD) $(WARN) $(FUZZ_FLAGS) $(PKG_CFLAGS) $^ -o $@ $(PKG_LIBS)
+
+FUZZ_SECONDS ?= 300
+fuzz-smoke: $(FUZZ_BINS)
+	@scripts/fuzz.sh 20 $(FUZZ_BINS)
+fuzz: $(FUZZ_BINS)
+	@scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+# ---- Benchmarks. ----
+
+bench: deps all
+	@scripts/bench.sh
+
+clean:
+	rm -rf build

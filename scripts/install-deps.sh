@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Kobo needs, only those missing.
+#   install-deps.sh build   libraries and tools to build and run
+#   install-deps.sh test    plus what `make test` needs
+# Why each one is there: README.md, "Dependencies".
+set -euo pipefail
+
+build_pkgs=(gcc make pkg-config
+	libmicrohttpd-dev   # HTTP/1.1 server (poll mode, suspend/resume)
+	libjansson-dev      # strict JSON parsing (rejects duplicates, big ints, bad UTF-8)
+	libsqlite3-dev      # embedded store: one WAL file per shard
+	libcurl4-openssl-dev # HTTP client in the kobo CLI
+	libhttp-parser-dev  # response parsing in kobo-bench
+)
+test_pkgs=(
+	libcmocka-dev       # unit tests
+	clang libclang-rt-14-dev # libFuzzer + sanitizers for fuzz targets
+	python3 python3-pytest   # system tests drive real kobod processes
+)
+
+want=("${build_pkgs[@]}")
+[ "${1:-build}" = test ] && want+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${want[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing: ${missing[*]}"
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,245 @@
+/*
+ * ledger.h — the ledger state machine: Kobo's business rules, once.
+ *
+ * Pure C: no I/O, no clocks, no locks, and no allocation after
+ * kobo_ledger_create(). The shard writer drives it once per batch:
+ *
+ *   1. kobo_ledger_reset()                      forget the previous batch
+ *   2. kobo_ledger_transfer_ids()               which transfers to load
+ *      kobo_ledger_put_transfer() for each one the store has
+ *   3. kobo_ledger_account_ids()                which accounts to load (named
+ *      kobo_ledger_put_account() for each       by ops or by loaded transfers)
+ *   4. kobo_ledger_apply()                      one result per op
+ *   5. kobo_ledger_changed_accounts() /         what the store must persist
+ *      kobo_ledger_changed_transfers()
+ *
+ * Time is an input (now_ms), so the same batch over the same state always
+ * gives the same results: the randomized tests replay failures from a seed.
+ *
+ * Invariants asserted after every apply (a broken one stops the process):
+ *   - per currency, the sum of posted deltas of the batch is 0 and the sum of
+ *     pending_out deltas equals the sum of pending_in deltas (double entry);
+ *   - an account with allow_negative == false never ends with available < 0
+ *     unless it already was below 0 before the batch touched it;
+ *   - pending_out and pending_in are never negative.
+ */
+#ifndef KOBO_LEDGER_H
+#define KOBO_LEDGER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Limits (the one place they live; see also src/shard/shard.h). ---- */
+
+#define KOBO_ID_LEN_MAX 64             /* id, from, to: 1..64 chars */
+#define KOBO_CURRENCY_LEN_MAX 8        /* ^[A-Z][A-Z0-9]{2,7}$ */
+#define KOBO_REQUEST_ID_LEN_MAX 128    /* X-Request-Id */
+#define KOBO_METADATA_BYTES_MAX 4096   /* serialized compact JSON object */
+#define KOBO_BATCH_OPS_MAX 8190        /* ops one ledger batch may hold */
+#define KOBO_TIMEOUT_SECONDS_MAX 31536000u /* one year: hold expiry cap */
+
+_Static_assert(KOBO_BATCH_OPS_MAX >= 8190,
+               "the batch endpoint promises 8,190 transfers in one atomic batch");
+
+/* ---- Status codes shared by every module. 0 is success. ---- */
+
+enum {
+	KOBO_OK = 0,
+	KOBO_ENOMEM = -1,      /* allocation failed (only at create time) */
+	KOBO_EFULL = -2,       /* a fixed capacity was exhausted */
+	KOBO_EINVAL = -3,      /* a caller broke a documented precondition */
+	KOBO_ESTORE = -4,      /* storage I/O failed; see store.h */
+	KOBO_EFAILED = -5,     /* store is in its sticky error state */
+	KOBO_EOVERLOADED = -6, /* a bounded queue is full */
+	KOBO_ENOTFOUND = -7,   /* a read found nothing */
+	KOBO_ESHUTDOWN = -8,   /* the component is stopping */
+};
+
+/* ---- Domain types. ---- */
+
+typedef enum kobo_transfer_status {
+	KOBO_STATUS_PROCESSING = 0, /* cross-shard saga under way (issue 3) */
+	KOBO_STATUS_PENDING,        /* a hold: amount left available, not moved */
+	KOBO_STATUS_POSTED,         /* moved: posted_amount left from, reached to */
+	KOBO_STATUS_VOIDED,         /* a hold released; see void_reason */
+	KOBO_STATUS_REJECTED,       /* refused by a business rule; moved nothing */
+} kobo_transfer_status;
+
+typedef enum kobo_void_reason {
+	KOBO_VOID_NONE = 0,
+	KOBO_VOID_VOIDED,      /* POST /v1/transfers/{id}/void */
+	KOBO_VOID_EXPIRED,     /* timeout_seconds elapsed */
+	KOBO_VOID_COMPENSATED, /* a cross-shard saga refunded the payer */
+} kobo_void_reason;
+
+/* Outcome of one op; the HTTP layer maps these to statuses and codes. */
+typedef enum kobo_result_code {
+	KOBO_RESULT_CREATED = 0,     /* new account or transfer (201) */
+	KOBO_RESULT_REPLAYED,        /* same id, same parameters: original answer */
+	KOBO_RESULT_UPDATED,         /* post/void/expire changed a hold (200) */
+	KOBO_RESULT_ID_CONFLICT,     /* same id, other parameters (409) */
+	/* Business rejections (422). For a new transfer the ledger records the
+	 * transfer as rejected with this code, so a retry replays it. */
+	KOBO_RESULT_ACCOUNT_NOT_FOUND,
+	KOBO_RESULT_INSUFFICIENT_FUNDS,
+	KOBO_RESULT_CURRENCY_MISMATCH,
+	KOBO_RESULT_SAME_ACCOUNT,
+	KOBO_RESULT_AMOUNT_OVERFLOW,
+	KOBO_RESULT_NOT_APPLIED,     /* another op of its atomic group failed */
+	/* Rejections of post/void (not recorded: they change nothing). */
+	KOBO_RESULT_TRANSFER_NOT_FOUND,     /* 404 */
+	KOBO_RESULT_NOT_PENDING,            /* 422 */
+	KOBO_RESULT_AMOUNT_EXCEEDS_PENDING, /* 422: post amount > held amount */
+	KOBO_RESULT_CODE_COUNT
+} kobo_result_code;
+
+/* snake_case wire name of a result code ("insufficient_funds"), static. */
+const char *kobo_result_code_name(kobo_result_code code);
+/* Parses a wire name back; returns KOBO_RESULT_CODE_COUNT when unknown. */
+kobo_result_code kobo_result_code_parse(const char *name);
+const char *kobo_transfer_status_name(kobo_transfer_status status);
+const char *kobo_void_reason_name(kobo_void_reason reason); /* NULL for NONE */
+
+typedef struct kobo_account {
+	char id[KOBO_ID_LEN_MAX + 1];
+	char currency[KOBO_CURRENCY_LEN_MAX + 1];
+	bool allow_negative;
+	int64_t posted;      /* posted credits - posted debits */
+	int64_t pending_out; /* sum of open holds out of the account, >= 0 */
+	int64_t pending_in;  /* sum of open holds into the account, >= 0 */
+	/* Compact JSON object text, not NUL-terminated, never NULL ("{}" at
+	 * least). Borrowed: valid as long as whoever filled the struct says. */
+	const char *metadata;
+	uint32_t metadata_len;
+	int64_t created_at_ms; /* Unix epoch milliseconds, UTC */
+} kobo_account;
+
+typedef struct kobo_transfer {
+	char id[KOBO_ID_LEN_MAX + 1];
+	char from[KOBO_ID_LEN_MAX + 1];
+	char to[KOBO_ID_LEN_MAX + 1];
+	char currency[KOBO_CURRENCY_LEN_MAX + 1];
+	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1];
+	int64_t amount;        /* as requested, 1..INT64_MAX */
+	int64_t posted_amount; /* what moved: 0 unless POSTED */
+	bool pending;          /* requested as a hold */
+	uint32_t timeout_seconds;
+	int64_t expires_at_ms; /* 0: never; else created_at + timeout */
+	kobo_transfer_status status;
+	kobo_void_reason void_reason;
+	kobo_result_code error_code; /* meaningful only when REJECTED */
+	const char *metadata;        /* as in kobo_account */
+	uint32_t metadata_len;
+	int64_t created_at_ms;
+	int64_t updated_at_ms;
+} kobo_transfer;
+
+/* Available balance: posted - pending_out. Callers must have checked that it
+ * does not overflow (the ledger never stores an account where it would). */
+static inline int64_t kobo_account_available(const kobo_account *account)
+{
+	return account->posted - account->pending_out;
+}
+
+/* ---- Ops: what a batch asks for. ---- */
+
+typedef enum kobo_op_kind {
+	KOBO_OP_CREATE_ACCOUNT = 0,
+	KOBO_OP_CREATE_TRANSFER,
+	KOBO_OP_POST,   /* post a hold, in full or in part */
+	KOBO_OP_VOID,   /* release a hold */
+	KOBO_OP_EXPIRE, /* internal: void a hold whose expiry has passed */
+} kobo_op_kind;
+
+typedef struct kobo_op {
+	kobo_op_kind kind;
+	/* 0: independent. Ops of a batch sharing a non-zero group apply all or
+	 * none; they must be contiguous in the batch. */
+	uint32_t atomic_group;
+	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1];
+	union {
+		/* CREATE_ACCOUNT: id, currency, allow_negative, metadata. */
+		kobo_account account;
+		/* CREATE_TRANSFER: id, from, to, amount, currency, pending,
+		 * timeout_seconds, metadata. Other fields are ignored. */
+		kobo_transfer transfer;
+		/* POST, VOID, EXPIRE. has_amount/amount only for POST. */
+		struct {
+			char id[KOBO_ID_LEN_MAX + 1];
+			bool has_amount;
+			int64_t amount;
+		} target;
+	} u;
+} kobo_op;
+
+/* The result of one op. The account/transfer snapshot (the state after the
+ * op, or the replayed original) is valid until the next kobo_ledger_reset();
+ * its metadata pointer is borrowed from the op or from what was put. */
+typedef struct kobo_result {
+	kobo_result_code code;
+	bool has_account;  /* CREATE_ACCOUNT results */
+	bool has_transfer; /* transfer results, including recorded rejections */
+	kobo_account account;
+	kobo_transfer transfer;
+} kobo_result;
+
+/* ---- The state machine. ---- */
+
+typedef struct kobo_ledger kobo_ledger;
+
+/* Allocates a ledger able to hold ops_max ops per batch (1..KOBO_BATCH_OPS_MAX)
+ * and the accounts and transfers they touch. Returns NULL when out of memory.
+ * Owned by the caller; free with kobo_ledger_destroy(). */
+kobo_ledger *kobo_ledger_create(size_t ops_max);
+void kobo_ledger_destroy(kobo_ledger *ledger);
+
+/* Forgets all accounts, transfers and changes of the previous batch. */
+void kobo_ledger_reset(kobo_ledger *ledger);
+
+/* Lists the distinct transfer ids the ops refer to (POST/VOID/EXPIRE targets
+ * and CREATE_TRANSFER ids, for replay detection) into ids[0..*count). ids must
+ * hold ops_count entries. The strings are borrowed from ops. */
+void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
+                              const char **ids, size_t *count);
+
+/* Lists the distinct account ids the batch may touch: those the ops name and
+ * the from/to of every transfer put so far. ids must hold 2 * ops_count + 1
+ * entries. Call after putting the loaded transfers. Strings are borrowed from
+ * ops or from the ledger (valid until reset). */
+void kobo_ledger_account_ids(const kobo_ledger *ledger, const kobo_op *ops,
+                             size_t ops_count, const char **ids, size_t *count);
+
+/* Hands the ledger an existing account / transfer as stored. The struct is
+ * copied; its metadata must stay valid until reset. Returns KOBO_EFULL when
+ * the capacity is exhausted, KOBO_EINVAL when the id was already put. */
+int kobo_ledger_put_account(kobo_ledger *ledger, const kobo_account *account);
+int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer);
+
+/* Applies ops[0..ops_count) in order against what was put, writing one result
+ * per op. New records get created_at/updated_at = now_ms; request_id is taken
+ * from the op. ops_count must not exceed ops_max; ops must have passed the
+ * edge validation (ids, currency syntax, amount >= 1). Returns KOBO_OK, or
+ * KOBO_EFULL if the ops need more accounts or transfers than were sized (a
+ * caller bug: nothing is applied then). Aborts on a broken invariant. */
+int kobo_ledger_apply(kobo_ledger *ledger, const kobo_op *ops, size_t ops_count,
+                      int64_t now_ms, kobo_result *results);
+
+/* What apply changed, for the store to persist. Each entry points into the
+ * ledger (valid until reset). *is_new tells insert from update. */
+typedef struct kobo_account_change {
+	const kobo_account *account;
+	bool is_new;
+} kobo_account_change;
+
+typedef struct kobo_transfer_change {
+	const kobo_transfer *transfer;
+	bool is_new;
+} kobo_transfer_change;
+
+size_t kobo_ledger_changed_accounts(const kobo_ledger *ledger,
+                                    const kobo_account_change **changes);
+size_t kobo_ledger_changed_transfers(const kobo_ledger *ledger,
+                                     const kobo_transfer_change **changes);
+
+#endif /* KOBO_LEDGER_H */

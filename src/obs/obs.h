@@ -1,0 +1,85 @@
+/*
+ * obs.h — structured logs and Prometheus metrics.
+ *
+ * Logs: one JSON object per line on stderr, written with one write(2) so
+ * lines from different threads never interleave:
+ *   {"ts":"2026-11-25T10:00:00.123Z","level":"info","event":"http_request",
+ *    "request_id":"…","route":"POST /v1/transfers","status":201,…}
+ *
+ * Metrics: fixed arrays of relaxed atomic counters, no locks, no allocation;
+ * rendered on demand for GET /metrics.
+ */
+#ifndef KOBO_OBS_H
+#define KOBO_OBS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../ledger/ledger.h"
+
+/* ---- Logging. ---- */
+
+typedef enum kobo_log_level {
+	KOBO_LOG_DEBUG = 0,
+	KOBO_LOG_INFO,
+	KOBO_LOG_WARN,
+	KOBO_LOG_ERROR,
+} kobo_log_level;
+
+#define KOBO_LOG_LINE_MAX 2048 /* longer lines are cut and marked */
+
+/* Sets the least severe level written (default INFO). Parses "debug",
+ * "info", "warn", "error"; returns KOBO_EINVAL for anything else. */
+int kobo_log_set_level_name(const char *name);
+void kobo_log_set_level(kobo_log_level level);
+bool kobo_log_enabled(kobo_log_level level);
+
+/* Writes one line: ts, level, event, then fields_fmt expanded with printf
+ * rules. fields_fmt is the inside of a JSON object without braces, e.g.
+ * "\"request_id\":\"%s\",\"status\":%d", or NULL for none. Callers pass only
+ * strings already known to need no JSON escaping (validated ids, constants);
+ * anything else goes through kobo_json_escape() first. */
+void kobo_log(kobo_log_level level, const char *event, const char *fields_fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Escapes src for use inside a JSON string into dst (always NUL-terminated,
+ * cut if dst is short). Returns dst. */
+char *kobo_json_escape(char *dst, size_t dst_size, const char *src);
+
+/* RFC 3339 UTC with milliseconds ("2026-11-25T10:00:00.123Z") into dst,
+ * which must hold 25 bytes. Returns dst. */
+char *kobo_format_time_ms(char *dst, int64_t epoch_ms);
+/* Wall clock in Unix epoch milliseconds / monotonic microseconds. */
+int64_t kobo_now_ms(void);
+int64_t kobo_monotonic_us(void);
+
+/* ---- Metrics. ---- */
+
+/* Routes are numbered by the HTTP route table; metrics only needs their
+ * count and names to render labels. */
+#define KOBO_METRICS_ROUTES_MAX 32
+#define KOBO_METRICS_SHARDS_MAX 256
+
+/* Registers route names (e.g. "POST /v1/transfers") once at start-up. */
+void kobo_metrics_set_routes(const char *const *names, size_t count);
+
+/* A served HTTP request: route index (or count for "unmatched"), status,
+ * latency. */
+void kobo_metrics_request(size_t route, int status, int64_t latency_us);
+/* A committed batch on a shard: ops in it, commit latency. */
+void kobo_metrics_batch(uint32_t shard, size_t ops, int64_t commit_us);
+/* The shard's queue depth in ops, sampled by the writer. */
+void kobo_metrics_queue_depth(uint32_t shard, size_t ops);
+/* A business rejection or conflict, by result code. */
+void kobo_metrics_rejected(kobo_result_code code);
+/* A request refused with 503 because a shard queue was full. */
+void kobo_metrics_overloaded(uint32_t shard);
+/* A hold voided by expiry. */
+void kobo_metrics_expired(uint32_t shard, size_t count);
+
+/* Renders every metric in Prometheus text exposition format 0.0.4 into
+ * buf. Returns the length written, or the length needed if buf is too small
+ * (then buf holds a truncated prefix). */
+size_t kobo_metrics_render(char *buf, size_t cap);
+
+#endif /* KOBO_OBS_H */

@@ -1,0 +1,98 @@
+/*
+ * shard.h — shard routing, bounded queues and the per-shard batch writer.
+ *
+ * Each shard has one store, one bounded queue and one writer thread. Edge
+ * threads submit requests (each 1..KOBO_BATCH_OPS_MAX ops); the writer
+ * drains whatever is queued (up to batch_ops_max ops) into one batch, applies
+ * it with the ledger, commits it with one fsync, and only then calls each
+ * request's done callback. The design notes and state table are at the top of
+ * writer.c.
+ */
+#ifndef KOBO_SHARD_H
+#define KOBO_SHARD_H
+
+#include <stdatomic.h>
+
+#include "../ledger/ledger.h"
+#include "../store/store.h"
+
+/* ---- Limits and defaults. ---- */
+
+#define KOBO_SHARD_QUEUE_OPS_DEFAULT 65536  /* queued ops before 503 */
+#define KOBO_SHARD_BATCH_OPS_DEFAULT 8190   /* ops per ledger batch */
+#define KOBO_SHARD_EXPIRED_SCAN_MAX 1024    /* holds expired per scan */
+#define KOBO_SHARD_EXPIRY_INTERVAL_MS 250   /* scan cadence: expiry < 1 s late */
+#define KOBO_SHARDS_MAX 256
+#define KOBO_PARTITIONS 4096                /* fixed: account hash space */
+
+_Static_assert(KOBO_SHARD_QUEUE_OPS_DEFAULT >= KOBO_BATCH_OPS_MAX,
+               "one maximal request must fit an empty queue");
+_Static_assert(KOBO_SHARD_EXPIRED_SCAN_MAX <= KOBO_BATCH_OPS_MAX,
+               "one expiry scan must fit one batch");
+
+/* ---- Routing. ---- */
+
+/* Stable partition of an account id: FNV-1a 64 of its bytes mod
+ * KOBO_PARTITIONS. Never changes across versions: data depends on it. */
+uint32_t kobo_partition_of(const char *account_id);
+/* Shard of a partition with shard_count shards (the default map,
+ * partition % shard_count). */
+uint32_t kobo_shard_of_partition(uint32_t partition, uint32_t shard_count);
+
+/* ---- Requests. ---- */
+
+typedef struct kobo_request kobo_request;
+
+/* Called on the writer thread once the request's batch is durable (or has
+ * failed as a whole). The results and their snapshots are valid only during
+ * the call: encode or copy what you need. Must not block. */
+typedef void (*kobo_request_done_fn)(kobo_request *request);
+
+struct kobo_request {
+	/* Filled by the submitter; owned by it, borrowed by the shard from
+	 * submit until done returns. */
+	const kobo_op *ops;
+	kobo_result *results; /* op_count entries */
+	size_t op_count;      /* 1..batch_ops_max */
+	kobo_request_done_fn done;
+	void *user;
+	/* Filled by the shard before done: KOBO_OK (results valid), or
+	 * KOBO_ESTORE / KOBO_EFAILED / KOBO_ESHUTDOWN: nothing was applied. */
+	int status;
+	/* Private to the shard. */
+	kobo_request *next;
+};
+
+/* ---- Shards. ---- */
+
+typedef struct kobo_shard kobo_shard;
+
+typedef struct kobo_shard_config {
+	uint32_t index;        /* shard number, for logs and metrics */
+	size_t queue_ops_max;  /* KOBO_SHARD_QUEUE_OPS_DEFAULT if 0 */
+	size_t batch_ops_max;  /* KOBO_SHARD_BATCH_OPS_DEFAULT if 0 */
+	/* Clock in Unix epoch milliseconds; NULL: the real clock. Tests use it
+	 * to move time for hold expiry. */
+	int64_t (*now_ms)(void);
+} kobo_shard_config;
+
+/* Starts the writer thread over store (borrowed; must outlive the shard).
+ * Returns KOBO_ENOMEM, KOBO_EINVAL (bad config) or KOBO_OK with *out. */
+int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
+                     kobo_shard **out);
+
+/* Queues request. KOBO_EOVERLOADED when its ops do not fit the queue,
+ * KOBO_ESHUTDOWN once stopping, KOBO_EINVAL for 0 or too many ops. On any
+ * error done is never called. Thread-safe. */
+int kobo_shard_submit(kobo_shard *shard, kobo_request *request);
+
+/* Stops accepting, commits and answers everything already queued, then
+ * joins the writer and frees the shard. The store stays open. */
+void kobo_shard_stop(kobo_shard *shard);
+
+/* Ops waiting in the queue now. Thread-safe. */
+size_t kobo_shard_queue_depth(kobo_shard *shard);
+/* true while the writer can commit (the store is healthy). Thread-safe. */
+bool kobo_shard_ready(kobo_shard *shard);
+
+#endif /* KOBO_SHARD_H */
