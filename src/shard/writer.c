@@ -1,0 +1,404 @@
+/*
+ * writer.c — one shard's bounded queue and its batch writer thread.
+ *
+ * Batching is the concurrency control: one thread per shard is the only
+ * writer of its store, so no two requests ever read the same balance
+ * concurrently, and one commit (one fsync) covers a whole batch.
+ *
+ * Invariants
+ *   1. A request's done callback runs exactly once, after the batch holding
+ *      it committed durably (status KOBO_OK) or failed as a whole (status
+ *      KOBO_ESTORE / KOBO_EFAILED: nothing of it was applied). Never before.
+ *   2. The queue never holds more than queue_ops_max ops; a request that does
+ *      not fit is refused at submit (the edge answers 503 overloaded).
+ *   3. A batch holds at most batch_ops_max ops and at least one request; a
+ *      request is never split across batches (atomic batches stay atomic).
+ *   4. The writer never waits on a timer while requests are queued: it takes
+ *      whatever is there. When idle it sleeps until a submit signals it, or
+ *      until the next expiry scan is due.
+ *   5. After stop, everything accepted before stop is committed and answered
+ *      before the thread exits; later submits get KOBO_ESHUTDOWN.
+ *
+ * States of the writer thread
+ *
+ *        ┌──────── queue empty, not stopping ────────┐
+ *        ▼                                            │
+ *     IDLE ──submit / expiry due──▶ FORMING ──▶ APPLYING ──▶ ANSWERING
+ *        │                                                     │
+ *        └──── stopping and queue empty ──▶ EXITED ◀───────────┘ (loop)
+ *
+ *   transition                      function
+ *   IDLE → FORMING                  writer_take_batch()   (waits on the condvar)
+ *   FORMING → APPLYING              writer_run_batch()    (ledger + store)
+ *   APPLYING → ANSWERING            writer_answer()       (done callbacks)
+ *   IDLE → APPLYING (expiry)        writer_expire_holds() (internal batch)
+ *   any → EXITED                    writer_main() returns once stopping and empty
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../obs/obs.h"
+#include "shard.h"
+
+struct kobo_shard {
+	kobo_store *store;
+	kobo_shard_config config;
+	kobo_ledger *ledger;
+
+	/* Queue: a singly linked list of requests, guarded by lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	kobo_request *head;
+	kobo_request *tail;
+	size_t queued_ops;
+	bool stopping;
+
+	pthread_t thread;
+
+	/* Batch scratch, owned by the writer thread, sized at start. */
+	kobo_op *ops;
+	kobo_result *results;
+	kobo_request **batch;          /* requests of the current batch */
+	const char **ids;              /* transfer/account ids to load */
+	char (*expired_ids)[KOBO_ID_LEN_MAX + 1];
+	int64_t next_expiry_scan_ms;
+};
+
+static int64_t shard_now_ms(const kobo_shard *shard)
+{
+	return shard->config.now_ms ? shard->config.now_ms() : kobo_now_ms();
+}
+
+/* ---- Submitting (edge threads). ---- */
+
+int kobo_shard_submit(kobo_shard *shard, kobo_request *request)
+{
+	if (request->op_count == 0 || request->op_count > shard->config.batch_ops_max)
+		return KOBO_EINVAL;
+
+	pthread_mutex_lock(&shard->lock);
+	if (shard->stopping) {
+		pthread_mutex_unlock(&shard->lock);
+		return KOBO_ESHUTDOWN;
+	}
+	if (shard->queued_ops + request->op_count > shard->config.queue_ops_max) {
+		pthread_mutex_unlock(&shard->lock);
+		kobo_metrics_overloaded(shard->config.index);
+		return KOBO_EOVERLOADED;
+	}
+	request->next = NULL;
+	request->status = KOBO_OK;
+	if (shard->tail)
+		shard->tail->next = request;
+	else
+		shard->head = request;
+	shard->tail = request;
+	shard->queued_ops += request->op_count;
+	pthread_cond_signal(&shard->wake);
+	pthread_mutex_unlock(&shard->lock);
+	return KOBO_OK;
+}
+
+size_t kobo_shard_queue_depth(kobo_shard *shard)
+{
+	pthread_mutex_lock(&shard->lock);
+	size_t depth = shard->queued_ops;
+	pthread_mutex_unlock(&shard->lock);
+	return depth;
+}
+
+bool kobo_shard_ready(kobo_shard *shard)
+{
+	return kobo_store_healthy(shard->store);
+}
+
+/* ---- The writer thread. ---- */
+
+/* Waits for work and detaches a batch of whole requests from the queue head.
+ * Returns the number of requests taken; 0 means "no requests: run an expiry
+ * scan if due, or exit if stopping" (*exit_now tells which). */
+static size_t writer_take_batch(kobo_shard *shard, bool *exit_now)
+{
+	size_t taken = 0;
+	size_t ops = 0;
+
+	*exit_now = false;
+	pthread_mutex_lock(&shard->lock);
+	while (!shard->head && !shard->stopping) {
+		int64_t wait_ms = shard->next_expiry_scan_ms - shard_now_ms(shard);
+		if (wait_ms <= 0)
+			break;
+		struct timespec deadline;
+		clock_gettime(CLOCK_REALTIME, &deadline);
+		deadline.tv_sec += wait_ms / 1000;
+		deadline.tv_nsec += (wait_ms % 1000) * 1000000L;
+		if (deadline.tv_nsec >= 1000000000L) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000L;
+		}
+		int rc = pthread_cond_timedwait(&shard->wake, &shard->lock, &deadline);
+		if (rc == ETIMEDOUT)
+			break;
+	}
+	while (shard->head &&
+	       (taken == 0 || ops + shard->head->op_count <= shard->config.batch_ops_max)) {
+		kobo_request *request = shard->head;
+		shard->head = request->next;
+		if (!shard->head)
+			shard->tail = NULL;
+		request->next = NULL;
+		ops += request->op_count;
+		shard->batch[taken++] = request;
+	}
+	shard->queued_ops -= ops;
+	size_t depth = shard->queued_ops;
+	if (taken == 0 && !shard->head && shard->stopping)
+		*exit_now = true;
+	pthread_mutex_unlock(&shard->lock);
+
+	kobo_metrics_queue_depth(shard->config.index, depth);
+	return taken;
+}
+
+/* Applies ops[0..count) in one store transaction. Results land in
+ * shard->results. Returns KOBO_OK once committed durably. */
+static int writer_apply(kobo_shard *shard, size_t count, int64_t *commit_us)
+{
+	kobo_ledger *ledger = shard->ledger;
+	size_t id_count = 0;
+	int rc;
+
+	kobo_ledger_reset(ledger);
+	rc = kobo_store_begin(shard->store);
+	if (rc != KOBO_OK)
+		return rc;
+
+	kobo_ledger_transfer_ids(shard->ops, count, shard->ids, &id_count);
+	rc = kobo_store_load_transfers(shard->store, shard->ids, id_count, ledger);
+	if (rc != KOBO_OK)
+		goto fail;
+	kobo_ledger_account_ids(ledger, shard->ops, count, shard->ids, &id_count);
+	rc = kobo_store_load_accounts(shard->store, shard->ids, id_count, ledger);
+	if (rc != KOBO_OK)
+		goto fail;
+
+	/* Pure: the only place business rules run. Aborts on a broken
+	 * invariant; KOBO_EFULL would be a sizing bug in this file. */
+	rc = kobo_ledger_apply(ledger, shard->ops, count, shard_now_ms(shard),
+	                       shard->results);
+	if (rc != KOBO_OK)
+		goto fail;
+
+	rc = kobo_store_write(shard->store, ledger);
+	if (rc != KOBO_OK)
+		goto fail;
+	int64_t started_us = kobo_monotonic_us();
+	rc = kobo_store_commit(shard->store);
+	*commit_us = kobo_monotonic_us() - started_us;
+	if (rc != KOBO_OK)
+		goto fail;
+	return KOBO_OK;
+
+fail:
+	kobo_store_rollback(shard->store);
+	return rc;
+}
+
+/* Copies every op of the batch's requests into the contiguous ops array the
+ * ledger takes. Atomic group numbers are per request; they are renumbered so
+ * that two requests' groups never merge. */
+static size_t writer_gather_ops(kobo_shard *shard, size_t requests)
+{
+	size_t count = 0;
+
+	for (size_t r = 0; r < requests; r++) {
+		const kobo_request *request = shard->batch[r];
+		memcpy(&shard->ops[count], request->ops,
+		       request->op_count * sizeof(kobo_op));
+		for (size_t i = 0; i < request->op_count; i++) {
+			kobo_op *op = &shard->ops[count + i];
+			if (op->atomic_group != 0)
+				op->atomic_group = (uint32_t)(r + 1);
+		}
+		count += request->op_count;
+	}
+	return count;
+}
+
+/* Hands every request its results (or the batch's failure) and calls done.
+ * Runs only after writer_apply returned: answers follow the commit. */
+static void writer_answer(kobo_shard *shard, size_t requests, int status)
+{
+	size_t offset = 0;
+
+	for (size_t r = 0; r < requests; r++) {
+		kobo_request *request = shard->batch[r];
+		request->status = status;
+		if (status == KOBO_OK)
+			memcpy(request->results, &shard->results[offset],
+			       request->op_count * sizeof(kobo_result));
+		offset += request->op_count;
+		request->done(request);
+	}
+}
+
+static void writer_log_batch(const kobo_shard *shard, size_t ops, int status,
+                             int64_t commit_us)
+{
+	if (status == KOBO_OK) {
+		kobo_metrics_batch(shard->config.index, ops, commit_us);
+		kobo_log(KOBO_LOG_INFO, "batch_committed",
+		         "\"shard\":%u,\"size\":%zu,\"commit_us\":%lld",
+		         shard->config.index, ops, (long long)commit_us);
+	} else {
+		kobo_log(KOBO_LOG_ERROR, "batch_failed",
+		         "\"shard\":%u,\"size\":%zu,\"status\":%d,\"store_healthy\":%s",
+		         shard->config.index, ops, status,
+		         kobo_store_healthy(shard->store) ? "true" : "false");
+	}
+}
+
+static void writer_run_batch(kobo_shard *shard, size_t requests)
+{
+	size_t count = writer_gather_ops(shard, requests);
+	int64_t commit_us = 0;
+	int status = writer_apply(shard, count, &commit_us);
+
+	writer_log_batch(shard, count, status, commit_us);
+	writer_answer(shard, requests, status);
+}
+
+/* Voids holds whose expiry has passed, in batches of their own. A hold may
+ * also be expired by the ledger when someone posts or voids it late; EXPIRE
+ * of an already-ended hold is a harmless NOT_PENDING. */
+static void writer_expire_holds(kobo_shard *shard)
+{
+	int64_t now_ms = shard_now_ms(shard);
+	size_t count = 0;
+
+	shard->next_expiry_scan_ms = now_ms + KOBO_SHARD_EXPIRY_INTERVAL_MS;
+	if (!kobo_store_healthy(shard->store))
+		return;
+	int rc = kobo_store_expired_holds(shard->store, now_ms, shard->expired_ids,
+	                                  KOBO_SHARD_EXPIRED_SCAN_MAX, &count);
+	if (rc != KOBO_OK) {
+		kobo_log(KOBO_LOG_ERROR, "expiry_scan_failed",
+		         "\"shard\":%u,\"status\":%d", shard->config.index, rc);
+		return;
+	}
+	if (count == 0)
+		return;
+
+	for (size_t i = 0; i < count; i++) {
+		kobo_op *op = &shard->ops[i];
+		memset(op, 0, sizeof(*op));
+		op->kind = KOBO_OP_EXPIRE;
+		memcpy(op->u.target.id, shard->expired_ids[i], sizeof(op->u.target.id));
+		memcpy(op->request_id, "expiry", sizeof("expiry"));
+	}
+	int64_t commit_us = 0;
+	rc = writer_apply(shard, count, &commit_us);
+	writer_log_batch(shard, count, rc, commit_us);
+	if (rc != KOBO_OK)
+		return;
+
+	size_t expired = 0;
+	for (size_t i = 0; i < count; i++)
+		if (shard->results[i].code == KOBO_RESULT_UPDATED)
+			expired++;
+	kobo_metrics_expired(shard->config.index, expired);
+	/* More may be waiting: scan again at once. */
+	if (count == KOBO_SHARD_EXPIRED_SCAN_MAX)
+		shard->next_expiry_scan_ms = now_ms;
+}
+
+static void *writer_main(void *arg)
+{
+	kobo_shard *shard = arg;
+
+	for (;;) {
+		bool exit_now = false;
+		size_t requests = writer_take_batch(shard, &exit_now);
+		if (requests > 0)
+			writer_run_batch(shard, requests);
+		else if (exit_now)
+			break;
+		if (shard_now_ms(shard) >= shard->next_expiry_scan_ms)
+			writer_expire_holds(shard);
+	}
+	return NULL;
+}
+
+/* ---- Lifecycle. ---- */
+
+static void shard_free(kobo_shard *shard)
+{
+	kobo_ledger_destroy(shard->ledger);
+	free(shard->ops);
+	free(shard->results);
+	free(shard->batch);
+	free(shard->ids);
+	free(shard->expired_ids);
+	free(shard);
+}
+
+int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
+                     kobo_shard **out)
+{
+	kobo_shard *shard = calloc(1, sizeof(*shard));
+	if (!shard)
+		return KOBO_ENOMEM;
+	shard->store = store;
+	shard->config = *config;
+	if (shard->config.queue_ops_max == 0)
+		shard->config.queue_ops_max = KOBO_SHARD_QUEUE_OPS_DEFAULT;
+	if (shard->config.batch_ops_max == 0)
+		shard->config.batch_ops_max = KOBO_SHARD_BATCH_OPS_DEFAULT;
+	size_t batch_max = shard->config.batch_ops_max;
+	if (batch_max > KOBO_BATCH_OPS_MAX || batch_max < KOBO_SHARD_EXPIRED_SCAN_MAX ||
+	    shard->config.queue_ops_max < batch_max) {
+		free(shard);
+		return KOBO_EINVAL;
+	}
+
+	shard->ledger = kobo_ledger_create(batch_max);
+	shard->ops = calloc(batch_max, sizeof(*shard->ops));
+	shard->results = calloc(batch_max, sizeof(*shard->results));
+	shard->batch = calloc(batch_max, sizeof(*shard->batch));
+	shard->ids = calloc(2 * batch_max + 1, sizeof(*shard->ids));
+	shard->expired_ids = calloc(KOBO_SHARD_EXPIRED_SCAN_MAX,
+	                            sizeof(*shard->expired_ids));
+	if (!shard->ledger || !shard->ops || !shard->results || !shard->batch ||
+	    !shard->ids || !shard->expired_ids) {
+		shard_free(shard);
+		return KOBO_ENOMEM;
+	}
+	pthread_mutex_init(&shard->lock, NULL);
+	pthread_cond_init(&shard->wake, NULL);
+	shard->next_expiry_scan_ms = 0; /* scan once at start: holds may have
+	                                   expired while the process was down */
+	if (pthread_create(&shard->thread, NULL, writer_main, shard) != 0) {
+		pthread_cond_destroy(&shard->wake);
+		pthread_mutex_destroy(&shard->lock);
+		shard_free(shard);
+		return KOBO_ENOMEM;
+	}
+	*out = shard;
+	return KOBO_OK;
+}
+
+void kobo_shard_stop(kobo_shard *shard)
+{
+	pthread_mutex_lock(&shard->lock);
+	shard->stopping = true;
+	pthread_cond_signal(&shard->wake);
+	pthread_mutex_unlock(&shard->lock);
+	pthread_join(shard->thread, NULL);
+
+	pthread_cond_destroy(&shard->wake);
+	pthread_mutex_destroy(&shard->lock);
+	shard_free(shard);
+}
