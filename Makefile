@@ -38,7 +38,7 @@ objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 REL := build
 SAN := build/asan
 
-.PHONY: all run test unit system fuzz fuzz-smoke bench deps test-deps clean
+.PHONY: all run test unit system fuzz fuzz-smoke bench deps test-deps measure-libs clean
 all: $(REL)/kobod $(REL)/kobo $(REL)/kobo-bench
 
 # ---- Compilation (one pattern per build flavour). ----
@@ -128,6 +128,11 @@ fuzz: $(FUZZ_BINS)
 
 bench: deps all
 	@scripts/bench.sh
+
+# Compares the JSON library candidates on this machine (docs/benchmarks.md).
+measure-libs:
+	@scripts/install-deps.sh measure
+	@tools/measure/measure-libs.sh
 
 clean:
 	rm -rf build

@@ -18,8 +18,13 @@ test_pkgs=(
 	python3 python3-pytest   # system tests drive real kobod processes
 )
 
+measure_pkgs=(
+	libcjson-dev libjson-c-dev # only to compare JSON libraries (make measure-libs)
+)
+
 want=("${build_pkgs[@]}")
 [ "${1:-build}" = test ] && want+=("${test_pkgs[@]}")
+[ "${1:-build}" = measure ] && want+=("${measure_pkgs[@]}")
 
 missing=()
 for p in "${want[@]}"; do
