@@ -19,7 +19,7 @@ test_pkgs=(
 )
 
 measure_pkgs=(
-	libcjson-dev libjson-c-dev # only to compare JSON libraries (make measure-libs)
+	libcjson-dev libjson-c-dev libevent-dev wrk # only to compare libraries (make measure-libs)
 )
 
 want=("${build_pkgs[@]}")
