@@ -1,0 +1,380 @@
+/*
+ * metrics.c — Prometheus metrics in fixed arrays of relaxed atomics.
+ * Contract in obs.h.
+ *
+ * Writers (HTTP threads, shard writers) only do relaxed fetch-adds and
+ * stores: no lock, no allocation, no false ordering. Readers (GET /metrics)
+ * may see a histogram mid-update; _count is rendered as the sum of the
+ * buckets, so every rendered histogram is self-consistent (+Inf == _count).
+ *
+ * What is rendered:
+ *   kobo_http_requests_total{route,status}          only pairs that occurred
+ *   kobo_http_request_duration_seconds{route}       routes with requests
+ *   kobo_batch_ops{shard}                           shards 0..highest seen
+ *   kobo_batch_commit_duration_seconds{shard}       shards 0..highest seen
+ *   kobo_shard_queue_depth{shard}                   shards 0..highest seen
+ *   kobo_rejections_total{code}                     every rejection code
+ *   kobo_overloaded_total{shard}                    shards 0..highest seen
+ *   kobo_holds_expired_total{shard}                 shards 0..highest seen
+ *
+ * kobo_metrics_render() follows snprintf's convention with one refinement:
+ * it returns the full length n of the text; min(n, cap) bytes are written;
+ * a NUL follows when n < cap. So n <= cap means buf holds the whole text
+ * (NUL-terminated only if n < cap), and n > cap means it holds a truncated,
+ * NUL-terminated prefix and the caller needs a buffer of n + 1 bytes.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "obs.h"
+
+/* ---- Fixed tables. ---- */
+
+static const int status_codes[] = {200, 201, 202, 400, 404, 405, 409, 413, 422, 429, 500, 503};
+#define STATUS_KNOWN (sizeof status_codes / sizeof status_codes[0])
+#define STATUS_SLOTS (STATUS_KNOWN + 1) /* the last slot is "other" */
+
+/* Latency buckets, 100 µs to 5 s, 1-2.5-5 log spacing, in microseconds. */
+static const int64_t latency_bounds_us[] = {
+	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000,
+	100000, 250000, 500000, 1000000, 2500000, 5000000,
+};
+static const char *const latency_bounds_label[] = {
+	"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+	"0.1", "0.25", "0.5", "1", "2.5", "5",
+};
+#define LATENCY_BOUNDS (sizeof latency_bounds_us / sizeof latency_bounds_us[0])
+_Static_assert(sizeof latency_bounds_label / sizeof latency_bounds_label[0] == LATENCY_BOUNDS,
+               "one label per latency bucket");
+
+/* Batch sizes in ops, 1-2-5 spacing up to the largest batch. */
+static const int64_t batch_bounds_ops[] = {
+	1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 8192,
+};
+#define BATCH_BOUNDS (sizeof batch_bounds_ops / sizeof batch_bounds_ops[0])
+_Static_assert(KOBO_BATCH_OPS_MAX <= 8192, "the last batch bucket covers the largest batch");
+
+/* A histogram: per-bucket (not cumulative) counts, the last one +Inf. */
+typedef struct latency_histogram {
+	_Atomic uint64_t buckets[LATENCY_BOUNDS + 1];
+	_Atomic uint64_t sum_us;
+} latency_histogram;
+
+typedef struct batch_histogram {
+	_Atomic uint64_t buckets[BATCH_BOUNDS + 1];
+	_Atomic uint64_t sum_ops;
+} batch_histogram;
+
+/* Route slots: registered routes, then one fixed slot for "unmatched". */
+#define ROUTE_SLOTS (KOBO_METRICS_ROUTES_MAX + 1)
+#define ROUTE_UNMATCHED KOBO_METRICS_ROUTES_MAX
+
+static const char *route_names[KOBO_METRICS_ROUTES_MAX];
+static size_t route_count;
+
+static _Atomic uint64_t requests_total[ROUTE_SLOTS][STATUS_SLOTS];
+static latency_histogram request_duration[ROUTE_SLOTS];
+
+/* Highest shard index used plus one; 0 until any shard metric is set. */
+static _Atomic uint32_t shards_seen;
+static batch_histogram batch_ops[KOBO_METRICS_SHARDS_MAX];
+static latency_histogram batch_commit[KOBO_METRICS_SHARDS_MAX];
+static _Atomic uint64_t queue_depth[KOBO_METRICS_SHARDS_MAX];
+static _Atomic uint64_t overloaded_total[KOBO_METRICS_SHARDS_MAX];
+static _Atomic uint64_t holds_expired_total[KOBO_METRICS_SHARDS_MAX];
+
+static _Atomic uint64_t rejections_total[KOBO_RESULT_CODE_COUNT];
+
+/* ---- Recording. ---- */
+
+static void add(_Atomic uint64_t *counter, uint64_t n)
+{
+	atomic_fetch_add_explicit(counter, n, memory_order_relaxed);
+}
+
+static void latency_observe(latency_histogram *h, int64_t us)
+{
+	if (us < 0)
+		us = 0;
+	size_t i = 0;
+	while (i < LATENCY_BOUNDS && us > latency_bounds_us[i])
+		i++;
+	add(&h->buckets[i], 1);
+	add(&h->sum_us, (uint64_t)us);
+}
+
+/* Records that shard is in use; false if it is past the fixed table. */
+static bool shard_use(uint32_t shard)
+{
+	if (shard >= KOBO_METRICS_SHARDS_MAX)
+		return false;
+	uint32_t seen = atomic_load_explicit(&shards_seen, memory_order_relaxed);
+	while (seen < shard + 1 &&
+	       !atomic_compare_exchange_weak_explicit(&shards_seen, &seen, shard + 1,
+	                                              memory_order_relaxed,
+	                                              memory_order_relaxed)) {
+	}
+	return true;
+}
+
+void kobo_metrics_set_routes(const char *const *names, size_t count)
+{
+	if (count > KOBO_METRICS_ROUTES_MAX)
+		count = KOBO_METRICS_ROUTES_MAX;
+	for (size_t i = 0; i < count; i++)
+		route_names[i] = names[i];
+	route_count = count;
+}
+
+void kobo_metrics_request(size_t route, int status, int64_t latency_us)
+{
+	size_t slot = route < route_count ? route : ROUTE_UNMATCHED;
+	size_t s = STATUS_KNOWN;
+	for (size_t i = 0; i < STATUS_KNOWN; i++) {
+		if (status_codes[i] == status) {
+			s = i;
+			break;
+		}
+	}
+	add(&requests_total[slot][s], 1);
+	latency_observe(&request_duration[slot], latency_us);
+}
+
+void kobo_metrics_batch(uint32_t shard, size_t ops, int64_t commit_us)
+{
+	if (!shard_use(shard))
+		return;
+	batch_histogram *h = &batch_ops[shard];
+	size_t i = 0;
+	while (i < BATCH_BOUNDS && (int64_t)ops > batch_bounds_ops[i])
+		i++;
+	add(&h->buckets[i], 1);
+	add(&h->sum_ops, ops);
+	latency_observe(&batch_commit[shard], commit_us);
+}
+
+void kobo_metrics_queue_depth(uint32_t shard, size_t ops)
+{
+	if (shard_use(shard))
+		atomic_store_explicit(&queue_depth[shard], ops, memory_order_relaxed);
+}
+
+void kobo_metrics_rejected(kobo_result_code code)
+{
+	if ((int)code >= 0 && code < KOBO_RESULT_CODE_COUNT)
+		add(&rejections_total[code], 1);
+}
+
+void kobo_metrics_overloaded(uint32_t shard)
+{
+	if (shard_use(shard))
+		add(&overloaded_total[shard], 1);
+}
+
+void kobo_metrics_expired(uint32_t shard, size_t count)
+{
+	if (shard_use(shard))
+		add(&holds_expired_total[shard], count);
+}
+
+/* ---- Rendering. ---- */
+
+typedef struct out {
+	char *buf;
+	size_t cap;
+	size_t len; /* what the full text needs, may exceed cap */
+} out;
+
+static void emit(out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void emit(out *o, const char *fmt, ...)
+{
+	char line[512]; /* every rendered line is far shorter */
+	va_list args;
+	va_start(args, fmt);
+	int n = vsnprintf(line, sizeof line, fmt, args);
+	va_end(args);
+	if (n < 0)
+		return;
+	size_t k = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+	if (o->len < o->cap) {
+		size_t fit = o->cap - o->len < k ? o->cap - o->len : k;
+		memcpy(o->buf + o->len, line, fit);
+	}
+	o->len += k;
+}
+
+static uint64_t load(_Atomic uint64_t *counter)
+{
+	return atomic_load_explicit(counter, memory_order_relaxed);
+}
+
+static void emit_header(out *o, const char *name, const char *type, const char *help)
+{
+	emit(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Escapes a label value per the exposition format (\\, \", \n). */
+static void label_escape(char *dst, size_t dst_size, const char *src)
+{
+	size_t len = 0;
+	for (; *src != '\0' && len + 2 < dst_size; src++) {
+		char c = *src;
+		if (c == '\\' || c == '"') {
+			dst[len++] = '\\';
+			dst[len++] = c;
+		} else if (c == '\n') {
+			dst[len++] = '\\';
+			dst[len++] = 'n';
+		} else {
+			dst[len++] = c;
+		}
+	}
+	dst[len] = '\0';
+}
+
+/* Renders one latency histogram; label is the inside of {…}, e.g.
+ * route="GET /healthz". Skipped when it has no observations and skip_empty. */
+static void emit_latency(out *o, const char *name, const char *label,
+                         latency_histogram *h, bool skip_empty)
+{
+	uint64_t counts[LATENCY_BOUNDS + 1];
+	uint64_t total = 0;
+	for (size_t i = 0; i <= LATENCY_BOUNDS; i++) {
+		counts[i] = load(&h->buckets[i]);
+		total += counts[i];
+	}
+	if (total == 0 && skip_empty)
+		return;
+	uint64_t cumulative = 0;
+	for (size_t i = 0; i < LATENCY_BOUNDS; i++) {
+		cumulative += counts[i];
+		emit(o, "%s_bucket{%s,le=\"%s\"} %" PRIu64 "\n", name, label,
+		     latency_bounds_label[i], cumulative);
+	}
+	emit(o, "%s_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n", name, label, total);
+	uint64_t sum_us = load(&h->sum_us);
+	emit(o, "%s_sum{%s} %" PRIu64 ".%06" PRIu64 "\n", name, label,
+	     sum_us / 1000000, sum_us % 1000000);
+	emit(o, "%s_count{%s} %" PRIu64 "\n", name, label, total);
+}
+
+static void emit_batch_ops(out *o, const char *name, const char *label,
+                           batch_histogram *h)
+{
+	uint64_t counts[BATCH_BOUNDS + 1];
+	uint64_t total = 0;
+	for (size_t i = 0; i <= BATCH_BOUNDS; i++) {
+		counts[i] = load(&h->buckets[i]);
+		total += counts[i];
+	}
+	uint64_t cumulative = 0;
+	for (size_t i = 0; i < BATCH_BOUNDS; i++) {
+		cumulative += counts[i];
+		emit(o, "%s_bucket{%s,le=\"%" PRId64 "\"} %" PRIu64 "\n", name, label,
+		     batch_bounds_ops[i], cumulative);
+	}
+	emit(o, "%s_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n", name, label, total);
+	emit(o, "%s_sum{%s} %" PRIu64 "\n", name, label, load(&h->sum_ops));
+	emit(o, "%s_count{%s} %" PRIu64 "\n", name, label, total);
+}
+
+static void route_label(char *dst, size_t dst_size, size_t slot)
+{
+	char escaped[256];
+	label_escape(escaped, sizeof escaped,
+	             slot == ROUTE_UNMATCHED ? "unmatched" : route_names[slot]);
+	snprintf(dst, dst_size, "route=\"%s\"", escaped);
+}
+
+/* Registered routes in order, then "unmatched". */
+static size_t route_slot_at(size_t i)
+{
+	return i < route_count ? i : ROUTE_UNMATCHED;
+}
+
+size_t kobo_metrics_render(char *buf, size_t cap)
+{
+	out o = {.buf = buf, .cap = cap, .len = 0};
+	char label[300];
+
+	emit_header(&o, "kobo_http_requests_total", "counter",
+	            "HTTP requests served, by route and status.");
+	for (size_t i = 0; i <= route_count; i++) {
+		size_t slot = route_slot_at(i);
+		route_label(label, sizeof label, slot);
+		for (size_t s = 0; s < STATUS_SLOTS; s++) {
+			uint64_t n = load(&requests_total[slot][s]);
+			if (n == 0)
+				continue;
+			if (s < STATUS_KNOWN)
+				emit(&o, "kobo_http_requests_total{%s,status=\"%d\"} %" PRIu64 "\n",
+				     label, status_codes[s], n);
+			else
+				emit(&o, "kobo_http_requests_total{%s,status=\"other\"} %" PRIu64 "\n",
+				     label, n);
+		}
+	}
+
+	emit_header(&o, "kobo_http_request_duration_seconds", "histogram",
+	            "HTTP request latency, by route.");
+	for (size_t i = 0; i <= route_count; i++) {
+		size_t slot = route_slot_at(i);
+		route_label(label, sizeof label, slot);
+		emit_latency(&o, "kobo_http_request_duration_seconds", label,
+		             &request_duration[slot], true);
+	}
+
+	uint32_t shards = atomic_load_explicit(&shards_seen, memory_order_relaxed);
+
+	emit_header(&o, "kobo_batch_ops", "histogram", "Ops per committed batch, by shard.");
+	for (uint32_t s = 0; s < shards; s++) {
+		snprintf(label, sizeof label, "shard=\"%" PRIu32 "\"", s);
+		emit_batch_ops(&o, "kobo_batch_ops", label, &batch_ops[s]);
+	}
+
+	emit_header(&o, "kobo_batch_commit_duration_seconds", "histogram",
+	            "Batch commit latency (durable), by shard.");
+	for (uint32_t s = 0; s < shards; s++) {
+		snprintf(label, sizeof label, "shard=\"%" PRIu32 "\"", s);
+		emit_latency(&o, "kobo_batch_commit_duration_seconds", label,
+		             &batch_commit[s], false);
+	}
+
+	emit_header(&o, "kobo_shard_queue_depth", "gauge", "Ops waiting in the shard queue.");
+	for (uint32_t s = 0; s < shards; s++)
+		emit(&o, "kobo_shard_queue_depth{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
+		     load(&queue_depth[s]));
+
+	emit_header(&o, "kobo_rejections_total", "counter",
+	            "Business rejections and conflicts, by result code.");
+	for (int c = 0; c < KOBO_RESULT_CODE_COUNT; c++) {
+		uint64_t n = load(&rejections_total[c]);
+		/* Every rejection code is always present; success codes
+		 * appear only if a caller counted one. */
+		if (c < KOBO_RESULT_ID_CONFLICT && n == 0)
+			continue;
+		emit(&o, "kobo_rejections_total{code=\"%s\"} %" PRIu64 "\n",
+		     kobo_result_code_name((kobo_result_code)c), n);
+	}
+
+	emit_header(&o, "kobo_overloaded_total", "counter",
+	            "Requests refused with 503 because a shard queue was full.");
+	for (uint32_t s = 0; s < shards; s++)
+		emit(&o, "kobo_overloaded_total{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
+		     load(&overloaded_total[s]));
+
+	emit_header(&o, "kobo_holds_expired_total", "counter", "Holds voided by expiry.");
+	for (uint32_t s = 0; s < shards; s++)
+		emit(&o, "kobo_holds_expired_total{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
+		     load(&holds_expired_total[s]));
+
+	if (o.len < cap)
+		buf[o.len] = '\0';
+	else if (o.len > cap && cap > 0)
+		buf[cap - 1] = '\0';
+	return o.len;
+}
