@@ -1,0 +1,1271 @@
+/*
+ * ledger.c — the ledger state machine: every business rule of Kobo, applied
+ * to one batch at a time, with no I/O, no clock and no allocation after
+ * kobo_ledger_create(). The contract is ledger.h; the rules are API.md.
+ *
+ * NOTES ON THE DESIGN
+ *
+ * Records. The ledger holds the accounts and transfers of one batch in two
+ * preallocated arrays of slots, each indexed by an open-addressing hash table
+ * (linear probing, FNV-1a of the id). Slots are only ever appended; the only
+ * removal is the rollback of an atomic group, which removes the newest slots
+ * in reverse order of insertion and so leaves the tables exactly as they were
+ * before those insertions (no tombstones needed).
+ *
+ * Capacity. A batch of n ops names at most 2n accounts (an op names one
+ * account, two for a transfer, or the two of the transfer it posts or voids)
+ * and at most n transfers, so the arrays hold 2 * ops_max + 1 accounts and
+ * ops_max transfers. kobo_ledger_apply() checks up front that the ops cannot
+ * need more, so it never fails half-way.
+ *
+ * Transfer states and the functions that move them:
+ *
+ *                  create_transfer (pending)
+ *      (new) ─────────────────────────────▶ PENDING ──post──▶ POSTED
+ *        │  \   create_transfer (!pending)     │  \
+ *        │   `────────────────────────────────────────────▶ POSTED
+ *        │                                     │    void / expire / post
+ *        │  rejected by a rule                 │    after expiry
+ *        ▼                                     ▼
+ *     REJECTED                               VOIDED (void_reason VOIDED or
+ *                                                    EXPIRED)
+ *
+ *   from       to        op               function              result
+ *   (none)     POSTED    CREATE_TRANSFER  apply_create_transfer CREATED
+ *   (none)     PENDING   CREATE_TRANSFER  apply_create_transfer CREATED
+ *   (none)     REJECTED  CREATE_TRANSFER  apply_create_transfer the rule's code
+ *   PENDING    POSTED    POST             apply_post            UPDATED
+ *   PENDING    VOIDED    VOID             apply_void            UPDATED
+ *   PENDING    VOIDED    EXPIRE           apply_expire          UPDATED
+ *   PENDING    VOIDED    POST (expired)   apply_post            NOT_PENDING
+ *   any        same      replays          (each)                REPLAYED
+ *   PROCESSING is written by the saga runner; the ledger never leaves it.
+ *
+ * Invariants (checked by check_invariants() after every apply; a broken one
+ * aborts, even in release builds):
+ *   1. per currency, the posted deltas of the batch sum to 0 and the
+ *      pending_out deltas equal the pending_in deltas (double entry);
+ *   2. pending_out and pending_in of every changed account are >= 0;
+ *   3. an account with allow_negative == false whose available balance was
+ *      >= 0 when it was put (or created) still has available >= 0;
+ *   4. an account that is not in the change list did not change;
+ *   5. a changed transfer's posted_amount agrees with its status.
+ *
+ * Atomic groups. While a group runs, every change to a record that existed
+ * when the group began is logged (old balances, old transfer state) in an
+ * undo log sized for the worst case; records created by the group are
+ * removed. On the first failing op the log is replayed backwards
+ * (rollback_group), then finish_failed_group gives every op its final
+ * answer: the failing op keeps its code; an op that is a replay of a record
+ * older than the group stays REPLAYED; every other op is NOT_APPLIED, and a
+ * new transfer of the group is recorded as REJECTED so that a retry of the
+ * same batch replays the refusal instead of moving money.
+ *
+ * A replay of a transfer that was itself REJECTED counts as a failure of the
+ * group: an atomic batch must not move money for some of its transfers while
+ * another of them is (still) refused.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ledger.h"
+#include "ledger_internal.h"
+
+/* ---- Records. ---- */
+
+typedef struct account_slot {
+	kobo_account account;
+	/* Balances when the account was put or created (invariants). */
+	int64_t posted_before;
+	int64_t pending_out_before;
+	int64_t pending_in_before;
+	uint32_t table_index; /* where its index lives in account_table */
+	int32_t change_index; /* position in account_changes, or -1 */
+	bool is_new;
+} account_slot;
+
+typedef struct transfer_slot {
+	kobo_transfer transfer;
+	uint32_t table_index;
+	int32_t change_index;
+	bool is_new;
+} transfer_slot;
+
+/* Undo log entries: the mutable parts of a record before an op of an atomic
+ * group changed it. */
+typedef struct account_undo {
+	uint32_t slot;
+	int64_t posted;
+	int64_t pending_out;
+	int64_t pending_in;
+} account_undo;
+
+typedef struct transfer_undo {
+	uint32_t slot;
+	kobo_transfer_status status;
+	kobo_void_reason void_reason;
+	int64_t posted_amount;
+	int64_t updated_at_ms;
+} transfer_undo;
+
+/* Per-currency sums of one batch's deltas (invariant 1); modular arithmetic
+ * is enough: a true sum of 0 is 0 mod 2^64. */
+typedef struct currency_sum {
+	char currency[KOBO_CURRENCY_LEN_MAX + 1];
+	bool used;
+	uint64_t posted;
+	uint64_t pending_out;
+	uint64_t pending_in;
+} currency_sum;
+
+struct kobo_ledger {
+	size_t ops_max;
+
+	account_slot *accounts;
+	uint32_t account_count;
+	uint32_t account_capacity;
+	uint32_t *account_table; /* slot + 1, 0 = empty */
+	uint32_t account_table_mask;
+
+	transfer_slot *transfers;
+	uint32_t transfer_count;
+	uint32_t transfer_capacity;
+	uint32_t *transfer_table;
+	uint32_t transfer_table_mask;
+
+	kobo_account_change *account_changes;
+	uint32_t *account_change_slots; /* slot of each account_changes entry */
+	uint32_t account_change_count;
+	kobo_transfer_change *transfer_changes;
+	uint32_t *transfer_change_slots;
+	uint32_t transfer_change_count;
+
+	/* The atomic group being applied, if any. */
+	bool group_active;
+	uint32_t group_account_count;
+	uint32_t group_transfer_count;
+	uint32_t group_account_change_count;
+	uint32_t group_transfer_change_count;
+	account_undo *account_undos;
+	uint32_t account_undo_count;
+	uint32_t account_undo_capacity;
+	transfer_undo *transfer_undos;
+	uint32_t transfer_undo_count;
+	uint32_t transfer_undo_capacity;
+
+	/* Scratch for check_invariants(), sized like account_table. */
+	currency_sum *currency_sums;
+	uint32_t *currency_used; /* indexes of used currency_sums */
+};
+
+/* ---- Small helpers. ---- */
+
+static uint64_t hash_id(const char *id)
+{
+	uint64_t hash = 1469598103934665603ull; /* FNV-1a 64 */
+	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+		hash ^= *p;
+		hash *= 1099511628211ull;
+	}
+	return hash;
+}
+
+static uint32_t table_size_for(uint32_t capacity)
+{
+	uint32_t size = 16;
+	while (size < 2 * capacity)
+		size *= 2;
+	return size;
+}
+
+static bool metadata_equal(const char *a, uint32_t a_len, const char *b,
+                           uint32_t b_len)
+{
+	if (a_len != b_len)
+		return false;
+	if (a_len == 0)
+		return true;
+	return memcmp(a, b, a_len) == 0;
+}
+
+static bool is_business_rejection(kobo_result_code code)
+{
+	return code == KOBO_RESULT_ACCOUNT_NOT_FOUND ||
+	       code == KOBO_RESULT_INSUFFICIENT_FUNDS ||
+	       code == KOBO_RESULT_CURRENCY_MISMATCH ||
+	       code == KOBO_RESULT_SAME_ACCOUNT ||
+	       code == KOBO_RESULT_AMOUNT_OVERFLOW ||
+	       code == KOBO_RESULT_NOT_APPLIED;
+}
+
+/* ---- Lookup and insertion. ---- */
+
+static int64_t account_find(const kobo_ledger *ledger, const char *id)
+{
+	uint32_t index = (uint32_t)hash_id(id) & ledger->account_table_mask;
+	for (;;) {
+		uint32_t entry = ledger->account_table[index];
+		if (entry == 0)
+			return -1;
+		if (strcmp(ledger->accounts[entry - 1].account.id, id) == 0)
+			return entry - 1;
+		index = (index + 1) & ledger->account_table_mask;
+	}
+}
+
+static int64_t transfer_find(const kobo_ledger *ledger, const char *id)
+{
+	uint32_t index = (uint32_t)hash_id(id) & ledger->transfer_table_mask;
+	for (;;) {
+		uint32_t entry = ledger->transfer_table[index];
+		if (entry == 0)
+			return -1;
+		if (strcmp(ledger->transfers[entry - 1].transfer.id, id) == 0)
+			return entry - 1;
+		index = (index + 1) & ledger->transfer_table_mask;
+	}
+}
+
+/* Inserts a copy of account; the caller checked capacity and absence. */
+static uint32_t account_insert(kobo_ledger *ledger, const kobo_account *account,
+                               bool is_new)
+{
+	KOBO__LEDGER_ASSERT(ledger->account_count < ledger->account_capacity);
+	uint32_t slot_index = ledger->account_count++;
+	account_slot *slot = &ledger->accounts[slot_index];
+	uint32_t index = (uint32_t)hash_id(account->id) &
+	                 ledger->account_table_mask;
+	while (ledger->account_table[index] != 0)
+		index = (index + 1) & ledger->account_table_mask;
+	ledger->account_table[index] = slot_index + 1;
+	slot->account = *account;
+	slot->posted_before = account->posted;
+	slot->pending_out_before = account->pending_out;
+	slot->pending_in_before = account->pending_in;
+	slot->table_index = index;
+	slot->change_index = -1;
+	slot->is_new = is_new;
+	return slot_index;
+}
+
+static uint32_t transfer_insert(kobo_ledger *ledger,
+                                const kobo_transfer *transfer, bool is_new)
+{
+	KOBO__LEDGER_ASSERT(ledger->transfer_count < ledger->transfer_capacity);
+	uint32_t slot_index = ledger->transfer_count++;
+	transfer_slot *slot = &ledger->transfers[slot_index];
+	uint32_t index = (uint32_t)hash_id(transfer->id) &
+	                 ledger->transfer_table_mask;
+	while (ledger->transfer_table[index] != 0)
+		index = (index + 1) & ledger->transfer_table_mask;
+	ledger->transfer_table[index] = slot_index + 1;
+	slot->transfer = *transfer;
+	slot->table_index = index;
+	slot->change_index = -1;
+	slot->is_new = is_new;
+	return slot_index;
+}
+
+/* ---- Change tracking and the undo log. ---- */
+
+static void account_change_note(kobo_ledger *ledger, uint32_t slot_index)
+{
+	account_slot *slot = &ledger->accounts[slot_index];
+	if (slot->change_index >= 0)
+		return;
+	uint32_t position = ledger->account_change_count++;
+	KOBO__LEDGER_ASSERT(position < ledger->account_capacity);
+	ledger->account_changes[position].account = &slot->account;
+	ledger->account_changes[position].is_new = slot->is_new;
+	ledger->account_change_slots[position] = slot_index;
+	slot->change_index = (int32_t)position;
+}
+
+static void transfer_change_note(kobo_ledger *ledger, uint32_t slot_index)
+{
+	transfer_slot *slot = &ledger->transfers[slot_index];
+	if (slot->change_index >= 0)
+		return;
+	uint32_t position = ledger->transfer_change_count++;
+	KOBO__LEDGER_ASSERT(position < ledger->transfer_capacity);
+	ledger->transfer_changes[position].transfer = &slot->transfer;
+	ledger->transfer_changes[position].is_new = slot->is_new;
+	ledger->transfer_change_slots[position] = slot_index;
+	slot->change_index = (int32_t)position;
+}
+
+/* Call before changing an account's balances. */
+static kobo_account *account_touch(kobo_ledger *ledger, uint32_t slot_index)
+{
+	account_slot *slot = &ledger->accounts[slot_index];
+	if (ledger->group_active && slot_index < ledger->group_account_count) {
+		KOBO__LEDGER_ASSERT(ledger->account_undo_count <
+		                    ledger->account_undo_capacity);
+		account_undo *undo =
+			&ledger->account_undos[ledger->account_undo_count++];
+		undo->slot = slot_index;
+		undo->posted = slot->account.posted;
+		undo->pending_out = slot->account.pending_out;
+		undo->pending_in = slot->account.pending_in;
+	}
+	account_change_note(ledger, slot_index);
+	return &slot->account;
+}
+
+/* Call before changing an existing transfer's state. */
+static kobo_transfer *transfer_touch(kobo_ledger *ledger, uint32_t slot_index)
+{
+	transfer_slot *slot = &ledger->transfers[slot_index];
+	if (ledger->group_active && slot_index < ledger->group_transfer_count) {
+		KOBO__LEDGER_ASSERT(ledger->transfer_undo_count <
+		                    ledger->transfer_undo_capacity);
+		transfer_undo *undo =
+			&ledger->transfer_undos[ledger->transfer_undo_count++];
+		undo->slot = slot_index;
+		undo->status = slot->transfer.status;
+		undo->void_reason = slot->transfer.void_reason;
+		undo->posted_amount = slot->transfer.posted_amount;
+		undo->updated_at_ms = slot->transfer.updated_at_ms;
+	}
+	transfer_change_note(ledger, slot_index);
+	return &slot->transfer;
+}
+
+static void group_begin(kobo_ledger *ledger)
+{
+	ledger->group_active = true;
+	ledger->group_account_count = ledger->account_count;
+	ledger->group_transfer_count = ledger->transfer_count;
+	ledger->group_account_change_count = ledger->account_change_count;
+	ledger->group_transfer_change_count = ledger->transfer_change_count;
+	ledger->account_undo_count = 0;
+	ledger->transfer_undo_count = 0;
+}
+
+static void group_end(kobo_ledger *ledger)
+{
+	ledger->group_active = false;
+	ledger->account_undo_count = 0;
+	ledger->transfer_undo_count = 0;
+}
+
+/* Puts the ledger back exactly as it was at group_begin(). */
+static void rollback_group(kobo_ledger *ledger)
+{
+	KOBO__LEDGER_ASSERT(ledger->group_active);
+	while (ledger->account_undo_count > 0) {
+		const account_undo *undo =
+			&ledger->account_undos[--ledger->account_undo_count];
+		kobo_account *account = &ledger->accounts[undo->slot].account;
+		account->posted = undo->posted;
+		account->pending_out = undo->pending_out;
+		account->pending_in = undo->pending_in;
+	}
+	while (ledger->transfer_undo_count > 0) {
+		const transfer_undo *undo =
+			&ledger->transfer_undos[--ledger->transfer_undo_count];
+		kobo_transfer *transfer = &ledger->transfers[undo->slot].transfer;
+		transfer->status = undo->status;
+		transfer->void_reason = undo->void_reason;
+		transfer->posted_amount = undo->posted_amount;
+		transfer->updated_at_ms = undo->updated_at_ms;
+	}
+	/* Forget the change entries made by the group, newest first. */
+	while (ledger->account_change_count > ledger->group_account_change_count) {
+		uint32_t slot = ledger->account_change_slots
+			[--ledger->account_change_count];
+		ledger->accounts[slot].change_index = -1;
+	}
+	while (ledger->transfer_change_count >
+	       ledger->group_transfer_change_count) {
+		uint32_t slot = ledger->transfer_change_slots
+			[--ledger->transfer_change_count];
+		ledger->transfers[slot].change_index = -1;
+	}
+	/* Remove the records the group created, newest first: each removal
+	 * restores the hash table to its state before that insertion. */
+	while (ledger->transfer_count > ledger->group_transfer_count) {
+		transfer_slot *slot =
+			&ledger->transfers[--ledger->transfer_count];
+		ledger->transfer_table[slot->table_index] = 0;
+	}
+	while (ledger->account_count > ledger->group_account_count) {
+		account_slot *slot = &ledger->accounts[--ledger->account_count];
+		ledger->account_table[slot->table_index] = 0;
+	}
+}
+
+/* ---- Lifecycle. ---- */
+
+kobo_ledger *kobo_ledger_create(size_t ops_max)
+{
+	if (ops_max == 0 || ops_max > KOBO_BATCH_OPS_MAX)
+		return NULL;
+	kobo_ledger *ledger = calloc(1, sizeof(*ledger));
+	if (ledger == NULL)
+		return NULL;
+	ledger->ops_max = ops_max;
+	ledger->account_capacity = (uint32_t)(2 * ops_max + 1);
+	ledger->transfer_capacity = (uint32_t)ops_max;
+	uint32_t account_table_size = table_size_for(ledger->account_capacity);
+	uint32_t transfer_table_size = table_size_for(ledger->transfer_capacity);
+	ledger->account_table_mask = account_table_size - 1;
+	ledger->transfer_table_mask = transfer_table_size - 1;
+	ledger->account_undo_capacity = (uint32_t)(2 * ops_max);
+	ledger->transfer_undo_capacity = (uint32_t)ops_max;
+
+	ledger->accounts = calloc(ledger->account_capacity,
+	                          sizeof(*ledger->accounts));
+	ledger->account_table = calloc(account_table_size,
+	                               sizeof(*ledger->account_table));
+	ledger->transfers = calloc(ledger->transfer_capacity,
+	                           sizeof(*ledger->transfers));
+	ledger->transfer_table = calloc(transfer_table_size,
+	                                sizeof(*ledger->transfer_table));
+	ledger->account_changes = calloc(ledger->account_capacity,
+	                                 sizeof(*ledger->account_changes));
+	ledger->account_change_slots = calloc(
+		ledger->account_capacity, sizeof(*ledger->account_change_slots));
+	ledger->transfer_changes = calloc(ledger->transfer_capacity,
+	                                  sizeof(*ledger->transfer_changes));
+	ledger->transfer_change_slots = calloc(
+		ledger->transfer_capacity, sizeof(*ledger->transfer_change_slots));
+	ledger->account_undos = calloc(ledger->account_undo_capacity,
+	                               sizeof(*ledger->account_undos));
+	ledger->transfer_undos = calloc(ledger->transfer_undo_capacity,
+	                                sizeof(*ledger->transfer_undos));
+	ledger->currency_sums = calloc(account_table_size,
+	                               sizeof(*ledger->currency_sums));
+	ledger->currency_used = calloc(ledger->account_capacity,
+	                               sizeof(*ledger->currency_used));
+	if (ledger->accounts == NULL || ledger->account_table == NULL ||
+	    ledger->transfers == NULL || ledger->transfer_table == NULL ||
+	    ledger->account_changes == NULL ||
+	    ledger->account_change_slots == NULL ||
+	    ledger->transfer_changes == NULL ||
+	    ledger->transfer_change_slots == NULL ||
+	    ledger->account_undos == NULL || ledger->transfer_undos == NULL ||
+	    ledger->currency_sums == NULL || ledger->currency_used == NULL) {
+		kobo_ledger_destroy(ledger);
+		return NULL;
+	}
+	return ledger;
+}
+
+void kobo_ledger_destroy(kobo_ledger *ledger)
+{
+	if (ledger == NULL)
+		return;
+	free(ledger->accounts);
+	free(ledger->account_table);
+	free(ledger->transfers);
+	free(ledger->transfer_table);
+	free(ledger->account_changes);
+	free(ledger->account_change_slots);
+	free(ledger->transfer_changes);
+	free(ledger->transfer_change_slots);
+	free(ledger->account_undos);
+	free(ledger->transfer_undos);
+	free(ledger->currency_sums);
+	free(ledger->currency_used);
+	free(ledger);
+}
+
+void kobo_ledger_reset(kobo_ledger *ledger)
+{
+	/* Clearing only the used table entries keeps reset proportional to
+	 * the batch, not to the capacity. */
+	for (uint32_t i = 0; i < ledger->account_count; i++)
+		ledger->account_table[ledger->accounts[i].table_index] = 0;
+	for (uint32_t i = 0; i < ledger->transfer_count; i++)
+		ledger->transfer_table[ledger->transfers[i].table_index] = 0;
+	ledger->account_count = 0;
+	ledger->transfer_count = 0;
+	ledger->account_change_count = 0;
+	ledger->transfer_change_count = 0;
+	group_end(ledger);
+}
+
+/* ---- Id lists. ---- */
+
+/* Heapsort of string pointers by strcmp: in place, no allocation (qsort may
+ * allocate), O(n log n). Sorted ids also give the stores a deadlock-free
+ * locking order. */
+static void sift_down(const char **ids, size_t root, size_t count)
+{
+	for (;;) {
+		size_t child = 2 * root + 1;
+		if (child >= count)
+			return;
+		if (child + 1 < count && strcmp(ids[child], ids[child + 1]) < 0)
+			child++;
+		if (strcmp(ids[root], ids[child]) >= 0)
+			return;
+		const char *swap = ids[root];
+		ids[root] = ids[child];
+		ids[child] = swap;
+		root = child;
+	}
+}
+
+static size_t sort_unique(const char **ids, size_t count)
+{
+	if (count < 2)
+		return count;
+	for (size_t i = count / 2; i-- > 0;)
+		sift_down(ids, i, count);
+	for (size_t end = count - 1; end > 0; end--) {
+		const char *swap = ids[0];
+		ids[0] = ids[end];
+		ids[end] = swap;
+		sift_down(ids, 0, end);
+	}
+	size_t unique = 1;
+	for (size_t i = 1; i < count; i++) {
+		if (strcmp(ids[i], ids[unique - 1]) != 0)
+			ids[unique++] = ids[i];
+	}
+	return unique;
+}
+
+void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
+                              const char **ids, size_t *count)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < ops_count; i++) {
+		switch (ops[i].kind) {
+		case KOBO_OP_CREATE_TRANSFER:
+			ids[n++] = ops[i].u.transfer.id;
+			break;
+		case KOBO_OP_POST:
+		case KOBO_OP_VOID:
+		case KOBO_OP_EXPIRE:
+			ids[n++] = ops[i].u.target.id;
+			break;
+		case KOBO_OP_CREATE_ACCOUNT:
+			break;
+		}
+	}
+	*count = sort_unique(ids, n);
+}
+
+/* The accounts of a loaded transfer matter only when an op posts, voids or
+ * expires it: a CREATE_TRANSFER that finds its id answers from the stored
+ * transfer alone. Listing only those keeps the count within 2 per op. */
+void kobo_ledger_account_ids(const kobo_ledger *ledger, const kobo_op *ops,
+                             size_t ops_count, const char **ids, size_t *count)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < ops_count; i++) {
+		const kobo_op *op = &ops[i];
+		switch (op->kind) {
+		case KOBO_OP_CREATE_ACCOUNT:
+			ids[n++] = op->u.account.id;
+			break;
+		case KOBO_OP_CREATE_TRANSFER:
+			ids[n++] = op->u.transfer.from;
+			ids[n++] = op->u.transfer.to;
+			break;
+		case KOBO_OP_POST:
+		case KOBO_OP_VOID:
+		case KOBO_OP_EXPIRE: {
+			int64_t slot = transfer_find(ledger, op->u.target.id);
+			if (slot >= 0) {
+				const kobo_transfer *transfer =
+					&ledger->transfers[slot].transfer;
+				ids[n++] = transfer->from;
+				ids[n++] = transfer->to;
+			}
+			break;
+		}
+		}
+	}
+	*count = sort_unique(ids, n);
+}
+
+/* ---- Putting stored records. ---- */
+
+int kobo_ledger_put_account(kobo_ledger *ledger, const kobo_account *account)
+{
+	if (account_find(ledger, account->id) >= 0)
+		return KOBO_EINVAL;
+	if (ledger->account_count >= ledger->account_capacity)
+		return KOBO_EFULL;
+	account_insert(ledger, account, false);
+	return KOBO_OK;
+}
+
+int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer)
+{
+	if (transfer_find(ledger, transfer->id) >= 0)
+		return KOBO_EINVAL;
+	if (ledger->transfer_count >= ledger->transfer_capacity)
+		return KOBO_EFULL;
+	transfer_insert(ledger, transfer, false);
+	return KOBO_OK;
+}
+
+/* ---- The rules, one function per op kind. ---- */
+
+static void snapshot_account(const kobo_ledger *ledger, int64_t slot,
+                             kobo_result *result)
+{
+	result->has_account = true;
+	result->account = ledger->accounts[slot].account;
+}
+
+static void snapshot_transfer(const kobo_ledger *ledger, int64_t slot,
+                              kobo_result *result)
+{
+	result->has_transfer = true;
+	result->transfer = ledger->transfers[slot].transfer;
+}
+
+static kobo_result_code apply_create_account(kobo_ledger *ledger,
+                                             const kobo_op *op, int64_t now_ms,
+                                             kobo_result *result)
+{
+	const kobo_account *wanted = &op->u.account;
+	int64_t slot = account_find(ledger, wanted->id);
+	if (slot >= 0) {
+		const kobo_account *stored = &ledger->accounts[slot].account;
+		if (strcmp(stored->currency, wanted->currency) != 0 ||
+		    stored->allow_negative != wanted->allow_negative ||
+		    !metadata_equal(stored->metadata, stored->metadata_len,
+		                    wanted->metadata, wanted->metadata_len))
+			return KOBO_RESULT_ID_CONFLICT;
+		snapshot_account(ledger, slot, result);
+		return KOBO_RESULT_REPLAYED;
+	}
+	kobo_account account;
+	memset(&account, 0, sizeof(account));
+	memcpy(account.id, wanted->id, sizeof(account.id));
+	memcpy(account.currency, wanted->currency, sizeof(account.currency));
+	account.allow_negative = wanted->allow_negative;
+	account.metadata = wanted->metadata;
+	account.metadata_len = wanted->metadata_len;
+	account.created_at_ms = now_ms;
+	slot = account_insert(ledger, &account, true);
+	account_change_note(ledger, (uint32_t)slot);
+	snapshot_account(ledger, slot, result);
+	return KOBO_RESULT_CREATED;
+}
+
+static bool transfer_params_equal(const kobo_transfer *stored,
+                                  const kobo_transfer *wanted)
+{
+	return strcmp(stored->from, wanted->from) == 0 &&
+	       strcmp(stored->to, wanted->to) == 0 &&
+	       stored->amount == wanted->amount &&
+	       strcmp(stored->currency, wanted->currency) == 0 &&
+	       stored->pending == wanted->pending &&
+	       stored->timeout_seconds == wanted->timeout_seconds &&
+	       metadata_equal(stored->metadata, stored->metadata_len,
+	                      wanted->metadata, wanted->metadata_len);
+}
+
+/* Records a new transfer from a CREATE_TRANSFER op with the given outcome
+ * (the caller moves the money); returns its slot. */
+static uint32_t record_transfer(kobo_ledger *ledger, const kobo_op *op,
+                                int64_t now_ms, kobo_transfer_status status,
+                                kobo_result_code error_code)
+{
+	const kobo_transfer *wanted = &op->u.transfer;
+	kobo_transfer transfer;
+	memset(&transfer, 0, sizeof(transfer));
+	memcpy(transfer.id, wanted->id, sizeof(transfer.id));
+	memcpy(transfer.from, wanted->from, sizeof(transfer.from));
+	memcpy(transfer.to, wanted->to, sizeof(transfer.to));
+	memcpy(transfer.currency, wanted->currency, sizeof(transfer.currency));
+	memcpy(transfer.request_id, op->request_id, sizeof(transfer.request_id));
+	transfer.amount = wanted->amount;
+	transfer.pending = wanted->pending;
+	transfer.timeout_seconds = wanted->timeout_seconds;
+	transfer.metadata = wanted->metadata;
+	transfer.metadata_len = wanted->metadata_len;
+	transfer.status = status;
+	transfer.void_reason = KOBO_VOID_NONE;
+	transfer.error_code = status == KOBO_STATUS_REJECTED ? error_code
+	                                                     : KOBO_RESULT_CREATED;
+	transfer.created_at_ms = now_ms;
+	transfer.updated_at_ms = now_ms;
+	if (status == KOBO_STATUS_POSTED)
+		transfer.posted_amount = wanted->amount;
+	if (status == KOBO_STATUS_PENDING && wanted->timeout_seconds > 0) {
+		int64_t expires_at_ms;
+		if (__builtin_mul_overflow((int64_t)wanted->timeout_seconds,
+		                           (int64_t)1000, &expires_at_ms) ||
+		    __builtin_add_overflow(now_ms, expires_at_ms,
+		                           &expires_at_ms))
+			expires_at_ms = INT64_MAX;
+		transfer.expires_at_ms = expires_at_ms;
+	}
+	uint32_t slot = transfer_insert(ledger, &transfer, true);
+	transfer_change_note(ledger, slot);
+	return slot;
+}
+
+/* The business rules of a new transfer, in the documented order. On success
+ * returns CREATED and the slots of both accounts; nothing is changed. */
+static kobo_result_code check_new_transfer(const kobo_ledger *ledger,
+                                           const kobo_transfer *wanted,
+                                           int64_t *from_slot_out,
+                                           int64_t *to_slot_out)
+{
+	if (strcmp(wanted->from, wanted->to) == 0)
+		return KOBO_RESULT_SAME_ACCOUNT;
+	int64_t from_slot = account_find(ledger, wanted->from);
+	int64_t to_slot = account_find(ledger, wanted->to);
+	if (from_slot < 0 || to_slot < 0)
+		return KOBO_RESULT_ACCOUNT_NOT_FOUND;
+	const kobo_account *from = &ledger->accounts[from_slot].account;
+	const kobo_account *to = &ledger->accounts[to_slot].account;
+	if (strcmp(wanted->currency, from->currency) != 0 ||
+	    strcmp(wanted->currency, to->currency) != 0)
+		return KOBO_RESULT_CURRENCY_MISMATCH;
+	int64_t amount = wanted->amount;
+	if (!from->allow_negative) {
+		/* Overflow here means a very negative balance: not enough. */
+		int64_t available, rest;
+		if (__builtin_sub_overflow(from->posted, from->pending_out,
+		                           &available) ||
+		    __builtin_sub_overflow(available, amount, &rest) || rest < 0)
+			return KOBO_RESULT_INSUFFICIENT_FUNDS;
+	}
+	int64_t from_posted, to_posted, from_pending_out, to_pending_in;
+	if (__builtin_sub_overflow(from->posted, amount, &from_posted) ||
+	    __builtin_add_overflow(to->posted, amount, &to_posted) ||
+	    __builtin_add_overflow(from->pending_out, amount,
+	                           &from_pending_out) ||
+	    __builtin_add_overflow(to->pending_in, amount, &to_pending_in))
+		return KOBO_RESULT_AMOUNT_OVERFLOW;
+	/* The available balances the transfer leaves behind must fit too. */
+	int64_t from_available, to_available;
+	if (wanted->pending) {
+		if (__builtin_sub_overflow(from->posted, from_pending_out,
+		                           &from_available) ||
+		    __builtin_sub_overflow(to->posted, to->pending_out,
+		                           &to_available))
+			return KOBO_RESULT_AMOUNT_OVERFLOW;
+	} else {
+		if (__builtin_sub_overflow(from_posted, from->pending_out,
+		                           &from_available) ||
+		    __builtin_sub_overflow(to_posted, to->pending_out,
+		                           &to_available))
+			return KOBO_RESULT_AMOUNT_OVERFLOW;
+	}
+	*from_slot_out = from_slot;
+	*to_slot_out = to_slot;
+	return KOBO_RESULT_CREATED;
+}
+
+static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
+                                              const kobo_op *op,
+                                              int64_t now_ms,
+                                              kobo_result *result)
+{
+	const kobo_transfer *wanted = &op->u.transfer;
+	int64_t slot = transfer_find(ledger, wanted->id);
+	if (slot >= 0) {
+		if (!transfer_params_equal(&ledger->transfers[slot].transfer,
+		                           wanted))
+			return KOBO_RESULT_ID_CONFLICT;
+		snapshot_transfer(ledger, slot, result);
+		return KOBO_RESULT_REPLAYED;
+	}
+	int64_t from_slot = -1, to_slot = -1;
+	kobo_result_code code = check_new_transfer(ledger, wanted, &from_slot,
+	                                           &to_slot);
+	if (code != KOBO_RESULT_CREATED) {
+		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
+		                       code);
+		snapshot_transfer(ledger, slot, result);
+		return code;
+	}
+	kobo_account *from = account_touch(ledger, (uint32_t)from_slot);
+	kobo_account *to = account_touch(ledger, (uint32_t)to_slot);
+	if (wanted->pending) {
+		from->pending_out += wanted->amount;
+		to->pending_in += wanted->amount;
+		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_PENDING,
+		                       KOBO_RESULT_CREATED);
+	} else {
+		from->posted -= wanted->amount;
+		to->posted += wanted->amount;
+		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_POSTED,
+		                       KOBO_RESULT_CREATED);
+	}
+	snapshot_transfer(ledger, slot, result);
+	return KOBO_RESULT_CREATED;
+}
+
+/* The accounts of a stored PENDING transfer; kobo_ledger_apply() checked
+ * up front that both were put. */
+static void hold_accounts(const kobo_ledger *ledger,
+                          const kobo_transfer *transfer, uint32_t *from_slot,
+                          uint32_t *to_slot)
+{
+	int64_t from = account_find(ledger, transfer->from);
+	int64_t to = account_find(ledger, transfer->to);
+	KOBO__LEDGER_ASSERT(from >= 0 && to >= 0);
+	*from_slot = (uint32_t)from;
+	*to_slot = (uint32_t)to;
+}
+
+/* Releases the hold of a PENDING transfer and marks it VOIDED. */
+static void release_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
+                         kobo_void_reason reason, int64_t now_ms)
+{
+	kobo_transfer *transfer = transfer_touch(ledger, transfer_slot_index);
+	KOBO__LEDGER_ASSERT(transfer->status == KOBO_STATUS_PENDING);
+	uint32_t from_slot, to_slot;
+	hold_accounts(ledger, transfer, &from_slot, &to_slot);
+	kobo_account *from = account_touch(ledger, from_slot);
+	kobo_account *to = account_touch(ledger, to_slot);
+	KOBO__LEDGER_ASSERT(from->pending_out >= transfer->amount);
+	KOBO__LEDGER_ASSERT(to->pending_in >= transfer->amount);
+	from->pending_out -= transfer->amount;
+	to->pending_in -= transfer->amount;
+	transfer->status = KOBO_STATUS_VOIDED;
+	transfer->void_reason = reason;
+	transfer->posted_amount = 0;
+	transfer->updated_at_ms = now_ms;
+}
+
+static bool hold_expired(const kobo_transfer *transfer, int64_t now_ms)
+{
+	return transfer->expires_at_ms != 0 && now_ms >= transfer->expires_at_ms;
+}
+
+static kobo_result_code apply_post(kobo_ledger *ledger, const kobo_op *op,
+                                   int64_t now_ms, kobo_result *result)
+{
+	int64_t slot = transfer_find(ledger, op->u.target.id);
+	if (slot < 0)
+		return KOBO_RESULT_TRANSFER_NOT_FOUND;
+	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
+	if (transfer->status == KOBO_STATUS_POSTED) {
+		snapshot_transfer(ledger, slot, result);
+		return KOBO_RESULT_REPLAYED;
+	}
+	if (transfer->status != KOBO_STATUS_PENDING) {
+		snapshot_transfer(ledger, slot, result);
+		return KOBO_RESULT_NOT_PENDING;
+	}
+	if (hold_expired(transfer, now_ms)) {
+		/* The hold lapsed before this post: the expiry happens now,
+		 * and the post finds nothing to post. */
+		release_hold(ledger, (uint32_t)slot, KOBO_VOID_EXPIRED, now_ms);
+		snapshot_transfer(ledger, slot, result);
+		return KOBO_RESULT_NOT_PENDING;
+	}
+	int64_t amount = op->u.target.has_amount ? op->u.target.amount
+	                                         : transfer->amount;
+	if (amount > transfer->amount) {
+		snapshot_transfer(ledger, slot, result);
+		return KOBO_RESULT_AMOUNT_EXCEEDS_PENDING;
+	}
+	uint32_t from_slot, to_slot;
+	hold_accounts(ledger, transfer, &from_slot, &to_slot);
+	const kobo_account *from = &ledger->accounts[from_slot].account;
+	const kobo_account *to = &ledger->accounts[to_slot].account;
+	KOBO__LEDGER_ASSERT(from->pending_out >= transfer->amount);
+	KOBO__LEDGER_ASSERT(to->pending_in >= transfer->amount);
+	/* to.posted + amount is the only sum a valid state can overflow; the
+	 * rest is checked as well so no arithmetic below can wrap. */
+	int64_t from_posted, to_posted, from_available, to_available;
+	if (__builtin_add_overflow(to->posted, amount, &to_posted) ||
+	    __builtin_sub_overflow(from->posted, amount, &from_posted) ||
+	    __builtin_sub_overflow(from_posted,
+	                           from->pending_out - transfer->amount,
+	                           &from_available) ||
+	    __builtin_sub_overflow(to_posted, to->pending_out, &to_available)) {
+		snapshot_transfer(ledger, slot, result);
+		return KOBO_RESULT_AMOUNT_OVERFLOW;
+	}
+	kobo_transfer *held = transfer_touch(ledger, (uint32_t)slot);
+	kobo_account *from_account = account_touch(ledger, from_slot);
+	kobo_account *to_account = account_touch(ledger, to_slot);
+	from_account->pending_out -= held->amount;
+	to_account->pending_in -= held->amount;
+	from_account->posted = from_posted;
+	to_account->posted = to_posted;
+	held->posted_amount = amount;
+	held->status = KOBO_STATUS_POSTED;
+	held->updated_at_ms = now_ms;
+	snapshot_transfer(ledger, slot, result);
+	return KOBO_RESULT_UPDATED;
+}
+
+static kobo_result_code apply_void(kobo_ledger *ledger, const kobo_op *op,
+                                   int64_t now_ms, kobo_result *result)
+{
+	int64_t slot = transfer_find(ledger, op->u.target.id);
+	if (slot < 0)
+		return KOBO_RESULT_TRANSFER_NOT_FOUND;
+	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
+	kobo_result_code code;
+	if (transfer->status == KOBO_STATUS_VOIDED) {
+		code = KOBO_RESULT_REPLAYED;
+	} else if (transfer->status == KOBO_STATUS_PENDING) {
+		release_hold(ledger, (uint32_t)slot,
+		             hold_expired(transfer, now_ms) ? KOBO_VOID_EXPIRED
+		                                            : KOBO_VOID_VOIDED,
+		             now_ms);
+		code = KOBO_RESULT_UPDATED;
+	} else {
+		code = KOBO_RESULT_NOT_PENDING;
+	}
+	snapshot_transfer(ledger, slot, result);
+	return code;
+}
+
+/* EXPIRE is the writer's own op: anything but an expired PENDING hold
+ * (including an unknown id) answers NOT_PENDING, a no-op it ignores. */
+static kobo_result_code apply_expire(kobo_ledger *ledger, const kobo_op *op,
+                                     int64_t now_ms, kobo_result *result)
+{
+	int64_t slot = transfer_find(ledger, op->u.target.id);
+	if (slot < 0)
+		return KOBO_RESULT_NOT_PENDING;
+	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
+	kobo_result_code code = KOBO_RESULT_NOT_PENDING;
+	if (transfer->status == KOBO_STATUS_PENDING &&
+	    hold_expired(transfer, now_ms)) {
+		release_hold(ledger, (uint32_t)slot, KOBO_VOID_EXPIRED, now_ms);
+		code = KOBO_RESULT_UPDATED;
+	}
+	snapshot_transfer(ledger, slot, result);
+	return code;
+}
+
+static kobo_result_code apply_op(kobo_ledger *ledger, const kobo_op *op,
+                                 int64_t now_ms, kobo_result *result)
+{
+	memset(result, 0, sizeof(*result));
+	kobo_result_code code = KOBO_RESULT_NOT_APPLIED;
+	switch (op->kind) {
+	case KOBO_OP_CREATE_ACCOUNT:
+		code = apply_create_account(ledger, op, now_ms, result);
+		break;
+	case KOBO_OP_CREATE_TRANSFER:
+		code = apply_create_transfer(ledger, op, now_ms, result);
+		break;
+	case KOBO_OP_POST:
+		code = apply_post(ledger, op, now_ms, result);
+		break;
+	case KOBO_OP_VOID:
+		code = apply_void(ledger, op, now_ms, result);
+		break;
+	case KOBO_OP_EXPIRE:
+		code = apply_expire(ledger, op, now_ms, result);
+		break;
+	}
+	result->code = code;
+	return code;
+}
+
+/* ---- Atomic groups. ---- */
+
+static bool op_failed_group(const kobo_result *result)
+{
+	switch (result->code) {
+	case KOBO_RESULT_CREATED:
+	case KOBO_RESULT_UPDATED:
+		return false;
+	case KOBO_RESULT_REPLAYED:
+		/* A replayed refusal is still a refusal (see the notes). */
+		return result->has_transfer &&
+		       result->transfer.status == KOBO_STATUS_REJECTED;
+	default:
+		return true;
+	}
+}
+
+static const char *op_record_id(const kobo_op *op)
+{
+	switch (op->kind) {
+	case KOBO_OP_CREATE_ACCOUNT: return op->u.account.id;
+	case KOBO_OP_CREATE_TRANSFER: return op->u.transfer.id;
+	default: return op->u.target.id;
+	}
+}
+
+/* The answer of a non-failing op of a failed group, after rollback: REPLAYED
+ * when it is a replay of a record that existed before the group, else
+ * NOT_APPLIED (recording a new transfer as REJECTED). */
+static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
+                               int64_t now_ms, kobo_result *result)
+{
+	memset(result, 0, sizeof(*result));
+	result->code = KOBO_RESULT_NOT_APPLIED;
+	if (op->kind == KOBO_OP_CREATE_ACCOUNT) {
+		const kobo_account *wanted = &op->u.account;
+		int64_t slot = account_find(ledger, wanted->id);
+		if (slot < 0)
+			return;
+		const kobo_account *stored = &ledger->accounts[slot].account;
+		KOBO__LEDGER_ASSERT(slot < ledger->group_account_count);
+		if (strcmp(stored->currency, wanted->currency) == 0 &&
+		    stored->allow_negative == wanted->allow_negative &&
+		    metadata_equal(stored->metadata, stored->metadata_len,
+		                   wanted->metadata, wanted->metadata_len)) {
+			result->code = KOBO_RESULT_REPLAYED;
+			snapshot_account(ledger, slot, result);
+		}
+		return;
+	}
+	int64_t slot = transfer_find(ledger, op_record_id(op));
+	if (op->kind == KOBO_OP_CREATE_TRANSFER && slot < 0) {
+		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
+		                       KOBO_RESULT_NOT_APPLIED);
+		snapshot_transfer(ledger, slot, result);
+		return;
+	}
+	if (slot < 0 || slot >= ledger->group_transfer_count)
+		return;
+	const kobo_transfer *stored = &ledger->transfers[slot].transfer;
+	bool replay = false;
+	switch (op->kind) {
+	case KOBO_OP_CREATE_TRANSFER:
+		replay = transfer_params_equal(stored, &op->u.transfer);
+		break;
+	case KOBO_OP_POST:
+		replay = stored->status == KOBO_STATUS_POSTED;
+		break;
+	case KOBO_OP_VOID:
+		replay = stored->status == KOBO_STATUS_VOIDED;
+		break;
+	default:
+		break;
+	}
+	if (replay) {
+		result->code = KOBO_RESULT_REPLAYED;
+		snapshot_transfer(ledger, slot, result);
+	}
+}
+
+/* Rolls a failed group back and gives each of its ops its final answer. */
+static void finish_failed_group(kobo_ledger *ledger, const kobo_op *ops,
+                                size_t group_start, size_t group_end_index,
+                                size_t failed, int64_t now_ms,
+                                kobo_result *results)
+{
+	rollback_group(ledger);
+	/* Nothing below needs undoing: stop logging. */
+	ledger->group_active = false;
+	for (size_t i = group_start; i < group_end_index; i++) {
+		kobo_result *result = &results[i];
+		if (i != failed) {
+			answer_not_applied(ledger, &ops[i], now_ms, result);
+			continue;
+		}
+		/* The failing op keeps its code; its snapshot is retaken
+		 * from the state as rolled back. */
+		result->has_account = false;
+		if (!result->has_transfer)
+			continue;
+		result->has_transfer = false;
+		const kobo_op *op = &ops[i];
+		int64_t slot = transfer_find(ledger, op_record_id(op));
+		if (op->kind == KOBO_OP_CREATE_TRANSFER &&
+		    is_business_rejection(result->code)) {
+			KOBO__LEDGER_ASSERT(slot < 0);
+			slot = record_transfer(ledger, op, now_ms,
+			                       KOBO_STATUS_REJECTED,
+			                       result->code);
+		}
+		if (slot >= 0)
+			snapshot_transfer(ledger, slot, result);
+	}
+	group_end(ledger);
+}
+
+/* ---- Apply. ---- */
+
+/* Preconditions that make apply all-or-nothing: valid ops, and room for
+ * every record the ops could create. */
+static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
+                       size_t ops_count)
+{
+	if (ops_count > ledger->ops_max)
+		return KOBO_EINVAL;
+	uint32_t new_accounts = 0, new_transfers = 0;
+	for (size_t i = 0; i < ops_count; i++) {
+		const kobo_op *op = &ops[i];
+		switch (op->kind) {
+		case KOBO_OP_CREATE_ACCOUNT:
+			if (op->u.account.metadata == NULL &&
+			    op->u.account.metadata_len != 0)
+				return KOBO_EINVAL;
+			if (account_find(ledger, op->u.account.id) < 0)
+				new_accounts++;
+			break;
+		case KOBO_OP_CREATE_TRANSFER:
+			if (op->u.transfer.amount < 1 ||
+			    op->u.transfer.timeout_seconds >
+			            KOBO_TIMEOUT_SECONDS_MAX ||
+			    (op->u.transfer.metadata == NULL &&
+			     op->u.transfer.metadata_len != 0))
+				return KOBO_EINVAL;
+			if (transfer_find(ledger, op->u.transfer.id) < 0)
+				new_transfers++;
+			break;
+		case KOBO_OP_POST:
+		case KOBO_OP_VOID:
+		case KOBO_OP_EXPIRE: {
+			if (op->kind == KOBO_OP_POST && op->u.target.has_amount &&
+			    op->u.target.amount < 1)
+				return KOBO_EINVAL;
+			/* A stored hold must come with its accounts. */
+			int64_t slot = transfer_find(ledger, op->u.target.id);
+			if (slot >= 0) {
+				const kobo_transfer *transfer =
+					&ledger->transfers[slot].transfer;
+				if (transfer->status == KOBO_STATUS_PENDING &&
+				    (account_find(ledger, transfer->from) < 0 ||
+				     account_find(ledger, transfer->to) < 0))
+					return KOBO_EINVAL;
+			}
+			break;
+		}
+		default:
+			return KOBO_EINVAL;
+		}
+	}
+	if (new_accounts > ledger->account_capacity - ledger->account_count ||
+	    new_transfers > ledger->transfer_capacity - ledger->transfer_count)
+		return KOBO_EFULL;
+	return KOBO_OK;
+}
+
+static void check_invariants(kobo_ledger *ledger)
+{
+	uint32_t used_count = 0;
+	for (uint32_t i = 0; i < ledger->account_count; i++) {
+		const account_slot *slot = &ledger->accounts[i];
+		const kobo_account *account = &slot->account;
+		if (slot->change_index < 0) {
+			/* 4: unlisted means unchanged. */
+			KOBO__LEDGER_ASSERT(account->posted == slot->posted_before);
+			KOBO__LEDGER_ASSERT(account->pending_out ==
+			                    slot->pending_out_before);
+			KOBO__LEDGER_ASSERT(account->pending_in ==
+			                    slot->pending_in_before);
+			continue;
+		}
+		/* 2 */
+		KOBO__LEDGER_ASSERT(account->pending_out >= 0);
+		KOBO__LEDGER_ASSERT(account->pending_in >= 0);
+		/* 3 */
+		int64_t available_before, available_after;
+		if (!account->allow_negative &&
+		    !__builtin_sub_overflow(slot->posted_before,
+		                            slot->pending_out_before,
+		                            &available_before) &&
+		    available_before >= 0) {
+			KOBO__LEDGER_ASSERT(!__builtin_sub_overflow(
+				account->posted, account->pending_out,
+				&available_after));
+			KOBO__LEDGER_ASSERT(available_after >= 0);
+		}
+		/* 1: accumulate per currency. */
+		uint32_t index = (uint32_t)hash_id(account->currency) &
+		                 ledger->account_table_mask;
+		currency_sum *sum;
+		for (;;) {
+			sum = &ledger->currency_sums[index];
+			if (!sum->used) {
+				memset(sum, 0, sizeof(*sum));
+				sum->used = true;
+				memcpy(sum->currency, account->currency,
+				       sizeof(sum->currency));
+				ledger->currency_used[used_count++] = index;
+				break;
+			}
+			if (strcmp(sum->currency, account->currency) == 0)
+				break;
+			index = (index + 1) & ledger->account_table_mask;
+		}
+		sum->posted += (uint64_t)account->posted -
+		               (uint64_t)slot->posted_before;
+		sum->pending_out += (uint64_t)account->pending_out -
+		                    (uint64_t)slot->pending_out_before;
+		sum->pending_in += (uint64_t)account->pending_in -
+		                   (uint64_t)slot->pending_in_before;
+	}
+	for (uint32_t i = 0; i < used_count; i++) {
+		currency_sum *sum = &ledger->currency_sums[ledger->currency_used[i]];
+		KOBO__LEDGER_ASSERT(sum->posted == 0);
+		KOBO__LEDGER_ASSERT(sum->pending_out == sum->pending_in);
+		sum->used = false;
+	}
+	/* 5 */
+	for (uint32_t i = 0; i < ledger->transfer_change_count; i++) {
+		const kobo_transfer *transfer =
+			ledger->transfer_changes[i].transfer;
+		if (transfer->status == KOBO_STATUS_POSTED)
+			KOBO__LEDGER_ASSERT(transfer->posted_amount >= 1 &&
+			                    transfer->posted_amount <=
+			                            transfer->amount);
+		else
+			KOBO__LEDGER_ASSERT(transfer->posted_amount == 0);
+	}
+}
+
+int kobo_ledger_apply(kobo_ledger *ledger, const kobo_op *ops, size_t ops_count,
+                      int64_t now_ms, kobo_result *results)
+{
+	int status = check_batch(ledger, ops, ops_count);
+	if (status != KOBO_OK)
+		return status;
+	size_t i = 0;
+	while (i < ops_count) {
+		uint32_t group = ops[i].atomic_group;
+		if (group == 0) {
+			apply_op(ledger, &ops[i], now_ms, &results[i]);
+			i++;
+			continue;
+		}
+		/* One group: the maximal run of ops with this group number. */
+		size_t group_start = i;
+		size_t group_end_index = i;
+		while (group_end_index < ops_count &&
+		       ops[group_end_index].atomic_group == group)
+			group_end_index++;
+		group_begin(ledger);
+		size_t failed = group_end_index;
+		for (size_t j = group_start; j < group_end_index; j++) {
+			apply_op(ledger, &ops[j], now_ms, &results[j]);
+			if (op_failed_group(&results[j])) {
+				failed = j;
+				break;
+			}
+		}
+		if (failed < group_end_index)
+			finish_failed_group(ledger, ops, group_start,
+			                    group_end_index, failed, now_ms,
+			                    results);
+		else
+			group_end(ledger);
+		i = group_end_index;
+	}
+	check_invariants(ledger);
+	return KOBO_OK;
+}
+
+/* ---- Changes. ---- */
+
+size_t kobo_ledger_changed_accounts(const kobo_ledger *ledger,
+                                    const kobo_account_change **changes)
+{
+	*changes = ledger->account_changes;
+	return ledger->account_change_count;
+}
+
+size_t kobo_ledger_changed_transfers(const kobo_ledger *ledger,
+                                     const kobo_transfer_change **changes)
+{
+	*changes = ledger->transfer_changes;
+	return ledger->transfer_change_count;
+}
