@@ -1,0 +1,1331 @@
+/*
+ * store_sqlite.c — the embedded store: one SQLite file per shard.
+ *
+ * Implements store.h over SQLite in WAL mode. The write side is used by the
+ * shard writer thread only; readers get connections of their own; a
+ * background thread checkpoints the WAL. The audit lives in sqlite_audit.c.
+ *
+ * NOTES ON THE DESIGN
+ *
+ * Schema (version 1, see `migrations` below; PRAGMA user_version says which
+ * migrations a file has had):
+ *
+ *   accounts(id TEXT PRIMARY KEY, currency, allow_negative, posted,
+ *            pending_out, pending_in, metadata TEXT, created_at_ms)
+ *            WITHOUT ROWID: every lookup is by id, so the id b-tree is the
+ *            table and there is no second index to keep in step.
+ *   transfers(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, from_id,
+ *            to_id, currency, amount, posted_amount, pending,
+ *            timeout_seconds, expires_at_ms, status TEXT, void_reason TEXT,
+ *            error_code TEXT, metadata TEXT, request_id TEXT,
+ *            created_at_ms, updated_at_ms)
+ *            seq is the rowid: rows are never deleted, so a new row's seq is
+ *            one more than the largest, and seq orders a shard's transfers
+ *            by insertion (the history cursor). Statuses and reasons are
+ *            stored as text so that the file reads well in the sqlite3 CLI.
+ *   transfers_from_seq (from_id, seq), transfers_to_seq (to_id, seq):
+ *            history, one ordered range scan per direction.
+ *   transfers_expiry (expires_at_ms) WHERE status = 'pending' AND
+ *            expires_at_ms > 0: only open holds that can expire, so the
+ *            expiry scan touches nothing else.
+ *
+ * Durability: journal_mode=WAL with synchronous=FULL. In WAL mode a commit
+ * appends the batch's pages to the -wal file and fsyncs it once; FULL makes
+ * that fsync happen at every commit, which is what lets the writer answer
+ * as soon as commit() returns (NORMAL would only sync at checkpoints and can
+ * lose acknowledged batches on power loss). WAL also lets readers run on
+ * their own snapshot while the writer writes.
+ *
+ * Checkpoints: a checkpoint copies WAL pages back into the database file and
+ * fsyncs it. SQLite runs them inside the commit that crosses
+ * wal_autocheckpoint pages, which doubled the fsyncs per batch at large
+ * batch sizes (MEASUREMENTS.md). So the writer connection has
+ * wal_autocheckpoint=0 and a WAL hook that only counts commits, and a
+ * checkpointer thread with its own connection runs
+ * PRAGMA wal_checkpoint(PASSIVE) every STORE_SQLITE_CHECKPOINT_PERIOD_MS when
+ * there were commits (PASSIVE never waits for and never blocks the writer).
+ * When the WAL still holds more than STORE_SQLITE_WAL_RESTART_BYTES after
+ * that (readers kept old frames alive), it escalates to RESTART, and past
+ * STORE_SQLITE_WAL_TRUNCATE_BYTES to TRUNCATE, so the WAL stays bounded.
+ * Those modes take the write lock briefly; the checkpointer's short busy
+ * timeout keeps that wait small. close() stops the thread before closing.
+ *
+ * The write-side transaction state machine:
+ *
+ *                   begin() fails (SQLITE_BUSY, I/O): KOBO_ESTORE
+ *                  ┌────┐
+ *                  │    ▼
+ *               ┌──┴───────┐  begin()    ┌──────────┐
+ *   open() ───▶ │   IDLE   │ ──────────▶ │ IN_BATCH │ ◀─┐ load_*(), write()
+ *               └──────────┘             └──────────┘ ──┘
+ *                  ▲    ▲   commit() ok       │  │
+ *                  │    └─────────────────────┘  │ commit(), load_*() or
+ *                  │    rollback(), or load_*()  │ write() fails in SQLite
+ *                  │    refused by the ledger    ▼
+ *                  └──────────────────────  ┌────────┐
+ *                                           │ FAILED │ begin(): KOBO_EFAILED
+ *                                           └────────┘ until close/reopen
+ *
+ *   transition              performed by        what happens
+ *   IDLE → IN_BATCH         store_begin         arena reset; BEGIN IMMEDIATE
+ *   IDLE → IDLE (error)     store_begin         BEGIN failed; nothing held
+ *   IN_BATCH → IN_BATCH     store_load_*,       SELECT by primary key /
+ *                           store_write         INSERT, UPDATE
+ *   IN_BATCH → IDLE         store_commit        COMMIT (one WAL fsync)
+ *   IN_BATCH → IDLE         store_rollback      ROLLBACK
+ *   IN_BATCH → IDLE         store_load_*        the ledger refused a row
+ *                                               (EFULL, EINVAL): ROLLBACK
+ *   IN_BATCH → FAILED       store_load_*,       ROLLBACK, failed flag set
+ *                           store_write,        (store_fail)
+ *                           store_commit
+ *   FAILED → FAILED         store_rollback      nothing
+ *
+ * Invariants:
+ *   1. Only the writer thread touches `writer` and its statements; healthy()
+ *      reads only the atomic `failed` flag.
+ *   2. state == IN_BATCH exactly when the writer connection holds an open
+ *      transaction that this code began.
+ *   3. Once `failed` is set it is never cleared: the only way out is to
+ *      close the store and open it again, which rereads the file.
+ *   4. Memory handed to the ledger by the loads (metadata) lives in the
+ *      arena, which is reset only by begin().
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../obs/obs.h"
+#include "sqlite_internal.h"
+
+/* ---- Limits. ---- */
+
+/* How often the checkpointer looks at the WAL. */
+#define STORE_SQLITE_CHECKPOINT_PERIOD_MS 200
+/* WAL sizes past which a PASSIVE checkpoint is followed by a RESTART (the
+ * writer then starts the WAL over from its beginning) or a TRUNCATE (the
+ * file is cut to zero bytes). The writer's journal_size_limit cuts a
+ * restarted WAL back to the first size. */
+#define STORE_SQLITE_WAL_RESTART_BYTES (64 * 1024 * 1024)
+#define STORE_SQLITE_WAL_TRUNCATE_BYTES (256 * 1024 * 1024)
+/* Arena chunk for loaded metadata. A chunk holds many rows; a row larger
+ * than a chunk gets a chunk of its own size. */
+#define STORE_SQLITE_ARENA_CHUNK_BYTES (256 * 1024)
+
+_Static_assert(STORE_SQLITE_WAL_TRUNCATE_BYTES > STORE_SQLITE_WAL_RESTART_BYTES,
+               "TRUNCATE is the escalation past RESTART");
+_Static_assert(STORE_SQLITE_ARENA_CHUNK_BYTES >= 16 * KOBO_METADATA_BYTES_MAX,
+               "a chunk holds many rows of the largest metadata");
+_Static_assert(STORE_SQLITE_CHECKPOINT_BUSY_TIMEOUT_MS < STORE_SQLITE_BUSY_TIMEOUT_MS,
+               "the writer must outwait a checkpoint that holds the write lock");
+
+/* ---- Migrations. Append only: a released step never changes. ---- */
+
+static const char *const migrations[] = {
+	/* 1: the initial schema. */
+	"CREATE TABLE accounts ("
+	"  id             TEXT    PRIMARY KEY NOT NULL,"
+	"  currency       TEXT    NOT NULL,"
+	"  allow_negative INTEGER NOT NULL CHECK (allow_negative IN (0, 1)),"
+	"  posted         INTEGER NOT NULL,"
+	"  pending_out    INTEGER NOT NULL,"
+	"  pending_in     INTEGER NOT NULL,"
+	"  metadata       TEXT    NOT NULL DEFAULT '{}',"
+	"  created_at_ms  INTEGER NOT NULL"
+	") WITHOUT ROWID;"
+	"CREATE TABLE transfers ("
+	"  seq             INTEGER PRIMARY KEY,"
+	"  id              TEXT    NOT NULL UNIQUE,"
+	"  from_id         TEXT    NOT NULL,"
+	"  to_id           TEXT    NOT NULL,"
+	"  currency        TEXT    NOT NULL,"
+	"  amount          INTEGER NOT NULL,"
+	"  posted_amount   INTEGER NOT NULL,"
+	"  pending         INTEGER NOT NULL CHECK (pending IN (0, 1)),"
+	"  timeout_seconds INTEGER NOT NULL,"
+	"  expires_at_ms   INTEGER NOT NULL,"
+	"  status          TEXT    NOT NULL CHECK (status IN"
+	"                    ('pending', 'posted', 'voided', 'rejected', 'processing')),"
+	"  void_reason     TEXT    NULL CHECK (void_reason IN"
+	"                    ('voided', 'expired', 'compensated')),"
+	"  error_code      TEXT    NULL,"
+	"  metadata        TEXT    NOT NULL DEFAULT '{}',"
+	"  request_id      TEXT    NOT NULL DEFAULT '',"
+	"  created_at_ms   INTEGER NOT NULL,"
+	"  updated_at_ms   INTEGER NOT NULL"
+	");"
+	"CREATE INDEX transfers_from_seq ON transfers (from_id, seq);"
+	"CREATE INDEX transfers_to_seq ON transfers (to_id, seq);"
+	"CREATE INDEX transfers_expiry ON transfers (expires_at_ms)"
+	"  WHERE status = 'pending' AND expires_at_ms > 0;",
+};
+
+_Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SQLITE_SCHEMA_VERSION,
+               "one migration step per schema version");
+
+/* ---- Statements. Column lists are shared so row readers match. ---- */
+
+#define ACCOUNT_COLUMNS \
+	"id, currency, allow_negative, posted, pending_out, pending_in, " \
+	"metadata, created_at_ms"
+#define TRANSFER_COLUMNS \
+	"seq, id, from_id, to_id, currency, amount, posted_amount, pending, " \
+	"timeout_seconds, expires_at_ms, status, void_reason, error_code, " \
+	"metadata, request_id, created_at_ms, updated_at_ms"
+
+enum {
+	SQL_BEGIN,
+	SQL_COMMIT,
+	SQL_ROLLBACK,
+	SQL_SELECT_ACCOUNT,
+	SQL_SELECT_TRANSFER,
+	SQL_INSERT_ACCOUNT,
+	SQL_UPDATE_ACCOUNT,
+	SQL_INSERT_TRANSFER,
+	SQL_UPDATE_TRANSFER,
+	SQL_EXPIRED_HOLDS,
+	SQL_WRITER_COUNT
+};
+
+static const char *const writer_sql[SQL_WRITER_COUNT] = {
+	[SQL_BEGIN] = "BEGIN IMMEDIATE",
+	[SQL_COMMIT] = "COMMIT",
+	[SQL_ROLLBACK] = "ROLLBACK",
+	[SQL_SELECT_ACCOUNT] = "SELECT " ACCOUNT_COLUMNS " FROM accounts WHERE id = ?1",
+	[SQL_SELECT_TRANSFER] = "SELECT " TRANSFER_COLUMNS " FROM transfers WHERE id = ?1",
+	[SQL_INSERT_ACCOUNT] =
+		"INSERT INTO accounts (" ACCOUNT_COLUMNS ") "
+		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+	[SQL_UPDATE_ACCOUNT] =
+		"UPDATE accounts SET posted = ?2, pending_out = ?3, pending_in = ?4 "
+		"WHERE id = ?1",
+	[SQL_INSERT_TRANSFER] =
+		"INSERT INTO transfers (id, from_id, to_id, currency, amount, "
+		"posted_amount, pending, timeout_seconds, expires_at_ms, status, "
+		"void_reason, error_code, metadata, request_id, created_at_ms, "
+		"updated_at_ms) "
+		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
+		"?15, ?16)",
+	[SQL_UPDATE_TRANSFER] =
+		"UPDATE transfers SET status = ?2, posted_amount = ?3, "
+		"void_reason = ?4, updated_at_ms = ?5 WHERE id = ?1",
+	/* The WHERE repeats the partial index's condition so SQLite uses it;
+	 * the index is ordered by (expires_at_ms, seq). */
+	[SQL_EXPIRED_HOLDS] =
+		"SELECT id FROM transfers "
+		"WHERE status = 'pending' AND expires_at_ms > 0 AND expires_at_ms <= ?1 "
+		"ORDER BY expires_at_ms, seq LIMIT ?2",
+};
+
+enum {
+	SQL_READ_ACCOUNT,
+	SQL_READ_TRANSFER,
+	SQL_READ_HISTORY,
+	SQL_READER_COUNT
+};
+
+static const char *const reader_sql[SQL_READER_COUNT] = {
+	[SQL_READ_ACCOUNT] = "SELECT " ACCOUNT_COLUMNS " FROM accounts WHERE id = ?1",
+	[SQL_READ_TRANSFER] = "SELECT " TRANSFER_COLUMNS " FROM transfers WHERE id = ?1",
+	/* Two range scans, one per index, merged in seq order by SQLite's
+	 * compound-select merge; each arm stops after ?3 rows. An OR of
+	 * from_id and to_id would scan the whole table instead. UNION ALL,
+	 * not UNION: a transfer from an account to itself is always rejected,
+	 * so the arms never share a row (read_history skips a repeated seq
+	 * anyway). */
+	[SQL_READ_HISTORY] =
+		"SELECT * FROM ("
+		"  SELECT " TRANSFER_COLUMNS " FROM transfers"
+		"  WHERE from_id = ?1 AND seq > ?2 AND status <> 'rejected'"
+		"  ORDER BY seq LIMIT ?3) "
+		"UNION ALL "
+		"SELECT * FROM ("
+		"  SELECT " TRANSFER_COLUMNS " FROM transfers"
+		"  WHERE to_id = ?1 AND seq > ?2 AND status <> 'rejected'"
+		"  ORDER BY seq LIMIT ?3) "
+		"ORDER BY seq LIMIT ?3",
+};
+
+/* ---- Handles. ---- */
+
+typedef enum store_state {
+	STORE_IDLE = 0,
+	STORE_IN_BATCH,
+	STORE_FAILED,
+} store_state;
+
+/* A chunk of the metadata arena; data follows the header. */
+typedef struct arena_chunk {
+	struct arena_chunk *next;
+	size_t size;
+	size_t used;
+	char data[];
+} arena_chunk;
+
+typedef struct arena {
+	arena_chunk *first;
+	arena_chunk *current;
+} arena;
+
+typedef struct checkpointer {
+	sqlite3 *db;
+	pthread_t thread;
+	bool running;
+	pthread_mutex_t mutex;
+	pthread_cond_t wake;
+	bool stop;                    /* under mutex */
+	_Atomic uint64_t commits;     /* counted by the writer's WAL hook */
+	uint64_t commits_checkpointed;
+	int page_size;
+} checkpointer;
+
+typedef struct sqlite_store {
+	kobo_store base; /* first: kobo_store * converts to sqlite_store * */
+	char *path;
+	bool read_only;
+	sqlite3 *writer;
+	sqlite3_stmt *stmt[SQL_WRITER_COUNT];
+	store_state state;
+	atomic_bool failed;
+	arena loaded;
+	checkpointer ckpt;
+} sqlite_store;
+
+typedef struct sqlite_reader {
+	kobo_store_reader base; /* first */
+	sqlite3 *db;
+	sqlite3_stmt *stmt[SQL_READER_COUNT];
+	char *buffer; /* metadata of the last read, grown as needed */
+	size_t buffer_size;
+} sqlite_reader;
+
+static sqlite_store *to_store(kobo_store *store)
+{
+	return (sqlite_store *)store;
+}
+
+static sqlite_reader *to_reader(kobo_store_reader *reader)
+{
+	return (sqlite_reader *)reader;
+}
+
+/* ---- Shared helpers (sqlite_internal.h). ---- */
+
+static const char *const status_texts[] = {
+	[KOBO_STATUS_PROCESSING] = "processing",
+	[KOBO_STATUS_PENDING] = "pending",
+	[KOBO_STATUS_POSTED] = "posted",
+	[KOBO_STATUS_VOIDED] = "voided",
+	[KOBO_STATUS_REJECTED] = "rejected",
+};
+
+static const char *const void_reason_texts[] = {
+	[KOBO_VOID_NONE] = NULL,
+	[KOBO_VOID_VOIDED] = "voided",
+	[KOBO_VOID_EXPIRED] = "expired",
+	[KOBO_VOID_COMPENSATED] = "compensated",
+};
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+const char *store_sqlite_status_text(kobo_transfer_status status)
+{
+	assert((size_t)status < COUNT_OF(status_texts));
+	return status_texts[status];
+}
+
+int store_sqlite_status_parse(const char *text, kobo_transfer_status *status)
+{
+	for (size_t i = 0; i < COUNT_OF(status_texts); i++) {
+		if (text != NULL && strcmp(text, status_texts[i]) == 0) {
+			*status = (kobo_transfer_status)i;
+			return KOBO_OK;
+		}
+	}
+	return KOBO_ESTORE;
+}
+
+static int void_reason_parse(const char *text, kobo_void_reason *reason)
+{
+	if (text == NULL) {
+		*reason = KOBO_VOID_NONE;
+		return KOBO_OK;
+	}
+	for (size_t i = 1; i < COUNT_OF(void_reason_texts); i++) {
+		if (strcmp(text, void_reason_texts[i]) == 0) {
+			*reason = (kobo_void_reason)i;
+			return KOBO_OK;
+		}
+	}
+	return KOBO_ESTORE;
+}
+
+void store_sqlite_log_error(sqlite3 *db, const char *event, const char *path)
+{
+	char path_json[512];
+	char message_json[512];
+
+	kobo_json_escape(path_json, sizeof path_json, path != NULL ? path : "");
+	kobo_json_escape(message_json, sizeof message_json,
+	                 db != NULL ? sqlite3_errmsg(db) : "out of memory");
+	kobo_log(KOBO_LOG_ERROR, event,
+	         "\"path\":\"%s\",\"sqlite_code\":%d,\"sqlite_message\":\"%s\"",
+	         path_json, db != NULL ? sqlite3_extended_errcode(db) : SQLITE_NOMEM,
+	         message_json);
+}
+
+static int exec_sql(sqlite3 *db, const char *sql, const char *path)
+{
+	int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		store_sqlite_log_error(db, "store_sql_failed", path);
+		return KOBO_ESTORE;
+	}
+	return KOBO_OK;
+}
+
+/* Reads one integer pragma (user_version, page_size). */
+static int pragma_int(sqlite3 *db, const char *sql, int *value)
+{
+	sqlite3_stmt *stmt = NULL;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW) {
+		*value = sqlite3_column_int(stmt, 0);
+		rc = SQLITE_OK;
+	}
+	sqlite3_finalize(stmt);
+	return rc == SQLITE_OK ? KOBO_OK : KOBO_ESTORE;
+}
+
+int store_sqlite_check_version(sqlite3 *db, const char *path)
+{
+	char path_json[512];
+	int version = 0;
+
+	kobo_json_escape(path_json, sizeof path_json, path);
+	if (pragma_int(db, "PRAGMA user_version", &version) != KOBO_OK) {
+		store_sqlite_log_error(db, "store_version_unreadable", path);
+		return KOBO_ESTORE;
+	}
+	if (version > STORE_SQLITE_SCHEMA_VERSION) {
+		kobo_log(KOBO_LOG_ERROR, "store_schema_too_new",
+		         "\"path\":\"%s\",\"schema_version\":%d,\"known_version\":%d,"
+		         "\"message\":\"the shard file was written by a newer Kobo; "
+		         "upgrade this binary\"",
+		         path_json, version, STORE_SQLITE_SCHEMA_VERSION);
+		return KOBO_ESTORE;
+	}
+	if (version < STORE_SQLITE_SCHEMA_VERSION) {
+		kobo_log(KOBO_LOG_ERROR, "store_schema_not_migrated",
+		         "\"path\":\"%s\",\"schema_version\":%d,\"known_version\":%d,"
+		         "\"message\":\"the shard file is not migrated; open it "
+		         "read-write once (start kobod) to migrate it\"",
+		         path_json, version, STORE_SQLITE_SCHEMA_VERSION);
+		return KOBO_ESTORE;
+	}
+	return KOBO_OK;
+}
+
+int store_sqlite_connect(const char *path, int flags, int busy_timeout_ms,
+                         sqlite3 **db)
+{
+	*db = NULL;
+	int rc = sqlite3_open_v2(path, db, flags | SQLITE_OPEN_URI, NULL);
+	if (rc != SQLITE_OK) {
+		store_sqlite_log_error(*db, "store_open_failed", path);
+		sqlite3_close(*db);
+		*db = NULL;
+		return KOBO_ESTORE;
+	}
+	sqlite3_extended_result_codes(*db, 1);
+	sqlite3_busy_timeout(*db, busy_timeout_ms);
+	if (exec_sql(*db, "PRAGMA foreign_keys = OFF", path) != KOBO_OK)
+		goto fail;
+	if ((flags & SQLITE_OPEN_READONLY) &&
+	    store_sqlite_check_version(*db, path) != KOBO_OK)
+		goto fail;
+	return KOBO_OK;
+fail:
+	sqlite3_close(*db);
+	*db = NULL;
+	return KOBO_ESTORE;
+}
+
+/* ---- Metadata arena. ---- */
+
+static void arena_reset(arena *a)
+{
+	a->current = a->first;
+	if (a->current != NULL)
+		a->current->used = 0;
+}
+
+/* Copies len bytes into the arena; NULL when out of memory. Chunks are kept
+ * across resets, so a steady workload stops allocating after its first
+ * batches. */
+static const char *arena_copy(arena *a, const void *bytes, size_t len)
+{
+	arena_chunk *chunk = a->current;
+
+	while (chunk != NULL && chunk->size - chunk->used < len) {
+		chunk = chunk->next;
+		if (chunk != NULL)
+			chunk->used = 0;
+	}
+	if (chunk == NULL) {
+		size_t size = len > STORE_SQLITE_ARENA_CHUNK_BYTES ?
+		              len : STORE_SQLITE_ARENA_CHUNK_BYTES;
+		chunk = malloc(sizeof *chunk + size);
+		if (chunk == NULL)
+			return NULL;
+		chunk->size = size;
+		chunk->used = 0;
+		/* Insert after the current chunk so that later chunks (kept from
+		 * earlier batches) stay reachable. */
+		if (a->current == NULL) {
+			chunk->next = a->first;
+			a->first = chunk;
+		} else {
+			chunk->next = a->current->next;
+			a->current->next = chunk;
+		}
+	}
+	a->current = chunk;
+	char *out = chunk->data + chunk->used;
+	if (len > 0)
+		memcpy(out, bytes, len);
+	chunk->used += len;
+	return out;
+}
+
+static void arena_free(arena *a)
+{
+	arena_chunk *chunk = a->first;
+	while (chunk != NULL) {
+		arena_chunk *next = chunk->next;
+		free(chunk);
+		chunk = next;
+	}
+	a->first = NULL;
+	a->current = NULL;
+}
+
+/* ---- Rows. ---- */
+
+/* Copies a text column into a fixed NUL-terminated field. A NULL or too
+ * long value means the file does not hold what this code wrote. */
+static int copy_text(sqlite3_stmt *stmt, int column, char *dst, size_t dst_size)
+{
+	const unsigned char *text = sqlite3_column_text(stmt, column);
+	int len = sqlite3_column_bytes(stmt, column);
+	if (text == NULL || len < 0 || (size_t)len >= dst_size)
+		return KOBO_ESTORE;
+	memcpy(dst, text, (size_t)len);
+	dst[len] = '\0';
+	return KOBO_OK;
+}
+
+/* Points *metadata at the metadata column of the current row: valid until
+ * the statement steps or resets. */
+static int column_metadata(sqlite3_stmt *stmt, int column, const char **metadata,
+                           uint32_t *len)
+{
+	const unsigned char *text = sqlite3_column_text(stmt, column);
+	int bytes = sqlite3_column_bytes(stmt, column);
+	if (text == NULL || bytes < 0)
+		return KOBO_ESTORE;
+	*metadata = (const char *)text;
+	*len = (uint32_t)bytes;
+	return KOBO_OK;
+}
+
+/* Fills *out from a row of ACCOUNT_COLUMNS; metadata points into the row. */
+static int account_from_row(sqlite3_stmt *stmt, kobo_account *out)
+{
+	memset(out, 0, sizeof *out);
+	if (copy_text(stmt, 0, out->id, sizeof out->id) != KOBO_OK ||
+	    copy_text(stmt, 1, out->currency, sizeof out->currency) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->allow_negative = sqlite3_column_int(stmt, 2) != 0;
+	out->posted = sqlite3_column_int64(stmt, 3);
+	out->pending_out = sqlite3_column_int64(stmt, 4);
+	out->pending_in = sqlite3_column_int64(stmt, 5);
+	if (column_metadata(stmt, 6, &out->metadata, &out->metadata_len) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->created_at_ms = sqlite3_column_int64(stmt, 7);
+	return KOBO_OK;
+}
+
+/* Fills *out and *seq from a row of TRANSFER_COLUMNS; metadata points into
+ * the row. */
+static int transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out, int64_t *seq)
+{
+	memset(out, 0, sizeof *out);
+	*seq = sqlite3_column_int64(stmt, 0);
+	if (copy_text(stmt, 1, out->id, sizeof out->id) != KOBO_OK ||
+	    copy_text(stmt, 2, out->from, sizeof out->from) != KOBO_OK ||
+	    copy_text(stmt, 3, out->to, sizeof out->to) != KOBO_OK ||
+	    copy_text(stmt, 4, out->currency, sizeof out->currency) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->amount = sqlite3_column_int64(stmt, 5);
+	out->posted_amount = sqlite3_column_int64(stmt, 6);
+	out->pending = sqlite3_column_int(stmt, 7) != 0;
+	int64_t timeout = sqlite3_column_int64(stmt, 8);
+	if (timeout < 0 || timeout > (int64_t)UINT32_MAX)
+		return KOBO_ESTORE;
+	out->timeout_seconds = (uint32_t)timeout;
+	out->expires_at_ms = sqlite3_column_int64(stmt, 9);
+	if (store_sqlite_status_parse((const char *)sqlite3_column_text(stmt, 10),
+	                              &out->status) != KOBO_OK)
+		return KOBO_ESTORE;
+	if (void_reason_parse((const char *)sqlite3_column_text(stmt, 11),
+	                      &out->void_reason) != KOBO_OK)
+		return KOBO_ESTORE;
+	const char *error_code = (const char *)sqlite3_column_text(stmt, 12);
+	out->error_code = KOBO_RESULT_CREATED;
+	if (error_code != NULL) {
+		out->error_code = kobo_result_code_parse(error_code);
+		if (out->error_code == KOBO_RESULT_CODE_COUNT)
+			return KOBO_ESTORE;
+	}
+	if (column_metadata(stmt, 13, &out->metadata, &out->metadata_len) != KOBO_OK)
+		return KOBO_ESTORE;
+	if (copy_text(stmt, 14, out->request_id, sizeof out->request_id) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->created_at_ms = sqlite3_column_int64(stmt, 15);
+	out->updated_at_ms = sqlite3_column_int64(stmt, 16);
+	return KOBO_OK;
+}
+
+static int prepare_all(sqlite3 *db, const char *const *sql, sqlite3_stmt **stmt,
+                       size_t count, const char *path)
+{
+	for (size_t i = 0; i < count; i++) {
+		if (sqlite3_prepare_v3(db, sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+		                       &stmt[i], NULL) != SQLITE_OK) {
+			store_sqlite_log_error(db, "store_prepare_failed", path);
+			return KOBO_ESTORE;
+		}
+	}
+	return KOBO_OK;
+}
+
+static void finalize_all(sqlite3_stmt **stmt, size_t count)
+{
+	for (size_t i = 0; i < count; i++) {
+		sqlite3_finalize(stmt[i]);
+		stmt[i] = NULL;
+	}
+}
+
+/* ---- The write side. ---- */
+
+/* Runs a statement that returns no rows and resets it. */
+static int step_done(sqlite3_stmt *stmt)
+{
+	int rc = sqlite3_step(stmt);
+	sqlite3_reset(stmt);
+	sqlite3_clear_bindings(stmt);
+	return rc == SQLITE_DONE ? KOBO_OK : KOBO_ESTORE;
+}
+
+/* Abandons the open transaction, if SQLite has not already rolled it back
+ * (it does after some I/O errors). */
+static void rollback_transaction(sqlite_store *s)
+{
+	if (!sqlite3_get_autocommit(s->writer))
+		(void)step_done(s->stmt[SQL_ROLLBACK]);
+}
+
+/* IN_BATCH → FAILED: memory and disk may disagree from here on. */
+static int store_fail(sqlite_store *s, const char *event)
+{
+	store_sqlite_log_error(s->writer, event, s->path);
+	rollback_transaction(s);
+	s->state = STORE_FAILED;
+	atomic_store(&s->failed, true);
+	kobo_log(KOBO_LOG_ERROR, "store_failed_sticky",
+	         "\"message\":\"the shard store refuses writes until reopened\"");
+	return KOBO_ESTORE;
+}
+
+static int store_begin(kobo_store *store)
+{
+	sqlite_store *s = to_store(store);
+
+	if (s->read_only)
+		return KOBO_EINVAL;
+	if (atomic_load(&s->failed))
+		return KOBO_EFAILED;
+	assert(s->state == STORE_IDLE);
+	arena_reset(&s->loaded);
+	if (step_done(s->stmt[SQL_BEGIN]) != KOBO_OK) {
+		/* Nothing was written: the store stays usable (a busy lock held
+		 * by another process is the usual cause). */
+		store_sqlite_log_error(s->writer, "store_begin_failed", s->path);
+		rollback_transaction(s);
+		return KOBO_ESTORE;
+	}
+	s->state = STORE_IN_BATCH;
+	return KOBO_OK;
+}
+
+/* A row the ledger refused (capacity, duplicate id) is a caller problem,
+ * not a storage one: the batch is abandoned, the store stays healthy. */
+static int store_refused(sqlite_store *s, int rc)
+{
+	rollback_transaction(s);
+	s->state = STORE_IDLE;
+	return rc;
+}
+
+static int store_load_transfers(kobo_store *store, const char *const *ids,
+                                size_t count, kobo_ledger *ledger)
+{
+	sqlite_store *s = to_store(store);
+	sqlite3_stmt *stmt = s->stmt[SQL_SELECT_TRANSFER];
+
+	assert(s->state == STORE_IN_BATCH);
+	for (size_t i = 0; i < count; i++) {
+		kobo_transfer transfer;
+		int64_t seq;
+		sqlite3_bind_text(stmt, 1, ids[i], -1, SQLITE_STATIC);
+		int rc = sqlite3_step(stmt);
+		if (rc == SQLITE_DONE) {
+			sqlite3_reset(stmt);
+			continue;
+		}
+		if (rc != SQLITE_ROW || transfer_from_row(stmt, &transfer, &seq) != KOBO_OK) {
+			sqlite3_reset(stmt);
+			return store_fail(s, "store_load_transfer_failed");
+		}
+		transfer.metadata = arena_copy(&s->loaded, transfer.metadata,
+		                               transfer.metadata_len);
+		sqlite3_reset(stmt);
+		if (transfer.metadata == NULL)
+			return store_refused(s, KOBO_ENOMEM);
+		rc = kobo_ledger_put_transfer(ledger, &transfer);
+		if (rc != KOBO_OK)
+			return store_refused(s, rc);
+	}
+	return KOBO_OK;
+}
+
+static int store_load_accounts(kobo_store *store, const char *const *ids,
+                               size_t count, kobo_ledger *ledger)
+{
+	sqlite_store *s = to_store(store);
+	sqlite3_stmt *stmt = s->stmt[SQL_SELECT_ACCOUNT];
+
+	assert(s->state == STORE_IN_BATCH);
+	for (size_t i = 0; i < count; i++) {
+		kobo_account account;
+		sqlite3_bind_text(stmt, 1, ids[i], -1, SQLITE_STATIC);
+		int rc = sqlite3_step(stmt);
+		if (rc == SQLITE_DONE) {
+			sqlite3_reset(stmt);
+			continue;
+		}
+		if (rc != SQLITE_ROW || account_from_row(stmt, &account) != KOBO_OK) {
+			sqlite3_reset(stmt);
+			return store_fail(s, "store_load_account_failed");
+		}
+		account.metadata = arena_copy(&s->loaded, account.metadata,
+		                              account.metadata_len);
+		sqlite3_reset(stmt);
+		if (account.metadata == NULL)
+			return store_refused(s, KOBO_ENOMEM);
+		rc = kobo_ledger_put_account(ledger, &account);
+		if (rc != KOBO_OK)
+			return store_refused(s, rc);
+	}
+	return KOBO_OK;
+}
+
+static void bind_metadata(sqlite3_stmt *stmt, int index, const char *metadata,
+                          uint32_t len)
+{
+	/* The ledger promises "{}" at least; an empty object keeps the column
+	 * NOT NULL and valid JSON if a caller ever hands over nothing. */
+	if (metadata == NULL || len == 0)
+		sqlite3_bind_text(stmt, index, "{}", 2, SQLITE_STATIC);
+	else
+		sqlite3_bind_text(stmt, index, metadata, (int)len, SQLITE_STATIC);
+}
+
+static int write_account(sqlite_store *s, const kobo_account_change *change)
+{
+	const kobo_account *a = change->account;
+	sqlite3_stmt *stmt;
+
+	if (change->is_new) {
+		stmt = s->stmt[SQL_INSERT_ACCOUNT];
+		sqlite3_bind_text(stmt, 1, a->id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 2, a->currency, -1, SQLITE_STATIC);
+		sqlite3_bind_int(stmt, 3, a->allow_negative ? 1 : 0);
+		sqlite3_bind_int64(stmt, 4, a->posted);
+		sqlite3_bind_int64(stmt, 5, a->pending_out);
+		sqlite3_bind_int64(stmt, 6, a->pending_in);
+		bind_metadata(stmt, 7, a->metadata, a->metadata_len);
+		sqlite3_bind_int64(stmt, 8, a->created_at_ms);
+		return step_done(stmt);
+	}
+	stmt = s->stmt[SQL_UPDATE_ACCOUNT];
+	sqlite3_bind_text(stmt, 1, a->id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, a->posted);
+	sqlite3_bind_int64(stmt, 3, a->pending_out);
+	sqlite3_bind_int64(stmt, 4, a->pending_in);
+	if (step_done(stmt) != KOBO_OK)
+		return KOBO_ESTORE;
+	/* An update that matches no row means memory believed in a row the
+	 * file does not have. */
+	return sqlite3_changes(s->writer) == 1 ? KOBO_OK : KOBO_ESTORE;
+}
+
+static int write_transfer(sqlite_store *s, const kobo_transfer_change *change)
+{
+	const kobo_transfer *t = change->transfer;
+	const char *void_reason = void_reason_texts[t->void_reason];
+	sqlite3_stmt *stmt;
+
+	assert((size_t)t->void_reason < COUNT_OF(void_reason_texts));
+	if (change->is_new) {
+		stmt = s->stmt[SQL_INSERT_TRANSFER];
+		sqlite3_bind_text(stmt, 1, t->id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 2, t->from, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 3, t->to, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 4, t->currency, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 5, t->amount);
+		sqlite3_bind_int64(stmt, 6, t->posted_amount);
+		sqlite3_bind_int(stmt, 7, t->pending ? 1 : 0);
+		sqlite3_bind_int64(stmt, 8, (int64_t)t->timeout_seconds);
+		sqlite3_bind_int64(stmt, 9, t->expires_at_ms);
+		sqlite3_bind_text(stmt, 10, store_sqlite_status_text(t->status), -1,
+		                  SQLITE_STATIC);
+		if (void_reason != NULL)
+			sqlite3_bind_text(stmt, 11, void_reason, -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(stmt, 11);
+		if (t->status == KOBO_STATUS_REJECTED)
+			sqlite3_bind_text(stmt, 12, kobo_result_code_name(t->error_code),
+			                  -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(stmt, 12);
+		bind_metadata(stmt, 13, t->metadata, t->metadata_len);
+		sqlite3_bind_text(stmt, 14, t->request_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 15, t->created_at_ms);
+		sqlite3_bind_int64(stmt, 16, t->updated_at_ms);
+		return step_done(stmt);
+	}
+	stmt = s->stmt[SQL_UPDATE_TRANSFER];
+	sqlite3_bind_text(stmt, 1, t->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(stmt, 2, store_sqlite_status_text(t->status), -1,
+	                  SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 3, t->posted_amount);
+	if (void_reason != NULL)
+		sqlite3_bind_text(stmt, 4, void_reason, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(stmt, 4);
+	sqlite3_bind_int64(stmt, 5, t->updated_at_ms);
+	if (step_done(stmt) != KOBO_OK)
+		return KOBO_ESTORE;
+	return sqlite3_changes(s->writer) == 1 ? KOBO_OK : KOBO_ESTORE;
+}
+
+static int store_write(kobo_store *store, const kobo_ledger *ledger)
+{
+	sqlite_store *s = to_store(store);
+	const kobo_account_change *accounts;
+	const kobo_transfer_change *transfers;
+
+	assert(s->state == STORE_IN_BATCH);
+	size_t account_count = kobo_ledger_changed_accounts(ledger, &accounts);
+	for (size_t i = 0; i < account_count; i++) {
+		if (write_account(s, &accounts[i]) != KOBO_OK)
+			return store_fail(s, "store_write_account_failed");
+	}
+	/* In list order: the insert order fixes each new transfer's seq. */
+	size_t transfer_count = kobo_ledger_changed_transfers(ledger, &transfers);
+	for (size_t i = 0; i < transfer_count; i++) {
+		if (write_transfer(s, &transfers[i]) != KOBO_OK)
+			return store_fail(s, "store_write_transfer_failed");
+	}
+	return KOBO_OK;
+}
+
+static int store_commit(kobo_store *store)
+{
+	sqlite_store *s = to_store(store);
+
+	assert(s->state == STORE_IN_BATCH);
+	if (step_done(s->stmt[SQL_COMMIT]) != KOBO_OK)
+		return store_fail(s, "store_commit_failed");
+	s->state = STORE_IDLE;
+	return KOBO_OK;
+}
+
+static void store_rollback(kobo_store *store)
+{
+	sqlite_store *s = to_store(store);
+
+	if (s->state != STORE_IN_BATCH)
+		return; /* never begun, already ended, or FAILED (rolled back) */
+	rollback_transaction(s);
+	s->state = STORE_IDLE;
+}
+
+static int store_expired_holds(kobo_store *store, int64_t now_ms,
+                               char (*ids)[KOBO_ID_LEN_MAX + 1], size_t max,
+                               size_t *count)
+{
+	sqlite_store *s = to_store(store);
+	sqlite3_stmt *stmt = s->stmt[SQL_EXPIRED_HOLDS];
+	int rc;
+
+	*count = 0;
+	if (atomic_load(&s->failed))
+		return KOBO_EFAILED;
+	assert(s->state != STORE_IN_BATCH);
+	if (max == 0)
+		return KOBO_OK;
+	sqlite3_bind_int64(stmt, 1, now_ms);
+	sqlite3_bind_int64(stmt, 2, max > INT64_MAX ? INT64_MAX : (int64_t)max);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		assert(*count < max);
+		if (copy_text(stmt, 0, ids[*count], sizeof ids[*count]) != KOBO_OK) {
+			rc = SQLITE_CORRUPT;
+			break;
+		}
+		(*count)++;
+	}
+	sqlite3_reset(stmt);
+	if (rc != SQLITE_DONE) {
+		/* A failed read changes nothing on disk: report it, stay healthy. */
+		store_sqlite_log_error(s->writer, "store_expired_holds_failed", s->path);
+		*count = 0;
+		return KOBO_ESTORE;
+	}
+	return KOBO_OK;
+}
+
+static bool store_healthy(kobo_store *store)
+{
+	return !atomic_load(&to_store(store)->failed);
+}
+
+/* ---- Checkpoints. ---- */
+
+/* Called by SQLite on the writer thread after each commit (wal_hook). It
+ * only counts: the checkpointer thread does the work. */
+static int wal_hook(void *ctx, sqlite3 *db, const char *schema, int frames)
+{
+	(void)db;
+	(void)schema;
+	(void)frames;
+	checkpointer *c = ctx;
+	atomic_fetch_add_explicit(&c->commits, 1, memory_order_relaxed);
+	return SQLITE_OK;
+}
+
+static void checkpoint_once(sqlite_store *s)
+{
+	checkpointer *c = &s->ckpt;
+	int wal_frames = 0;
+	int checkpointed_frames = 0;
+
+	int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+	                                   &wal_frames, &checkpointed_frames);
+	if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+		store_sqlite_log_error(c->db, "store_checkpoint_failed", s->path);
+		return;
+	}
+	int64_t wal_bytes = (int64_t)wal_frames * (c->page_size + 24);
+	int mode;
+	if (wal_bytes > STORE_SQLITE_WAL_TRUNCATE_BYTES)
+		mode = SQLITE_CHECKPOINT_TRUNCATE;
+	else if (wal_bytes > STORE_SQLITE_WAL_RESTART_BYTES)
+		mode = SQLITE_CHECKPOINT_RESTART;
+	else
+		return;
+	/* The WAL keeps growing: some reader held on to old frames, or the
+	 * writer never paused. Take the write lock briefly so the writer starts
+	 * the WAL over. SQLITE_BUSY (a reader still in the way) is retried at
+	 * the next tick. */
+	rc = sqlite3_wal_checkpoint_v2(c->db, NULL, mode, NULL, NULL);
+	if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+		store_sqlite_log_error(c->db, "store_checkpoint_failed", s->path);
+}
+
+static void *checkpointer_main(void *arg)
+{
+	sqlite_store *s = arg;
+	checkpointer *c = &s->ckpt;
+
+	pthread_mutex_lock(&c->mutex);
+	while (!c->stop) {
+		struct timespec deadline;
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_nsec += (long)STORE_SQLITE_CHECKPOINT_PERIOD_MS * 1000000L;
+		deadline.tv_sec += deadline.tv_nsec / 1000000000L;
+		deadline.tv_nsec %= 1000000000L;
+		while (!c->stop &&
+		       pthread_cond_timedwait(&c->wake, &c->mutex, &deadline) != ETIMEDOUT)
+			;
+		if (c->stop)
+			break;
+		uint64_t commits = atomic_load_explicit(&c->commits, memory_order_relaxed);
+		if (commits == c->commits_checkpointed)
+			continue; /* the WAL has not grown */
+		pthread_mutex_unlock(&c->mutex);
+		checkpoint_once(s);
+		c->commits_checkpointed = commits;
+		pthread_mutex_lock(&c->mutex);
+	}
+	pthread_mutex_unlock(&c->mutex);
+	return NULL;
+}
+
+static int checkpointer_start(sqlite_store *s)
+{
+	checkpointer *c = &s->ckpt;
+	pthread_condattr_t attr;
+
+	if (store_sqlite_connect(s->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+	                         STORE_SQLITE_CHECKPOINT_BUSY_TIMEOUT_MS, &c->db) != KOBO_OK)
+		return KOBO_ESTORE;
+	if (exec_sql(c->db, "PRAGMA synchronous = FULL", s->path) != KOBO_OK ||
+	    pragma_int(c->db, "PRAGMA page_size", &c->page_size) != KOBO_OK)
+		return KOBO_ESTORE;
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->wake, &attr);
+	pthread_condattr_destroy(&attr);
+	pthread_mutex_init(&c->mutex, NULL);
+	c->stop = false;
+	if (pthread_create(&c->thread, NULL, checkpointer_main, s) != 0) {
+		pthread_cond_destroy(&c->wake);
+		pthread_mutex_destroy(&c->mutex);
+		return KOBO_ESTORE;
+	}
+	c->running = true;
+	return KOBO_OK;
+}
+
+static void checkpointer_stop(sqlite_store *s)
+{
+	checkpointer *c = &s->ckpt;
+
+	if (c->running) {
+		pthread_mutex_lock(&c->mutex);
+		c->stop = true;
+		pthread_cond_signal(&c->wake);
+		pthread_mutex_unlock(&c->mutex);
+		pthread_join(c->thread, NULL);
+		pthread_cond_destroy(&c->wake);
+		pthread_mutex_destroy(&c->mutex);
+		c->running = false;
+	}
+	sqlite3_close(c->db);
+	c->db = NULL;
+}
+
+/* ---- Readers. ---- */
+
+static void store_reader_close(kobo_store_reader *reader)
+{
+	sqlite_reader *r = to_reader(reader);
+
+	if (r == NULL)
+		return;
+	finalize_all(r->stmt, SQL_READER_COUNT);
+	sqlite3_close(r->db);
+	free(r->buffer);
+	free(r);
+}
+
+static int store_reader_open(kobo_store *store, kobo_store_reader **reader)
+{
+	sqlite_store *s = to_store(store);
+	sqlite_reader *r;
+
+	*reader = NULL;
+	r = calloc(1, sizeof *r);
+	if (r == NULL)
+		return KOBO_ENOMEM;
+	r->base.store = store;
+	/* NOMUTEX: a reader belongs to one thread, so SQLite's per-connection
+	 * mutex would only cost time. */
+	if (store_sqlite_connect(s->path, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+	                         STORE_SQLITE_BUSY_TIMEOUT_MS, &r->db) != KOBO_OK ||
+	    prepare_all(r->db, reader_sql, r->stmt, SQL_READER_COUNT, s->path) != KOBO_OK) {
+		store_reader_close(&r->base);
+		return KOBO_ESTORE;
+	}
+	*reader = &r->base;
+	return KOBO_OK;
+}
+
+/* Copies metadata into the reader's buffer so it outlives the statement. */
+static const char *reader_keep(sqlite_reader *r, const char *bytes, uint32_t len)
+{
+	if (len > r->buffer_size || r->buffer == NULL) {
+		size_t size = len > KOBO_METADATA_BYTES_MAX ? len : KOBO_METADATA_BYTES_MAX;
+		char *grown = realloc(r->buffer, size);
+		if (grown == NULL)
+			return NULL;
+		r->buffer = grown;
+		r->buffer_size = size;
+	}
+	if (len > 0)
+		memcpy(r->buffer, bytes, len);
+	return r->buffer;
+}
+
+static int reader_error(sqlite_reader *r, const char *event)
+{
+	store_sqlite_log_error(r->db, event, to_store(r->base.store)->path);
+	return KOBO_ESTORE;
+}
+
+static int store_read_account(kobo_store_reader *reader, const char *id,
+                              kobo_account *out)
+{
+	sqlite_reader *r = to_reader(reader);
+	sqlite3_stmt *stmt = r->stmt[SQL_READ_ACCOUNT];
+	int result = KOBO_OK;
+
+	sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(stmt);
+	if (rc == SQLITE_DONE) {
+		result = KOBO_ENOTFOUND;
+	} else if (rc != SQLITE_ROW || account_from_row(stmt, out) != KOBO_OK) {
+		result = reader_error(r, "store_read_account_failed");
+	} else {
+		out->metadata = reader_keep(r, out->metadata, out->metadata_len);
+		if (out->metadata == NULL)
+			result = KOBO_ENOMEM;
+	}
+	/* Resetting ends the read transaction, so a reader never pins old WAL
+	 * frames between calls. */
+	sqlite3_reset(stmt);
+	return result;
+}
+
+static int store_read_transfer(kobo_store_reader *reader, const char *id,
+                               kobo_transfer *out)
+{
+	sqlite_reader *r = to_reader(reader);
+	sqlite3_stmt *stmt = r->stmt[SQL_READ_TRANSFER];
+	int64_t seq;
+	int result = KOBO_OK;
+
+	sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(stmt);
+	if (rc == SQLITE_DONE) {
+		result = KOBO_ENOTFOUND;
+	} else if (rc != SQLITE_ROW || transfer_from_row(stmt, out, &seq) != KOBO_OK) {
+		result = reader_error(r, "store_read_transfer_failed");
+	} else {
+		out->metadata = reader_keep(r, out->metadata, out->metadata_len);
+		if (out->metadata == NULL)
+			result = KOBO_ENOMEM;
+	}
+	sqlite3_reset(stmt);
+	return result;
+}
+
+static int store_read_history(kobo_store_reader *reader, const char *account_id,
+                              int64_t after_seq, size_t limit,
+                              kobo_store_transfer_fn each, void *ctx)
+{
+	sqlite_reader *r = to_reader(reader);
+	sqlite3_stmt *stmt = r->stmt[SQL_READ_HISTORY];
+	int64_t last_seq = after_seq;
+	int result = KOBO_OK;
+	int rc;
+
+	if (limit == 0)
+		return KOBO_OK;
+	sqlite3_bind_text(stmt, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, after_seq);
+	sqlite3_bind_int64(stmt, 3, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		kobo_transfer transfer;
+		int64_t seq;
+		if (transfer_from_row(stmt, &transfer, &seq) != KOBO_OK) {
+			rc = SQLITE_CORRUPT;
+			break;
+		}
+		if (seq == last_seq)
+			continue; /* the same row from both arms */
+		last_seq = seq;
+		/* metadata points into the row: valid during the call, as the
+		 * contract promises. */
+		if (each(ctx, &transfer, seq) != 0) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		result = reader_error(r, "store_read_history_failed");
+	sqlite3_reset(stmt);
+	return result;
+}
+
+/* ---- Open, audit, close. ---- */
+
+static int store_audit(kobo_store *store, kobo_store_report_fn report, void *ctx,
+                       kobo_audit_totals *totals)
+{
+	return store_sqlite_audit(to_store(store)->path, report, ctx, totals);
+}
+
+static void store_close(kobo_store *store)
+{
+	sqlite_store *s = to_store(store);
+
+	if (s == NULL)
+		return;
+	if (s->state == STORE_IN_BATCH)
+		rollback_transaction(s);
+	checkpointer_stop(s);
+	finalize_all(s->stmt, SQL_WRITER_COUNT);
+	/* The last connection to close checkpoints the WAL and removes it. */
+	sqlite3_close(s->writer);
+	arena_free(&s->loaded);
+	free(s->path);
+	free(s);
+}
+
+static const kobo_store_ops sqlite_ops = {
+	.begin = store_begin,
+	.load_transfers = store_load_transfers,
+	.load_accounts = store_load_accounts,
+	.write = store_write,
+	.commit = store_commit,
+	.rollback = store_rollback,
+	.expired_holds = store_expired_holds,
+	.healthy = store_healthy,
+	.reader_open = store_reader_open,
+	.reader_close = store_reader_close,
+	.read_account = store_read_account,
+	.read_transfer = store_read_transfer,
+	.read_history = store_read_history,
+	.audit = store_audit,
+	.close = store_close,
+};
+
+/* Brings the file up to STORE_SQLITE_SCHEMA_VERSION, one step per
+ * transaction. The version is reread under the write lock, so two
+ * processes opening the same new file do not both run a step. */
+static int migrate(sqlite3 *db, const char *path)
+{
+	for (;;) {
+		int version = 0;
+		char set_version[64];
+
+		if (exec_sql(db, "BEGIN IMMEDIATE", path) != KOBO_OK)
+			return KOBO_ESTORE;
+		if (pragma_int(db, "PRAGMA user_version", &version) != KOBO_OK)
+			goto fail;
+		if (version > STORE_SQLITE_SCHEMA_VERSION) {
+			(void)store_sqlite_check_version(db, path); /* logs why */
+			goto fail;
+		}
+		if (version == STORE_SQLITE_SCHEMA_VERSION)
+			return exec_sql(db, "COMMIT", path);
+		snprintf(set_version, sizeof set_version, "PRAGMA user_version = %d",
+		         version + 1);
+		if (exec_sql(db, migrations[version], path) != KOBO_OK ||
+		    exec_sql(db, set_version, path) != KOBO_OK ||
+		    exec_sql(db, "COMMIT", path) != KOBO_OK)
+			goto fail;
+		kobo_log(KOBO_LOG_INFO, "store_migrated", "\"schema_version\":%d",
+		         version + 1);
+	}
+fail:
+	if (!sqlite3_get_autocommit(db))
+		(void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	return KOBO_ESTORE;
+}
+
+/* Sets the writer's pragmas. journal_mode=WAL persists in the file, so
+ * readers and read-only stores find it there. */
+static int configure_writer(sqlite_store *s)
+{
+	sqlite3_stmt *stmt = NULL;
+	bool wal = false;
+	char size_limit[64];
+
+	if (sqlite3_prepare_v2(s->writer, "PRAGMA journal_mode = WAL", -1, &stmt,
+	                       NULL) == SQLITE_OK &&
+	    sqlite3_step(stmt) == SQLITE_ROW) {
+		const char *mode = (const char *)sqlite3_column_text(stmt, 0);
+		wal = mode != NULL && strcmp(mode, "wal") == 0;
+	}
+	sqlite3_finalize(stmt);
+	if (!wal) {
+		store_sqlite_log_error(s->writer, "store_wal_unavailable", s->path);
+		return KOBO_ESTORE;
+	}
+	snprintf(size_limit, sizeof size_limit, "PRAGMA journal_size_limit = %d",
+	         STORE_SQLITE_WAL_RESTART_BYTES);
+	if (exec_sql(s->writer, "PRAGMA synchronous = FULL", s->path) != KOBO_OK ||
+	    exec_sql(s->writer, size_limit, s->path) != KOBO_OK ||
+	    /* Checkpoints happen on the checkpointer thread, never inside a
+	     * commit. This pragma removes SQLite's own WAL hook, so ours is
+	     * installed after it. */
+	    exec_sql(s->writer, "PRAGMA wal_autocheckpoint = 0", s->path) != KOBO_OK)
+		return KOBO_ESTORE;
+	sqlite3_wal_hook(s->writer, wal_hook, &s->ckpt);
+	return KOBO_OK;
+}
+
+int kobo_store_sqlite_open(const char *path, bool read_only, kobo_store **out)
+{
+	sqlite_store *s;
+
+	*out = NULL;
+	s = calloc(1, sizeof *s);
+	if (s == NULL)
+		return KOBO_ENOMEM;
+	s->base.ops = &sqlite_ops;
+	s->read_only = read_only;
+	s->state = STORE_IDLE;
+	atomic_init(&s->failed, false);
+	atomic_init(&s->ckpt.commits, 0);
+	s->path = strdup(path);
+	if (s->path == NULL) {
+		free(s);
+		return KOBO_ENOMEM;
+	}
+	if (read_only) {
+		/* No migrations: an unmigrated or newer file is refused by
+		 * store_sqlite_connect's version check. */
+		if (store_sqlite_connect(path, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+		                         STORE_SQLITE_BUSY_TIMEOUT_MS, &s->writer) != KOBO_OK)
+			goto fail;
+	} else {
+		if (store_sqlite_connect(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+		                         SQLITE_OPEN_NOMUTEX, STORE_SQLITE_BUSY_TIMEOUT_MS,
+		                         &s->writer) != KOBO_OK ||
+		    configure_writer(s) != KOBO_OK || migrate(s->writer, path) != KOBO_OK)
+			goto fail;
+	}
+	if (prepare_all(s->writer, writer_sql, s->stmt, SQL_WRITER_COUNT, path) != KOBO_OK)
+		goto fail;
+	if (!read_only && checkpointer_start(s) != KOBO_OK)
+		goto fail;
+	*out = &s->base;
+	return KOBO_OK;
+fail:
+	store_close(&s->base);
+	return KOBO_ESTORE;
+}
