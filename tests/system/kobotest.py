@@ -544,3 +544,80 @@ def wait_until(predicate, timeout, interval=0.05):
 def wait_readable(sock, timeout):
     r, _, _ = select.select([sock], [], [], timeout)
     return bool(r)
+
+
+# ---------------------------------------------------------------- load ----
+
+class Load:
+    """Background transfer load for fault tests. Each thread has its own
+    connection and never retries: it records every transfer it sent as
+    acked (2xx, with the answer), rejected (422, with the code) or unacked
+    (no answer: connection error, timeout, 5xx). params[id] is the body sent."""
+
+    def __init__(self, srv, payers, payees, prefix, threads=8, max_amount=1500, seed=1):
+        self.srv = srv
+        self.payers, self.payees = list(payers), list(payees)
+        self.prefix = prefix
+        self.n_threads = threads
+        self.max_amount = max_amount
+        self.seed = seed
+        self.lock = threading.Lock()
+        self.params, self.acked, self.rejected, self.unacked = {}, {}, {}, {}
+        self.problems = []
+        self.stopping = threading.Event()
+        self.threads = []
+
+    def _run(self, n):
+        rng = random.Random(self.seed * 1000 + n)
+        conn = None
+        seq = 0
+        while not self.stopping.is_set():
+            seq += 1
+            src = rng.choice(self.payers)
+            dst = rng.choice([p for p in self.payees if p != src])
+            tid = f"{self.prefix}.{n}.{seq}"
+            body = transfer_body(tid, src, dst, rng.randint(1, self.max_amount))
+            with self.lock:
+                self.params[tid] = body
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.srv.port, timeout=15)
+                conn.request("POST", "/v1/transfers", body=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                resp = Resp(r.status, r.getheaders(), r.read())
+                if r.will_close:
+                    conn.close()
+                    conn = None
+            except Exception:
+                with self.lock:
+                    self.unacked[tid] = body
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                time.sleep(0.02)
+                continue
+            with self.lock:
+                if resp.status in (200, 201):
+                    self.acked[tid] = resp.body
+                elif resp.status == 422:
+                    self.rejected[tid] = resp.body["error"]["code"]
+                elif resp.status >= 500:
+                    self.unacked[tid] = body
+                else:
+                    self.problems.append(f"{tid}: unexpected {resp!r}")
+        if conn is not None:
+            conn.close()
+
+    def start(self):
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
+                        for n in range(self.n_threads)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self, timeout=30):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in self.threads), "load threads did not stop"

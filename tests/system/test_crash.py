@@ -1,0 +1,105 @@
+"""
+test_crash.py — kill -9 under load, restart on the same data dir, repeated
+(invariants 2, 3, 1 and 6): every acknowledged transfer survives, money is
+conserved, `kobo audit` passes, and retrying every unacknowledged id applies
+it at most once.
+"""
+import random
+import time
+from collections import Counter
+
+from kobotest import (Load, conservation, expect_audit_ok, expect_status, fund, get_transfer,
+                      make_account, wait_until)
+
+ROUNDS = 5
+PAYEES = [f"w{i}" for i in range(8)]
+START = 3000
+
+
+def check_survivors(srv, load, rnd):
+    """Every acknowledged transfer is stored as answered; every 422 is stored
+    as rejected with the same code."""
+    lost, wrong = [], []
+    for tid, answer in load.acked.items():
+        r = get_transfer(srv, tid)
+        if r.status != 200:
+            lost.append((tid, r.status))
+            continue
+        sent = load.params[tid]
+        seen = {k: r.body.get(k) for k in ("from", "to", "amount", "currency", "status")}
+        want = dict(sent, status="posted")
+        want.pop("id")
+        if seen != want:
+            wrong.append((tid, want, seen))
+    assert not lost, (f"round {rnd}: {len(lost)} of {len(load.acked)} acknowledged transfers lost "
+                      f"after kill -9 (expected GET 200), e.g. {lost[:5]}")
+    assert not wrong, f"round {rnd}: acknowledged transfers changed (id, expected, seen): {wrong[:5]}"
+    for tid, code in load.rejected.items():
+        r = get_transfer(srv, tid)
+        assert r.status == 200 and r.body.get("status") == "rejected" and \
+            (r.body.get("error") or {}).get("code") == code, (
+                f"round {rnd}: transfer {tid} was answered 422 {code}: expected it stored as "
+                f"rejected with that code, saw {r!r}")
+
+
+def retry_unacked(srv, load, rnd):
+    """Retries each unacknowledged id twice with the same parameters: the
+    first retry applies or replays, the second must replay."""
+    for tid, body in load.unacked.items():
+        r1 = srv.post("/v1/transfers", body)
+        assert r1.status in (200, 201, 422), f"round {rnd}: retry of unacked {tid}: expected 200/201/422, saw {r1!r}"
+        r2 = srv.post("/v1/transfers", body)
+        want = 422 if r1.status == 422 else 200
+        assert r2.status == want and r2.replayed, (
+            f"round {rnd}: second retry of {tid}: expected {want} with Idempotent-Replayed, saw "
+            f"{r2!r} {r2.headers}")
+
+
+def test_kill9_under_load_repeatedly(server):
+    make_account(server, "cash", allow_negative=True)
+    for w in PAYEES:
+        make_account(server, w)
+        fund(server, "cash", w, START)
+    expected = Counter({w: START for w in PAYEES})
+    expected["cash"] = -START * len(PAYEES)
+    rng = random.Random(7)
+    totals = Counter()
+
+    for rnd in range(ROUNDS):
+        load = Load(server, ["cash"] + PAYEES, PAYEES, prefix=f"k{rnd}", threads=8, seed=rnd + 1)
+        load.start()
+        got = wait_until(lambda: len(load.acked) >= 30, 20)
+        time.sleep(rng.uniform(0.1, 0.8))
+        server.kill9()
+        load.stop()
+        assert got, f"round {rnd}: expected at least 30 acknowledged transfers before the kill, saw {len(load.acked)}"
+        assert not load.problems, f"round {rnd}: unexpected answers under load: {load.problems[:5]}"
+        totals.update(acked=len(load.acked), rejected=len(load.rejected), unacked=len(load.unacked))
+
+        server.start(port=server.port)
+        check_survivors(server, load, rnd)
+        for tid in list(load.acked)[:10]:
+            r = server.post("/v1/transfers", load.params[tid])
+            assert r.status == 200 and r.replayed, (
+                f"round {rnd}: retry of acknowledged {tid}: expected 200 replayed, saw {r!r}")
+        retry_unacked(server, load, rnd)
+
+        # Every id sent this round now exists; its stored outcome decides the balances.
+        for tid, body in load.params.items():
+            r = get_transfer(server, tid)
+            expect_status(r, 200, f"round {rnd}: transfer {tid} after retries")
+            status = r.body["status"]
+            assert status in ("posted", "rejected"), f"round {rnd}: {tid}: unexpected status {r.body}"
+            if status == "posted":
+                expected[body["from"]] -= r.body["posted_amount"]
+                expected[body["to"]] += r.body["posted_amount"]
+
+        total, bals = conservation(server, ["cash"] + PAYEES)
+        assert total == 0, f"round {rnd}: conservation: expected sum of posted 0, saw {total} ({bals})"
+        seen = {a: b["posted"] for a, b in bals.items()}
+        assert seen == dict(expected), (f"round {rnd}: balances after kill -9 and retries: expected "
+                                        f"{dict(expected)} (from stored transfers), saw {seen}")
+        negative = {a: b for a, b in bals.items() if a != "cash" and b["available"] < 0}
+        assert not negative, f"round {rnd}: non-negative accounts went below 0: {negative}"
+        expect_audit_ok(server.data, f"round {rnd}: audit after kill -9")
+    print(f"kill -9 rounds: {dict(totals)}")
