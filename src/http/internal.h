@@ -1,0 +1,123 @@
+/*
+ * internal.h — what the files of src/http share and nobody else sees:
+ * the server and per-request structs, the handlers named by the route
+ * table, and the edge helpers (request ids, logging).
+ *
+ * One request's life (server.c drives it, handlers.c fills it in):
+ *
+ *   RECEIVING ──handler, reply now──────────────────────────▶ READY ──▶ queued
+ *       │                                                       ▲
+ *       └──handler submits: suspend, kobo_shard_submit ──▶ SUSPENDED
+ *                          (writer thread: done → encode → resume)
+ */
+#ifndef KOBO_HTTP_INTERNAL_H
+#define KOBO_HTTP_INTERNAL_H
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "../obs/obs.h"
+#include "codec.h"
+#include "routes.h"
+#include "server.h"
+
+typedef struct http_reader_set http_reader_set;
+
+struct kobo_http_server {
+	struct MHD_Daemon *daemon;
+	MHD_socket listen_fd; /* returned by quiesce; closed at stop */
+	uint16_t port;
+	kobo_shard *shards[KOBO_SHARDS_MAX];
+	kobo_store *stores[KOBO_SHARDS_MAX];
+	uint32_t shard_count;
+	/* Submitters hold it shared around kobo_shard_submit; drain takes it
+	 * exclusively to set writes_closed, so no submit races a shard stop. */
+	pthread_rwlock_t submit_lock;
+	bool writes_closed;
+	atomic_bool draining;
+	atomic_size_t in_flight;
+	/* Per-thread read connections, closed at stop. */
+	pthread_mutex_t readers_lock;
+	http_reader_set *readers;
+};
+
+enum {
+	KOBO_HTTP_RECEIVING = 0,
+	KOBO_HTTP_SUSPENDED,
+	KOBO_HTTP_READY,
+};
+
+struct kobo_http_exchange {
+	kobo_http_server *server;
+	struct MHD_Connection *connection;
+	const char *method; /* libmicrohttpd's, valid for the request */
+	size_t route;       /* index, or kobo_http_route_count when unmatched */
+	kobo_http_match match;
+	kobo_http_history_query query; /* GET …/transfers only */
+	int64_t start_us;
+	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1];
+	char trace_id[KOBO_HTTP_TRACE_ID_LEN + 1]; /* "" without traceparent */
+	char traceparent[KOBO_HTTP_TRACEPARENT_LEN_MAX + 1];
+
+	/* The body, bounded by the route's body_max. */
+	kobo_http_buf body;
+	size_t body_max;
+	size_t body_seen;  /* bytes received, kept or not */
+	bool refused;      /* reply decided before the body; body discarded */
+
+	/* A write on its way through a shard. */
+	kobo_http_ops ops;
+	kobo_result *results;
+	kobo_result inline_result;
+	kobo_request request;
+	uint32_t shard;
+	bool is_batch;
+
+	kobo_http_reply reply;
+	atomic_int state;
+};
+
+/* ---- Handlers (handlers.c), named by the route table. ---- */
+
+int kobo__http_create_account(kobo_http_exchange *x);
+int kobo__http_get_account(kobo_http_exchange *x);
+int kobo__http_get_history(kobo_http_exchange *x);
+int kobo__http_create_transfer(kobo_http_exchange *x);
+int kobo__http_create_batch(kobo_http_exchange *x);
+int kobo__http_get_transfer(kobo_http_exchange *x);
+int kobo__http_post_transfer(kobo_http_exchange *x);
+int kobo__http_void_transfer(kobo_http_exchange *x);
+int kobo__http_healthz(kobo_http_exchange *x);
+int kobo__http_readyz(kobo_http_exchange *x);
+int kobo__http_metrics(kobo_http_exchange *x);
+
+/* ---- Server services used by handlers (server.c). ---- */
+
+/* Suspends the connection and queues x->ops on shard; the reply comes from
+ * the done callback. On refusal (overloaded, shutting down) fills the 503
+ * reply and resumes at once. Always returns KOBO_HTTP_REPLY_LATER. */
+int kobo__http_submit(kobo_http_exchange *x, uint32_t shard);
+
+/* true when writes are open and every shard can commit (/readyz). */
+bool kobo__http_shards_ready(kobo_http_server *server);
+
+/* The calling thread's read connection on shard, opened on first use.
+ * KOBO_OK with *reader, or a store error. */
+int kobo__http_reader(kobo_http_server *server, uint32_t shard,
+                      kobo_store_reader **reader);
+
+/* Fills x->reply with the error and returns KOBO_HTTP_REPLY_READY. */
+int kobo__http_fail(kobo_http_exchange *x, int status, const char *code,
+                    const char *message);
+
+/* ---- Edge (edge.c). ---- */
+
+/* 32 random lowercase hex digits + NUL into out (33 bytes): a per-thread
+ * PRNG seeded from getrandom(2). */
+void kobo__http_new_request_id(char *out);
+
+/* Logs the http_request line and counts the request in metrics. */
+void kobo__http_log_request(const kobo_http_exchange *x, int status);
+
+#endif /* KOBO_HTTP_INTERNAL_H */

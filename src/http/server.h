@@ -1,0 +1,73 @@
+/*
+ * server.h — Kobo's HTTP server: libmicrohttpd in poll mode in front of the
+ * shard writers.
+ *
+ * Lifecycle:
+ *
+ *   kobo_http_server_start()   listen and serve (reads on the HTTP threads,
+ *                              writes through the shards' queues)
+ *   kobo_http_server_drain()   stop accepting connections, answer new writes
+ *                              503 and /readyz 503; after it returns no
+ *                              thread is inside kobo_shard_submit, so the
+ *                              caller may now kobo_shard_stop() every shard
+ *                              (which answers everything queued)
+ *   kobo_http_server_stop()    wait (bounded) until every answered request
+ *                              has been sent, then close connections, read
+ *                              connections and free the server
+ *
+ * The server borrows the shards and stores; they must outlive it, except
+ * that shards may be stopped between drain and stop.
+ */
+#ifndef KOBO_HTTP_SERVER_H
+#define KOBO_HTTP_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../shard/shard.h"
+#include "../store/store.h"
+
+#define KOBO_HTTP_CONNECTION_TIMEOUT_S_DEFAULT 30
+#define KOBO_HTTP_CONNECTIONS_MAX_DEFAULT 1024
+#define KOBO_HTTP_CONNECTION_MEMORY_DEFAULT (64u * 1024) /* request line + headers */
+#define KOBO_HTTP_THREADS_DEFAULT 1
+#define KOBO_HTTP_THREADS_MAX 64
+
+typedef struct kobo_http_server kobo_http_server;
+
+typedef struct kobo_http_config {
+	const char *host;  /* numeric address or name to listen on; NULL: 127.0.0.1 */
+	uint16_t port;     /* 0: any free port (see kobo_http_server_port) */
+	/* shard_count shards and their stores, borrowed: shards[i] writes to
+	 * stores[i]; reads open a connection on stores[i] per HTTP thread. */
+	kobo_shard *const *shards;
+	kobo_store *const *stores;
+	uint32_t shard_count;                  /* 1..KOBO_SHARDS_MAX */
+	unsigned connection_timeout_s;         /* idle timeout; 0: default 30 */
+	unsigned connections_max;              /* 0: default 1024 */
+	size_t connection_memory_bytes;        /* 0: default 64 KiB */
+	unsigned threads;                      /* 0: default 1 */
+} kobo_http_config;
+
+/* Binds and starts serving. Returns KOBO_OK with *out (owned by the caller
+ * until kobo_http_server_stop), KOBO_EINVAL for a bad config or an address
+ * that does not resolve, KOBO_ENOMEM, or KOBO_ESTORE when the socket could
+ * not be bound (logged with the reason). */
+int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **out);
+
+/* The port actually bound (useful with port 0). */
+uint16_t kobo_http_server_port(const kobo_http_server *server);
+
+/* Begins a graceful shutdown (see the lifecycle above). Idempotent. */
+void kobo_http_server_drain(kobo_http_server *server);
+
+/* Number of requests received and not yet fully answered. Thread-safe. */
+size_t kobo_http_server_in_flight(const kobo_http_server *server);
+
+/* Waits up to wait_ms for in-flight requests to be answered, then stops
+ * libmicrohttpd, closes the per-thread store readers and frees the server.
+ * Every shard must have been stopped (or never fed) by then: a request
+ * still suspended on a shard would never be resumed. */
+void kobo_http_server_stop(kobo_http_server *server, unsigned wait_ms);
+
+#endif /* KOBO_HTTP_SERVER_H */
