@@ -316,33 +316,19 @@ static sqlite_reader *to_reader(kobo_store_reader *reader)
 
 /* ---- Shared helpers (sqlite_internal.h). ---- */
 
-static const char *const status_texts[] = {
-	[KOBO_STATUS_PROCESSING] = "processing",
-	[KOBO_STATUS_PENDING] = "pending",
-	[KOBO_STATUS_POSTED] = "posted",
-	[KOBO_STATUS_VOIDED] = "voided",
-	[KOBO_STATUS_REJECTED] = "rejected",
-};
-
-static const char *const void_reason_texts[] = {
-	[KOBO_VOID_NONE] = NULL,
-	[KOBO_VOID_VOIDED] = "voided",
-	[KOBO_VOID_EXPIRED] = "expired",
-	[KOBO_VOID_COMPENSATED] = "compensated",
-};
-
-#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
-
+/* The stored text of statuses and void reasons is their wire name
+ * (names.c), so the file, the API and the CLI spell them one way. The
+ * schema's CHECK constraints list the same words. */
 const char *store_sqlite_status_text(kobo_transfer_status status)
 {
-	assert((size_t)status < COUNT_OF(status_texts));
-	return status_texts[status];
+	return kobo_transfer_status_name(status);
 }
 
 int store_sqlite_status_parse(const char *text, kobo_transfer_status *status)
 {
-	for (size_t i = 0; i < COUNT_OF(status_texts); i++) {
-		if (text != NULL && strcmp(text, status_texts[i]) == 0) {
+	for (int i = KOBO_STATUS_PROCESSING; i <= KOBO_STATUS_REJECTED; i++) {
+		if (text != NULL &&
+		    strcmp(text, kobo_transfer_status_name((kobo_transfer_status)i)) == 0) {
 			*status = (kobo_transfer_status)i;
 			return KOBO_OK;
 		}
@@ -356,8 +342,8 @@ static int void_reason_parse(const char *text, kobo_void_reason *reason)
 		*reason = KOBO_VOID_NONE;
 		return KOBO_OK;
 	}
-	for (size_t i = 1; i < COUNT_OF(void_reason_texts); i++) {
-		if (strcmp(text, void_reason_texts[i]) == 0) {
+	for (int i = KOBO_VOID_VOIDED; i <= KOBO_VOID_COMPENSATED; i++) {
+		if (strcmp(text, kobo_void_reason_name((kobo_void_reason)i)) == 0) {
 			*reason = (kobo_void_reason)i;
 			return KOBO_OK;
 		}
@@ -792,10 +778,9 @@ static int write_account(sqlite_store *s, const kobo_account_change *change)
 static int write_transfer(sqlite_store *s, const kobo_transfer_change *change)
 {
 	const kobo_transfer *t = change->transfer;
-	const char *void_reason = void_reason_texts[t->void_reason];
+	const char *void_reason = kobo_void_reason_name(t->void_reason);
 	sqlite3_stmt *stmt;
 
-	assert((size_t)t->void_reason < COUNT_OF(void_reason_texts));
 	if (change->is_new) {
 		stmt = s->stmt[SQL_INSERT_TRANSFER];
 		sqlite3_bind_text(stmt, 1, t->id, -1, SQLITE_STATIC);

@@ -1,0 +1,981 @@
+/*
+ * test_store_sqlite.c — the SQLite store against its contract (store.h).
+ *
+ * Every test gets a fresh directory from mkdtemp (removed afterwards) and
+ * drives the store with the real ledger, the way the shard writer does:
+ * begin → load transfers → load accounts → apply → write → commit.
+ *
+ * Covered: creating, migrating and reopening a file; refusing a schema
+ * newer than the code; read-only opens; a full batch round trip; rollback;
+ * reader isolation; history order, pagination and filtering; expired holds;
+ * the audit on sound and tampered data; loaded metadata surviving across
+ * arena chunks; and the sticky error state after a failed commit, using a
+ * fault-injecting VFS (a shim over the default VFS whose xWrite or xSync
+ * fail on demand, as SQLite's own fault tests do).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../src/ledger/ledger.h"
+#include "../../src/store/store.h"
+
+#define TEST_OPS_MAX 256
+
+/* ---- A fault-injecting VFS. ---- */
+
+static sqlite3_vfs *fault_base;
+static sqlite3_vfs fault_vfs;
+static atomic_bool fault_fail_writes;
+static atomic_bool fault_fail_syncs;
+
+typedef struct fault_file {
+	sqlite3_file base;
+	sqlite3_file *real; /* the default VFS's file, right after this struct */
+} fault_file;
+
+static sqlite3_file *real_file(sqlite3_file *file)
+{
+	return ((fault_file *)file)->real;
+}
+
+static int fault_close(sqlite3_file *f)
+{
+	return real_file(f)->pMethods->xClose(real_file(f));
+}
+
+static int fault_read(sqlite3_file *f, void *buf, int amount, sqlite3_int64 offset)
+{
+	return real_file(f)->pMethods->xRead(real_file(f), buf, amount, offset);
+}
+
+static int fault_write(sqlite3_file *f, const void *buf, int amount,
+                       sqlite3_int64 offset)
+{
+	if (atomic_load(&fault_fail_writes))
+		return SQLITE_IOERR_WRITE;
+	return real_file(f)->pMethods->xWrite(real_file(f), buf, amount, offset);
+}
+
+static int fault_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+	return real_file(f)->pMethods->xTruncate(real_file(f), size);
+}
+
+static int fault_sync(sqlite3_file *f, int flags)
+{
+	if (atomic_load(&fault_fail_syncs))
+		return SQLITE_IOERR_FSYNC;
+	return real_file(f)->pMethods->xSync(real_file(f), flags);
+}
+
+static int fault_file_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+	return real_file(f)->pMethods->xFileSize(real_file(f), size);
+}
+
+static int fault_lock(sqlite3_file *f, int level)
+{
+	return real_file(f)->pMethods->xLock(real_file(f), level);
+}
+
+static int fault_unlock(sqlite3_file *f, int level)
+{
+	return real_file(f)->pMethods->xUnlock(real_file(f), level);
+}
+
+static int fault_check_reserved(sqlite3_file *f, int *out)
+{
+	return real_file(f)->pMethods->xCheckReservedLock(real_file(f), out);
+}
+
+static int fault_file_control(sqlite3_file *f, int op, void *arg)
+{
+	return real_file(f)->pMethods->xFileControl(real_file(f), op, arg);
+}
+
+static int fault_sector_size(sqlite3_file *f)
+{
+	return real_file(f)->pMethods->xSectorSize(real_file(f));
+}
+
+static int fault_device_characteristics(sqlite3_file *f)
+{
+	return real_file(f)->pMethods->xDeviceCharacteristics(real_file(f));
+}
+
+static int fault_shm_map(sqlite3_file *f, int region, int size, int extend,
+                         void volatile **out)
+{
+	return real_file(f)->pMethods->xShmMap(real_file(f), region, size, extend, out);
+}
+
+static int fault_shm_lock(sqlite3_file *f, int offset, int n, int flags)
+{
+	return real_file(f)->pMethods->xShmLock(real_file(f), offset, n, flags);
+}
+
+static void fault_shm_barrier(sqlite3_file *f)
+{
+	real_file(f)->pMethods->xShmBarrier(real_file(f));
+}
+
+static int fault_shm_unmap(sqlite3_file *f, int delete_flag)
+{
+	return real_file(f)->pMethods->xShmUnmap(real_file(f), delete_flag);
+}
+
+static int fault_fetch(sqlite3_file *f, sqlite3_int64 offset, int amount, void **out)
+{
+	return real_file(f)->pMethods->xFetch(real_file(f), offset, amount, out);
+}
+
+static int fault_unfetch(sqlite3_file *f, sqlite3_int64 offset, void *p)
+{
+	return real_file(f)->pMethods->xUnfetch(real_file(f), offset, p);
+}
+
+static const sqlite3_io_methods fault_io = {
+	.iVersion = 3,
+	.xClose = fault_close,
+	.xRead = fault_read,
+	.xWrite = fault_write,
+	.xTruncate = fault_truncate,
+	.xSync = fault_sync,
+	.xFileSize = fault_file_size,
+	.xLock = fault_lock,
+	.xUnlock = fault_unlock,
+	.xCheckReservedLock = fault_check_reserved,
+	.xFileControl = fault_file_control,
+	.xSectorSize = fault_sector_size,
+	.xDeviceCharacteristics = fault_device_characteristics,
+	.xShmMap = fault_shm_map,
+	.xShmLock = fault_shm_lock,
+	.xShmBarrier = fault_shm_barrier,
+	.xShmUnmap = fault_shm_unmap,
+	.xFetch = fault_fetch,
+	.xUnfetch = fault_unfetch,
+};
+
+static int fault_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file,
+                      int flags, int *out_flags)
+{
+	(void)vfs;
+	fault_file *f = (fault_file *)file;
+	f->real = (sqlite3_file *)(f + 1);
+	int rc = fault_base->xOpen(fault_base, name, f->real, flags, out_flags);
+	/* SQLite calls xClose whenever pMethods is set, even after a failed
+	 * open, so mirror the real file's. */
+	file->pMethods = f->real->pMethods != NULL ? &fault_io : NULL;
+	return rc;
+}
+
+static void fault_vfs_register(void)
+{
+	if (fault_base != NULL)
+		return;
+	fault_base = sqlite3_vfs_find(NULL);
+	assert_non_null(fault_base);
+	assert_true(fault_base->iVersion >= 2);
+	fault_vfs = *fault_base;
+	fault_vfs.zName = "kobo_fault";
+	fault_vfs.pNext = NULL;
+	fault_vfs.szOsFile = (int)sizeof(fault_file) + fault_base->szOsFile;
+	fault_vfs.xOpen = fault_open;
+	assert_int_equal(sqlite3_vfs_register(&fault_vfs, 0), SQLITE_OK);
+}
+
+/* ---- Fixture: a temporary directory with a shard file path. ---- */
+
+typedef struct env {
+	char dir[256];
+	char path[PATH_MAX];
+	kobo_ledger *ledger;
+	kobo_result results[TEST_OPS_MAX];
+} env;
+
+static int setup(void **state)
+{
+	env *e = calloc(1, sizeof *e);
+	assert_non_null(e);
+	snprintf(e->dir, sizeof e->dir, "/tmp/kobo-store-test-XXXXXX");
+	assert_non_null(mkdtemp(e->dir));
+	snprintf(e->path, sizeof e->path, "%s/shard-0.db", e->dir);
+	e->ledger = kobo_ledger_create(TEST_OPS_MAX);
+	assert_non_null(e->ledger);
+	*state = e;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	env *e = *state;
+	DIR *dir = opendir(e->dir);
+	struct dirent *entry;
+	char file[PATH_MAX + 256];
+
+	assert_non_null(dir);
+	while ((entry = readdir(dir)) != NULL) {
+		if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
+			continue;
+		snprintf(file, sizeof file, "%s/%s", e->dir, entry->d_name);
+		unlink(file);
+	}
+	closedir(dir);
+	rmdir(e->dir);
+	kobo_ledger_destroy(e->ledger);
+	free(e);
+	return 0;
+}
+
+/* ---- Ops. ---- */
+
+static const char default_metadata[] = "{}";
+
+static kobo_op op_account(const char *id, const char *currency, bool allow_negative,
+                          const char *metadata)
+{
+	kobo_op op;
+	memset(&op, 0, sizeof op);
+	op.kind = KOBO_OP_CREATE_ACCOUNT;
+	snprintf(op.request_id, sizeof op.request_id, "req-%s", id);
+	snprintf(op.u.account.id, sizeof op.u.account.id, "%s", id);
+	snprintf(op.u.account.currency, sizeof op.u.account.currency, "%s", currency);
+	op.u.account.allow_negative = allow_negative;
+	op.u.account.metadata = metadata != NULL ? metadata : default_metadata;
+	op.u.account.metadata_len = (uint32_t)strlen(op.u.account.metadata);
+	return op;
+}
+
+static kobo_op op_transfer(const char *id, const char *from, const char *to,
+                           int64_t amount, bool pending, uint32_t timeout_seconds)
+{
+	kobo_op op;
+	memset(&op, 0, sizeof op);
+	op.kind = KOBO_OP_CREATE_TRANSFER;
+	snprintf(op.request_id, sizeof op.request_id, "req-%s", id);
+	snprintf(op.u.transfer.id, sizeof op.u.transfer.id, "%s", id);
+	snprintf(op.u.transfer.from, sizeof op.u.transfer.from, "%s", from);
+	snprintf(op.u.transfer.to, sizeof op.u.transfer.to, "%s", to);
+	snprintf(op.u.transfer.currency, sizeof op.u.transfer.currency, "NGN");
+	op.u.transfer.amount = amount;
+	op.u.transfer.pending = pending;
+	op.u.transfer.timeout_seconds = timeout_seconds;
+	op.u.transfer.metadata = "{\"note\":\"suya\"}";
+	op.u.transfer.metadata_len = (uint32_t)strlen(op.u.transfer.metadata);
+	return op;
+}
+
+static kobo_op op_target(kobo_op_kind kind, const char *id, bool has_amount,
+                         int64_t amount)
+{
+	kobo_op op;
+	memset(&op, 0, sizeof op);
+	op.kind = kind;
+	snprintf(op.request_id, sizeof op.request_id, "req-%s-%d", id, (int)kind);
+	snprintf(op.u.target.id, sizeof op.u.target.id, "%s", id);
+	op.u.target.has_amount = has_amount;
+	op.u.target.amount = amount;
+	return op;
+}
+
+/* One batch the way the shard writer runs it. Returns the first failing
+ * store status (after rolling back), or KOBO_OK once committed. When
+ * commit is false the batch stops after write() (the transaction stays
+ * open for the caller). */
+static int run_batch_ex(env *e, kobo_store *store, const kobo_op *ops, size_t count,
+                        int64_t now_ms, bool commit)
+{
+	static const char *transfer_ids[TEST_OPS_MAX];
+	static const char *account_ids[2 * TEST_OPS_MAX + 1];
+	size_t transfer_count = 0;
+	size_t account_count = 0;
+	int rc;
+
+	assert_true(count <= TEST_OPS_MAX);
+	kobo_ledger_reset(e->ledger);
+	rc = kobo_store_begin(store);
+	if (rc != KOBO_OK)
+		return rc;
+	kobo_ledger_transfer_ids(ops, count, transfer_ids, &transfer_count);
+	rc = kobo_store_load_transfers(store, transfer_ids, transfer_count, e->ledger);
+	if (rc != KOBO_OK)
+		goto fail;
+	kobo_ledger_account_ids(e->ledger, ops, count, account_ids, &account_count);
+	rc = kobo_store_load_accounts(store, account_ids, account_count, e->ledger);
+	if (rc != KOBO_OK)
+		goto fail;
+	assert_int_equal(kobo_ledger_apply(e->ledger, ops, count, now_ms, e->results),
+	                 KOBO_OK);
+	rc = kobo_store_write(store, e->ledger);
+	if (rc != KOBO_OK)
+		goto fail;
+	if (!commit)
+		return KOBO_OK;
+	rc = kobo_store_commit(store);
+	if (rc != KOBO_OK)
+		goto fail;
+	return KOBO_OK;
+fail:
+	kobo_store_rollback(store);
+	return rc;
+}
+
+static int run_batch(env *e, kobo_store *store, const kobo_op *ops, size_t count,
+                     int64_t now_ms)
+{
+	return run_batch_ex(e, store, ops, count, now_ms, true);
+}
+
+static kobo_store *open_store(const char *path)
+{
+	kobo_store *store = NULL;
+	assert_int_equal(kobo_store_sqlite_open(path, false, &store), KOBO_OK);
+	assert_non_null(store);
+	return store;
+}
+
+/* Three NGN accounts: cash (may go negative), alice and bob; alice gets
+ * 10,000 from cash. */
+static void seed(env *e, kobo_store *store, int64_t now_ms)
+{
+	kobo_op ops[] = {
+		op_account("cash", "NGN", true, NULL),
+		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		op_account("bob", "NGN", false, NULL),
+		op_transfer("t-fund", "cash", "alice", 10000, false, 0),
+	};
+	assert_int_equal(run_batch(e, store, ops, 4, now_ms), KOBO_OK);
+	assert_int_equal(e->results[3].code, KOBO_RESULT_CREATED);
+}
+
+static sqlite3 *raw_open(const char *path)
+{
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	sqlite3_busy_timeout(db, 2000);
+	return db;
+}
+
+static int64_t raw_int(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *stmt = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(stmt), SQLITE_ROW);
+	int64_t value = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	return value;
+}
+
+static void raw_exec(const char *path, const char *sql)
+{
+	sqlite3 *db = raw_open(path);
+	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+}
+
+/* ---- Open, migrate, reopen. ---- */
+
+static void open_migrates_and_reopen_keeps_data(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	kobo_account account;
+
+	seed(e, store, 1000);
+	kobo_store_close(store);
+
+	sqlite3 *db = raw_open(e->path);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), 1);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE status = 'posted'"), 1);
+	sqlite3_close(db);
+
+	/* Reopening runs no migration twice and finds everything. */
+	store = open_store(e->path);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_string_equal(account.currency, "NGN");
+	assert_false(account.allow_negative);
+	assert_int_equal(account.posted, 10000);
+	assert_int_equal(account.created_at_ms, 1000);
+	assert_int_equal(account.metadata_len, strlen("{\"owner\":\"ada\"}"));
+	assert_memory_equal(account.metadata, "{\"owner\":\"ada\"}", account.metadata_len);
+	assert_int_equal(kobo_store_read_account(reader, "nobody", &account), KOBO_ENOTFOUND);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+
+	db = raw_open(e->path);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), 1);
+	sqlite3_close(db);
+}
+
+static void newer_schema_version_is_refused(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_close(store);
+
+	raw_exec(e->path, "PRAGMA user_version = 99");
+	store = (kobo_store *)1;
+	assert_int_equal(kobo_store_sqlite_open(e->path, false, &store), KOBO_ESTORE);
+	assert_null(store);
+	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_ESTORE);
+	assert_null(store);
+
+	/* The refusal changed nothing. */
+	sqlite3 *db = raw_open(e->path);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), 99);
+	sqlite3_close(db);
+}
+
+static void read_only_refuses_unmigrated_file_and_begin(void **state)
+{
+	env *e = *state;
+	kobo_store *store = NULL;
+	kobo_store_reader *reader = NULL;
+	kobo_account account;
+	size_t count = 99;
+	char ids[1][KOBO_ID_LEN_MAX + 1];
+
+	/* Absent file: read-only never creates it. */
+	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_ESTORE);
+	assert_int_equal(access(e->path, F_OK), -1);
+	/* A SQLite file nobody migrated. */
+	raw_exec(e->path, "CREATE TABLE unrelated (x)");
+	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_ESTORE);
+	assert_null(store);
+
+	kobo_store *writer = open_store(e->path); /* migrates */
+	seed(e, writer, 1000);
+	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_OK);
+	assert_int_equal(kobo_store_begin(store), KOBO_EINVAL);
+	assert_true(kobo_store_healthy(store));
+	assert_int_equal(kobo_store_expired_holds(store, 5000, ids, 1, &count), KOBO_OK);
+	assert_int_equal(count, 0);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 10000);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+	kobo_store_close(writer);
+}
+
+/* ---- Batches. ---- */
+
+static void assert_transfer_equal(const kobo_transfer *want, const kobo_transfer *got)
+{
+	assert_string_equal(got->id, want->id);
+	assert_string_equal(got->from, want->from);
+	assert_string_equal(got->to, want->to);
+	assert_string_equal(got->currency, want->currency);
+	assert_string_equal(got->request_id, want->request_id);
+	assert_int_equal(got->amount, want->amount);
+	assert_int_equal(got->posted_amount, want->posted_amount);
+	assert_int_equal(got->pending, want->pending);
+	assert_int_equal(got->timeout_seconds, want->timeout_seconds);
+	assert_int_equal(got->expires_at_ms, want->expires_at_ms);
+	assert_int_equal(got->status, want->status);
+	assert_int_equal(got->void_reason, want->void_reason);
+	if (want->status == KOBO_STATUS_REJECTED)
+		assert_int_equal(got->error_code, want->error_code);
+	assert_int_equal(got->metadata_len, want->metadata_len);
+	assert_memory_equal(got->metadata, want->metadata, want->metadata_len);
+	assert_int_equal(got->created_at_ms, want->created_at_ms);
+	assert_int_equal(got->updated_at_ms, want->updated_at_ms);
+}
+
+static void batch_round_trip_through_ledger(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	kobo_transfer created[3];
+	kobo_transfer transfer;
+	kobo_account account;
+
+	kobo_op first[] = {
+		op_account("cash", "NGN", true, NULL),
+		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		op_account("bob", "NGN", false, "{}"),
+		op_transfer("t1", "cash", "alice", 10000, false, 0),
+		op_transfer("t2", "alice", "bob", 2500, true, 60),
+		op_transfer("t3", "alice", "bob", 99999, false, 0),
+	};
+	assert_int_equal(run_batch(e, store, first, 6, 1000), KOBO_OK);
+	assert_int_equal(e->results[3].code, KOBO_RESULT_CREATED);
+	assert_int_equal(e->results[4].code, KOBO_RESULT_CREATED);
+	assert_int_equal(e->results[5].code, KOBO_RESULT_INSUFFICIENT_FUNDS);
+	for (int i = 0; i < 3; i++) {
+		assert_true(e->results[3 + i].has_transfer);
+		created[i] = e->results[3 + i].transfer;
+	}
+	assert_int_equal(created[1].expires_at_ms, 61000);
+	assert_int_equal(created[2].status, KOBO_STATUS_REJECTED);
+
+	/* The next batch reloads what was written: every replay matches the
+	 * stored row field for field, balances come back as written, and the
+	 * hold can be posted in part. */
+	kobo_op second[] = {
+		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		op_transfer("t1", "cash", "alice", 10000, false, 0),
+		op_transfer("t2", "alice", "bob", 2500, true, 60),
+		op_transfer("t3", "alice", "bob", 99999, false, 0),
+		op_target(KOBO_OP_POST, "t2", true, 2000),
+	};
+	/* Replays keep the request id of the original. */
+	for (int i = 1; i < 4; i++)
+		snprintf(second[i].request_id, sizeof second[i].request_id, "retry");
+	assert_int_equal(run_batch(e, store, second, 5, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_int_equal(e->results[0].account.posted, 10000);
+	assert_int_equal(e->results[0].account.pending_out, 2500);
+	assert_int_equal(e->results[0].account.created_at_ms, 1000);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_REPLAYED);
+	assert_transfer_equal(&created[0], &e->results[1].transfer);
+	assert_int_equal(e->results[2].code, KOBO_RESULT_REPLAYED);
+	assert_transfer_equal(&created[1], &e->results[2].transfer);
+	/* A recorded rejection replays as stored: rejected, with its code. */
+	assert_true(e->results[3].has_transfer);
+	assert_transfer_equal(&created[2], &e->results[3].transfer);
+	assert_int_equal(e->results[4].code, KOBO_RESULT_UPDATED);
+
+	/* What the post wrote. */
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_transfer(reader, "t2", &transfer), KOBO_OK);
+	assert_int_equal(transfer.status, KOBO_STATUS_POSTED);
+	assert_int_equal(transfer.posted_amount, 2000);
+	assert_int_equal(transfer.updated_at_ms, 2000);
+	assert_int_equal(transfer.created_at_ms, 1000);
+	assert_string_equal(transfer.request_id, "req-t2");
+	assert_int_equal(kobo_store_read_transfer(reader, "t3", &transfer), KOBO_OK);
+	assert_int_equal(transfer.status, KOBO_STATUS_REJECTED);
+	assert_int_equal(transfer.error_code, KOBO_RESULT_INSUFFICIENT_FUNDS);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 8000);
+	assert_int_equal(account.pending_out, 0);
+	assert_int_equal(kobo_store_read_account(reader, "bob", &account), KOBO_OK);
+	assert_int_equal(account.posted, 2000);
+	assert_int_equal(account.pending_in, 0);
+	assert_int_equal(kobo_store_read_transfer(reader, "t9", &transfer), KOBO_ENOTFOUND);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+}
+
+static void rollback_leaves_nothing(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	kobo_account account;
+	kobo_transfer transfer;
+
+	seed(e, store, 1000);
+	kobo_op ops[] = {
+		op_account("carol", "NGN", false, NULL),
+		op_transfer("t-roll", "alice", "bob", 300, false, 0),
+	};
+	assert_int_equal(run_batch_ex(e, store, ops, 2, 2000, false), KOBO_OK);
+	kobo_store_rollback(store);
+	kobo_store_rollback(store); /* harmless twice */
+
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_account(reader, "carol", &account), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_read_transfer(reader, "t-roll", &transfer), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 10000);
+	assert_true(kobo_store_healthy(store));
+
+	/* The same batch commits afterwards. */
+	assert_int_equal(run_batch(e, store, ops, 2, 3000), KOBO_OK);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_CREATED);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 9700);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+}
+
+static void reader_sees_committed_batches_only(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	kobo_account account;
+
+	seed(e, store, 1000);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	kobo_op ops[] = {
+		op_transfer("t-open", "alice", "bob", 400, false, 0),
+		op_account("dave", "NGN", false, NULL),
+	};
+	assert_int_equal(run_batch_ex(e, store, ops, 2, 2000, false), KOBO_OK);
+	/* Written but not committed: invisible, and the reader is not blocked
+	 * by the writer's lock. */
+	assert_int_equal(kobo_store_read_account(reader, "dave", &account), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 10000);
+	assert_int_equal(kobo_store_commit(store), KOBO_OK);
+	assert_int_equal(kobo_store_read_account(reader, "dave", &account), KOBO_OK);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 9600);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+}
+
+/* Metadata of loaded rows lives in the store's arena until the next begin:
+ * enough large rows to need several chunks, loaded twice (chunks reused). */
+static void loaded_metadata_spans_arena_chunks(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	enum { ACCOUNTS = 120 };
+	static kobo_op ops[ACCOUNTS];
+	static char metadata[ACCOUNTS][KOBO_METADATA_BYTES_MAX];
+
+	for (int i = 0; i < ACCOUNTS; i++) {
+		char id[32];
+		int n = snprintf(metadata[i], sizeof metadata[i], "{\"n\":%d,\"pad\":\"", i);
+		memset(metadata[i] + n, 'a' + i % 26, sizeof metadata[i] - (size_t)n - 3);
+		memcpy(metadata[i] + sizeof metadata[i] - 3, "\"}", 3);
+		snprintf(id, sizeof id, "acct-%03d", i);
+		ops[i] = op_account(id, "NGN", false, metadata[i]);
+		assert_int_equal(ops[i].u.account.metadata_len, KOBO_METADATA_BYTES_MAX - 1);
+	}
+	assert_int_equal(run_batch(e, store, ops, ACCOUNTS, 1000), KOBO_OK);
+	for (int round = 0; round < 2; round++) {
+		assert_int_equal(run_batch(e, store, ops, ACCOUNTS, 2000 + round), KOBO_OK);
+		for (int i = 0; i < ACCOUNTS; i++) {
+			/* REPLAYED means the loaded metadata equalled the op's. */
+			assert_int_equal(e->results[i].code, KOBO_RESULT_REPLAYED);
+			assert_memory_equal(e->results[i].account.metadata, metadata[i],
+			                    KOBO_METADATA_BYTES_MAX - 1);
+		}
+	}
+	kobo_store_close(store);
+}
+
+/* ---- History. ---- */
+
+typedef struct seen {
+	char ids[16][KOBO_ID_LEN_MAX + 1];
+	int64_t seqs[16];
+	size_t count;
+	size_t stop_after;
+} seen;
+
+static int collect(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	seen *s = ctx;
+	assert_true(s->count < 16);
+	assert_true(transfer->metadata_len > 0);
+	snprintf(s->ids[s->count], sizeof s->ids[s->count], "%s", transfer->id);
+	s->seqs[s->count++] = seq;
+	return s->stop_after != 0 && s->count >= s->stop_after;
+}
+
+static void history_orders_pages_and_skips_rejected(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	seen s;
+
+	seed(e, store, 1000); /* t-fund: cash → alice */
+	kobo_op ops[] = {
+		op_account("carol", "NGN", false, NULL),
+		op_transfer("h1", "alice", "bob", 100, false, 0),
+		op_transfer("h2", "bob", "alice", 50, false, 0),
+		op_transfer("h3", "carol", "alice", 1, false, 0),  /* rejected */
+		op_transfer("h4", "cash", "bob", 70, false, 0),    /* not alice's */
+		op_transfer("h5", "alice", "carol", 25, true, 0),  /* a hold */
+	};
+	assert_int_equal(run_batch(e, store, ops, 6, 2000), KOBO_OK);
+	assert_int_equal(e->results[3].code, KOBO_RESULT_INSUFFICIENT_FUNDS);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "alice", 0, 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 4);
+	assert_string_equal(s.ids[0], "t-fund");
+	assert_string_equal(s.ids[1], "h1");
+	assert_string_equal(s.ids[2], "h2");
+	assert_string_equal(s.ids[3], "h5");
+	for (size_t i = 1; i < s.count; i++)
+		assert_true(s.seqs[i] > s.seqs[i - 1]);
+
+	/* Pages of two, each continuing after the last seq seen. */
+	seen page;
+	memset(&page, 0, sizeof page);
+	assert_int_equal(kobo_store_read_history(reader, "alice", 0, 2, collect, &page), KOBO_OK);
+	assert_int_equal(page.count, 2);
+	assert_string_equal(page.ids[1], "h1");
+	int64_t cursor = page.seqs[1];
+	memset(&page, 0, sizeof page);
+	assert_int_equal(kobo_store_read_history(reader, "alice", cursor, 2, collect, &page), KOBO_OK);
+	assert_int_equal(page.count, 2);
+	assert_string_equal(page.ids[0], "h2");
+	assert_string_equal(page.ids[1], "h5");
+	cursor = page.seqs[1];
+	memset(&page, 0, sizeof page);
+	assert_int_equal(kobo_store_read_history(reader, "alice", cursor, 2, collect, &page), KOBO_OK);
+	assert_int_equal(page.count, 0);
+
+	/* The callback can stop early; the other direction works alone. */
+	memset(&page, 0, sizeof page);
+	page.stop_after = 1;
+	assert_int_equal(kobo_store_read_history(reader, "alice", 0, 100, collect, &page), KOBO_OK);
+	assert_int_equal(page.count, 1);
+	memset(&page, 0, sizeof page);
+	assert_int_equal(kobo_store_read_history(reader, "carol", 0, 100, collect, &page), KOBO_OK);
+	assert_int_equal(page.count, 1); /* h5 in; h3 was rejected */
+	assert_string_equal(page.ids[0], "h5");
+	memset(&page, 0, sizeof page);
+	assert_int_equal(kobo_store_read_history(reader, "nobody", 0, 100, collect, &page), KOBO_OK);
+	assert_int_equal(page.count, 0);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+}
+
+/* ---- Expired holds. ---- */
+
+static void expired_holds_lists_due_pending_holds_oldest_first(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	char ids[4][KOBO_ID_LEN_MAX + 1];
+	size_t count = 99;
+
+	seed(e, store, 1000);
+	kobo_op ops[] = {
+		op_transfer("late", "alice", "bob", 10, true, 9),  /* expires 11000 */
+		op_transfer("soon", "alice", "bob", 10, true, 1),  /* expires 3000 */
+		op_transfer("never", "alice", "bob", 10, true, 0), /* no expiry */
+		op_transfer("posted", "alice", "bob", 10, true, 2), /* posted below */
+		op_transfer("plain", "alice", "bob", 10, false, 5), /* not a hold */
+	};
+	assert_int_equal(run_batch(e, store, ops, 5, 2000), KOBO_OK);
+	kobo_op post[] = {op_target(KOBO_OP_POST, "posted", false, 0)};
+	assert_int_equal(run_batch(e, store, post, 1, 2500), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
+
+	assert_int_equal(kobo_store_expired_holds(store, 2999, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 0);
+	assert_int_equal(kobo_store_expired_holds(store, 3000, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 1);
+	assert_string_equal(ids[0], "soon");
+	assert_int_equal(kobo_store_expired_holds(store, 100000, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 2);
+	assert_string_equal(ids[0], "soon");
+	assert_string_equal(ids[1], "late");
+	assert_int_equal(kobo_store_expired_holds(store, 100000, ids, 1, &count), KOBO_OK);
+	assert_int_equal(count, 1);
+	assert_string_equal(ids[0], "soon");
+
+	/* Expiring one takes it off the list. */
+	kobo_op expire[] = {op_target(KOBO_OP_EXPIRE, "soon", false, 0)};
+	assert_int_equal(run_batch(e, store, expire, 1, 4000), KOBO_OK);
+	assert_int_equal(kobo_store_expired_holds(store, 100000, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 1);
+	assert_string_equal(ids[0], "late");
+	kobo_store_close(store);
+}
+
+/* ---- Audit. ---- */
+
+typedef struct report_log {
+	char lines[8][512];
+	size_t count;
+} report_log;
+
+static void collect_report(void *ctx, const char *line)
+{
+	report_log *log = ctx;
+	if (log->count < 8)
+		snprintf(log->lines[log->count], sizeof log->lines[0], "%s", line);
+	log->count++;
+}
+
+static bool report_mentions(const report_log *log, const char *text)
+{
+	for (size_t i = 0; i < log->count && i < 8; i++)
+		if (strstr(log->lines[i], text) != NULL)
+			return true;
+	return false;
+}
+
+static void audit_passes_sound_data_and_reports_tampering(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store *read_only = NULL;
+	kobo_audit_totals totals;
+	report_log log;
+
+	seed(e, store, 1000);
+	kobo_op ops[] = {
+		op_transfer("a1", "alice", "bob", 300, false, 0),
+		op_transfer("a2", "alice", "bob", 200, true, 0),
+		op_transfer("a3", "bob", "alice", 999999, false, 0), /* rejected */
+		op_transfer("a4", "bob", "cash", 50, true, 0),
+	};
+	assert_int_equal(run_batch(e, store, ops, 4, 2000), KOBO_OK);
+	kobo_op post[] = {op_target(KOBO_OP_POST, "a4", true, 20)};
+	assert_int_equal(run_batch(e, store, post, 1, 3000), KOBO_OK);
+
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(store, collect_report, &log, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+	assert_int_equal(log.count, 0);
+	assert_int_equal(totals.accounts, 3);
+	assert_int_equal(totals.transfers, 5);
+
+	/* A read-only store audits the same file while the writer has it open. */
+	assert_int_equal(kobo_store_sqlite_open(e->path, true, &read_only), KOBO_OK);
+	assert_int_equal(kobo_store_audit(read_only, collect_report, &log, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+
+	/* Someone edits a balance behind Kobo's back. */
+	raw_exec(e->path, "UPDATE accounts SET posted = posted + 7 WHERE id = 'alice'");
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(read_only, collect_report, &log, &totals), KOBO_OK);
+	/* alice's posted disagrees with her transfers, and NGN no longer sums
+	 * to zero. */
+	assert_int_equal(totals.problems, 2);
+	assert_int_equal(log.count, 2);
+	assert_true(report_mentions(&log, "account alice has posted 9707 but its transfers say 9700"));
+	assert_true(report_mentions(&log, "NGN posted balances sum to 7, not 0"));
+
+	/* A hold that vanished, a transfer to an unknown account, and a
+	 * non-negative account below zero. */
+	raw_exec(e->path,
+	         "UPDATE accounts SET posted = posted - 7 WHERE id = 'alice';"
+	         "UPDATE transfers SET to_id = 'ghost' WHERE id = 'a1';"
+	         "UPDATE accounts SET pending_out = 0 WHERE id = 'alice';");
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(read_only, collect_report, &log, &totals), KOBO_OK);
+	assert_true(report_mentions(&log, "transfer a1 names to account ghost, which does not exist"));
+	assert_true(report_mentions(&log, "account alice has pending_out 0 but its pending transfers out sum to 200"));
+	assert_true(report_mentions(&log, "NGN pending_out balances sum to 0 but pending_in balances sum to 200"));
+	assert_true(report_mentions(&log, "account bob has posted"));
+	assert_int_equal(totals.problems, 4);
+
+	raw_exec(e->path, "UPDATE accounts SET posted = -5, pending_out = 200 WHERE id = 'alice'");
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(read_only, collect_report, &log, &totals), KOBO_OK);
+	assert_true(report_mentions(&log, "account alice may not go negative but has available -205"));
+	kobo_store_close(read_only);
+	kobo_store_close(store);
+}
+
+/* ---- Sticky errors under injected faults. ---- */
+
+static void commit_write_fault_makes_store_sticky_failed(void **state)
+{
+	env *e = *state;
+	char uri[PATH_MAX + 64];
+	kobo_store *store = NULL;
+	kobo_store_reader *reader = NULL;
+	kobo_account account;
+	kobo_transfer transfer;
+	char ids[1][KOBO_ID_LEN_MAX + 1];
+	size_t count;
+
+	fault_vfs_register();
+	snprintf(uri, sizeof uri, "file:%s?vfs=kobo_fault", e->path);
+	assert_int_equal(kobo_store_sqlite_open(uri, false, &store), KOBO_OK);
+	seed(e, store, 1000);
+
+	kobo_op ops[] = {
+		op_account("erin", "NGN", false, NULL),
+		op_transfer("t-lost", "alice", "bob", 500, false, 0),
+	};
+	assert_int_equal(run_batch_ex(e, store, ops, 2, 2000, false), KOBO_OK);
+	atomic_store(&fault_fail_writes, true);
+	assert_int_not_equal(kobo_store_commit(store), KOBO_OK);
+	atomic_store(&fault_fail_writes, false);
+
+	assert_false(kobo_store_healthy(store));
+	kobo_store_rollback(store); /* safe after a failed step */
+	assert_int_equal(kobo_store_begin(store), KOBO_EFAILED);
+	assert_int_equal(kobo_store_expired_holds(store, 5000, ids, 1, &count), KOBO_EFAILED);
+	/* Still refused once the disk is fine again: only a reopen clears it. */
+	assert_int_equal(kobo_store_begin(store), KOBO_EFAILED);
+	kobo_store_close(store);
+
+	store = open_store(e->path); /* no fault this time */
+	assert_true(kobo_store_healthy(store));
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_account(reader, "erin", &account), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_read_transfer(reader, "t-lost", &transfer), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 10000);
+	kobo_store_reader_close(reader);
+	/* And it writes again. */
+	assert_int_equal(run_batch(e, store, ops, 2, 3000), KOBO_OK);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_CREATED);
+	kobo_store_close(store);
+}
+
+/* A failed fsync leaves the batch's fate unknown (the bytes may have reached
+ * the disk anyway): the store must stop, and after a reopen the batch is
+ * either wholly there or wholly absent, never half. */
+static void commit_sync_fault_makes_store_sticky_failed(void **state)
+{
+	env *e = *state;
+	char uri[PATH_MAX + 64];
+	kobo_store *store = NULL;
+	kobo_audit_totals totals;
+	report_log log;
+
+	fault_vfs_register();
+	snprintf(uri, sizeof uri, "file:%s?vfs=kobo_fault", e->path);
+	assert_int_equal(kobo_store_sqlite_open(uri, false, &store), KOBO_OK);
+	seed(e, store, 1000);
+
+	kobo_op ops[] = {
+		op_transfer("t-unsure", "alice", "bob", 500, false, 0),
+	};
+	assert_int_equal(run_batch_ex(e, store, ops, 1, 2000, false), KOBO_OK);
+	atomic_store(&fault_fail_syncs, true);
+	assert_int_not_equal(kobo_store_commit(store), KOBO_OK);
+	atomic_store(&fault_fail_syncs, false);
+	assert_false(kobo_store_healthy(store));
+	assert_int_equal(kobo_store_begin(store), KOBO_EFAILED);
+	kobo_store_close(store);
+
+	store = open_store(e->path);
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(store, collect_report, &log, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+	kobo_store_close(store);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(open_migrates_and_reopen_keeps_data, setup, teardown),
+		cmocka_unit_test_setup_teardown(newer_schema_version_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(read_only_refuses_unmigrated_file_and_begin, setup, teardown),
+		cmocka_unit_test_setup_teardown(batch_round_trip_through_ledger, setup, teardown),
+		cmocka_unit_test_setup_teardown(rollback_leaves_nothing, setup, teardown),
+		cmocka_unit_test_setup_teardown(reader_sees_committed_batches_only, setup, teardown),
+		cmocka_unit_test_setup_teardown(loaded_metadata_spans_arena_chunks, setup, teardown),
+		cmocka_unit_test_setup_teardown(history_orders_pages_and_skips_rejected, setup, teardown),
+		cmocka_unit_test_setup_teardown(expired_holds_lists_due_pending_holds_oldest_first, setup, teardown),
+		cmocka_unit_test_setup_teardown(audit_passes_sound_data_and_reports_tampering, setup, teardown),
+		cmocka_unit_test_setup_teardown(commit_write_fault_makes_store_sticky_failed, setup, teardown),
+		cmocka_unit_test_setup_teardown(commit_sync_fault_makes_store_sticky_failed, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
