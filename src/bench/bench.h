@@ -325,6 +325,15 @@ typedef struct bench_run {
 	double setup_s;
 } bench_run;
 
+/* Items of a setup or verify job: a due retry of this worker first, else
+ * the next of `items` from run->items_next. Returns BENCH_JOB_SENT with
+ * *item and *attempt set, BENCH_JOB_WAIT (retries not yet due, or answers
+ * still outstanding that may ask for one) or BENCH_JOB_DONE. */
+int bench_item_next(bench_run *run, bench_worker *worker, uint64_t items, int64_t now_us,
+                    int64_t *wake_us, uint64_t *item, uint32_t *attempt);
+/* Queues item for another attempt on this worker, not before not_before_us. */
+void bench_retry_push(bench_worker *worker, uint64_t item, uint32_t attempt, int64_t not_before_us);
+
 /* Setup: cash + accounts, then funding. 0 or BENCH_EXIT_UNREACHABLE. */
 int bench_setup(bench_run *run);
 /* The measured phase with the live line on stderr. */
@@ -334,6 +343,7 @@ void bench_workload(bench_run *run);
 
 typedef struct bench_verify_report {
 	bool complete;             /* every check could run */
+	bool balances_complete;    /* every balance was read: invariants checked */
 	uint64_t violations;
 	uint64_t transfers_checked;
 	uint64_t transfers_to_check;

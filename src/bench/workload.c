@@ -206,7 +206,7 @@ typedef struct setup_ctx {
 #define RETRY_ATTEMPT_SHIFT 40
 #define RETRY_ITEM_MASK ((1ull << RETRY_ATTEMPT_SHIFT) - 1)
 
-static void retry_push(bench_worker *worker, uint64_t item, uint32_t attempt, int64_t not_before_us)
+void bench_retry_push(bench_worker *worker, uint64_t item, uint32_t attempt, int64_t not_before_us)
 {
 	if (worker->retry_len + 2 > worker->retry_cap) {
 		size_t cap = worker->retry_cap ? worker->retry_cap * 2 : 256;
@@ -220,6 +220,35 @@ static void retry_push(bench_worker *worker, uint64_t item, uint32_t attempt, in
 	worker->retry[worker->retry_len++] = (uint64_t)not_before_us;
 }
 
+int bench_item_next(bench_run *run, bench_worker *worker, uint64_t items, int64_t now_us,
+                    int64_t *wake_us, uint64_t *item, uint32_t *attempt)
+{
+	if (worker->retry_len > 0 && (int64_t)worker->retry[worker->retry_len - 1] <= now_us) {
+		uint64_t entry = worker->retry[worker->retry_len - 2];
+		worker->retry_len -= 2;
+		*item = entry & RETRY_ITEM_MASK;
+		*attempt = (uint32_t)(entry >> RETRY_ATTEMPT_SHIFT);
+		return BENCH_JOB_SENT;
+	}
+	uint64_t next = atomic_load_explicit(&run->items_next, memory_order_relaxed);
+	if (next < items)
+		next = atomic_fetch_add(&run->items_next, 1);
+	if (next < items) {
+		*item = next;
+		*attempt = 0;
+		return BENCH_JOB_SENT;
+	}
+	if (worker->retry_len > 0) {
+		*wake_us = (int64_t)worker->retry[worker->retry_len - 1];
+		return BENCH_JOB_WAIT;
+	}
+	if (worker->busy > 0) {
+		*wake_us = now_us + 1000000; /* an answer may still ask for a retry */
+		return BENCH_JOB_WAIT;
+	}
+	return BENCH_JOB_DONE;
+}
+
 static int setup_next(bench_job *job, bench_worker *worker, bench_conn *conn, int64_t now_us,
                       int64_t *wake_us)
 {
@@ -227,26 +256,10 @@ static int setup_next(bench_job *job, bench_worker *worker, bench_conn *conn, in
 	bench_run *run = ctx->run;
 	const bench_config *config = run->config;
 	uint64_t item;
-	uint32_t attempt = 0;
-	if (worker->retry_len > 0 && (int64_t)worker->retry[worker->retry_len - 1] <= now_us) {
-		uint64_t entry = worker->retry[worker->retry_len - 2];
-		worker->retry_len -= 2;
-		item = entry & RETRY_ITEM_MASK;
-		attempt = (uint32_t)(entry >> RETRY_ATTEMPT_SHIFT);
-	} else {
-		item = atomic_fetch_add(&run->items_next, 1);
-		if (item >= ctx->items) {
-			if (worker->retry_len > 0) {
-				*wake_us = (int64_t)worker->retry[worker->retry_len - 1];
-				return BENCH_JOB_WAIT;
-			}
-			if (worker->busy > 0) {
-				*wake_us = now_us + 1000000; /* an answer may still ask for a retry */
-				return BENCH_JOB_WAIT;
-			}
-			return BENCH_JOB_DONE;
-		}
-	}
+	uint32_t attempt;
+	int next = bench_item_next(run, worker, ctx->items, now_us, wake_us, &item, &attempt);
+	if (next != BENCH_JOB_SENT)
+		return next;
 	conn->tag = item;
 	conn->attempt = attempt;
 	bench_buf *body = &worker->scratch;
@@ -333,7 +346,7 @@ static void setup_finish(bench_job *job, bench_worker *worker, bench_conn *conn,
 	if (ok)
 		return;
 	if (transient && conn->attempt + 1 < BENCH_SETUP_ATTEMPTS_MAX) {
-		retry_push(worker, conn->tag, conn->attempt + 1,
+		bench_retry_push(worker, conn->tag, conn->attempt + 1,
 		           now_us + 50000ll * (conn->attempt + 1));
 		return;
 	}
