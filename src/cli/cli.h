@@ -27,6 +27,8 @@
 
 #include <jansson.h>
 
+#include "../ledger/ledger.h" /* KOBO_REQUEST_ID_LEN_MAX */
+
 enum {
 	KOBO_CLI_EXIT_OK = 0,
 	KOBO_CLI_EXIT_FAILED = 1,
@@ -52,7 +54,7 @@ typedef struct kobo_cli_response {
 	long status;                 /* HTTP status, e.g. 201 */
 	const char *body;            /* "" when the server sent no body */
 	size_t body_len;
-	char request_id[129];        /* X-Request-Id of the answer, "" if none */
+	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1]; /* X-Request-Id, "" if none */
 	bool replayed;               /* Idempotent-Replayed: true */
 } kobo_cli_response;
 

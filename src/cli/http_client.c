@@ -42,7 +42,7 @@ kobo_cli_http *kobo_cli_http_open(const char *base_url, const char *request_id)
 	http->curl = curl_easy_init();
 	if (http->curl == NULL)
 		goto fail;
-	char header[64 + 129];
+	char header[64 + KOBO_REQUEST_ID_LEN_MAX + 1];
 	http->headers = curl_slist_append(NULL, "Accept: application/json");
 	/* No "Expect: 100-continue" round trip before bodies. */
 	http->headers = curl_slist_append(http->headers, "Expect:");
