@@ -42,13 +42,20 @@ kobo_cli_http *kobo_cli_http_open(const char *base_url, const char *request_id)
 	http->curl = curl_easy_init();
 	if (http->curl == NULL)
 		goto fail;
-	char header[64 + KOBO_REQUEST_ID_LEN_MAX + 1];
 	http->headers = curl_slist_append(NULL, "Accept: application/json");
 	/* No "Expect: 100-continue" round trip before bodies. */
-	http->headers = curl_slist_append(http->headers, "Expect:");
-	if (request_id != NULL) {
-		snprintf(header, sizeof header, "X-Request-Id: %s", request_id);
-		http->headers = curl_slist_append(http->headers, header);
+	if (http->headers != NULL)
+		http->headers = curl_slist_append(http->headers, "Expect:");
+	if (http->headers != NULL && request_id != NULL) {
+		/* Sent as given, whatever its length: the server judges it. */
+		char *header = NULL;
+		if (asprintf(&header, "X-Request-Id: %s", request_id) < 0)
+			goto fail;
+		struct curl_slist *appended = curl_slist_append(http->headers, header);
+		free(header);
+		if (appended == NULL)
+			goto fail;
+		http->headers = appended;
 	}
 	if (http->headers == NULL)
 		goto fail;
