@@ -73,7 +73,7 @@ test_layers = $(strip \
   $(if $(filter test_obs%,$(1)),ledger obs, \
   $(if $(filter test_store%,$(1)),ledger obs store, \
   $(if $(filter test_shard%,$(1)),ledger obs store shard, \
-  ledger obs store shard http))))))
+  ledger obs store shard http)))))
 layer_src = $(foreach l,$(1),$(wildcard src/$(l)/*.c))
 
 UNIT_BINS := $(patsubst tests/unit/%.c,$(SAN)/tests/%,$(UNIT_SRC))
