@@ -143,17 +143,6 @@ static audit_currency *find_currency(audit *a, const char *code)
 	return c;
 }
 
-static int copy_column(sqlite3_stmt *stmt, int column, char *dst, size_t dst_size)
-{
-	const unsigned char *text = sqlite3_column_text(stmt, column);
-	int len = sqlite3_column_bytes(stmt, column);
-	if (text == NULL || len < 0 || (size_t)len >= dst_size)
-		return KOBO_ESTORE;
-	memcpy(dst, text, (size_t)len);
-	dst[len] = '\0';
-	return KOBO_OK;
-}
-
 static int load_accounts(audit *a, sqlite3 *db, const char *path)
 {
 	sqlite3_stmt *stmt = NULL;
@@ -186,8 +175,8 @@ static int load_accounts(audit *a, sqlite3 *db, const char *path)
 		if (a->account_count == (size_t)count)
 			break; /* cannot happen inside one snapshot */
 		audit_account *acc = &a->accounts[a->account_count];
-		if (copy_column(stmt, 0, acc->id, sizeof acc->id) != KOBO_OK ||
-		    copy_column(stmt, 1, acc->currency, sizeof acc->currency) != KOBO_OK) {
+		if (store_sqlite_copy_text(stmt, 0, acc->id, sizeof acc->id) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 1, acc->currency, sizeof acc->currency) != KOBO_OK) {
 			problem(a, "an account row has an id or currency that is NULL or too long");
 			continue;
 		}
@@ -254,10 +243,10 @@ static int check_transfers(audit *a, sqlite3 *db, const char *path)
 		kobo_transfer_status status;
 
 		a->totals->transfers++;
-		if (copy_column(stmt, 0, id, sizeof id) != KOBO_OK ||
-		    copy_column(stmt, 1, from, sizeof from) != KOBO_OK ||
-		    copy_column(stmt, 2, to, sizeof to) != KOBO_OK ||
-		    copy_column(stmt, 3, currency, sizeof currency) != KOBO_OK) {
+		if (store_sqlite_copy_text(stmt, 0, id, sizeof id) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 1, from, sizeof from) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 2, to, sizeof to) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 3, currency, sizeof currency) != KOBO_OK) {
 			problem(a, "a transfer row has an id, from, to or currency that "
 			        "is NULL or too long");
 			continue;

@@ -1,9 +1,10 @@
 /*
  * sqlite_internal.h — what the files of the SQLite store share.
  *
- * store_sqlite.c owns the handles (writer, checkpointer, readers) and the
- * schema; sqlite_audit.c checks a shard on its own read connection. Nothing
- * outside src/store includes this header: the contract is store.h.
+ * store_sqlite.c owns the write side, the checkpointer and the schema (and
+ * the design notes); sqlite_read.c opens connections, decodes rows and
+ * serves readers; sqlite_audit.c checks a shard on its own read connection.
+ * Nothing outside src/store includes this header: the contract is store.h.
  */
 #ifndef KOBO_STORE_SQLITE_INTERNAL_H
 #define KOBO_STORE_SQLITE_INTERNAL_H
@@ -22,9 +23,19 @@
 #define STORE_SQLITE_BUSY_TIMEOUT_MS 2000
 #define STORE_SQLITE_CHECKPOINT_BUSY_TIMEOUT_MS 50
 
-/* Text forms of the enums as stored, so that `sqlite3 shard.db` shows
- * 'posted' rather than 2. These are the store's file format: they never
- * change meaning once written. */
+/* Column lists shared by every statement that decodes a row with
+ * store_sqlite_account_from_row / store_sqlite_transfer_from_row. */
+#define ACCOUNT_COLUMNS \
+	"id, currency, allow_negative, posted, pending_out, pending_in, " \
+	"metadata, created_at_ms"
+#define TRANSFER_COLUMNS \
+	"seq, id, from_id, to_id, currency, amount, posted_amount, pending, " \
+	"timeout_seconds, expires_at_ms, status, void_reason, error_code, " \
+	"metadata, request_id, created_at_ms, updated_at_ms"
+
+/* Text forms of the statuses as stored (their wire names), so that
+ * `sqlite3 shard.db` shows 'posted' rather than 2. Part of the file format:
+ * a stored word never changes meaning. */
 const char *store_sqlite_status_text(kobo_transfer_status status);
 int store_sqlite_status_parse(const char *text, kobo_transfer_status *status);
 
@@ -41,8 +52,43 @@ int store_sqlite_connect(const char *path, int flags, int busy_timeout_ms,
  * KOBO_OK or KOBO_ESTORE (logged). */
 int store_sqlite_check_version(sqlite3 *db, const char *path);
 
-/* Logs a SQLite failure as one structured warning line. */
+/* Logs a SQLite failure (db's last error) as one structured error line. */
 void store_sqlite_log_error(sqlite3 *db, const char *event, const char *path);
+
+/* Runs sql (no rows expected); KOBO_ESTORE, logged, on failure. */
+int store_sqlite_exec(sqlite3 *db, const char *sql, const char *path);
+/* Reads the one integer a pragma such as "PRAGMA user_version" returns. */
+int store_sqlite_pragma_int(sqlite3 *db, const char *sql, int *value);
+
+/* Prepares sql[0..count) into stmt[] once, for reuse (PERSISTENT), or
+ * finalizes them all (NULL entries are fine). */
+int store_sqlite_prepare_all(sqlite3 *db, const char *const *sql,
+                             sqlite3_stmt **stmt, size_t count, const char *path);
+void store_sqlite_finalize_all(sqlite3_stmt **stmt, size_t count);
+
+/* Row decoding. The text field is copied (KOBO_ESTORE if NULL or longer
+ * than dst_size - 1). The decoded metadata points into the current row: it
+ * is valid until the statement steps or resets, so callers copy it. Any
+ * value this code could not have written gives KOBO_ESTORE. */
+int store_sqlite_copy_text(sqlite3_stmt *stmt, int column, char *dst,
+                           size_t dst_size);
+int store_sqlite_account_from_row(sqlite3_stmt *stmt, kobo_account *out);
+int store_sqlite_transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out,
+                                   int64_t *seq);
+
+/* The shard file path (or URI) a store was opened with. */
+const char *store_sqlite_path(const kobo_store *store);
+
+/* The reader half of kobo_store_ops (sqlite_read.c). */
+int store_sqlite_reader_open(kobo_store *store, kobo_store_reader **reader);
+void store_sqlite_reader_close(kobo_store_reader *reader);
+int store_sqlite_read_account(kobo_store_reader *reader, const char *id,
+                              kobo_account *out);
+int store_sqlite_read_transfer(kobo_store_reader *reader, const char *id,
+                               kobo_transfer *out);
+int store_sqlite_read_history(kobo_store_reader *reader, const char *account_id,
+                              int64_t after_seq, size_t limit,
+                              kobo_store_transfer_fn each, void *ctx);
 
 /* The audit of the shard file at path on a snapshot of its own; see
  * kobo_store_ops.audit. */
