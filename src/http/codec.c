@@ -629,7 +629,7 @@ int kobo_http_parse_batch(const char *body, size_t len, kobo_http_ops *out,
 		return finish(out, root, out_of_memory(err));
 	out->count = count;
 	for (size_t i = 0; i < count && rc == KOBO_OK; i++) {
-		char prefix[32];
+		char prefix[48];
 		snprintf(prefix, sizeof(prefix), "transfers[%zu].", i);
 		json_t *item = json_array_get(transfers, i);
 		if (!json_is_object(item)) {

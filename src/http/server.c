@@ -438,12 +438,12 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 	                 MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
 	server->daemon = MHD_start_daemon(
 		flags, config->port, NULL, NULL, on_request, server,
+		MHD_OPTION_EXTERNAL_LOGGER, on_library_log, server, /* first: see MHD */
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&address,
 		MHD_OPTION_CONNECTION_TIMEOUT, timeout,
 		MHD_OPTION_CONNECTION_LIMIT, connections,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
-		MHD_OPTION_EXTERNAL_LOGGER, on_library_log, server,
 		/* A pool only when asked: END cuts the list short otherwise. */
 		threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads,
 		MHD_OPTION_END);
