@@ -21,11 +21,12 @@ make --no-print-directory -j2 all
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kobo-bench.XXXXXX")
 kobod_pid=""
+# shellcheck disable=SC2317 # called by the EXIT trap
 stop_kobod() {
 	if [[ -n "$kobod_pid" ]] && kill -0 "$kobod_pid" 2>/dev/null; then
 		kill -TERM "$kobod_pid" 2>/dev/null || true
 		for _ in $(seq 100); do kill -0 "$kobod_pid" 2>/dev/null || break; sleep 0.1; done
-		kill -0 "$kobod_pid" 2>/dev/null && kill -KILL "$kobod_pid" 2>/dev/null || true
+		if kill -0 "$kobod_pid" 2>/dev/null; then kill -KILL "$kobod_pid" 2>/dev/null || true; fi
 		wait "$kobod_pid" 2>/dev/null || true
 	fi
 	rm -rf "$tmp"
@@ -59,7 +60,7 @@ for i in "${!names[@]}"; do
 	rc=0
 	# shellcheck disable=SC2086 # the options are words on purpose
 	$cmd >"$tmp/${names[$i]}.json" || rc=$?
-	[[ $rc -ne 0 ]] && status=$rc
+	if [[ $rc -ne 0 ]]; then status=$rc; fi
 	row=$(python3 - "$tmp/${names[$i]}.json" "${names[$i]}" "$shown" "$rc" <<'PY'
 import json, sys
 path, name, cmd, rc = sys.argv[1:5]
