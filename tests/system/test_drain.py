@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from kobotest import (Load, Resp, conservation, expect_audit_ok, fund, get_transfer,
+from kobotest import (Load, Resp, balance, conservation, expect_audit_ok, fund, get_transfer,
                       make_account, transfer_body, wait_until)
 
 PAYEES = [f"w{i}" for i in range(8)]
@@ -78,12 +78,12 @@ def test_sigterm_answers_an_in_flight_batch(server):
     if isinstance(resp, Resp) and resp.status == 200:
         statuses = Counter(x["status"] for x in resp.body["results"])
         assert statuses == Counter({201: len(ids)}), f"expected every result 201, saw {dict(statuses)}"
-        bal = server.get("/v1/accounts/dst").body["balance"]
+        bal = balance(server, "dst")
         assert bal["posted"] == len(ids), (
             f"an answered batch must be durable: expected dst posted {len(ids)} after restart, saw {bal}")
     else:
         # Not answered (refused while draining): then it must not be half there.
-        bal = server.get("/v1/accounts/dst").body["balance"]
+        bal = balance(server, "dst")
         assert bal["posted"] in (0, len(ids)), (
             f"unanswered batch ({answer}): expected all or nothing stored, saw posted {bal['posted']}")
     expect_audit_ok(server.data)
