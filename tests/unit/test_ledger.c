@@ -1137,6 +1137,28 @@ static void test_atomic_failure_keeps_replays_of_older_records(void **state)
 	EXPECT_BALANCE("b", 100, 0, 100);
 }
 
+static void test_atomic_failure_with_new_id_twice(void **state)
+{
+	(void)state;
+	put_wallets(1000);
+	kobo_op ops[3] = {
+		in_group(op_transfer("n1", "a", "b", 10), 1),
+		in_group(op_transfer("n1", "a", "b", 10), 1),
+		in_group(op_transfer("n2", "a", "ghost", 10), 1),
+	};
+	kobo_result results[3];
+	apply_batch(ops, 3, results);
+	EXPECT_CODE(results[0], KOBO_RESULT_NOT_APPLIED);
+	EXPECT_TRUE(results[0].has_transfer);
+	/* The second n1 replayed a transfer of the group itself: that
+	 * replay did not happen either, and n1 is recorded once. */
+	EXPECT_CODE(results[1], KOBO_RESULT_NOT_APPLIED);
+	EXPECT_TRUE(!results[1].has_transfer);
+	EXPECT_CODE(results[2], KOBO_RESULT_ACCOUNT_NOT_FOUND);
+	EXPECT_I64(transfer_change_count(), 2);
+	EXPECT_BALANCE("a", 1000, 0, 0);
+}
+
 static void test_atomic_failure_on_post_undoes_hold(void **state)
 {
 	(void)state;
@@ -1349,6 +1371,7 @@ int main(void)
 		T(test_atomic_success),
 		T(test_atomic_failure_undoes_and_records),
 		T(test_atomic_failure_keeps_replays_of_older_records),
+		T(test_atomic_failure_with_new_id_twice),
 		T(test_atomic_failure_on_post_undoes_hold),
 		T(test_atomic_replayed_rejection_fails_group),
 		T(test_atomic_adjacent_groups),
