@@ -398,7 +398,7 @@ static int run_setup_job(bench_run *run, int kind)
 		.ctx = &ctx,
 	};
 	bench_job_start(run->workers, run->worker_count, &job);
-	setup_progress(run, kind == SETUP_ACCOUNTS ? "accounts" : "funded", ctx.items,
+	setup_progress(run, kind == SETUP_ACCOUNTS ? "accounts" : "funding", ctx.items,
 		               per_item);
 	bench_job_wait(run->workers, run->worker_count);
 	uint64_t failed = atomic_load(&run->items_failed);
