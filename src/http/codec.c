@@ -91,32 +91,77 @@ void kobo_http_buf_printf(kobo_http_buf *buf, const char *fmt, ...)
 	buf->len += (size_t)n;
 }
 
+/* Length of the valid UTF-8 sequence at s[0..len), or 0 when it is not one
+ * (bad lead or continuation byte, overlong form, surrogate, > U+10FFFF). */
+static size_t utf8_sequence(const unsigned char *s, size_t len)
+{
+	size_t n;
+	uint32_t cp;
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		n = 2;
+		cp = s[0] & 0x1f;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		n = 3;
+		cp = s[0] & 0x0f;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		n = 4;
+		cp = s[0] & 0x07;
+	} else {
+		return 0;
+	}
+	if (n > len)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (s[i] & 0x3f);
+	}
+	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
 void kobo_http_buf_json_string(kobo_http_buf *buf, const char *bytes, size_t len)
 {
-	/* Worst case every byte becomes \u00XX. */
+	/* Worst case every byte becomes a six-character escape. */
 	if (len > SIZE_MAX / 8 || !kobo_http_buf_reserve(buf, len * 6 + 2))
 		return;
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *in = (const unsigned char *)bytes;
 	char *out = buf->data + buf->len;
 	*out++ = '"';
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)bytes[i];
+	for (size_t i = 0; i < len;) {
+		unsigned char c = in[i];
 		switch (c) {
-		case '"': *out++ = '\\'; *out++ = '"'; break;
-		case '\\': *out++ = '\\'; *out++ = '\\'; break;
-		case '\n': *out++ = '\\'; *out++ = 'n'; break;
-		case '\r': *out++ = '\\'; *out++ = 'r'; break;
-		case '\t': *out++ = '\\'; *out++ = 't'; break;
-		default:
-			if (c < 0x20 || c == 0x7f) {
-				static const char hex[] = "0123456789abcdef";
-				memcpy(out, "\\u00", 4);
-				out[4] = hex[c >> 4];
-				out[5] = hex[c & 15];
-				out += 6;
-			} else {
-				*out++ = (char)c;
-			}
+		case '"': *out++ = '\\'; *out++ = '"'; i++; continue;
+		case '\\': *out++ = '\\'; *out++ = '\\'; i++; continue;
+		case '\n': *out++ = '\\'; *out++ = 'n'; i++; continue;
+		case '\r': *out++ = '\\'; *out++ = 'r'; i++; continue;
+		case '\t': *out++ = '\\'; *out++ = 't'; i++; continue;
 		}
+		if (c < 0x20 || c == 0x7f) {
+			memcpy(out, "\\u00", 4);
+			out[4] = hex[c >> 4];
+			out[5] = hex[c & 15];
+			out += 6;
+			i++;
+			continue;
+		}
+		/* Output is always valid UTF-8: messages may quote client bytes
+		 * (a key cut at 64 bytes, a query parameter name). */
+		size_t n = utf8_sequence(in + i, len - i);
+		if (n == 0) {
+			memcpy(out, "\\ufffd", 6);
+			out += 6;
+			i++;
+			continue;
+		}
+		memcpy(out, in + i, n);
+		out += n;
+		i += n;
 	}
 	*out++ = '"';
 	*out = '\0';

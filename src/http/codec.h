@@ -60,7 +60,8 @@ void kobo_http_buf_puts(kobo_http_buf *buf, const char *text);
 void kobo_http_buf_printf(kobo_http_buf *buf, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* Appends bytes as a quoted JSON string, escaping '"', '\\' and control
- * characters (other bytes are copied: callers pass valid UTF-8). */
+ * characters. Valid UTF-8 is copied; each byte of an invalid sequence
+ * becomes \ufffd, so the output is valid JSON whatever the input. */
 void kobo_http_buf_json_string(kobo_http_buf *buf, const char *bytes, size_t len);
 
 /* ---- Errors. ---- */

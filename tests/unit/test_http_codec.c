@@ -557,6 +557,13 @@ static void error_encoding_escapes(void **state)
 	assert_string_equal(json_string_value(json_object_get(e, "message")), "we\"ird\\ \n\x01 field");
 	assert_string_equal(json_string_value(json_object_get(e, "request_id")), "r-1");
 	json_decref(o);
+	/* Client bytes that are not UTF-8 (a key cut mid-character) still give
+	 * valid JSON. */
+	kobo_http_reply_error(&reply, 400, "invalid_request", "k\xc3: x\xed\xa0\x80 \xc3\xa9", "r");
+	o = parse_out(&reply.body);
+	assert_string_equal(json_string_value(json_object_get(json_object_get(o, "error"), "message")),
+	                    "k\xef\xbf\xbd: x\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xc3\xa9");
+	json_decref(o);
 	kobo_http_reply_free(&reply);
 }
 
