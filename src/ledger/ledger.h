@@ -204,7 +204,8 @@ void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
                               const char **ids, size_t *count);
 
 /* Lists the distinct account ids the batch may touch: those the ops name and
- * the from/to of every transfer put so far. ids must hold 2 * ops_count + 1
+ * the from/to of every put transfer that a POST, VOID or EXPIRE targets.
+ * Both id lists come back sorted (strcmp): a deadlock-free lock order. ids must hold 2 * ops_count + 1
  * entries. Call after putting the loaded transfers. Strings are borrowed from
  * ops or from the ledger (valid until reset). */
 void kobo_ledger_account_ids(const kobo_ledger *ledger, const kobo_op *ops,
@@ -221,7 +222,14 @@ int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer)
  * from the op. ops_count must not exceed ops_max; ops must have passed the
  * edge validation (ids, currency syntax, amount >= 1). Returns KOBO_OK, or
  * KOBO_EFULL if the ops need more accounts or transfers than were sized (a
- * caller bug: nothing is applied then). Aborts on a broken invariant. */
+ * caller bug: nothing is applied then), or KOBO_EINVAL if an op breaks a
+ * precondition (too many ops, amount < 1, timeout above the maximum, NULL
+ * metadata with a length, a targeted hold whose accounts were not put):
+ * nothing is applied then either. Aborts on a broken invariant.
+ *
+ * Inside an atomic group, a replay of a transfer recorded as rejected fails
+ * the group: a batch must not move part of its money because one of its ids
+ * was refused earlier. */
 int kobo_ledger_apply(kobo_ledger *ledger, const kobo_op *ops, size_t ops_count,
                       int64_t now_ms, kobo_result *results);
 
