@@ -651,3 +651,28 @@ def test_every_error_has_code_message_request_id(srv):
     for r in cases:
         assert r.status >= 400
         expect_error(r, r.status)
+
+
+def test_logs_are_json_lines_with_request_id(srv):
+    rid = "log-check." + uid("r").replace(":", "-")
+    srv.get("/healthz", headers={"X-Request-Id": rid})
+
+    def logged():
+        return rid in srv.log_text()
+    assert wait_until(logged, 3), f"expected a log line with request_id {rid!r} in kobod stderr"
+    import json
+    bad, with_rid = [], []
+    for line in srv.log_text().splitlines():
+        if line.startswith("### test harness"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            bad.append(line)
+            continue
+        if not (isinstance(obj, dict) and {"ts", "level", "event"} <= set(obj)):
+            bad.append(line)
+        elif obj.get("request_id") == rid:
+            with_rid.append(obj)
+    assert not bad, f"every stderr line must be a JSON object with ts, level, event; saw {bad[:5]}"
+    assert with_rid, f"expected a log object with \"request_id\": {rid!r}"

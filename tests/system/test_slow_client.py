@@ -43,9 +43,8 @@ def probe_while(srv, seconds, what):
 
 def closed_within(sock, seconds):
     """Waits for the peer to close (EOF or reset, possibly after a 408
-    answer). Returns the seconds it took, or None if still open."""
-    t0 = time.monotonic()
-    deadline = t0 + seconds
+    answer). Returns the monotonic time it closed, or None if still open."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
@@ -53,30 +52,50 @@ def closed_within(sock, seconds):
         except socket.timeout:
             return None
         except (ConnectionResetError, BrokenPipeError):
-            return time.monotonic() - t0
+            return time.monotonic()
         if not data:
-            return time.monotonic() - t0
+            return time.monotonic()
     return None
 
 
+def assert_not_early(closed_at, last_activity, what):
+    idle = closed_at - last_activity
+    assert idle >= TIMEOUT_S - 0.6, (
+        f"{what}: expected kobod to wait about the {TIMEOUT_S} s connection timeout before "
+        f"closing, saw it close after {idle:.2f} s idle")
+
+
 def test_half_headers_stall_is_disconnected(srv):
-    stalled = []
+    stalled, sent_at = [], []
     for _ in range(4):
         s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
         s.sendall(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-")
         stalled.append(s)
+        sent_at.append(time.monotonic())
     t0 = time.monotonic()
+    probe_errors = []
+
+    def probe():
+        try:
+            probe_while(srv, TIMEOUT_S + 0.5, "while 4 clients stall mid-headers")
+        except AssertionError as e:
+            probe_errors.append(e)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
     try:
-        probe_while(srv, TIMEOUT_S + 0.5, "while 4 clients stall mid-headers")
         for i, s in enumerate(stalled):
             left = TIMEOUT_S + 4.0 - (time.monotonic() - t0)
-            took = closed_within(s, max(left, 0.1))
-            assert took is not None, (
+            closed_at = closed_within(s, max(left, 0.1))
+            assert closed_at is not None, (
                 f"stalled client {i}: expected kobod to close it about {TIMEOUT_S} s after its last "
                 f"byte, still open after {time.monotonic() - t0:.1f} s")
+            assert_not_early(closed_at, sent_at[i], f"stalled client {i}")
     finally:
+        prober.join(30)
         for s in stalled:
             s.close()
+    assert not probe_errors, str(probe_errors[0])
     expect_status(srv.get("/healthz"), 200)
 
 
@@ -125,7 +144,7 @@ def test_body_one_byte_per_half_second_blocks_no_one(srv):
 
 
 def test_many_idle_connections_do_not_stop_new_clients(srv):
-    idle = []
+    idle, last = [], []
     try:
         for i in range(200):
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
@@ -135,14 +154,26 @@ def test_many_idle_connections_do_not_stop_new_clients(srv):
                 status, _, _ = read_response(s, 10)
                 assert status == 200, f"idle connection {i}: expected 200, saw {status}"
             idle.append(s)
+            last.append(time.monotonic())
         probe_while(srv, 1.0, "with 200 idle connections open")
         t0 = time.monotonic()
         for i in (0, 1, 100, 199):
             left = TIMEOUT_S + 5.0 - (time.monotonic() - t0)
-            took = closed_within(idle[i], max(left, 0.1))
-            assert took is not None, (f"idle connection {i}: expected kobod to close it after the "
-                                      f"{TIMEOUT_S} s connection timeout, still open")
+            closed_at = closed_within(idle[i], max(left, 0.1))
+            assert closed_at is not None, (f"idle connection {i}: expected kobod to close it after the "
+                                           f"{TIMEOUT_S} s connection timeout, still open")
+            assert_not_early(closed_at, last[i], f"idle connection {i}")
         probe_while(srv, 0.5, "after idle connections timed out")
+        # One more, watched from its last byte: closed after the timeout, not at once.
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        idle.append(s)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _ = read_response(s, 10)
+        assert status == 200, f"keep-alive probe: expected 200, saw {status}"
+        answered = time.monotonic()
+        closed_at = closed_within(s, TIMEOUT_S + 5.0)
+        assert closed_at is not None, f"an idle keep-alive connection must be closed after {TIMEOUT_S} s"
+        assert_not_early(closed_at, answered, "idle keep-alive connection")
     finally:
         for s in idle:
             s.close()
