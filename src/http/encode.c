@@ -181,7 +181,8 @@ void kobo_http_reply_result(kobo_http_reply *reply, const kobo_result *result,
 	int status = kobo_http_result_status(result, &code);
 	reply->replayed = result->code == KOBO_RESULT_REPLAYED;
 	if (code) {
-		kobo_metrics_rejected(result->code);
+		if (result->code != KOBO_RESULT_REPLAYED) /* counted the first time */
+			kobo_metrics_rejected(result->code);
 		kobo_http_reply_error(reply, status, code, NULL, request_id);
 		return;
 	}
@@ -211,7 +212,8 @@ void kobo_http_reply_batch(kobo_http_reply *reply, const kobo_op *ops,
 		json_str(buf, ops[i].u.transfer.id);
 		kobo_http_buf_printf(buf, ",\"status\":%d,", status);
 		if (code) {
-			kobo_metrics_rejected(results[i].code);
+			if (results[i].code != KOBO_RESULT_REPLAYED)
+				kobo_metrics_rejected(results[i].code);
 			kobo_http_buf_puts(buf, "\"error\":{\"code\":");
 			json_str(buf, code);
 			kobo_http_buf_puts(buf, ",\"message\":");
