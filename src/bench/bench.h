@@ -6,7 +6,9 @@
  * invariants of DESIGN.md §1 against what the server answered.
  *
  * Shape (one file per subject):
- *   main.c       options, the phases (setup → workload → verify), summary
+ *   main.c       options, the phases (setup → workload → verify)
+ *   summary.c    the final summary, text or --json
+ *   selftest.c   --self-test: the parts that need no server
  *   conn.c       the engine: one epoll loop per worker thread over its share
  *                of the connections, one request in flight per connection
  *   workload.c   setup jobs (accounts, funding), the transfer workload (open
@@ -354,6 +356,14 @@ typedef struct bench_verify_report {
 
 /* Runs every check; prints violations and the "verify:" line to stderr. */
 void bench_verify(bench_run *run, bench_verify_report *report);
+
+/* ---- Summary (summary.c) and self-test (selftest.c). ---- */
+
+/* Prints the workload's totals, and verify's verdict when given; --json
+ * makes it one JSON object on stdout. */
+void bench_print_summary(const bench_run *run, const bench_verify_report *verify);
+/* Checks the server-independent parts; returns an exit code. */
+int bench_self_test(bench_config *config);
 
 /* ---- Small JSON helpers for answers (workload.c). ---- */
 

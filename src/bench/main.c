@@ -6,7 +6,7 @@
  *
  * Exit codes: 0 ok, 1 an invariant was violated, 2 usage, 3 the server could
  * not be reached, setup failed, or the balances could not all be read back.
- * Design notes: bench.h; what is verified: verify.c.
+ * Design notes: bench.h; what is verified: verify.c; the summary: summary.c.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -314,225 +314,6 @@ static int probe(bench_run *run)
 	return BENCH_EXIT_OK;
 }
 
-/* ---- Summary. ---- */
-
-static const char *mode_name(const bench_config *config)
-{
-	switch (config->mode) {
-	case BENCH_MODE_HOT: return "hot";
-	case BENCH_MODE_MERCHANT: return "merchant";
-	default: return "uniform";
-	}
-}
-
-static void print_summary(const bench_run *run, const bench_verify_report *verify)
-{
-	const bench_config *config = run->config;
-	static bench_histogram latency;
-	static bench_counts counts;
-	bench_hist_reset(&latency);
-	memset(&counts, 0, sizeof(counts));
-	uint64_t missed = 0;
-	for (uint32_t w = 0; w < run->worker_count; w++) {
-		const bench_worker *worker = &run->workers[w];
-		bench_hist_merge(&latency, &worker->latency);
-		counts.requests += worker->counts.requests;
-		counts.transfers_acked += worker->counts.transfers_acked;
-		counts.transfers_unknown += worker->counts.transfers_unknown;
-		counts.transfers_refused += worker->counts.transfers_refused;
-		counts.errors_http += worker->counts.errors_http;
-		counts.errors_transport += worker->counts.errors_transport;
-		for (int i = 0; i < BENCH_REJECT_COUNT; i++)
-			counts.rejected[i] += worker->counts.rejected[i];
-		for (int i = 0; i < 600; i++)
-			counts.status[i] += worker->counts.status[i];
-		missed += worker->job_failed;
-	}
-	double elapsed_s = (double)(run->workload_end_us - run->workload_start_us) / 1e6;
-	if (elapsed_s <= 0)
-		elapsed_s = config->duration_s;
-	uint64_t rejected = 0;
-	for (int i = 0; i < BENCH_REJECT_COUNT; i++)
-		rejected += counts.rejected[i];
-	double tps = (double)counts.transfers_acked / elapsed_s;
-	double rps = (double)counts.requests / elapsed_s;
-	const double percentiles[] = {50, 90, 99, 99.9};
-	uint64_t p[4];
-	for (int i = 0; i < 4; i++)
-		p[i] = bench_hist_percentile(&latency, percentiles[i]);
-	double mean_us = latency.count ? (double)latency.sum_us / (double)latency.count : 0;
-
-	if (config->json) {
-		printf("{\"mode\":\"%s\",\"accounts\":%u,\"hot\":%u,\"batch\":%u,\"connections\":%u,"
-		       "\"threads\":%u,\"rate\":%llu,\"duration_s\":%.3f,\"seed\":%llu,\"prefix\":\"%s\","
-		       "\"setup_s\":%.3f,\"elapsed_s\":%.3f,\"requests\":%llu,\"requests_per_s\":%.1f,"
-		       "\"transfers_acked\":%llu,\"transfers_per_s\":%.1f,\"rejected\":{",
-		       mode_name(config), config->accounts, config->hot, config->batch, config->connections,
-		       config->threads, (unsigned long long)config->rate_per_s, config->duration_s,
-		       (unsigned long long)config->seed, config->prefix, run->setup_s, elapsed_s,
-		       (unsigned long long)counts.requests, rps, (unsigned long long)counts.transfers_acked,
-		       tps);
-		bool first = true;
-		for (int i = 0; i < BENCH_REJECT_COUNT; i++) {
-			if (!counts.rejected[i])
-				continue;
-			printf("%s\"%s\":%llu", first ? "" : ",", bench_reject_names[i],
-			       (unsigned long long)counts.rejected[i]);
-			first = false;
-		}
-		printf("},\"errors\":{\"http\":%llu,\"transport\":%llu},\"unknown_outcome\":%llu,"
-		       "\"refused\":%llu,\"open_loop_missed\":%llu,\"status\":{",
-		       (unsigned long long)counts.errors_http, (unsigned long long)counts.errors_transport,
-		       (unsigned long long)counts.transfers_unknown, (unsigned long long)counts.transfers_refused,
-		       (unsigned long long)missed);
-		first = true;
-		for (int i = 0; i < 600; i++) {
-			if (!counts.status[i])
-				continue;
-			printf("%s\"%d\":%llu", first ? "" : ",", i, (unsigned long long)counts.status[i]);
-			first = false;
-		}
-		printf("},\"latency_us\":{\"p50\":%llu,\"p90\":%llu,\"p99\":%llu,\"p999\":%llu,\"max\":%llu,"
-		       "\"mean\":%.1f}",
-		       (unsigned long long)p[0], (unsigned long long)p[1], (unsigned long long)p[2],
-		       (unsigned long long)p[3], (unsigned long long)latency.max_us, mean_us);
-		if (verify)
-			printf(",\"verify\":{\"ok\":%s,\"violations\":%llu,\"complete\":%s,"
-			       "\"transfers_checked\":%llu,\"transfers_to_check\":%llu,\"unknown\":%llu,"
-			       "\"unresolved\":%llu,\"verify_s\":%.3f}",
-			       verify->violations ? "false" : "true", (unsigned long long)verify->violations,
-			       verify->complete ? "true" : "false", (unsigned long long)verify->transfers_checked,
-			       (unsigned long long)verify->transfers_to_check, (unsigned long long)verify->unknown,
-			       (unsigned long long)verify->unresolved, verify->verify_s);
-		printf("}\n");
-		fflush(stdout);
-		return;
-	}
-	printf("kobo-bench: %s over %u accounts", mode_name(config), config->accounts);
-	if (config->mode == BENCH_MODE_HOT)
-		printf(" (%u hot)", config->hot);
-	printf(", %u connections, %u thread%s, %s", config->connections, config->threads,
-	       config->threads == 1 ? "" : "s", config->batch ? "batch" : "single transfers");
-	if (config->batch)
-		printf(" of %u", config->batch);
-	if (config->rate_per_s)
-		printf(", open loop at %llu transfers/s", (unsigned long long)config->rate_per_s);
-	else
-		printf(", closed loop");
-	printf("\n  seed %llu, prefix %s, setup %.1f s\n", (unsigned long long)config->seed, config->prefix,
-	       run->setup_s);
-	printf("  transfers acknowledged (201): %llu in %.2f s = %.0f transfers/s\n",
-	       (unsigned long long)counts.transfers_acked, elapsed_s, tps);
-	printf("  requests answered: %llu = %.0f requests/s\n", (unsigned long long)counts.requests, rps);
-	printf("  rejected (422): %llu", (unsigned long long)rejected);
-	for (int i = 0; i < BENCH_REJECT_COUNT; i++)
-		if (counts.rejected[i])
-			printf("  %s %llu", bench_reject_names[i], (unsigned long long)counts.rejected[i]);
-	printf("\n  errors: %llu http, %llu transport; %llu transfers of unknown outcome, %llu refused\n",
-	       (unsigned long long)counts.errors_http, (unsigned long long)counts.errors_transport,
-	       (unsigned long long)counts.transfers_unknown, (unsigned long long)counts.transfers_refused);
-	if (config->rate_per_s)
-		printf("  open loop: %llu requests came due but found no free connection before the end\n",
-		       (unsigned long long)missed);
-	printf("  statuses:");
-	for (int i = 0; i < 600; i++)
-		if (counts.status[i])
-			printf("  %d x%llu", i, (unsigned long long)counts.status[i]);
-	printf("\n  latency per request (ms): p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
-	       (double)p[0] / 1000, (double)p[1] / 1000, (double)p[2] / 1000, (double)p[3] / 1000,
-	       (double)latency.max_us / 1000, mean_us / 1000);
-	fflush(stdout);
-}
-
-/* ---- Self-test: the pure parts, without a server. ---- */
-
-static int self_test(bench_config *config)
-{
-	int failures = 0;
-#define CHECK(cond, ...)                                                    \
-	do {                                                                    \
-		if (!(cond)) {                                                      \
-			failures++;                                                     \
-			fprintf(stderr, "self-test: %s:%d: ", __FILE__, __LINE__);      \
-			fprintf(stderr, __VA_ARGS__);                                   \
-			fputc('\n', stderr);                                            \
-		}                                                                   \
-	} while (0)
-	/* Histogram: every value lands in a bucket whose range holds it, within 1/64. */
-	for (uint64_t v = 0; v < (1ull << 41); v = v < 1000 ? v + 1 : v + v / 7 + 1) {
-		uint32_t i = bench_hist_index(v);
-		uint64_t high = bench_hist_bucket_high(i);
-		uint64_t low = i == 0 ? 0 : bench_hist_bucket_high(i - 1) + 1;
-		CHECK(i < BENCH_HIST_BUCKETS, "index %u out of range for %llu", i, (unsigned long long)v);
-		CHECK(low <= v && v <= high, "value %llu outside bucket %u [%llu, %llu]", (unsigned long long)v, i,
-		      (unsigned long long)low, (unsigned long long)high);
-		CHECK(high - low <= v / 64 + 1, "bucket %u too wide for %llu", i, (unsigned long long)v);
-	}
-	static bench_histogram hist;
-	bench_hist_reset(&hist);
-	for (int64_t v = 1; v <= 10000; v++)
-		bench_hist_record(&hist, v);
-	uint64_t p50 = bench_hist_percentile(&hist, 50), p99 = bench_hist_percentile(&hist, 99);
-	CHECK(p50 >= 5000 && p50 <= 5000 + 5000 / 64 + 1, "p50 of 1..10000 is %llu", (unsigned long long)p50);
-	CHECK(p99 >= 9900 && p99 <= 9900 + 9900 / 64 + 1, "p99 of 1..10000 is %llu", (unsigned long long)p99);
-	CHECK(bench_hist_percentile(&hist, 100) == 10000, "p100 is not the max");
-
-	/* Batch scanner: integer statuses only, codes of 422s. */
-	const char *answer =
-		"{\"results\":[{\"id\":\"t1\",\"status\":201,\"transfer\":{\"id\":\"t1\",\"status\":\"posted\"}},"
-		"{\"id\":\"t2\",\"status\": 422,\"error\":{\"code\":\"insufficient_funds\",\"message\":\"a \\\"status\\\": 5\"}},"
-		"{\"id\":\"t3\",\"status\":201,\"transfer\":{\"status\":\"posted\"}}]}";
-	uint16_t statuses[4];
-	uint8_t rejects[4];
-	size_t n = bench_scan_batch(answer, strlen(answer), statuses, rejects, 4);
-	CHECK(n == 3, "batch scan found %zu results, expected 3", n);
-	if (n == 3) {
-		CHECK(statuses[0] == 201 && statuses[1] == 422 && statuses[2] == 201, "batch statuses %u %u %u",
-		      statuses[0], statuses[1], statuses[2]);
-		CHECK(rejects[1] == BENCH_REJECT_INSUFFICIENT_FUNDS, "reject code %u", rejects[1]);
-	}
-	const char *single = "{\"error\":{\"code\":\"same_account\",\"message\":\"…\"}}";
-	CHECK(bench_reject_in_body(single, strlen(single)) == BENCH_REJECT_SAME_ACCOUNT, "single reject code");
-
-	/* Transfer model: valid, deterministic, shaped by the workload. */
-	config->accounts = 1000;
-	config->seed = 42;
-	snprintf(config->prefix, sizeof(config->prefix), "p:");
-	for (int mode = BENCH_MODE_UNIFORM; mode <= BENCH_MODE_MERCHANT; mode++) {
-		config->mode = (bench_mode)mode;
-		config->hot = 3;
-		for (uint64_t k = 0; k < 100000; k++) {
-			bench_transfer t = bench_transfer_make(config, k), again = bench_transfer_make(config, k);
-			CHECK(t.from != t.to && t.from < 1000 && t.to < 1000, "mode %d transfer %llu: %u -> %u", mode,
-			      (unsigned long long)k, t.from, t.to);
-			CHECK(t.amount_minor >= 1 && t.amount_minor <= config->amount_max_minor, "amount %lld",
-			      (long long)t.amount_minor);
-			CHECK(memcmp(&t, &again, sizeof(t)) == 0, "transfer %llu not deterministic",
-			      (unsigned long long)k);
-			if (mode == BENCH_MODE_HOT)
-				CHECK(t.from < 3 || t.to < 3, "hot transfer %llu touches no hot account",
-				      (unsigned long long)k);
-			if (mode == BENCH_MODE_MERCHANT)
-				CHECK(t.to == 0, "merchant transfer %llu credits %u", (unsigned long long)k, t.to);
-			if (failures > 10)
-				break;
-		}
-	}
-	bench_buf buf = {0};
-	config->mode = BENCH_MODE_UNIFORM;
-	bench_transfer_json(&buf, config, 7);
-	bench_transfer t7 = bench_transfer_make(config, 7);
-	char expect[256];
-	snprintf(expect, sizeof(expect),
-	         "{\"id\":\"p:t7\",\"from\":\"p:a%u\",\"to\":\"p:a%u\",\"amount\":%lld,\"currency\":\"NGN\"}",
-	         t7.from, t7.to, (long long)t7.amount_minor);
-	CHECK(strcmp(buf.data, expect) == 0, "transfer json %s, expected %s", buf.data, expect);
-	bench_buf_free(&buf);
-#undef CHECK
-	fprintf(stderr, "self-test: %s\n", failures ? "FAILED" : "ok");
-	return failures ? BENCH_EXIT_VIOLATION : BENCH_EXIT_OK;
-}
-
 /* ---- Wiring. ---- */
 
 static void on_sigint(int sig)
@@ -564,7 +345,7 @@ int main(int argc, char **argv)
 	if (rc >= 0)
 		return rc;
 	if (want_self_test)
-		return self_test(&config);
+		return bench_self_test(&config);
 
 	signal(SIGPIPE, SIG_IGN);
 	struct sigaction action = {.sa_handler = on_sigint};
@@ -606,16 +387,16 @@ int main(int argc, char **argv)
 		if (config.verify) {
 			atomic_store(&bench_stop_requested, false); /* an interrupted run is still verified */
 			if (!config.json)
-				print_summary(&run, NULL);
+				bench_print_summary(&run, NULL);
 			bench_verify(&run, &report);
 			if (config.json)
-				print_summary(&run, &report);
+				bench_print_summary(&run, &report);
 			if (report.violations > 0)
 				rc = BENCH_EXIT_VIOLATION;
 			else if (!report.balances_complete)
 				rc = BENCH_EXIT_UNREACHABLE;
 		} else {
-			print_summary(&run, NULL);
+			bench_print_summary(&run, NULL);
 		}
 	}
 	for (uint32_t i = 0; i < config.threads; i++)
