@@ -45,7 +45,9 @@ typedef struct kobo_request kobo_request;
 
 /* Called on the writer thread once the request's batch is durable (or has
  * failed as a whole). The results and their snapshots are valid only during
- * the call: encode or copy what you need. Must not block. */
+ * the call: encode or copy what you need. Must not block. A snapshot may
+ * borrow memory (metadata) from an earlier request of the same batch; the
+ * writer answers requests last first so that memory is still alive. */
 typedef void (*kobo_request_done_fn)(kobo_request *request);
 
 struct kobo_request {

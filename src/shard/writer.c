@@ -9,6 +9,7 @@
  *   1. A request's done callback runs exactly once, after the batch holding
  *      it committed durably (status KOBO_OK) or failed as a whole (status
  *      KOBO_ESTORE / KOBO_EFAILED: nothing of it was applied). Never before.
+ *      Requests of a batch are answered last first (see writer_answer).
  *   2. The queue never holds more than queue_ops_max ops; a request that does
  *      not fit is refused at submit (the edge answers 503 overloaded).
  *   3. A batch holds at most batch_ops_max ops and at least one request; a
@@ -229,18 +230,26 @@ static size_t writer_gather_ops(kobo_shard *shard, size_t requests)
 }
 
 /* Hands every request its results (or the batch's failure) and calls done.
- * Runs only after writer_apply returned: answers follow the commit. */
+ * Runs only after writer_apply returned: answers follow the commit.
+ *
+ * Last request first: a result may borrow memory (metadata) from the ops of
+ * an earlier request of the same batch — a replay points at the op that
+ * created the transfer earlier in the batch — and a request's memory may be
+ * freed as soon as its done returns. Results only ever point backwards, so
+ * answering in reverse keeps every borrowed byte alive until its last use. */
 static void writer_answer(kobo_shard *shard, size_t requests, int status)
 {
 	size_t offset = 0;
 
-	for (size_t r = 0; r < requests; r++) {
+	for (size_t r = 0; r < requests; r++)
+		offset += shard->batch[r]->op_count;
+	for (size_t r = requests; r-- > 0;) {
 		kobo_request *request = shard->batch[r];
+		offset -= request->op_count;
 		request->status = status;
 		if (status == KOBO_OK)
 			memcpy(request->results, &shard->results[offset],
 			       request->op_count * sizeof(kobo_result));
-		offset += request->op_count;
 		request->done(request);
 	}
 }
