@@ -380,6 +380,66 @@ static void atomic_groups_of_two_requests_stay_apart(void **state)
 	assert_int_equal(passing.results[1].code, KOBO_RESULT_CREATED);
 }
 
+/* The HTTP edge frees a request's memory as soon as its done returns. A
+ * replay later in the same batch borrows the metadata of the op that created
+ * the transfer, so the writer must answer the later request first. */
+typedef struct owning_call {
+	call c;
+	char *metadata; /* heap, freed by done like the edge frees a body */
+	char seen[16];  /* what done read of its result's metadata */
+} owning_call;
+
+static void owning_done(kobo_request *request)
+{
+	owning_call *o = request->user;
+	const kobo_transfer *t = &request->results[0].transfer;
+	snprintf(o->seen, sizeof(o->seen), "%.*s", (int)t->metadata_len, t->metadata);
+	free(o->metadata);
+	o->metadata = NULL;
+	sem_post(&o->c.answered);
+}
+
+static void replay_in_same_batch_reads_live_metadata(void **state)
+{
+	fixture *f = *state;
+	start(f, 0, 0);
+	create_accounts(f);
+
+	sem_t entered, release;
+	sem_init(&entered, 0, 0);
+	sem_init(&release, 0, 0);
+	call blocker;
+	call_init(&blocker, 1);
+	op_account(&blocker.ops[0], "blocker", false);
+	blocker.entered = &entered;
+	blocker.release = &release;
+	assert_int_equal(kobo_shard_submit(f->shard, &blocker.request), KOBO_OK);
+	sem_wait(&entered);
+
+	owning_call first, second;
+	owning_call *both[] = { &first, &second };
+	for (int i = 0; i < 2; i++) {
+		owning_call *o = both[i];
+		memset(o->seen, 0, sizeof(o->seen));
+		call_init(&o->c, 1);
+		o->c.request.done = owning_done;
+		o->c.request.user = o;
+		o->metadata = strdup("{\"n\":1}");
+		op_transfer(&o->c.ops[0], "same:1", "cash", "alice", 5, 0);
+		o->c.ops[0].u.transfer.metadata = o->metadata;
+		o->c.ops[0].u.transfer.metadata_len = (uint32_t)strlen(o->metadata);
+		assert_int_equal(kobo_shard_submit(f->shard, &o->c.request), KOBO_OK);
+	}
+	sem_post(&release);
+	sem_wait(&first.c.answered);
+	sem_wait(&second.c.answered);
+
+	assert_int_equal(first.c.results[0].code, KOBO_RESULT_CREATED);
+	assert_int_equal(second.c.results[0].code, KOBO_RESULT_REPLAYED);
+	assert_string_equal(first.seen, "{\"n\":1}");
+	assert_string_equal(second.seen, "{\"n\":1}");
+}
+
 static void holds_expire_on_the_writer_clock(void **state)
 {
 	fixture *f = *state;
@@ -421,6 +481,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(full_queue_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(stop_answers_everything_queued, setup, teardown),
 		cmocka_unit_test_setup_teardown(atomic_groups_of_two_requests_stay_apart,
+		                                setup, teardown),
+		cmocka_unit_test_setup_teardown(replay_in_same_batch_reads_live_metadata,
 		                                setup, teardown),
 		cmocka_unit_test_setup_teardown(holds_expire_on_the_writer_clock, setup,
 		                                teardown),
