@@ -45,7 +45,8 @@
  * checkpointer thread with its own connection checkpoints when there were
  * commits and the WAL passed STORE_SQLITE_CHECKPOINT_WAL_BYTES or the last
  * checkpoint is STORE_SQLITE_CHECKPOINT_AGE_MS old, looking every
- * STORE_SQLITE_CHECKPOINT_PERIOD_MS. It first runs a PASSIVE checkpoint
+ * STORE_SQLITE_CHECKPOINT_PERIOD_MS and at once when the WAL hook sees the
+ * WAL pass that size. It first runs a PASSIVE checkpoint
  * alongside the writer (it neither waits for nor blocks it), then finishes
  * between two batches while holding `gate`, which the writer holds for the
  * length of each batch: without that, back-to-back batches never leave the
@@ -104,6 +105,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -267,9 +269,11 @@ typedef struct checkpointer {
 	sqlite3 *db;
 	pthread_t thread;
 	bool running;
-	pthread_mutex_t mutex;        /* guards stop; wake waits on it */
+	pthread_mutex_t mutex;        /* guards stop and kicked */
 	pthread_cond_t wake;
 	bool stop;                    /* under mutex */
+	bool kicked;                  /* under mutex: the WAL just passed kick_frames */
+	int kick_frames;              /* STORE_SQLITE_CHECKPOINT_WAL_BYTES in frames */
 	_Atomic uint64_t commits;     /* counted by the writer's WAL hook */
 	_Atomic int wal_frames;       /* frames in the WAL after the last commit */
 	uint64_t commits_checkpointed;
@@ -665,14 +669,22 @@ static bool store_healthy(kobo_store *store)
 /* ---- Checkpoints. ---- */
 
 /* Called by SQLite on the writer thread after each commit (wal_hook). It
- * only counts: the checkpointer thread does the work. */
+ * only counts, and wakes the checkpointer once when the WAL passes
+ * kick_frames, so that a fast writer does not outrun the periodic tick. */
 static int wal_hook(void *ctx, sqlite3 *db, const char *schema, int frames)
 {
 	(void)db;
 	(void)schema;
 	checkpointer *c = ctx;
-	atomic_store_explicit(&c->wal_frames, frames, memory_order_relaxed);
+	int previous = atomic_exchange_explicit(&c->wal_frames, frames,
+	                                        memory_order_relaxed);
 	atomic_fetch_add_explicit(&c->commits, 1, memory_order_relaxed);
+	if (frames >= c->kick_frames && previous < c->kick_frames) {
+		pthread_mutex_lock(&c->mutex);
+		c->kicked = true;
+		pthread_cond_signal(&c->wake);
+		pthread_mutex_unlock(&c->mutex);
+	}
 	return SQLITE_OK;
 }
 
@@ -738,11 +750,12 @@ static void *checkpointer_main(void *arg)
 		deadline.tv_nsec += (long)STORE_SQLITE_CHECKPOINT_PERIOD_MS * 1000000L;
 		deadline.tv_sec += deadline.tv_nsec / 1000000000L;
 		deadline.tv_nsec %= 1000000000L;
-		while (!c->stop &&
+		while (!c->stop && !c->kicked &&
 		       pthread_cond_timedwait(&c->wake, &c->mutex, &deadline) != ETIMEDOUT)
 			;
 		if (c->stop)
 			break;
+		c->kicked = false;
 		uint64_t commits = atomic_load_explicit(&c->commits, memory_order_relaxed);
 		if (commits == c->commits_checkpointed)
 			continue; /* the WAL has not grown */
@@ -779,6 +792,8 @@ static int checkpointer_start(sqlite_store *s)
 	pthread_condattr_destroy(&attr);
 	pthread_mutex_init(&c->mutex, NULL);
 	c->stop = false;
+	c->kicked = false;
+	c->kick_frames = STORE_SQLITE_CHECKPOINT_WAL_BYTES / (c->page_size + 24);
 	c->checkpointed_at_ms = kobo_monotonic_us() / 1000;
 	if (pthread_create(&c->thread, NULL, checkpointer_main, s) != 0) {
 		pthread_cond_destroy(&c->wake);
@@ -937,6 +952,7 @@ int kobo_store_sqlite_open(const char *path, bool read_only, kobo_store **out)
 	atomic_init(&s->failed, false);
 	atomic_init(&s->ckpt.commits, 0);
 	atomic_init(&s->ckpt.wal_frames, 0);
+	s->ckpt.kick_frames = INT_MAX; /* no kicks before the thread runs */
 	pthread_mutex_init(&s->ckpt.gate, NULL);
 	s->ckpt.gate_ready = true;
 	s->path = strdup(path);
