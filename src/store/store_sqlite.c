@@ -128,15 +128,11 @@
 #define STORE_SQLITE_CHECKPOINT_PERIOD_MS 200
 #define STORE_SQLITE_CHECKPOINT_WAL_BYTES (4 * 1024 * 1024)
 #define STORE_SQLITE_CHECKPOINT_AGE_MS 1000
-/* WAL sizes past which a PASSIVE checkpoint is followed by a RESTART (the
- * writer then starts the WAL over from its beginning) or a TRUNCATE (the
- * file is cut to zero bytes). The writer's journal_size_limit cuts a
- * restarted WAL back to the first size. Under a steady stream of commits a
- * PASSIVE checkpoint never catches up with the last frame, so the writer
- * never restarts the WAL by itself: it is the RESTART that keeps the WAL
- * small. Measured with batches of 1, a 16 MiB limit gave faster commits
- * than 64 MiB (a larger WAL spreads each commit's writes over more of the
- * disk while checkpoints write the database file). */
+/* WAL sizes past which the checkpointer finishes with a RESTART (it waits,
+ * up to its busy timeout, for readers still using old frames, so that the
+ * writer can start the WAL over) or a TRUNCATE (also cuts the file to zero
+ * bytes). Normally the WAL restarts well before: see checkpoint_once. The
+ * writer's journal_size_limit cuts a restarted WAL back to the first size. */
 #define STORE_SQLITE_WAL_RESTART_BYTES (16 * 1024 * 1024)
 #define STORE_SQLITE_WAL_TRUNCATE_BYTES (64 * 1024 * 1024)
 /* Arena chunk for loaded metadata. A chunk holds many rows; a row larger
