@@ -474,6 +474,30 @@ static void read_only_refuses_unmigrated_file_and_begin(void **state)
 	kobo_store_close(writer);
 }
 
+/* A begin that cannot get the write lock (another process holds it) fails
+ * with KOBO_ESTORE after the busy timeout, and the store stays usable:
+ * nothing was written, so there is nothing to be out of step with. */
+static void busy_begin_fails_without_going_sticky(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+
+	seed(e, store, 1000);
+	sqlite3 *other = raw_open(e->path);
+	sqlite3_busy_timeout(other, 0);
+	assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(kobo_store_begin(store), KOBO_ESTORE);
+	assert_true(kobo_store_healthy(store));
+	kobo_store_rollback(store); /* nothing open: harmless */
+	assert_int_equal(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(other);
+
+	kobo_op ops[] = {op_transfer("t-after-busy", "alice", "bob", 5, false, 0)};
+	assert_int_equal(run_batch(e, store, ops, 1, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+	kobo_store_close(store);
+}
+
 /* ---- Batches. ---- */
 
 static void assert_transfer_equal(const kobo_transfer *want, const kobo_transfer *got)
@@ -1022,6 +1046,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(open_migrates_and_reopen_keeps_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(newer_schema_version_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(read_only_refuses_unmigrated_file_and_begin, setup, teardown),
+		cmocka_unit_test_setup_teardown(busy_begin_fails_without_going_sticky, setup, teardown),
 		cmocka_unit_test_setup_teardown(batch_round_trip_through_ledger, setup, teardown),
 		cmocka_unit_test_setup_teardown(rollback_leaves_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(reader_sees_committed_batches_only, setup, teardown),
