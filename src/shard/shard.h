@@ -28,7 +28,8 @@
 _Static_assert(KOBO_SHARD_QUEUE_OPS_DEFAULT >= KOBO_BATCH_OPS_MAX,
                "one maximal request must fit an empty queue");
 _Static_assert(KOBO_SHARD_EXPIRED_SCAN_MAX <= KOBO_BATCH_OPS_MAX,
-               "one expiry scan must fit one batch");
+               "one expiry scan fits a default batch (smaller batch_ops_max "
+               "configurations scan fewer holds at a time)");
 
 /* ---- Routing. ---- */
 

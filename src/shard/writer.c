@@ -291,8 +291,11 @@ static void writer_expire_holds(kobo_shard *shard)
 	shard->next_expiry_scan_ms = now_ms + KOBO_SHARD_EXPIRY_INTERVAL_MS;
 	if (!kobo_store_healthy(shard->store))
 		return;
+	size_t scan_max = KOBO_SHARD_EXPIRED_SCAN_MAX;
+	if (scan_max > shard->config.batch_ops_max)
+		scan_max = shard->config.batch_ops_max;
 	int rc = kobo_store_expired_holds(shard->store, now_ms, shard->expired_ids,
-	                                  KOBO_SHARD_EXPIRED_SCAN_MAX, &count);
+	                                  scan_max, &count);
 	if (rc != KOBO_OK) {
 		kobo_log(KOBO_LOG_ERROR, "expiry_scan_failed",
 		         "\"shard\":%u,\"status\":%d", shard->config.index, rc);
@@ -320,7 +323,7 @@ static void writer_expire_holds(kobo_shard *shard)
 			expired++;
 	kobo_metrics_expired(shard->config.index, expired);
 	/* More may be waiting: scan again at once. */
-	if (count == KOBO_SHARD_EXPIRED_SCAN_MAX)
+	if (count == scan_max)
 		shard->next_expiry_scan_ms = now_ms;
 }
 
@@ -367,8 +370,7 @@ int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
 	if (shard->config.batch_ops_max == 0)
 		shard->config.batch_ops_max = KOBO_SHARD_BATCH_OPS_DEFAULT;
 	size_t batch_max = shard->config.batch_ops_max;
-	if (batch_max > KOBO_BATCH_OPS_MAX || batch_max < KOBO_SHARD_EXPIRED_SCAN_MAX ||
-	    shard->config.queue_ops_max < batch_max) {
+	if (batch_max > KOBO_BATCH_OPS_MAX || shard->config.queue_ops_max < batch_max) {
 		free(shard);
 		return KOBO_EINVAL;
 	}

@@ -472,6 +472,39 @@ static void holds_expire_on_the_writer_clock(void **state)
 	kobo_store_reader_close(reader);
 }
 
+/* With a batch smaller than an expiry scan, holds still all expire: the
+ * writer scans batch_ops_max at a time and rescans at once while full. */
+static void holds_expire_with_small_batches(void **state)
+{
+	fixture *f = *state;
+	start(f, 16, 3);
+	create_accounts(f);
+
+	enum { HOLDS = 7 };
+	for (int i = 0; i < HOLDS; i++) {
+		call hold;
+		char id[32];
+		call_init(&hold, 1);
+		snprintf(id, sizeof(id), "small:%d", i);
+		op_transfer(&hold.ops[0], id, "cash", "alice", 1, 1);
+		submit_and_wait(f->shard, &hold);
+		sem_destroy(&hold.answered);
+	}
+	atomic_fetch_add(&fake_now_ms, 1500);
+
+	kobo_store_reader *reader;
+	kobo_account alice = { 0 };
+	assert_int_equal(kobo_store_reader_open(f->store, &reader), KOBO_OK);
+	for (int i = 0; i < 100; i++) {
+		assert_int_equal(kobo_store_read_account(reader, "alice", &alice), KOBO_OK);
+		if (alice.pending_in == 0)
+			break;
+		usleep(KOBO_SHARD_EXPIRY_INTERVAL_MS * 100);
+	}
+	assert_int_equal(alice.pending_in, 0);
+	kobo_store_reader_close(reader);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -484,6 +517,8 @@ int main(void)
 		                                setup, teardown),
 		cmocka_unit_test_setup_teardown(replay_in_same_batch_reads_live_metadata,
 		                                setup, teardown),
+		cmocka_unit_test_setup_teardown(holds_expire_with_small_batches, setup,
+		                                teardown),
 		cmocka_unit_test_setup_teardown(holds_expire_on_the_writer_clock, setup,
 		                                teardown),
 	};
