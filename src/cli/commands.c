@@ -143,7 +143,10 @@ static int account_create(kobo_cli *cli, int argc, char **argv)
 	return rc;
 }
 
-static int account_get(kobo_cli *cli, int argc, char **argv)
+/* `kobo account get ID` and `kobo transfer get ID`: one positional id,
+ * GET prefix/ID, printed by print. */
+static int get_by_id(kobo_cli *cli, int argc, char **argv, const char *usage,
+                     const char *prefix, void (*print)(const json_t *))
 {
 	const char *positional[1];
 	size_t positional_count;
@@ -152,13 +155,13 @@ static int account_get(kobo_cli *cli, int argc, char **argv)
 	if (rc != 0)
 		return rc;
 	if (positional_count != 1) {
-		fprintf(stderr, "kobo: usage: kobo account get ID\n");
+		fprintf(stderr, "kobo: usage: %s\n", usage);
 		return KOBO_CLI_EXIT_USAGE;
 	}
-	char *path = path_with_id(cli, "/v1/accounts/", positional[0], "");
+	char *path = path_with_id(cli, prefix, positional[0], "");
 	if (path == NULL)
 		return KOBO_CLI_EXIT_FAILED;
-	rc = send_and_print(cli, "GET", path, NULL, kobo_cli_print_account);
+	rc = send_and_print(cli, "GET", path, NULL, print);
 	free(path);
 	return rc;
 }
@@ -168,7 +171,8 @@ int kobo_cli_cmd_account(kobo_cli *cli, int argc, char **argv)
 	if (argc >= 2 && strcmp(argv[1], "create") == 0)
 		return account_create(cli, argc, argv);
 	if (argc >= 2 && strcmp(argv[1], "get") == 0)
-		return account_get(cli, argc, argv);
+		return get_by_id(cli, argc, argv, "kobo account get ID", "/v1/accounts/",
+		                 kobo_cli_print_account);
 	fprintf(stderr, "kobo: usage: kobo account create|get ID …\n");
 	return KOBO_CLI_EXIT_USAGE;
 }
@@ -202,30 +206,11 @@ static int random_transfer_id(char *id, size_t size)
 	return 0;
 }
 
-static int transfer_get(kobo_cli *cli, int argc, char **argv)
-{
-	const char *positional[1];
-	size_t positional_count;
-	int rc = kobo_cli_parse_args(cli, argc, argv, 2, NULL, 0, positional, 1,
-	                             &positional_count);
-	if (rc != 0)
-		return rc;
-	if (positional_count != 1) {
-		fprintf(stderr, "kobo: usage: kobo transfer get ID\n");
-		return KOBO_CLI_EXIT_USAGE;
-	}
-	char *path = path_with_id(cli, "/v1/transfers/", positional[0], "");
-	if (path == NULL)
-		return KOBO_CLI_EXIT_FAILED;
-	rc = send_and_print(cli, "GET", path, NULL, kobo_cli_print_transfer);
-	free(path);
-	return rc;
-}
-
 int kobo_cli_cmd_transfer(kobo_cli *cli, int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "get") == 0)
-		return transfer_get(cli, argc, argv);
+		return get_by_id(cli, argc, argv, "kobo transfer get ID", "/v1/transfers/",
+		                 kobo_cli_print_transfer);
 
 	enum { FROM, TO, AMOUNT, CURRENCY, ID, PENDING, TIMEOUT, METADATA, OPTION_COUNT };
 	kobo_cli_option options[OPTION_COUNT] = {
