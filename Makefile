@@ -106,6 +106,7 @@ unit: $(UNIT_BINS)
 	@scripts/run-unit-tests.sh $(UNIT_BINS)
 
 system: $(SAN)/kobod $(SAN)/kobo $(SAN)/kobo-bench
+	$(SAN)/kobo-bench --self-test
 	KOBOD=$(CURDIR)/$(SAN)/kobod KOBO=$(CURDIR)/$(SAN)/kobo \
 	KOBO_BENCH=$(CURDIR)/$(SAN)/kobo-bench \
 	/usr/bin/python3 -m pytest -q tests/system
