@@ -161,6 +161,27 @@ static void create_accounts(fixture *f)
 		assert_int_equal(c.results[i].code, KOBO_RESULT_CREATED);
 }
 
+/* Parks the writer thread inside a done callback, so that requests submitted
+ * meanwhile queue up and later form one batch; sem_post(&b->release) lets
+ * it go on. */
+typedef struct writer_block {
+	call c;
+	sem_t entered;
+	sem_t release;
+} writer_block;
+
+static void block_writer(kobo_shard *shard, writer_block *b)
+{
+	sem_init(&b->entered, 0, 0);
+	sem_init(&b->release, 0, 0);
+	call_init(&b->c, 1);
+	op_account(&b->c.ops[0], "blocker", false);
+	b->c.entered = &b->entered;
+	b->c.release = &b->release;
+	assert_int_equal(kobo_shard_submit(shard, &b->c.request), KOBO_OK);
+	sem_wait(&b->entered);
+}
+
 /* ---- Tests. ---- */
 
 static void partition_hash_is_frozen(void **state)
@@ -264,16 +285,8 @@ static void full_queue_is_refused(void **state)
 	create_accounts(f);
 
 	/* Hold the writer inside a done callback so the queue cannot drain. */
-	sem_t entered, release;
-	sem_init(&entered, 0, 0);
-	sem_init(&release, 0, 0);
-	call blocker;
-	call_init(&blocker, 1);
-	op_account(&blocker.ops[0], "blocker", false);
-	blocker.entered = &entered;
-	blocker.release = &release;
-	assert_int_equal(kobo_shard_submit(f->shard, &blocker.request), KOBO_OK);
-	sem_wait(&entered);
+	writer_block blocker;
+	block_writer(f->shard, &blocker);
 
 	static kobo_op big_ops[1024];
 	static kobo_result big_results[1024];
@@ -303,7 +316,7 @@ static void full_queue_is_refused(void **state)
 	too_big.request.op_count = 1025;
 	assert_int_equal(kobo_shard_submit(f->shard, &too_big.request), KOBO_EINVAL);
 
-	sem_post(&release);
+	sem_post(&blocker.release);
 	sem_wait(&big.answered);
 	assert_int_equal(big.request.status, KOBO_OK);
 	assert_int_equal(big_results[1023].code, KOBO_RESULT_CREATED);
@@ -347,16 +360,8 @@ static void atomic_groups_of_two_requests_stay_apart(void **state)
 	start(f, 0, 0);
 	create_accounts(f);
 
-	sem_t entered, release;
-	sem_init(&entered, 0, 0);
-	sem_init(&release, 0, 0);
-	call blocker;
-	call_init(&blocker, 1);
-	op_account(&blocker.ops[0], "blocker", false);
-	blocker.entered = &entered;
-	blocker.release = &release;
-	assert_int_equal(kobo_shard_submit(f->shard, &blocker.request), KOBO_OK);
-	sem_wait(&entered);
+	writer_block blocker;
+	block_writer(f->shard, &blocker);
 
 	/* Both queue behind the blocker and so share one batch. */
 	call failing, passing;
@@ -370,7 +375,7 @@ static void atomic_groups_of_two_requests_stay_apart(void **state)
 	passing.ops[0].atomic_group = passing.ops[1].atomic_group = 1;
 	assert_int_equal(kobo_shard_submit(f->shard, &failing.request), KOBO_OK);
 	assert_int_equal(kobo_shard_submit(f->shard, &passing.request), KOBO_OK);
-	sem_post(&release);
+	sem_post(&blocker.release);
 	sem_wait(&failing.answered);
 	sem_wait(&passing.answered);
 
@@ -405,16 +410,8 @@ static void replay_in_same_batch_reads_live_metadata(void **state)
 	start(f, 0, 0);
 	create_accounts(f);
 
-	sem_t entered, release;
-	sem_init(&entered, 0, 0);
-	sem_init(&release, 0, 0);
-	call blocker;
-	call_init(&blocker, 1);
-	op_account(&blocker.ops[0], "blocker", false);
-	blocker.entered = &entered;
-	blocker.release = &release;
-	assert_int_equal(kobo_shard_submit(f->shard, &blocker.request), KOBO_OK);
-	sem_wait(&entered);
+	writer_block blocker;
+	block_writer(f->shard, &blocker);
 
 	owning_call first, second;
 	owning_call *both[] = { &first, &second };
@@ -430,7 +427,7 @@ static void replay_in_same_batch_reads_live_metadata(void **state)
 		o->c.ops[0].u.transfer.metadata_len = (uint32_t)strlen(o->metadata);
 		assert_int_equal(kobo_shard_submit(f->shard, &o->c.request), KOBO_OK);
 	}
-	sem_post(&release);
+	sem_post(&blocker.release);
 	sem_wait(&first.c.answered);
 	sem_wait(&second.c.answered);
 
