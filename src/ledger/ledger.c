@@ -992,8 +992,10 @@ static const char *op_record_id(const kobo_op *op)
 }
 
 /* The answer of a non-failing op of a failed group, after rollback: REPLAYED
- * when it is a replay of a record that existed before the group, else
- * NOT_APPLIED (recording a new transfer as REJECTED). */
+ * when it is a replay of a record that existed before the group, ID_CONFLICT
+ * when a record with its id exists with other parameters (so that a retry of
+ * the batch answers what the first attempt did), else NOT_APPLIED (recording
+ * a new transfer as REJECTED). */
 static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
                                int64_t now_ms, kobo_result *result)
 {
@@ -1012,6 +1014,8 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 		                   wanted->metadata, wanted->metadata_len)) {
 			result->code = KOBO_RESULT_REPLAYED;
 			snapshot_account(ledger, slot, result);
+		} else {
+			result->code = KOBO_RESULT_ID_CONFLICT;
 		}
 		return;
 	}
@@ -1022,9 +1026,16 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 		snapshot_transfer(ledger, slot, result);
 		return;
 	}
-	if (slot < 0 || slot >= ledger->group_transfer_count)
+	if (slot < 0)
 		return;
 	const kobo_transfer *stored = &ledger->transfers[slot].transfer;
+	if (op->kind == KOBO_OP_CREATE_TRANSFER &&
+	    !transfer_params_equal(stored, &op->u.transfer)) {
+		result->code = KOBO_RESULT_ID_CONFLICT;
+		return;
+	}
+	if (slot >= ledger->group_transfer_count)
+		return;
 	bool replay = false;
 	switch (op->kind) {
 	case KOBO_OP_CREATE_TRANSFER:

@@ -1196,6 +1196,27 @@ static void test_atomic_replayed_rejection_fails_group(void **state)
 	EXPECT_BALANCE("a", 1000, 0, 0);
 }
 
+/* A retry of a failed atomic batch answers what the first attempt did, even
+ * when an op after the failing one conflicts with a recorded id. */
+static void test_atomic_retry_keeps_id_conflict(void **state)
+{
+	(void)state;
+	put_wallets(1000);
+	kobo_op ops[2] = {
+		in_group(op_transfer("ic1", "a", "b", 10), 1),
+		in_group(op_transfer("ic1", "a", "b", 20), 1),
+	};
+	kobo_result first[2], retry[2];
+	apply_batch(ops, 2, first);
+	EXPECT_CODE(first[0], KOBO_RESULT_NOT_APPLIED);
+	EXPECT_CODE(first[1], KOBO_RESULT_ID_CONFLICT);
+	apply_batch(ops, 2, retry);
+	EXPECT_CODE(retry[0], KOBO_RESULT_REPLAYED);
+	EXPECT_STATUS(retry[0].transfer, KOBO_STATUS_REJECTED);
+	EXPECT_CODE(retry[1], KOBO_RESULT_ID_CONFLICT);
+	EXPECT_BALANCE("a", 1000, 0, 0);
+}
+
 static void test_atomic_adjacent_groups(void **state)
 {
 	(void)state;
@@ -1374,6 +1395,7 @@ int main(void)
 		T(test_atomic_failure_with_new_id_twice),
 		T(test_atomic_failure_on_post_undoes_hold),
 		T(test_atomic_replayed_rejection_fails_group),
+		T(test_atomic_retry_keeps_id_conflict),
 		T(test_atomic_adjacent_groups),
 		T(test_ids_are_distinct),
 		T(test_capacity),

@@ -507,6 +507,8 @@ static void model_failed_group(const kobo_op *ops, size_t count,
 				out->code = KOBO_RESULT_REPLAYED;
 				out->has_account = true;
 				out->account = *account;
+			} else if (account->exists) {
+				out->code = KOBO_RESULT_ID_CONFLICT;
 			}
 			continue;
 		}
@@ -522,10 +524,18 @@ static void model_failed_group(const kobo_op *ops, size_t count,
 			transfer_marks[number] = group_transfer_marks_generation;
 			continue;
 		}
-		if (!known ||
-		    transfer_marks[number] == group_transfer_marks_generation)
+		if (!known)
 			continue;
 		const model_transfer *stored = &model_transfers[number];
+		if (create) {
+			model_transfer other = transfer_from_op(op);
+			if (!same_transfer_params(stored, &other)) {
+				out->code = KOBO_RESULT_ID_CONFLICT;
+				continue;
+			}
+		}
+		if (transfer_marks[number] == group_transfer_marks_generation)
+			continue;
 		model_transfer wanted;
 		bool replay = false;
 		switch (op->kind) {
