@@ -162,7 +162,7 @@ const char *kobo_http_error_message(const char *code)
 		{ "id_conflict", "this id was used with other parameters" },
 		{ "atomic_cross_shard", "an atomic batch must stay on one shard" },
 		{ "overloaded", "the server is overloaded; retry later" },
-		{ "storage_unavailable", "storage is unavailable; nothing was applied, retry with the same id" },
+		{ "storage_unavailable", "storage failed; the write may or may not be durable: retry with the same id, it applies at most once" },
 		{ "shutting_down", "the server is shutting down; retry with the same id" },
 		{ "not_found", "no such path" },
 		{ "method_not_allowed", "method not allowed on this path" },

@@ -319,7 +319,7 @@ int kobo__http_submit(kobo_http_exchange *x, uint32_t shard)
 	pthread_rwlock_unlock(&server->submit_lock);
 	if (rc != KOBO_OK) {
 		if (rc == KOBO_EOVERLOADED) {
-			kobo_metrics_overloaded(shard);
+			/* kobo_shard_submit counted it in kobo_overloaded_total. */
 			kobo__http_fail(x, 503, "overloaded", NULL);
 		} else if (rc == KOBO_ESHUTDOWN) {
 			kobo__http_fail(x, 503, "shutting_down", NULL);

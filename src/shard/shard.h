@@ -56,7 +56,7 @@ struct kobo_request {
 	 * submit until done returns. */
 	const kobo_op *ops;
 	kobo_result *results; /* op_count entries */
-	size_t op_count;      /* 1..batch_ops_max */
+	size_t op_count;      /* 1..KOBO_BATCH_OPS_MAX */
 	kobo_request_done_fn done;
 	void *user;
 	/* Filled by the shard before done: KOBO_OK (results valid), or
@@ -72,8 +72,14 @@ typedef struct kobo_shard kobo_shard;
 
 typedef struct kobo_shard_config {
 	uint32_t index;        /* shard number, for logs and metrics */
-	size_t queue_ops_max;  /* KOBO_SHARD_QUEUE_OPS_DEFAULT if 0 */
-	size_t batch_ops_max;  /* KOBO_SHARD_BATCH_OPS_DEFAULT if 0 */
+	/* Queued ops before submit answers KOBO_EOVERLOADED; at least
+	 * KOBO_BATCH_OPS_MAX so that any request fits an empty queue.
+	 * KOBO_SHARD_QUEUE_OPS_DEFAULT if 0. */
+	size_t queue_ops_max;
+	/* Ops the writer gathers from several requests into one batch,
+	 * 1..KOBO_BATCH_OPS_MAX; a single larger request still runs alone.
+	 * KOBO_SHARD_BATCH_OPS_DEFAULT if 0. */
+	size_t batch_ops_max;
 	/* Clock in Unix epoch milliseconds; NULL: the real clock. Tests use it
 	 * to move time for hold expiry. */
 	int64_t (*now_ms)(void);
@@ -84,9 +90,10 @@ typedef struct kobo_shard_config {
 int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
                      kobo_shard **out);
 
-/* Queues request. KOBO_EOVERLOADED when its ops do not fit the queue,
- * KOBO_ESHUTDOWN once stopping, KOBO_EINVAL for 0 or too many ops. On any
- * error done is never called. Thread-safe. */
+/* Queues request. KOBO_EOVERLOADED when its ops do not fit the queue now
+ * (counted in kobo_overloaded_total), KOBO_ESHUTDOWN once stopping,
+ * KOBO_EINVAL for 0 or more than KOBO_BATCH_OPS_MAX ops. On any error done
+ * is never called. Thread-safe. */
 int kobo_shard_submit(kobo_shard *shard, kobo_request *request);
 
 /* Stops accepting, commits and answers everything already queued, then

@@ -12,8 +12,10 @@
  *      Requests of a batch are answered last first (see writer_answer).
  *   2. The queue never holds more than queue_ops_max ops; a request that does
  *      not fit is refused at submit (the edge answers 503 overloaded).
- *   3. A batch holds at most batch_ops_max ops and at least one request; a
- *      request is never split across batches (atomic batches stay atomic).
+ *   3. A batch holds at least one request and, when it holds more than one,
+ *      at most batch_ops_max ops; a request is never split across batches
+ *      (atomic batches stay atomic), so one request of up to
+ *      KOBO_BATCH_OPS_MAX ops runs alone whatever batch_ops_max says.
  *   4. The writer never waits on a timer while requests are queued: it takes
  *      whatever is there. When idle it sleeps until a submit signals it, or
  *      until the next expiry scan is due.
@@ -77,7 +79,7 @@ static int64_t shard_now_ms(const kobo_shard *shard)
 
 int kobo_shard_submit(kobo_shard *shard, kobo_request *request)
 {
-	if (request->op_count == 0 || request->op_count > shard->config.batch_ops_max)
+	if (request->op_count == 0 || request->op_count > KOBO_BATCH_OPS_MAX)
 		return KOBO_EINVAL;
 
 	pthread_mutex_lock(&shard->lock);
@@ -369,11 +371,14 @@ int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
 		shard->config.queue_ops_max = KOBO_SHARD_QUEUE_OPS_DEFAULT;
 	if (shard->config.batch_ops_max == 0)
 		shard->config.batch_ops_max = KOBO_SHARD_BATCH_OPS_DEFAULT;
-	size_t batch_max = shard->config.batch_ops_max;
-	if (batch_max > KOBO_BATCH_OPS_MAX || shard->config.queue_ops_max < batch_max) {
+	if (shard->config.batch_ops_max > KOBO_BATCH_OPS_MAX ||
+	    shard->config.queue_ops_max < KOBO_BATCH_OPS_MAX) {
 		free(shard);
 		return KOBO_EINVAL;
 	}
+	/* Scratch is sized for the largest single request, which may exceed
+	 * batch_ops_max (invariant 3). */
+	size_t batch_max = KOBO_BATCH_OPS_MAX;
 
 	shard->ledger = kobo_ledger_create(batch_max);
 	shard->ops = calloc(batch_max, sizeof(*shard->ops));

@@ -281,16 +281,16 @@ static void many_clients_conserve_money(void **state)
 static void full_queue_is_refused(void **state)
 {
 	fixture *f = *state;
-	start(f, 1024, 1024);
+	start(f, KOBO_BATCH_OPS_MAX, 0);
 	create_accounts(f);
 
 	/* Hold the writer inside a done callback so the queue cannot drain. */
 	writer_block blocker;
 	block_writer(f->shard, &blocker);
 
-	static kobo_op big_ops[1024];
-	static kobo_result big_results[1024];
-	for (int i = 0; i < 1024; i++) {
+	static kobo_op big_ops[KOBO_BATCH_OPS_MAX];
+	static kobo_result big_results[KOBO_BATCH_OPS_MAX];
+	for (int i = 0; i < KOBO_BATCH_OPS_MAX; i++) {
 		char id[32];
 		snprintf(id, sizeof(id), "acct:%d", i);
 		op_account(&big_ops[i], id, false);
@@ -299,9 +299,9 @@ static void full_queue_is_refused(void **state)
 	call_init(&big, 0);
 	big.request.ops = big_ops;
 	big.request.results = big_results;
-	big.request.op_count = 1024;
+	big.request.op_count = KOBO_BATCH_OPS_MAX;
 	assert_int_equal(kobo_shard_submit(f->shard, &big.request), KOBO_OK);
-	assert_int_equal(kobo_shard_queue_depth(f->shard), 1024);
+	assert_int_equal(kobo_shard_queue_depth(f->shard), KOBO_BATCH_OPS_MAX);
 
 	call extra;
 	call_init(&extra, 1);
@@ -313,13 +313,13 @@ static void full_queue_is_refused(void **state)
 	call_init(&too_big, 0);
 	too_big.request.ops = big_ops;
 	too_big.request.results = big_results;
-	too_big.request.op_count = 1025;
+	too_big.request.op_count = KOBO_BATCH_OPS_MAX + 1;
 	assert_int_equal(kobo_shard_submit(f->shard, &too_big.request), KOBO_EINVAL);
 
 	sem_post(&blocker.release);
 	sem_wait(&big.answered);
 	assert_int_equal(big.request.status, KOBO_OK);
-	assert_int_equal(big_results[1023].code, KOBO_RESULT_CREATED);
+	assert_int_equal(big_results[KOBO_BATCH_OPS_MAX - 1].code, KOBO_RESULT_CREATED);
 	assert_int_equal(atomic_load(&extra.done_count), 0);
 }
 
@@ -469,13 +469,25 @@ static void holds_expire_on_the_writer_clock(void **state)
 	kobo_store_reader_close(reader);
 }
 
-/* With a batch smaller than an expiry scan, holds still all expire: the
- * writer scans batch_ops_max at a time and rescans at once while full. */
+/* With a batch smaller than an expiry scan, holds still all expire (the
+ * writer scans batch_ops_max at a time and rescans at once while full), and
+ * a request wider than batch_ops_max still runs. */
 static void holds_expire_with_small_batches(void **state)
 {
 	fixture *f = *state;
-	start(f, 16, 3);
+	start(f, 0, 3);
 	create_accounts(f);
+
+	/* A request larger than batch_ops_max still runs, alone. */
+	call wide;
+	call_init(&wide, 4);
+	for (int i = 0; i < 4; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "wide:%d", i);
+		op_account(&wide.ops[i], id, false);
+	}
+	submit_and_wait(f->shard, &wide);
+	assert_int_equal(wide.results[3].code, KOBO_RESULT_CREATED);
 
 	enum { HOLDS = 7 };
 	for (int i = 0; i < HOLDS; i++) {
