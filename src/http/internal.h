@@ -37,6 +37,7 @@ struct kobo_http_server {
 	bool writes_closed;
 	atomic_bool draining;
 	atomic_size_t in_flight;
+	atomic_size_t body_bytes; /* charged by exchanges, <= KOBO_HTTP_BODIES_BYTES_MAX */
 	/* Per-thread read connections, closed at stop. */
 	pthread_mutex_t readers_lock;
 	http_reader_set *readers;
@@ -64,6 +65,7 @@ struct kobo_http_exchange {
 	kobo_http_buf body;
 	size_t body_max;
 	size_t body_seen;  /* bytes received, kept or not */
+	size_t body_charged; /* bytes counted in server->body_bytes */
 	bool refused;      /* reply decided before the body; body discarded */
 
 	/* A write on its way through a shard. */

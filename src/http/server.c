@@ -111,6 +111,30 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind,
 	return MHD_YES;
 }
 
+/* Counts n more body bytes of x against KOBO_HTTP_BODIES_BYTES_MAX.
+ * Returns false, charging nothing, when the server holds too much already. */
+static bool body_charge(kobo_http_exchange *x, size_t n)
+{
+	atomic_size_t *total = &x->server->body_bytes;
+	size_t before = atomic_fetch_add(total, n);
+	if (before + n > KOBO_HTTP_BODIES_BYTES_MAX) {
+		atomic_fetch_sub(total, n);
+		return false;
+	}
+	x->body_charged += n;
+	return true;
+}
+
+static void refuse_overloaded(kobo_http_exchange *x)
+{
+	kobo_http_error err;
+	kobo_http_error_set(&err, 503, "overloaded",
+	                    "the server holds too many request bodies; retry");
+	refuse(x, &err);
+	x->reply.retry_after_s = 1;
+	kobo_http_buf_free(&x->body);
+}
+
 /* Checks everything knowable from the request line and headers. */
 static void arrive(kobo_http_exchange *x, const char *url)
 {
@@ -159,6 +183,10 @@ static void arrive(kobo_http_exchange *x, const char *url)
 			refuse(x, &err);
 			return;
 		}
+		if (n && !body_charge(x, (size_t)n)) {
+			refuse_overloaded(x);
+			return;
+		}
 		if (n && !kobo_http_buf_reserve(&x->body, (size_t)n)) {
 			kobo_http_error_set(&err, 503, "overloaded", "out of memory");
 			refuse(x, &err);
@@ -198,6 +226,7 @@ static void exchange_free(kobo_http_exchange *x)
 	kobo_http_ops_free(&x->ops);
 	kobo_http_buf_free(&x->body);
 	kobo_http_reply_free(&x->reply);
+	atomic_fetch_sub(&server->body_bytes, x->body_charged);
 	free(x);
 	atomic_fetch_sub(&server->in_flight, 1);
 }
@@ -219,6 +248,12 @@ static bool receive(kobo_http_exchange *x, const char *data, size_t size)
 		kobo_http_buf_free(&x->body);
 		return true;
 	}
+	/* A chunked body (or one longer than announced) is charged as it grows. */
+	if (x->body.len + size > x->body_charged &&
+	    !body_charge(x, x->body.len + size - x->body_charged)) {
+		refuse_overloaded(x);
+		return true;
+	}
 	kobo_http_buf_append(&x->body, data, size);
 	return true;
 }
@@ -236,9 +271,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection,
 		if (!x)
 			return MHD_NO;
 		*con_cls = x;
-		/* Too large: say so now rather than read megabytes to drop them
+		/* Too large for the route (413) or for the server's body budget
+		 * (503): say so now rather than read megabytes to drop them
 		 * (libmicrohttpd then closes the connection). */
-		if (x->refused && x->reply.status == 413)
+		if (x->refused && (x->reply.status == 413 || x->reply.status == 503))
 			return queue_reply(x);
 		return MHD_YES;
 	}
@@ -421,6 +457,7 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 	pthread_mutex_init(&server->readers_lock, NULL);
 	atomic_init(&server->draining, false);
 	atomic_init(&server->in_flight, 0);
+	atomic_init(&server->body_bytes, 0);
 
 	static const char *names[KOBO_METRICS_ROUTES_MAX];
 	for (size_t i = 0; i < kobo_http_route_count; i++)

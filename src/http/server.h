@@ -32,6 +32,11 @@
 #define KOBO_HTTP_CONNECTION_MEMORY_DEFAULT (64u * 1024) /* request line + headers */
 #define KOBO_HTTP_THREADS_DEFAULT 1
 #define KOBO_HTTP_THREADS_MAX 64
+/* Request body bytes all connections may hold at once (announced by
+ * Content-Length or received chunked). Past it a request gets 503
+ * overloaded: 1,024 connections × 8 MiB batch bodies would otherwise pin
+ * 8 GiB, and each body expands into ops and results about 2× its size. */
+#define KOBO_HTTP_BODIES_BYTES_MAX (128u << 20)
 
 typedef struct kobo_http_server kobo_http_server;
 
