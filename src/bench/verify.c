@@ -246,6 +246,17 @@ static void transfer_finish(bench_job *job, bench_worker *worker, bench_conn *co
 
 /* ---- 3. Balances. ---- */
 
+/* Balance items 0..accounts-1 are the bench accounts, item `accounts` is
+ * the cash account. */
+static void balance_item_id(const bench_config *config, uint64_t item,
+                            char id[KOBO_ID_LEN_MAX + 1])
+{
+	if (item == config->accounts)
+		bench_cash_id(config, id);
+	else
+		bench_account_id(config, (uint32_t)item, id);
+}
+
 static int account_next(bench_job *job, bench_worker *worker, bench_conn *conn, int64_t now_us,
                         int64_t *wake_us)
 {
@@ -261,10 +272,7 @@ static int account_next(bench_job *job, bench_worker *worker, bench_conn *conn, 
 	conn->attempt = attempt;
 	char id[KOBO_ID_LEN_MAX + 1];
 	char path[KOBO_ID_LEN_MAX + 32];
-	if (item == config->accounts)
-		bench_cash_id(config, id);
-	else
-		bench_account_id(config, (uint32_t)item, id);
+	balance_item_id(config, item, id);
 	snprintf(path, sizeof(path), "/v1/accounts/%s", id);
 	if (bench_conn_request(conn, "GET", path, NULL, 0) != KOBO_OK)
 		return BENCH_JOB_DONE;
@@ -278,10 +286,7 @@ static void account_finish(bench_job *job, bench_worker *worker, bench_conn *con
 	const bench_config *config = ctx->run->config;
 	uint64_t item = conn->tag;
 	char id[KOBO_ID_LEN_MAX + 1];
-	if (item == config->accounts)
-		bench_cash_id(config, id);
-	else
-		bench_account_id(config, (uint32_t)item, id);
+	balance_item_id(config, item, id);
 	if (transient(status)) {
 		if (conn->attempt + 1 < VERIFY_ATTEMPTS_MAX)
 			bench_retry_push(worker, item, conn->attempt + 1, now_us + 100000ll * (conn->attempt + 1));
