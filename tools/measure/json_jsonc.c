@@ -4,23 +4,8 @@
  * (docs/benchmarks.md). One file per library: jansson and json-c headers collide.
  */
 #include <json-c/json.h>
-#include <stdio.h>
-#include <string.h>
-#include <time.h>
 
-static const char body[] =
-	"{\"id\":\"tx:000123456\",\"from\":\"wallet:42\",\"to\":\"wallet:77\","
-	"\"amount\":2500,\"currency\":\"NGN\",\"pending\":false}";
-enum { ROUNDS = 500000 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static long long sink;
+#include "json_harness.h"
 
 static void bench_jsonc(void)
 {
