@@ -8,7 +8,7 @@
 #   make bench      standard benchmark set; appends results to docs/benchmarks.md
 #
 # Sources are found by folder, so a new .c file needs no Makefile change:
-#   src/{ledger,store,shard,http,obs}/*.c   the core library (libkobo)
+#   src/{ledger,store,shard,saga,http,obs}/*.c  the core library (libkobo)
 #   src/kobod/*.c, src/cli/*.c, src/bench/*.c  the three programs
 #   tests/unit/test_*.c                      one cmocka binary per file
 #   tests/fuzz/fuzz_*.c                      one libFuzzer binary per file
@@ -25,7 +25,8 @@ RELEASE_FLAGS := -O2 -g
 SAN_FLAGS     := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
                  -fno-omit-frame-pointer
 
-CORE_SRC  := $(wildcard src/ledger/*.c src/store/*.c src/shard/*.c src/http/*.c src/obs/*.c)
+CORE_SRC  := $(wildcard src/ledger/*.c src/store/*.c src/shard/*.c src/saga/*.c \
+                       src/http/*.c src/obs/*.c)
 KOBOD_SRC := $(wildcard src/kobod/*.c)
 CLI_SRC   := $(wildcard src/cli/*.c)
 BENCH_SRC := $(wildcard src/bench/*.c)
@@ -73,7 +74,8 @@ test_layers = $(strip \
   $(if $(filter test_obs%,$(1)),ledger obs, \
   $(if $(filter test_store%,$(1)),ledger obs store, \
   $(if $(filter test_shard%,$(1)),ledger obs store shard, \
-  ledger obs store shard http)))))
+  $(if $(filter test_saga%,$(1)),ledger obs store shard saga, \
+  ledger obs store shard saga http))))))
 layer_src = $(foreach l,$(1),$(wildcard src/$(l)/*.c))
 
 UNIT_BINS := $(patsubst tests/unit/%.c,$(SAN)/tests/%,$(UNIT_SRC))

@@ -91,6 +91,9 @@ typedef enum kobo_result_code {
 	KOBO_RESULT_TRANSFER_NOT_FOUND,     /* 404 */
 	KOBO_RESULT_NOT_PENDING,            /* 422 */
 	KOBO_RESULT_AMOUNT_EXCEEDS_PENDING, /* 422: post amount > held amount */
+	/* A cross-shard credit leg refused because its saga passed its
+	 * deadline first (KOBO_OP_SAGA_ABORT); the payer was refunded. */
+	KOBO_RESULT_SAGA_TIMEOUT,
 	KOBO_RESULT_CODE_COUNT
 } kobo_result_code;
 
@@ -100,6 +103,36 @@ const char *kobo_result_code_name(kobo_result_code code);
 kobo_result_code kobo_result_code_parse(const char *name);
 const char *kobo_transfer_status_name(kobo_transfer_status status);
 const char *kobo_void_reason_name(kobo_void_reason reason); /* NULL for NONE */
+
+/* Where a transfer's money moves on the shard that stores this record.
+ *
+ * A transfer whose accounts live on two shards A (payer) and B (payee) is
+ * stored on both, with the same logical from/to/amount, as two legs joined
+ * by clearing accounts (see src/saga/saga.h for the protocol):
+ *
+ *   leg      shard  money moves on this shard        record's role
+ *   LOCAL    any    from ──▶ to                      an ordinary transfer
+ *   DEBIT    A      from ──▶ clearing (A's for B)    the truth; drives the saga
+ *   CREDIT   B      clearing (B's for A) ──▶ to      follows A, step by step
+ */
+typedef enum kobo_leg {
+	KOBO_LEG_LOCAL = 0,
+	KOBO_LEG_DEBIT,
+	KOBO_LEG_CREDIT,
+} kobo_leg;
+
+/* Saga progress of a DEBIT leg (always NONE on LOCAL and CREDIT legs).
+ * While it is not NONE the record's status is PROCESSING and the debit leg
+ * holds `amount` (from.pending_out, clearing.pending_in). */
+typedef enum kobo_saga_state {
+	KOBO_SAGA_NONE = 0, /* no step outstanding */
+	KOBO_SAGA_RESERVED, /* created: waiting for the credit leg */
+	KOBO_SAGA_POSTING,  /* post asked (saga_amount): waiting for B to post */
+	KOBO_SAGA_VOIDING,  /* void asked (saga_reason): waiting for B to void */
+} kobo_saga_state;
+
+const char *kobo_leg_name(kobo_leg leg);               /* "local", … */
+const char *kobo_saga_state_name(kobo_saga_state state); /* "none", … */
 
 typedef struct kobo_account {
 	char id[KOBO_ID_LEN_MAX + 1];
@@ -128,12 +161,41 @@ typedef struct kobo_transfer {
 	int64_t expires_at_ms; /* 0: never; else created_at + timeout */
 	kobo_transfer_status status;
 	kobo_void_reason void_reason;
-	kobo_result_code error_code; /* meaningful only when REJECTED */
+	/* REJECTED: why. VOIDED with COMPENSATED: why the credit leg was
+	 * refused. PENDING after a refused cross-shard post: why it was
+	 * refused. KOBO_RESULT_CREATED otherwise. */
+	kobo_result_code error_code;
 	const char *metadata;        /* as in kobo_account */
 	uint32_t metadata_len;
 	int64_t created_at_ms;
 	int64_t updated_at_ms;
+	/* Cross-shard transfers (LOCAL: leg 0, clearing "", saga NONE). */
+	kobo_leg leg;
+	char clearing[KOBO_ID_LEN_MAX + 1]; /* this shard's clearing account */
+	kobo_saga_state saga;
+	int64_t saga_amount;          /* POSTING: the amount to post */
+	kobo_void_reason saga_reason; /* VOIDING: the reason to record */
 } kobo_transfer;
+
+/* The accounts of this shard a transfer debits and credits:
+ * LOCAL from/to, DEBIT from/clearing, CREDIT clearing/to. */
+static inline const char *kobo_transfer_debit_account(const kobo_transfer *t)
+{
+	return t->leg == KOBO_LEG_CREDIT ? t->clearing : t->from;
+}
+
+static inline const char *kobo_transfer_credit_account(const kobo_transfer *t)
+{
+	return t->leg == KOBO_LEG_DEBIT ? t->clearing : t->to;
+}
+
+/* true when the record holds money as a hold on this shard: PENDING, or
+ * PROCESSING (a DEBIT leg whose saga is under way). */
+static inline bool kobo_transfer_holds(const kobo_transfer *t)
+{
+	return t->status == KOBO_STATUS_PENDING ||
+	       t->status == KOBO_STATUS_PROCESSING;
+}
 
 /* Available balance: posted - pending_out. Callers must have checked that it
  * does not overflow (the ledger never stores an account where it would). */
@@ -150,6 +212,10 @@ typedef enum kobo_op_kind {
 	KOBO_OP_POST,   /* post a hold, in full or in part */
 	KOBO_OP_VOID,   /* release a hold */
 	KOBO_OP_EXPIRE, /* internal: void a hold whose expiry has passed */
+	/* Saga steps (src/saga), sent by the saga runner, never by clients. */
+	KOBO_OP_SAGA_CREDIT, /* step 2 on B: create the CREDIT leg */
+	KOBO_OP_SAGA_ABORT,  /* step 2' on B: refuse the CREDIT leg for good */
+	KOBO_OP_SAGA_SETTLE, /* step 3 on A: finish the DEBIT leg */
 } kobo_op_kind;
 
 typedef struct kobo_op {
@@ -162,7 +228,11 @@ typedef struct kobo_op {
 		/* CREATE_ACCOUNT: id, currency, allow_negative, metadata. */
 		kobo_account account;
 		/* CREATE_TRANSFER: id, from, to, amount, currency, pending,
-		 * timeout_seconds, metadata. Other fields are ignored. */
+		 * timeout_seconds, metadata, and leg + clearing: LOCAL, or
+		 * DEBIT when `to` lives on another shard (clearing = this
+		 * shard's clearing account for it; it is created on first
+		 * use). SAGA_CREDIT / SAGA_ABORT: the same fields with leg
+		 * CREDIT. Other fields are ignored. */
 		kobo_transfer transfer;
 		/* POST, VOID, EXPIRE. has_amount/amount only for POST. */
 		struct {
@@ -170,6 +240,12 @@ typedef struct kobo_op {
 			bool has_amount;
 			int64_t amount;
 		} target;
+		/* SAGA_SETTLE: what B answered to the outstanding step. */
+		struct {
+			char id[KOBO_ID_LEN_MAX + 1];
+			bool refused;               /* B refused for good */
+			kobo_result_code refusal;   /* why, when refused */
+		} settle;
 	} u;
 } kobo_op;
 
@@ -229,7 +305,58 @@ int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer)
  *
  * Inside an atomic group, a replay of a transfer recorded as rejected fails
  * the group: a batch must not move part of its money because one of its ids
- * was refused earlier. */
+ * was refused earlier. Ops with a leg other than LOCAL and SAGA_* ops must
+ * not be in an atomic group (KOBO_EINVAL).
+ *
+ * Cross-shard rules (A = payer's shard, B = payee's shard; the saga runner
+ * in src/saga sends the SAGA_* ops; see docs/architecture.md):
+ *
+ *   CREATE_TRANSFER, leg DEBIT, on A (step 1). Replay/id_conflict as for any
+ *     create (leg and clearing are parameters too). Checks only what A can
+ *     see: from exists and has the currency (else ACCOUNT_NOT_FOUND /
+ *     CURRENCY_MISMATCH, recorded REJECTED as usual), funds, overflow of
+ *     from and clearing totals. The clearing account is created if absent
+ *     (allow_negative, the transfer's currency, metadata "{}"). Then a hold
+ *     from -> clearing of `amount` (pending or not), status PROCESSING,
+ *     saga RESERVED; expires_at set as for a pending hold when pending and
+ *     timeout_seconds > 0. Result CREATED.
+ *   SAGA_CREDIT, leg CREDIT, on B (step 2). Id exists: a CREDIT leg with the
+ *     same parameters -> REPLAYED (its snapshot says what happened: PENDING /
+ *     POSTED / VOIDED = applied, REJECTED = refused, with error_code);
+ *     anything else -> ID_CONFLICT (nothing recorded). Else checks to
+ *     exists and has the currency, overflow of to and clearing totals; a
+ *     refusal is recorded as a REJECTED CREDIT leg with its code (so a
+ *     repeat answers the same). Else clearing (created if absent) -> to:
+ *     a PENDING hold when pending (expires_at 0: A decides expiry), else
+ *     POSTED. Result CREATED.
+ *   SAGA_ABORT, leg CREDIT, on B (step 2', the deadline passed). Id exists
+ *     -> REPLAYED with its snapshot (whatever step 2 did stands); a
+ *     different record -> ID_CONFLICT. Else records a REJECTED CREDIT leg
+ *     with error SAGA_TIMEOUT so a late SAGA_CREDIT replays the refusal.
+ *     Result CREATED.
+ *   SAGA_SETTLE on A (step 3). Unknown id -> TRANSFER_NOT_FOUND; saga NONE
+ *     -> REPLAYED (already settled). Otherwise, by saga state:
+ *       RESERVED, credited: pending -> status PENDING (hold stays);
+ *                 else the hold is posted in full -> POSTED.
+ *       RESERVED, refused:  hold released -> VOIDED, void_reason
+ *                 COMPENSATED, error_code = refusal.
+ *       POSTING, credited:  hold posted with saga_amount -> POSTED.
+ *       POSTING, refused:   back to PENDING, error_code = refusal.
+ *       VOIDING, credited:  hold released -> VOIDED with saga_reason.
+ *       VOIDING, refused:   never sent (B can always void its hold); the
+ *                 ledger answers NOT_PENDING and changes nothing.
+ *     saga becomes NONE, saga_amount 0, saga_reason NONE. Result UPDATED.
+ *   POST / VOID / EXPIRE of a DEBIT leg on A start a saga instead of moving
+ *     money: PENDING + POST (amount checked as for a local hold, and A's
+ *     overflow) -> PROCESSING, saga POSTING, saga_amount; PENDING + VOID
+ *     -> PROCESSING, saga VOIDING, saga_reason VOIDED (EXPIRED when the
+ *     hold has expired); PENDING + expired + EXPIRE, or + POST late ->
+ *     VOIDING with EXPIRED (the POST answers NOT_PENDING). Result UPDATED,
+ *     snapshot PROCESSING. A POST while POSTING, or a VOID while VOIDING,
+ *     -> REPLAYED (the same step is under way); any other post/void of a
+ *     PROCESSING record -> NOT_PENDING; EXPIRE of one -> NOT_PENDING.
+ *   POST / VOID of a CREDIT leg on B: as for a local hold, on
+ *     clearing -> to (sent by the runner only). CREDIT legs never expire. */
 int kobo_ledger_apply(kobo_ledger *ledger, const kobo_op *ops, size_t ops_count,
                       int64_t now_ms, kobo_result *results);
 

@@ -40,6 +40,48 @@ uint32_t kobo_partition_of(const char *account_id);
  * partition % shard_count). */
 uint32_t kobo_shard_of_partition(uint32_t partition, uint32_t shard_count);
 
+/* The shard map: which shard owns each partition. It is stored with the data
+ * (DIR/shard-map.json, see map_file.c) so that data is never read through a
+ * different map; today it is always the default map for its shard count. */
+typedef struct kobo_shard_map {
+	uint32_t shard_count; /* 1..KOBO_SHARDS_MAX */
+	uint16_t shard_of[KOBO_PARTITIONS];
+} kobo_shard_map;
+
+/* Fills map with the default assignment for shard_count shards. */
+void kobo_shard_map_default(kobo_shard_map *map, uint32_t shard_count);
+
+/* Shard of an account: a clearing account lives on the shard its id names,
+ * any other account on its partition's shard. */
+uint32_t kobo_shard_map_account(const kobo_shard_map *map, const char *account_id);
+
+/* Loads DIR/shard-map.json, or creates it for shard_count shards when the
+ * directory holds no shard yet (a directory with shard-0.db but no map is
+ * data from before maps existed: it gets a one-shard map). Refuses, with a
+ * sentence in error[0..error_len), a map whose shard count differs from
+ * shard_count, a malformed map, or shard files the map does not explain.
+ * Written atomically (temp file, fsync, rename, fsync of the directory).
+ * Returns KOBO_OK, KOBO_EINVAL (refused) or KOBO_ESTORE (I/O). */
+int kobo_shard_map_open(const char *dir, uint32_t shard_count,
+                        kobo_shard_map *map, char *error, size_t error_len);
+/* Reads an existing map without creating one (kobo audit). KOBO_ENOTFOUND
+ * when DIR has no map. */
+int kobo_shard_map_read(const char *dir, kobo_shard_map *map, char *error,
+                        size_t error_len);
+
+/* ---- Clearing accounts. ---- */
+
+/* Account ids starting with this prefix are Kobo's own; clients can neither
+ * create them nor name them in a transfer. */
+#define KOBO_SYSTEM_ID_PREFIX "kobo:"
+
+/* Shard a's clearing account for shard b in currency:
+ * "kobo:clearing:<a>:<b>:<currency>" into out (KOBO_ID_LEN_MAX + 1 bytes). */
+void kobo_clearing_id(char *out, uint32_t a, uint32_t b, const char *currency);
+/* Parses a clearing id; false when id is not one. */
+bool kobo_clearing_parse(const char *id, uint32_t *a, uint32_t *b,
+                         char *currency /* KOBO_CURRENCY_LEN_MAX + 1 */);
+
 /* ---- Requests. ---- */
 
 typedef struct kobo_request kobo_request;
@@ -66,6 +108,18 @@ struct kobo_request {
 	kobo_request *next;
 };
 
+/* ---- One batch (batch.c): shared by the writer and the simulation. ---- */
+
+/* Runs ops[0..count) as one store transaction: begin, load the transfers
+ * and accounts they name, kobo_ledger_apply at now_ms into results, write,
+ * commit. Returns KOBO_OK once durable (results and
+ * kobo_ledger_changed_transfers(ledger) valid until the next reset), else the
+ * failing store or ledger status after a rollback: nothing was applied.
+ * ids must hold 2 * count + 1 entries. *commit_us gets the commit time. */
+int kobo_batch_run(kobo_store *store, kobo_ledger *ledger, const kobo_op *ops,
+                   size_t count, int64_t now_ms, kobo_result *results,
+                   const char **ids, int64_t *commit_us);
+
 /* ---- Shards. ---- */
 
 typedef struct kobo_shard kobo_shard;
@@ -83,6 +137,12 @@ typedef struct kobo_shard_config {
 	/* Clock in Unix epoch milliseconds; NULL: the real clock. Tests use it
 	 * to move time for hold expiry. */
 	int64_t (*now_ms)(void);
+	/* Called on the writer thread after each commit and before the batch
+	 * is answered, once per changed DEBIT-leg transfer whose saga is
+	 * under way (saga != KOBO_SAGA_NONE): the saga runner's doorbell.
+	 * Must not block. NULL: nobody listens (one shard, unit tests). */
+	void (*saga_started)(void *ctx, uint32_t shard, const kobo_transfer *transfer);
+	void *saga_ctx;
 } kobo_shard_config;
 
 /* Starts the writer thread over store (borrowed; must outlive the shard).

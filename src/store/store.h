@@ -45,10 +45,14 @@ typedef int (*kobo_store_transfer_fn)(void *ctx, const kobo_transfer *transfer,
 /* Called once per discrepancy found by audit, with a readable sentence. */
 typedef void (*kobo_store_report_fn)(void *ctx, const char *line);
 
+/* Called once per account by kobo_store_read_accounts_prefix. */
+typedef int (*kobo_store_account_fn)(void *ctx, const kobo_account *account);
+
 typedef struct kobo_audit_totals {
 	size_t accounts;
 	size_t transfers;
 	size_t problems; /* discrepancies reported; 0 means the shard is sound */
+	size_t sagas_in_flight; /* DEBIT legs with saga != KOBO_SAGA_NONE */
 } kobo_audit_totals;
 
 typedef struct kobo_store_ops {
@@ -74,7 +78,8 @@ typedef struct kobo_store_ops {
 	/* Abandons the batch. Safe to call after any failed step. */
 	void (*rollback)(kobo_store *store);
 	/* Lists up to max ids of holds with status pending and
-	 * 0 < expires_at_ms <= now_ms, oldest expiry first. Called by the writer
+	 * 0 < expires_at_ms <= now_ms, oldest expiry first (PROCESSING records,
+	 * whose saga is under way, are not listed). Called by the writer
 	 * outside a batch. */
 	int (*expired_holds)(kobo_store *store, int64_t now_ms,
 	                     char (*ids)[KOBO_ID_LEN_MAX + 1], size_t max,
@@ -93,16 +98,29 @@ typedef struct kobo_store_ops {
 	                     kobo_transfer *out);
 	/* Transfers that debit or credit account_id with seq > after_seq
 	 * (0: from the start), oldest first, at most limit, rejected ones
-	 * excluded. */
+	 * excluded. A cross-shard leg counts for its from, its to and its
+	 * clearing account alike. */
 	int (*read_history)(kobo_store_reader *reader, const char *account_id,
 	                    int64_t after_seq, size_t limit,
 	                    kobo_store_transfer_fn each, void *ctx);
+	/* DEBIT legs whose saga is under way (saga != NONE) with id > after_id
+	 * ("" from the start), in id order, at most limit: the saga runner's
+	 * recovery scan. seq is passed as in read_history. */
+	int (*read_sagas)(kobo_store_reader *reader, const char *after_id,
+	                  size_t limit, kobo_store_transfer_fn each, void *ctx);
+	/* Every account whose id starts with prefix, in id order (the audit
+	 * lists clearing accounts with it). */
+	int (*read_accounts_prefix)(kobo_store_reader *reader, const char *prefix,
+	                            kobo_store_account_fn each, void *ctx);
 
 	/* Checks the whole shard on a consistent snapshot: per currency posted
 	 * balances sum to 0 and pending_out sums equal pending_in sums; every
 	 * account's posted, pending_out and pending_in equal what its transfers
-	 * say; no non-negative account has available < 0. Reports each
-	 * discrepancy through report. May run while the server writes. */
+	 * say (a transfer moves money between kobo_transfer_debit_account and
+	 * kobo_transfer_credit_account; PENDING and PROCESSING records hold);
+	 * no non-negative account has available < 0. Reports each
+	 * discrepancy through report and counts sagas in flight. May run while
+	 * the server writes. */
 	int (*audit)(kobo_store *store, kobo_store_report_fn report, void *ctx,
 	             kobo_audit_totals *totals);
 
@@ -118,6 +136,18 @@ struct kobo_store {
 struct kobo_store_reader {
 	kobo_store *store;
 };
+
+/* An in-memory store (store_mem.c) for tests and the saga simulation: the
+ * same contract, no file. "Durable" means committed to its map. */
+int kobo_store_mem_open(kobo_store **out);
+/* Fault injection. The next commit fails: when applied is false nothing of
+ * the batch lands (a failed fsync); when true the batch lands and commit
+ * still reports KOBO_ESTORE (a crash after the fsync, before the answer).
+ * Either way the store enters its sticky error state. */
+void kobo_store_mem_fail_next_commit(kobo_store *store, bool applied);
+/* A process restart: abandons an open batch and clears the sticky error;
+ * committed data stays. Readers must be closed first. */
+void kobo_store_mem_restart(kobo_store *store);
 
 /* Opens (creating and migrating as needed) the SQLite shard file at path:
  * WAL mode, synchronous=FULL, schema versioned by PRAGMA user_version.
@@ -180,6 +210,20 @@ static inline int kobo_store_read_history(kobo_store_reader *r,
                                           kobo_store_transfer_fn each, void *ctx)
 {
 	return r->store->ops->read_history(r, account_id, after_seq, limit, each, ctx);
+}
+
+static inline int kobo_store_read_sagas(kobo_store_reader *r, const char *after_id,
+                                        size_t limit, kobo_store_transfer_fn each,
+                                        void *ctx)
+{
+	return r->store->ops->read_sagas(r, after_id, limit, each, ctx);
+}
+static inline int kobo_store_read_accounts_prefix(kobo_store_reader *r,
+                                                  const char *prefix,
+                                                  kobo_store_account_fn each,
+                                                  void *ctx)
+{
+	return r->store->ops->read_accounts_prefix(r, prefix, each, ctx);
 }
 
 #endif /* KOBO_STORE_H */
