@@ -77,6 +77,25 @@ void kobo_metrics_overloaded(uint32_t shard);
 /* A hold voided by expiry. */
 void kobo_metrics_expired(uint32_t shard, size_t count);
 
+/* Sagas (src/saga). A step's round trip, by kind. */
+typedef enum kobo_saga_step_kind {
+	KOBO_SAGA_STEP_CREDIT = 0, /* B: SAGA_CREDIT */
+	KOBO_SAGA_STEP_ABORT,      /* B: SAGA_ABORT */
+	KOBO_SAGA_STEP_POST,       /* B: POST of the credit leg */
+	KOBO_SAGA_STEP_VOID,       /* B: VOID of the credit leg */
+	KOBO_SAGA_STEP_SETTLE,     /* A: SAGA_SETTLE */
+	KOBO_SAGA_STEP_KINDS
+} kobo_saga_step_kind;
+const char *kobo_saga_step_name(kobo_saga_step_kind kind); /* "credit", … */
+void kobo_metrics_saga_step(kobo_saga_step_kind kind, bool ok, int64_t latency_us);
+/* A saga finished: its record's final status (pending, posted, voided) and
+ * whether the payer was refunded because B refused (compensated). */
+void kobo_metrics_saga_finished(kobo_transfer_status status, bool compensated);
+/* Sagas the runner is driving now, by state, and how many of them are
+ * reported stuck; sampled by the runner. */
+void kobo_metrics_sagas_active(size_t reserved, size_t posting, size_t voiding,
+                               size_t stuck);
+
 /* Renders every metric in Prometheus text exposition format 0.0.4 into
  * buf. Returns the length written, or the length needed if buf is too small
  * (then buf holds a truncated prefix). */

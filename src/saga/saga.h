@@ -54,8 +54,9 @@ bool kobo_saga_settle_op(const kobo_transfer *a_record, const kobo_op *b_op,
 
 /* ---- The runner (runner.c): drives every unfinished saga. ---- */
 
-#define KOBO_SAGA_ACTIVE_MAX 65536       /* sagas driven at once */
-#define KOBO_SAGA_WAITERS_MAX 65536      /* requests waiting for a saga */
+#define KOBO_SAGA_ACTIVE_MAX 16384       /* sagas driven at once (then the scan) */
+#define KOBO_SAGA_WAITERS_MAX 16384      /* requests waiting for a saga */
+#define KOBO_SAGA_NOTIFY_MAX 65536       /* doorbells queued (then the scan) */
 #define KOBO_SAGA_DEADLINE_MS_DEFAULT 30000   /* then RESERVED aborts */
 #define KOBO_SAGA_STUCK_MS_DEFAULT 60000      /* then it is reported */
 #define KOBO_SAGA_SCAN_INTERVAL_MS 1000       /* recovery scan cadence */
@@ -83,9 +84,9 @@ void kobo_saga_runner_notify(void *runner, uint32_t shard,
 
 /* Called once, on the runner's thread, when the saga of the transfer id on
  * shard has no step outstanding (transfer: A's record, valid during the
- * call) or when the deadline passed first (timed_out, transfer: the last
- * state read, status PROCESSING) or the runner stops (same). Must not
- * block. */
+ * call), or with timed_out when the deadline passed first or the runner
+ * stops (transfer: the last state read, or NULL when none could be read).
+ * Must not block. */
 typedef void (*kobo_saga_wait_fn)(void *ctx, const kobo_transfer *transfer,
                                   bool timed_out);
 

@@ -32,7 +32,7 @@
  *
  *   transition                      function
  *   IDLE → FORMING                  writer_take_batch()   (waits on the condvar)
- *   FORMING → APPLYING              writer_run_batch()    (ledger + store)
+ *   FORMING → APPLYING              writer_run_batch()    (kobo_batch_run, batch.c)
  *   APPLYING → ANSWERING            writer_answer()       (done callbacks)
  *   IDLE → APPLYING (expiry)        writer_expire_holds() (internal batch)
  *   any → EXITED                    writer_main() returns once stopping and empty
@@ -166,48 +166,25 @@ static size_t writer_take_batch(kobo_shard *shard, bool *exit_now)
 	return taken;
 }
 
-/* Applies ops[0..count) in one store transaction. Results land in
- * shard->results. Returns KOBO_OK once committed durably. */
+/* Applies ops[0..count) in one store transaction (results land in
+ * shard->results) and, once it is durable, rings the saga runner for every
+ * saga the batch started or moved on. */
 static int writer_apply(kobo_shard *shard, size_t count, int64_t *commit_us)
 {
-	kobo_ledger *ledger = shard->ledger;
-	size_t id_count = 0;
-	int rc;
-
-	kobo_ledger_reset(ledger);
-	rc = kobo_store_begin(shard->store);
-	if (rc != KOBO_OK)
+	int rc = kobo_batch_run(shard->store, shard->ledger, shard->ops, count,
+	                        shard_now_ms(shard), shard->results, shard->ids,
+	                        commit_us);
+	if (rc != KOBO_OK || !shard->config.saga_started)
 		return rc;
-
-	kobo_ledger_transfer_ids(shard->ops, count, shard->ids, &id_count);
-	rc = kobo_store_load_transfers(shard->store, shard->ids, id_count, ledger);
-	if (rc != KOBO_OK)
-		goto fail;
-	kobo_ledger_account_ids(ledger, shard->ops, count, shard->ids, &id_count);
-	rc = kobo_store_load_accounts(shard->store, shard->ids, id_count, ledger);
-	if (rc != KOBO_OK)
-		goto fail;
-
-	/* Pure: the only place business rules run. Aborts on a broken
-	 * invariant; KOBO_EFULL would be a sizing bug in this file. */
-	rc = kobo_ledger_apply(ledger, shard->ops, count, shard_now_ms(shard),
-	                       shard->results);
-	if (rc != KOBO_OK)
-		goto fail;
-
-	rc = kobo_store_write(shard->store, ledger);
-	if (rc != KOBO_OK)
-		goto fail;
-	int64_t started_us = kobo_monotonic_us();
-	rc = kobo_store_commit(shard->store);
-	*commit_us = kobo_monotonic_us() - started_us;
-	if (rc != KOBO_OK)
-		goto fail;
+	const kobo_transfer_change *changes;
+	size_t changed = kobo_ledger_changed_transfers(shard->ledger, &changes);
+	for (size_t i = 0; i < changed; i++) {
+		const kobo_transfer *transfer = changes[i].transfer;
+		if (transfer->saga != KOBO_SAGA_NONE)
+			shard->config.saga_started(shard->config.saga_ctx,
+			                           shard->config.index, transfer);
+	}
 	return KOBO_OK;
-
-fail:
-	kobo_store_rollback(shard->store);
-	return rc;
 }
 
 /* Copies every op of the batch's requests into the contiguous ops array the

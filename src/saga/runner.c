@@ -1,0 +1,728 @@
+/*
+ * runner.c — the saga runner: one thread that drives every unfinished
+ * cross-shard saga to its end (saga.h has the protocol).
+ *
+ * The runner keeps no state that matters: A's record says which step is
+ * outstanding, so after a crash the recovery scan (every
+ * KOBO_SAGA_SCAN_INTERVAL_MS, and at start) finds every unfinished saga in
+ * the stores and drives it again. The in-memory table only avoids driving
+ * one saga twice at once and remembers retries and waiters.
+ *
+ * One saga's life in the runner:
+ *
+ *   doorbell / scan / waiter ──▶ READY ──read A's record──▶ saga NONE? ──▶ done
+ *                                  ▲                          │ no          (waiters
+ *                                  │                          ▼              answered)
+ *                                  │            submit the remote op to B
+ *                                  │                          │ B committed
+ *                                  │                          ▼
+ *                                  │            submit SAGA_SETTLE to A
+ *                                  └──────── A committed ─────┘
+ *   any refusal or failure ──▶ RETRY after a backoff (10 ms doubling to 5 s)
+ *
+ * Invariants
+ *   1. At most one request per saga is in a shard queue at any time.
+ *   2. A step is submitted only after the previous one committed; every
+ *      step is idempotent, so repeating one after a crash or a retry is
+ *      harmless.
+ *   3. Every waiter is answered exactly once: when its saga has no step
+ *      outstanding, at its deadline, or when the runner stops.
+ *   4. Nothing is dropped: when a bounded structure is full the saga stays
+ *      recorded in its store and the next scan picks it up.
+ *
+ * Threads: shard writers call kobo_saga_runner_notify and the step done
+ * callback; edge threads call kobo_saga_runner_wait. Each only appends to a
+ * queue under `lock`. Everything else runs on the runner thread.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../obs/obs.h"
+#include "saga.h"
+
+#define SWEEP_INTERVAL_MS 10
+#define TABLE_BUCKETS 65536 /* power of two, >= KOBO_SAGA_ACTIVE_MAX */
+#define SCAN_PAGE 1024
+
+typedef enum step_kind {
+	STEP_NONE = 0,
+	STEP_REMOTE, /* B's op submitted */
+	STEP_SETTLE, /* A's SAGA_SETTLE submitted */
+} step_kind;
+
+typedef struct waiter {
+	struct waiter *next;
+	uint32_t shard;
+	char id[KOBO_ID_LEN_MAX + 1];
+	int64_t deadline_ms;
+	kobo_saga_wait_fn fn;
+	void *ctx;
+} waiter;
+
+typedef struct saga_entry {
+	kobo_saga_runner *runner;
+	uint32_t shard; /* A: the payer's shard, where the record is the truth */
+	uint32_t remote;
+	char id[KOBO_ID_LEN_MAX + 1];
+	struct saga_entry *bucket_next;
+	struct saga_entry *all_prev, *all_next;
+	struct saga_entry *ready_next;
+	struct saga_entry *done_next;
+	bool ready; /* in the ready list */
+
+	/* A's record as last read; metadata copied into metadata_buf. */
+	bool have_record;
+	kobo_transfer record;
+	char *metadata_buf;
+	uint32_t metadata_cap;
+
+	step_kind in_flight;
+	kobo_saga_step_kind step_metric;
+	int64_t step_started_us;
+	kobo_op op;
+	kobo_result result;
+	kobo_request request;
+
+	bool retry_due;
+	int64_t retry_at_ms;
+	int64_t backoff_ms;
+	bool stuck;
+
+	waiter *waiters;
+} saga_entry;
+
+typedef struct notice {
+	uint32_t shard;
+	char id[KOBO_ID_LEN_MAX + 1];
+} notice;
+
+struct kobo_saga_runner {
+	kobo_saga_config config;
+	pthread_t thread;
+
+	/* Inbox, guarded by lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	notice *notices;
+	size_t notice_count;
+	bool scan_requested;
+	saga_entry *done_head;
+	waiter *wait_head;
+	size_t waiter_count; /* registered and not yet answered */
+	bool stopping;
+
+	/* Runner thread only. */
+	notice *taken;
+	saga_entry *buckets[TABLE_BUCKETS];
+	saga_entry *all;
+	saga_entry *ready_head, *ready_tail;
+	size_t active;
+	size_t in_flight;
+	size_t stuck;
+	kobo_store_reader *readers[KOBO_SHARDS_MAX];
+	int64_t next_sweep_ms;
+	int64_t next_scan_ms;
+};
+
+static int64_t mono_ms(void)
+{
+	return kobo_monotonic_us() / 1000;
+}
+
+static uint32_t bucket_of(uint32_t shard, const char *id)
+{
+	uint64_t hash = 0xcbf29ce484222325ull ^ shard;
+	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+		hash ^= *p;
+		hash *= 0x100000001b3ull;
+	}
+	return (uint32_t)(hash & (TABLE_BUCKETS - 1));
+}
+
+/* ---- The table of sagas being driven. ---- */
+
+static saga_entry *entry_find(kobo_saga_runner *r, uint32_t shard, const char *id)
+{
+	for (saga_entry *e = r->buckets[bucket_of(shard, id)]; e; e = e->bucket_next)
+		if (e->shard == shard && strcmp(e->id, id) == 0)
+			return e;
+	return NULL;
+}
+
+/* The entry of (shard, id), created when absent; NULL when the table is
+ * full (the scan will find the saga later) or out of memory. */
+static saga_entry *entry_get(kobo_saga_runner *r, uint32_t shard, const char *id)
+{
+	saga_entry *e = entry_find(r, shard, id);
+	if (e)
+		return e;
+	if (r->active >= KOBO_SAGA_ACTIVE_MAX || shard >= r->config.shard_count) {
+		r->scan_requested = true;
+		return NULL;
+	}
+	e = calloc(1, sizeof(*e));
+	if (!e) {
+		r->scan_requested = true;
+		return NULL;
+	}
+	e->runner = r;
+	e->shard = shard;
+	snprintf(e->id, sizeof(e->id), "%s", id);
+	uint32_t b = bucket_of(shard, id);
+	e->bucket_next = r->buckets[b];
+	r->buckets[b] = e;
+	e->all_next = r->all;
+	if (r->all)
+		r->all->all_prev = e;
+	r->all = e;
+	r->active++;
+	return e;
+}
+
+static void entry_remove(kobo_saga_runner *r, saga_entry *e)
+{
+	saga_entry **link = &r->buckets[bucket_of(e->shard, e->id)];
+	while (*link != e)
+		link = &(*link)->bucket_next;
+	*link = e->bucket_next;
+	if (e->all_prev)
+		e->all_prev->all_next = e->all_next;
+	else
+		r->all = e->all_next;
+	if (e->all_next)
+		e->all_next->all_prev = e->all_prev;
+	if (e->stuck)
+		r->stuck--;
+	r->active--;
+	free(e->metadata_buf);
+	free(e);
+}
+
+static void make_ready(kobo_saga_runner *r, saga_entry *e)
+{
+	if (e->ready || e->in_flight != STEP_NONE)
+		return; /* a step is out: its answer re-reads the record anyway */
+	e->ready = true;
+	e->retry_due = false;
+	e->ready_next = NULL;
+	if (r->ready_tail)
+		r->ready_tail->ready_next = e;
+	else
+		r->ready_head = e;
+	r->ready_tail = e;
+}
+
+static void schedule_retry(kobo_saga_runner *r, saga_entry *e)
+{
+	(void)r;
+	e->backoff_ms = e->backoff_ms ? e->backoff_ms * 2 : KOBO_SAGA_RETRY_MIN_MS;
+	if (e->backoff_ms > KOBO_SAGA_RETRY_MAX_MS)
+		e->backoff_ms = KOBO_SAGA_RETRY_MAX_MS;
+	e->retry_due = true;
+	e->retry_at_ms = mono_ms() + e->backoff_ms;
+}
+
+/* ---- Waiters. ---- */
+
+static void waiters_answer(kobo_saga_runner *r, saga_entry *e, bool timed_out)
+{
+	const kobo_transfer *record = e->have_record ? &e->record : NULL;
+	while (e->waiters) {
+		waiter *w = e->waiters;
+		e->waiters = w->next;
+		w->fn(w->ctx, record, timed_out);
+		free(w);
+		pthread_mutex_lock(&r->lock);
+		r->waiter_count--;
+		pthread_mutex_unlock(&r->lock);
+	}
+}
+
+static void waiters_expire(kobo_saga_runner *r, saga_entry *e, int64_t now_ms)
+{
+	waiter **link = &e->waiters;
+	while (*link) {
+		waiter *w = *link;
+		if (w->deadline_ms > now_ms) {
+			link = &w->next;
+			continue;
+		}
+		*link = w->next;
+		w->fn(w->ctx, e->have_record ? &e->record : NULL, true);
+		free(w);
+		pthread_mutex_lock(&r->lock);
+		r->waiter_count--;
+		pthread_mutex_unlock(&r->lock);
+	}
+}
+
+/* ---- Steps. ---- */
+
+static void log_step(const saga_entry *e, const char *step, uint32_t shard,
+                     const char *outcome, int64_t latency_us)
+{
+	kobo_log(KOBO_LOG_INFO, "saga_step",
+	         "\"request_id\":\"%s\",\"transfer_id\":\"%s\",\"step\":\"%s\","
+	         "\"shard\":%u,\"payer_shard\":%u,\"payee_shard\":%u,"
+	         "\"outcome\":\"%s\",\"latency_us\":%lld",
+	         e->record.request_id, e->id, step, shard, e->shard, e->remote,
+	         outcome, (long long)latency_us);
+}
+
+/* Runs on a shard's writer thread once the step's batch is durable (or
+ * failed). The result's snapshots borrow the writer's memory: drop the
+ * pointers, then hand the entry to the runner thread. */
+static void step_done(kobo_request *request)
+{
+	saga_entry *e = request->user;
+	kobo_saga_runner *r = e->runner;
+	e->result.transfer.metadata = NULL;
+	e->result.transfer.metadata_len = 0;
+	e->result.account.metadata = NULL;
+	e->result.account.metadata_len = 0;
+	pthread_mutex_lock(&r->lock);
+	e->done_next = r->done_head;
+	r->done_head = e;
+	pthread_cond_signal(&r->wake);
+	pthread_mutex_unlock(&r->lock);
+}
+
+static bool submit(kobo_saga_runner *r, saga_entry *e, uint32_t shard,
+                   step_kind kind, kobo_saga_step_kind metric)
+{
+	memset(&e->request, 0, sizeof(e->request));
+	memset(&e->result, 0, sizeof(e->result));
+	e->request.ops = &e->op;
+	e->request.results = &e->result;
+	e->request.op_count = 1;
+	e->request.done = step_done;
+	e->request.user = e;
+	e->in_flight = kind;
+	e->step_metric = metric;
+	e->step_started_us = kobo_monotonic_us();
+	int rc = kobo_shard_submit(r->config.shards[shard], &e->request);
+	if (rc != KOBO_OK) {
+		e->in_flight = STEP_NONE;
+		schedule_retry(r, e);
+		return false;
+	}
+	r->in_flight++;
+	return true;
+}
+
+/* Copies a read record into the entry (metadata included). */
+static bool keep_record(saga_entry *e, const kobo_transfer *t)
+{
+	if (t->metadata_len > e->metadata_cap) {
+		char *buf = realloc(e->metadata_buf, t->metadata_len);
+		if (!buf)
+			return false;
+		e->metadata_buf = buf;
+		e->metadata_cap = t->metadata_len;
+	}
+	e->record = *t;
+	if (t->metadata_len)
+		memcpy(e->metadata_buf, t->metadata, t->metadata_len);
+	e->record.metadata = e->metadata_buf ? e->metadata_buf : "";
+	e->have_record = true;
+	return true;
+}
+
+static void finish(kobo_saga_runner *r, saga_entry *e)
+{
+	kobo_metrics_saga_finished(e->record.status,
+	                           e->record.void_reason == KOBO_VOID_COMPENSATED);
+	waiters_answer(r, e, false);
+	entry_remove(r, e);
+}
+
+static kobo_saga_step_kind remote_metric(const kobo_op *op)
+{
+	switch (op->kind) {
+	case KOBO_OP_SAGA_ABORT: return KOBO_SAGA_STEP_ABORT;
+	case KOBO_OP_POST: return KOBO_SAGA_STEP_POST;
+	case KOBO_OP_VOID: return KOBO_SAGA_STEP_VOID;
+	default: return KOBO_SAGA_STEP_CREDIT;
+	}
+}
+
+/* Reads A's record and submits the next step, or finishes the saga. */
+static void drive(kobo_saga_runner *r, saga_entry *e)
+{
+	if (e->in_flight != STEP_NONE || r->stopping)
+		return;
+	kobo_store_reader *reader = r->readers[e->shard];
+	kobo_transfer record;
+	int rc = reader ? kobo_store_read_transfer(reader, e->id, &record) : KOBO_ESTORE;
+	if (rc == KOBO_ENOTFOUND) {
+		/* Doorbells follow commits, so this is a transfer that is not
+		 * a saga's record: nothing to drive. */
+		kobo_log(KOBO_LOG_ERROR, "saga_record_missing",
+		         "\"transfer_id\":\"%s\",\"shard\":%u", e->id, e->shard);
+		waiters_answer(r, e, true);
+		entry_remove(r, e);
+		return;
+	}
+	if (rc != KOBO_OK || !keep_record(e, &record)) {
+		schedule_retry(r, e);
+		return;
+	}
+	if (e->record.saga == KOBO_SAGA_NONE || e->record.leg != KOBO_LEG_DEBIT) {
+		finish(r, e);
+		return;
+	}
+	e->remote = kobo_shard_map_account(r->config.map, e->record.to);
+	char b_clearing[KOBO_ID_LEN_MAX + 1];
+	kobo_clearing_id(b_clearing, e->remote, e->shard, e->record.currency);
+	bool abort = e->record.saga == KOBO_SAGA_RESERVED &&
+	             kobo_now_ms() - e->record.updated_at_ms > r->config.deadline_ms;
+	if (!kobo_saga_remote_op(&e->record, b_clearing, abort, &e->op)) {
+		finish(r, e);
+		return;
+	}
+	submit(r, e, e->remote, STEP_REMOTE, remote_metric(&e->op));
+}
+
+/* A step came back from a shard. */
+static void step_answered(kobo_saga_runner *r, saga_entry *e)
+{
+	step_kind kind = e->in_flight;
+	e->in_flight = STEP_NONE;
+	r->in_flight--;
+	int64_t latency_us = kobo_monotonic_us() - e->step_started_us;
+	bool ok = e->request.status == KOBO_OK;
+	kobo_metrics_saga_step(e->step_metric, ok, latency_us);
+	const char *step = kobo_saga_step_name(e->step_metric);
+	uint32_t shard = kind == STEP_REMOTE ? e->remote : e->shard;
+	if (!ok) {
+		log_step(e, step, shard, "store_failed", latency_us);
+		schedule_retry(r, e);
+		return;
+	}
+	log_step(e, step, shard, kobo_result_code_name(e->result.code), latency_us);
+	if (r->stopping)
+		return;
+	if (kind == STEP_SETTLE) {
+		e->backoff_ms = 0;
+		make_ready(r, e); /* re-read: finished, or the next saga began */
+		return;
+	}
+	kobo_op settle;
+	if (!kobo_saga_settle_op(&e->record, &e->op, &e->result, &settle)) {
+		kobo_log(KOBO_LOG_ERROR, "saga_step_unexpected",
+		         "\"request_id\":\"%s\",\"transfer_id\":\"%s\",\"step\":\"%s\","
+		         "\"code\":\"%s\"", e->record.request_id, e->id, step,
+		         kobo_result_code_name(e->result.code));
+		schedule_retry(r, e);
+		return;
+	}
+	e->op = settle;
+	submit(r, e, e->shard, STEP_SETTLE, KOBO_SAGA_STEP_SETTLE);
+}
+
+/* ---- Periodic work. ---- */
+
+static void sweep(kobo_saga_runner *r)
+{
+	int64_t now = mono_ms();
+	int64_t wall = kobo_now_ms();
+	size_t reserved = 0, posting = 0, voiding = 0;
+	for (saga_entry *e = r->all, *next; e; e = next) {
+		next = e->all_next;
+		waiters_expire(r, e, now);
+		if (e->retry_due && e->retry_at_ms <= now)
+			make_ready(r, e);
+		if (!e->have_record)
+			continue;
+		switch (e->record.saga) {
+		case KOBO_SAGA_RESERVED: reserved++; break;
+		case KOBO_SAGA_POSTING: posting++; break;
+		case KOBO_SAGA_VOIDING: voiding++; break;
+		case KOBO_SAGA_NONE: break;
+		}
+		if (!e->stuck && e->record.saga != KOBO_SAGA_NONE &&
+		    wall - e->record.updated_at_ms > r->config.stuck_ms) {
+			e->stuck = true;
+			r->stuck++;
+			kobo_log(KOBO_LOG_ERROR, "saga_stuck",
+			         "\"request_id\":\"%s\",\"transfer_id\":\"%s\","
+			         "\"state\":\"%s\",\"payer_shard\":%u,\"payee_shard\":%u,"
+			         "\"age_ms\":%lld", e->record.request_id, e->id,
+			         kobo_saga_state_name(e->record.saga), e->shard, e->remote,
+			         (long long)(wall - e->record.updated_at_ms));
+		}
+	}
+	kobo_metrics_sagas_active(reserved, posting, voiding, r->stuck);
+}
+
+typedef struct scan_ctx {
+	kobo_saga_runner *runner;
+	uint32_t shard;
+	char last[KOBO_ID_LEN_MAX + 1];
+	size_t rows;
+	bool full;
+} scan_ctx;
+
+static int scan_row(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	(void)seq;
+	scan_ctx *s = ctx;
+	snprintf(s->last, sizeof(s->last), "%s", transfer->id);
+	s->rows++;
+	saga_entry *e = entry_get(s->runner, s->shard, transfer->id);
+	if (!e) {
+		s->full = true;
+		return 1;
+	}
+	if (!e->retry_due)
+		make_ready(s->runner, e);
+	return 0;
+}
+
+/* Finds every saga recorded as under way: after a restart, and whatever a
+ * full table or inbox let slip. */
+static void scan(kobo_saga_runner *r)
+{
+	r->scan_requested = false;
+	for (uint32_t shard = 0; shard < r->config.shard_count; shard++) {
+		kobo_store_reader *reader = r->readers[shard];
+		if (!reader)
+			continue;
+		scan_ctx s = { .runner = r, .shard = shard };
+		do {
+			s.rows = 0;
+			if (kobo_store_read_sagas(reader, s.last, SCAN_PAGE, scan_row, &s) !=
+			    KOBO_OK)
+				break;
+		} while (s.rows == SCAN_PAGE && !s.full);
+		if (s.full)
+			return;
+	}
+}
+
+/* ---- The thread. ---- */
+
+static void take_inbox(kobo_saga_runner *r, size_t *notices, saga_entry **done,
+                       waiter **waits, bool *stopping)
+{
+	int64_t wake_at = r->next_sweep_ms;
+	pthread_mutex_lock(&r->lock);
+	while (!r->notice_count && !r->done_head && !r->wait_head && !r->stopping &&
+	       !r->ready_head) {
+		int64_t wait_ms = wake_at - mono_ms();
+		if (wait_ms <= 0)
+			break;
+		struct timespec deadline;
+		clock_gettime(CLOCK_REALTIME, &deadline);
+		deadline.tv_sec += wait_ms / 1000;
+		deadline.tv_nsec += (wait_ms % 1000) * 1000000L;
+		if (deadline.tv_nsec >= 1000000000L) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000L;
+		}
+		if (pthread_cond_timedwait(&r->wake, &r->lock, &deadline) == ETIMEDOUT)
+			break;
+	}
+	*notices = r->notice_count;
+	memcpy(r->taken, r->notices, r->notice_count * sizeof(notice));
+	r->notice_count = 0;
+	if (r->scan_requested)
+		r->next_scan_ms = 0;
+	r->scan_requested = false;
+	*done = r->done_head;
+	r->done_head = NULL;
+	/* Waiters arrive newest first; order does not matter. */
+	*waits = r->wait_head;
+	r->wait_head = NULL;
+	*stopping = r->stopping;
+	pthread_mutex_unlock(&r->lock);
+}
+
+static void attach_waiter(kobo_saga_runner *r, waiter *w)
+{
+	saga_entry *e = entry_get(r, w->shard, w->id);
+	if (!e) {
+		w->fn(w->ctx, NULL, true);
+		free(w);
+		pthread_mutex_lock(&r->lock);
+		r->waiter_count--;
+		pthread_mutex_unlock(&r->lock);
+		return;
+	}
+	w->next = e->waiters;
+	e->waiters = w;
+	if (!e->retry_due)
+		make_ready(r, e);
+}
+
+static void *runner_main(void *arg)
+{
+	kobo_saga_runner *r = arg;
+	for (uint32_t i = 0; i < r->config.shard_count; i++)
+		if (kobo_store_reader_open(r->config.stores[i], &r->readers[i]) != KOBO_OK)
+			r->readers[i] = NULL;
+
+	for (;;) {
+		size_t notices;
+		saga_entry *done;
+		waiter *waits;
+		bool stopping;
+		take_inbox(r, &notices, &done, &waits, &stopping);
+
+		for (size_t i = 0; i < notices; i++) {
+			saga_entry *e = entry_get(r, r->taken[i].shard, r->taken[i].id);
+			if (e && !e->retry_due)
+				make_ready(r, e);
+		}
+		while (done) {
+			saga_entry *e = done;
+			done = e->done_next;
+			step_answered(r, e);
+		}
+		while (waits) {
+			waiter *w = waits;
+			waits = w->next;
+			attach_waiter(r, w);
+		}
+		if (stopping) {
+			/* Answer every waiter; wait only for steps already out. */
+			for (saga_entry *e = r->all; e; e = e->all_next)
+				waiters_answer(r, e, true);
+			r->ready_head = r->ready_tail = NULL;
+			if (r->in_flight == 0)
+				break;
+			continue;
+		}
+		while (r->ready_head) {
+			saga_entry *e = r->ready_head;
+			r->ready_head = e->ready_next;
+			if (!r->ready_head)
+				r->ready_tail = NULL;
+			e->ready = false;
+			drive(r, e);
+		}
+		int64_t now = mono_ms();
+		if (now >= r->next_sweep_ms) {
+			sweep(r);
+			r->next_sweep_ms = now + SWEEP_INTERVAL_MS;
+		}
+		if (now >= r->next_scan_ms) {
+			scan(r);
+			r->next_scan_ms = now + KOBO_SAGA_SCAN_INTERVAL_MS;
+		}
+	}
+
+	while (r->all)
+		entry_remove(r, r->all);
+	for (uint32_t i = 0; i < r->config.shard_count; i++)
+		if (r->readers[i])
+			kobo_store_reader_close(r->readers[i]);
+	return NULL;
+}
+
+/* ---- Public API. ---- */
+
+int kobo_saga_runner_start(const kobo_saga_config *config, kobo_saga_runner **out)
+{
+	if (!config || !config->shards || !config->stores || !config->map ||
+	    config->shard_count < 1 || config->shard_count > KOBO_SHARDS_MAX)
+		return KOBO_EINVAL;
+	kobo_saga_runner *r = calloc(1, sizeof(*r));
+	if (!r)
+		return KOBO_ENOMEM;
+	r->config = *config;
+	if (r->config.deadline_ms <= 0)
+		r->config.deadline_ms = KOBO_SAGA_DEADLINE_MS_DEFAULT;
+	if (r->config.stuck_ms <= 0)
+		r->config.stuck_ms = KOBO_SAGA_STUCK_MS_DEFAULT;
+	r->notices = calloc(KOBO_SAGA_NOTIFY_MAX, sizeof(notice));
+	r->taken = calloc(KOBO_SAGA_NOTIFY_MAX, sizeof(notice));
+	if (!r->notices || !r->taken) {
+		free(r->notices);
+		free(r->taken);
+		free(r);
+		return KOBO_ENOMEM;
+	}
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->wake, NULL);
+	if (pthread_create(&r->thread, NULL, runner_main, r) != 0) {
+		pthread_cond_destroy(&r->wake);
+		pthread_mutex_destroy(&r->lock);
+		free(r->notices);
+		free(r->taken);
+		free(r);
+		return KOBO_ENOMEM;
+	}
+	*out = r;
+	return KOBO_OK;
+}
+
+void kobo_saga_runner_notify(void *runner, uint32_t shard,
+                             const kobo_transfer *transfer)
+{
+	kobo_saga_runner *r = runner;
+	pthread_mutex_lock(&r->lock);
+	if (r->notice_count < KOBO_SAGA_NOTIFY_MAX) {
+		notice *n = &r->notices[r->notice_count++];
+		n->shard = shard;
+		snprintf(n->id, sizeof(n->id), "%s", transfer->id);
+	} else {
+		r->scan_requested = true;
+	}
+	pthread_cond_signal(&r->wake);
+	pthread_mutex_unlock(&r->lock);
+}
+
+int kobo_saga_runner_wait(kobo_saga_runner *r, uint32_t shard, const char *id,
+                          int64_t deadline_ms, kobo_saga_wait_fn fn, void *ctx)
+{
+	waiter *w = calloc(1, sizeof(*w));
+	if (!w)
+		return KOBO_EOVERLOADED;
+	w->shard = shard;
+	snprintf(w->id, sizeof(w->id), "%s", id);
+	w->deadline_ms = deadline_ms;
+	w->fn = fn;
+	w->ctx = ctx;
+	pthread_mutex_lock(&r->lock);
+	int rc = KOBO_OK;
+	if (r->stopping)
+		rc = KOBO_ESHUTDOWN;
+	else if (r->waiter_count >= KOBO_SAGA_WAITERS_MAX)
+		rc = KOBO_EOVERLOADED;
+	if (rc == KOBO_OK) {
+		w->next = r->wait_head;
+		r->wait_head = w;
+		r->waiter_count++;
+		pthread_cond_signal(&r->wake);
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (rc != KOBO_OK)
+		free(w);
+	return rc;
+}
+
+void kobo_saga_runner_stop(kobo_saga_runner *r)
+{
+	pthread_mutex_lock(&r->lock);
+	r->stopping = true;
+	pthread_cond_signal(&r->wake);
+	pthread_mutex_unlock(&r->lock);
+	pthread_join(r->thread, NULL);
+	/* Waiters registered after the thread's last look are answered here. */
+	while (r->wait_head) {
+		waiter *w = r->wait_head;
+		r->wait_head = w->next;
+		w->fn(w->ctx, NULL, true);
+		free(w);
+	}
+	pthread_cond_destroy(&r->wake);
+	pthread_mutex_destroy(&r->lock);
+	free(r->notices);
+	free(r->taken);
+	free(r);
+}
