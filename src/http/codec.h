@@ -189,4 +189,22 @@ void kobo_http_reply_batch(kobo_http_reply *reply, const kobo_op *ops,
                            const kobo_result *results, size_t count,
                            const char *request_id);
 
+/* One entry of the batch reply ({"id","status","transfer"|"error"}). */
+void kobo_http_encode_batch_item(kobo_http_buf *buf, const char *id,
+                                 const kobo_result *result);
+/* A batch entry whose cross-shard saga has not finished: status 202. */
+void kobo_http_encode_batch_accepted(kobo_http_buf *buf, const kobo_transfer *transfer);
+/* 202 with the transfer (status "processing"): its saga is still running. */
+void kobo_http_reply_accepted(kobo_http_reply *reply, const kobo_transfer *transfer);
+
+/* The answer a finished saga gives the request that waited for it, as an op
+ * result: kind is the request's op (CREATE_TRANSFER, POST, VOID), replayed
+ * whether the shard answered it as a replay. A create whose credit leg was
+ * refused answers the refusal (422, the payer refunded: VOIDED/compensated);
+ * a refused post answers its code; a post or void that found the hold ended
+ * otherwise answers not_pending. out->transfer is a copy of final
+ * (metadata borrowed). */
+void kobo_http_saga_outcome(const kobo_transfer *final, kobo_op_kind kind,
+                            bool replayed, kobo_result *out);
+
 #endif /* KOBO_HTTP_CODEC_H */

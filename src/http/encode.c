@@ -106,7 +106,10 @@ void kobo_http_encode_transfer(kobo_http_buf *buf, const kobo_transfer *transfer
 	json_str(buf, transfer->request_id);
 	time_field(buf, "created_at", transfer->created_at_ms);
 	time_field(buf, "updated_at", transfer->updated_at_ms);
-	if (transfer->status == KOBO_STATUS_REJECTED) {
+	if (transfer->status == KOBO_STATUS_REJECTED ||
+	    (transfer->status == KOBO_STATUS_VOIDED &&
+	     transfer->void_reason == KOBO_VOID_COMPENSATED &&
+	     transfer->error_code != KOBO_RESULT_CREATED)) {
 		kobo_http_buf_puts(buf, ",\"error\":{\"code\":");
 		json_str(buf, kobo_result_code_name(transfer->error_code));
 		kobo_http_buf_puts(buf, "}");
@@ -194,6 +197,38 @@ void kobo_http_reply_result(kobo_http_reply *reply, const kobo_result *result,
 		kobo_http_encode_transfer(&reply->body, &result->transfer);
 }
 
+void kobo_http_encode_batch_item(kobo_http_buf *buf, const char *id,
+                                 const kobo_result *result)
+{
+	const char *code;
+	int status = kobo_http_result_status(result, &code);
+	kobo_http_buf_puts(buf, "{\"id\":");
+	json_str(buf, id);
+	kobo_http_buf_printf(buf, ",\"status\":%d,", status);
+	if (code) {
+		if (result->code != KOBO_RESULT_REPLAYED)
+			kobo_metrics_rejected(result->code);
+		kobo_http_buf_puts(buf, "\"error\":{\"code\":");
+		json_str(buf, code);
+		kobo_http_buf_puts(buf, ",\"message\":");
+		json_str(buf, kobo_http_error_message(code));
+		kobo_http_buf_puts(buf, "}}");
+	} else {
+		kobo_http_buf_puts(buf, "\"transfer\":");
+		kobo_http_encode_transfer(buf, &result->transfer);
+		kobo_http_buf_puts(buf, "}");
+	}
+}
+
+void kobo_http_encode_batch_accepted(kobo_http_buf *buf, const kobo_transfer *transfer)
+{
+	kobo_http_buf_puts(buf, "{\"id\":");
+	json_str(buf, transfer->id);
+	kobo_http_buf_puts(buf, ",\"status\":202,\"transfer\":");
+	kobo_http_encode_transfer(buf, transfer);
+	kobo_http_buf_puts(buf, "}");
+}
+
 void kobo_http_reply_batch(kobo_http_reply *reply, const kobo_op *ops,
                            const kobo_result *results, size_t count,
                            const char *request_id)
@@ -206,24 +241,44 @@ void kobo_http_reply_batch(kobo_http_reply *reply, const kobo_op *ops,
 	kobo_http_buf_reserve(buf, count * 512 + 32);
 	kobo_http_buf_puts(buf, "{\"results\":[");
 	for (size_t i = 0; i < count; i++) {
-		const char *code;
-		int status = kobo_http_result_status(&results[i], &code);
-		kobo_http_buf_puts(buf, i ? ",{\"id\":" : "{\"id\":");
-		json_str(buf, ops[i].u.transfer.id);
-		kobo_http_buf_printf(buf, ",\"status\":%d,", status);
-		if (code) {
-			if (results[i].code != KOBO_RESULT_REPLAYED)
-				kobo_metrics_rejected(results[i].code);
-			kobo_http_buf_puts(buf, "\"error\":{\"code\":");
-			json_str(buf, code);
-			kobo_http_buf_puts(buf, ",\"message\":");
-			json_str(buf, kobo_http_error_message(code));
-			kobo_http_buf_puts(buf, "}}");
-		} else {
-			kobo_http_buf_puts(buf, "\"transfer\":");
-			kobo_http_encode_transfer(buf, &results[i].transfer);
-			kobo_http_buf_puts(buf, "}");
-		}
+		if (i)
+			kobo_http_buf_puts(buf, ",");
+		kobo_http_encode_batch_item(buf, ops[i].u.transfer.id, &results[i]);
 	}
 	kobo_http_buf_puts(buf, "]}");
+}
+
+void kobo_http_reply_accepted(kobo_http_reply *reply, const kobo_transfer *transfer)
+{
+	reply->status = 202;
+	reply->body.len = 0;
+	kobo_http_encode_transfer(&reply->body, transfer);
+}
+
+void kobo_http_saga_outcome(const kobo_transfer *final, kobo_op_kind kind,
+                            bool replayed, kobo_result *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->has_transfer = true;
+	out->transfer = *final;
+	bool refused_post = kind == KOBO_OP_POST && final->status == KOBO_STATUS_PENDING &&
+	                    final->error_code != KOBO_RESULT_CREATED;
+	bool compensated = final->status == KOBO_STATUS_VOIDED &&
+	                   final->void_reason == KOBO_VOID_COMPENSATED &&
+	                   final->error_code != KOBO_RESULT_CREATED;
+	if ((kind == KOBO_OP_CREATE_TRANSFER && compensated) || refused_post) {
+		/* B refused: the payer was made whole; answer like a refusal. */
+		out->code = final->error_code;
+		return;
+	}
+	if ((kind == KOBO_OP_POST && final->status != KOBO_STATUS_POSTED) ||
+	    (kind == KOBO_OP_VOID && final->status != KOBO_STATUS_VOIDED)) {
+		out->code = KOBO_RESULT_NOT_PENDING;
+		return;
+	}
+	if (replayed)
+		out->code = KOBO_RESULT_REPLAYED;
+	else
+		out->code = kind == KOBO_OP_CREATE_TRANSFER ? KOBO_RESULT_CREATED
+		                                            : KOBO_RESULT_UPDATED;
 }

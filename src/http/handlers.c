@@ -10,13 +10,18 @@
 #include "internal.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+uint32_t kobo__http_shard_of(const kobo_http_exchange *x, const char *account_id)
+{
+	return kobo_shard_map_account(x->server->map, account_id);
+}
+
 static uint32_t shard_of(const kobo_http_exchange *x, const char *account_id)
 {
-	return kobo_shard_of_partition(kobo_partition_of(account_id),
-	                               x->server->shard_count);
+	return kobo__http_shard_of(x, account_id);
 }
 
 static const char *body_of(const kobo_http_exchange *x)
@@ -31,6 +36,35 @@ static int parse_failed(kobo_http_exchange *x, int rc, const kobo_http_error *er
 	return kobo__http_fail(x, err->status, err->code, err->message);
 }
 
+static bool is_system_id(const char *id)
+{
+	return strncmp(id, KOBO_SYSTEM_ID_PREFIX, strlen(KOBO_SYSTEM_ID_PREFIX)) == 0;
+}
+
+static int system_id_refused(kobo_http_exchange *x, const char *field)
+{
+	char message[128];
+	snprintf(message, sizeof(message),
+	         "%s: ids starting with \"" KOBO_SYSTEM_ID_PREFIX "\" are reserved for "
+	         "Kobo's own accounts", field);
+	return kobo__http_fail(x, 400, "invalid_request", message);
+}
+
+/* Routes a new transfer: the payer's shard applies it; when the payee lives
+ * on another shard it becomes the DEBIT leg of a saga through the payer
+ * shard's clearing account for the payee's shard. */
+static uint32_t route_transfer(kobo_http_exchange *x, kobo_op *op)
+{
+	kobo_transfer *t = &op->u.transfer;
+	uint32_t from = shard_of(x, t->from);
+	uint32_t to = shard_of(x, t->to);
+	if (from != to) {
+		t->leg = KOBO_LEG_DEBIT;
+		kobo_clearing_id(t->clearing, from, to, t->currency);
+	}
+	return from;
+}
+
 /* ---- Writes. ---- */
 
 int kobo__http_create_account(kobo_http_exchange *x)
@@ -39,6 +73,8 @@ int kobo__http_create_account(kobo_http_exchange *x)
 	int rc = kobo_http_parse_account(body_of(x), x->body.len, &x->ops, &err);
 	if (rc != KOBO_OK)
 		return parse_failed(x, rc, &err);
+	if (is_system_id(x->ops.ops[0].u.account.id))
+		return system_id_refused(x, "id");
 	return kobo__http_submit(x, shard_of(x, x->ops.ops[0].u.account.id));
 }
 
@@ -48,8 +84,12 @@ int kobo__http_create_transfer(kobo_http_exchange *x)
 	int rc = kobo_http_parse_transfer(body_of(x), x->body.len, &x->ops, &err);
 	if (rc != KOBO_OK)
 		return parse_failed(x, rc, &err);
-	/* The payer's shard applies the transfer (cross-shard sagas later). */
-	return kobo__http_submit(x, shard_of(x, x->ops.ops[0].u.transfer.from));
+	const kobo_transfer *t = &x->ops.ops[0].u.transfer;
+	if (is_system_id(t->from))
+		return system_id_refused(x, "from");
+	if (is_system_id(t->to))
+		return system_id_refused(x, "to");
+	return kobo__http_submit(x, route_transfer(x, &x->ops.ops[0]));
 }
 
 int kobo__http_create_batch(kobo_http_exchange *x)
@@ -58,17 +98,36 @@ int kobo__http_create_batch(kobo_http_exchange *x)
 	int rc = kobo_http_parse_batch(body_of(x), x->body.len, &x->ops, &err);
 	if (rc != KOBO_OK)
 		return parse_failed(x, rc, &err);
-	uint32_t shard = shard_of(x, x->ops.ops[0].u.transfer.from);
-	for (size_t i = 1; i < x->ops.count; i++) {
-		if (shard_of(x, x->ops.ops[i].u.transfer.from) == shard)
-			continue;
-		if (x->ops.atomic)
-			return kobo__http_fail(x, 422, "atomic_cross_shard", NULL);
-		/* Splitting a batch across shards comes with sagas. */
-		return kobo__http_fail(x, 422, "batch_cross_shard",
-		                       "a batch must stay on one shard until cross-shard "
-		                       "transfers are built");
+	uint32_t *shards = calloc(x->ops.count, sizeof(*shards));
+	if (!shards) {
+		x->reply.retry_after_s = 1;
+		return kobo__http_fail(x, 503, "overloaded", "out of memory");
 	}
+	bool one_shard = true, crossing = false;
+	for (size_t i = 0; i < x->ops.count; i++) {
+		kobo_op *op = &x->ops.ops[i];
+		char field[48];
+		if (is_system_id(op->u.transfer.from) || is_system_id(op->u.transfer.to)) {
+			snprintf(field, sizeof(field), "transfers[%zu].%s", i,
+			         is_system_id(op->u.transfer.from) ? "from" : "to");
+			free(shards);
+			return system_id_refused(x, field);
+		}
+		shards[i] = route_transfer(x, op);
+		crossing |= op->u.transfer.leg != KOBO_LEG_LOCAL;
+		one_shard &= shards[i] == shards[0];
+	}
+	if (x->ops.atomic && (crossing || !one_shard)) {
+		free(shards);
+		return kobo__http_fail(x, 422, "atomic_cross_shard", NULL);
+	}
+	if (!one_shard || crossing) {
+		rc = kobo__http_submit_split(x, shards);
+		free(shards);
+		return rc;
+	}
+	uint32_t shard = shards[0];
+	free(shards);
 	if (x->ops.count > 1) {
 		x->results = calloc(x->ops.count, sizeof(kobo_result));
 		if (!x->results) {
@@ -81,6 +140,44 @@ int kobo__http_create_batch(kobo_http_exchange *x)
 	return kobo__http_submit(x, shard);
 }
 
+static int read_failed(kobo_http_exchange *x, int rc);
+
+/* Finds the transfer id: its payer's record (LOCAL or DEBIT leg) when it
+ * exists. Returns KOBO_OK with *out and *shard, KOBO_ENOTFOUND, or a read
+ * error. A cross-shard transfer is also stored on the payee's shard (its
+ * CREDIT leg); that copy only points the way to the payer's. */
+static int find_transfer(kobo_http_exchange *x, const char *id, kobo_transfer *out,
+                         uint32_t *shard_out)
+{
+	uint32_t count = x->server->shard_count;
+	uint32_t first = shard_of(x, id);
+	for (uint32_t n = 0; n < count; n++) {
+		uint32_t shard = (first + n) % count;
+		kobo_store_reader *reader;
+		int rc = kobo__http_reader(x->server, shard, &reader);
+		if (rc == KOBO_OK)
+			rc = kobo_store_read_transfer(reader, id, out);
+		if (rc == KOBO_ENOTFOUND)
+			continue;
+		if (rc != KOBO_OK)
+			return rc;
+		*shard_out = shard;
+		if (out->leg != KOBO_LEG_CREDIT)
+			return KOBO_OK;
+		uint32_t payer = shard_of(x, out->from);
+		kobo_transfer debit;
+		rc = kobo__http_reader(x->server, payer, &reader);
+		if (rc == KOBO_OK)
+			rc = kobo_store_read_transfer(reader, id, &debit);
+		if (rc == KOBO_OK) {
+			*out = debit;
+			*shard_out = payer;
+		}
+		return rc == KOBO_ENOTFOUND ? KOBO_OK : rc;
+	}
+	return KOBO_ENOTFOUND;
+}
+
 static int target(kobo_http_exchange *x, bool post)
 {
 	kobo_http_error err;
@@ -90,9 +187,21 @@ static int target(kobo_http_exchange *x, bool post)
 	                                     &x->ops, &err);
 	if (rc != KOBO_OK)
 		return parse_failed(x, rc, &err);
-	/* Only one shard is served for now; with more, the transfer lives on
-	 * its payer's shard and the id alone will need a lookup. */
-	return kobo__http_submit(x, shard_of(x, x->match.id));
+	/* A hold lives with its payer; with one shard there is nothing to
+	 * look up. An id found nowhere goes to the shard its own hash names,
+	 * whose writer answers transfer_not_found. */
+	uint32_t shard = 0;
+	if (x->server->shard_count > 1) {
+		kobo_transfer found;
+		rc = find_transfer(x, x->match.id, &found, &shard);
+		if (rc == KOBO_OK)
+			shard = shard_of(x, found.from);
+		else if (rc == KOBO_ENOTFOUND)
+			shard = shard_of(x, x->match.id);
+		else
+			return read_failed(x, rc);
+	}
+	return kobo__http_submit(x, shard);
 }
 
 int kobo__http_post_transfer(kobo_http_exchange *x)
@@ -132,26 +241,16 @@ int kobo__http_get_account(kobo_http_exchange *x)
 
 int kobo__http_get_transfer(kobo_http_exchange *x)
 {
-	/* Look first where the id hashes, then on the other shards: a transfer
-	 * lives with its payer, whose shard the id alone does not tell. */
-	uint32_t count = x->server->shard_count;
-	uint32_t first = shard_of(x, x->match.id);
-	for (uint32_t n = 0; n < count; n++) {
-		uint32_t shard = (first + n) % count;
-		kobo_store_reader *reader;
-		kobo_transfer transfer;
-		int rc = kobo__http_reader(x->server, shard, &reader);
-		if (rc == KOBO_OK)
-			rc = kobo_store_read_transfer(reader, x->match.id, &transfer);
-		if (rc == KOBO_ENOTFOUND)
-			continue;
-		if (rc != KOBO_OK)
-			return read_failed(x, rc);
-		x->reply.status = 200;
-		kobo_http_encode_transfer(&x->reply.body, &transfer);
-		return KOBO_HTTP_REPLY_READY;
-	}
-	return kobo__http_fail(x, 404, "transfer_not_found", NULL);
+	kobo_transfer transfer;
+	uint32_t shard;
+	int rc = find_transfer(x, x->match.id, &transfer, &shard);
+	if (rc == KOBO_ENOTFOUND)
+		return kobo__http_fail(x, 404, "transfer_not_found", NULL);
+	if (rc != KOBO_OK)
+		return read_failed(x, rc);
+	x->reply.status = 200;
+	kobo_http_encode_transfer(&x->reply.body, &transfer);
+	return KOBO_HTTP_REPLY_READY;
 }
 
 typedef struct history_page {

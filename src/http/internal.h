@@ -9,6 +9,10 @@
  *       │                                                       ▲
  *       └──handler submits: suspend, kobo_shard_submit ──▶ SUSPENDED
  *                          (writer thread: done → encode → resume)
+ *
+ * A write that starts a cross-shard saga stays SUSPENDED after its shard
+ * answered, until the saga runner says the saga settled or its wait ran out
+ * (runner thread: encode → resume), see saga_edge.c.
  */
 #ifndef KOBO_HTTP_INTERNAL_H
 #define KOBO_HTTP_INTERNAL_H
@@ -23,6 +27,7 @@
 #include "server.h"
 
 typedef struct http_reader_set http_reader_set;
+typedef struct http_split http_split;
 
 struct kobo_http_server {
 	struct MHD_Daemon *daemon;
@@ -31,6 +36,9 @@ struct kobo_http_server {
 	kobo_shard *shards[KOBO_SHARDS_MAX];
 	kobo_store *stores[KOBO_SHARDS_MAX];
 	uint32_t shard_count;
+	const kobo_shard_map *map;
+	kobo_saga_runner *runner;
+	unsigned saga_wait_ms;
 	/* Submitters hold it shared around kobo_shard_submit; drain takes it
 	 * exclusively to set writes_closed, so no submit races a shard stop. */
 	pthread_rwlock_t submit_lock;
@@ -75,6 +83,9 @@ struct kobo_http_exchange {
 	kobo_request request;
 	uint32_t shard;
 	bool is_batch;
+	http_split *split;       /* a batch spread over shards (saga_edge.c) */
+	kobo_op_kind saga_kind;  /* the op waiting for its saga */
+	bool saga_replayed;
 
 	kobo_http_reply reply;
 	atomic_int state;
@@ -100,6 +111,27 @@ int kobo__http_metrics(kobo_http_exchange *x);
  * the done callback. On refusal (overloaded, shutting down) fills the 503
  * reply and resumes at once. Always returns KOBO_HTTP_REPLY_LATER. */
 int kobo__http_submit(kobo_http_exchange *x, uint32_t shard);
+
+/* The shard of an account under the server's shard map. */
+uint32_t kobo__http_shard_of(const kobo_http_exchange *x, const char *account_id);
+
+/* true when the result is a cross-shard transfer whose saga is under way. */
+bool kobo__http_saga_pending(const kobo_result *result);
+
+/* Instead of answering x now (on_done), waits for the saga of its result;
+ * answers 202 with the current state if it does not settle in time. */
+void kobo__http_wait_saga(kobo_http_exchange *x, const kobo_result *result);
+
+/* Submits a batch whose transfers live on several shards or cross them:
+ * one request per shard, answers gathered in request order, sagas waited
+ * for. shards[i] is the shard of ops[i]. Returns KOBO_HTTP_REPLY_LATER or
+ * READY (a 503 when out of memory). */
+int kobo__http_submit_split(kobo_http_exchange *x, const uint32_t *shards);
+/* Frees what kobo__http_submit_split allocated (exchange_free). */
+void kobo__http_split_free(http_split *split);
+
+/* Resumes x with the reply it holds: it belongs to libmicrohttpd again. */
+void kobo__http_resume(kobo_http_exchange *x);
 
 /* true when writes are open and every shard can commit (/readyz). */
 bool kobo__http_shards_ready(kobo_http_server *server);

@@ -221,6 +221,8 @@ static kobo_http_exchange *exchange_new(kobo_http_server *server,
 static void exchange_free(kobo_http_exchange *x)
 {
 	kobo_http_server *server = x->server;
+	if (x->split)
+		kobo__http_split_free(x->split);
 	if (x->results != &x->inline_result)
 		free(x->results);
 	kobo_http_ops_free(&x->ops);
@@ -327,9 +329,17 @@ static void on_done(kobo_request *request)
 	} else if (x->is_batch) {
 		kobo_http_reply_batch(&x->reply, x->ops.ops, x->results, x->ops.count,
 		                      x->request_id);
+	} else if (kobo__http_saga_pending(&x->results[0])) {
+		kobo__http_wait_saga(x, &x->results[0]);
+		return; /* answered when the saga settles */
 	} else {
 		kobo_http_reply_result(&x->reply, &x->results[0], x->request_id);
 	}
+	kobo__http_resume(x);
+}
+
+void kobo__http_resume(kobo_http_exchange *x)
+{
 	atomic_store_explicit(&x->state, KOBO_HTTP_READY, memory_order_release);
 	/* x belongs to libmicrohttpd again from here on. */
 	MHD_resume_connection(x->connection);
@@ -363,8 +373,7 @@ int kobo__http_submit(kobo_http_exchange *x, uint32_t shard)
 			kobo__http_fail(x, 500, "internal_error", "the shard refused the request");
 		}
 		x->reply.retry_after_s = rc == KOBO_EINVAL ? 0 : 1;
-		atomic_store_explicit(&x->state, KOBO_HTTP_READY, memory_order_release);
-		MHD_resume_connection(x->connection);
+		kobo__http_resume(x);
 	}
 	return KOBO_HTTP_REPLY_LATER;
 }
@@ -423,7 +432,9 @@ static void on_library_log(void *cls, const char *fmt, va_list ap)
 
 int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **out)
 {
-	if (!config || !out || config->shard_count < 1 ||
+	if (!config || !out || !config->map || config->shard_count < 1 ||
+	    config->map->shard_count != config->shard_count ||
+	    (config->shard_count > 1 && !config->runner) ||
 	    config->shard_count > KOBO_SHARDS_MAX || config->threads > KOBO_HTTP_THREADS_MAX)
 		return KOBO_EINVAL;
 	const char *host = config->host ? config->host : "127.0.0.1";
@@ -449,6 +460,10 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 		return KOBO_ENOMEM;
 	server->listen_fd = MHD_INVALID_SOCKET;
 	server->shard_count = config->shard_count;
+	server->map = config->map;
+	server->runner = config->runner;
+	server->saga_wait_ms = config->saga_wait_ms ? config->saga_wait_ms
+	                                            : KOBO_HTTP_SAGA_WAIT_MS_DEFAULT;
 	for (uint32_t i = 0; i < config->shard_count; i++) {
 		server->shards[i] = config->shards[i];
 		server->stores[i] = config->stores[i];

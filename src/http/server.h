@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../saga/saga.h"
 #include "../shard/shard.h"
 #include "../store/store.h"
 
@@ -37,6 +38,8 @@
  * overloaded: 1,024 connections × 8 MiB batch bodies would otherwise pin
  * 8 GiB, and each body expands into ops and results about 2× its size. */
 #define KOBO_HTTP_BODIES_BYTES_MAX (128u << 20)
+/* How long a write waits for its cross-shard saga before answering 202. */
+#define KOBO_HTTP_SAGA_WAIT_MS_DEFAULT 5000
 
 typedef struct kobo_http_server kobo_http_server;
 
@@ -48,6 +51,10 @@ typedef struct kobo_http_config {
 	kobo_shard *const *shards;
 	kobo_store *const *stores;
 	uint32_t shard_count;                  /* 1..KOBO_SHARDS_MAX */
+	const kobo_shard_map *map;             /* borrowed; shard_count shards */
+	/* Drives cross-shard sagas; borrowed. NULL: one shard, no sagas. */
+	kobo_saga_runner *runner;
+	unsigned saga_wait_ms;                 /* 0: default 5,000 */
 	unsigned connection_timeout_s;         /* idle timeout; 0: default 30 */
 	unsigned connections_max;              /* 0: default 1024 */
 	size_t connection_memory_bytes;        /* 0: default 64 KiB */

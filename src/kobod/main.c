@@ -1,12 +1,14 @@
 /*
  * kobod — the Kobo server. Only wiring: flags and environment, the data
- * directory and its lock, one store and one shard writer per shard, the HTTP
- * server, and a graceful drain on SIGTERM/SIGINT:
+ * directory, its lock and its shard map, one store and one shard writer per
+ * shard, the saga runner (more than one shard), the HTTP server, and a
+ * graceful drain on SIGTERM/SIGINT:
  *
  *   1. stop accepting connections, refuse new writes (kobo_http_server_drain)
- *   2. stop every shard: it commits and answers everything queued
- *   3. let the answers reach their clients (bounded wait), stop HTTP
- *   4. close the stores, exit 0
+ *   2. stop the saga runner: waiting requests answer 202, steps out return
+ *   3. stop every shard: it commits and answers everything queued
+ *   4. let the answers reach their clients (bounded wait), stop HTTP
+ *   5. close the stores, exit 0
  *
  * Signals are taken with signalfd on the main thread (blocked everywhere
  * else before any thread starts), so no code runs in a signal handler.
@@ -27,6 +29,7 @@
 
 #include "../http/server.h"
 #include "../obs/obs.h"
+#include "../saga/saga.h"
 #include "../shard/shard.h"
 #include "../store/store.h"
 
@@ -43,6 +46,9 @@ typedef struct kobod_config {
 	unsigned long http_threads;
 	unsigned long queue_ops;
 	unsigned long batch_ops;
+	unsigned long saga_wait_ms;
+	unsigned long saga_deadline_ms;
+	unsigned long saga_stuck_ms;
 } kobod_config;
 
 static void usage(FILE *out)
@@ -52,15 +58,18 @@ static void usage(FILE *out)
 	        "             [--log-level debug|info|warn|error]\n"
 	        "             [--connection-timeout SECONDS] [--connections-max N]\n"
 	        "             [--http-threads N] [--queue-ops N] [--batch-ops N]\n"
+	        "             [--saga-wait-ms MS] [--saga-deadline-ms MS] [--saga-stuck-ms MS]\n"
 	        "\n"
 	        "Every flag also comes from the environment (the flag wins):\n"
 	        "  KOBO_LISTEN (127.0.0.1:8080)  KOBO_DATA (./var)  KOBO_SHARDS (1)\n"
 	        "  KOBO_LOG_LEVEL (info)  KOBO_CONNECTION_TIMEOUT (%d)\n"
 	        "  KOBO_CONNECTIONS_MAX (%d)  KOBO_HTTP_THREADS (%d)\n"
-	        "  KOBO_QUEUE_OPS (%d)  KOBO_BATCH_OPS (%d)\n",
+	        "  KOBO_QUEUE_OPS (%d)  KOBO_BATCH_OPS (%d)\n"
+	        "  KOBO_SAGA_WAIT_MS (%d)  KOBO_SAGA_DEADLINE_MS (%d)  KOBO_SAGA_STUCK_MS (%d)\n",
 	        KOBO_HTTP_CONNECTION_TIMEOUT_S_DEFAULT, KOBO_HTTP_CONNECTIONS_MAX_DEFAULT,
 	        KOBO_HTTP_THREADS_DEFAULT, KOBO_SHARD_QUEUE_OPS_DEFAULT,
-	        KOBO_SHARD_BATCH_OPS_DEFAULT);
+	        KOBO_SHARD_BATCH_OPS_DEFAULT, KOBO_HTTP_SAGA_WAIT_MS_DEFAULT,
+	        KOBO_SAGA_DEADLINE_MS_DEFAULT, KOBO_SAGA_STUCK_MS_DEFAULT);
 }
 
 static bool parse_count(const char *text, unsigned long min, unsigned long max,
@@ -105,7 +114,8 @@ static bool parse_listen(const char *text, kobod_config *config)
 enum {
 	OPT_LISTEN = 'l', OPT_DATA = 'd', OPT_SHARDS = 's', OPT_HELP = 'h',
 	OPT_LOG_LEVEL = 256, OPT_CONNECTION_TIMEOUT, OPT_CONNECTIONS_MAX,
-	OPT_HTTP_THREADS, OPT_QUEUE_OPS, OPT_BATCH_OPS,
+	OPT_HTTP_THREADS, OPT_QUEUE_OPS, OPT_BATCH_OPS, OPT_SAGA_WAIT_MS,
+	OPT_SAGA_DEADLINE_MS, OPT_SAGA_STUCK_MS,
 };
 
 /* Applies one setting, from a flag or the environment. */
@@ -126,6 +136,12 @@ static bool apply(kobod_config *config, int option, const char *value)
 		return parse_count(value, KOBO_BATCH_OPS_MAX, 1ul << 30, &config->queue_ops);
 	case OPT_BATCH_OPS:
 		return parse_count(value, 1, KOBO_BATCH_OPS_MAX, &config->batch_ops);
+	case OPT_SAGA_WAIT_MS:
+		return parse_count(value, 1, 600000, &config->saga_wait_ms);
+	case OPT_SAGA_DEADLINE_MS:
+		return parse_count(value, 1, 86400000, &config->saga_deadline_ms);
+	case OPT_SAGA_STUCK_MS:
+		return parse_count(value, 1, 86400000, &config->saga_stuck_ms);
 	}
 	return false;
 }
@@ -140,6 +156,9 @@ static const struct option long_options[] = {
 	{ "http-threads", required_argument, NULL, OPT_HTTP_THREADS },
 	{ "queue-ops", required_argument, NULL, OPT_QUEUE_OPS },
 	{ "batch-ops", required_argument, NULL, OPT_BATCH_OPS },
+	{ "saga-wait-ms", required_argument, NULL, OPT_SAGA_WAIT_MS },
+	{ "saga-deadline-ms", required_argument, NULL, OPT_SAGA_DEADLINE_MS },
+	{ "saga-stuck-ms", required_argument, NULL, OPT_SAGA_STUCK_MS },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -157,6 +176,9 @@ static const struct {
 	{ "KOBO_HTTP_THREADS", OPT_HTTP_THREADS },
 	{ "KOBO_QUEUE_OPS", OPT_QUEUE_OPS },
 	{ "KOBO_BATCH_OPS", OPT_BATCH_OPS },
+	{ "KOBO_SAGA_WAIT_MS", OPT_SAGA_WAIT_MS },
+	{ "KOBO_SAGA_DEADLINE_MS", OPT_SAGA_DEADLINE_MS },
+	{ "KOBO_SAGA_STUCK_MS", OPT_SAGA_STUCK_MS },
 };
 
 /* Environment first, then flags over it. Returns 0, or 2 after usage. */
@@ -241,11 +263,6 @@ int main(int argc, char **argv)
 	int rc = configure(argc, argv, &config);
 	if (rc)
 		return rc;
-	if (config.shards > 1) {
-		fprintf(stderr, "kobod: --shards %lu needs cross-shard sagas, not built "
-		        "yet; run with --shards 1\n", config.shards);
-		return 2;
-	}
 
 	/* Block the signals before any thread starts: every thread inherits
 	 * the mask and only the signalfd below sees them. */
@@ -280,10 +297,36 @@ int main(int argc, char **argv)
 	}
 
 	uint32_t shard_count = (uint32_t)config.shards;
+	static kobo_shard_map map;
+	char map_error[512];
+	rc = kobo_shard_map_open(config.data_dir, shard_count, &map, map_error,
+	                         sizeof(map_error));
+	if (rc != KOBO_OK) {
+		log_failure("startup_failed", "shard map", map_error);
+		fprintf(stderr, "kobod: %s\n", map_error);
+		close(lock_fd);
+		return rc == KOBO_EINVAL ? 2 : 1;
+	}
+
 	kobo_store *stores[KOBO_SHARDS_MAX] = { 0 };
 	kobo_shard *shards[KOBO_SHARDS_MAX] = { 0 };
+	kobo_saga_runner *runner = NULL;
 	kobo_http_server *server = NULL;
 	int exit_code = 1;
+	if (shard_count > 1) {
+		kobo_saga_config saga = {
+			.shards = shards,
+			.stores = stores,
+			.shard_count = shard_count,
+			.map = &map,
+			.deadline_ms = (int64_t)config.saga_deadline_ms,
+			.stuck_ms = (int64_t)config.saga_stuck_ms,
+		};
+		if (kobo_saga_runner_create(&saga, &runner) != KOBO_OK) {
+			log_failure("startup_failed", "saga runner", "out of memory");
+			goto out;
+		}
+	}
 	for (uint32_t i = 0; i < shard_count; i++) {
 		snprintf(path, sizeof(path), "%s/shard-%u.db", config.data_dir, i);
 		if (kobo_store_sqlite_open(path, false, &stores[i]) != KOBO_OK) {
@@ -295,12 +338,18 @@ int main(int argc, char **argv)
 			.index = i,
 			.queue_ops_max = config.queue_ops,
 			.batch_ops_max = config.batch_ops,
+			.saga_started = runner ? kobo_saga_runner_notify : NULL,
+			.saga_ctx = runner,
 		};
 		if (kobo_shard_start(stores[i], &shard_config, &shards[i]) != KOBO_OK) {
 			log_failure("startup_failed", path, "cannot start the shard writer");
 			shards[i] = NULL;
 			goto out;
 		}
+	}
+	if (runner && kobo_saga_runner_start(runner) != KOBO_OK) {
+		log_failure("startup_failed", "saga runner", "cannot start the thread");
+		goto out;
 	}
 
 	kobo_http_config http = {
@@ -309,6 +358,9 @@ int main(int argc, char **argv)
 		.shards = shards,
 		.stores = stores,
 		.shard_count = shard_count,
+		.map = &map,
+		.runner = runner,
+		.saga_wait_ms = (unsigned)config.saga_wait_ms,
 		.connection_timeout_s = (unsigned)config.connection_timeout_s,
 		.connections_max = (unsigned)config.connections_max,
 		.threads = (unsigned)config.http_threads,
@@ -347,13 +399,21 @@ int main(int argc, char **argv)
 	exit_code = 0;
 
 out:
+	/* Order matters: no new writes; the runner answers its waiters and
+	 * collects the steps it has out; the shards commit and answer what is
+	 * queued (their doorbells are ignored now: the next start's scan
+	 * resumes those sagas); then the connections, the runner, the stores. */
 	if (server)
 		kobo_http_server_drain(server);
+	if (runner)
+		kobo_saga_runner_stop(runner);
 	for (uint32_t i = 0; i < shard_count; i++)
 		if (shards[i])
 			kobo_shard_stop(shards[i]);
 	if (server)
 		kobo_http_server_stop(server, DRAIN_WAIT_MS);
+	if (runner)
+		kobo_saga_runner_destroy(runner);
 	for (uint32_t i = 0; i < shard_count; i++)
 		if (stores[i])
 			kobo_store_close(stores[i]);

@@ -103,6 +103,7 @@ typedef struct notice {
 struct kobo_saga_runner {
 	kobo_saga_config config;
 	pthread_t thread;
+	bool started;
 
 	/* Inbox, guarded by lock. */
 	pthread_mutex_t lock;
@@ -116,6 +117,7 @@ struct kobo_saga_runner {
 	bool stopping;
 
 	/* Runner thread only. */
+	bool quitting; /* stopping, as last seen under lock */
 	notice *taken;
 	saga_entry *buckets[TABLE_BUCKETS];
 	saga_entry *all;
@@ -161,12 +163,12 @@ static saga_entry *entry_get(kobo_saga_runner *r, uint32_t shard, const char *id
 	if (e)
 		return e;
 	if (r->active >= KOBO_SAGA_ACTIVE_MAX || shard >= r->config.shard_count) {
-		r->scan_requested = true;
+		r->next_scan_ms = 0;
 		return NULL;
 	}
 	e = calloc(1, sizeof(*e));
 	if (!e) {
-		r->scan_requested = true;
+		r->next_scan_ms = 0;
 		return NULL;
 	}
 	e->runner = r;
@@ -353,7 +355,7 @@ static kobo_saga_step_kind remote_metric(const kobo_op *op)
 /* Reads A's record and submits the next step, or finishes the saga. */
 static void drive(kobo_saga_runner *r, saga_entry *e)
 {
-	if (e->in_flight != STEP_NONE || r->stopping)
+	if (e->in_flight != STEP_NONE || r->quitting)
 		return;
 	kobo_store_reader *reader = r->readers[e->shard];
 	kobo_transfer record;
@@ -404,7 +406,7 @@ static void step_answered(kobo_saga_runner *r, saga_entry *e)
 		return;
 	}
 	log_step(e, step, shard, kobo_result_code_name(e->result.code), latency_us);
-	if (r->stopping)
+	if (r->quitting)
 		return;
 	if (kind == STEP_SETTLE) {
 		e->backoff_ms = 0;
@@ -511,7 +513,8 @@ static void take_inbox(kobo_saga_runner *r, size_t *notices, saga_entry **done,
 {
 	int64_t wake_at = r->next_sweep_ms;
 	pthread_mutex_lock(&r->lock);
-	while (!r->notice_count && !r->done_head && !r->wait_head && !r->stopping &&
+	while (!r->notice_count && !r->done_head && !r->wait_head &&
+	       (!r->stopping || r->quitting) &&
 	       !r->ready_head) {
 		int64_t wait_ms = wake_at - mono_ms();
 		if (wait_ms <= 0)
@@ -539,6 +542,7 @@ static void take_inbox(kobo_saga_runner *r, size_t *notices, saga_entry **done,
 	*waits = r->wait_head;
 	r->wait_head = NULL;
 	*stopping = r->stopping;
+	r->quitting = r->stopping;
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -626,7 +630,7 @@ static void *runner_main(void *arg)
 
 /* ---- Public API. ---- */
 
-int kobo_saga_runner_start(const kobo_saga_config *config, kobo_saga_runner **out)
+int kobo_saga_runner_create(const kobo_saga_config *config, kobo_saga_runner **out)
 {
 	if (!config || !config->shards || !config->stores || !config->map ||
 	    config->shard_count < 1 || config->shard_count > KOBO_SHARDS_MAX)
@@ -649,15 +653,17 @@ int kobo_saga_runner_start(const kobo_saga_config *config, kobo_saga_runner **ou
 	}
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_cond_init(&r->wake, NULL);
-	if (pthread_create(&r->thread, NULL, runner_main, r) != 0) {
-		pthread_cond_destroy(&r->wake);
-		pthread_mutex_destroy(&r->lock);
-		free(r->notices);
-		free(r->taken);
-		free(r);
-		return KOBO_ENOMEM;
-	}
 	*out = r;
+	return KOBO_OK;
+}
+
+int kobo_saga_runner_start(kobo_saga_runner *r)
+{
+	if (r->started)
+		return KOBO_EINVAL;
+	if (pthread_create(&r->thread, NULL, runner_main, r) != 0)
+		return KOBO_ENOMEM;
+	r->started = true;
 	return KOBO_OK;
 }
 
@@ -666,7 +672,9 @@ void kobo_saga_runner_notify(void *runner, uint32_t shard,
 {
 	kobo_saga_runner *r = runner;
 	pthread_mutex_lock(&r->lock);
-	if (r->notice_count < KOBO_SAGA_NOTIFY_MAX) {
+	if (r->stopping) {
+		/* Draining shards: the next start's scan resumes this saga. */
+	} else if (r->notice_count < KOBO_SAGA_NOTIFY_MAX) {
 		notice *n = &r->notices[r->notice_count++];
 		n->shard = shard;
 		snprintf(n->id, sizeof(n->id), "%s", transfer->id);
@@ -712,14 +720,27 @@ void kobo_saga_runner_stop(kobo_saga_runner *r)
 	r->stopping = true;
 	pthread_cond_signal(&r->wake);
 	pthread_mutex_unlock(&r->lock);
-	pthread_join(r->thread, NULL);
+	if (r->started)
+		pthread_join(r->thread, NULL);
+	r->started = false;
 	/* Waiters registered after the thread's last look are answered here. */
-	while (r->wait_head) {
-		waiter *w = r->wait_head;
-		r->wait_head = w->next;
+	pthread_mutex_lock(&r->lock);
+	waiter *waits = r->wait_head;
+	r->wait_head = NULL;
+	r->waiter_count = 0;
+	pthread_mutex_unlock(&r->lock);
+	while (waits) {
+		waiter *w = waits;
+		waits = w->next;
 		w->fn(w->ctx, NULL, true);
 		free(w);
 	}
+}
+
+void kobo_saga_runner_destroy(kobo_saga_runner *r)
+{
+	if (!r->stopping || r->started)
+		kobo_saga_runner_stop(r);
 	pthread_cond_destroy(&r->wake);
 	pthread_mutex_destroy(&r->lock);
 	free(r->notices);

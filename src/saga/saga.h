@@ -74,7 +74,17 @@ typedef struct kobo_saga_config {
 	int64_t stuck_ms;           /* 0: KOBO_SAGA_STUCK_MS_DEFAULT */
 } kobo_saga_config;
 
-int kobo_saga_runner_start(const kobo_saga_config *config, kobo_saga_runner **out);
+/* Lifecycle, around the shards':
+ *   create    before the shards start: their doorbells need the runner
+ *   start     once the shards run: starts the thread (it scans at once)
+ *   stop      before the shards stop (see below)
+ *   destroy   after the shards stopped: doorbells rung while they drain
+ *             are ignored until then (the next start's scan finds them)
+ * config->shards and config->stores are borrowed arrays whose entries may
+ * be filled between create and start. */
+int kobo_saga_runner_create(const kobo_saga_config *config, kobo_saga_runner **out);
+int kobo_saga_runner_start(kobo_saga_runner *runner);
+void kobo_saga_runner_destroy(kobo_saga_runner *runner);
 
 /* The shard writer's doorbell (kobo_shard_config.saga_started): a saga of
  * A's record is under way. Never blocks; if the runner is full the recovery
@@ -98,8 +108,8 @@ int kobo_saga_runner_wait(kobo_saga_runner *runner, uint32_t shard,
                           kobo_saga_wait_fn fn, void *ctx);
 
 /* Stops driving: answers every waiter (timed_out), waits for the steps
- * already submitted to shards to come back, joins the thread. Call before
- * stopping the shards. Unfinished sagas stay recorded and resume at the
+ * already submitted to shards to come back, joins the thread. Later waits
+ * answer KOBO_ESHUTDOWN. Unfinished sagas stay recorded and resume at the
  * next start. */
 void kobo_saga_runner_stop(kobo_saga_runner *runner);
 
