@@ -16,6 +16,11 @@
  *   kobo_rejections_total{code}                     every rejection code
  *   kobo_overloaded_total{shard}                    shards 0..highest seen
  *   kobo_holds_expired_total{shard}                 shards 0..highest seen
+ *   kobo_saga_step_duration_seconds{step}           every saga step kind
+ *   kobo_saga_steps_failed_total{step}              every saga step kind
+ *   kobo_sagas_finished_total{outcome}              pending, posted, voided,
+ *                                                   compensated
+ *   kobo_sagas_active{state}, kobo_sagas_stuck      sampled by the runner
  *
  * kobo_metrics_render() follows snprintf's convention with one refinement:
  * it returns the full length n of the text; min(n, cap) bytes are written;
@@ -88,11 +93,34 @@ static _Atomic uint64_t holds_expired_total[KOBO_METRICS_SHARDS_MAX];
 
 static _Atomic uint64_t rejections_total[KOBO_RESULT_CODE_COUNT];
 
+enum { SAGA_POSTED, SAGA_PENDING, SAGA_VOIDED, SAGA_COMPENSATED, SAGA_OUTCOMES };
+static const char *const saga_outcome_names[SAGA_OUTCOMES] = {
+	"posted", "pending", "voided", "compensated",
+};
+static latency_histogram saga_step_duration[KOBO_SAGA_STEP_KINDS];
+static _Atomic uint64_t saga_steps_failed[KOBO_SAGA_STEP_KINDS];
+static _Atomic uint64_t sagas_finished[SAGA_OUTCOMES];
+static _Atomic uint64_t sagas_active[3]; /* reserved, posting, voiding */
+static _Atomic uint64_t sagas_stuck;
+
 /* ---- Recording. ---- */
 
 static void add(_Atomic uint64_t *counter, uint64_t n)
 {
 	atomic_fetch_add_explicit(counter, n, memory_order_relaxed);
+}
+
+static void set(_Atomic uint64_t *gauge, uint64_t n)
+{
+	atomic_store_explicit(gauge, n, memory_order_relaxed);
+}
+
+const char *kobo_saga_step_name(kobo_saga_step_kind kind)
+{
+	static const char *const names[KOBO_SAGA_STEP_KINDS] = {
+		"credit", "abort", "post", "void", "settle",
+	};
+	return (unsigned)kind < KOBO_SAGA_STEP_KINDS ? names[kind] : "unknown";
 }
 
 static void latency_observe(latency_histogram *h, int64_t us)
@@ -178,6 +206,36 @@ void kobo_metrics_expired(uint32_t shard, size_t count)
 {
 	if (shard_use(shard))
 		add(&holds_expired_total[shard], count);
+}
+
+void kobo_metrics_saga_step(kobo_saga_step_kind kind, bool ok, int64_t latency_us)
+{
+	if ((unsigned)kind >= KOBO_SAGA_STEP_KINDS)
+		return;
+	latency_observe(&saga_step_duration[kind], latency_us);
+	if (!ok)
+		add(&saga_steps_failed[kind], 1);
+}
+
+void kobo_metrics_saga_finished(kobo_transfer_status status, bool compensated)
+{
+	if (compensated)
+		add(&sagas_finished[SAGA_COMPENSATED], 1);
+	else if (status == KOBO_STATUS_POSTED)
+		add(&sagas_finished[SAGA_POSTED], 1);
+	else if (status == KOBO_STATUS_PENDING)
+		add(&sagas_finished[SAGA_PENDING], 1);
+	else if (status == KOBO_STATUS_VOIDED)
+		add(&sagas_finished[SAGA_VOIDED], 1);
+}
+
+void kobo_metrics_sagas_active(size_t reserved, size_t posting, size_t voiding,
+                               size_t stuck)
+{
+	set(&sagas_active[0], reserved);
+	set(&sagas_active[1], posting);
+	set(&sagas_active[2], voiding);
+	set(&sagas_stuck, stuck);
 }
 
 /* ---- Rendering. ---- */
@@ -371,6 +429,32 @@ size_t kobo_metrics_render(char *buf, size_t cap)
 	for (uint32_t s = 0; s < shards; s++)
 		emit(&o, "kobo_holds_expired_total{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
 		     load(&holds_expired_total[s]));
+
+	emit_header(&o, "kobo_saga_step_duration_seconds", "histogram",
+	            "Saga step round trip (submit to durable answer), by step.");
+	for (int k = 0; k < KOBO_SAGA_STEP_KINDS; k++) {
+		snprintf(label, sizeof label, "step=\"%s\"", kobo_saga_step_name(k));
+		emit_latency(&o, "kobo_saga_step_duration_seconds", label,
+		             &saga_step_duration[k], false);
+	}
+	emit_header(&o, "kobo_saga_steps_failed_total", "counter",
+	            "Saga steps whose batch failed (retried), by step.");
+	for (int k = 0; k < KOBO_SAGA_STEP_KINDS; k++)
+		emit(&o, "kobo_saga_steps_failed_total{step=\"%s\"} %" PRIu64 "\n",
+		     kobo_saga_step_name(k), load(&saga_steps_failed[k]));
+	emit_header(&o, "kobo_sagas_finished_total", "counter",
+	            "Sagas settled, by outcome (compensated: the payer was refunded).");
+	for (int i = 0; i < SAGA_OUTCOMES; i++)
+		emit(&o, "kobo_sagas_finished_total{outcome=\"%s\"} %" PRIu64 "\n",
+		     saga_outcome_names[i], load(&sagas_finished[i]));
+	emit_header(&o, "kobo_sagas_active", "gauge", "Sagas being driven, by state.");
+	static const char *const states[3] = { "reserved", "posting", "voiding" };
+	for (int i = 0; i < 3; i++)
+		emit(&o, "kobo_sagas_active{state=\"%s\"} %" PRIu64 "\n", states[i],
+		     load(&sagas_active[i]));
+	emit_header(&o, "kobo_sagas_stuck", "gauge",
+	            "Sagas unfinished longer than --saga-stuck-ms (each also logged).");
+	emit(&o, "kobo_sagas_stuck %" PRIu64 "\n", load(&sagas_stuck));
 
 	if (o.len < cap)
 		buf[o.len] = '\0';
