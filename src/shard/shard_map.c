@@ -6,7 +6,16 @@
  * part of the on-disk format: changing either would silently move accounts,
  * so both are frozen here and checked by tests/unit/test_shard.c against known
  * values.
+ *
+ * Clearing accounts ("kobo:clearing:<a>:<b>:<CUR>", shard a's account for
+ * money moving to or from shard b) are the exception: they live on the shard
+ * their id names, so each shard's side of a pair is local to it. The map's
+ * file format and the rules for opening it are in map_file.c.
  */
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
 #include "shard.h"
 
 _Static_assert((KOBO_PARTITIONS & (KOBO_PARTITIONS - 1)) == 0,
@@ -30,4 +39,97 @@ uint32_t kobo_shard_of_partition(uint32_t partition, uint32_t shard_count)
 	if (shard_count == 0)
 		return 0;
 	return partition % shard_count;
+}
+
+void kobo_shard_map_default(kobo_shard_map *map, uint32_t shard_count)
+{
+	assert(shard_count >= 1 && shard_count <= KOBO_SHARDS_MAX);
+	map->shard_count = shard_count;
+	for (uint32_t p = 0; p < KOBO_PARTITIONS; p++)
+		map->shard_of[p] = (uint16_t)kobo_shard_of_partition(p, shard_count);
+}
+
+uint32_t kobo_shard_map_account(const kobo_shard_map *map, const char *account_id)
+{
+	uint32_t a, b;
+	char currency[KOBO_CURRENCY_LEN_MAX + 1];
+
+	/* A clearing id naming a shard this map does not have is routed like any
+	 * other id: the edge refuses "kobo:" ids from clients, so only a bug can
+	 * produce one, and hashing keeps routing total instead of indexing out of
+	 * range. */
+	if (kobo_clearing_parse(account_id, &a, &b, currency) && a < map->shard_count)
+		return a;
+	return map->shard_of[kobo_partition_of(account_id)];
+}
+
+/* ---- Clearing accounts. ---- */
+
+#define CLEARING_PREFIX KOBO_SYSTEM_ID_PREFIX "clearing:"
+
+void kobo_clearing_id(char *out, uint32_t a, uint32_t b, const char *currency)
+{
+	assert(a < KOBO_SHARDS_MAX && b < KOBO_SHARDS_MAX && a != b);
+	assert(strlen(currency) <= KOBO_CURRENCY_LEN_MAX);
+	int n = snprintf(out, KOBO_ID_LEN_MAX + 1, CLEARING_PREFIX "%u:%u:%s", a, b,
+	                 currency);
+	assert(n > 0 && n <= KOBO_ID_LEN_MAX);
+	(void)n;
+}
+
+/* Parses a shard number at *p up to the next ':': decimal digits, no sign,
+ * no leading zero unless it is "0", below KOBO_SHARDS_MAX. Advances *p past
+ * the ':'. */
+static bool parse_shard_number(const char **p, uint32_t *out)
+{
+	const char *s = *p;
+	uint32_t value = 0;
+	size_t digits = 0;
+
+	for (; *s >= '0' && *s <= '9'; s++, digits++) {
+		if (digits == 3) /* KOBO_SHARDS_MAX has 3 digits; stops overflow */
+			return false;
+		value = value * 10 + (uint32_t)(*s - '0');
+	}
+	if (digits == 0 || *s != ':' || (digits > 1 && **p == '0'))
+		return false;
+	if (value >= KOBO_SHARDS_MAX)
+		return false;
+	*out = value;
+	*p = s + 1;
+	return true;
+}
+
+/* ^[A-Z][A-Z0-9]{2,7}$, as the edge validates currencies. */
+static bool currency_valid(const char *s)
+{
+	size_t n = 0;
+
+	if (!(s[0] >= 'A' && s[0] <= 'Z'))
+		return false;
+	for (; s[n]; n++) {
+		if (!((s[n] >= 'A' && s[n] <= 'Z') || (s[n] >= '0' && s[n] <= '9')))
+			return false;
+	}
+	return n >= 3 && n <= KOBO_CURRENCY_LEN_MAX;
+}
+
+_Static_assert(KOBO_SHARDS_MAX <= 1000, "parse_shard_number reads 3 digits at most");
+
+bool kobo_clearing_parse(const char *id, uint32_t *a, uint32_t *b, char *currency)
+{
+	const size_t prefix_len = sizeof(CLEARING_PREFIX) - 1;
+	uint32_t x, y;
+
+	if (strncmp(id, CLEARING_PREFIX, prefix_len) != 0)
+		return false;
+	const char *p = id + prefix_len;
+	if (!parse_shard_number(&p, &x) || !parse_shard_number(&p, &y) || x == y)
+		return false;
+	if (!currency_valid(p))
+		return false;
+	*a = x;
+	*b = y;
+	strcpy(currency, p); /* fits: currency_valid bounded its length */
+	return true;
 }
