@@ -4,8 +4,11 @@
  *   main.c         global options, dispatch to a command
  *   commands.c     account, transfer, post, void, history: build a request,
  *                  send it, print the answer
- *   audit.c        `kobo audit`: opens every DIR/shard-N.db read-only and
- *                  runs the store's audit (no server needed)
+ *   audit.c        `kobo audit`: reads the shard map, opens every
+ *                  DIR/shard-N.db read-only and runs the store's audit,
+ *                  lists sagas in flight, and checks that clearing account
+ *                  pairs net to zero when it holds DIR/kobod.lock (no
+ *                  server needed)
  *   http_client.c  one libcurl easy handle, reused for every request
  *   output.c       tables, key/value listings, error lines, argument parsing
  *
