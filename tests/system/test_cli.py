@@ -6,8 +6,9 @@ on a sound and on a tampered store.
 import json
 import os
 import sqlite3
+import subprocess
 
-from kobotest import audit, balance, cli, expect_audit_ok
+from kobotest import audit, balance, binary, child_env, cli, expect_audit_ok
 
 
 def run_ok(srv, *args, json_out=False):
@@ -154,3 +155,131 @@ def test_audit_sound_then_tampered(server):
     assert "aud:bola" in p.stdout + p.stderr, (
         f"`kobo audit` should name the tampered account aud:bola, saw stdout {p.stdout[-1500:]!r} "
         f"stderr {p.stderr[-1500:]!r}")
+
+
+def shard_of(account_id, shards):
+    """The default shard map: FNV-1a 64 of the id, mod 4096 partitions, mod shards."""
+    h = 0xcbf29ce484222325
+    for byte in account_id.encode():
+        h = ((h ^ byte) * 0x100000001b3) % 2**64
+    return (h % 4096) % shards
+
+
+def ids_on_shards(prefix, shards, want):
+    """One account id per shard in want, named prefix:<n>."""
+    found = {}
+    n = 0
+    while len(found) < len(want):
+        name = f"{prefix}:{n}"
+        s = shard_of(name, shards)
+        if s in want and s not in found:
+            found[s] = name
+        n += 1
+    return found
+
+
+def audit_json(data_dir):
+    p = subprocess.run([binary("kobo"), "--json", "audit", "--data", data_dir], capture_output=True,
+                       text=True, timeout=60, env=child_env())
+    try:
+        return p, json.loads(p.stdout)
+    except ValueError:
+        raise AssertionError(f"`kobo audit --data {data_dir} --json`: expected JSON on stdout, "
+                             f"saw {p.stdout[-1500:]!r}, stderr {p.stderr[-1500:]!r}")
+
+
+def expect_in_audit(p, text, what):
+    assert text in p.stdout, (f"{what}: expected {text!r} in the audit output\n"
+                              f"stdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-1500:]}")
+
+
+def test_audit_two_shards_checks_clearing_pairs_when_stopped(make_server):
+    srv = make_server("--shards", "2")
+    ids = ids_on_shards("aud2", 2, {0, 1})
+    payer, payee, cash = ids[0], ids[1], "aud2:cash"
+    run_ok(srv, "account", "create", cash, "--currency", "NGN", "--allow-negative")
+    run_ok(srv, "account", "create", payer, "--currency", "NGN")
+    run_ok(srv, "account", "create", payee, "--currency", "NGN")
+    run_ok(srv, "transfer", "--id", "aud2:fund", "--from", cash, "--to", payer,
+           "--amount", 1000, "--currency", "NGN")
+    run_ok(srv, "transfer", "--id", "aud2:x", "--from", payer, "--to", payee,
+           "--amount", 300, "--currency", "NGN")
+    run_ok(srv, "transfer", "--id", "aud2:hold", "--from", payer, "--to", payee,
+           "--amount", 120, "--currency", "NGN", "--pending")
+
+    p = audit(srv.data)
+    assert p.returncode == 0, (f"audit of a sound 2-shard store while kobod runs: expected exit 0, "
+                               f"saw {p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
+    expect_in_audit(p, "clearing pairs: not checked while kobod is running", "kobod running")
+    expect_in_audit(p, "shard 1:", "both shards are audited")
+
+    srv.sigterm()
+    p = audit(srv.data)
+    assert p.returncode == 0, (f"audit of a sound stopped 2-shard store: expected exit 0, saw "
+                               f"{p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
+    expect_in_audit(p, "sagas in flight: 0", "stopped, nothing in flight")
+    expect_in_audit(p, "checked, 0 problems", "stopped: the pairs are checked")
+    p, report = audit_json(srv.data)
+    assert p.returncode == 0 and report["verdict"] == "sound", f"--json audit: expected sound, saw {report}"
+    assert report["shard_map"]["shards"] == 2 and len(report["shards"]) == 2, (
+        f"--json audit: expected 2 shards from the shard map, saw {report}")
+    assert report["clearing_pairs"]["status"] == "checked" and report["clearing_pairs"]["pairs"] >= 1, (
+        f"--json audit: expected the clearing pairs checked, saw {report['clearing_pairs']}")
+
+    # Remove the credit leg of aud2:x from the payee's shard and undo its
+    # effect there: shard 1 alone still adds up, but the pair no longer does.
+    db = os.path.join(srv.data, "shard-1.db")
+    con = sqlite3.connect(db)
+    try:
+        clearing = "kobo:clearing:1:0:NGN"
+        n = con.execute("DELETE FROM transfers WHERE id = 'aud2:x' AND leg = 'credit'").rowcount
+        con.execute("UPDATE accounts SET posted = posted - 300 WHERE id = ?", (payee,))
+        con.execute("UPDATE accounts SET posted = posted + 300 WHERE id = ?", (clearing,))
+        con.commit()
+    finally:
+        con.close()
+    assert n == 1, f"tamper: expected to delete the credit leg of aud2:x on shard 1, deleted {n}"
+    p = audit(srv.data)
+    assert p.returncode == 1, (f"audit with a clearing pair off by 300: expected exit 1, saw {p.returncode}\n"
+                               f"stdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
+    expect_in_audit(p, "clearing pairs: problem:", "pair off by 300")
+    expect_in_audit(p, clearing, "the problem names the clearing account")
+    assert "shard 1: problem" not in p.stdout, (
+        f"the tamper keeps shard 1 consistent on its own; saw {p.stdout[-1500:]}")
+
+
+def test_audit_lists_sagas_in_flight_and_skips_pairs(make_server):
+    srv = make_server("--shards", "2")
+    ids = ids_on_shards("aud3", 2, {0, 1})
+    payer, payee, cash = ids[0], ids[1], "aud3:cash"
+    run_ok(srv, "account", "create", cash, "--currency", "NGN", "--allow-negative")
+    run_ok(srv, "account", "create", payer, "--currency", "NGN")
+    run_ok(srv, "account", "create", payee, "--currency", "NGN")
+    run_ok(srv, "transfer", "--id", "aud3:fund", "--from", cash, "--to", payer,
+           "--amount", 1000, "--currency", "NGN")
+    run_ok(srv, "transfer", "--id", "aud3:hold", "--from", payer, "--to", payee,
+           "--amount", 120, "--currency", "NGN", "--pending", "--request-id", "req-aud3-hold")
+    srv.sigterm()
+
+    # A saga caught between steps: the debit leg of the hold back to
+    # PROCESSING/RESERVED (it holds the same money, so shard 0 still adds up).
+    db = os.path.join(srv.data, "shard-0.db")
+    con = sqlite3.connect(db)
+    try:
+        n = con.execute("UPDATE transfers SET status = 'processing', saga = 'reserved' "
+                        "WHERE id = 'aud3:hold' AND leg = 'debit'").rowcount
+        con.commit()
+    finally:
+        con.close()
+    assert n == 1, f"tamper: expected to update the debit leg of aud3:hold on shard 0, updated {n}"
+    p = audit(srv.data)
+    assert p.returncode == 0, (f"audit with a saga in flight: expected exit 0 (not a problem), saw "
+                               f"{p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
+    expect_in_audit(p, "sagas in flight: 1", "one saga in flight")
+    expect_in_audit(p, "aud3:hold reserved (request_id req-aud3-hold)", "the saga is listed")
+    expect_in_audit(p, "clearing pairs: not checked because 1 saga is in flight", "pairs skipped")
+    p, report = audit_json(srv.data)
+    assert report["sagas_in_flight"] == 1 and report["sagas"][0]["id"] == "aud3:hold", (
+        f"--json audit: expected the saga listed, saw {report}")
+    assert report["clearing_pairs"]["status"] == "not_checked", (
+        f"--json audit: expected the pairs not checked, saw {report['clearing_pairs']}")
