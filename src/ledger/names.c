@@ -27,6 +27,7 @@ static const char *const result_code_names[KOBO_RESULT_CODE_COUNT] = {
 	[KOBO_RESULT_TRANSFER_NOT_FOUND] = "transfer_not_found",
 	[KOBO_RESULT_NOT_PENDING] = "not_pending",
 	[KOBO_RESULT_AMOUNT_EXCEEDS_PENDING] = "amount_exceeds_pending",
+	[KOBO_RESULT_SAGA_TIMEOUT] = "saga_timeout",
 };
 
 const char *kobo_result_code_name(kobo_result_code code)
@@ -68,6 +69,27 @@ const char *kobo_void_reason_name(kobo_void_reason reason)
 	case KOBO_VOID_COMPENSATED: return "compensated";
 	}
 	return NULL;
+}
+
+const char *kobo_leg_name(kobo_leg leg)
+{
+	switch (leg) {
+	case KOBO_LEG_LOCAL: return "local";
+	case KOBO_LEG_DEBIT: return "debit";
+	case KOBO_LEG_CREDIT: return "credit";
+	}
+	return "unknown";
+}
+
+const char *kobo_saga_state_name(kobo_saga_state state)
+{
+	switch (state) {
+	case KOBO_SAGA_NONE: return "none";
+	case KOBO_SAGA_RESERVED: return "reserved";
+	case KOBO_SAGA_POSTING: return "posting";
+	case KOBO_SAGA_VOIDING: return "voiding";
+	}
+	return "unknown";
 }
 
 void kobo__ledger_assert_fail(const char *what, const char *file, int line)

@@ -275,6 +275,7 @@ static void test_names_round_trip(void **state)
 		"account_not_found", "insufficient_funds", "currency_mismatch",
 		"same_account", "amount_overflow", "not_applied",
 		"transfer_not_found", "not_pending", "amount_exceeds_pending",
+		"saga_timeout",
 	};
 	assert_int_equal(sizeof(names) / sizeof(names[0]),
 	                 KOBO_RESULT_CODE_COUNT);
