@@ -13,12 +13,24 @@
  * before those insertions (no tombstones needed).
  *
  * Capacity. A batch of n ops names at most 2n accounts (an op names one
- * account, two for a transfer, or the two of the transfer it posts or voids)
- * and at most n transfers, so the arrays hold 2 * ops_max + 1 accounts and
- * ops_max transfers. kobo_ledger_apply() checks up front that the ops cannot
- * need more, so it never fails half-way.
+ * account, two for a transfer or a leg, or the two of the transfer it posts,
+ * voids, expires or settles) and at most n transfers, so the arrays hold
+ * 2 * ops_max + 1 accounts and ops_max transfers. A clearing account the
+ * ledger creates is one of the two its op names, so it fits as well.
+ * kobo_ledger_apply() checks up front that the ops cannot need more, so it
+ * never fails half-way.
  *
- * Transfer states and the functions that move them:
+ * Legs. A transfer between shards is stored on both (ledger.h, kobo_leg):
+ * the DEBIT leg on the payer's shard A moves money from -> clearing, the
+ * CREDIT leg on the payee's shard B clearing -> to. Every rule that moves
+ * money for a stored record goes through hold_accounts(), which names the
+ * record's accounts on this shard (kobo_transfer_debit_account /
+ * credit_account), so LOCAL, DEBIT and CREDIT records share the same hold,
+ * post and release code. A clearing account is created by the first leg
+ * that needs it (create_clearing_account). CREDIT legs never expire: A
+ * decides expiry and voids B's hold through its saga.
+ *
+ * Transfer states and the functions that move them (LOCAL and CREDIT legs):
  *
  *                  create_transfer (pending)
  *      (new) ─────────────────────────────▶ PENDING ──post──▶ POSTED
@@ -34,12 +46,42 @@
  *   (none)     POSTED    CREATE_TRANSFER  apply_create_transfer CREATED
  *   (none)     PENDING   CREATE_TRANSFER  apply_create_transfer CREATED
  *   (none)     REJECTED  CREATE_TRANSFER  apply_create_transfer the rule's code
+ *   (none)     POSTED    SAGA_CREDIT      apply_create_transfer CREATED
+ *   (none)     PENDING   SAGA_CREDIT      apply_create_transfer CREATED
+ *   (none)     REJECTED  SAGA_CREDIT      apply_create_transfer the rule's code
+ *   (none)     REJECTED  SAGA_ABORT       apply_saga_abort      CREATED
  *   PENDING    POSTED    POST             apply_post            UPDATED
  *   PENDING    VOIDED    VOID             apply_void            UPDATED
  *   PENDING    VOIDED    EXPIRE           apply_expire          UPDATED
  *   PENDING    VOIDED    POST (expired)   apply_post            NOT_PENDING
  *   any        same      replays          (each)                REPLAYED
- *   PROCESSING is written by the saga runner; the ledger never leaves it.
+ *
+ * DEBIT legs never move money on a client's post or void: they start a saga
+ * step (status PROCESSING, saga field) and SAGA_SETTLE finishes it once B
+ * has done its part. While PROCESSING the record holds `amount`.
+ *
+ *      (new) ──create_transfer──▶ PROCESSING/RESERVED ──settle──▶ POSTED,
+ *                                                      PENDING or VOIDED
+ *                                                      (compensated)
+ *      PENDING ──post──▶ PROCESSING/POSTING ──settle──▶ POSTED or PENDING
+ *      PENDING ──void / expire / late post──▶ PROCESSING/VOIDING
+ *                                            ──settle──▶ VOIDED
+ *
+ *   from        to          op                function         result
+ *   (none)      RESERVED    CREATE_TRANSFER   apply_create_transfer CREATED
+ *   RESERVED    POSTED      SAGA_SETTLE       apply_saga_settle UPDATED
+ *   RESERVED    PENDING     SAGA_SETTLE       apply_saga_settle UPDATED
+ *   RESERVED    VOIDED      SAGA_SETTLE       apply_saga_settle UPDATED
+ *   PENDING     POSTING     POST              apply_post        UPDATED
+ *   PENDING     VOIDING     VOID              apply_void        UPDATED
+ *   PENDING     VOIDING     EXPIRE            apply_expire      UPDATED
+ *   PENDING     VOIDING     POST (expired)    apply_post        NOT_PENDING
+ *   POSTING     POSTED      SAGA_SETTLE       apply_saga_settle UPDATED
+ *   POSTING     PENDING     SAGA_SETTLE       apply_saga_settle UPDATED
+ *   VOIDING     VOIDED      SAGA_SETTLE       apply_saga_settle UPDATED
+ *   POSTING     same        POST              apply_post        REPLAYED
+ *   VOIDING     same        VOID              apply_void        REPLAYED
+ *   settled     same        SAGA_SETTLE       apply_saga_settle REPLAYED
  *
  * Invariants (checked by check_invariants() after every apply; a broken one
  * aborts, even in release builds):
@@ -49,7 +91,9 @@
  *   3. an account with allow_negative == false whose available balance was
  *      >= 0 when it was put (or created) still has available >= 0;
  *   4. an account that is not in the change list did not change;
- *   5. a changed transfer's posted_amount agrees with its status.
+ *   5. a changed transfer's posted_amount agrees with its status; its saga
+ *      state agrees with its status and leg (saga != NONE exactly when
+ *      PROCESSING, and only on DEBIT legs); CREDIT legs never expire.
  *
  * Atomic groups. While a group runs, every change to a record that existed
  * when the group began is logged (old balances, old transfer state) in an
@@ -64,6 +108,10 @@
  * A replay of a transfer that was itself REJECTED counts as a failure of the
  * group: an atomic batch must not move money for some of its transfers while
  * another of them is (still) refused.
+ *
+ * Legs and saga ops never run inside a group (check_batch refuses them), but
+ * a POST or VOID of a group may target a stored DEBIT leg and start a saga
+ * step on it, so the undo log keeps the saga fields and error_code as well.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -104,8 +152,13 @@ typedef struct transfer_undo {
 	uint32_t slot;
 	kobo_transfer_status status;
 	kobo_void_reason void_reason;
+	kobo_result_code error_code;
 	int64_t posted_amount;
 	int64_t updated_at_ms;
+	/* A POST or VOID of a group may start a saga step on a DEBIT leg. */
+	kobo_saga_state saga;
+	int64_t saga_amount;
+	kobo_void_reason saga_reason;
 } transfer_undo;
 
 /* Per-currency sums of one batch's deltas (invariant 1); modular arithmetic
@@ -324,8 +377,12 @@ static kobo_transfer *transfer_touch(kobo_ledger *ledger, uint32_t slot_index)
 		undo->slot = slot_index;
 		undo->status = slot->transfer.status;
 		undo->void_reason = slot->transfer.void_reason;
+		undo->error_code = slot->transfer.error_code;
 		undo->posted_amount = slot->transfer.posted_amount;
 		undo->updated_at_ms = slot->transfer.updated_at_ms;
+		undo->saga = slot->transfer.saga;
+		undo->saga_amount = slot->transfer.saga_amount;
+		undo->saga_reason = slot->transfer.saga_reason;
 	}
 	transfer_change_note(ledger, slot_index);
 	return &slot->transfer;
@@ -367,8 +424,12 @@ static void rollback_group(kobo_ledger *ledger)
 		kobo_transfer *transfer = &ledger->transfers[undo->slot].transfer;
 		transfer->status = undo->status;
 		transfer->void_reason = undo->void_reason;
+		transfer->error_code = undo->error_code;
 		transfer->posted_amount = undo->posted_amount;
 		transfer->updated_at_ms = undo->updated_at_ms;
+		transfer->saga = undo->saga;
+		transfer->saga_amount = undo->saga_amount;
+		transfer->saga_reason = undo->saga_reason;
 	}
 	/* Forget the change entries made by the group, newest first. */
 	while (ledger->account_change_count > ledger->group_account_change_count) {
@@ -535,12 +596,17 @@ void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
 	for (size_t i = 0; i < ops_count; i++) {
 		switch (ops[i].kind) {
 		case KOBO_OP_CREATE_TRANSFER:
+		case KOBO_OP_SAGA_CREDIT:
+		case KOBO_OP_SAGA_ABORT:
 			ids[n++] = ops[i].u.transfer.id;
 			break;
 		case KOBO_OP_POST:
 		case KOBO_OP_VOID:
 		case KOBO_OP_EXPIRE:
 			ids[n++] = ops[i].u.target.id;
+			break;
+		case KOBO_OP_SAGA_SETTLE:
+			ids[n++] = ops[i].u.settle.id;
 			break;
 		case KOBO_OP_CREATE_ACCOUNT:
 			break;
@@ -549,35 +615,48 @@ void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
 	*count = sort_unique(ids, n);
 }
 
-/* The accounts of a loaded transfer matter only when an op posts, voids or
- * expires it: a CREATE_TRANSFER that finds its id answers from the stored
- * transfer alone. Listing only those keeps the count within 2 per op. */
+/* The accounts of a loaded transfer matter only when an op posts, voids,
+ * expires or settles it: a CREATE_TRANSFER that finds its id answers from
+ * the stored transfer alone. Only accounts of this shard are listed (a leg
+ * names its clearing account instead of the other shard's one), and at most
+ * two per op, which keeps the count within 2 * ops_count. */
 void kobo_ledger_account_ids(const kobo_ledger *ledger, const kobo_op *ops,
                              size_t ops_count, const char **ids, size_t *count)
 {
 	size_t n = 0;
 	for (size_t i = 0; i < ops_count; i++) {
 		const kobo_op *op = &ops[i];
+		const char *target_id = NULL;
 		switch (op->kind) {
 		case KOBO_OP_CREATE_ACCOUNT:
 			ids[n++] = op->u.account.id;
 			break;
 		case KOBO_OP_CREATE_TRANSFER:
-			ids[n++] = op->u.transfer.from;
-			ids[n++] = op->u.transfer.to;
+		case KOBO_OP_SAGA_CREDIT:
+			/* LOCAL from/to, DEBIT from/clearing, CREDIT
+			 * clearing/to. */
+			ids[n++] = kobo_transfer_debit_account(&op->u.transfer);
+			ids[n++] = kobo_transfer_credit_account(&op->u.transfer);
 			break;
+		case KOBO_OP_SAGA_ABORT:
+			break; /* records a refusal: moves nothing */
 		case KOBO_OP_POST:
 		case KOBO_OP_VOID:
-		case KOBO_OP_EXPIRE: {
-			int64_t slot = transfer_find(ledger, op->u.target.id);
-			if (slot >= 0) {
-				const kobo_transfer *transfer =
-					&ledger->transfers[slot].transfer;
-				ids[n++] = transfer->from;
-				ids[n++] = transfer->to;
-			}
+		case KOBO_OP_EXPIRE:
+			target_id = op->u.target.id;
+			break;
+		case KOBO_OP_SAGA_SETTLE:
+			target_id = op->u.settle.id;
 			break;
 		}
+		if (target_id == NULL)
+			continue;
+		int64_t slot = transfer_find(ledger, target_id);
+		if (slot >= 0) {
+			const kobo_transfer *transfer =
+				&ledger->transfers[slot].transfer;
+			ids[n++] = kobo_transfer_debit_account(transfer);
+			ids[n++] = kobo_transfer_credit_account(transfer);
 		}
 	}
 	*count = sort_unique(ids, n);
@@ -654,18 +733,23 @@ static kobo_result_code apply_create_account(kobo_ledger *ledger,
 static bool transfer_params_equal(const kobo_transfer *stored,
                                   const kobo_transfer *wanted)
 {
+	/* leg and clearing are parameters too: a DEBIT create and a CREDIT
+	 * leg of the same id never replay each other. */
 	return strcmp(stored->from, wanted->from) == 0 &&
 	       strcmp(stored->to, wanted->to) == 0 &&
 	       stored->amount == wanted->amount &&
 	       strcmp(stored->currency, wanted->currency) == 0 &&
 	       stored->pending == wanted->pending &&
 	       stored->timeout_seconds == wanted->timeout_seconds &&
+	       stored->leg == wanted->leg &&
+	       strcmp(stored->clearing, wanted->clearing) == 0 &&
 	       metadata_equal(stored->metadata, stored->metadata_len,
 	                      wanted->metadata, wanted->metadata_len);
 }
 
-/* Records a new transfer from a CREATE_TRANSFER op with the given outcome
- * (the caller moves the money); returns its slot. */
+/* Records a new transfer from a CREATE_TRANSFER, SAGA_CREDIT or SAGA_ABORT
+ * op with the given outcome (the caller moves the money); returns its slot.
+ * A PROCESSING record is a DEBIT leg whose saga starts RESERVED. */
 static uint32_t record_transfer(kobo_ledger *ledger, const kobo_op *op,
                                 int64_t now_ms, kobo_transfer_status status,
                                 kobo_result_code error_code)
@@ -689,9 +773,17 @@ static uint32_t record_transfer(kobo_ledger *ledger, const kobo_op *op,
 	                                                     : KOBO_RESULT_CREATED;
 	transfer.created_at_ms = now_ms;
 	transfer.updated_at_ms = now_ms;
+	transfer.leg = wanted->leg;
+	memcpy(transfer.clearing, wanted->clearing, sizeof(transfer.clearing));
+	if (status == KOBO_STATUS_PROCESSING) {
+		KOBO__LEDGER_ASSERT(wanted->leg == KOBO_LEG_DEBIT);
+		transfer.saga = KOBO_SAGA_RESERVED;
+	}
 	if (status == KOBO_STATUS_POSTED)
 		transfer.posted_amount = wanted->amount;
-	if (status == KOBO_STATUS_PENDING && wanted->timeout_seconds > 0) {
+	/* A hold expires when asked; a CREDIT leg never does (A decides). */
+	if (kobo_transfer_holds(&transfer) && wanted->pending &&
+	    wanted->timeout_seconds > 0 && wanted->leg != KOBO_LEG_CREDIT) {
 		int64_t expires_at_ms;
 		if (__builtin_mul_overflow((int64_t)wanted->timeout_seconds,
 		                           (int64_t)1000, &expires_at_ms) ||
@@ -705,21 +797,62 @@ static uint32_t record_transfer(kobo_ledger *ledger, const kobo_op *op,
 	return slot;
 }
 
-/* The business rules of a new transfer, in the documented order. On success
- * returns CREATED and the slots of both accounts; nothing is changed. */
+/* The clearing account a leg creates on first use, with zero balances.
+ * check_new_transfer() treats an absent clearing account as this one. */
+static kobo_account clearing_account(const kobo_transfer *leg, int64_t now_ms)
+{
+	static const char empty_metadata[] = "{}";
+	kobo_account account;
+	memset(&account, 0, sizeof(account));
+	memcpy(account.id, leg->clearing, sizeof(account.id));
+	memcpy(account.currency, leg->currency, sizeof(account.currency));
+	/* Money in flight to another shard: its balance is what this shard
+	 * owes or is owed, either sign. */
+	account.allow_negative = true;
+	account.metadata = empty_metadata;
+	account.metadata_len = sizeof(empty_metadata) - 1;
+	account.created_at_ms = now_ms;
+	return account;
+}
+
+static uint32_t create_clearing_account(kobo_ledger *ledger,
+                                        const kobo_transfer *leg,
+                                        int64_t now_ms)
+{
+	KOBO__LEDGER_ASSERT(account_find(ledger, leg->clearing) < 0);
+	kobo_account account = clearing_account(leg, now_ms);
+	uint32_t slot = account_insert(ledger, &account, true);
+	account_change_note(ledger, slot);
+	return slot;
+}
+
+/* The business rules of a new transfer or leg, in the documented order, on
+ * the accounts it debits and credits on this shard. The clearing account of
+ * a leg may be absent (it counts as empty; *slot_out is -1 then, and the
+ * caller creates it). A DEBIT leg always holds first, so its totals are
+ * checked as for a hold. On success returns CREATED and the two slots;
+ * nothing is changed. */
 static kobo_result_code check_new_transfer(const kobo_ledger *ledger,
                                            const kobo_transfer *wanted,
-                                           int64_t *from_slot_out,
-                                           int64_t *to_slot_out)
+                                           int64_t *debit_slot_out,
+                                           int64_t *credit_slot_out)
 {
-	if (strcmp(wanted->from, wanted->to) == 0)
+	const char *debit_id = kobo_transfer_debit_account(wanted);
+	const char *credit_id = kobo_transfer_credit_account(wanted);
+	if (strcmp(debit_id, credit_id) == 0)
 		return KOBO_RESULT_SAME_ACCOUNT;
-	int64_t from_slot = account_find(ledger, wanted->from);
-	int64_t to_slot = account_find(ledger, wanted->to);
-	if (from_slot < 0 || to_slot < 0)
+	int64_t debit_slot = account_find(ledger, debit_id);
+	int64_t credit_slot = account_find(ledger, credit_id);
+	bool debit_is_clearing = wanted->leg == KOBO_LEG_CREDIT;
+	bool credit_is_clearing = wanted->leg == KOBO_LEG_DEBIT;
+	if ((debit_slot < 0 && !debit_is_clearing) ||
+	    (credit_slot < 0 && !credit_is_clearing))
 		return KOBO_RESULT_ACCOUNT_NOT_FOUND;
-	const kobo_account *from = &ledger->accounts[from_slot].account;
-	const kobo_account *to = &ledger->accounts[to_slot].account;
+	kobo_account absent = clearing_account(wanted, 0);
+	const kobo_account *from = debit_slot >= 0
+		? &ledger->accounts[debit_slot].account : &absent;
+	const kobo_account *to = credit_slot >= 0
+		? &ledger->accounts[credit_slot].account : &absent;
 	if (strcmp(wanted->currency, from->currency) != 0 ||
 	    strcmp(wanted->currency, to->currency) != 0)
 		return KOBO_RESULT_CURRENCY_MISMATCH;
@@ -741,7 +874,7 @@ static kobo_result_code check_new_transfer(const kobo_ledger *ledger,
 		return KOBO_RESULT_AMOUNT_OVERFLOW;
 	/* The available balances the transfer leaves behind must fit too. */
 	int64_t from_available, to_available;
-	if (wanted->pending) {
+	if (wanted->pending || wanted->leg == KOBO_LEG_DEBIT) {
 		if (__builtin_sub_overflow(from->posted, from_pending_out,
 		                           &from_available) ||
 		    __builtin_sub_overflow(to->posted, to->pending_out,
@@ -754,11 +887,12 @@ static kobo_result_code check_new_transfer(const kobo_ledger *ledger,
 		                           &to_available))
 			return KOBO_RESULT_AMOUNT_OVERFLOW;
 	}
-	*from_slot_out = from_slot;
-	*to_slot_out = to_slot;
+	*debit_slot_out = debit_slot;
+	*credit_slot_out = credit_slot;
 	return KOBO_RESULT_CREATED;
 }
 
+/* CREATE_TRANSFER (LOCAL or DEBIT leg) and SAGA_CREDIT (CREDIT leg). */
 static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
                                               const kobo_op *op,
                                               int64_t now_ms,
@@ -773,68 +907,208 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
 		snapshot_transfer(ledger, slot, result);
 		return KOBO_RESULT_REPLAYED;
 	}
-	int64_t from_slot = -1, to_slot = -1;
-	kobo_result_code code = check_new_transfer(ledger, wanted, &from_slot,
-	                                           &to_slot);
+	int64_t debit_slot = -1, credit_slot = -1;
+	kobo_result_code code = check_new_transfer(ledger, wanted, &debit_slot,
+	                                           &credit_slot);
 	if (code != KOBO_RESULT_CREATED) {
 		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
 		                       code);
 		snapshot_transfer(ledger, slot, result);
 		return code;
 	}
-	kobo_account *from = account_touch(ledger, (uint32_t)from_slot);
-	kobo_account *to = account_touch(ledger, (uint32_t)to_slot);
-	if (wanted->pending) {
-		from->pending_out += wanted->amount;
-		to->pending_in += wanted->amount;
-		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_PENDING,
-		                       KOBO_RESULT_CREATED);
+	if (debit_slot < 0)
+		debit_slot = create_clearing_account(ledger, wanted, now_ms);
+	if (credit_slot < 0)
+		credit_slot = create_clearing_account(ledger, wanted, now_ms);
+	kobo_account *debit = account_touch(ledger, (uint32_t)debit_slot);
+	kobo_account *credit = account_touch(ledger, (uint32_t)credit_slot);
+	kobo_transfer_status status;
+	if (wanted->leg == KOBO_LEG_DEBIT)
+		status = KOBO_STATUS_PROCESSING; /* held until settled */
+	else if (wanted->pending)
+		status = KOBO_STATUS_PENDING;
+	else
+		status = KOBO_STATUS_POSTED;
+	if (status == KOBO_STATUS_POSTED) {
+		debit->posted -= wanted->amount;
+		credit->posted += wanted->amount;
 	} else {
-		from->posted -= wanted->amount;
-		to->posted += wanted->amount;
-		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_POSTED,
-		                       KOBO_RESULT_CREATED);
+		debit->pending_out += wanted->amount;
+		credit->pending_in += wanted->amount;
 	}
+	slot = record_transfer(ledger, op, now_ms, status, KOBO_RESULT_CREATED);
 	snapshot_transfer(ledger, slot, result);
 	return KOBO_RESULT_CREATED;
 }
 
-/* The accounts of a stored PENDING transfer; kobo_ledger_apply() checked
- * up front that both were put. */
-static void hold_accounts(const kobo_ledger *ledger,
-                          const kobo_transfer *transfer, uint32_t *from_slot,
-                          uint32_t *to_slot)
+/* SAGA_ABORT: B refuses the credit leg for good, unless step 2 already
+ * happened (then whatever it did stands). */
+static kobo_result_code apply_saga_abort(kobo_ledger *ledger,
+                                         const kobo_op *op, int64_t now_ms,
+                                         kobo_result *result)
 {
-	int64_t from = account_find(ledger, transfer->from);
-	int64_t to = account_find(ledger, transfer->to);
-	KOBO__LEDGER_ASSERT(from >= 0 && to >= 0);
-	*from_slot = (uint32_t)from;
-	*to_slot = (uint32_t)to;
+	const kobo_transfer *wanted = &op->u.transfer;
+	int64_t slot = transfer_find(ledger, wanted->id);
+	if (slot >= 0) {
+		if (!transfer_params_equal(&ledger->transfers[slot].transfer,
+		                           wanted))
+			return KOBO_RESULT_ID_CONFLICT;
+		snapshot_transfer(ledger, slot, result);
+		return KOBO_RESULT_REPLAYED;
+	}
+	slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
+	                       KOBO_RESULT_SAGA_TIMEOUT);
+	snapshot_transfer(ledger, slot, result);
+	return KOBO_RESULT_CREATED;
 }
 
-/* Releases the hold of a PENDING transfer and marks it VOIDED. */
+/* The accounts of this shard a stored hold (PENDING or PROCESSING) debits
+ * and credits; kobo_ledger_apply() checked up front that both were put. */
+static void hold_accounts(const kobo_ledger *ledger,
+                          const kobo_transfer *transfer, uint32_t *debit_slot,
+                          uint32_t *credit_slot)
+{
+	int64_t debit = account_find(ledger,
+	                             kobo_transfer_debit_account(transfer));
+	int64_t credit = account_find(ledger,
+	                              kobo_transfer_credit_account(transfer));
+	KOBO__LEDGER_ASSERT(debit >= 0 && credit >= 0);
+	*debit_slot = (uint32_t)debit;
+	*credit_slot = (uint32_t)credit;
+}
+
+/* Ends whatever saga step a record had: the hold is settled or stays
+ * PENDING. error_code as ledger.h says (a refused post's code, else
+ * CREATED). */
+static void end_saga_step(kobo_transfer *transfer, kobo_result_code error_code)
+{
+	transfer->saga = KOBO_SAGA_NONE;
+	transfer->saga_amount = 0;
+	transfer->saga_reason = KOBO_VOID_NONE;
+	transfer->error_code = error_code;
+}
+
+/* Releases the hold of a PENDING or PROCESSING transfer and marks it
+ * VOIDED with reason (error_code: why, for a compensation). */
 static void release_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
-                         kobo_void_reason reason, int64_t now_ms)
+                         kobo_void_reason reason, kobo_result_code error_code,
+                         int64_t now_ms)
 {
 	kobo_transfer *transfer = transfer_touch(ledger, transfer_slot_index);
-	KOBO__LEDGER_ASSERT(transfer->status == KOBO_STATUS_PENDING);
-	uint32_t from_slot, to_slot;
-	hold_accounts(ledger, transfer, &from_slot, &to_slot);
-	kobo_account *from = account_touch(ledger, from_slot);
-	kobo_account *to = account_touch(ledger, to_slot);
-	KOBO__LEDGER_ASSERT(from->pending_out >= transfer->amount);
-	KOBO__LEDGER_ASSERT(to->pending_in >= transfer->amount);
-	from->pending_out -= transfer->amount;
-	to->pending_in -= transfer->amount;
+	KOBO__LEDGER_ASSERT(kobo_transfer_holds(transfer));
+	uint32_t debit_slot, credit_slot;
+	hold_accounts(ledger, transfer, &debit_slot, &credit_slot);
+	kobo_account *debit = account_touch(ledger, debit_slot);
+	kobo_account *credit = account_touch(ledger, credit_slot);
+	KOBO__LEDGER_ASSERT(debit->pending_out >= transfer->amount);
+	KOBO__LEDGER_ASSERT(credit->pending_in >= transfer->amount);
+	debit->pending_out -= transfer->amount;
+	credit->pending_in -= transfer->amount;
 	transfer->status = KOBO_STATUS_VOIDED;
 	transfer->void_reason = reason;
 	transfer->posted_amount = 0;
 	transfer->updated_at_ms = now_ms;
+	end_saga_step(transfer, error_code);
 }
 
+/* Whether posting amount (<= the held amount) of a stored hold fits: no
+ * balance may wrap. to.posted + amount is the only sum a valid state can
+ * overflow; the rest is checked as well so no arithmetic in post_hold()
+ * can wrap. */
+static bool post_fits(const kobo_ledger *ledger, const kobo_transfer *transfer,
+                      int64_t amount)
+{
+	uint32_t debit_slot, credit_slot;
+	hold_accounts(ledger, transfer, &debit_slot, &credit_slot);
+	const kobo_account *from = &ledger->accounts[debit_slot].account;
+	const kobo_account *to = &ledger->accounts[credit_slot].account;
+	KOBO__LEDGER_ASSERT(amount >= 1 && amount <= transfer->amount);
+	KOBO__LEDGER_ASSERT(from->pending_out >= transfer->amount);
+	KOBO__LEDGER_ASSERT(to->pending_in >= transfer->amount);
+	int64_t from_posted, to_posted, from_available, to_available;
+	return !__builtin_add_overflow(to->posted, amount, &to_posted) &&
+	       !__builtin_sub_overflow(from->posted, amount, &from_posted) &&
+	       !__builtin_sub_overflow(from_posted,
+	                               from->pending_out - transfer->amount,
+	                               &from_available) &&
+	       !__builtin_sub_overflow(to_posted, to->pending_out,
+	                               &to_available);
+}
+
+/* Posts amount of a PENDING or PROCESSING hold (the rest of the hold is
+ * released) and marks it POSTED. The caller checked post_fits(). */
+static void post_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
+                      int64_t amount, int64_t now_ms)
+{
+	kobo_transfer *held = transfer_touch(ledger, transfer_slot_index);
+	KOBO__LEDGER_ASSERT(kobo_transfer_holds(held));
+	KOBO__LEDGER_ASSERT(post_fits(ledger, held, amount));
+	uint32_t debit_slot, credit_slot;
+	hold_accounts(ledger, held, &debit_slot, &credit_slot);
+	kobo_account *from = account_touch(ledger, debit_slot);
+	kobo_account *to = account_touch(ledger, credit_slot);
+	from->pending_out -= held->amount;
+	to->pending_in -= held->amount;
+	from->posted -= amount;
+	to->posted += amount;
+	held->posted_amount = amount;
+	held->status = KOBO_STATUS_POSTED;
+	held->updated_at_ms = now_ms;
+	end_saga_step(held, KOBO_RESULT_CREATED);
+}
+
+/* Starts a saga step on a PENDING DEBIT leg: the hold stays where it is
+ * until SAGA_SETTLE reports that B did its part. */
+static void start_saga_step(kobo_ledger *ledger, uint32_t transfer_slot_index,
+                            kobo_saga_state saga, int64_t saga_amount,
+                            kobo_void_reason saga_reason, int64_t now_ms)
+{
+	kobo_transfer *transfer = transfer_touch(ledger, transfer_slot_index);
+	KOBO__LEDGER_ASSERT(transfer->status == KOBO_STATUS_PENDING &&
+	                    transfer->leg == KOBO_LEG_DEBIT);
+	transfer->status = KOBO_STATUS_PROCESSING;
+	transfer->saga = saga;
+	transfer->saga_amount = saga_amount;
+	transfer->saga_reason = saga_reason;
+	transfer->error_code = KOBO_RESULT_CREATED;
+	transfer->updated_at_ms = now_ms;
+}
+
+/* Voids a PENDING hold: at once, or for a DEBIT leg by asking B first. */
+static void void_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
+                      kobo_void_reason reason, int64_t now_ms)
+{
+	const kobo_transfer *transfer =
+		&ledger->transfers[transfer_slot_index].transfer;
+	KOBO__LEDGER_ASSERT(transfer->status == KOBO_STATUS_PENDING);
+	if (transfer->leg == KOBO_LEG_DEBIT)
+		start_saga_step(ledger, transfer_slot_index, KOBO_SAGA_VOIDING,
+		                0, reason, now_ms);
+	else
+		release_hold(ledger, transfer_slot_index, reason,
+		             KOBO_RESULT_CREATED, now_ms);
+}
+
+/* CREDIT legs never expire: A voids them through its saga. */
 static bool hold_expired(const kobo_transfer *transfer, int64_t now_ms)
 {
-	return transfer->expires_at_ms != 0 && now_ms >= transfer->expires_at_ms;
+	return transfer->leg != KOBO_LEG_CREDIT &&
+	       transfer->expires_at_ms != 0 && now_ms >= transfer->expires_at_ms;
+}
+
+/* A POST or VOID of a record already in (or past) that step repeats it. */
+static bool post_replays(const kobo_transfer *transfer)
+{
+	return transfer->status == KOBO_STATUS_POSTED ||
+	       (transfer->status == KOBO_STATUS_PROCESSING &&
+	        transfer->saga == KOBO_SAGA_POSTING);
+}
+
+static bool void_replays(const kobo_transfer *transfer)
+{
+	return transfer->status == KOBO_STATUS_VOIDED ||
+	       (transfer->status == KOBO_STATUS_PROCESSING &&
+	        transfer->saga == KOBO_SAGA_VOIDING);
 }
 
 static kobo_result_code apply_post(kobo_ledger *ledger, const kobo_op *op,
@@ -844,57 +1118,33 @@ static kobo_result_code apply_post(kobo_ledger *ledger, const kobo_op *op,
 	if (slot < 0)
 		return KOBO_RESULT_TRANSFER_NOT_FOUND;
 	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
-	if (transfer->status == KOBO_STATUS_POSTED) {
-		snapshot_transfer(ledger, slot, result);
-		return KOBO_RESULT_REPLAYED;
-	}
-	if (transfer->status != KOBO_STATUS_PENDING) {
-		snapshot_transfer(ledger, slot, result);
-		return KOBO_RESULT_NOT_PENDING;
-	}
-	if (hold_expired(transfer, now_ms)) {
-		/* The hold lapsed before this post: the expiry happens now,
-		 * and the post finds nothing to post. */
-		release_hold(ledger, (uint32_t)slot, KOBO_VOID_EXPIRED, now_ms);
-		snapshot_transfer(ledger, slot, result);
-		return KOBO_RESULT_NOT_PENDING;
-	}
 	int64_t amount = op->u.target.has_amount ? op->u.target.amount
 	                                         : transfer->amount;
-	if (amount > transfer->amount) {
-		snapshot_transfer(ledger, slot, result);
-		return KOBO_RESULT_AMOUNT_EXCEEDS_PENDING;
+	kobo_result_code code;
+	if (post_replays(transfer)) {
+		code = KOBO_RESULT_REPLAYED;
+	} else if (transfer->status != KOBO_STATUS_PENDING) {
+		code = KOBO_RESULT_NOT_PENDING;
+	} else if (hold_expired(transfer, now_ms)) {
+		/* The hold lapsed before this post: the expiry happens now,
+		 * and the post finds nothing to post. */
+		void_hold(ledger, (uint32_t)slot, KOBO_VOID_EXPIRED, now_ms);
+		code = KOBO_RESULT_NOT_PENDING;
+	} else if (amount > transfer->amount) {
+		code = KOBO_RESULT_AMOUNT_EXCEEDS_PENDING;
+	} else if (!post_fits(ledger, transfer, amount)) {
+		code = KOBO_RESULT_AMOUNT_OVERFLOW;
+	} else {
+		if (transfer->leg == KOBO_LEG_DEBIT)
+			start_saga_step(ledger, (uint32_t)slot,
+			                KOBO_SAGA_POSTING, amount,
+			                KOBO_VOID_NONE, now_ms);
+		else
+			post_hold(ledger, (uint32_t)slot, amount, now_ms);
+		code = KOBO_RESULT_UPDATED;
 	}
-	uint32_t from_slot, to_slot;
-	hold_accounts(ledger, transfer, &from_slot, &to_slot);
-	const kobo_account *from = &ledger->accounts[from_slot].account;
-	const kobo_account *to = &ledger->accounts[to_slot].account;
-	KOBO__LEDGER_ASSERT(from->pending_out >= transfer->amount);
-	KOBO__LEDGER_ASSERT(to->pending_in >= transfer->amount);
-	/* to.posted + amount is the only sum a valid state can overflow; the
-	 * rest is checked as well so no arithmetic below can wrap. */
-	int64_t from_posted, to_posted, from_available, to_available;
-	if (__builtin_add_overflow(to->posted, amount, &to_posted) ||
-	    __builtin_sub_overflow(from->posted, amount, &from_posted) ||
-	    __builtin_sub_overflow(from_posted,
-	                           from->pending_out - transfer->amount,
-	                           &from_available) ||
-	    __builtin_sub_overflow(to_posted, to->pending_out, &to_available)) {
-		snapshot_transfer(ledger, slot, result);
-		return KOBO_RESULT_AMOUNT_OVERFLOW;
-	}
-	kobo_transfer *held = transfer_touch(ledger, (uint32_t)slot);
-	kobo_account *from_account = account_touch(ledger, from_slot);
-	kobo_account *to_account = account_touch(ledger, to_slot);
-	from_account->pending_out -= held->amount;
-	to_account->pending_in -= held->amount;
-	from_account->posted = from_posted;
-	to_account->posted = to_posted;
-	held->posted_amount = amount;
-	held->status = KOBO_STATUS_POSTED;
-	held->updated_at_ms = now_ms;
 	snapshot_transfer(ledger, slot, result);
-	return KOBO_RESULT_UPDATED;
+	return code;
 }
 
 static kobo_result_code apply_void(kobo_ledger *ledger, const kobo_op *op,
@@ -905,13 +1155,13 @@ static kobo_result_code apply_void(kobo_ledger *ledger, const kobo_op *op,
 		return KOBO_RESULT_TRANSFER_NOT_FOUND;
 	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
 	kobo_result_code code;
-	if (transfer->status == KOBO_STATUS_VOIDED) {
+	if (void_replays(transfer)) {
 		code = KOBO_RESULT_REPLAYED;
 	} else if (transfer->status == KOBO_STATUS_PENDING) {
-		release_hold(ledger, (uint32_t)slot,
-		             hold_expired(transfer, now_ms) ? KOBO_VOID_EXPIRED
-		                                            : KOBO_VOID_VOIDED,
-		             now_ms);
+		void_hold(ledger, (uint32_t)slot,
+		          hold_expired(transfer, now_ms) ? KOBO_VOID_EXPIRED
+		                                         : KOBO_VOID_VOIDED,
+		          now_ms);
 		code = KOBO_RESULT_UPDATED;
 	} else {
 		code = KOBO_RESULT_NOT_PENDING;
@@ -921,7 +1171,8 @@ static kobo_result_code apply_void(kobo_ledger *ledger, const kobo_op *op,
 }
 
 /* EXPIRE is the writer's own op: anything but an expired PENDING hold
- * (including an unknown id) answers NOT_PENDING, a no-op it ignores. */
+ * (including an unknown id, a PROCESSING record and a CREDIT leg) answers
+ * NOT_PENDING, a no-op it ignores. */
 static kobo_result_code apply_expire(kobo_ledger *ledger, const kobo_op *op,
                                      int64_t now_ms, kobo_result *result)
 {
@@ -932,8 +1183,72 @@ static kobo_result_code apply_expire(kobo_ledger *ledger, const kobo_op *op,
 	kobo_result_code code = KOBO_RESULT_NOT_PENDING;
 	if (transfer->status == KOBO_STATUS_PENDING &&
 	    hold_expired(transfer, now_ms)) {
-		release_hold(ledger, (uint32_t)slot, KOBO_VOID_EXPIRED, now_ms);
+		void_hold(ledger, (uint32_t)slot, KOBO_VOID_EXPIRED, now_ms);
 		code = KOBO_RESULT_UPDATED;
+	}
+	snapshot_transfer(ledger, slot, result);
+	return code;
+}
+
+/* SAGA_SETTLE: B did (or refused for good) the step A's record waits for.
+ * Posting can still overflow on A if A's balances moved since the step
+ * began; the answer is then AMOUNT_OVERFLOW and nothing changes (the runner
+ * repeats the settle; the saga stays visible as stuck). */
+static kobo_result_code apply_saga_settle(kobo_ledger *ledger,
+                                          const kobo_op *op, int64_t now_ms,
+                                          kobo_result *result)
+{
+	int64_t slot = transfer_find(ledger, op->u.settle.id);
+	if (slot < 0)
+		return KOBO_RESULT_TRANSFER_NOT_FOUND;
+	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
+	bool refused = op->u.settle.refused;
+	kobo_result_code refusal = op->u.settle.refusal;
+	kobo_result_code code = KOBO_RESULT_UPDATED;
+	switch (transfer->saga) {
+	case KOBO_SAGA_NONE:
+		code = KOBO_RESULT_REPLAYED; /* already settled */
+		break;
+	case KOBO_SAGA_RESERVED:
+		if (refused) {
+			release_hold(ledger, (uint32_t)slot,
+			             KOBO_VOID_COMPENSATED, refusal, now_ms);
+		} else if (transfer->pending) {
+			kobo_transfer *held =
+				transfer_touch(ledger, (uint32_t)slot);
+			held->status = KOBO_STATUS_PENDING;
+			held->updated_at_ms = now_ms;
+			end_saga_step(held, KOBO_RESULT_CREATED);
+		} else if (post_fits(ledger, transfer, transfer->amount)) {
+			post_hold(ledger, (uint32_t)slot, transfer->amount,
+			          now_ms);
+		} else {
+			code = KOBO_RESULT_AMOUNT_OVERFLOW;
+		}
+		break;
+	case KOBO_SAGA_POSTING:
+		if (refused) {
+			kobo_transfer *held =
+				transfer_touch(ledger, (uint32_t)slot);
+			held->status = KOBO_STATUS_PENDING;
+			held->updated_at_ms = now_ms;
+			end_saga_step(held, refusal);
+		} else if (post_fits(ledger, transfer, transfer->saga_amount)) {
+			post_hold(ledger, (uint32_t)slot,
+			          transfer->saga_amount, now_ms);
+		} else {
+			code = KOBO_RESULT_AMOUNT_OVERFLOW;
+		}
+		break;
+	case KOBO_SAGA_VOIDING:
+		/* B can always void its hold: a refusal is never sent. */
+		if (refused)
+			code = KOBO_RESULT_NOT_PENDING;
+		else
+			release_hold(ledger, (uint32_t)slot,
+			             transfer->saga_reason, KOBO_RESULT_CREATED,
+			             now_ms);
+		break;
 	}
 	snapshot_transfer(ledger, slot, result);
 	return code;
@@ -949,7 +1264,11 @@ static kobo_result_code apply_op(kobo_ledger *ledger, const kobo_op *op,
 		code = apply_create_account(ledger, op, now_ms, result);
 		break;
 	case KOBO_OP_CREATE_TRANSFER:
+	case KOBO_OP_SAGA_CREDIT:
 		code = apply_create_transfer(ledger, op, now_ms, result);
+		break;
+	case KOBO_OP_SAGA_ABORT:
+		code = apply_saga_abort(ledger, op, now_ms, result);
 		break;
 	case KOBO_OP_POST:
 		code = apply_post(ledger, op, now_ms, result);
@@ -959,6 +1278,9 @@ static kobo_result_code apply_op(kobo_ledger *ledger, const kobo_op *op,
 		break;
 	case KOBO_OP_EXPIRE:
 		code = apply_expire(ledger, op, now_ms, result);
+		break;
+	case KOBO_OP_SAGA_SETTLE:
+		code = apply_saga_settle(ledger, op, now_ms, result);
 		break;
 	}
 	result->code = code;
@@ -986,9 +1308,15 @@ static const char *op_record_id(const kobo_op *op)
 {
 	switch (op->kind) {
 	case KOBO_OP_CREATE_ACCOUNT: return op->u.account.id;
-	case KOBO_OP_CREATE_TRANSFER: return op->u.transfer.id;
-	default: return op->u.target.id;
+	case KOBO_OP_CREATE_TRANSFER:
+	case KOBO_OP_SAGA_CREDIT:
+	case KOBO_OP_SAGA_ABORT: return op->u.transfer.id;
+	case KOBO_OP_POST:
+	case KOBO_OP_VOID:
+	case KOBO_OP_EXPIRE: return op->u.target.id;
+	case KOBO_OP_SAGA_SETTLE: return op->u.settle.id;
 	}
+	return op->u.target.id;
 }
 
 /* The answer of a non-failing op of a failed group, after rollback: REPLAYED
@@ -1042,10 +1370,10 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 		replay = true; /* same parameters: a conflict returned above */
 		break;
 	case KOBO_OP_POST:
-		replay = stored->status == KOBO_STATUS_POSTED;
+		replay = post_replays(stored);
 		break;
 	case KOBO_OP_VOID:
-		replay = stored->status == KOBO_STATUS_VOIDED;
+		replay = void_replays(stored);
 		break;
 	default:
 		break;
@@ -1094,8 +1422,47 @@ static void finish_failed_group(kobo_ledger *ledger, const kobo_op *ops,
 
 /* ---- Apply. ---- */
 
+/* The fields of a new transfer or leg the edge does not validate. */
+static bool transfer_op_valid(const kobo_transfer *transfer)
+{
+	return transfer->amount >= 1 &&
+	       transfer->timeout_seconds <= KOBO_TIMEOUT_SECONDS_MAX &&
+	       (transfer->metadata != NULL || transfer->metadata_len == 0);
+}
+
+/* The leg an op may carry: CREATE_TRANSFER LOCAL (no clearing account) or
+ * DEBIT, SAGA_CREDIT / SAGA_ABORT CREDIT; a leg names its clearing
+ * account. */
+static bool transfer_op_leg_valid(const kobo_op *op)
+{
+	const kobo_transfer *transfer = &op->u.transfer;
+	bool has_clearing = transfer->clearing[0] != '\0';
+	if (op->kind != KOBO_OP_CREATE_TRANSFER)
+		return transfer->leg == KOBO_LEG_CREDIT && has_clearing;
+	if (transfer->leg == KOBO_LEG_LOCAL)
+		return !has_clearing;
+	return transfer->leg == KOBO_LEG_DEBIT && has_clearing;
+}
+
+/* A stored hold an op targets must come with its accounts on this shard. */
+static bool target_accounts_put(const kobo_ledger *ledger, const char *id)
+{
+	int64_t slot = transfer_find(ledger, id);
+	if (slot < 0)
+		return true;
+	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
+	return !kobo_transfer_holds(transfer) ||
+	       (account_find(ledger, kobo_transfer_debit_account(transfer)) >=
+	                0 &&
+	        account_find(ledger, kobo_transfer_credit_account(transfer)) >=
+	                0);
+}
+
 /* Preconditions that make apply all-or-nothing: valid ops, and room for
- * every record the ops could create. */
+ * every record the ops could create. New records are counted per op, not
+ * per distinct id, which over-counts only ids the batch names twice: with
+ * the accounts put being those kobo_ledger_account_ids() listed, the count
+ * stays within the 2 ids per op the capacity is sized for. */
 static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
                        size_t ops_count)
 {
@@ -1113,33 +1480,44 @@ static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
 				new_accounts++;
 			break;
 		case KOBO_OP_CREATE_TRANSFER:
-			if (op->u.transfer.amount < 1 ||
-			    op->u.transfer.timeout_seconds >
-			            KOBO_TIMEOUT_SECONDS_MAX ||
-			    (op->u.transfer.metadata == NULL &&
-			     op->u.transfer.metadata_len != 0))
+		case KOBO_OP_SAGA_CREDIT:
+		case KOBO_OP_SAGA_ABORT: {
+			const kobo_transfer *transfer = &op->u.transfer;
+			if (!transfer_op_valid(transfer) ||
+			    !transfer_op_leg_valid(op))
 				return KOBO_EINVAL;
-			if (transfer_find(ledger, op->u.transfer.id) < 0)
-				new_transfers++;
+			/* A saga step commits alone: never in a group. */
+			if (transfer->leg != KOBO_LEG_LOCAL &&
+			    op->atomic_group != 0)
+				return KOBO_EINVAL;
+			if (transfer_find(ledger, transfer->id) >= 0)
+				break;
+			new_transfers++;
+			/* A leg may create its clearing account. */
+			if (op->kind != KOBO_OP_SAGA_ABORT &&
+			    transfer->leg != KOBO_LEG_LOCAL &&
+			    account_find(ledger, transfer->clearing) < 0)
+				new_accounts++;
 			break;
+		}
 		case KOBO_OP_POST:
 		case KOBO_OP_VOID:
-		case KOBO_OP_EXPIRE: {
+		case KOBO_OP_EXPIRE:
 			if (op->kind == KOBO_OP_POST && op->u.target.has_amount &&
 			    op->u.target.amount < 1)
 				return KOBO_EINVAL;
-			/* A stored hold must come with its accounts. */
-			int64_t slot = transfer_find(ledger, op->u.target.id);
-			if (slot >= 0) {
-				const kobo_transfer *transfer =
-					&ledger->transfers[slot].transfer;
-				if (transfer->status == KOBO_STATUS_PENDING &&
-				    (account_find(ledger, transfer->from) < 0 ||
-				     account_find(ledger, transfer->to) < 0))
-					return KOBO_EINVAL;
-			}
+			if (!target_accounts_put(ledger, op->u.target.id))
+				return KOBO_EINVAL;
 			break;
-		}
+		case KOBO_OP_SAGA_SETTLE:
+			if (op->atomic_group != 0 ||
+			    (op->u.settle.refused &&
+			     (unsigned)op->u.settle.refusal >=
+			             KOBO_RESULT_CODE_COUNT))
+				return KOBO_EINVAL;
+			if (!target_accounts_put(ledger, op->u.settle.id))
+				return KOBO_EINVAL;
+			break;
 		default:
 			return KOBO_EINVAL;
 		}
@@ -1148,6 +1526,31 @@ static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
 	    new_transfers > ledger->transfer_capacity - ledger->transfer_count)
 		return KOBO_EFULL;
 	return KOBO_OK;
+}
+
+/* Invariant 5, legs and sagas: a saga step is under way exactly while the
+ * record is PROCESSING, only on a DEBIT leg, and says what it will do;
+ * CREDIT legs never expire; only legs name a clearing account. */
+static void check_transfer_legs(const kobo_transfer *transfer)
+{
+	KOBO__LEDGER_ASSERT((transfer->saga != KOBO_SAGA_NONE) ==
+	                    (transfer->status == KOBO_STATUS_PROCESSING));
+	if (transfer->saga != KOBO_SAGA_NONE)
+		KOBO__LEDGER_ASSERT(transfer->leg == KOBO_LEG_DEBIT);
+	if (transfer->saga == KOBO_SAGA_POSTING)
+		KOBO__LEDGER_ASSERT(transfer->saga_amount >= 1 &&
+		                    transfer->saga_amount <= transfer->amount);
+	else
+		KOBO__LEDGER_ASSERT(transfer->saga_amount == 0);
+	if (transfer->saga == KOBO_SAGA_VOIDING)
+		KOBO__LEDGER_ASSERT(transfer->saga_reason == KOBO_VOID_VOIDED ||
+		                    transfer->saga_reason == KOBO_VOID_EXPIRED);
+	else
+		KOBO__LEDGER_ASSERT(transfer->saga_reason == KOBO_VOID_NONE);
+	if (transfer->leg == KOBO_LEG_CREDIT)
+		KOBO__LEDGER_ASSERT(transfer->expires_at_ms == 0);
+	KOBO__LEDGER_ASSERT((transfer->leg == KOBO_LEG_LOCAL) ==
+	                    (transfer->clearing[0] == '\0'));
 }
 
 static void check_invariants(kobo_ledger *ledger)
@@ -1221,6 +1624,7 @@ static void check_invariants(kobo_ledger *ledger)
 			                            transfer->amount);
 		else
 			KOBO__LEDGER_ASSERT(transfer->posted_amount == 0);
+		check_transfer_legs(transfer);
 	}
 }
 
