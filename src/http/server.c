@@ -329,7 +329,7 @@ static void on_done(kobo_request *request)
 	} else if (x->is_batch) {
 		kobo_http_reply_batch(&x->reply, x->ops.ops, x->results, x->ops.count,
 		                      x->request_id);
-	} else if (kobo__http_saga_pending(&x->results[0])) {
+	} else if (x->server->runner && kobo__http_saga_pending(&x->results[0])) {
 		kobo__http_wait_saga(x, &x->results[0]);
 		return; /* answered when the saga settles */
 	} else {

@@ -1,0 +1,599 @@
+/*
+ * test_saga.c — the saga protocol's two decisions (src/saga/saga.c), one
+ * by one, and the runner thread driving real shard writers over in-memory
+ * stores: a posted transfer, a pending hold then a partial post, a void, a
+ * refused credit (compensation), an abort past the deadline, and recovery of
+ * a saga left half-way by a "crash" (a store holding a RESERVED record that
+ * no doorbell announced).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../../src/obs/obs.h"
+#include "../../src/saga/saga.h"
+
+/* ---- The pure protocol. ---- */
+
+static kobo_transfer debit_record(kobo_saga_state saga, bool pending)
+{
+	kobo_transfer t;
+	memset(&t, 0, sizeof(t));
+	snprintf(t.id, sizeof(t.id), "tx:1");
+	snprintf(t.from, sizeof(t.from), "payer");
+	snprintf(t.to, sizeof(t.to), "payee");
+	snprintf(t.currency, sizeof(t.currency), "NGN");
+	snprintf(t.request_id, sizeof(t.request_id), "req-1");
+	snprintf(t.clearing, sizeof(t.clearing), "kobo:clearing:0:1:NGN");
+	t.amount = 500;
+	t.pending = pending;
+	t.timeout_seconds = pending ? 60 : 0;
+	t.metadata = "{\"k\":1}";
+	t.metadata_len = 7;
+	t.leg = KOBO_LEG_DEBIT;
+	t.status = saga == KOBO_SAGA_NONE ? KOBO_STATUS_PENDING : KOBO_STATUS_PROCESSING;
+	t.saga = saga;
+	if (saga == KOBO_SAGA_POSTING)
+		t.saga_amount = 200;
+	if (saga == KOBO_SAGA_VOIDING)
+		t.saga_reason = KOBO_VOID_EXPIRED;
+	return t;
+}
+
+static void remote_op_follows_the_state(void **state)
+{
+	(void)state;
+	kobo_op op;
+	kobo_transfer t = debit_record(KOBO_SAGA_RESERVED, true);
+	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &op));
+	assert_int_equal(op.kind, KOBO_OP_SAGA_CREDIT);
+	assert_int_equal(op.u.transfer.leg, KOBO_LEG_CREDIT);
+	assert_string_equal(op.u.transfer.clearing, "kobo:clearing:1:0:NGN");
+	assert_string_equal(op.u.transfer.id, "tx:1");
+	assert_string_equal(op.u.transfer.from, "payer");
+	assert_string_equal(op.u.transfer.to, "payee");
+	assert_int_equal(op.u.transfer.amount, 500);
+	assert_true(op.u.transfer.pending);
+	assert_int_equal(op.u.transfer.timeout_seconds, 60);
+	assert_int_equal(op.u.transfer.metadata_len, 7);
+	assert_string_equal(op.request_id, "req-1");
+	assert_int_equal(op.atomic_group, 0);
+
+	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", true, &op));
+	assert_int_equal(op.kind, KOBO_OP_SAGA_ABORT);
+
+	t = debit_record(KOBO_SAGA_POSTING, true);
+	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", true, &op));
+	assert_int_equal(op.kind, KOBO_OP_POST); /* abort only concerns RESERVED */
+	assert_true(op.u.target.has_amount);
+	assert_int_equal(op.u.target.amount, 200);
+
+	t = debit_record(KOBO_SAGA_VOIDING, true);
+	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &op));
+	assert_int_equal(op.kind, KOBO_OP_VOID);
+	assert_string_equal(op.u.target.id, "tx:1");
+
+	t = debit_record(KOBO_SAGA_NONE, true);
+	assert_false(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &op));
+	t = debit_record(KOBO_SAGA_RESERVED, false);
+	t.leg = KOBO_LEG_CREDIT;
+	assert_false(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &op));
+}
+
+static kobo_result credit_result(kobo_result_code code, kobo_transfer_status status,
+                                 kobo_result_code error)
+{
+	kobo_result r;
+	memset(&r, 0, sizeof(r));
+	r.code = code;
+	r.has_transfer = true;
+	r.transfer.leg = KOBO_LEG_CREDIT;
+	r.transfer.status = status;
+	r.transfer.error_code = error;
+	return r;
+}
+
+static void settle_reads_b_answers(void **state)
+{
+	(void)state;
+	kobo_op b_op, settle;
+	kobo_transfer t = debit_record(KOBO_SAGA_RESERVED, false);
+	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &b_op));
+
+	/* Credited, first time and as a replay. */
+	kobo_result r = credit_result(KOBO_RESULT_CREATED, KOBO_STATUS_POSTED, KOBO_RESULT_CREATED);
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	assert_int_equal(settle.kind, KOBO_OP_SAGA_SETTLE);
+	assert_string_equal(settle.u.settle.id, "tx:1");
+	assert_false(settle.u.settle.refused);
+	assert_string_equal(settle.request_id, "req-1");
+	r = credit_result(KOBO_RESULT_REPLAYED, KOBO_STATUS_POSTED, KOBO_RESULT_CREATED);
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	assert_false(settle.u.settle.refused);
+
+	/* Refused now, refused earlier (replayed), or the id taken. */
+	r = credit_result(KOBO_RESULT_ACCOUNT_NOT_FOUND, KOBO_STATUS_REJECTED,
+	                  KOBO_RESULT_ACCOUNT_NOT_FOUND);
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	assert_true(settle.u.settle.refused);
+	assert_int_equal(settle.u.settle.refusal, KOBO_RESULT_ACCOUNT_NOT_FOUND);
+	r = credit_result(KOBO_RESULT_REPLAYED, KOBO_STATUS_REJECTED, KOBO_RESULT_SAGA_TIMEOUT);
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	assert_int_equal(settle.u.settle.refusal, KOBO_RESULT_SAGA_TIMEOUT);
+	memset(&r, 0, sizeof(r));
+	r.code = KOBO_RESULT_ID_CONFLICT;
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	assert_int_equal(settle.u.settle.refusal, KOBO_RESULT_ID_CONFLICT);
+
+	/* Not final: no snapshot, a LOCAL record, a mismatched op. */
+	memset(&r, 0, sizeof(r));
+	r.code = KOBO_RESULT_CREATED;
+	assert_false(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	r = credit_result(KOBO_RESULT_REPLAYED, KOBO_STATUS_POSTED, KOBO_RESULT_CREATED);
+	r.transfer.leg = KOBO_LEG_LOCAL;
+	assert_false(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	kobo_op post_op = b_op;
+	post_op.kind = KOBO_OP_POST;
+	r = credit_result(KOBO_RESULT_UPDATED, KOBO_STATUS_POSTED, KOBO_RESULT_CREATED);
+	assert_false(kobo_saga_settle_op(&t, &post_op, &r, &settle));
+
+	/* POSTING: posted (or already posted) is credited; overflow refused. */
+	t = debit_record(KOBO_SAGA_POSTING, true);
+	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &b_op));
+	memset(&r, 0, sizeof(r));
+	r.code = KOBO_RESULT_UPDATED;
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	assert_false(settle.u.settle.refused);
+	r = credit_result(KOBO_RESULT_REPLAYED, KOBO_STATUS_POSTED, KOBO_RESULT_CREATED);
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	memset(&r, 0, sizeof(r));
+	r.code = KOBO_RESULT_AMOUNT_OVERFLOW;
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	assert_true(settle.u.settle.refused);
+	r.code = KOBO_RESULT_NOT_PENDING;
+	assert_false(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+
+	/* VOIDING: voided or already voided. */
+	t = debit_record(KOBO_SAGA_VOIDING, true);
+	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &b_op));
+	r.code = KOBO_RESULT_UPDATED;
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	r.code = KOBO_RESULT_REPLAYED;
+	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+	r.code = KOBO_RESULT_NOT_PENDING;
+	assert_false(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+
+	/* Nothing outstanding: nothing to settle. */
+	t = debit_record(KOBO_SAGA_NONE, true);
+	r.code = KOBO_RESULT_UPDATED;
+	assert_false(kobo_saga_settle_op(&t, &b_op, &r, &settle));
+}
+
+/* ---- The runner over two real shard writers. ---- */
+
+#define SHARDS 2
+
+typedef struct world {
+	kobo_store *stores[SHARDS];
+	kobo_shard *shards[SHARDS];
+	kobo_shard_map map;
+	kobo_saga_runner *runner;
+	char payer[SHARDS][16]; /* an account id living on each shard */
+} world;
+
+typedef struct sync_call {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done;
+	kobo_result result;
+	int status;
+	kobo_transfer settled;
+	bool timed_out;
+} sync_call;
+
+static void sync_init(sync_call *c)
+{
+	memset(c, 0, sizeof(*c));
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cond, NULL);
+}
+
+static void sync_signal(sync_call *c)
+{
+	pthread_mutex_lock(&c->lock);
+	c->done = true;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+}
+
+static void sync_wait(sync_call *c)
+{
+	pthread_mutex_lock(&c->lock);
+	while (!c->done)
+		pthread_cond_wait(&c->cond, &c->lock);
+	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->cond);
+}
+
+static void on_done(kobo_request *request)
+{
+	sync_call *c = request->user;
+	c->status = request->status;
+	c->result = *request->results;
+	c->result.transfer.metadata = NULL;
+	c->result.account.metadata = NULL;
+	sync_signal(c);
+}
+
+/* Runs one op on a shard and waits for its durable answer. */
+static kobo_result run(world *w, uint32_t shard, const kobo_op *op)
+{
+	sync_call c;
+	sync_init(&c);
+	kobo_result result;
+	kobo_request request = {
+		.ops = op, .results = &result, .op_count = 1, .done = on_done, .user = &c,
+	};
+	assert_int_equal(kobo_shard_submit(w->shards[shard], &request), KOBO_OK);
+	sync_wait(&c);
+	assert_int_equal(c.status, KOBO_OK);
+	return c.result;
+}
+
+static void on_settled(void *ctx, const kobo_transfer *transfer, bool timed_out)
+{
+	sync_call *c = ctx;
+	c->timed_out = timed_out;
+	if (transfer) {
+		c->settled = *transfer;
+		c->settled.metadata = NULL;
+	}
+	sync_signal(c);
+}
+
+/* Waits (at most 10 s) for the saga of id on shard to settle. */
+static kobo_transfer settled(world *w, uint32_t shard, const char *id)
+{
+	sync_call c;
+	sync_init(&c);
+	assert_int_equal(kobo_saga_runner_wait(w->runner, shard, id,
+	                                       kobo_monotonic_us() / 1000 + 10000,
+	                                       on_settled, &c),
+	                 KOBO_OK);
+	sync_wait(&c);
+	assert_false(c.timed_out);
+	return c.settled;
+}
+
+static kobo_account account(world *w, const char *id)
+{
+	kobo_store_reader *reader;
+	uint32_t shard = kobo_shard_map_account(&w->map, id);
+	assert_int_equal(kobo_store_reader_open(w->stores[shard], &reader), KOBO_OK);
+	kobo_account a;
+	int rc = kobo_store_read_account(reader, id, &a);
+	if (rc == KOBO_ENOTFOUND)
+		memset(&a, 0, sizeof(a));
+	else
+		assert_int_equal(rc, KOBO_OK);
+	a.metadata = NULL;
+	kobo_store_reader_close(reader);
+	return a;
+}
+
+static void create_account(world *w, const char *id, bool allow_negative)
+{
+	kobo_op op;
+	memset(&op, 0, sizeof(op));
+	op.kind = KOBO_OP_CREATE_ACCOUNT;
+	snprintf(op.u.account.id, sizeof(op.u.account.id), "%s", id);
+	snprintf(op.u.account.currency, sizeof(op.u.account.currency), "NGN");
+	op.u.account.allow_negative = allow_negative;
+	op.u.account.metadata = "{}";
+	op.u.account.metadata_len = 2;
+	kobo_result r = run(w, kobo_shard_map_account(&w->map, id), &op);
+	assert_int_equal(r.code, KOBO_RESULT_CREATED);
+}
+
+/* A transfer routed as the edge routes it; returns the payer's shard. */
+static uint32_t transfer_op(world *w, kobo_op *op, const char *id, const char *from,
+                            const char *to, int64_t amount, bool pending)
+{
+	memset(op, 0, sizeof(*op));
+	op->kind = KOBO_OP_CREATE_TRANSFER;
+	kobo_transfer *t = &op->u.transfer;
+	snprintf(t->id, sizeof(t->id), "%s", id);
+	snprintf(t->from, sizeof(t->from), "%s", from);
+	snprintf(t->to, sizeof(t->to), "%s", to);
+	snprintf(t->currency, sizeof(t->currency), "NGN");
+	snprintf(op->request_id, sizeof(op->request_id), "req-%s", id);
+	t->amount = amount;
+	t->pending = pending;
+	t->metadata = "{}";
+	t->metadata_len = 2;
+	uint32_t a = kobo_shard_map_account(&w->map, from);
+	uint32_t b = kobo_shard_map_account(&w->map, to);
+	if (a != b) {
+		t->leg = KOBO_LEG_DEBIT;
+		kobo_clearing_id(t->clearing, a, b, "NGN");
+	}
+	return a;
+}
+
+/* Names an account that lives on shard. */
+static void id_on_shard(world *w, const char *prefix, uint32_t shard, char *out, size_t size)
+{
+	for (int i = 0;; i++) {
+		snprintf(out, size, "%s%d", prefix, i);
+		if (kobo_shard_map_account(&w->map, out) == shard)
+			return;
+	}
+}
+
+static void world_start_runner(world *w, int64_t deadline_ms)
+{
+	kobo_saga_config config = {
+		.shards = w->shards, .stores = w->stores, .shard_count = SHARDS,
+		.map = &w->map, .deadline_ms = deadline_ms,
+	};
+	assert_int_equal(kobo_saga_runner_create(&config, &w->runner), KOBO_OK);
+}
+
+static void world_start_shards(world *w, bool doorbells)
+{
+	for (uint32_t i = 0; i < SHARDS; i++) {
+		kobo_shard_config config = {
+			.index = i,
+			.saga_started = doorbells ? kobo_saga_runner_notify : NULL,
+			.saga_ctx = doorbells ? w->runner : NULL,
+		};
+		assert_int_equal(kobo_shard_start(w->stores[i], &config, &w->shards[i]), KOBO_OK);
+	}
+}
+
+static int world_setup(void **state)
+{
+	world *w = calloc(1, sizeof(*w));
+	kobo_log_set_level(KOBO_LOG_ERROR);
+	kobo_shard_map_default(&w->map, SHARDS);
+	for (uint32_t i = 0; i < SHARDS; i++)
+		assert_int_equal(kobo_store_mem_open(&w->stores[i]), KOBO_OK);
+	world_start_runner(w, 0);
+	world_start_shards(w, true);
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+	create_account(w, "cash", true);
+	*state = w;
+	return 0;
+}
+
+static void world_stop(world *w)
+{
+	kobo_saga_runner_stop(w->runner);
+	for (uint32_t i = 0; i < SHARDS; i++)
+		kobo_shard_stop(w->shards[i]);
+	kobo_saga_runner_destroy(w->runner);
+}
+
+static int world_teardown(void **state)
+{
+	world *w = *state;
+	world_stop(w);
+	for (uint32_t i = 0; i < SHARDS; i++)
+		kobo_store_close(w->stores[i]);
+	free(w);
+	return 0;
+}
+
+/* Funds a fresh wallet on shard a and names a fresh payee on shard b. */
+static void parties(world *w, const char *tag, uint32_t a, uint32_t b, int64_t funds,
+                    char *payer, char *payee)
+{
+	char prefix[32];
+	snprintf(prefix, sizeof(prefix), "%s:payer:", tag);
+	id_on_shard(w, prefix, a, payer, 32);
+	snprintf(prefix, sizeof(prefix), "%s:payee:", tag);
+	id_on_shard(w, prefix, b, payee, 32);
+	create_account(w, payer, false);
+	create_account(w, payee, false);
+	kobo_op op;
+	char id[48];
+	snprintf(id, sizeof(id), "fund:%s", payer);
+	uint32_t shard = transfer_op(w, &op, id, "cash", payer, funds, false);
+	kobo_result r = run(w, shard, &op);
+	if (r.transfer.status == KOBO_STATUS_PROCESSING)
+		settled(w, shard, id);
+}
+
+static void assert_clearing_nets_to_zero(world *w)
+{
+	kobo_account ab = account(w, "kobo:clearing:0:1:NGN");
+	kobo_account ba = account(w, "kobo:clearing:1:0:NGN");
+	assert_int_equal(ab.posted + ba.posted, 0);
+	assert_int_equal(ab.pending_in, ba.pending_out);
+	assert_int_equal(ba.pending_in, ab.pending_out);
+}
+
+static void runner_posts_a_cross_shard_transfer(void **state)
+{
+	world *w = *state;
+	char payer[32], payee[32];
+	parties(w, "post", 0, 1, 1000, payer, payee);
+	kobo_op op;
+	uint32_t a = transfer_op(w, &op, "tx:post", payer, payee, 300, false);
+	kobo_result r = run(w, a, &op);
+	assert_int_equal(r.code, KOBO_RESULT_CREATED);
+	assert_int_equal(r.transfer.status, KOBO_STATUS_PROCESSING);
+	kobo_transfer t = settled(w, a, "tx:post");
+	assert_int_equal(t.status, KOBO_STATUS_POSTED);
+	assert_int_equal(t.posted_amount, 300);
+	assert_int_equal(account(w, payer).posted, 700);
+	assert_int_equal(account(w, payer).pending_out, 0);
+	assert_int_equal(account(w, payee).posted, 300);
+	assert_clearing_nets_to_zero(w);
+
+	/* The same request again replays; nothing moves twice. */
+	r = run(w, a, &op);
+	assert_int_equal(r.code, KOBO_RESULT_REPLAYED);
+	assert_int_equal(r.transfer.status, KOBO_STATUS_POSTED);
+	assert_int_equal(account(w, payee).posted, 300);
+}
+
+static void runner_holds_posts_part_and_voids(void **state)
+{
+	world *w = *state;
+	char payer[32], payee[32];
+	parties(w, "hold", 1, 0, 1000, payer, payee);
+	kobo_op op;
+	uint32_t a = transfer_op(w, &op, "tx:hold", payer, payee, 400, true);
+	run(w, a, &op);
+	kobo_transfer t = settled(w, a, "tx:hold");
+	assert_int_equal(t.status, KOBO_STATUS_PENDING);
+	assert_int_equal(account(w, payer).pending_out, 400);
+	assert_int_equal(account(w, payee).pending_in, 400);
+	assert_clearing_nets_to_zero(w);
+
+	kobo_op post;
+	memset(&post, 0, sizeof(post));
+	post.kind = KOBO_OP_POST;
+	snprintf(post.u.target.id, sizeof(post.u.target.id), "tx:hold");
+	post.u.target.has_amount = true;
+	post.u.target.amount = 150;
+	kobo_result r = run(w, a, &post);
+	assert_int_equal(r.code, KOBO_RESULT_UPDATED);
+	assert_int_equal(r.transfer.status, KOBO_STATUS_PROCESSING);
+	t = settled(w, a, "tx:hold");
+	assert_int_equal(t.status, KOBO_STATUS_POSTED);
+	assert_int_equal(t.posted_amount, 150);
+	assert_int_equal(account(w, payer).posted, 850);
+	assert_int_equal(account(w, payer).pending_out, 0);
+	assert_int_equal(account(w, payee).posted, 150);
+	assert_int_equal(account(w, payee).pending_in, 0);
+	assert_clearing_nets_to_zero(w);
+
+	/* A second hold, voided. */
+	a = transfer_op(w, &op, "tx:hold2", payer, payee, 100, true);
+	run(w, a, &op);
+	settled(w, a, "tx:hold2");
+	kobo_op void_op;
+	memset(&void_op, 0, sizeof(void_op));
+	void_op.kind = KOBO_OP_VOID;
+	snprintf(void_op.u.target.id, sizeof(void_op.u.target.id), "tx:hold2");
+	run(w, a, &void_op);
+	t = settled(w, a, "tx:hold2");
+	assert_int_equal(t.status, KOBO_STATUS_VOIDED);
+	assert_int_equal(t.void_reason, KOBO_VOID_VOIDED);
+	assert_int_equal(account(w, payer).pending_out, 0);
+	assert_int_equal(account(w, payee).pending_in, 0);
+	assert_int_equal(account(w, payer).posted, 850);
+	assert_clearing_nets_to_zero(w);
+}
+
+static void runner_compensates_a_refused_credit(void **state)
+{
+	world *w = *state;
+	char payer[32], payee[32];
+	parties(w, "refuse", 0, 1, 1000, payer, payee);
+	char ghost[32];
+	id_on_shard(w, "ghost:", 1, ghost, sizeof(ghost));
+	kobo_op op;
+	uint32_t a = transfer_op(w, &op, "tx:ghost", payer, ghost, 600, false);
+	run(w, a, &op);
+	kobo_transfer t = settled(w, a, "tx:ghost");
+	assert_int_equal(t.status, KOBO_STATUS_VOIDED);
+	assert_int_equal(t.void_reason, KOBO_VOID_COMPENSATED);
+	assert_int_equal(t.error_code, KOBO_RESULT_ACCOUNT_NOT_FOUND);
+	assert_int_equal(account(w, payer).posted, 1000);
+	assert_int_equal(account(w, payer).pending_out, 0);
+	assert_clearing_nets_to_zero(w);
+}
+
+static void runner_aborts_past_the_deadline(void **state)
+{
+	world *w = *state;
+	char payer[32], payee[32];
+	parties(w, "late", 0, 1, 1000, payer, payee);
+	/* Restart the runner with a deadline already passed by any saga. */
+	kobo_saga_runner_stop(w->runner);
+	for (uint32_t i = 0; i < SHARDS; i++)
+		kobo_shard_stop(w->shards[i]);
+	kobo_saga_runner_destroy(w->runner);
+	world_start_runner(w, 1);
+	world_start_shards(w, true);
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+
+	kobo_op op;
+	uint32_t a = transfer_op(w, &op, "tx:late", payer, payee, 250, false);
+	struct timespec pause = { .tv_nsec = 5 * 1000 * 1000 };
+	kobo_result r = run(w, a, &op);
+	assert_int_equal(r.transfer.status, KOBO_STATUS_PROCESSING);
+	nanosleep(&pause, NULL);
+	kobo_transfer t = settled(w, a, "tx:late");
+	/* Either B took it before the deadline check, or it was aborted and
+	 * the payer refunded: never both, never neither. */
+	if (t.status == KOBO_STATUS_VOIDED) {
+		assert_int_equal(t.void_reason, KOBO_VOID_COMPENSATED);
+		assert_int_equal(t.error_code, KOBO_RESULT_SAGA_TIMEOUT);
+		assert_int_equal(account(w, payer).posted, 1000);
+		assert_int_equal(account(w, payee).posted, 0);
+	} else {
+		assert_int_equal(t.status, KOBO_STATUS_POSTED);
+		assert_int_equal(account(w, payee).posted, 250);
+	}
+	assert_clearing_nets_to_zero(w);
+}
+
+static void runner_resumes_sagas_left_by_a_crash(void **state)
+{
+	world *w = *state;
+	char payer[32], payee[32];
+	parties(w, "crash", 1, 0, 1000, payer, payee);
+	/* Shards without doorbells: the RESERVED record lands, nobody is told
+	 * (as if the process died right after the commit). */
+	kobo_saga_runner_stop(w->runner);
+	for (uint32_t i = 0; i < SHARDS; i++)
+		kobo_shard_stop(w->shards[i]);
+	kobo_saga_runner_destroy(w->runner);
+	world_start_runner(w, 0);
+	world_start_shards(w, false);
+	kobo_op op;
+	uint32_t a = transfer_op(w, &op, "tx:crash", payer, payee, 120, false);
+	kobo_result r = run(w, a, &op);
+	assert_int_equal(r.transfer.status, KOBO_STATUS_PROCESSING);
+	assert_int_equal(account(w, payer).pending_out, 120);
+
+	/* "Restart": the runner's first scan finds it. */
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+	kobo_transfer t = settled(w, a, "tx:crash");
+	assert_int_equal(t.status, KOBO_STATUS_POSTED);
+	assert_int_equal(account(w, payer).posted, 880);
+	assert_int_equal(account(w, payee).posted, 120);
+	assert_clearing_nets_to_zero(w);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(remote_op_follows_the_state),
+		cmocka_unit_test(settle_reads_b_answers),
+		cmocka_unit_test_setup_teardown(runner_posts_a_cross_shard_transfer,
+		                                world_setup, world_teardown),
+		cmocka_unit_test_setup_teardown(runner_holds_posts_part_and_voids,
+		                                world_setup, world_teardown),
+		cmocka_unit_test_setup_teardown(runner_compensates_a_refused_credit,
+		                                world_setup, world_teardown),
+		cmocka_unit_test_setup_teardown(runner_aborts_past_the_deadline,
+		                                world_setup, world_teardown),
+		cmocka_unit_test_setup_teardown(runner_resumes_sagas_left_by_a_crash,
+		                                world_setup, world_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
