@@ -273,14 +273,17 @@ void kobo_ledger_destroy(kobo_ledger *ledger);
 /* Forgets all accounts, transfers and changes of the previous batch. */
 void kobo_ledger_reset(kobo_ledger *ledger);
 
-/* Lists the distinct transfer ids the ops refer to (POST/VOID/EXPIRE targets
- * and CREATE_TRANSFER ids, for replay detection) into ids[0..*count). ids must
- * hold ops_count entries. The strings are borrowed from ops. */
+/* Lists the distinct transfer ids the ops refer to (POST/VOID/EXPIRE/
+ * SAGA_SETTLE targets, and CREATE_TRANSFER/SAGA_CREDIT/SAGA_ABORT ids for
+ * replay detection) into ids[0..*count). ids must hold ops_count entries.
+ * The strings are borrowed from ops. */
 void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
                               const char **ids, size_t *count);
 
-/* Lists the distinct account ids the batch may touch: those the ops name and
- * the from/to of every put transfer that a POST, VOID or EXPIRE targets.
+/* Lists the distinct account ids of this shard the batch may touch: those
+ * the ops name (for a leg, its local account and its clearing account) and
+ * the debit/credit accounts of every put transfer that a POST, VOID, EXPIRE
+ * or SAGA_SETTLE targets.
  * Both id lists come back sorted (strcmp): a deadlock-free lock order. ids must hold 2 * ops_count + 1
  * entries. Call after putting the loaded transfers. Strings are borrowed from
  * ops or from the ledger (valid until reset). */
