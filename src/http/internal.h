@@ -118,6 +118,11 @@ uint32_t kobo__http_shard_of(const kobo_http_exchange *x, const char *account_id
 /* true when the result is a cross-shard transfer whose saga is under way. */
 bool kobo__http_saga_pending(const kobo_result *result);
 
+/* A replayed create of a settled cross-shard transfer answers like the
+ * first answer did: a compensated one replays its refusal (422). Rewrites
+ * result in place; anything else is left alone. */
+void kobo__http_settled_result(const kobo_op *op, kobo_result *result);
+
 /* Instead of answering x now (on_done), waits for the saga of its result;
  * answers 202 with the current state if it does not settle in time. */
 void kobo__http_wait_saga(kobo_http_exchange *x, const kobo_result *result);

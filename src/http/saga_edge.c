@@ -28,6 +28,16 @@ bool kobo__http_saga_pending(const kobo_result *result)
 	       result->code == KOBO_RESULT_UPDATED;
 }
 
+void kobo__http_settled_result(const kobo_op *op, kobo_result *result)
+{
+	if (op->kind != KOBO_OP_CREATE_TRANSFER || result->code != KOBO_RESULT_REPLAYED ||
+	    !result->has_transfer || result->transfer.leg != KOBO_LEG_DEBIT)
+		return;
+	kobo_result outcome;
+	kobo_http_saga_outcome(&result->transfer, KOBO_OP_CREATE_TRANSFER, true, &outcome);
+	*result = outcome;
+}
+
 static int64_t wait_deadline_ms(const kobo_http_server *server)
 {
 	return kobo_monotonic_us() / 1000 + server->saga_wait_ms;
@@ -185,7 +195,9 @@ static void part_done(kobo_request *request)
 			continue;
 		}
 		if (!kobo__http_saga_pending(result)) {
-			kobo_http_encode_batch_item(slot, id, result);
+			kobo_result settled = *result;
+			kobo__http_settled_result(&part->ops[j], &settled);
+			kobo_http_encode_batch_item(slot, id, &settled);
 			continue;
 		}
 		kobo_http_encode_batch_accepted(slot, &result->transfer);

@@ -333,6 +333,7 @@ static void on_done(kobo_request *request)
 		kobo__http_wait_saga(x, &x->results[0]);
 		return; /* answered when the saga settles */
 	} else {
+		kobo__http_settled_result(&x->ops.ops[0], &x->results[0]);
 		kobo_http_reply_result(&x->reply, &x->results[0], x->request_id);
 	}
 	kobo__http_resume(x);
