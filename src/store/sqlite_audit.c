@@ -1,26 +1,41 @@
 /*
- * sqlite_audit.c — proves that a shard file's balances are what its
- * transfers say (DESIGN.md invariant 6, `kobo audit`).
+ * sqlite_audit.c — proves that a shard's balances are what its transfers
+ * say (DESIGN.md invariant 6, `kobo audit`).
  *
- * The audit opens a read-only connection of its own and reads every account
- * and every transfer inside one read transaction: in WAL mode that is a
- * consistent snapshot, however much the server writes meanwhile. It sums in
- * C with __int128, never with SQL SUM(), which fails (or, for REAL, rounds)
- * once a total passes 2^63 — and a total that large is exactly what an audit
- * must be able to report rather than crash on.
+ * Two halves. The auditor (store_auditor_*) holds the rules and knows nothing
+ * of SQLite: a backend feeds it one consistent snapshot, account by account
+ * and transfer by transfer, and it reports every discrepancy; the in-memory
+ * store (store_mem.c) feeds it too, so both stores agree on what a sound
+ * shard is. It sums with __int128, never with SQL SUM(), which fails (or,
+ * for REAL, rounds) once a total passes 2^63 — and a total that large is
+ * exactly what an audit must be able to report rather than crash on.
+ *
+ * The SQLite half (store_sqlite_audit) opens a read-only connection of its
+ * own and reads every account and every transfer inside one read
+ * transaction: in WAL mode that is a consistent snapshot, however much the
+ * server writes meanwhile.
  *
  * Checks, each discrepancy reported as one sentence:
  *   1. per currency, the posted balances sum to 0 and the pending_out sums
  *      equal the pending_in sums (double entry);
  *   2. per account, posted equals the posted_amount of its POSTED transfers
- *      in minus out; pending_out (pending_in) equals the amount of its
- *      PENDING transfers out (in);
+ *      in minus out; pending_out (pending_in) equals the amount of the
+ *      holds out of (into) it, a hold being a PENDING or a PROCESSING
+ *      record (kobo_transfer_holds). "Out of" and "into" mean the accounts
+ *      the record moves money between on this shard
+ *      (kobo_transfer_debit_account / kobo_transfer_credit_account): from
+ *      and to for a LOCAL transfer, from and the clearing account for a
+ *      DEBIT leg, the clearing account and to for a CREDIT leg; the
+ *      other shard's account of a leg is not checked here;
  *   3. no account with allow_negative = 0 has available < 0;
  *   4. no non-rejected transfer names an account the shard does not have,
  *      or one of another currency;
- *   5. 0 <= posted_amount <= amount, and posted_amount is 0 unless POSTED.
- * PROCESSING transfers (a cross-shard step under way) move nothing on this
- * shard by themselves: their reservation is a separate PENDING transfer.
+ *   5. 0 <= posted_amount <= amount, and posted_amount is 0 unless POSTED;
+ *   6. legs and sagas are coherent: a LOCAL transfer has no clearing
+ *      account, a DEBIT or CREDIT leg has one; a saga is under way (saga
+ *      != NONE) only on a DEBIT leg, and exactly while its status is
+ *      PROCESSING (ledger.h, kobo_saga_state).
+ * Sagas under way are counted into totals->sagas_in_flight.
  */
 #include <inttypes.h>
 #include <stdarg.h>
@@ -53,22 +68,21 @@ typedef struct audit_currency {
 	__int128 pending_in;
 } audit_currency;
 
-typedef struct audit {
+struct store_auditor {
 	kobo_store_report_fn report;
 	void *ctx;
 	kobo_audit_totals *totals;
 	audit_account *accounts;
 	size_t account_count;
+	size_t accounts_max;
 	size_t *slots; /* open addressing: index + 1, 0 empty */
 	size_t slot_mask;
 	audit_currency *currencies;
 	size_t currency_count;
 	size_t currency_cap;
-} audit;
+};
 
-static void problem(audit *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void problem(audit *a, const char *fmt, ...)
+void store_auditor_problem(store_auditor *a, const char *fmt, ...)
 {
 	char line[AUDIT_LINE_BYTES];
 	va_list args;
@@ -112,7 +126,7 @@ static uint64_t hash_id(const char *id)
 	return h;
 }
 
-static audit_account *find_account(const audit *a, const char *id)
+static audit_account *find_account(const store_auditor *a, const char *id)
 {
 	for (size_t i = hash_id(id) & a->slot_mask;; i = (i + 1) & a->slot_mask) {
 		size_t slot = a->slots[i];
@@ -123,7 +137,7 @@ static audit_account *find_account(const audit *a, const char *id)
 	}
 }
 
-static audit_currency *find_currency(audit *a, const char *code)
+static audit_currency *find_currency(store_auditor *a, const char *code)
 {
 	for (size_t i = 0; i < a->currency_count; i++) {
 		if (strcmp(a->currencies[i].code, code) == 0)
@@ -143,7 +157,210 @@ static audit_currency *find_currency(audit *a, const char *code)
 	return c;
 }
 
-static int load_accounts(audit *a, sqlite3 *db, const char *path)
+/* ---- The auditor (sqlite_internal.h). ---- */
+
+store_auditor *store_auditor_create(size_t accounts_max, kobo_store_report_fn report,
+                                void *ctx, kobo_audit_totals *totals)
+{
+	store_auditor *a = calloc(1, sizeof *a);
+	size_t slot_count = 16;
+
+	memset(totals, 0, sizeof *totals);
+	if (a == NULL)
+		return NULL;
+	a->report = report;
+	a->ctx = ctx;
+	a->totals = totals;
+	a->accounts_max = accounts_max;
+	/* At most half full, so every probe sequence ends at an empty slot. */
+	while (slot_count < 2 * accounts_max)
+		slot_count *= 2;
+	a->accounts = calloc(accounts_max + 1, sizeof *a->accounts);
+	a->slots = calloc(slot_count, sizeof *a->slots);
+	if (a->accounts == NULL || a->slots == NULL) {
+		store_auditor_destroy(a);
+		return NULL;
+	}
+	a->slot_mask = slot_count - 1;
+	return a;
+}
+
+void store_auditor_destroy(store_auditor *a)
+{
+	if (a == NULL)
+		return;
+	free(a->accounts);
+	free(a->slots);
+	free(a->currencies);
+	free(a);
+}
+
+int store_auditor_account(store_auditor *a, const kobo_account *account)
+{
+	if (a->account_count == a->accounts_max)
+		return KOBO_EFULL;
+	audit_account *acc = &a->accounts[a->account_count];
+	snprintf(acc->id, sizeof acc->id, "%s", account->id);
+	snprintf(acc->currency, sizeof acc->currency, "%s", account->currency);
+	acc->allow_negative = account->allow_negative;
+	acc->posted = account->posted;
+	acc->pending_out = account->pending_out;
+	acc->pending_in = account->pending_in;
+	audit_currency *c = find_currency(a, acc->currency);
+	if (c == NULL)
+		return KOBO_ENOMEM;
+	size_t i = hash_id(acc->id) & a->slot_mask;
+	while (a->slots[i] != 0)
+		i = (i + 1) & a->slot_mask;
+	a->slots[i] = ++a->account_count;
+	c->posted += acc->posted;
+	c->pending_out += acc->pending_out;
+	c->pending_in += acc->pending_in;
+	a->totals->accounts = a->account_count;
+	return KOBO_OK;
+}
+
+/* The transfer's side on one account: checks it exists and shares the
+ * transfer's currency. NULL when it does not (reported). */
+static audit_account *transfer_side(store_auditor *a, const char *transfer_id,
+                                    const char *role, const char *account_id,
+                                    const char *currency)
+{
+	audit_account *acc = find_account(a, account_id);
+	if (acc == NULL) {
+		store_auditor_problem(a, "transfer %s names %s account %s, which does "
+		                    "not exist", transfer_id, role, account_id);
+		return NULL;
+	}
+	if (strcmp(acc->currency, currency) != 0) {
+		store_auditor_problem(a, "transfer %s is in %s but its %s account %s "
+		                    "is in %s", transfer_id, currency, role,
+		                    account_id, acc->currency);
+	}
+	return acc;
+}
+
+/* Check 6: the leg, clearing account, saga state and status agree. */
+static void check_leg(store_auditor *a, const kobo_transfer *t)
+{
+	const char *id = t->id;
+
+	if (t->leg == KOBO_LEG_LOCAL && t->clearing[0] != '\0')
+		store_auditor_problem(a, "transfer %s is local but names clearing "
+		                    "account %s", id, t->clearing);
+	if (t->leg != KOBO_LEG_LOCAL && t->clearing[0] == '\0')
+		store_auditor_problem(a, "transfer %s is a %s leg without a clearing "
+		                    "account", id, kobo_leg_name(t->leg));
+	if (t->saga != KOBO_SAGA_NONE && t->leg != KOBO_LEG_DEBIT)
+		store_auditor_problem(a, "transfer %s is a %s leg but has saga state %s "
+		                    "(only debit legs run sagas)", id,
+		                    kobo_leg_name(t->leg), kobo_saga_state_name(t->saga));
+	if (t->saga != KOBO_SAGA_NONE && t->status != KOBO_STATUS_PROCESSING)
+		store_auditor_problem(a, "transfer %s has saga state %s but is %s, not "
+		                    "processing", id, kobo_saga_state_name(t->saga),
+		                    store_sqlite_status_text(t->status));
+	if (t->status == KOBO_STATUS_PROCESSING && t->saga == KOBO_SAGA_NONE)
+		store_auditor_problem(a, "transfer %s is processing but no saga step is "
+		                    "under way", id);
+}
+
+void store_auditor_transfer(store_auditor *a, const kobo_transfer *t)
+{
+	const char *id = t->id;
+
+	a->totals->transfers++;
+	if (t->saga != KOBO_SAGA_NONE)
+		a->totals->sagas_in_flight++;
+	if (t->amount < 1)
+		store_auditor_problem(a, "transfer %s has amount %" PRId64 ", below 1",
+		                    id, t->amount);
+	if (t->posted_amount < 0 || t->posted_amount > t->amount)
+		store_auditor_problem(a, "transfer %s has posted_amount %" PRId64
+		                    " outside 0..amount (%" PRId64 ")", id,
+		                    t->posted_amount, t->amount);
+	if (t->status != KOBO_STATUS_POSTED && t->posted_amount != 0)
+		store_auditor_problem(a, "transfer %s is %s but has posted_amount %"
+		                    PRId64 " (only posted transfers move money)", id,
+		                    store_sqlite_status_text(t->status), t->posted_amount);
+	check_leg(a, t);
+	if (t->status == KOBO_STATUS_REJECTED)
+		return; /* moved nothing; may name accounts that never existed */
+
+	/* The roles name the field the account comes from, so that a report
+	 * points at the column to look at. */
+	const char *debit_role = t->leg == KOBO_LEG_CREDIT ? "clearing" : "from";
+	const char *credit_role = t->leg == KOBO_LEG_DEBIT ? "clearing" : "to";
+	audit_account *debit = transfer_side(a, id, debit_role,
+	                                     kobo_transfer_debit_account(t),
+	                                     t->currency);
+	audit_account *credit = transfer_side(a, id, credit_role,
+	                                      kobo_transfer_credit_account(t),
+	                                      t->currency);
+	if (t->status == KOBO_STATUS_POSTED) {
+		if (debit != NULL)
+			debit->expected_posted -= t->posted_amount;
+		if (credit != NULL)
+			credit->expected_posted += t->posted_amount;
+	} else if (kobo_transfer_holds(t)) {
+		if (debit != NULL)
+			debit->expected_pending_out += t->amount;
+		if (credit != NULL)
+			credit->expected_pending_in += t->amount;
+	}
+}
+
+void store_auditor_finish(store_auditor *a)
+{
+	char want[48];
+	char have[48];
+
+	for (size_t i = 0; i < a->account_count; i++) {
+		const audit_account *acc = &a->accounts[i];
+		if (acc->posted != acc->expected_posted)
+			store_auditor_problem(a, "account %s has posted %s but its "
+			                    "transfers say %s", acc->id,
+			                    int128_text(acc->posted, have),
+			                    int128_text(acc->expected_posted, want));
+		if (acc->pending_out != acc->expected_pending_out)
+			store_auditor_problem(a, "account %s has pending_out %s but its "
+			                    "pending transfers out sum to %s", acc->id,
+			                    int128_text(acc->pending_out, have),
+			                    int128_text(acc->expected_pending_out, want));
+		if (acc->pending_in != acc->expected_pending_in)
+			store_auditor_problem(a, "account %s has pending_in %s but its "
+			                    "pending transfers in sum to %s", acc->id,
+			                    int128_text(acc->pending_in, have),
+			                    int128_text(acc->expected_pending_in, want));
+		__int128 available = (__int128)acc->posted - acc->pending_out;
+		if (!acc->allow_negative && available < 0)
+			store_auditor_problem(a, "account %s may not go negative but has "
+			                    "available %s", acc->id,
+			                    int128_text(available, have));
+	}
+	for (size_t i = 0; i < a->currency_count; i++) {
+		const audit_currency *c = &a->currencies[i];
+		if (c->posted != 0)
+			store_auditor_problem(a, "%s posted balances sum to %s, not 0",
+			                    c->code, int128_text(c->posted, have));
+		if (c->pending_out != c->pending_in)
+			store_auditor_problem(a, "%s pending_out balances sum to %s but "
+			                    "pending_in balances sum to %s", c->code,
+			                    int128_text(c->pending_out, have),
+			                    int128_text(c->pending_in, want));
+	}
+}
+
+/* ---- The SQLite shard file. ---- */
+
+static int sql_failed(sqlite3 *db, const char *path)
+{
+	store_sqlite_log_error(db, "store_audit_failed", path);
+	return KOBO_ESTORE;
+}
+
+static int load_accounts(store_auditor **out, sqlite3 *db, const char *path,
+                         kobo_store_report_fn report, void *ctx,
+                         kobo_audit_totals *totals)
 {
 	sqlite3_stmt *stmt = NULL;
 	int64_t count = 0;
@@ -154,188 +371,94 @@ static int load_accounts(audit *a, sqlite3 *db, const char *path)
 	if (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW)
 		count = sqlite3_column_int64(stmt, 0);
 	sqlite3_finalize(stmt);
-	if (rc != SQLITE_ROW)
-		goto sql_fail;
-
-	size_t slot_count = 16;
-	while (slot_count < 2 * (size_t)count)
-		slot_count *= 2;
-	a->accounts = calloc((size_t)count + 1, sizeof *a->accounts);
-	a->slots = calloc(slot_count, sizeof *a->slots);
-	if (a->accounts == NULL || a->slots == NULL)
+	if (rc != SQLITE_ROW || count < 0)
+		return sql_failed(db, path);
+	store_auditor *a = store_auditor_create((size_t)count, report, ctx, totals);
+	if (a == NULL)
 		return KOBO_ENOMEM;
-	a->slot_mask = slot_count - 1;
+	*out = a;
 
 	rc = sqlite3_prepare_v2(db,
 		"SELECT id, currency, allow_negative, posted, pending_out, pending_in "
 		"FROM accounts", -1, &stmt, NULL);
 	if (rc != SQLITE_OK)
-		goto sql_fail;
+		return sql_failed(db, path);
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-		if (a->account_count == (size_t)count)
-			break; /* cannot happen inside one snapshot */
-		audit_account *acc = &a->accounts[a->account_count];
-		if (store_sqlite_copy_text(stmt, 0, acc->id, sizeof acc->id) != KOBO_OK ||
-		    store_sqlite_copy_text(stmt, 1, acc->currency, sizeof acc->currency) != KOBO_OK) {
-			problem(a, "an account row has an id or currency that is NULL or too long");
+		kobo_account acc;
+		memset(&acc, 0, sizeof acc);
+		if (store_sqlite_copy_text(stmt, 0, acc.id, sizeof acc.id) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 1, acc.currency, sizeof acc.currency) != KOBO_OK) {
+			store_auditor_problem(a, "an account row has an id or currency "
+			                    "that is NULL or too long");
 			continue;
 		}
-		acc->allow_negative = sqlite3_column_int(stmt, 2) != 0;
-		acc->posted = sqlite3_column_int64(stmt, 3);
-		acc->pending_out = sqlite3_column_int64(stmt, 4);
-		acc->pending_in = sqlite3_column_int64(stmt, 5);
-		size_t i = hash_id(acc->id) & a->slot_mask;
-		while (a->slots[i] != 0)
-			i = (i + 1) & a->slot_mask;
-		a->slots[i] = ++a->account_count;
-
-		audit_currency *c = find_currency(a, acc->currency);
-		if (c == NULL) {
+		acc.allow_negative = sqlite3_column_int(stmt, 2) != 0;
+		acc.posted = sqlite3_column_int64(stmt, 3);
+		acc.pending_out = sqlite3_column_int64(stmt, 4);
+		acc.pending_in = sqlite3_column_int64(stmt, 5);
+		int result = store_auditor_account(a, &acc);
+		if (result == KOBO_EFULL)
+			break; /* cannot happen inside one snapshot */
+		if (result != KOBO_OK) {
 			sqlite3_finalize(stmt);
-			return KOBO_ENOMEM;
+			return result;
 		}
-		c->posted += acc->posted;
-		c->pending_out += acc->pending_out;
-		c->pending_in += acc->pending_in;
 	}
 	sqlite3_finalize(stmt);
 	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-		goto sql_fail;
-	a->totals->accounts = a->account_count;
+		return sql_failed(db, path);
 	return KOBO_OK;
-sql_fail:
-	store_sqlite_log_error(db, "store_audit_failed", path);
-	return KOBO_ESTORE;
 }
 
-/* The transfer's side on one account: checks it exists and shares the
- * transfer's currency. NULL when it does not (reported). */
-static audit_account *transfer_side(audit *a, const char *transfer_id,
-                                    const char *role, const char *account_id,
-                                    const char *currency)
-{
-	audit_account *acc = find_account(a, account_id);
-	if (acc == NULL) {
-		problem(a, "transfer %s names %s account %s, which does not exist",
-		        transfer_id, role, account_id);
-		return NULL;
-	}
-	if (strcmp(acc->currency, currency) != 0) {
-		problem(a, "transfer %s is in %s but its %s account %s is in %s",
-		        transfer_id, currency, role, account_id, acc->currency);
-	}
-	return acc;
-}
-
-static int check_transfers(audit *a, sqlite3 *db, const char *path)
+/* Decodes only what the checks read; a row that does not decode is a
+ * problem to report, not a reason to stop. */
+static int check_transfers(store_auditor *a, sqlite3 *db, const char *path)
 {
 	sqlite3_stmt *stmt = NULL;
 	int rc = sqlite3_prepare_v2(db,
-		"SELECT id, from_id, to_id, currency, amount, posted_amount, status "
-		"FROM transfers ORDER BY seq", -1, &stmt, NULL);
+		"SELECT id, from_id, to_id, currency, amount, posted_amount, status, "
+		"leg, clearing, saga FROM transfers ORDER BY seq", -1, &stmt, NULL);
 	if (rc != SQLITE_OK)
-		goto sql_fail;
+		return sql_failed(db, path);
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-		char id[KOBO_ID_LEN_MAX + 1];
-		char from[KOBO_ID_LEN_MAX + 1];
-		char to[KOBO_ID_LEN_MAX + 1];
-		char currency[KOBO_CURRENCY_LEN_MAX + 1];
-		kobo_transfer_status status;
+		kobo_transfer t;
 
-		a->totals->transfers++;
-		if (store_sqlite_copy_text(stmt, 0, id, sizeof id) != KOBO_OK ||
-		    store_sqlite_copy_text(stmt, 1, from, sizeof from) != KOBO_OK ||
-		    store_sqlite_copy_text(stmt, 2, to, sizeof to) != KOBO_OK ||
-		    store_sqlite_copy_text(stmt, 3, currency, sizeof currency) != KOBO_OK) {
-			problem(a, "a transfer row has an id, from, to or currency that "
-			        "is NULL or too long");
+		memset(&t, 0, sizeof t);
+		if (store_sqlite_copy_text(stmt, 0, t.id, sizeof t.id) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 1, t.from, sizeof t.from) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 2, t.to, sizeof t.to) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 3, t.currency, sizeof t.currency) != KOBO_OK ||
+		    store_sqlite_copy_text(stmt, 8, t.clearing, sizeof t.clearing) != KOBO_OK) {
+			a->totals->transfers++;
+			store_auditor_problem(a, "a transfer row has an id, from, to, "
+			                    "currency or clearing that is NULL or too long");
 			continue;
 		}
-		int64_t amount = sqlite3_column_int64(stmt, 4);
-		int64_t posted_amount = sqlite3_column_int64(stmt, 5);
+		t.amount = sqlite3_column_int64(stmt, 4);
+		t.posted_amount = sqlite3_column_int64(stmt, 5);
 		if (store_sqlite_status_parse((const char *)sqlite3_column_text(stmt, 6),
-		                              &status) != KOBO_OK) {
-			problem(a, "transfer %s has an unknown status", id);
+		                              &t.status) != KOBO_OK ||
+		    store_sqlite_leg_parse((const char *)sqlite3_column_text(stmt, 7),
+		                           &t.leg) != KOBO_OK ||
+		    store_sqlite_saga_parse((const char *)sqlite3_column_text(stmt, 9),
+		                            &t.saga) != KOBO_OK) {
+			a->totals->transfers++;
+			store_auditor_problem(a, "transfer %s has an unknown status, leg or "
+			                    "saga state", t.id);
 			continue;
 		}
-		if (amount < 1)
-			problem(a, "transfer %s has amount %" PRId64 ", below 1", id, amount);
-		if (posted_amount < 0 || posted_amount > amount)
-			problem(a, "transfer %s has posted_amount %" PRId64
-			        " outside 0..amount (%" PRId64 ")", id, posted_amount, amount);
-		if (status != KOBO_STATUS_POSTED && posted_amount != 0)
-			problem(a, "transfer %s is %s but has posted_amount %" PRId64
-			        " (only posted transfers move money)", id,
-			        store_sqlite_status_text(status), posted_amount);
-		if (status == KOBO_STATUS_REJECTED)
-			continue; /* moved nothing; may name accounts that never existed */
-
-		audit_account *debit = transfer_side(a, id, "from", from, currency);
-		audit_account *credit = transfer_side(a, id, "to", to, currency);
-		if (status == KOBO_STATUS_POSTED) {
-			if (debit != NULL)
-				debit->expected_posted -= posted_amount;
-			if (credit != NULL)
-				credit->expected_posted += posted_amount;
-		} else if (status == KOBO_STATUS_PENDING) {
-			if (debit != NULL)
-				debit->expected_pending_out += amount;
-			if (credit != NULL)
-				credit->expected_pending_in += amount;
-		}
+		store_auditor_transfer(a, &t);
 	}
 	sqlite3_finalize(stmt);
 	if (rc != SQLITE_DONE)
-		goto sql_fail;
+		return sql_failed(db, path);
 	return KOBO_OK;
-sql_fail:
-	store_sqlite_log_error(db, "store_audit_failed", path);
-	return KOBO_ESTORE;
-}
-
-static void check_balances(audit *a)
-{
-	char want[48];
-	char have[48];
-
-	for (size_t i = 0; i < a->account_count; i++) {
-		const audit_account *acc = &a->accounts[i];
-		if (acc->posted != acc->expected_posted)
-			problem(a, "account %s has posted %s but its transfers say %s",
-			        acc->id, int128_text(acc->posted, have),
-			        int128_text(acc->expected_posted, want));
-		if (acc->pending_out != acc->expected_pending_out)
-			problem(a, "account %s has pending_out %s but its pending "
-			        "transfers out sum to %s", acc->id,
-			        int128_text(acc->pending_out, have),
-			        int128_text(acc->expected_pending_out, want));
-		if (acc->pending_in != acc->expected_pending_in)
-			problem(a, "account %s has pending_in %s but its pending "
-			        "transfers in sum to %s", acc->id,
-			        int128_text(acc->pending_in, have),
-			        int128_text(acc->expected_pending_in, want));
-		__int128 available = (__int128)acc->posted - acc->pending_out;
-		if (!acc->allow_negative && available < 0)
-			problem(a, "account %s may not go negative but has available %s",
-			        acc->id, int128_text(available, have));
-	}
-	for (size_t i = 0; i < a->currency_count; i++) {
-		const audit_currency *c = &a->currencies[i];
-		if (c->posted != 0)
-			problem(a, "%s posted balances sum to %s, not 0", c->code,
-			        int128_text(c->posted, have));
-		if (c->pending_out != c->pending_in)
-			problem(a, "%s pending_out balances sum to %s but pending_in "
-			        "balances sum to %s", c->code,
-			        int128_text(c->pending_out, have),
-			        int128_text(c->pending_in, want));
-	}
 }
 
 int store_sqlite_audit(const char *path, kobo_store_report_fn report, void *ctx,
                        kobo_audit_totals *totals)
 {
-	audit a = {.report = report, .ctx = ctx, .totals = totals};
+	store_auditor *a = NULL;
 	sqlite3 *db = NULL;
 	int result;
 
@@ -347,20 +470,17 @@ int store_sqlite_audit(const char *path, kobo_store_report_fn report, void *ctx,
 	/* BEGIN is deferred: the first SELECT fixes the snapshot, and every
 	 * later one in the transaction reads the same one. */
 	if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-		store_sqlite_log_error(db, "store_audit_failed", path);
-		result = KOBO_ESTORE;
+		result = sql_failed(db, path);
 		goto done;
 	}
-	result = load_accounts(&a, db, path);
+	result = load_accounts(&a, db, path, report, ctx, totals);
 	if (result == KOBO_OK)
-		result = check_transfers(&a, db, path);
+		result = check_transfers(a, db, path);
 	(void)sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
 	if (result == KOBO_OK)
-		check_balances(&a);
+		store_auditor_finish(a);
 done:
 	sqlite3_close(db);
-	free(a.accounts);
-	free(a.slots);
-	free(a.currencies);
+	store_auditor_destroy(a);
 	return result;
 }

@@ -4,6 +4,8 @@
  * store_sqlite.c owns the write side, the checkpointer and the schema (and
  * the design notes); sqlite_read.c opens connections, decodes rows and
  * serves readers; sqlite_audit.c checks a shard on its own read connection.
+ * The audit's rules themselves (store_auditor_*, at the end) know nothing of
+ * SQLite: the in-memory store (store_mem.c) feeds them too.
  * Nothing outside src/store includes this header: the contract is store.h.
  */
 #ifndef KOBO_STORE_SQLITE_INTERNAL_H
@@ -14,7 +16,7 @@
 #include "store.h"
 
 /* The schema version this build writes and reads (PRAGMA user_version). */
-#define STORE_SQLITE_SCHEMA_VERSION 1
+#define STORE_SQLITE_SCHEMA_VERSION 2
 
 /* How long a connection waits for a lock held by another connection before
  * giving up with SQLITE_BUSY. The writer and readers wait long enough to ride
@@ -31,13 +33,19 @@
 #define TRANSFER_COLUMNS \
 	"seq, id, from_id, to_id, currency, amount, posted_amount, pending, " \
 	"timeout_seconds, expires_at_ms, status, void_reason, error_code, " \
-	"metadata, request_id, created_at_ms, updated_at_ms"
+	"metadata, request_id, created_at_ms, updated_at_ms, leg, clearing, " \
+	"saga, saga_amount, saga_reason"
 
-/* Text forms of the statuses as stored (their wire names), so that
- * `sqlite3 shard.db` shows 'posted' rather than 2. Part of the file format:
- * a stored word never changes meaning. */
+/* Text forms of the statuses, legs, saga states and void reasons as stored
+ * (their wire names), so that `sqlite3 shard.db` shows 'posted' rather than
+ * 2. Part of the file format: a stored word never changes meaning. A void
+ * reason of KOBO_VOID_NONE is stored as NULL. The parsers return KOBO_OK or
+ * KOBO_ESTORE for a word this code could not have written. */
 const char *store_sqlite_status_text(kobo_transfer_status status);
 int store_sqlite_status_parse(const char *text, kobo_transfer_status *status);
+int store_sqlite_leg_parse(const char *text, kobo_leg *leg);
+int store_sqlite_saga_parse(const char *text, kobo_saga_state *saga);
+int store_sqlite_void_reason_parse(const char *text, kobo_void_reason *reason);
 
 /* Opens a connection to path (a file name or a "file:" URI) with flags
  * (SQLITE_OPEN_* without URI, which is always added), extended result codes,
@@ -89,10 +97,43 @@ int store_sqlite_read_transfer(kobo_store_reader *reader, const char *id,
 int store_sqlite_read_history(kobo_store_reader *reader, const char *account_id,
                               int64_t after_seq, size_t limit,
                               kobo_store_transfer_fn each, void *ctx);
+int store_sqlite_read_sagas(kobo_store_reader *reader, const char *after_id,
+                            size_t limit, kobo_store_transfer_fn each, void *ctx);
+int store_sqlite_read_accounts_prefix(kobo_store_reader *reader,
+                                      const char *prefix,
+                                      kobo_store_account_fn each, void *ctx);
 
 /* The audit of the shard file at path on a snapshot of its own; see
  * kobo_store_ops.audit. */
 int store_sqlite_audit(const char *path, kobo_store_report_fn report, void *ctx,
                        kobo_audit_totals *totals);
+
+/* ---- The audit's checks (sqlite_audit.c), shared by every store. ----
+ *
+ * A backend feeds one snapshot to an auditor: every account, then every
+ * transfer (in seq order), then finishes; the auditor reports each
+ * discrepancy through report, counts into *totals and checks the rules of
+ * kobo_store_ops.audit. Keeping the rules here, once, means the SQLite
+ * store and the in-memory store (store_mem.c) can never disagree about
+ * what a sound shard is. */
+typedef struct store_auditor store_auditor;
+
+/* Allocates an auditor for at most accounts_max accounts; zeroes *totals,
+ * which must outlive the auditor. NULL when out of memory. */
+store_auditor *store_auditor_create(size_t accounts_max, kobo_store_report_fn report,
+                                void *ctx, kobo_audit_totals *totals);
+/* Adds one account (id, currency, allow_negative, balances; metadata is
+ * not read). KOBO_EFULL past accounts_max, KOBO_ENOMEM. */
+int store_auditor_account(store_auditor *audit, const kobo_account *account);
+/* Checks one transfer against the accounts added so far (all of them must
+ * have been added first) and adds what it moves or holds. */
+void store_auditor_transfer(store_auditor *audit, const kobo_transfer *transfer);
+/* Reports a row the backend could not decode, as one sentence. */
+void store_auditor_problem(store_auditor *audit, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Compares every account with what its transfers say, and the per-currency
+ * sums; call once, after the last transfer. */
+void store_auditor_finish(store_auditor *audit);
+void store_auditor_destroy(store_auditor *audit);
 
 #endif /* KOBO_STORE_SQLITE_INTERNAL_H */

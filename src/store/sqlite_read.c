@@ -20,27 +20,52 @@ enum {
 	SQL_READ_ACCOUNT,
 	SQL_READ_TRANSFER,
 	SQL_READ_HISTORY,
+	SQL_READ_SAGAS,
+	SQL_READ_ACCOUNTS_FROM,
+	SQL_READ_ACCOUNTS_RANGE,
 	SQL_READER_COUNT
 };
 
 static const char *const reader_sql[SQL_READER_COUNT] = {
 	[SQL_READ_ACCOUNT] = "SELECT " ACCOUNT_COLUMNS " FROM accounts WHERE id = ?1",
 	[SQL_READ_TRANSFER] = "SELECT " TRANSFER_COLUMNS " FROM transfers WHERE id = ?1",
-	/* Two range scans, one per index, merged lazily in seq order by
+	/* Three range scans, one per index, merged lazily in seq order by
 	 * SQLite's compound-select merge (EXPLAIN QUERY PLAN: MERGE (UNION ALL)
-	 * of SEARCH transfers USING INDEX transfers_from_seq and
-	 * transfers_to_seq, no temporary b-tree), so a page reads about limit
-	 * rows. An OR of from_id and to_id would scan the table instead.
-	 * UNION ALL, not UNION: a transfer from an account to itself is always
-	 * rejected, so the arms never share a row (read_history skips a
-	 * repeated seq anyway). */
+	 * of SEARCH transfers USING INDEX transfers_from_seq, transfers_to_seq
+	 * and transfers_clearing_seq, no temporary b-tree; checked by
+	 * test_store_sqlite), so a page reads about limit rows. An OR of the
+	 * three columns would scan the table instead. Each arm leaves out the
+	 * rows an earlier arm returns, so UNION ALL never repeats a row and
+	 * LIMIT counts distinct transfers (read_history also skips a repeated
+	 * seq, in case). `clearing <> ''` repeats the partial index's condition
+	 * so that SQLite may use it. */
 	[SQL_READ_HISTORY] =
 		"SELECT " TRANSFER_COLUMNS " FROM transfers"
 		" WHERE from_id = ?1 AND seq > ?2 AND status <> 'rejected' "
 		"UNION ALL "
 		"SELECT " TRANSFER_COLUMNS " FROM transfers"
-		" WHERE to_id = ?1 AND seq > ?2 AND status <> 'rejected' "
+		" WHERE to_id = ?1 AND from_id <> ?1 AND seq > ?2"
+		" AND status <> 'rejected' "
+		"UNION ALL "
+		"SELECT " TRANSFER_COLUMNS " FROM transfers"
+		" WHERE clearing = ?1 AND clearing <> '' AND from_id <> ?1"
+		" AND to_id <> ?1 AND seq > ?2 AND status <> 'rejected' "
 		"ORDER BY seq LIMIT ?3",
+	/* The partial index holds only the sagas in flight, in id order. It
+	 * is named so that the plan cannot drift to walking the id index of
+	 * every transfer (SQLite picks it today; statistics could change
+	 * that). */
+	[SQL_READ_SAGAS] =
+		"SELECT " TRANSFER_COLUMNS " FROM transfers INDEXED BY transfers_sagas"
+		" WHERE saga <> 'none' AND id > ?1 ORDER BY id LIMIT ?2",
+	/* Prefix reads are id ranges on the primary key, [prefix, bound): no
+	 * LIKE or GLOB, so no character of the prefix is special. The second
+	 * form serves a prefix that has no upper bound ("" or all 0xFF). */
+	[SQL_READ_ACCOUNTS_FROM] =
+		"SELECT " ACCOUNT_COLUMNS " FROM accounts WHERE id >= ?1 ORDER BY id",
+	[SQL_READ_ACCOUNTS_RANGE] =
+		"SELECT " ACCOUNT_COLUMNS " FROM accounts WHERE id >= ?1 AND id < ?2"
+		" ORDER BY id",
 };
 
 typedef struct sqlite_reader {
@@ -78,7 +103,30 @@ int store_sqlite_status_parse(const char *text, kobo_transfer_status *status)
 	return KOBO_ESTORE;
 }
 
-static int void_reason_parse(const char *text, kobo_void_reason *reason)
+int store_sqlite_leg_parse(const char *text, kobo_leg *leg)
+{
+	for (int i = KOBO_LEG_LOCAL; i <= KOBO_LEG_CREDIT; i++) {
+		if (text != NULL && strcmp(text, kobo_leg_name((kobo_leg)i)) == 0) {
+			*leg = (kobo_leg)i;
+			return KOBO_OK;
+		}
+	}
+	return KOBO_ESTORE;
+}
+
+int store_sqlite_saga_parse(const char *text, kobo_saga_state *saga)
+{
+	for (int i = KOBO_SAGA_NONE; i <= KOBO_SAGA_VOIDING; i++) {
+		if (text != NULL &&
+		    strcmp(text, kobo_saga_state_name((kobo_saga_state)i)) == 0) {
+			*saga = (kobo_saga_state)i;
+			return KOBO_OK;
+		}
+	}
+	return KOBO_ESTORE;
+}
+
+int store_sqlite_void_reason_parse(const char *text, kobo_void_reason *reason)
 {
 	if (text == NULL) {
 		*reason = KOBO_VOID_NONE;
@@ -254,8 +302,8 @@ int store_sqlite_transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out, int64
 	if (store_sqlite_status_parse((const char *)sqlite3_column_text(stmt, 10),
 	                              &out->status) != KOBO_OK)
 		return KOBO_ESTORE;
-	if (void_reason_parse((const char *)sqlite3_column_text(stmt, 11),
-	                      &out->void_reason) != KOBO_OK)
+	if (store_sqlite_void_reason_parse((const char *)sqlite3_column_text(stmt, 11),
+	                                   &out->void_reason) != KOBO_OK)
 		return KOBO_ESTORE;
 	const char *error_code = (const char *)sqlite3_column_text(stmt, 12);
 	out->error_code = KOBO_RESULT_CREATED;
@@ -270,6 +318,16 @@ int store_sqlite_transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out, int64
 		return KOBO_ESTORE;
 	out->created_at_ms = sqlite3_column_int64(stmt, 15);
 	out->updated_at_ms = sqlite3_column_int64(stmt, 16);
+	if (store_sqlite_leg_parse((const char *)sqlite3_column_text(stmt, 17),
+	                           &out->leg) != KOBO_OK ||
+	    store_sqlite_copy_text(stmt, 18, out->clearing, sizeof out->clearing) != KOBO_OK ||
+	    store_sqlite_saga_parse((const char *)sqlite3_column_text(stmt, 19),
+	                            &out->saga) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->saga_amount = sqlite3_column_int64(stmt, 20);
+	if (store_sqlite_void_reason_parse((const char *)sqlite3_column_text(stmt, 21),
+	                                   &out->saga_reason) != KOBO_OK)
+		return KOBO_ESTORE;
 	return KOBO_OK;
 }
 
@@ -434,5 +492,95 @@ int store_sqlite_read_history(kobo_store_reader *reader, const char *account_id,
 	if (rc != SQLITE_DONE)
 		result = reader_error(r, "store_read_history_failed");
 	sqlite3_reset(stmt);
+	return result;
+}
+
+int store_sqlite_read_sagas(kobo_store_reader *reader, const char *after_id,
+                            size_t limit, kobo_store_transfer_fn each, void *ctx)
+{
+	sqlite_reader *r = to_reader(reader);
+	sqlite3_stmt *stmt = r->stmt[SQL_READ_SAGAS];
+	int result = KOBO_OK;
+	int rc;
+
+	if (limit == 0)
+		return KOBO_OK;
+	sqlite3_bind_text(stmt, 1, after_id != NULL ? after_id : "", -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		kobo_transfer transfer;
+		int64_t seq;
+		if (store_sqlite_transfer_from_row(stmt, &transfer, &seq) != KOBO_OK) {
+			rc = SQLITE_CORRUPT;
+			break;
+		}
+		if (each(ctx, &transfer, seq) != 0) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		result = reader_error(r, "store_read_sagas_failed");
+	sqlite3_reset(stmt);
+	return result;
+}
+
+/* The least string greater than every string starting with prefix, into
+ * bound: prefix with trailing 0xFF bytes dropped and its last byte
+ * incremented ("clr:" -> "clr;"). false when there is none (prefix empty
+ * or all 0xFF): every id >= prefix then starts with it or is greater. */
+static bool prefix_upper_bound(const char *prefix, char *bound, size_t bound_size)
+{
+	size_t len = strlen(prefix);
+
+	while (len > 0 && (unsigned char)prefix[len - 1] == 0xFF)
+		len--;
+	if (len == 0 || len >= bound_size)
+		return false;
+	memcpy(bound, prefix, len);
+	bound[len - 1] = (char)((unsigned char)bound[len - 1] + 1);
+	bound[len] = '\0';
+	return true;
+}
+
+int store_sqlite_read_accounts_prefix(kobo_store_reader *reader,
+                                      const char *prefix,
+                                      kobo_store_account_fn each, void *ctx)
+{
+	sqlite_reader *r = to_reader(reader);
+	/* Ids are at most KOBO_ID_LEN_MAX bytes, so a longer prefix matches
+	 * nothing; the bound buffer only needs to hold a prefix that can. */
+	char bound[KOBO_ID_LEN_MAX + 2];
+	sqlite3_stmt *stmt;
+	int result = KOBO_OK;
+	int rc;
+
+	if (strlen(prefix) > KOBO_ID_LEN_MAX)
+		return KOBO_OK;
+	if (prefix_upper_bound(prefix, bound, sizeof bound)) {
+		stmt = r->stmt[SQL_READ_ACCOUNTS_RANGE];
+		sqlite3_bind_text(stmt, 2, bound, -1, SQLITE_STATIC);
+	} else {
+		stmt = r->stmt[SQL_READ_ACCOUNTS_FROM];
+	}
+	/* SQLite compares text with memcmp (BINARY collation): the same byte
+	 * order as strcmp, which the bound is computed in. */
+	sqlite3_bind_text(stmt, 1, prefix, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		kobo_account account;
+		if (store_sqlite_account_from_row(stmt, &account) != KOBO_OK) {
+			rc = SQLITE_CORRUPT;
+			break;
+		}
+		/* metadata points into the row: valid during the call. */
+		if (each(ctx, &account) != 0) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		result = reader_error(r, "store_read_accounts_prefix_failed");
+	sqlite3_reset(stmt);
+	sqlite3_clear_bindings(stmt);
 	return result;
 }

@@ -8,7 +8,7 @@
  *
  * NOTES ON THE DESIGN
  *
- * Schema (version 1, see `migrations` below; PRAGMA user_version says which
+ * Schema (version 2, see `migrations` below; PRAGMA user_version says which
  * migrations a file has had):
  *
  *   accounts(id TEXT PRIMARY KEY, currency, allow_negative, posted,
@@ -19,16 +19,37 @@
  *            to_id, currency, amount, posted_amount, pending,
  *            timeout_seconds, expires_at_ms, status TEXT, void_reason TEXT,
  *            error_code TEXT, metadata TEXT, request_id TEXT,
- *            created_at_ms, updated_at_ms)
+ *            created_at_ms, updated_at_ms,
+ *            leg TEXT, clearing TEXT, saga TEXT, saga_amount,
+ *            saga_reason TEXT)                                  (v2 columns)
  *            seq is the rowid: rows are never deleted, so a new row's seq is
  *            one more than the largest, and seq orders a shard's transfers
- *            by insertion (the history cursor). Statuses and reasons are
- *            stored as text so that the file reads well in the sqlite3 CLI.
- *   transfers_from_seq (from_id, seq), transfers_to_seq (to_id, seq):
- *            history, one ordered range scan per direction.
+ *            by insertion (the history cursor). Statuses, legs, saga
+ *            states and reasons are stored as text (their wire names) so
+ *            that the file reads well in the sqlite3 CLI; a void or saga
+ *            reason of NONE is NULL, error_code is NULL when CREATED. The
+ *            v2 columns default to an ordinary transfer ('local', '',
+ *            'none', 0, NULL), which is what every v1 row was.
+ *            An update rewrites only what the ledger may change after
+ *            creation: status, posted_amount, void_reason, error_code,
+ *            updated_at_ms, saga, saga_amount, saga_reason.
+ *   transfers_from_seq (from_id, seq), transfers_to_seq (to_id, seq),
+ *   transfers_clearing_seq (clearing, seq) WHERE clearing <> '':
+ *            history, one ordered range scan per column that can name the
+ *            account (a clearing account has very many rows, all in the
+ *            third index; local transfers stay out of it).
  *   transfers_expiry (expires_at_ms) WHERE status = 'pending' AND
  *            expires_at_ms > 0: only open holds that can expire, so the
- *            expiry scan touches nothing else.
+ *            expiry scan touches nothing else (PROCESSING records, whose
+ *            saga is under way, are not in it).
+ *   transfers_sagas (id) WHERE saga <> 'none': the sagas in flight, for
+ *            the saga runner's recovery scan; empty when nothing is in
+ *            flight.
+ *
+ * Migrations run one step per transaction at open (migrate()): a new file
+ * goes 0 -> 1 -> 2, a v1 file 1 -> 2 (ALTER TABLE ADD COLUMN with constant
+ * defaults rewrites no row; the two new indexes are built once). A file
+ * newer than this build is refused, read-only opens never migrate.
  *
  * Durability: journal_mode=WAL with synchronous=FULL. In WAL mode a commit
  * appends the batch's pages to the -wal file and fsyncs it once; FULL makes
@@ -194,6 +215,18 @@ static const char *const migrations[] = {
 	"CREATE INDEX transfers_to_seq ON transfers (to_id, seq);"
 	"CREATE INDEX transfers_expiry ON transfers (expires_at_ms)"
 	"  WHERE status = 'pending' AND expires_at_ms > 0;",
+	/* 2: cross-shard legs and sagas (ledger.h, kobo_leg). */
+	"ALTER TABLE transfers ADD COLUMN leg TEXT NOT NULL DEFAULT 'local'"
+	"  CHECK (leg IN ('local', 'debit', 'credit'));"
+	"ALTER TABLE transfers ADD COLUMN clearing TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE transfers ADD COLUMN saga TEXT NOT NULL DEFAULT 'none'"
+	"  CHECK (saga IN ('none', 'reserved', 'posting', 'voiding'));"
+	"ALTER TABLE transfers ADD COLUMN saga_amount INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE transfers ADD COLUMN saga_reason TEXT NULL"
+	"  CHECK (saga_reason IN ('voided', 'expired', 'compensated'));"
+	"CREATE INDEX transfers_clearing_seq ON transfers (clearing, seq)"
+	"  WHERE clearing <> '';"
+	"CREATE INDEX transfers_sagas ON transfers (id) WHERE saga <> 'none';",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SQLITE_SCHEMA_VERSION,
@@ -231,12 +264,14 @@ static const char *const writer_sql[SQL_WRITER_COUNT] = {
 		"INSERT INTO transfers (id, from_id, to_id, currency, amount, "
 		"posted_amount, pending, timeout_seconds, expires_at_ms, status, "
 		"void_reason, error_code, metadata, request_id, created_at_ms, "
-		"updated_at_ms) "
+		"updated_at_ms, leg, clearing, saga, saga_amount, saga_reason) "
 		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-		"?15, ?16)",
+		"?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+	/* What the ledger may change after creation (see the notes above). */
 	[SQL_UPDATE_TRANSFER] =
 		"UPDATE transfers SET status = ?2, posted_amount = ?3, "
-		"void_reason = ?4, updated_at_ms = ?5 WHERE id = ?1",
+		"void_reason = ?4, updated_at_ms = ?5, error_code = ?6, saga = ?7, "
+		"saga_amount = ?8, saga_reason = ?9 WHERE id = ?1",
 	/* The WHERE repeats the partial index's condition so SQLite uses it;
 	 * the index is ordered by (expires_at_ms, seq). */
 	[SQL_EXPIRED_HOLDS] =
@@ -538,10 +573,23 @@ static int write_account(sqlite_store *s, const kobo_account_change *change)
 	return sqlite3_changes(s->writer) == 1 ? KOBO_OK : KOBO_ESTORE;
 }
 
+/* Binds a nullable word (a void reason, an error code): NULL stays NULL. */
+static void bind_word(sqlite3_stmt *stmt, int index, const char *word)
+{
+	if (word != NULL)
+		sqlite3_bind_text(stmt, index, word, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(stmt, index);
+}
+
 static int write_transfer(sqlite_store *s, const kobo_transfer_change *change)
 {
 	const kobo_transfer *t = change->transfer;
 	const char *void_reason = kobo_void_reason_name(t->void_reason);
+	const char *saga_reason = kobo_void_reason_name(t->saga_reason);
+	/* Rejections, compensations and refused cross-shard posts keep why. */
+	const char *error_code = t->error_code == KOBO_RESULT_CREATED ? NULL :
+	                         kobo_result_code_name(t->error_code);
 	sqlite3_stmt *stmt;
 
 	if (change->is_new) {
@@ -557,19 +605,18 @@ static int write_transfer(sqlite_store *s, const kobo_transfer_change *change)
 		sqlite3_bind_int64(stmt, 9, t->expires_at_ms);
 		sqlite3_bind_text(stmt, 10, store_sqlite_status_text(t->status), -1,
 		                  SQLITE_STATIC);
-		if (void_reason != NULL)
-			sqlite3_bind_text(stmt, 11, void_reason, -1, SQLITE_STATIC);
-		else
-			sqlite3_bind_null(stmt, 11);
-		if (t->status == KOBO_STATUS_REJECTED)
-			sqlite3_bind_text(stmt, 12, kobo_result_code_name(t->error_code),
-			                  -1, SQLITE_STATIC);
-		else
-			sqlite3_bind_null(stmt, 12);
+		bind_word(stmt, 11, void_reason);
+		bind_word(stmt, 12, error_code);
 		bind_metadata(stmt, 13, t->metadata, t->metadata_len);
 		sqlite3_bind_text(stmt, 14, t->request_id, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(stmt, 15, t->created_at_ms);
 		sqlite3_bind_int64(stmt, 16, t->updated_at_ms);
+		sqlite3_bind_text(stmt, 17, kobo_leg_name(t->leg), -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 18, t->clearing, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 19, kobo_saga_state_name(t->saga), -1,
+		                  SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 20, t->saga_amount);
+		bind_word(stmt, 21, saga_reason);
 		return step_done(stmt);
 	}
 	stmt = s->stmt[SQL_UPDATE_TRANSFER];
@@ -577,11 +624,12 @@ static int write_transfer(sqlite_store *s, const kobo_transfer_change *change)
 	sqlite3_bind_text(stmt, 2, store_sqlite_status_text(t->status), -1,
 	                  SQLITE_STATIC);
 	sqlite3_bind_int64(stmt, 3, t->posted_amount);
-	if (void_reason != NULL)
-		sqlite3_bind_text(stmt, 4, void_reason, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(stmt, 4);
+	bind_word(stmt, 4, void_reason);
 	sqlite3_bind_int64(stmt, 5, t->updated_at_ms);
+	bind_word(stmt, 6, error_code);
+	sqlite3_bind_text(stmt, 7, kobo_saga_state_name(t->saga), -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 8, t->saga_amount);
+	bind_word(stmt, 9, saga_reason);
 	if (step_done(stmt) != KOBO_OK)
 		return KOBO_ESTORE;
 	return sqlite3_changes(s->writer) == 1 ? KOBO_OK : KOBO_ESTORE;
@@ -869,6 +917,8 @@ static const kobo_store_ops sqlite_ops = {
 	.read_account = store_sqlite_read_account,
 	.read_transfer = store_sqlite_read_transfer,
 	.read_history = store_sqlite_read_history,
+	.read_sagas = store_sqlite_read_sagas,
+	.read_accounts_prefix = store_sqlite_read_accounts_prefix,
 	.audit = store_audit,
 	.close = store_close,
 };

@@ -5,13 +5,17 @@
  * drives the store with the real ledger, the way the shard writer does:
  * begin → load transfers → load accounts → apply → write → commit.
  *
- * Covered: creating, migrating and reopening a file; refusing a schema
- * newer than the code; read-only opens; a full batch round trip; rollback;
- * reader isolation; history order, pagination and filtering; expired holds;
- * the audit on sound and tampered data; loaded metadata surviving across
- * arena chunks; and the sticky error state after a failed commit, using a
- * fault-injecting VFS (a shim over the default VFS whose xWrite or xSync
- * fail on demand, as SQLite's own fault tests do).
+ * Covered: creating, migrating (v1 -> v2 keeps its data) and reopening a
+ * file; refusing a schema newer than the code; read-only opens; a full
+ * batch round trip, including cross-shard legs and every saga state;
+ * rollback; reader isolation; history order, pagination and filtering,
+ * through clearing accounts too, and its query plan; the saga recovery scan
+ * and prefix reads; expired holds (never a hold whose saga is under way);
+ * the audit on sound and tampered data, local and through clearing
+ * accounts; loaded metadata surviving across arena chunks; and the sticky
+ * error state after a failed commit, using a fault-injecting VFS (a shim
+ * over the default VFS whose xWrite or xSync fail on demand, as SQLite's
+ * own fault tests do).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -292,6 +296,41 @@ static kobo_op op_target(kobo_op_kind kind, const char *id, bool has_amount,
 	return op;
 }
 
+/* Step 1 of a saga on the payer's shard: a DEBIT leg from -> clearing. */
+static kobo_op op_debit(const char *id, const char *from, const char *to,
+                        const char *clearing, int64_t amount, bool pending,
+                        uint32_t timeout_seconds)
+{
+	kobo_op op = op_transfer(id, from, to, amount, pending, timeout_seconds);
+	op.u.transfer.leg = KOBO_LEG_DEBIT;
+	snprintf(op.u.transfer.clearing, sizeof op.u.transfer.clearing, "%s", clearing);
+	return op;
+}
+
+/* Step 2 on the payee's shard: the CREDIT leg clearing -> to. */
+static kobo_op op_credit(const char *id, const char *from, const char *to,
+                         const char *clearing, int64_t amount, bool pending)
+{
+	kobo_op op = op_transfer(id, from, to, amount, pending, 0);
+	op.kind = KOBO_OP_SAGA_CREDIT;
+	op.u.transfer.leg = KOBO_LEG_CREDIT;
+	snprintf(op.u.transfer.clearing, sizeof op.u.transfer.clearing, "%s", clearing);
+	return op;
+}
+
+/* Step 3 on the payer's shard: what the payee's shard answered. */
+static kobo_op op_settle(const char *id, bool refused, kobo_result_code refusal)
+{
+	kobo_op op;
+	memset(&op, 0, sizeof op);
+	op.kind = KOBO_OP_SAGA_SETTLE;
+	snprintf(op.request_id, sizeof op.request_id, "req-%s-settle", id);
+	snprintf(op.u.settle.id, sizeof op.u.settle.id, "%s", id);
+	op.u.settle.refused = refused;
+	op.u.settle.refusal = refusal;
+	return op;
+}
+
 /* One batch the way the shard writer runs it. Returns the first failing
  * store status (after rolling back), or KOBO_OK once committed. When
  * commit is false the batch stops after write() (the transaction stays
@@ -400,8 +439,10 @@ static void open_migrates_and_reopen_keeps_data(void **state)
 	kobo_store_close(store);
 
 	sqlite3 *db = raw_open(e->path);
-	assert_int_equal(raw_int(db, "PRAGMA user_version"), 1);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE status = 'posted'"), 1);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE leg = 'local'"
+	                         " AND clearing = '' AND saga = 'none'"), 1);
 	sqlite3_close(db);
 
 	/* Reopening runs no migration twice and finds everything. */
@@ -419,7 +460,7 @@ static void open_migrates_and_reopen_keeps_data(void **state)
 	kobo_store_close(store);
 
 	db = raw_open(e->path);
-	assert_int_equal(raw_int(db, "PRAGMA user_version"), 1);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
 	sqlite3_close(db);
 }
 
@@ -439,6 +480,172 @@ static void newer_schema_version_is_refused(void **state)
 	/* The refusal changed nothing. */
 	sqlite3 *db = raw_open(e->path);
 	assert_int_equal(raw_int(db, "PRAGMA user_version"), 99);
+	sqlite3_close(db);
+}
+
+/* The schema as version 1 created it, kept verbatim: a released migration
+ * step never changes, so this is what files in the field hold. */
+static const char v1_schema[] =
+	"CREATE TABLE accounts ("
+	"  id             TEXT    PRIMARY KEY NOT NULL,"
+	"  currency       TEXT    NOT NULL,"
+	"  allow_negative INTEGER NOT NULL CHECK (allow_negative IN (0, 1)),"
+	"  posted         INTEGER NOT NULL,"
+	"  pending_out    INTEGER NOT NULL,"
+	"  pending_in     INTEGER NOT NULL,"
+	"  metadata       TEXT    NOT NULL DEFAULT '{}',"
+	"  created_at_ms  INTEGER NOT NULL"
+	") WITHOUT ROWID;"
+	"CREATE TABLE transfers ("
+	"  seq             INTEGER PRIMARY KEY,"
+	"  id              TEXT    NOT NULL UNIQUE,"
+	"  from_id         TEXT    NOT NULL,"
+	"  to_id           TEXT    NOT NULL,"
+	"  currency        TEXT    NOT NULL,"
+	"  amount          INTEGER NOT NULL,"
+	"  posted_amount   INTEGER NOT NULL,"
+	"  pending         INTEGER NOT NULL CHECK (pending IN (0, 1)),"
+	"  timeout_seconds INTEGER NOT NULL,"
+	"  expires_at_ms   INTEGER NOT NULL,"
+	"  status          TEXT    NOT NULL CHECK (status IN"
+	"                    ('pending', 'posted', 'voided', 'rejected', 'processing')),"
+	"  void_reason     TEXT    NULL CHECK (void_reason IN"
+	"                    ('voided', 'expired', 'compensated')),"
+	"  error_code      TEXT    NULL,"
+	"  metadata        TEXT    NOT NULL DEFAULT '{}',"
+	"  request_id      TEXT    NOT NULL DEFAULT '',"
+	"  created_at_ms   INTEGER NOT NULL,"
+	"  updated_at_ms   INTEGER NOT NULL"
+	");"
+	"CREATE INDEX transfers_from_seq ON transfers (from_id, seq);"
+	"CREATE INDEX transfers_to_seq ON transfers (to_id, seq);"
+	"CREATE INDEX transfers_expiry ON transfers (expires_at_ms)"
+	"  WHERE status = 'pending' AND expires_at_ms > 0;";
+
+/* A shard file written by the v1 build: cash funded alice, alice paid bob,
+ * holds 500 for bob (expiring at 61000) and was refused once. */
+static void write_v1_file(const char *path)
+{
+	sqlite3 *db = raw_open(path);
+	assert_int_equal(sqlite3_exec(db, v1_schema, NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db,
+		"INSERT INTO accounts VALUES"
+		" ('cash', 'NGN', 1, -10000, 0, 0, '{}', 1000),"
+		" ('alice', 'NGN', 0, 9000, 500, 0, '{\"owner\":\"ada\"}', 1000),"
+		" ('bob', 'NGN', 0, 1000, 0, 500, '{}', 1000);"
+		"INSERT INTO transfers (id, from_id, to_id, currency, amount,"
+		" posted_amount, pending, timeout_seconds, expires_at_ms, status,"
+		" void_reason, error_code, metadata, request_id, created_at_ms,"
+		" updated_at_ms) VALUES"
+		" ('t-fund', 'cash', 'alice', 'NGN', 10000, 10000, 0, 0, 0, 'posted',"
+		"  NULL, NULL, '{\"note\":\"suya\"}', 'req-t-fund', 1000, 1000),"
+		" ('t-pay', 'alice', 'bob', 'NGN', 1000, 1000, 0, 0, 0, 'posted',"
+		"  NULL, NULL, '{\"note\":\"suya\"}', 'req-t-pay', 1000, 1000),"
+		" ('t-hold', 'alice', 'bob', 'NGN', 500, 0, 1, 60, 61000, 'pending',"
+		"  NULL, NULL, '{\"note\":\"suya\"}', 'req-t-hold', 1000, 1000),"
+		" ('t-bad', 'alice', 'bob', 'NGN', 99999, 0, 0, 0, 0, 'rejected',"
+		"  NULL, 'insufficient_funds', '{\"note\":\"suya\"}', 'req-t-bad',"
+		"  1000, 1000);"
+		"PRAGMA user_version = 1;", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+}
+
+typedef struct seen {
+	char ids[16][KOBO_ID_LEN_MAX + 1];
+	int64_t seqs[16];
+	size_t count;
+	size_t stop_after;
+} seen;
+
+static int collect(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	seen *s = ctx;
+	assert_true(s->count < 16);
+	assert_true(transfer->metadata_len > 0);
+	snprintf(s->ids[s->count], sizeof s->ids[s->count], "%s", transfer->id);
+	s->seqs[s->count++] = seq;
+	return s->stop_after != 0 && s->count >= s->stop_after;
+}
+
+static void v1_file_migrates_to_v2_keeping_its_data(void **state)
+{
+	env *e = *state;
+	kobo_store *store = NULL;
+	kobo_store_reader *reader = NULL;
+	kobo_transfer transfer;
+	kobo_account account;
+	kobo_audit_totals totals;
+	char ids[2][KOBO_ID_LEN_MAX + 1];
+	size_t count = 0;
+	seen s;
+
+	write_v1_file(e->path);
+	/* Read-only opens never migrate: the file is refused as it is. */
+	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_ESTORE);
+	store = open_store(e->path);
+
+	sqlite3 *db = raw_open(e->path);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+	/* Every v1 row became an ordinary local transfer. */
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE leg = 'local'"
+	                         " AND clearing = '' AND saga = 'none'"
+	                         " AND saga_amount = 0 AND saga_reason IS NULL"), 4);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'index'"
+	                         " AND name IN ('transfers_clearing_seq', 'transfers_sagas')"), 2);
+	sqlite3_close(db);
+
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_transfer(reader, "t-hold", &transfer), KOBO_OK);
+	assert_int_equal(transfer.status, KOBO_STATUS_PENDING);
+	assert_int_equal(transfer.expires_at_ms, 61000);
+	assert_int_equal(transfer.leg, KOBO_LEG_LOCAL);
+	assert_string_equal(transfer.clearing, "");
+	assert_int_equal(transfer.saga, KOBO_SAGA_NONE);
+	assert_int_equal(transfer.saga_amount, 0);
+	assert_int_equal(transfer.saga_reason, KOBO_VOID_NONE);
+	assert_int_equal(kobo_store_read_transfer(reader, "t-bad", &transfer), KOBO_OK);
+	assert_int_equal(transfer.error_code, KOBO_RESULT_INSUFFICIENT_FUNDS);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 9000);
+	assert_memory_equal(account.metadata, "{\"owner\":\"ada\"}", account.metadata_len);
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "alice", 0, 10, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 3);
+	assert_string_equal(s.ids[0], "t-fund");
+	assert_string_equal(s.ids[1], "t-pay");
+	assert_string_equal(s.ids[2], "t-hold");
+	assert_int_equal(kobo_store_expired_holds(store, 70000, ids, 2, &count), KOBO_OK);
+	assert_int_equal(count, 1);
+	assert_string_equal(ids[0], "t-hold");
+	assert_int_equal(kobo_store_audit(store, NULL, NULL, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+	assert_int_equal(totals.accounts, 3);
+	assert_int_equal(totals.transfers, 4);
+	assert_int_equal(totals.sagas_in_flight, 0);
+
+	/* The ledger replays old rows (their leg and clearing are parameters
+	 * too) and goes on from them. */
+	kobo_op ops[] = {
+		op_transfer("t-pay", "alice", "bob", 1000, false, 0),
+		op_target(KOBO_OP_POST, "t-hold", false, 0),
+	};
+	assert_int_equal(run_batch(e, store, ops, 2, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_UPDATED);
+	assert_int_equal(kobo_store_read_account(reader, "bob", &account), KOBO_OK);
+	assert_int_equal(account.posted, 1500);
+	assert_int_equal(account.pending_in, 0);
+	kobo_store_reader_close(reader);
+	assert_int_equal(kobo_store_audit(store, NULL, NULL, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+	kobo_store_close(store);
+
+	/* Reopening runs nothing twice. */
+	store = open_store(e->path);
+	kobo_store_close(store);
+	db = raw_open(e->path);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers"), 4);
 	sqlite3_close(db);
 }
 
@@ -514,12 +721,16 @@ static void assert_transfer_equal(const kobo_transfer *want, const kobo_transfer
 	assert_int_equal(got->expires_at_ms, want->expires_at_ms);
 	assert_int_equal(got->status, want->status);
 	assert_int_equal(got->void_reason, want->void_reason);
-	if (want->status == KOBO_STATUS_REJECTED)
-		assert_int_equal(got->error_code, want->error_code);
+	assert_int_equal(got->error_code, want->error_code);
 	assert_int_equal(got->metadata_len, want->metadata_len);
 	assert_memory_equal(got->metadata, want->metadata, want->metadata_len);
 	assert_int_equal(got->created_at_ms, want->created_at_ms);
 	assert_int_equal(got->updated_at_ms, want->updated_at_ms);
+	assert_int_equal(got->leg, want->leg);
+	assert_string_equal(got->clearing, want->clearing);
+	assert_int_equal(got->saga, want->saga);
+	assert_int_equal(got->saga_amount, want->saga_amount);
+	assert_int_equal(got->saga_reason, want->saga_reason);
 }
 
 static void batch_round_trip_through_ledger(void **state)
@@ -692,23 +903,6 @@ static void loaded_metadata_spans_arena_chunks(void **state)
 }
 
 /* ---- History. ---- */
-
-typedef struct seen {
-	char ids[16][KOBO_ID_LEN_MAX + 1];
-	int64_t seqs[16];
-	size_t count;
-	size_t stop_after;
-} seen;
-
-static int collect(void *ctx, const kobo_transfer *transfer, int64_t seq)
-{
-	seen *s = ctx;
-	assert_true(s->count < 16);
-	assert_true(transfer->metadata_len > 0);
-	snprintf(s->ids[s->count], sizeof s->ids[s->count], "%s", transfer->id);
-	s->seqs[s->count++] = seq;
-	return s->stop_after != 0 && s->count >= s->stop_after;
-}
 
 static void history_orders_pages_and_skips_rejected(void **state)
 {
@@ -904,6 +1098,481 @@ static void audit_passes_sound_data_and_reports_tampering(void **state)
 	kobo_store_close(store);
 }
 
+/* ---- Cross-shard legs and sagas. ---- */
+
+static kobo_transfer read_transfer_ok(kobo_store_reader *reader, const char *id)
+{
+	kobo_transfer transfer;
+	assert_int_equal(kobo_store_read_transfer(reader, id, &transfer), KOBO_OK);
+	return transfer;
+}
+
+static kobo_account read_account_ok(kobo_store_reader *reader, const char *id)
+{
+	kobo_account account;
+	assert_int_equal(kobo_store_read_account(reader, id, &account), KOBO_OK);
+	return account;
+}
+
+/* Every saga state and every field a leg adds goes to the file and comes
+ * back, through reads and through the next batch's loads (a replay matches
+ * field for field). */
+static void legs_and_sagas_round_trip_through_ledger(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	kobo_transfer created[2];
+	kobo_transfer t;
+
+	seed(e, store, 1000);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	kobo_op step1[] = {
+		op_debit("x-hold", "alice", "zed", "clr:B", 300, true, 60),
+		op_credit("y-in", "yan", "bob", "clr:C", 400, false),
+	};
+	assert_int_equal(run_batch(e, store, step1, 2, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_CREATED);
+	created[0] = e->results[0].transfer;
+	created[1] = e->results[1].transfer;
+	assert_int_equal(created[0].status, KOBO_STATUS_PROCESSING);
+	assert_int_equal(created[0].saga, KOBO_SAGA_RESERVED);
+	assert_int_equal(created[0].expires_at_ms, 62000);
+	t = read_transfer_ok(reader, "x-hold");
+	assert_transfer_equal(&created[0], &t);
+	t = read_transfer_ok(reader, "y-in");
+	assert_transfer_equal(&created[1], &t);
+	/* The clearing accounts were created with the legs. */
+	assert_int_equal(read_account_ok(reader, "clr:B").pending_in, 300);
+	assert_int_equal(read_account_ok(reader, "clr:C").posted, -400);
+
+	/* Replays load the legs back as written. */
+	assert_int_equal(run_batch(e, store, step1, 2, 2500), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_transfer_equal(&created[0], &e->results[0].transfer);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_REPLAYED);
+	assert_transfer_equal(&created[1], &e->results[1].transfer);
+
+	/* RESERVED, credited, a hold: PENDING. Then a post starts POSTING. */
+	kobo_op settle[] = {op_settle("x-hold", false, KOBO_RESULT_CREATED)};
+	assert_int_equal(run_batch(e, store, settle, 1, 3000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
+	kobo_op post[] = {op_target(KOBO_OP_POST, "x-hold", true, 120)};
+	assert_int_equal(run_batch(e, store, post, 1, 4000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
+	t = read_transfer_ok(reader, "x-hold");
+	assert_int_equal(t.status, KOBO_STATUS_PROCESSING);
+	assert_int_equal(t.saga, KOBO_SAGA_POSTING);
+	assert_int_equal(t.saga_amount, 120);
+	assert_int_equal(t.updated_at_ms, 4000);
+	assert_transfer_equal(&e->results[0].transfer, &t);
+
+	/* POSTING, refused: back to PENDING, and the refusal is kept. */
+	kobo_op refused[] = {op_settle("x-hold", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
+	assert_int_equal(run_batch(e, store, refused, 1, 5000), KOBO_OK);
+	t = read_transfer_ok(reader, "x-hold");
+	assert_int_equal(t.status, KOBO_STATUS_PENDING);
+	assert_int_equal(t.saga, KOBO_SAGA_NONE);
+	assert_int_equal(t.saga_amount, 0);
+	assert_int_equal(t.error_code, KOBO_RESULT_ACCOUNT_NOT_FOUND);
+	assert_transfer_equal(&e->results[0].transfer, &t);
+
+	/* A void starts VOIDING with its reason; credited, it ends VOIDED. */
+	kobo_op void_op[] = {op_target(KOBO_OP_VOID, "x-hold", false, 0)};
+	assert_int_equal(run_batch(e, store, void_op, 1, 6000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
+	t = read_transfer_ok(reader, "x-hold");
+	assert_int_equal(t.saga, KOBO_SAGA_VOIDING);
+	assert_int_equal(t.saga_reason, KOBO_VOID_VOIDED);
+	assert_transfer_equal(&e->results[0].transfer, &t);
+	kobo_op settle_void[] = {op_settle("x-hold", false, KOBO_RESULT_CREATED)};
+	assert_int_equal(run_batch(e, store, settle_void, 1, 7000), KOBO_OK);
+	t = read_transfer_ok(reader, "x-hold");
+	assert_int_equal(t.status, KOBO_STATUS_VOIDED);
+	assert_int_equal(t.void_reason, KOBO_VOID_VOIDED);
+	assert_int_equal(t.saga_reason, KOBO_VOID_NONE);
+
+	/* RESERVED, refused: compensated, with the reason B gave. */
+	kobo_op lost[] = {op_debit("x-lost", "alice", "ghost", "clr:B", 50, false, 0)};
+	assert_int_equal(run_batch(e, store, lost, 1, 8000), KOBO_OK);
+	kobo_op compensate[] = {op_settle("x-lost", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
+	assert_int_equal(run_batch(e, store, compensate, 1, 9000), KOBO_OK);
+	t = read_transfer_ok(reader, "x-lost");
+	assert_int_equal(t.status, KOBO_STATUS_VOIDED);
+	assert_int_equal(t.void_reason, KOBO_VOID_COMPENSATED);
+	assert_int_equal(t.error_code, KOBO_RESULT_ACCOUNT_NOT_FOUND);
+	assert_transfer_equal(&e->results[0].transfer, &t);
+	/* And the next batch loads the compensated record as written. */
+	assert_int_equal(run_batch(e, store, lost, 1, 9500), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_transfer_equal(&t, &e->results[0].transfer);
+
+	kobo_audit_totals totals;
+	assert_int_equal(kobo_store_audit(store, NULL, NULL, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+	assert_int_equal(totals.sagas_in_flight, 0);
+	assert_int_equal(read_account_ok(reader, "alice").posted, 10000);
+	assert_int_equal(read_account_ok(reader, "alice").pending_out, 0);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+}
+
+/* The compound history query must stay three ordered index range scans
+ * merged in seq order: no table scan, no sort. This is the statement of
+ * sqlite_read.c (SQL_READ_HISTORY) with its column list shortened (the
+ * columns do not change the plan). */
+static void history_plan_uses_one_index_per_column(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_close(store);
+	sqlite3 *db = raw_open(e->path);
+	sqlite3_stmt *stmt = NULL;
+	int searches = 0;
+
+	assert_int_equal(sqlite3_prepare_v2(db,
+		"EXPLAIN QUERY PLAN "
+		"SELECT seq, id FROM transfers"
+		" WHERE from_id = ?1 AND seq > ?2 AND status <> 'rejected' "
+		"UNION ALL "
+		"SELECT seq, id FROM transfers"
+		" WHERE to_id = ?1 AND from_id <> ?1 AND seq > ?2"
+		" AND status <> 'rejected' "
+		"UNION ALL "
+		"SELECT seq, id FROM transfers"
+		" WHERE clearing = ?1 AND clearing <> '' AND from_id <> ?1"
+		" AND to_id <> ?1 AND seq > ?2 AND status <> 'rejected' "
+		"ORDER BY seq LIMIT ?3", -1, &stmt, NULL), SQLITE_OK);
+	while (sqlite3_step(stmt) == SQLITE_ROW) {
+		const char *detail = (const char *)sqlite3_column_text(stmt, 3);
+		if (strstr(detail, "TEMP B-TREE") != NULL ||
+		    strncmp(detail, "SCAN", 4) == 0)
+			fail_msg("history plan step \"%s\" scans or sorts", detail);
+		if (strstr(detail, "USING INDEX transfers_from_seq (from_id=? AND seq>?)") ||
+		    strstr(detail, "USING INDEX transfers_to_seq (to_id=? AND seq>?)") ||
+		    strstr(detail, "USING INDEX transfers_clearing_seq (clearing=? AND seq>?)"))
+			searches++;
+	}
+	sqlite3_finalize(stmt);
+	assert_int_equal(searches, 3);
+
+	/* The recovery scan walks only the partial index of sagas in flight. */
+	assert_int_equal(sqlite3_prepare_v2(db,
+		"EXPLAIN QUERY PLAN SELECT seq FROM transfers INDEXED BY transfers_sagas"
+		" WHERE saga <> 'none' AND id > ?1 ORDER BY id LIMIT ?2", -1, &stmt,
+		NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(stmt), SQLITE_ROW);
+	assert_non_null(strstr((const char *)sqlite3_column_text(stmt, 3),
+	                       "SEARCH transfers USING INDEX transfers_sagas"));
+	sqlite3_finalize(stmt);
+	sqlite3_close(db);
+}
+
+static void history_counts_legs_for_from_to_and_clearing(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	seen s;
+
+	seed(e, store, 1000); /* t-fund: cash -> alice */
+	kobo_op ops[] = {
+		op_debit("x1", "alice", "zed", "clr:B", 100, false, 0),
+		op_transfer("l1", "alice", "bob", 10, false, 0),
+		op_credit("y1", "yan", "bob", "clr:C", 40, false),
+		op_debit("x2", "bob", "zed", "clr:B", 999999, false, 0), /* rejected */
+		/* A leg whose `to` is its own clearing account shows once. */
+		op_debit("x3", "alice", "clr:B", "clr:B", 5, false, 0),
+		op_debit("x4", "alice", "amy", "clr:B", 7, true, 0),
+	};
+	assert_int_equal(run_batch(e, store, ops, 6, 2000), KOBO_OK);
+	assert_int_equal(e->results[3].code, KOBO_RESULT_INSUFFICIENT_FUNDS);
+	assert_int_equal(e->results[4].code, KOBO_RESULT_CREATED);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "clr:B", 0, 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 3);
+	assert_string_equal(s.ids[0], "x1");
+	assert_string_equal(s.ids[1], "x3");
+	assert_string_equal(s.ids[2], "x4");
+	/* Pages of one through the clearing arm: LIMIT counts rows once. */
+	int64_t cursor = 0;
+	const char *want[] = {"x1", "x3", "x4"};
+	for (size_t i = 0; i < 3; i++) {
+		memset(&s, 0, sizeof s);
+		assert_int_equal(kobo_store_read_history(reader, "clr:B", cursor, 1,
+		                                         collect, &s), KOBO_OK);
+		assert_int_equal(s.count, 1);
+		assert_string_equal(s.ids[0], want[i]);
+		cursor = s.seqs[0];
+	}
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "clr:B", cursor, 1, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 0);
+
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "alice", 0, 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 5);
+	assert_string_equal(s.ids[0], "t-fund");
+	assert_string_equal(s.ids[1], "x1");
+	assert_string_equal(s.ids[2], "l1");
+	assert_string_equal(s.ids[3], "x3");
+	assert_string_equal(s.ids[4], "x4");
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "bob", 0, 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 2); /* l1, y1; x2 was rejected */
+	assert_string_equal(s.ids[0], "l1");
+	assert_string_equal(s.ids[1], "y1");
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "clr:C", 0, 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 1);
+	assert_string_equal(s.ids[0], "y1");
+	/* The other shard's account of a leg counts too (store.h). */
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "zed", 0, 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 1);
+	assert_string_equal(s.ids[0], "x1");
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_history(reader, "", 0, 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 0);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+}
+
+static void read_sagas_lists_sagas_in_flight_by_id(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	seen s;
+	seen history;
+
+	seed(e, store, 1000);
+	kobo_op ops[] = {
+		op_debit("s3", "alice", "zed", "clr:B", 10, false, 0),
+		op_debit("s1", "alice", "zed", "clr:B", 10, true, 0),
+		op_transfer("l1", "alice", "bob", 10, true, 0),
+		op_debit("s4", "alice", "zed", "clr:B", 10, false, 0),
+		op_debit("s2", "alice", "zed", "clr:B", 10, false, 0),
+		op_credit("c1", "yan", "bob", "clr:C", 10, true),
+	};
+	assert_int_equal(run_batch(e, store, ops, 6, 2000), KOBO_OK);
+	kobo_op settle[] = {op_settle("s4", false, KOBO_RESULT_CREATED)};
+	assert_int_equal(run_batch(e, store, settle, 1, 3000), KOBO_OK);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_sagas(reader, "", 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 3); /* s4 settled; l1 and c1 run no saga */
+	assert_string_equal(s.ids[0], "s1");
+	assert_string_equal(s.ids[1], "s2");
+	assert_string_equal(s.ids[2], "s3");
+	/* seq is the history cursor of the same transfer. */
+	memset(&history, 0, sizeof history);
+	assert_int_equal(kobo_store_read_history(reader, "clr:B", 0, 100, collect, &history), KOBO_OK);
+	assert_string_equal(history.ids[1], "s1");
+	assert_int_equal(s.seqs[0], history.seqs[1]);
+
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_sagas(reader, "s1", 1, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 1);
+	assert_string_equal(s.ids[0], "s2");
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_sagas(reader, "s3", 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 0);
+	memset(&s, 0, sizeof s);
+	s.stop_after = 2;
+	assert_int_equal(kobo_store_read_sagas(reader, "", 100, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 2);
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_sagas(reader, "", 0, collect, &s), KOBO_OK);
+	assert_int_equal(s.count, 0);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+}
+
+typedef struct seen_accounts {
+	char ids[16][KOBO_ID_LEN_MAX + 1];
+	size_t count;
+	size_t stop_after;
+} seen_accounts;
+
+static int collect_account(void *ctx, const kobo_account *account)
+{
+	seen_accounts *s = ctx;
+	assert_true(s->count < 16);
+	assert_true(account->metadata_len > 0);
+	snprintf(s->ids[s->count++], sizeof s->ids[0], "%s", account->id);
+	return s->stop_after != 0 && s->count >= s->stop_after;
+}
+
+static void read_accounts_prefix_matches_literally_in_id_order(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	seen_accounts s;
+	static const char *const ids[] = {
+		"clr:B", "clr:A", "clr:B:x", "clr;", "clr", "c%r", "c_r", "cXr",
+		"c*r", "d",
+	};
+	enum { ID_COUNT = sizeof ids / sizeof ids[0] };
+	kobo_op ops[ID_COUNT];
+	char long_prefix[KOBO_ID_LEN_MAX + 2];
+
+	for (size_t i = 0; i < ID_COUNT; i++)
+		ops[i] = op_account(ids[i], "NGN", true, NULL);
+	assert_int_equal(run_batch(e, store, ops, ID_COUNT, 1000), KOBO_OK);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "clr:", collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, 3);
+	assert_string_equal(s.ids[0], "clr:A");
+	assert_string_equal(s.ids[1], "clr:B");
+	assert_string_equal(s.ids[2], "clr:B:x");
+	/* LIKE and GLOB wildcards are plain characters here. */
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "c%", collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, 1);
+	assert_string_equal(s.ids[0], "c%r");
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "c_", collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, 1);
+	assert_string_equal(s.ids[0], "c_r");
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "c*", collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, 1);
+	assert_string_equal(s.ids[0], "c*r");
+	/* A whole id is its own prefix. */
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "clr", collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, 5);
+	assert_string_equal(s.ids[0], "clr");
+	assert_string_equal(s.ids[4], "clr;");
+	/* "" lists everything in byte order. */
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "", collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, ID_COUNT);
+	for (size_t i = 1; i < s.count; i++)
+		assert_true(strcmp(s.ids[i - 1], s.ids[i]) < 0);
+	assert_string_equal(s.ids[0], "c%r");
+	assert_string_equal(s.ids[ID_COUNT - 1], "d");
+	memset(&s, 0, sizeof s);
+	s.stop_after = 2;
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "", collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, 2);
+	memset(&s, 0, sizeof s);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "e", collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, 0);
+	memset(long_prefix, 'c', sizeof long_prefix - 1);
+	long_prefix[sizeof long_prefix - 1] = '\0';
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, long_prefix, collect_account, &s), KOBO_OK);
+	assert_int_equal(s.count, 0);
+	kobo_store_reader_close(reader);
+	kobo_store_close(store);
+}
+
+/* A DEBIT leg's hold has an expiry, but while its saga is under way
+ * (PROCESSING) the saga decides its end: the expiry scan skips it until
+ * it is an ordinary PENDING hold again. */
+static void expired_holds_skip_holds_whose_saga_is_under_way(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	char ids[4][KOBO_ID_LEN_MAX + 1];
+	size_t count = 99;
+
+	seed(e, store, 1000);
+	kobo_op ops[] = {
+		op_debit("x-soon", "alice", "zed", "clr:B", 10, true, 1), /* 3000 */
+		op_transfer("l-late", "alice", "bob", 10, true, 2),       /* 4000 */
+	};
+	assert_int_equal(run_batch(e, store, ops, 2, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].transfer.expires_at_ms, 3000);
+	assert_int_equal(kobo_store_expired_holds(store, 10000, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 1);
+	assert_string_equal(ids[0], "l-late");
+
+	kobo_op settle[] = {op_settle("x-soon", false, KOBO_RESULT_CREATED)};
+	assert_int_equal(run_batch(e, store, settle, 1, 2500), KOBO_OK);
+	assert_int_equal(kobo_store_expired_holds(store, 10000, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 2);
+	assert_string_equal(ids[0], "x-soon");
+	assert_string_equal(ids[1], "l-late");
+	kobo_store_close(store);
+}
+
+/* A payer's shard holding money in flight (a DEBIT leg, PROCESSING) and a
+ * payee's shard side (CREDIT legs, posted and held) explain every balance
+ * through their clearing accounts; tampering with either is caught. */
+static void audit_explains_balances_through_clearing_accounts(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_audit_totals totals;
+	report_log log;
+
+	seed(e, store, 1000);
+	kobo_op ops[] = {
+		op_debit("x1", "alice", "zed", "clr:B", 700, false, 0),
+		op_credit("y1", "yan", "bob", "clr:C", 400, false),
+		op_credit("y2", "yan", "bob", "clr:C", 50, true),
+	};
+	assert_int_equal(run_batch(e, store, ops, 3, 2000), KOBO_OK);
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(store, collect_report, &log, &totals), KOBO_OK);
+	if (totals.problems != 0)
+		fail_msg("sound legs reported: %s", log.lines[0]);
+	assert_int_equal(totals.accounts, 5);
+	assert_int_equal(totals.transfers, 4);
+	assert_int_equal(totals.sagas_in_flight, 1);
+
+	/* The money in flight vanishes from the clearing account. */
+	raw_exec(e->path, "UPDATE accounts SET pending_in = 0 WHERE id = 'clr:B'");
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(store, collect_report, &log, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 2);
+	assert_true(report_mentions(&log, "account clr:B has pending_in 0 but its pending transfers in sum to 700"));
+	assert_true(report_mentions(&log, "NGN pending_out balances sum to 750 but pending_in balances sum to 50"));
+	raw_exec(e->path, "UPDATE accounts SET pending_in = 700 WHERE id = 'clr:B'");
+
+	/* A credit leg re-pointed at a clearing account that does not exist. */
+	raw_exec(e->path, "UPDATE transfers SET clearing = 'clr:Z' WHERE id = 'y1'");
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(store, collect_report, &log, &totals), KOBO_OK);
+	assert_true(report_mentions(&log, "transfer y1 names clearing account clr:Z, which does not exist"));
+	assert_true(report_mentions(&log, "account clr:C has posted -400 but its transfers say 0"));
+	assert_int_equal(totals.problems, 2);
+	raw_exec(e->path, "UPDATE transfers SET clearing = 'clr:C' WHERE id = 'y1'");
+
+	/* The debit leg passed off as local: its money would go to zed, who
+	 * does not live here, and its saga state makes no sense. */
+	raw_exec(e->path, "UPDATE transfers SET leg = 'local' WHERE id = 'x1'");
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(store, collect_report, &log, &totals), KOBO_OK);
+	assert_true(report_mentions(&log, "transfer x1 is local but names clearing account clr:B"));
+	assert_true(report_mentions(&log, "transfer x1 is a local leg but has saga state reserved"));
+	assert_true(report_mentions(&log, "transfer x1 names to account zed, which does not exist"));
+	assert_true(report_mentions(&log, "account clr:B has pending_in 700 but its pending transfers in sum to 0"));
+	raw_exec(e->path, "UPDATE transfers SET leg = 'debit' WHERE id = 'x1'");
+
+	/* A saga that lost its state while the hold stays. */
+	raw_exec(e->path, "UPDATE transfers SET saga = 'none' WHERE id = 'x1'");
+	memset(&log, 0, sizeof log);
+	assert_int_equal(kobo_store_audit(store, collect_report, &log, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 1);
+	assert_int_equal(totals.sagas_in_flight, 0);
+	assert_true(report_mentions(&log, "transfer x1 is processing but no saga step is under way"));
+	raw_exec(e->path, "UPDATE transfers SET saga = 'reserved' WHERE id = 'x1'");
+
+	assert_int_equal(kobo_store_audit(store, NULL, NULL, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+	kobo_store_close(store);
+}
+
 /* ---- Checkpoints. ---- */
 
 static int64_t file_size(const char *path)
@@ -1045,6 +1714,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(open_migrates_and_reopen_keeps_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(newer_schema_version_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(v1_file_migrates_to_v2_keeping_its_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(read_only_refuses_unmigrated_file_and_begin, setup, teardown),
 		cmocka_unit_test_setup_teardown(busy_begin_fails_without_going_sticky, setup, teardown),
 		cmocka_unit_test_setup_teardown(batch_round_trip_through_ledger, setup, teardown),
@@ -1054,6 +1724,13 @@ int main(void)
 		cmocka_unit_test_setup_teardown(history_orders_pages_and_skips_rejected, setup, teardown),
 		cmocka_unit_test_setup_teardown(expired_holds_lists_due_pending_holds_oldest_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(audit_passes_sound_data_and_reports_tampering, setup, teardown),
+		cmocka_unit_test_setup_teardown(legs_and_sagas_round_trip_through_ledger, setup, teardown),
+		cmocka_unit_test_setup_teardown(history_plan_uses_one_index_per_column, setup, teardown),
+		cmocka_unit_test_setup_teardown(history_counts_legs_for_from_to_and_clearing, setup, teardown),
+		cmocka_unit_test_setup_teardown(read_sagas_lists_sagas_in_flight_by_id, setup, teardown),
+		cmocka_unit_test_setup_teardown(read_accounts_prefix_matches_literally_in_id_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(expired_holds_skip_holds_whose_saga_is_under_way, setup, teardown),
+		cmocka_unit_test_setup_teardown(audit_explains_balances_through_clearing_accounts, setup, teardown),
 		cmocka_unit_test_setup_teardown(wal_stays_bounded_under_back_to_back_batches, setup, teardown),
 		cmocka_unit_test_setup_teardown(commit_write_fault_makes_store_sticky_failed, setup, teardown),
 		cmocka_unit_test_setup_teardown(commit_sync_fault_makes_store_sticky_failed, setup, teardown),
