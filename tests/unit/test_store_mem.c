@@ -455,7 +455,7 @@ static void reader_sees_committed_batches_only(void **state)
 typedef struct watcher {
 	kobo_store *store;
 	atomic_bool stop;
-	size_t reads;
+	atomic_size_t reads;
 	size_t torn;
 } watcher;
 
@@ -486,7 +486,7 @@ static void *watch_history(void *arg)
 		pair_check c = {0, 0};
 		if (kobo_store_read_history(reader, "bob", 0, SIZE_MAX, count_pairs,
 		                            &c) == KOBO_OK) {
-			w->reads++;
+			atomic_fetch_add(&w->reads, 1);
 			if (c.seen_a != c.seen_b)
 				w->torn++;
 		}
@@ -503,8 +503,11 @@ static void readers_on_other_threads_never_see_half_a_batch(void **state)
 
 	seed(e, 1000);
 	atomic_init(&w.stop, false);
+	atomic_init(&w.reads, 0);
 	assert_int_equal(pthread_create(&thread, NULL, watch_history, &w), 0);
-	for (int i = 0; i < 300; i++) {
+	/* At least 300 batches, and on a busy machine until the reader has
+	 * looked a few times while they land (bounded). */
+	for (int i = 0; i < 300 || (atomic_load(&w.reads) < 20 && i < 100000); i++) {
 		char a[32], b[32];
 		snprintf(a, sizeof a, "p-%d-a", i);
 		snprintf(b, sizeof b, "p-%d-b", i);
@@ -516,7 +519,7 @@ static void readers_on_other_threads_never_see_half_a_batch(void **state)
 	}
 	atomic_store(&w.stop, true);
 	pthread_join(thread, NULL);
-	assert_true(w.reads > 0);
+	assert_true(atomic_load(&w.reads) > 0);
 	assert_int_equal(w.torn, 0);
 }
 
