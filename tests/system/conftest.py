@@ -6,6 +6,9 @@ Fixtures for Kobo's system tests (helpers live in kobotest.py).
                 every server it made is stopped and checked at teardown
   shared_server one kobod per test module, for tests that only need their own
                 uniquely named accounts (saves ASan start-ups)
+  shared_sharded_server
+                the same with `kobod --shards 4` (kobotest.SHARDS_DEFAULT):
+                place accounts with kobotest.id_on_shard()
 
 Teardown stops each server with SIGTERM, asserts it exits 0 and that its
 stderr holds no AddressSanitizer / LeakSanitizer / UBSan "runtime error" line.
@@ -57,6 +60,16 @@ def server(make_server):
 def shared_server(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("kobod-shared")
     srv = kobotest.Server(workdir)
+    kobotest.ACTIVE.append(srv)
+    srv.start()
+    yield srv
+    _finish([srv])
+
+
+@pytest.fixture(scope="module")
+def shared_sharded_server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("kobod-sharded")
+    srv = kobotest.Server(workdir, ["--shards", str(kobotest.SHARDS_DEFAULT)])
     kobotest.ACTIVE.append(srv)
     srv.start()
     yield srv

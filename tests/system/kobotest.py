@@ -621,3 +621,119 @@ class Load:
         for t in self.threads:
             t.join(timeout)
         assert not any(t.is_alive() for t in self.threads), "load threads did not stop"
+
+
+# -------------------------------------------------------------- shards ----
+#
+# Twins of src/shard/shard_map.c, so tests can place accounts on the shard
+# they want: an account id hashes (FNV-1a 64 of its bytes) into one of 4096
+# partitions, partition p lives on shard p % N; a clearing account
+# "kobo:clearing:<a>:<b>:<CUR>" lives on shard a.
+
+PARTITIONS = 4096
+SHARDS_DEFAULT = 4   # shared_sharded_server (conftest.py) runs kobod --shards 4
+CLEARING_RE = re.compile(r"^kobo:clearing:(0|[1-9][0-9]*):(0|[1-9][0-9]*):([A-Z][A-Z0-9]{2,7})$")
+
+
+def partition_of(account_id):
+    """kobo_partition_of(): FNV-1a 64 of the id's UTF-8 bytes, mod 4096."""
+    h = 0xcbf29ce484222325
+    for byte in account_id.encode("utf-8"):
+        h ^= byte
+        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h % PARTITIONS
+
+
+def shard_of(account_id, shards):
+    """The shard of an account with the default map of `shards` shards."""
+    m = CLEARING_RE.match(account_id)
+    if m and int(m.group(1)) < shards:
+        return int(m.group(1))
+    return partition_of(account_id) % shards
+
+
+def clearing_id(a, b, currency="NGN"):
+    """Shard a's clearing account for money moving to or from shard b."""
+    return f"kobo:clearing:{a}:{b}:{currency}"
+
+
+def id_on_shard(prefix, shard, shards):
+    """A fresh uid(prefix) whose account lives on `shard` of `shards`."""
+    for _ in range(10000):
+        candidate = uid(prefix)
+        if shard_of(candidate, shards) == shard:
+            return candidate
+    raise AssertionError(f"no id with prefix {prefix!r} found on shard {shard} of {shards}")
+
+
+def metrics(srv):
+    """GET /metrics parsed into {"name{labels}": value} (samples only)."""
+    r = srv.get("/metrics")
+    expect_status(r, 200, "GET /metrics")
+    out = {}
+    for line in r.raw.decode("utf-8", "replace").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def sagas_active(srv):
+    """The sum of the kobo_sagas_active{state} gauges: sagas being driven."""
+    return sum(v for k, v in metrics(srv).items() if k.startswith("kobo_sagas_active"))
+
+
+def clearing_balances(srv, shards, currency="NGN"):
+    """{(a, b): balance} of every clearing account of `shards` shards in
+    `currency` (a never-used one, 404, counts as all zero)."""
+    out = {}
+    for a in range(shards):
+        for b in range(shards):
+            if a == b:
+                continue
+            r = srv.get(f"/v1/accounts/{clearing_id(a, b, currency)}")
+            if r.status == 404:
+                out[(a, b)] = {"posted": 0, "pending_out": 0, "pending_in": 0, "available": 0}
+                continue
+            expect_status(r, 200, f"GET clearing account {clearing_id(a, b, currency)}")
+            out[(a, b)] = r.body["balance"]
+    return out
+
+
+def unbalanced_clearing_pairs(srv, shards, currency="NGN"):
+    """Clearing pairs whose posted balances do not net to zero (with no
+    saga in flight, kobo:clearing:a:b + kobo:clearing:b:a == 0), as
+    {(a, b): (posted a:b, posted b:a)}."""
+    bals = clearing_balances(srv, shards, currency)
+    return {(a, b): (bals[(a, b)]["posted"], bals[(b, a)]["posted"])
+            for (a, b) in bals if a < b and bals[(a, b)]["posted"] + bals[(b, a)]["posted"] != 0}
+
+
+def parallel_map(fn, items, threads=8, timeout=120):
+    """[fn(x) for x in items] over `threads` threads (each with its own
+    keep-alive connection through Client). Exceptions are returned in place."""
+    items = list(items)
+    results = [None] * len(items)
+    counter = itertools.count()
+
+    def run():
+        while True:
+            i = next(counter)
+            if i >= len(items):
+                return
+            try:
+                results[i] = fn(items[i])
+            except Exception as e:  # reported by the caller
+                results[i] = e
+
+    pool = [threading.Thread(target=run, daemon=True) for _ in range(min(threads, max(1, len(items))))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in pool), f"parallel_map did not finish within {timeout} s"
+    return results
