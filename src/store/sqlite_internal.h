@@ -3,9 +3,9 @@
  *
  * store_sqlite.c owns the write side, the checkpointer and the schema (and
  * the design notes); sqlite_read.c opens connections, decodes rows and
- * serves readers; sqlite_audit.c checks a shard on its own read connection.
- * The audit's rules themselves (store_auditor_*, at the end) know nothing of
- * SQLite: the in-memory store (store_mem.c) feeds them too.
+ * serves readers; sqlite_audit.c feeds a shard, read on a connection of its
+ * own, to the audit's rules, which know nothing of SQLite and live in
+ * auditor.h / auditor.c (the in-memory store feeds them too).
  * Nothing outside src/store includes this header: the contract is store.h.
  */
 #ifndef KOBO_STORE_SQLITE_INTERNAL_H
@@ -103,37 +103,9 @@ int store_sqlite_read_accounts_prefix(kobo_store_reader *reader,
                                       const char *prefix,
                                       kobo_store_account_fn each, void *ctx);
 
-/* The audit of the shard file at path on a snapshot of its own; see
- * kobo_store_ops.audit. */
+/* The audit of the shard file at path on a snapshot of its own
+ * (sqlite_audit.c); see kobo_store_ops.audit. */
 int store_sqlite_audit(const char *path, kobo_store_report_fn report, void *ctx,
                        kobo_audit_totals *totals);
-
-/* ---- The audit's checks (sqlite_audit.c), shared by every store. ----
- *
- * A backend feeds one snapshot to an auditor: every account, then every
- * transfer (in seq order), then finishes; the auditor reports each
- * discrepancy through report, counts into *totals and checks the rules of
- * kobo_store_ops.audit. Keeping the rules here, once, means the SQLite
- * store and the in-memory store (store_mem.c) can never disagree about
- * what a sound shard is. */
-typedef struct store_auditor store_auditor;
-
-/* Allocates an auditor for at most accounts_max accounts; zeroes *totals,
- * which must outlive the auditor. NULL when out of memory. */
-store_auditor *store_auditor_create(size_t accounts_max, kobo_store_report_fn report,
-                                void *ctx, kobo_audit_totals *totals);
-/* Adds one account (id, currency, allow_negative, balances; metadata is
- * not read). KOBO_EFULL past accounts_max, KOBO_ENOMEM. */
-int store_auditor_account(store_auditor *audit, const kobo_account *account);
-/* Checks one transfer against the accounts added so far (all of them must
- * have been added first) and adds what it moves or holds. */
-void store_auditor_transfer(store_auditor *audit, const kobo_transfer *transfer);
-/* Reports a row the backend could not decode, as one sentence. */
-void store_auditor_problem(store_auditor *audit, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-/* Compares every account with what its transfers say, and the per-currency
- * sums; call once, after the last transfer. */
-void store_auditor_finish(store_auditor *audit);
-void store_auditor_destroy(store_auditor *audit);
 
 #endif /* KOBO_STORE_SQLITE_INTERNAL_H */

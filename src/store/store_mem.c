@@ -4,7 +4,7 @@
  * For tests and the seeded saga simulation: the same semantics as the
  * SQLite store (store_sqlite.c) — batches, replays, history order and
  * cursor, expiry scan, sticky error, readers that never see an
- * uncommitted batch, the same audit rules (sqlite_audit.c feeds both) —
+ * uncommitted batch, the same audit rules (auditor.c, which both feed) —
  * plus injected commit faults and a "process restart". "Durable" means
  * committed to the maps below. Simple and obviously correct comes before
  * fast: reads scan, writes are O(1) amortized per row.
@@ -80,13 +80,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sqlite_internal.h" /* the audit's rules (store_auditor_*) */
+#include "auditor.h" /* the audit's rules (store_auditor_*) */
 #include "store.h"
 
 #define MEM_INDEX_SLOTS_MIN 16
-/* An audit keeps its report lines until the snapshot is released; a line is
- * at most this long (sqlite_audit.c cuts at the same length). */
-#define MEM_AUDIT_LINE_BYTES 512
 
 static const char empty_metadata[] = "{}";
 
@@ -985,9 +982,10 @@ static int mem_read_accounts_prefix(kobo_store_reader *reader, const char *prefi
 
 /* ---- Audit, close, open. ---- */
 
-/* Report lines kept while the snapshot is held (invariant 5). */
+/* Report lines kept while the snapshot is held (invariant 5); the auditor
+ * cuts a line at STORE_AUDITOR_LINE_BYTES. */
 typedef struct audit_lines {
-	char (*lines)[MEM_AUDIT_LINE_BYTES];
+	char (*lines)[STORE_AUDITOR_LINE_BYTES];
 	size_t count;
 	size_t cap;
 	size_t lost; /* lines that found no memory; still counted as problems */
@@ -998,7 +996,8 @@ static void keep_line(void *ctx, const char *line)
 	audit_lines *kept = ctx;
 	if (kept->count == kept->cap) {
 		size_t cap = kept->cap == 0 ? 16 : 2 * kept->cap;
-		char (*grown)[MEM_AUDIT_LINE_BYTES] = realloc(kept->lines, cap * sizeof *grown);
+		char (*grown)[STORE_AUDITOR_LINE_BYTES] =
+			realloc(kept->lines, cap * sizeof *grown);
 		if (grown == NULL) {
 			kept->lost++;
 			return;
@@ -1006,7 +1005,7 @@ static void keep_line(void *ctx, const char *line)
 		kept->lines = grown;
 		kept->cap = cap;
 	}
-	snprintf(kept->lines[kept->count++], MEM_AUDIT_LINE_BYTES, "%s", line);
+	snprintf(kept->lines[kept->count++], STORE_AUDITOR_LINE_BYTES, "%s", line);
 }
 
 static int mem_audit(kobo_store *store, kobo_store_report_fn report, void *ctx,

@@ -4,7 +4,8 @@
  * Implements store.h over SQLite in WAL mode. The write side (this file) is
  * used by the shard writer thread only; readers get connections of their
  * own (sqlite_read.c, which also decodes rows); a background thread
- * checkpoints the WAL (this file); the audit lives in sqlite_audit.c.
+ * checkpoints the WAL (this file); sqlite_audit.c feeds a snapshot of the
+ * file to the audit's rules (auditor.c).
  *
  * NOTES ON THE DESIGN
  *
