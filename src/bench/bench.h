@@ -15,6 +15,8 @@
  *                and closed loop), the live line
  *   histogram.c  fixed-memory log-linear latency histogram (µs)
  *   verify.c     read-back and invariant checks
+ *   shards.c     where each account lives (the server's shard mapping) and
+ *                the per-shard account lists the cross-shard model draws from
  *
  * A phase is a bench_job: the engine asks the job for the next request
  * whenever a connection is idle and hands it every answer. Jobs split their
@@ -26,6 +28,12 @@
  * needed. The bench therefore stores one outcome byte per transfer and
  * nothing else, and the verifier rebuilds every expected balance from those
  * bytes.
+ *
+ * Shards (--shards N, --cross-shard P): the bench computes each account's
+ * shard exactly as kobod does (kobo_partition_of, then the default map) and
+ * makes P % of transfers cross shards, the rest stay on the payer's shard.
+ * A cross-shard transfer may answer 202 "processing": acknowledged, its saga
+ * still running; verify waits for it to settle before checking.
  */
 #ifndef KOBO_BENCH_H
 #define KOBO_BENCH_H
@@ -40,6 +48,7 @@
 #include <http_parser.h>
 
 #include "../ledger/ledger.h"
+#include "../shard/shard.h"
 
 /* ---- Limits and defaults (the one place they live). ---- */
 
@@ -61,6 +70,7 @@
 #define BENCH_SETUP_BATCH_DEFAULT 1000
 #define BENCH_VIOLATIONS_PRINTED_MAX 20
 #define BENCH_CURRENCY "NGN"
+#define BENCH_SHARDS_MAX KOBO_SHARDS_MAX
 
 _Static_assert(BENCH_PREFIX_LEN_MAX + 21 <= KOBO_ID_LEN_MAX,
                "prefix + \"t\" + a 20-digit counter must be a valid id");
@@ -103,6 +113,16 @@ typedef struct bench_config {
 	double verify_timeout_s;
 	int64_t fund_amount_minor;
 	uint32_t amount_max_minor;
+	/* The server's --shards and the share of cross-shard transfers. */
+	uint32_t shards;           /* 1..BENCH_SHARDS_MAX */
+	uint32_t cross_shard_pct;  /* 0..100; needs shards >= 2 */
+	bool cross_shard_model;    /* --cross-shard given: the model picks by shard */
+	/* Filled by bench_shards_init() when shards > 1 (else NULL): account
+	 * i lives on account_shard[i]; shard s's accounts are
+	 * shard_accounts[shard_first[s] .. shard_first[s + 1]). */
+	uint16_t *account_shard;
+	uint32_t *shard_accounts;
+	uint32_t shard_first[BENCH_SHARDS_MAX + 1];
 } bench_config;
 
 /* ---- Latency histogram (histogram.c). ----
@@ -157,12 +177,22 @@ typedef enum bench_outcome {
 	BENCH_OUTCOME_UNKNOWN,      /* transport error, 5xx, 202: may or may not move */
 	BENCH_OUTCOME_RESOLVED_POSTED,
 	BENCH_OUTCOME_RESOLVED_NONE,
+	BENCH_OUTCOME_ACCEPTED,     /* 202: acknowledged, its saga still running */
 } bench_outcome;
+
+/* Latency classes of the workload's requests (with --shards > 1). */
+enum {
+	BENCH_CLASS_LOCAL = 0,  /* payer and payee on one shard */
+	BENCH_CLASS_CROSS,      /* a cross-shard transfer (batch: any of them) */
+	BENCH_CLASS_COUNT,
+};
 
 typedef struct bench_counts {
 	uint64_t requests;            /* answered requests */
 	uint64_t transfers_acked;     /* 201 */
 	uint64_t transfers_unknown;   /* outcome unknown */
+	uint64_t transfers_accepted;  /* 202 processing: acknowledged, saga running */
+	uint64_t transfers_cross;     /* cross-shard transfers answered */
 	uint64_t transfers_refused;   /* non-422 refusal of a transfer */
 	uint64_t rejected[BENCH_REJECT_COUNT];
 	uint64_t errors_http;         /* non-2xx answers other than 422 */
@@ -258,6 +288,7 @@ struct bench_worker {
 	bench_job *job;
 	/* Statistics of the workload phase. */
 	bench_histogram latency;
+	bench_histogram latency_class[BENCH_CLASS_COUNT]; /* with shards > 1 */
 	bench_counts counts;
 	pthread_mutex_t interval_lock;
 	bench_interval interval;
@@ -304,6 +335,19 @@ typedef struct bench_transfer {
 
 /* Transfer k of the run: a pure function of the configuration and k. */
 bench_transfer bench_transfer_make(const bench_config *config, uint64_t k);
+/* true when transfer t's payer and payee live on different shards. */
+bool bench_transfer_is_cross(const bench_config *config, bench_transfer t);
+
+/* ---- Shards (shards.c). ---- */
+
+/* Computes every account's shard and the per-shard lists (config->shards >
+ * 1). With --shards, each shard must hold at least two accounts so that a
+ * local payee other than the payer exists. 0, or BENCH_EXIT_USAGE with a
+ * message on stderr; bench_shards_free() releases the tables. */
+int bench_shards_init(bench_config *config);
+void bench_shards_free(bench_config *config);
+/* The shard of an account id with `shards` shards, as kobod routes it. */
+uint32_t bench_shard_of_id(const char *account_id, uint32_t shards);
 /* Ids; each writes at most KOBO_ID_LEN_MAX + 1 bytes. */
 void bench_account_id(const bench_config *config, uint32_t account, char *dst);
 void bench_cash_id(const bench_config *config, char *dst);
@@ -351,6 +395,9 @@ typedef struct bench_verify_report {
 	uint64_t transfers_to_check;
 	uint64_t unknown;          /* outcome unknown after the workload */
 	uint64_t unresolved;       /* still unknown after resolution */
+	uint64_t accepted;         /* answered 202: waited for */
+	uint64_t compensated;      /* of those, ended voided (payer refunded) */
+	uint64_t unsettled;        /* of those, still processing at the deadline */
 	double verify_s;
 } bench_verify_report;
 

@@ -37,6 +37,13 @@ static void usage(FILE *out)
 	      "  --hot K               every transfer pays or is paid by one of K hot accounts\n"
 	      "  --merchant            every transfer credits one merchant account\n"
 	      "  --batch N             POST /v1/transfers/batch with N transfers per request\n"
+	      "  --shards N            the server's --shards (1); the bench places accounts on\n"
+	      "                        shards as kobod does and reports local and cross-shard\n"
+	      "                        latency apart\n"
+	      "  --cross-shard P       P % of transfers pay an account on another shard than the\n"
+	      "                        payer's, the rest one on the same shard (0..100; needs\n"
+	      "                        --shards >= 2; without it accounts are picked regardless\n"
+	      "                        of their shard)\n"
 	      "  --setup-batch N       funding transfers per batch request in setup (1000; 0 = single)\n"
 	      "  --seed S              workload seed (default random; printed)\n"
 	      "  --prefix P            account and transfer id prefix (default a random run id)\n"
@@ -144,7 +151,7 @@ static uint64_t random_u64(void)
 enum {
 	OPT_URL = 256, OPT_CONNECTIONS, OPT_THREADS, OPT_DURATION, OPT_RATE, OPT_ACCOUNTS, OPT_HOT,
 	OPT_MERCHANT, OPT_BATCH, OPT_SETUP_BATCH, OPT_SEED, OPT_PREFIX, OPT_JSON, OPT_NO_VERIFY,
-	OPT_VERIFY_TIMEOUT, OPT_SETUP_ONLY, OPT_SELF_TEST, OPT_HELP,
+	OPT_VERIFY_TIMEOUT, OPT_SETUP_ONLY, OPT_SELF_TEST, OPT_HELP, OPT_SHARDS, OPT_CROSS_SHARD,
 };
 
 /* Returns -1 to go on, or an exit code. */
@@ -169,10 +176,12 @@ static int parse_options(bench_config *config, int argc, char **argv, bool *self
 		{"setup-only", no_argument, NULL, OPT_SETUP_ONLY},
 		{"self-test", no_argument, NULL, OPT_SELF_TEST},
 		{"help", no_argument, NULL, OPT_HELP},
+		{"shards", required_argument, NULL, OPT_SHARDS},
+		{"cross-shard", required_argument, NULL, OPT_CROSS_SHARD},
 		{NULL, 0, NULL, 0},
 	};
 	const char *url = "http://127.0.0.1:8080";
-	bool seed_given = false, prefix_given = false, merchant_given = false;
+	bool seed_given = false, prefix_given = false, merchant_given = false, cross_given = false;
 	uint64_t value;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -226,6 +235,15 @@ static int parse_options(bench_config *config, int argc, char **argv, bool *self
 		case OPT_SETUP_ONLY: config->setup_only = true; break;
 		case OPT_SELF_TEST: *self_test = true; break;
 		case OPT_HELP: usage(stdout); return BENCH_EXIT_OK;
+		case OPT_SHARDS:
+			ok = parse_u64(optarg, 1, BENCH_SHARDS_MAX, &value);
+			config->shards = (uint32_t)value;
+			break;
+		case OPT_CROSS_SHARD:
+			ok = parse_u64(optarg, 0, 100, &value);
+			config->cross_shard_pct = (uint32_t)value;
+			cross_given = true;
+			break;
 		default: usage(stderr); return BENCH_EXIT_USAGE;
 		}
 		if (!ok) {
@@ -245,6 +263,11 @@ static int parse_options(bench_config *config, int argc, char **argv, bool *self
 		fprintf(stderr, "kobo-bench: choose one of --hot and --merchant\n");
 		return BENCH_EXIT_USAGE;
 	}
+	if (cross_given && config->shards < 2) {
+		fprintf(stderr, "kobo-bench: --cross-shard needs --shards N (N >= 2, as the server runs)\n");
+		return BENCH_EXIT_USAGE;
+	}
+	config->cross_shard_model = cross_given;
 	if (config->threads > config->connections) {
 		fprintf(stderr, "kobo-bench: --threads cannot exceed --connections\n");
 		return BENCH_EXIT_USAGE;
@@ -339,6 +362,7 @@ int main(int argc, char **argv)
 		.verify_timeout_s = 60,
 		.fund_amount_minor = BENCH_FUND_AMOUNT_MINOR,
 		.amount_max_minor = BENCH_AMOUNT_MAX_MINOR,
+		.shards = 1,
 	};
 	bool want_self_test = false;
 	int rc = parse_options(&config, argc, argv, &want_self_test);
@@ -346,6 +370,9 @@ int main(int argc, char **argv)
 		return rc;
 	if (want_self_test)
 		return bench_self_test(&config);
+	rc = bench_shards_init(&config);
+	if (rc != BENCH_EXIT_OK)
+		return rc;
 
 	signal(SIGPIPE, SIG_IGN);
 	struct sigaction action = {.sa_handler = on_sigint};
@@ -374,6 +401,14 @@ int main(int argc, char **argv)
 	if (rc == BENCH_EXIT_OK) {
 		fprintf(stderr, "kobo-bench: %s, prefix %s, seed %llu; creating %u accounts + cash\n", config.url,
 		        config.prefix, (unsigned long long)config.seed, config.accounts);
+		if (config.shards > 1) {
+			if (config.cross_shard_model)
+				fprintf(stderr, "kobo-bench: %u shards, %u%% of transfers cross shards\n",
+				        config.shards, config.cross_shard_pct);
+			else
+				fprintf(stderr, "kobo-bench: %u shards, accounts picked regardless of shard\n",
+				        config.shards);
+		}
 		rc = bench_setup(&run);
 	}
 	if (rc == BENCH_EXIT_OK && config.setup_only) {
@@ -403,5 +438,6 @@ int main(int argc, char **argv)
 		bench_worker_close(&run.workers[i]);
 	free(run.workers);
 	munmap(run.outcomes, BENCH_TRANSFERS_MAX);
+	bench_shards_free(&config);
 	return rc;
 }

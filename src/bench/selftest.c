@@ -1,7 +1,8 @@
 /*
  * selftest.c — `kobo-bench --self-test`: checks the parts of the bench that
  * need no server (histogram buckets and percentiles, the batch and error
- * scanners, the transfer model) and prints what it expected and saw.
+ * scanners, the transfer model with and without shards) and prints what it
+ * expected and saw.
  */
 #include <stdio.h>
 #include <string.h>
@@ -90,6 +91,54 @@ int bench_self_test(bench_config *config)
 	         t7.from, t7.to, (long long)t7.amount_minor);
 	CHECK(strcmp(buf.data, expect) == 0, "transfer json %s, expected %s", buf.data, expect);
 	bench_buf_free(&buf);
+
+	/* Shards: the bench places accounts as kobod routes them (known values
+	 * of FNV-1a 64 mod 4096, mod 4), and --cross-shard P makes P % of the
+	 * transfers cross shards in every workload mode. */
+	static const struct { const char *id; uint32_t shard; } placed[] = {
+		{"a", 0}, {"b", 1}, {"c", 2}, {"d", 3}, {"cash", 2},
+	};
+	for (size_t i = 0; i < sizeof(placed) / sizeof(placed[0]); i++)
+		CHECK(bench_shard_of_id(placed[i].id, 4) == placed[i].shard, "shard of %s: expected %u, saw %u",
+		      placed[i].id, placed[i].shard, bench_shard_of_id(placed[i].id, 4));
+	config->shards = 4;
+	config->cross_shard_model = true;
+	CHECK(bench_shards_init(config) == BENCH_EXIT_OK, "shard tables for 1000 accounts on 4 shards");
+	char id[KOBO_ID_LEN_MAX + 1];
+	for (uint32_t i = 0; config->account_shard && i < config->accounts; i += 97) {
+		bench_account_id(config, i, id);
+		CHECK(config->account_shard[i] == bench_shard_of_id(id, 4), "account %u's shard", i);
+	}
+	static const uint32_t shares[] = {0, 30, 100};
+	for (size_t p = 0; config->account_shard && p < sizeof(shares) / sizeof(shares[0]); p++) {
+		config->cross_shard_pct = shares[p];
+		for (int mode = BENCH_MODE_UNIFORM; mode <= BENCH_MODE_MERCHANT; mode++) {
+			config->mode = (bench_mode)mode;
+			uint64_t cross = 0, total = 20000;
+			for (uint64_t k = 0; k < total; k++) {
+				bench_transfer t = bench_transfer_make(config, k), again = bench_transfer_make(config, k);
+				CHECK(t.from != t.to && t.from < 1000 && t.to < 1000, "cross %u%% mode %d transfer %llu: "
+				      "%u -> %u", shares[p], mode, (unsigned long long)k, t.from, t.to);
+				CHECK(memcmp(&t, &again, sizeof(t)) == 0, "transfer %llu not deterministic",
+				      (unsigned long long)k);
+				if (mode == BENCH_MODE_HOT)
+					CHECK(t.from < 3 || t.to < 3, "hot transfer %llu touches no hot account",
+					      (unsigned long long)k);
+				if (mode == BENCH_MODE_MERCHANT)
+					CHECK(t.to == 0, "merchant transfer %llu credits %u", (unsigned long long)k, t.to);
+				cross += bench_transfer_is_cross(config, t);
+				if (failures > 10)
+					break;
+			}
+			uint64_t want = total * shares[p] / 100, slack = total / 50;
+			CHECK(cross + slack >= want && cross <= want + slack, "--cross-shard %u mode %d: %llu of %llu "
+			      "transfers cross shards, expected about %llu", shares[p], mode, (unsigned long long)cross,
+			      (unsigned long long)total, (unsigned long long)want);
+		}
+	}
+	bench_shards_free(config);
+	config->shards = 1;
+	config->cross_shard_model = false;
 #undef CHECK
 	fprintf(stderr, "self-test: %s\n", failures ? "FAILED" : "ok");
 	return failures ? BENCH_EXIT_VIOLATION : BENCH_EXIT_OK;

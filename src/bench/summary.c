@@ -20,14 +20,22 @@ void bench_print_summary(const bench_run *run, const bench_verify_report *verify
 {
 	const bench_config *config = run->config;
 	static bench_histogram latency;
+	static bench_histogram latency_class[BENCH_CLASS_COUNT];
 	static bench_counts counts;
+	static const char *const class_names[BENCH_CLASS_COUNT] = {"local", "cross"};
 	bench_hist_reset(&latency);
+	for (int c = 0; c < BENCH_CLASS_COUNT; c++)
+		bench_hist_reset(&latency_class[c]);
 	memset(&counts, 0, sizeof(counts));
 	uint64_t missed = 0;
 	for (uint32_t w = 0; w < run->worker_count; w++) {
 		const bench_worker *worker = &run->workers[w];
 		bench_hist_merge(&latency, &worker->latency);
+		for (int c = 0; c < BENCH_CLASS_COUNT; c++)
+			bench_hist_merge(&latency_class[c], &worker->latency_class[c]);
 		counts.requests += worker->counts.requests;
+		counts.transfers_accepted += worker->counts.transfers_accepted;
+		counts.transfers_cross += worker->counts.transfers_cross;
 		counts.transfers_acked += worker->counts.transfers_acked;
 		counts.transfers_unknown += worker->counts.transfers_unknown;
 		counts.transfers_refused += worker->counts.transfers_refused;
@@ -87,14 +95,26 @@ void bench_print_summary(const bench_run *run, const bench_verify_report *verify
 		       "\"mean\":%.1f}",
 		       (unsigned long long)p[0], (unsigned long long)p[1], (unsigned long long)p[2],
 		       (unsigned long long)p[3], (unsigned long long)latency.max_us, mean_us);
+		printf(",\"shards\":%u,\"cross_shard_pct\":%d,\"transfers_cross\":%llu,\"accepted\":%llu",
+		       config->shards, config->cross_shard_model ? (int)config->cross_shard_pct : -1,
+		       (unsigned long long)counts.transfers_cross, (unsigned long long)counts.transfers_accepted);
+		for (int c = 0; config->shards > 1 && c < BENCH_CLASS_COUNT; c++)
+			printf(",\"latency_%s_us\":{\"requests\":%llu,\"p50\":%llu,\"p99\":%llu,\"max\":%llu}",
+			       class_names[c], (unsigned long long)latency_class[c].count,
+			       (unsigned long long)bench_hist_percentile(&latency_class[c], 50),
+			       (unsigned long long)bench_hist_percentile(&latency_class[c], 99),
+			       (unsigned long long)latency_class[c].max_us);
 		if (verify)
 			printf(",\"verify\":{\"ok\":%s,\"violations\":%llu,\"complete\":%s,"
 			       "\"transfers_checked\":%llu,\"transfers_to_check\":%llu,\"unknown\":%llu,"
-			       "\"unresolved\":%llu,\"verify_s\":%.3f}",
+			       "\"unresolved\":%llu,\"accepted\":%llu,\"compensated\":%llu,\"unsettled\":%llu,"
+			       "\"verify_s\":%.3f}",
 			       verify->violations ? "false" : "true", (unsigned long long)verify->violations,
 			       verify->complete ? "true" : "false", (unsigned long long)verify->transfers_checked,
 			       (unsigned long long)verify->transfers_to_check, (unsigned long long)verify->unknown,
-			       (unsigned long long)verify->unresolved, verify->verify_s);
+			       (unsigned long long)verify->unresolved, (unsigned long long)verify->accepted,
+			       (unsigned long long)verify->compensated, (unsigned long long)verify->unsettled,
+			       verify->verify_s);
 		printf("}\n");
 		fflush(stdout);
 		return;
@@ -122,6 +142,14 @@ void bench_print_summary(const bench_run *run, const bench_verify_report *verify
 	printf("\n  errors: %llu http, %llu transport; %llu transfers of unknown outcome, %llu refused\n",
 	       (unsigned long long)counts.errors_http, (unsigned long long)counts.errors_transport,
 	       (unsigned long long)counts.transfers_unknown, (unsigned long long)counts.transfers_refused);
+	if (config->shards > 1) {
+		printf("  shards: %u", config->shards);
+		if (config->cross_shard_model)
+			printf(", --cross-shard %u%%", config->cross_shard_pct);
+		printf("; %llu transfers answered were cross-shard, %llu answered 202 processing "
+		       "(verify waits for them)\n", (unsigned long long)counts.transfers_cross,
+		       (unsigned long long)counts.transfers_accepted);
+	}
 	if (config->rate_per_s)
 		printf("  open loop: %llu requests came due but found no free connection before the end\n",
 		       (unsigned long long)missed);
@@ -132,6 +160,12 @@ void bench_print_summary(const bench_run *run, const bench_verify_report *verify
 	printf("\n  latency per request (ms): p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
 	       (double)p[0] / 1000, (double)p[1] / 1000, (double)p[2] / 1000, (double)p[3] / 1000,
 	       (double)latency.max_us / 1000, mean_us / 1000);
+	for (int c = 0; config->shards > 1 && c < BENCH_CLASS_COUNT; c++)
+		printf("    %-11s %9llu requests: p50 %.3f  p99 %.3f  max %.3f\n",
+		       c == BENCH_CLASS_CROSS ? "cross-shard" : "local", (unsigned long long)latency_class[c].count,
+		       (double)bench_hist_percentile(&latency_class[c], 50) / 1000,
+		       (double)bench_hist_percentile(&latency_class[c], 99) / 1000,
+		       (double)latency_class[c].max_us / 1000);
 	fflush(stdout);
 }
 

@@ -8,10 +8,13 @@
  *
  * Outcomes, from what the server answered (DESIGN.md §1 invariants 2 and 3):
  *   201                          POSTED       acknowledged, must exist
+ *   202                          ACCEPTED     acknowledged, its cross-shard saga
+ *                                             still running: verify.c waits
+ *                                             until it settles
  *   422                          REJECTED     a business rule refused it
  *   other 4xx, 429, 503          NOT_APPLIED  refused whole, moved nothing
- *   202, 200 to a new id, other  UNKNOWN      may or may not have moved;
- *   5xx, transport error                      verify.c resolves these
+ *   200 to a new id, other 5xx,  UNKNOWN      may or may not have moved;
+ *   transport error                           verify.c resolves these
  *
  * Open loop (--rate): request j of a worker is due at start + j * interval.
  * When no connection is free it simply stays due; its latency is measured
@@ -58,11 +61,66 @@ static uint64_t draw(const bench_config *config, uint64_t k, uint64_t lane)
 	return mix64(config->seed ^ mix64(k * 4 + lane));
 }
 
+/* Draws of the shard model, independent of the four lanes above. */
+static uint64_t draw_shard(const bench_config *config, uint64_t k, uint64_t lane)
+{
+	return mix64(mix64(config->seed + 0x632be59bd9b4e019ull * (lane + 1)) ^ mix64(k));
+}
+
+/* An account on shard s other than `exclude`, from random r. */
+static uint32_t pick_on_shard(const bench_config *config, uint32_t s, uint64_t r, uint32_t exclude)
+{
+	uint32_t first = config->shard_first[s], count = config->shard_first[s + 1] - first;
+	uint32_t i = (uint32_t)(r % count);
+	if (config->shard_accounts[first + i] == exclude)
+		i = (i + 1) % count; /* bench_shards_init() made count >= 2 */
+	return config->shard_accounts[first + i];
+}
+
+/* The counterpart of `anchor` in transfer k with shards: on another shard
+ * for cross_shard_pct % of the transfers, else on anchor's own shard. */
+static uint32_t pick_counterpart(const bench_config *config, uint64_t k, uint32_t anchor)
+{
+	uint32_t s = config->account_shard[anchor];
+	if (draw_shard(config, k, 0) % 100 < config->cross_shard_pct)
+		s = (s + 1 + (uint32_t)(draw_shard(config, k, 1) % (config->shards - 1))) % config->shards;
+	return pick_on_shard(config, s, draw_shard(config, k, 2), anchor);
+}
+
+bool bench_transfer_is_cross(const bench_config *config, bench_transfer t)
+{
+	return config->account_shard && config->account_shard[t.from] != config->account_shard[t.to];
+}
+
 bench_transfer bench_transfer_make(const bench_config *config, uint64_t k)
 {
 	uint32_t n = config->accounts;
 	uint64_t a = draw(config, k, 0), b = draw(config, k, 1);
 	bench_transfer t = {.amount_minor = 1 + (int64_t)(draw(config, k, 2) % config->amount_max_minor)};
+	if (config->cross_shard_model && config->account_shard) {
+		/* With --cross-shard: one side as without them (the hot account, the
+		 * merchant, a uniform payer), the other by pick_counterpart(). */
+		switch (config->mode) {
+		case BENCH_MODE_HOT: {
+			uint32_t hot = (uint32_t)(a % config->hot);
+			uint32_t other = pick_counterpart(config, k, hot);
+			bool hot_pays = draw(config, k, 3) & 1;
+			t.from = hot_pays ? hot : other;
+			t.to = hot_pays ? other : hot;
+			break;
+		}
+		case BENCH_MODE_MERCHANT:
+			t.to = 0;
+			t.from = pick_counterpart(config, k, 0);
+			break;
+		case BENCH_MODE_UNIFORM:
+		default:
+			t.from = (uint32_t)(a % n);
+			t.to = pick_counterpart(config, k, t.from);
+			break;
+		}
+		return t;
+	}
 	switch (config->mode) {
 	case BENCH_MODE_HOT: {
 		uint32_t hot = (uint32_t)(a % config->hot);
@@ -303,9 +361,12 @@ static int setup_next(bench_job *job, bench_worker *worker, bench_conn *conn, in
 	return BENCH_JOB_SENT;
 }
 
+/* Worth another attempt. 202: a cross-shard funding transfer whose saga
+ * is still running; sending it again (same id) waits for it and answers
+ * its final state. */
 static bool status_is_transient(int status)
 {
-	return status == 0 || status == 429 || status >= 500;
+	return status == 0 || status == 202 || status == 429 || status >= 500;
 }
 
 static void setup_failure(setup_ctx *ctx, const char *what, uint64_t item, int status, const char *body,
@@ -506,8 +567,8 @@ static bench_outcome classify(bench_counts *counts, bench_interval *interval, in
 		return BENCH_OUTCOME_REJECTED;
 	}
 	if (status == 202) {
-		counts->transfers_unknown++;
-		return BENCH_OUTCOME_UNKNOWN;
+		counts->transfers_accepted++;
+		return BENCH_OUTCOME_ACCEPTED;
 	}
 	interval->errors++;
 	if (status == 0) {
@@ -534,6 +595,16 @@ static void workload_finish(bench_job *job, bench_worker *worker, bench_conn *co
 	bench_interval delta = {0};
 	int64_t latency_us = now_us - conn->start_us;
 
+	if (run->config->account_shard) {
+		uint64_t cross = 0;
+		for (uint64_t i = 0; i < n; i++)
+			cross += bench_transfer_is_cross(run->config, bench_transfer_make(run->config, k + i));
+		if (status != 0) {
+			counts->transfers_cross += cross;
+			bench_hist_record(&worker->latency_class[cross ? BENCH_CLASS_CROSS : BENCH_CLASS_LOCAL],
+			                  latency_us);
+		}
+	}
 	if (status != 0) {
 		counts->requests++;
 		bench_hist_record(&worker->latency, latency_us);
@@ -628,6 +699,8 @@ void bench_workload(bench_run *run)
 		bench_worker *worker = &run->workers[i];
 		memset(&worker->counts, 0, sizeof(worker->counts));
 		bench_hist_reset(&worker->latency);
+		for (int c = 0; c < BENCH_CLASS_COUNT; c++)
+			bench_hist_reset(&worker->latency_class[c]);
 		memset(&worker->interval, 0, sizeof(worker->interval));
 		bench_hist_reset(&worker->interval.latency);
 	}
