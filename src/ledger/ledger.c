@@ -747,6 +747,19 @@ static bool transfer_params_equal(const kobo_transfer *stored,
 	                      wanted->metadata, wanted->metadata_len);
 }
 
+/* A CREATE_TRANSFER, SAGA_CREDIT or SAGA_ABORT whose id is stored at slot:
+ * the same parameters replay the stored record, others are a conflict. */
+static kobo_result_code answer_existing_transfer(const kobo_ledger *ledger,
+                                                 int64_t slot,
+                                                 const kobo_transfer *wanted,
+                                                 kobo_result *result)
+{
+	if (!transfer_params_equal(&ledger->transfers[slot].transfer, wanted))
+		return KOBO_RESULT_ID_CONFLICT;
+	snapshot_transfer(ledger, slot, result);
+	return KOBO_RESULT_REPLAYED;
+}
+
 /* Records a new transfer from a CREATE_TRANSFER, SAGA_CREDIT or SAGA_ABORT
  * op with the given outcome (the caller moves the money); returns its slot.
  * A PROCESSING record is a DEBIT leg whose saga starts RESERVED. */
@@ -900,13 +913,8 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
 {
 	const kobo_transfer *wanted = &op->u.transfer;
 	int64_t slot = transfer_find(ledger, wanted->id);
-	if (slot >= 0) {
-		if (!transfer_params_equal(&ledger->transfers[slot].transfer,
-		                           wanted))
-			return KOBO_RESULT_ID_CONFLICT;
-		snapshot_transfer(ledger, slot, result);
-		return KOBO_RESULT_REPLAYED;
-	}
+	if (slot >= 0)
+		return answer_existing_transfer(ledger, slot, wanted, result);
 	int64_t debit_slot = -1, credit_slot = -1;
 	kobo_result_code code = check_new_transfer(ledger, wanted, &debit_slot,
 	                                           &credit_slot);
@@ -949,13 +957,8 @@ static kobo_result_code apply_saga_abort(kobo_ledger *ledger,
 {
 	const kobo_transfer *wanted = &op->u.transfer;
 	int64_t slot = transfer_find(ledger, wanted->id);
-	if (slot >= 0) {
-		if (!transfer_params_equal(&ledger->transfers[slot].transfer,
-		                           wanted))
-			return KOBO_RESULT_ID_CONFLICT;
-		snapshot_transfer(ledger, slot, result);
-		return KOBO_RESULT_REPLAYED;
-	}
+	if (slot >= 0)
+		return answer_existing_transfer(ledger, slot, wanted, result);
 	slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
 	                       KOBO_RESULT_SAGA_TIMEOUT);
 	snapshot_transfer(ledger, slot, result);
