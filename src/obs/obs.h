@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "../ledger/ledger.h"
 
@@ -52,6 +53,10 @@ char *kobo_format_time_ms(char *dst, int64_t epoch_ms);
 /* Wall clock in Unix epoch milliseconds / monotonic microseconds. */
 int64_t kobo_now_ms(void);
 int64_t kobo_monotonic_us(void);
+/* The CLOCK_REALTIME instant wait_ms (>= 0) from now, normalized, as
+ * pthread_cond_timedwait() takes it for a condition variable with the
+ * default clock. */
+struct timespec kobo_deadline_after_ms(int64_t wait_ms);
 
 /* ---- Metrics. ---- */
 

@@ -519,14 +519,7 @@ static void take_inbox(kobo_saga_runner *r, size_t *notices, saga_entry **done,
 		int64_t wait_ms = wake_at - mono_ms();
 		if (wait_ms <= 0)
 			break;
-		struct timespec deadline;
-		clock_gettime(CLOCK_REALTIME, &deadline);
-		deadline.tv_sec += wait_ms / 1000;
-		deadline.tv_nsec += (wait_ms % 1000) * 1000000L;
-		if (deadline.tv_nsec >= 1000000000L) {
-			deadline.tv_sec++;
-			deadline.tv_nsec -= 1000000000L;
-		}
+		struct timespec deadline = kobo_deadline_after_ms(wait_ms);
 		if (pthread_cond_timedwait(&r->wake, &r->lock, &deadline) == ETIMEDOUT)
 			break;
 	}

@@ -134,14 +134,7 @@ static size_t writer_take_batch(kobo_shard *shard, bool *exit_now)
 		int64_t wait_ms = shard->next_expiry_scan_ms - shard_now_ms(shard);
 		if (wait_ms <= 0)
 			break;
-		struct timespec deadline;
-		clock_gettime(CLOCK_REALTIME, &deadline);
-		deadline.tv_sec += wait_ms / 1000;
-		deadline.tv_nsec += (wait_ms % 1000) * 1000000L;
-		if (deadline.tv_nsec >= 1000000000L) {
-			deadline.tv_sec++;
-			deadline.tv_nsec -= 1000000000L;
-		}
+		struct timespec deadline = kobo_deadline_after_ms(wait_ms);
 		int rc = pthread_cond_timedwait(&shard->wake, &shard->lock, &deadline);
 		if (rc == ETIMEDOUT)
 			break;
