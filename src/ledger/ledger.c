@@ -1077,6 +1077,21 @@ static void start_saga_step(kobo_ledger *ledger, uint32_t transfer_slot_index,
 	transfer->updated_at_ms = now_ms;
 }
 
+/* Ends a DEBIT leg's saga step with its hold kept: PENDING again, the hold
+ * where it was (B holds its credit leg, or refused a post for good;
+ * error_code as end_saga_step says). */
+static void end_saga_step_pending(kobo_ledger *ledger,
+                                  uint32_t transfer_slot_index,
+                                  kobo_result_code error_code, int64_t now_ms)
+{
+	kobo_transfer *held = transfer_touch(ledger, transfer_slot_index);
+	KOBO__LEDGER_ASSERT(held->status == KOBO_STATUS_PROCESSING &&
+	                    held->leg == KOBO_LEG_DEBIT);
+	held->status = KOBO_STATUS_PENDING;
+	held->updated_at_ms = now_ms;
+	end_saga_step(held, error_code);
+}
+
 /* Voids a PENDING hold: at once, or for a DEBIT leg by asking B first. */
 static void void_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
                       kobo_void_reason reason, int64_t now_ms)
@@ -1217,11 +1232,8 @@ static kobo_result_code apply_saga_settle(kobo_ledger *ledger,
 			release_hold(ledger, (uint32_t)slot,
 			             KOBO_VOID_COMPENSATED, refusal, now_ms);
 		} else if (transfer->pending) {
-			kobo_transfer *held =
-				transfer_touch(ledger, (uint32_t)slot);
-			held->status = KOBO_STATUS_PENDING;
-			held->updated_at_ms = now_ms;
-			end_saga_step(held, KOBO_RESULT_CREATED);
+			end_saga_step_pending(ledger, (uint32_t)slot,
+			                      KOBO_RESULT_CREATED, now_ms);
 		} else if (post_fits(ledger, transfer, transfer->amount)) {
 			post_hold(ledger, (uint32_t)slot, transfer->amount,
 			          now_ms);
@@ -1231,11 +1243,8 @@ static kobo_result_code apply_saga_settle(kobo_ledger *ledger,
 		break;
 	case KOBO_SAGA_POSTING:
 		if (refused) {
-			kobo_transfer *held =
-				transfer_touch(ledger, (uint32_t)slot);
-			held->status = KOBO_STATUS_PENDING;
-			held->updated_at_ms = now_ms;
-			end_saga_step(held, refusal);
+			end_saga_step_pending(ledger, (uint32_t)slot, refusal,
+			                      now_ms);
 		} else if (post_fits(ledger, transfer, transfer->saga_amount)) {
 			post_hold(ledger, (uint32_t)slot,
 			          transfer->saga_amount, now_ms);
