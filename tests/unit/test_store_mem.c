@@ -506,8 +506,8 @@ static void readers_on_other_threads_never_see_half_a_batch(void **state)
 	atomic_init(&w.reads, 0);
 	assert_int_equal(pthread_create(&thread, NULL, watch_history, &w), 0);
 	/* At least 300 batches, and on a busy machine until the reader has
-	 * looked a few times while they land (bounded). */
-	for (int i = 0; i < 300 || (atomic_load(&w.reads) < 20 && i < 100000); i++) {
+	 * looked a few times while they land (bounded: alice funds 3,333). */
+	for (int i = 0; i < 300 || (atomic_load(&w.reads) < 20 && i < 3000); i++) {
 		char a[32], b[32];
 		snprintf(a, sizeof a, "p-%d-a", i);
 		snprintf(b, sizeof b, "p-%d-b", i);
