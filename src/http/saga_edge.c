@@ -53,6 +53,7 @@ static void single_settled(void *ctx, const kobo_transfer *transfer, bool timed_
 		kobo_result outcome;
 		kobo_http_saga_outcome(transfer, x->saga_kind, x->saga_replayed, &outcome);
 		kobo_http_reply_result(&x->reply, &outcome, x->request_id);
+		x->reply.replayed = x->saga_replayed; /* a replayed refusal too */
 	} else if (transfer) {
 		kobo_http_reply_accepted(&x->reply, transfer);
 		x->reply.replayed = x->saga_replayed;

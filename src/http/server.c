@@ -333,8 +333,10 @@ static void on_done(kobo_request *request)
 		kobo__http_wait_saga(x, &x->results[0]);
 		return; /* answered when the saga settles */
 	} else {
+		bool replayed = x->results[0].code == KOBO_RESULT_REPLAYED;
 		kobo__http_settled_result(&x->ops.ops[0], &x->results[0]);
 		kobo_http_reply_result(&x->reply, &x->results[0], x->request_id);
+		x->reply.replayed = replayed; /* a replayed refusal too */
 	}
 	kobo__http_resume(x);
 }
