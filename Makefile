@@ -6,6 +6,7 @@
 #                   a short fuzz run
 #   make fuzz       longer fuzz run (FUZZ_SECONDS, default 300)
 #   make bench      standard benchmark set; appends results to docs/benchmarks.md
+#   make bench-shards  shards 1/2/4 × 0/10/100 % cross-shard, backlog after kill -9
 #
 # Sources are found by folder, so a new .c file needs no Makefile change:
 #   src/{ledger,store,shard,saga,http,obs}/*.c  the core library (libkobo)
@@ -39,7 +40,7 @@ objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 REL := build
 SAN := build/asan
 
-.PHONY: all run test unit system fuzz fuzz-smoke bench deps test-deps measure-libs clean
+.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards deps test-deps measure-libs clean
 all: $(REL)/kobod $(REL)/kobo $(REL)/kobo-bench
 
 # ---- Compilation (one pattern per build flavour). ----
@@ -131,6 +132,9 @@ fuzz: $(FUZZ_BINS)
 
 bench: deps all
 	@scripts/bench.sh
+
+bench-shards: deps all
+	@scripts/bench-shards.sh
 
 # Compares the JSON library candidates on this machine (docs/benchmarks.md).
 measure-libs:
