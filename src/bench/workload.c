@@ -385,6 +385,7 @@ static void setup_finish(bench_job *job, bench_worker *worker, bench_conn *conn,
 	setup_ctx *ctx = job->ctx;
 	const char *what = ctx->kind == SETUP_ACCOUNTS ? "account" : "funding";
 	bool transient = status_is_transient(status);
+	bool processing = status == 202;
 	bool ok = false;
 	if (ctx->kind == SETUP_ACCOUNTS || ctx->run->config->setup_batch == 0) {
 		ok = status == 201 || status == 200;
@@ -398,6 +399,8 @@ static void setup_finish(bench_job *job, bench_worker *worker, bench_conn *conn,
 		for (size_t i = 0; ok && i < n; i++) {
 			if (status_is_transient(statuses[i]))
 				transient = true;
+			if (statuses[i] == 202)
+				processing = true;
 			if (statuses[i] != 200 && statuses[i] != 201) {
 				ok = false;
 				status = statuses[i];
@@ -406,9 +409,14 @@ static void setup_finish(bench_job *job, bench_worker *worker, bench_conn *conn,
 	}
 	if (ok)
 		return;
-	if (transient && conn->attempt + 1 < BENCH_SETUP_ATTEMPTS_MAX) {
-		bench_retry_push(worker, conn->tag, conn->attempt + 1,
-		           now_us + 50000ll * (conn->attempt + 1));
+	/* Sagas still running (the server answers 202 at once when too many
+	 * requests wait for sagas) settle on their own: ask again later, for
+	 * longer than for a refusal. */
+	uint32_t attempts = processing ? BENCH_SETUP_PROCESSING_ATTEMPTS_MAX
+	                               : BENCH_SETUP_ATTEMPTS_MAX;
+	if (transient && conn->attempt + 1 < attempts) {
+		int64_t delay_us = processing ? 500000 : 50000ll * (conn->attempt + 1);
+		bench_retry_push(worker, conn->tag, conn->attempt + 1, now_us + delay_us);
 		return;
 	}
 	setup_failure(ctx, what, conn->tag, status, body, body_len);
