@@ -1223,9 +1223,11 @@ static kobo_result_code apply_saga_settle(kobo_ledger *ledger,
 	bool refused = op->u.settle.refused;
 	kobo_result_code refusal = op->u.settle.refusal;
 	kobo_result_code code = KOBO_RESULT_UPDATED;
-	switch (transfer->saga) {
+	kobo_saga_state step = op->u.settle.step;
+	switch (step != KOBO_SAGA_NONE && step != transfer->saga ? KOBO_SAGA_NONE
+	                                                        : transfer->saga) {
 	case KOBO_SAGA_NONE:
-		code = KOBO_RESULT_REPLAYED; /* already settled */
+		code = KOBO_RESULT_REPLAYED; /* already settled, or a stale answer */
 		break;
 	case KOBO_SAGA_RESERVED:
 		if (refused) {
@@ -1523,6 +1525,7 @@ static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
 			break;
 		case KOBO_OP_SAGA_SETTLE:
 			if (op->atomic_group != 0 ||
+			    (unsigned)op->u.settle.step > KOBO_SAGA_VOIDING ||
 			    (op->u.settle.refused &&
 			     (unsigned)op->u.settle.refusal >=
 			             KOBO_RESULT_CODE_COUNT))

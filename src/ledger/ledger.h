@@ -245,6 +245,11 @@ typedef struct kobo_op {
 			char id[KOBO_ID_LEN_MAX + 1];
 			bool refused;               /* B refused for good */
 			kobo_result_code refusal;   /* why, when refused */
+			/* The step B answered: the settle applies only while
+			 * the record is still in it, so a late or repeated
+			 * answer can never settle a later step. NONE: not
+			 * checked (hand-built test ops). */
+			kobo_saga_state step;
 		} settle;
 	} u;
 } kobo_op;
@@ -337,8 +342,9 @@ int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer)
  *     different record -> ID_CONFLICT. Else records a REJECTED CREDIT leg
  *     with error SAGA_TIMEOUT so a late SAGA_CREDIT replays the refusal.
  *     Result CREATED.
- *   SAGA_SETTLE on A (step 3). Unknown id -> TRANSFER_NOT_FOUND; saga NONE
- *     -> REPLAYED (already settled). Otherwise, by saga state:
+ *   SAGA_SETTLE on A (step 3). Unknown id -> TRANSFER_NOT_FOUND; saga NONE,
+ *     or a saga state other than u.settle.step (when set) -> REPLAYED
+ *     (already settled; nothing changes). Otherwise, by saga state:
  *       RESERVED, credited: pending -> status PENDING (hold stays);
  *                 else the hold is posted in full -> POSTED.
  *       RESERVED, refused:  hold released -> VOIDED, void_reason

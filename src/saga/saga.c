@@ -57,6 +57,7 @@ static void settle_init(const kobo_transfer *a_record, kobo_op *settle,
 	memcpy(settle->u.settle.id, a_record->id, sizeof(settle->u.settle.id));
 	settle->u.settle.refused = refused;
 	settle->u.settle.refusal = refused ? refusal : KOBO_RESULT_CREATED;
+	settle->u.settle.step = a_record->saga;
 }
 
 /* B's answer to SAGA_CREDIT / SAGA_ABORT: the CREDIT leg exists (credited),

@@ -683,6 +683,27 @@ static void test_post_debit_starts_posting(void **state)
 	EXPECT_BALANCE(&shard_a, "payer", 800, 0, 0);
 }
 
+/* An answer that belongs to an earlier step (RESERVED) arriving while the
+ * record is POSTING changes nothing: only the step's own answer settles it. */
+static void test_settle_of_another_step_is_stale(void **state)
+{
+	(void)state;
+	pending_debit("t1", 0);
+	apply(&shard_a, op_post_amount("t1", 200));
+	kobo_op stale = op_credited("t1");
+	stale.u.settle.step = KOBO_SAGA_RESERVED;
+	EXPECT_CODE(apply(&shard_a, stale), KOBO_RESULT_REPLAYED);
+	EXPECT_SAGA(transfer_of(&shard_a, "t1"), KOBO_SAGA_POSTING);
+	EXPECT_BALANCE(&shard_a, "payer", 1000, 300, 0);
+	kobo_op own = op_credited("t1");
+	own.u.settle.step = KOBO_SAGA_POSTING;
+	EXPECT_CODE(apply(&shard_a, own), KOBO_RESULT_UPDATED);
+	EXPECT_BALANCE(&shard_a, "payer", 800, 0, 0);
+	kobo_result result;
+	own.u.settle.step = (kobo_saga_state)(KOBO_SAGA_VOIDING + 1);
+	assert_int_equal(run(&shard_a, &own, 1, NOW_MS, &result), KOBO_EINVAL);
+}
+
 static void test_post_debit_checks_amount(void **state)
 {
 	(void)state;
@@ -1101,6 +1122,7 @@ int main(void)
 		T(test_settle_reserved_refused_compensates),
 		T(test_settle_unknown_and_local),
 		T(test_post_debit_starts_posting),
+		T(test_settle_of_another_step_is_stale),
 		T(test_post_debit_checks_amount),
 		T(test_settle_posting_refused),
 		T(test_void_debit_starts_voiding),

@@ -114,6 +114,7 @@ static void settle_reads_b_answers(void **state)
 	assert_int_equal(settle.kind, KOBO_OP_SAGA_SETTLE);
 	assert_string_equal(settle.u.settle.id, "tx:1");
 	assert_false(settle.u.settle.refused);
+	assert_int_equal(settle.u.settle.step, KOBO_SAGA_RESERVED);
 	assert_string_equal(settle.request_id, "req-1");
 	r = credit_result(KOBO_RESULT_REPLAYED, KOBO_STATUS_POSTED, KOBO_RESULT_CREATED);
 	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
@@ -152,6 +153,7 @@ static void settle_reads_b_answers(void **state)
 	r.code = KOBO_RESULT_UPDATED;
 	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
 	assert_false(settle.u.settle.refused);
+	assert_int_equal(settle.u.settle.step, KOBO_SAGA_POSTING);
 	r = credit_result(KOBO_RESULT_REPLAYED, KOBO_STATUS_POSTED, KOBO_RESULT_CREATED);
 	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
 	memset(&r, 0, sizeof(r));
