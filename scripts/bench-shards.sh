@@ -103,6 +103,7 @@ for round in 1 2 3; do
 	load=$!
 	sleep 4
 	stop_kobod KILL
+	kill "$load" 2>/dev/null || true
 	wait "$load" 2>/dev/null || true
 	in_flight=$(build/kobo audit --data "$data" 2>/dev/null | sed -n 's/^sagas in flight: \([0-9]*\).*/\1/p' | head -1)
 	started=$(date +%s%N)
