@@ -96,12 +96,14 @@ done
 recovery=()
 data="$tmp/data-kill"
 start_kobod 4 "$data"
-build/kobo-bench --url "$url" --accounts "$ACCOUNTS" --shards 4 --setup-only >/dev/null 2>&1 || true
 for round in 1 2 3; do
+	# Each run creates and funds its accounts first (~10 s for 100,000),
+	# then loads: the kill lands 5 s into the load.
 	build/kobo-bench --url "$url" --accounts "$ACCOUNTS" --shards 4 --cross-shard 100 \
-		--connections "$CONNECTIONS" --duration 30 --no-verify >/dev/null 2>&1 &
+		--connections "$CONNECTIONS" --duration 30 --no-verify >"$tmp/load.out" 2>&1 &
 	load=$!
-	sleep 4
+	for _ in $(seq 600); do grep -q "setup done" "$tmp/load.out" && break; sleep 0.1; done
+	sleep 5
 	stop_kobod KILL
 	kill "$load" 2>/dev/null || true
 	wait "$load" 2>/dev/null || true
@@ -150,7 +152,7 @@ machine="$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' 
 	printf '%s\n' "${rows[@]}"
 	echo
 	echo "Backlog after \`kill -9\` (4 shards, 100 % cross-shard load, $CONNECTIONS connections,"
-	echo "killed 4 s into each run, restarted at once; sagas in flight counted by"
+	echo "killed 5 s into each run, restarted at once; sagas in flight counted by"
 	echo "\`kobo audit\` on the stopped data; settled = \`kobo_sagas_active\` back to 0):"
 	echo
 	echo "| round | sagas in flight at the kill | restart to ready | ready to settled |"
