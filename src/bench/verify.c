@@ -108,6 +108,51 @@ static const char *json_str_at(json_t *object, const char *key)
 	return s ? s : "";
 }
 
+/* Sends GET /v1/transfers/{id} for bench transfer k on conn. */
+static int get_transfer(verify_ctx *ctx, bench_conn *conn, uint64_t k)
+{
+	char path[KOBO_ID_LEN_MAX + 32];
+	char id[KOBO_ID_LEN_MAX + 1];
+	bench_transfer_id(ctx->run->config, k, id);
+	snprintf(path, sizeof(path), "/v1/transfers/%s", id);
+	if (bench_conn_request(conn, "GET", path, NULL, 0) != KOBO_OK)
+		return BENCH_JOB_DONE;
+	return BENCH_JOB_SENT;
+}
+
+/* Runs the job next/finish over list[0..*len) in rounds while any of its
+ * items still has the outcome `pending`, until deadline_us or a stop: after
+ * each round the list keeps only the items still pending, and the next round
+ * starts pause_us later. */
+static void run_rounds(verify_ctx *ctx, uint64_t *list, uint64_t *len, uint8_t pending,
+                       int (*next)(bench_job *, bench_worker *, bench_conn *, int64_t, int64_t *),
+                       void (*finish)(bench_job *, bench_worker *, bench_conn *, int, const char *,
+                                      size_t, int64_t),
+                       int64_t pause_us, int64_t deadline_us)
+{
+	bench_run *run = ctx->run;
+	while (*len > 0 && kobo_monotonic_us() < deadline_us && !atomic_load(&bench_stop_requested)) {
+		atomic_store(&run->items_next, 0);
+		bench_job job = {
+			.next = next,
+			.finish = finish,
+			.stop_sending_us = deadline_us,
+			.abandon_us = deadline_us,
+			.ctx = ctx,
+		};
+		bench_run_job(run->workers, run->worker_count, &job);
+		uint64_t still = 0;
+		for (uint64_t i = 0; i < *len; i++)
+			if (run->outcomes[list[i]] == pending)
+				list[still++] = list[i];
+		*len = still;
+		if (still > 0) {
+			struct timespec pause = {.tv_nsec = pause_us * 1000};
+			nanosleep(&pause, NULL);
+		}
+	}
+}
+
 /* ---- 0. Transfers answered 202: wait until their sagas settle. ---- */
 
 static int settle_next(bench_job *job, bench_worker *worker, bench_conn *conn, int64_t now_us,
@@ -120,13 +165,7 @@ static int settle_next(bench_job *job, bench_worker *worker, bench_conn *conn, i
 	if (rc != BENCH_JOB_SENT)
 		return rc;
 	conn->tag = ctx->accepted[item];
-	char path[KOBO_ID_LEN_MAX + 32];
-	char id[KOBO_ID_LEN_MAX + 1];
-	bench_transfer_id(ctx->run->config, conn->tag, id);
-	snprintf(path, sizeof(path), "/v1/transfers/%s", id);
-	if (bench_conn_request(conn, "GET", path, NULL, 0) != KOBO_OK)
-		return BENCH_JOB_DONE;
-	return BENCH_JOB_SENT;
+	return get_transfer(ctx, conn, conn->tag);
 }
 
 static void settle_finish(bench_job *job, bench_worker *worker, bench_conn *conn, int status,
@@ -181,28 +220,8 @@ static void settle_finish(bench_job *job, bench_worker *worker, bench_conn *conn
 
 static void run_settle(verify_ctx *ctx, int64_t deadline_us)
 {
-	bench_run *run = ctx->run;
-	while (ctx->accepted_len > 0 && kobo_monotonic_us() < deadline_us &&
-	       !atomic_load(&bench_stop_requested)) {
-		atomic_store(&run->items_next, 0);
-		bench_job job = {
-			.next = settle_next,
-			.finish = settle_finish,
-			.stop_sending_us = deadline_us,
-			.abandon_us = deadline_us,
-			.ctx = ctx,
-		};
-		bench_run_job(run->workers, run->worker_count, &job);
-		uint64_t still = 0;
-		for (uint64_t i = 0; i < ctx->accepted_len; i++)
-			if (run->outcomes[ctx->accepted[i]] == BENCH_OUTCOME_ACCEPTED)
-				ctx->accepted[still++] = ctx->accepted[i];
-		ctx->accepted_len = still;
-		if (still > 0) {
-			struct timespec pause = {.tv_nsec = SETTLE_ROUND_PAUSE_US * 1000};
-			nanosleep(&pause, NULL);
-		}
-	}
+	run_rounds(ctx, ctx->accepted, &ctx->accepted_len, BENCH_OUTCOME_ACCEPTED, settle_next,
+	           settle_finish, SETTLE_ROUND_PAUSE_US, deadline_us);
 }
 
 /* ---- 1. Resolution of unknown outcomes. ---- */
@@ -267,28 +286,8 @@ static void resolve_finish(bench_job *job, bench_worker *worker, bench_conn *con
 
 static void run_resolution(verify_ctx *ctx, int64_t deadline_us)
 {
-	bench_run *run = ctx->run;
-	while (ctx->unknown_len > 0 && kobo_monotonic_us() < deadline_us &&
-	       !atomic_load(&bench_stop_requested)) {
-		atomic_store(&run->items_next, 0);
-		bench_job job = {
-			.next = resolve_next,
-			.finish = resolve_finish,
-			.stop_sending_us = deadline_us,
-			.abandon_us = deadline_us,
-			.ctx = ctx,
-		};
-		bench_run_job(run->workers, run->worker_count, &job);
-		uint64_t still = 0;
-		for (uint64_t i = 0; i < ctx->unknown_len; i++)
-			if (run->outcomes[ctx->unknown[i]] == BENCH_OUTCOME_UNKNOWN)
-				ctx->unknown[still++] = ctx->unknown[i];
-		ctx->unknown_len = still;
-		if (still > 0) {
-			struct timespec pause = {.tv_nsec = RESOLVE_ROUND_PAUSE_US * 1000};
-			nanosleep(&pause, NULL);
-		}
-	}
+	run_rounds(ctx, ctx->unknown, &ctx->unknown_len, BENCH_OUTCOME_UNKNOWN, resolve_next,
+	           resolve_finish, RESOLVE_ROUND_PAUSE_US, deadline_us);
 }
 
 /* ---- 2. Every acknowledged transfer exists, posted, as sent. ---- */
@@ -305,13 +304,7 @@ static int transfer_next(bench_job *job, bench_worker *worker, bench_conn *conn,
 	conn->tag = ctx->acked[item];
 	conn->tag_count = item;
 	conn->attempt = attempt;
-	char path[KOBO_ID_LEN_MAX + 32];
-	char id[KOBO_ID_LEN_MAX + 1];
-	bench_transfer_id(ctx->run->config, conn->tag, id);
-	snprintf(path, sizeof(path), "/v1/transfers/%s", id);
-	if (bench_conn_request(conn, "GET", path, NULL, 0) != KOBO_OK)
-		return BENCH_JOB_DONE;
-	return BENCH_JOB_SENT;
+	return get_transfer(ctx, conn, conn->tag);
 }
 
 static void transfer_finish(bench_job *job, bench_worker *worker, bench_conn *conn, int status,
@@ -513,6 +506,30 @@ done:
 	free(unknown_credits);
 }
 
+/* How many of transfers 0..sent-1 have the outcome. */
+static uint64_t count_outcome(const bench_run *run, uint64_t sent, uint8_t outcome)
+{
+	uint64_t count = 0;
+	for (uint64_t k = 0; k < sent; k++)
+		count += run->outcomes[k] == outcome;
+	return count;
+}
+
+/* A new list of the first (at most UNKNOWN_TRACKED_MAX) of the `count`
+ * transfers among 0..sent-1 with the outcome, its length in *len; NULL when
+ * out of memory. */
+static uint64_t *list_outcome(const bench_run *run, uint64_t sent, uint8_t outcome, uint64_t count,
+                              uint64_t *len)
+{
+	uint64_t *list = malloc((count < UNKNOWN_TRACKED_MAX ? count : UNKNOWN_TRACKED_MAX) *
+	                        sizeof(*list));
+	*len = 0;
+	for (uint64_t k = 0; list && k < sent && *len < UNKNOWN_TRACKED_MAX; k++)
+		if (run->outcomes[k] == outcome)
+			list[(*len)++] = k;
+	return list;
+}
+
 void bench_verify(bench_run *run, bench_verify_report *report)
 {
 	const bench_config *config = run->config;
@@ -529,23 +546,15 @@ void bench_verify(bench_run *run, bench_verify_report *report)
 		sent = BENCH_TRANSFERS_MAX;
 
 	/* 0. Wait for transfers answered 202, within a quarter of the budget. */
-	uint64_t accepted = 0;
-	for (uint64_t k = 0; k < sent; k++)
-		accepted += run->outcomes[k] == BENCH_OUTCOME_ACCEPTED;
+	uint64_t accepted = count_outcome(run, sent, BENCH_OUTCOME_ACCEPTED);
 	report->accepted = accepted;
 	if (accepted > 0) {
-		ctx.accepted = malloc((accepted < UNKNOWN_TRACKED_MAX ? accepted : UNKNOWN_TRACKED_MAX) *
-		                      sizeof(*ctx.accepted));
-		for (uint64_t k = 0; ctx.accepted && k < sent && ctx.accepted_len < UNKNOWN_TRACKED_MAX; k++)
-			if (run->outcomes[k] == BENCH_OUTCOME_ACCEPTED)
-				ctx.accepted[ctx.accepted_len++] = k;
+		ctx.accepted = list_outcome(run, sent, BENCH_OUTCOME_ACCEPTED, accepted, &ctx.accepted_len);
 		fprintf(stderr, "verify: %llu transfers were answered 202 (processing); waiting for their "
 		        "sagas to settle\n", (unsigned long long)accepted);
 		if (ctx.accepted)
 			run_settle(&ctx, started_us + (deadline_us - started_us) / 4);
-		uint64_t still = 0;
-		for (uint64_t k = 0; k < sent; k++)
-			still += run->outcomes[k] == BENCH_OUTCOME_ACCEPTED;
+		uint64_t still = count_outcome(run, sent, BENCH_OUTCOME_ACCEPTED);
 		report->unsettled = still;
 		report->compensated = atomic_load(&ctx.compensated);
 		fprintf(stderr, "verify: %llu of them settled (%llu compensated: the payer refunded)%s\n",
@@ -556,25 +565,16 @@ void bench_verify(bench_run *run, bench_verify_report *report)
 	}
 
 	/* 1. Resolve unknown outcomes, within a quarter of the budget. */
-	uint64_t unknown = 0, acked = 0;
-	for (uint64_t k = 0; k < sent; k++) {
-		unknown += run->outcomes[k] == BENCH_OUTCOME_UNKNOWN;
-		acked += run->outcomes[k] == BENCH_OUTCOME_POSTED;
-	}
+	uint64_t unknown = count_outcome(run, sent, BENCH_OUTCOME_UNKNOWN);
+	uint64_t acked = count_outcome(run, sent, BENCH_OUTCOME_POSTED);
 	report->unknown = unknown;
 	if (unknown > 0) {
-		ctx.unknown = malloc((unknown < UNKNOWN_TRACKED_MAX ? unknown : UNKNOWN_TRACKED_MAX) *
-		                     sizeof(*ctx.unknown));
-		for (uint64_t k = 0; ctx.unknown && k < sent && ctx.unknown_len < UNKNOWN_TRACKED_MAX; k++)
-			if (run->outcomes[k] == BENCH_OUTCOME_UNKNOWN)
-				ctx.unknown[ctx.unknown_len++] = k;
+		ctx.unknown = list_outcome(run, sent, BENCH_OUTCOME_UNKNOWN, unknown, &ctx.unknown_len);
 		fprintf(stderr, "verify: %llu transfers of unknown outcome; sending them again (same ids) "
 		        "to learn it\n", (unsigned long long)unknown);
 		if (ctx.unknown)
 			run_resolution(&ctx, kobo_monotonic_us() + (deadline_us - started_us) / 4);
-		uint64_t still = 0;
-		for (uint64_t k = 0; k < sent; k++)
-			still += run->outcomes[k] == BENCH_OUTCOME_UNKNOWN;
+		uint64_t still = count_outcome(run, sent, BENCH_OUTCOME_UNKNOWN);
 		report->unresolved = still;
 		if (still > 0)
 			fprintf(stderr, "verify: %llu transfers still of unknown outcome: their accounts are "

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "../../src/ledger/ledger.h"
+#include "test_ops.h"
 
 #define NOW_MS 1700000000000LL
 #define OPS_MAX 64
@@ -134,47 +135,12 @@ static kobo_op op_account(const char *id, const char *currency,
 	return op;
 }
 
-static kobo_op op_transfer(const char *id, const char *from, const char *to,
-                           int64_t amount)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof(op));
-	op.kind = KOBO_OP_CREATE_TRANSFER;
-	snprintf(op.request_id, sizeof(op.request_id), "req-%s", id);
-	snprintf(op.u.transfer.id, sizeof(op.u.transfer.id), "%s", id);
-	snprintf(op.u.transfer.from, sizeof(op.u.transfer.from), "%s", from);
-	snprintf(op.u.transfer.to, sizeof(op.u.transfer.to), "%s", to);
-	snprintf(op.u.transfer.currency, sizeof(op.u.transfer.currency), "NGN");
-	op.u.transfer.amount = amount;
-	op.u.transfer.metadata = "{}";
-	op.u.transfer.metadata_len = 2;
-	return op;
-}
-
 static kobo_op op_hold(const char *id, const char *from, const char *to,
                        int64_t amount, uint32_t timeout_seconds)
 {
 	kobo_op op = op_transfer(id, from, to, amount);
 	op.u.transfer.pending = true;
 	op.u.transfer.timeout_seconds = timeout_seconds;
-	return op;
-}
-
-static kobo_op op_target(kobo_op_kind kind, const char *id)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof(op));
-	op.kind = kind;
-	snprintf(op.request_id, sizeof(op.request_id), "req-target");
-	snprintf(op.u.target.id, sizeof(op.u.target.id), "%s", id);
-	return op;
-}
-
-static kobo_op op_post_amount(const char *id, int64_t amount)
-{
-	kobo_op op = op_target(KOBO_OP_POST, id);
-	op.u.target.has_amount = true;
-	op.u.target.amount = amount;
 	return op;
 }
 

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "../../src/ledger/ledger.h"
+#include "test_ops.h"
 
 #define NOW_MS 1700000000000LL
 #define OPS_MAX 8
@@ -245,29 +246,11 @@ static int teardown(void **state)
 
 /* ---- Ops. ---- */
 
-static kobo_op op_local(const char *id, const char *from, const char *to,
-                        int64_t amount)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof(op));
-	op.kind = KOBO_OP_CREATE_TRANSFER;
-	snprintf(op.request_id, sizeof(op.request_id), "req-%s", id);
-	kobo_transfer *t = &op.u.transfer;
-	snprintf(t->id, sizeof(t->id), "%s", id);
-	snprintf(t->from, sizeof(t->from), "%s", from);
-	snprintf(t->to, sizeof(t->to), "%s", to);
-	snprintf(t->currency, sizeof(t->currency), "NGN");
-	t->amount = amount;
-	t->metadata = "{}";
-	t->metadata_len = 2;
-	return op;
-}
-
 /* Step 1 on A: payer -> payee (on B), through clearing:B. */
 static kobo_op op_debit(const char *id, int64_t amount, bool pending,
                         uint32_t timeout_seconds)
 {
-	kobo_op op = op_local(id, "payer", "payee", amount);
+	kobo_op op = op_transfer(id, "payer", "payee", amount);
 	op.u.transfer.pending = pending;
 	op.u.transfer.timeout_seconds = timeout_seconds;
 	op.u.transfer.leg = KOBO_LEG_DEBIT;
@@ -293,35 +276,11 @@ static kobo_op op_credit(const char *id, int64_t amount, bool pending)
 	                     KOBO_OP_SAGA_CREDIT);
 }
 
-static kobo_op op_target(kobo_op_kind kind, const char *id)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof(op));
-	op.kind = kind;
-	snprintf(op.request_id, sizeof(op.request_id), "req-target");
-	snprintf(op.u.target.id, sizeof(op.u.target.id), "%s", id);
-	return op;
-}
-
-static kobo_op op_post_amount(const char *id, int64_t amount)
-{
-	kobo_op op = op_target(KOBO_OP_POST, id);
-	op.u.target.has_amount = true;
-	op.u.target.amount = amount;
-	return op;
-}
-
+/* Step 3 on A; these tests name every settle "req-settle". */
 static kobo_op op_settle(const char *id, bool refused,
                          kobo_result_code refusal)
 {
-	kobo_op op;
-	memset(&op, 0, sizeof(op));
-	op.kind = KOBO_OP_SAGA_SETTLE;
-	snprintf(op.request_id, sizeof(op.request_id), "req-settle");
-	snprintf(op.u.settle.id, sizeof(op.u.settle.id), "%s", id);
-	op.u.settle.refused = refused;
-	op.u.settle.refusal = refusal;
-	return op;
+	return test_op_named(test_op_settle(id, refused, refusal), "req-settle");
 }
 
 static kobo_op op_credited(const char *id)
@@ -416,7 +375,7 @@ static void test_debit_create_replay_and_conflict(void **state)
 	kobo_op other_clearing = debit;
 	snprintf(other_clearing.u.transfer.clearing,
 	         sizeof(other_clearing.u.transfer.clearing), "clearing:C");
-	kobo_op local = op_local("t1", "payer", "cash", 300);
+	kobo_op local = op_transfer("t1", "payer", "cash", 300);
 	kobo_op other_leg = debit; /* differs only by its leg */
 	other_leg.kind = KOBO_OP_SAGA_CREDIT;
 	other_leg.u.transfer.leg = KOBO_LEG_CREDIT;
@@ -540,7 +499,7 @@ static void test_credit_id_conflict_with_local(void **state)
 {
 	(void)state;
 	put(&shard_b, "other", "NGN", true, 0);
-	EXPECT_CODE(apply(&shard_b, op_local("t1", "other", "payee", 5)),
+	EXPECT_CODE(apply(&shard_b, op_transfer("t1", "other", "payee", 5)),
 	            KOBO_RESULT_CREATED);
 	kobo_result result = apply(&shard_b, op_credit("t1", 5, false));
 	EXPECT_CODE(result, KOBO_RESULT_ID_CONFLICT);
@@ -643,7 +602,7 @@ static void test_settle_unknown_and_local(void **state)
 	(void)state;
 	EXPECT_CODE(apply(&shard_a, op_credited("nope")),
 	            KOBO_RESULT_TRANSFER_NOT_FOUND);
-	apply(&shard_a, op_local("t1", "payer", "cash", 5));
+	apply(&shard_a, op_transfer("t1", "payer", "cash", 5));
 	EXPECT_CODE(apply(&shard_a, op_credited("t1")), KOBO_RESULT_REPLAYED);
 }
 
@@ -858,7 +817,7 @@ static void test_legs_and_saga_ops_refused_in_groups(void **state)
 {
 	(void)state;
 	kobo_op debit = op_debit("t1", 10, false, 0);
-	kobo_op ops[2] = {op_local("t0", "payer", "cash", 1), debit};
+	kobo_op ops[2] = {op_transfer("t0", "payer", "cash", 1), debit};
 	ops[0].atomic_group = ops[1].atomic_group = 1;
 	expect_refused(&shard_a, ops, 2);
 	kobo_op credit = op_credit_for(debit, KOBO_OP_SAGA_CREDIT);
@@ -878,7 +837,7 @@ static void test_invalid_leg_ops_refused(void **state)
 	kobo_op no_clearing = op_debit("t1", 10, false, 0);
 	no_clearing.u.transfer.clearing[0] = '\0';
 	expect_refused(&shard_a, &no_clearing, 1);
-	kobo_op local_with_clearing = op_local("t1", "payer", "cash", 10);
+	kobo_op local_with_clearing = op_transfer("t1", "payer", "cash", 10);
 	snprintf(local_with_clearing.u.transfer.clearing,
 	         sizeof(local_with_clearing.u.transfer.clearing), "clearing:B");
 	expect_refused(&shard_a, &local_with_clearing, 1);

@@ -23,6 +23,7 @@
 
 #include "../../src/ledger/ledger.h"
 #include "../../src/store/store.h"
+#include "test_ops.h"
 
 #define TEST_OPS_MAX 1000
 
@@ -51,89 +52,6 @@ static int teardown(void **state)
 	kobo_ledger_destroy(e->ledger);
 	free(e);
 	return 0;
-}
-
-/* ---- Ops. ---- */
-
-static const char default_metadata[] = "{}";
-
-static kobo_op op_account(const char *id, const char *currency, bool allow_negative,
-                          const char *metadata)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof op);
-	op.kind = KOBO_OP_CREATE_ACCOUNT;
-	snprintf(op.request_id, sizeof op.request_id, "req-%s", id);
-	snprintf(op.u.account.id, sizeof op.u.account.id, "%s", id);
-	snprintf(op.u.account.currency, sizeof op.u.account.currency, "%s", currency);
-	op.u.account.allow_negative = allow_negative;
-	op.u.account.metadata = metadata != NULL ? metadata : default_metadata;
-	op.u.account.metadata_len = (uint32_t)strlen(op.u.account.metadata);
-	return op;
-}
-
-static kobo_op op_transfer(const char *id, const char *from, const char *to,
-                           int64_t amount, bool pending, uint32_t timeout_seconds)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof op);
-	op.kind = KOBO_OP_CREATE_TRANSFER;
-	snprintf(op.request_id, sizeof op.request_id, "req-%s", id);
-	snprintf(op.u.transfer.id, sizeof op.u.transfer.id, "%s", id);
-	snprintf(op.u.transfer.from, sizeof op.u.transfer.from, "%s", from);
-	snprintf(op.u.transfer.to, sizeof op.u.transfer.to, "%s", to);
-	snprintf(op.u.transfer.currency, sizeof op.u.transfer.currency, "NGN");
-	op.u.transfer.amount = amount;
-	op.u.transfer.pending = pending;
-	op.u.transfer.timeout_seconds = timeout_seconds;
-	op.u.transfer.metadata = "{\"note\":\"suya\"}";
-	op.u.transfer.metadata_len = (uint32_t)strlen(op.u.transfer.metadata);
-	return op;
-}
-
-static kobo_op op_target(kobo_op_kind kind, const char *id, bool has_amount,
-                         int64_t amount)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof op);
-	op.kind = kind;
-	snprintf(op.request_id, sizeof op.request_id, "req-%s-%d", id, (int)kind);
-	snprintf(op.u.target.id, sizeof op.u.target.id, "%s", id);
-	op.u.target.has_amount = has_amount;
-	op.u.target.amount = amount;
-	return op;
-}
-
-static kobo_op op_debit(const char *id, const char *from, const char *to,
-                        const char *clearing, int64_t amount, bool pending,
-                        uint32_t timeout_seconds)
-{
-	kobo_op op = op_transfer(id, from, to, amount, pending, timeout_seconds);
-	op.u.transfer.leg = KOBO_LEG_DEBIT;
-	snprintf(op.u.transfer.clearing, sizeof op.u.transfer.clearing, "%s", clearing);
-	return op;
-}
-
-static kobo_op op_credit(const char *id, const char *from, const char *to,
-                         const char *clearing, int64_t amount, bool pending)
-{
-	kobo_op op = op_transfer(id, from, to, amount, pending, 0);
-	op.kind = KOBO_OP_SAGA_CREDIT;
-	op.u.transfer.leg = KOBO_LEG_CREDIT;
-	snprintf(op.u.transfer.clearing, sizeof op.u.transfer.clearing, "%s", clearing);
-	return op;
-}
-
-static kobo_op op_settle(const char *id, bool refused, kobo_result_code refusal)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof op);
-	op.kind = KOBO_OP_SAGA_SETTLE;
-	snprintf(op.request_id, sizeof op.request_id, "req-%s-settle", id);
-	snprintf(op.u.settle.id, sizeof op.u.settle.id, "%s", id);
-	op.u.settle.refused = refused;
-	op.u.settle.refusal = refusal;
-	return op;
 }
 
 /* ---- Batches. ---- */
@@ -199,10 +117,10 @@ static int run_batch(env *e, const kobo_op *ops, size_t count, int64_t now_ms)
 static void seed(env *e, int64_t now_ms)
 {
 	kobo_op ops[] = {
-		op_account("cash", "NGN", true, NULL),
-		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
-		op_account("bob", "NGN", false, NULL),
-		op_transfer("t-fund", "cash", "alice", 10000, false, 0),
+		test_op_account("cash", "NGN", true, NULL),
+		test_op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		test_op_account("bob", "NGN", false, NULL),
+		test_op_transfer("t-fund", "cash", "alice", 10000, false, 0),
 	};
 	assert_int_equal(run_batch(e, ops, 4, now_ms), KOBO_OK);
 	assert_int_equal(e->results[3].code, KOBO_RESULT_CREATED);
@@ -309,12 +227,12 @@ static void batch_round_trip_through_ledger(void **state)
 	/* The op's metadata buffer is the caller's: the store keeps copies. */
 	snprintf(metadata, sizeof metadata, "{\"owner\":\"ada\"}");
 	kobo_op first[] = {
-		op_account("cash", "NGN", true, NULL),
-		op_account("alice", "NGN", false, metadata),
-		op_account("bob", "NGN", false, "{}"),
-		op_transfer("t1", "cash", "alice", 10000, false, 0),
-		op_transfer("t2", "alice", "bob", 2500, true, 60),
-		op_transfer("t3", "alice", "bob", 99999, false, 0),
+		test_op_account("cash", "NGN", true, NULL),
+		test_op_account("alice", "NGN", false, metadata),
+		test_op_account("bob", "NGN", false, "{}"),
+		test_op_transfer("t1", "cash", "alice", 10000, false, 0),
+		test_op_transfer("t2", "alice", "bob", 2500, true, 60),
+		test_op_transfer("t3", "alice", "bob", 99999, false, 0),
 	};
 	assert_int_equal(run_batch(e, first, 6, 1000), KOBO_OK);
 	memset(metadata, 'x', sizeof metadata - 1);
@@ -324,11 +242,11 @@ static void batch_round_trip_through_ledger(void **state)
 	assert_int_equal(created[1].expires_at_ms, 61000);
 
 	kobo_op second[] = {
-		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
-		op_transfer("t1", "cash", "alice", 10000, false, 0),
-		op_transfer("t2", "alice", "bob", 2500, true, 60),
-		op_transfer("t3", "alice", "bob", 99999, false, 0),
-		op_target(KOBO_OP_POST, "t2", true, 2000),
+		test_op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		test_op_transfer("t1", "cash", "alice", 10000, false, 0),
+		test_op_transfer("t2", "alice", "bob", 2500, true, 60),
+		test_op_transfer("t3", "alice", "bob", 99999, false, 0),
+		test_op_target(KOBO_OP_POST, "t2", true, 2000),
 	};
 	for (int i = 1; i < 4; i++)
 		snprintf(second[i].request_id, sizeof second[i].request_id, "retry");
@@ -370,9 +288,9 @@ static void loaded_metadata_lives_until_next_begin(void **state)
 {
 	env *e = *state;
 	kobo_op ops[] = {
-		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
-		op_transfer("t-fund", "cash", "alice", 10000, false, 0),
-		op_transfer("t-more", "cash", "alice", 5, false, 0),
+		test_op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		test_op_transfer("t-fund", "cash", "alice", 10000, false, 0),
+		test_op_transfer("t-more", "cash", "alice", 5, false, 0),
 	};
 
 	seed(e, 1000);
@@ -395,8 +313,8 @@ static void rollback_leaves_nothing(void **state)
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_account("carol", "NGN", false, NULL),
-		op_transfer("t-roll", "alice", "bob", 300, false, 0),
+		test_op_account("carol", "NGN", false, NULL),
+		test_op_transfer("t-roll", "alice", "bob", 300, false, 0),
 	};
 	assert_int_equal(run_batch_ex(e, ops, 2, 2000, false, NULL), KOBO_OK);
 	kobo_store_rollback(e->store);
@@ -425,8 +343,8 @@ static void reader_sees_committed_batches_only(void **state)
 	seed(e, 1000);
 	assert_int_equal(kobo_store_reader_open(e->store, &reader), KOBO_OK);
 	kobo_op ops[] = {
-		op_transfer("t-open", "alice", "bob", 400, false, 0),
-		op_account("dave", "NGN", false, NULL),
+		test_op_transfer("t-open", "alice", "bob", 400, false, 0),
+		test_op_account("dave", "NGN", false, NULL),
 	};
 	assert_int_equal(run_batch_ex(e, ops, 2, 2000, false, NULL), KOBO_OK);
 	/* Written but not committed: invisible to every read. */
@@ -512,8 +430,8 @@ static void readers_on_other_threads_never_see_half_a_batch(void **state)
 		snprintf(a, sizeof a, "p-%d-a", i);
 		snprintf(b, sizeof b, "p-%d-b", i);
 		kobo_op ops[] = {
-			op_transfer(a, "alice", "bob", 3, false, 0),
-			op_transfer(b, "cash", "bob", 2, false, 0),
+			test_op_transfer(a, "alice", "bob", 3, false, 0),
+			test_op_transfer(b, "cash", "bob", 2, false, 0),
 		};
 		assert_int_equal(run_batch(e, ops, 2, 2000 + i), KOBO_OK);
 	}
@@ -533,12 +451,12 @@ static void history_orders_pages_and_skips_rejected(void **state)
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_account("carol", "NGN", false, NULL),
-		op_transfer("h1", "alice", "bob", 100, false, 0),
-		op_transfer("h2", "bob", "alice", 50, false, 0),
-		op_transfer("h3", "carol", "alice", 1, false, 0),  /* rejected */
-		op_transfer("h4", "cash", "bob", 70, false, 0),    /* not alice's */
-		op_transfer("h5", "alice", "carol", 25, true, 0),  /* a hold */
+		test_op_account("carol", "NGN", false, NULL),
+		test_op_transfer("h1", "alice", "bob", 100, false, 0),
+		test_op_transfer("h2", "bob", "alice", 50, false, 0),
+		test_op_transfer("h3", "carol", "alice", 1, false, 0),  /* rejected */
+		test_op_transfer("h4", "cash", "bob", 70, false, 0),    /* not alice's */
+		test_op_transfer("h5", "alice", "carol", 25, true, 0),  /* a hold */
 	};
 	assert_int_equal(run_batch(e, ops, 6, 2000), KOBO_OK);
 	assert_int_equal(e->results[3].code, KOBO_RESULT_INSUFFICIENT_FUNDS);
@@ -598,12 +516,12 @@ static void history_counts_legs_for_from_to_and_clearing(void **state)
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_debit("x1", "alice", "zed", "clr:B", 100, false, 0),
-		op_transfer("l1", "alice", "bob", 10, false, 0),
-		op_credit("y1", "yan", "bob", "clr:C", 40, false),
-		op_debit("x2", "bob", "zed", "clr:B", 999999, false, 0), /* rejected */
-		op_debit("x3", "alice", "clr:B", "clr:B", 5, false, 0),
-		op_debit("x4", "alice", "amy", "clr:B", 7, true, 0),
+		test_op_debit("x1", "alice", "zed", "clr:B", 100, false, 0),
+		test_op_transfer("l1", "alice", "bob", 10, false, 0),
+		test_op_credit("y1", "yan", "bob", "clr:C", 40, false),
+		test_op_debit("x2", "bob", "zed", "clr:B", 999999, false, 0), /* rejected */
+		test_op_debit("x3", "alice", "clr:B", "clr:B", 5, false, 0),
+		test_op_debit("x4", "alice", "amy", "clr:B", 7, true, 0),
 	};
 	assert_int_equal(run_batch(e, ops, 6, 2000), KOBO_OK);
 	assert_int_equal(e->results[3].code, KOBO_RESULT_INSUFFICIENT_FUNDS);
@@ -658,8 +576,8 @@ static void legs_and_sagas_round_trip_through_ledger(void **state)
 	seed(e, 1000);
 	assert_int_equal(kobo_store_reader_open(e->store, &reader), KOBO_OK);
 	kobo_op step1[] = {
-		op_debit("x-hold", "alice", "zed", "clr:B", 300, true, 60),
-		op_credit("y-in", "yan", "bob", "clr:C", 400, false),
+		test_op_debit("x-hold", "alice", "zed", "clr:B", 300, true, 60),
+		test_op_credit("y-in", "yan", "bob", "clr:C", 400, false),
 	};
 	assert_int_equal(run_batch(e, step1, 2, 2000), KOBO_OK);
 	created[0] = e->results[0].transfer;
@@ -681,36 +599,36 @@ static void legs_and_sagas_round_trip_through_ledger(void **state)
 	assert_int_equal(e->results[1].code, KOBO_RESULT_REPLAYED);
 	assert_transfer_equal(&created[1], &e->results[1].transfer);
 
-	kobo_op settle[] = {op_settle("x-hold", false, KOBO_RESULT_CREATED)};
+	kobo_op settle[] = {test_op_settle("x-hold", false, KOBO_RESULT_CREATED)};
 	assert_int_equal(run_batch(e, settle, 1, 3000), KOBO_OK);
-	kobo_op post[] = {op_target(KOBO_OP_POST, "x-hold", true, 120)};
+	kobo_op post[] = {test_op_target(KOBO_OP_POST, "x-hold", true, 120)};
 	assert_int_equal(run_batch(e, post, 1, 4000), KOBO_OK);
 	t = read_transfer_ok(reader, "x-hold");
 	assert_int_equal(t.saga, KOBO_SAGA_POSTING);
 	assert_int_equal(t.saga_amount, 120);
 	assert_transfer_equal(&e->results[0].transfer, &t);
 
-	kobo_op refused[] = {op_settle("x-hold", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
+	kobo_op refused[] = {test_op_settle("x-hold", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
 	assert_int_equal(run_batch(e, refused, 1, 5000), KOBO_OK);
 	t = read_transfer_ok(reader, "x-hold");
 	assert_int_equal(t.status, KOBO_STATUS_PENDING);
 	assert_int_equal(t.error_code, KOBO_RESULT_ACCOUNT_NOT_FOUND);
 	assert_transfer_equal(&e->results[0].transfer, &t);
 
-	kobo_op void_op[] = {op_target(KOBO_OP_VOID, "x-hold", false, 0)};
+	kobo_op void_op[] = {test_op_target(KOBO_OP_VOID, "x-hold", false, 0)};
 	assert_int_equal(run_batch(e, void_op, 1, 6000), KOBO_OK);
 	t = read_transfer_ok(reader, "x-hold");
 	assert_int_equal(t.saga, KOBO_SAGA_VOIDING);
 	assert_int_equal(t.saga_reason, KOBO_VOID_VOIDED);
-	kobo_op settle_void[] = {op_settle("x-hold", false, KOBO_RESULT_CREATED)};
+	kobo_op settle_void[] = {test_op_settle("x-hold", false, KOBO_RESULT_CREATED)};
 	assert_int_equal(run_batch(e, settle_void, 1, 7000), KOBO_OK);
 	t = read_transfer_ok(reader, "x-hold");
 	assert_int_equal(t.status, KOBO_STATUS_VOIDED);
 	assert_int_equal(t.void_reason, KOBO_VOID_VOIDED);
 
-	kobo_op lost[] = {op_debit("x-lost", "alice", "ghost", "clr:B", 50, false, 0)};
+	kobo_op lost[] = {test_op_debit("x-lost", "alice", "ghost", "clr:B", 50, false, 0)};
 	assert_int_equal(run_batch(e, lost, 1, 8000), KOBO_OK);
-	kobo_op compensate[] = {op_settle("x-lost", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
+	kobo_op compensate[] = {test_op_settle("x-lost", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
 	assert_int_equal(run_batch(e, compensate, 1, 9000), KOBO_OK);
 	t = read_transfer_ok(reader, "x-lost");
 	assert_int_equal(t.status, KOBO_STATUS_VOIDED);
@@ -735,15 +653,15 @@ static void read_sagas_lists_sagas_in_flight_by_id(void **state)
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_debit("s3", "alice", "zed", "clr:B", 10, false, 0),
-		op_debit("s1", "alice", "zed", "clr:B", 10, true, 0),
-		op_transfer("l1", "alice", "bob", 10, true, 0),
-		op_debit("s4", "alice", "zed", "clr:B", 10, false, 0),
-		op_debit("s2", "alice", "zed", "clr:B", 10, false, 0),
-		op_credit("c1", "yan", "bob", "clr:C", 10, true),
+		test_op_debit("s3", "alice", "zed", "clr:B", 10, false, 0),
+		test_op_debit("s1", "alice", "zed", "clr:B", 10, true, 0),
+		test_op_transfer("l1", "alice", "bob", 10, true, 0),
+		test_op_debit("s4", "alice", "zed", "clr:B", 10, false, 0),
+		test_op_debit("s2", "alice", "zed", "clr:B", 10, false, 0),
+		test_op_credit("c1", "yan", "bob", "clr:C", 10, true),
 	};
 	assert_int_equal(run_batch(e, ops, 6, 2000), KOBO_OK);
-	kobo_op settle[] = {op_settle("s4", false, KOBO_RESULT_CREATED)};
+	kobo_op settle[] = {test_op_settle("s4", false, KOBO_RESULT_CREATED)};
 	assert_int_equal(run_batch(e, settle, 1, 3000), KOBO_OK);
 	assert_int_equal(kobo_store_reader_open(e->store, &reader), KOBO_OK);
 
@@ -800,7 +718,7 @@ static void read_accounts_prefix_matches_literally_in_id_order(void **state)
 	kobo_op ops[ID_COUNT];
 
 	for (size_t i = 0; i < ID_COUNT; i++)
-		ops[i] = op_account(ids[i], "NGN", true, NULL);
+		ops[i] = test_op_account(ids[i], "NGN", true, NULL);
 	assert_int_equal(run_batch(e, ops, ID_COUNT, 1000), KOBO_OK);
 	assert_int_equal(kobo_store_reader_open(e->store, &reader), KOBO_OK);
 
@@ -844,15 +762,15 @@ static void expired_holds_lists_due_pending_holds_oldest_first(void **state)
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_transfer("late", "alice", "bob", 10, true, 9),  /* 11000 */
-		op_transfer("soon", "alice", "bob", 10, true, 1),  /* 3000 */
-		op_transfer("never", "alice", "bob", 10, true, 0),
-		op_transfer("posted", "alice", "bob", 10, true, 2),
-		op_transfer("plain", "alice", "bob", 10, false, 5),
-		op_transfer("tie", "alice", "bob", 10, true, 1),   /* 3000, later seq */
+		test_op_transfer("late", "alice", "bob", 10, true, 9),  /* 11000 */
+		test_op_transfer("soon", "alice", "bob", 10, true, 1),  /* 3000 */
+		test_op_transfer("never", "alice", "bob", 10, true, 0),
+		test_op_transfer("posted", "alice", "bob", 10, true, 2),
+		test_op_transfer("plain", "alice", "bob", 10, false, 5),
+		test_op_transfer("tie", "alice", "bob", 10, true, 1),   /* 3000, later seq */
 	};
 	assert_int_equal(run_batch(e, ops, 6, 2000), KOBO_OK);
-	kobo_op post[] = {op_target(KOBO_OP_POST, "posted", false, 0)};
+	kobo_op post[] = {test_op_target(KOBO_OP_POST, "posted", false, 0)};
 	assert_int_equal(run_batch(e, post, 1, 2500), KOBO_OK);
 
 	assert_int_equal(kobo_store_expired_holds(e->store, 2999, ids, 4, &count), KOBO_OK);
@@ -868,7 +786,7 @@ static void expired_holds_lists_due_pending_holds_oldest_first(void **state)
 	assert_int_equal(kobo_store_expired_holds(e->store, 100000, ids, 0, &count), KOBO_OK);
 	assert_int_equal(count, 0);
 
-	kobo_op expire[] = {op_target(KOBO_OP_EXPIRE, "soon", false, 0)};
+	kobo_op expire[] = {test_op_target(KOBO_OP_EXPIRE, "soon", false, 0)};
 	assert_int_equal(run_batch(e, expire, 1, 4000), KOBO_OK);
 	assert_int_equal(kobo_store_expired_holds(e->store, 100000, ids, 4, &count), KOBO_OK);
 	assert_int_equal(count, 2);
@@ -883,14 +801,14 @@ static void expired_holds_skip_holds_whose_saga_is_under_way(void **state)
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_debit("x-soon", "alice", "zed", "clr:B", 10, true, 1),
-		op_transfer("l-late", "alice", "bob", 10, true, 2),
+		test_op_debit("x-soon", "alice", "zed", "clr:B", 10, true, 1),
+		test_op_transfer("l-late", "alice", "bob", 10, true, 2),
 	};
 	assert_int_equal(run_batch(e, ops, 2, 2000), KOBO_OK);
 	assert_int_equal(kobo_store_expired_holds(e->store, 10000, ids, 4, &count), KOBO_OK);
 	assert_int_equal(count, 1);
 	assert_string_equal(ids[0], "l-late");
-	kobo_op settle[] = {op_settle("x-soon", false, KOBO_RESULT_CREATED)};
+	kobo_op settle[] = {test_op_settle("x-soon", false, KOBO_RESULT_CREATED)};
 	assert_int_equal(run_batch(e, settle, 1, 2500), KOBO_OK);
 	assert_int_equal(kobo_store_expired_holds(e->store, 10000, ids, 4, &count), KOBO_OK);
 	assert_int_equal(count, 2);
@@ -907,15 +825,15 @@ static void audit_passes_sound_data_and_reports_tampering(void **state)
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_transfer("a1", "alice", "bob", 300, false, 0),
-		op_transfer("a2", "alice", "bob", 200, true, 0),
-		op_transfer("a3", "bob", "alice", 999999, false, 0), /* rejected */
-		op_transfer("a4", "bob", "cash", 50, true, 0),
-		op_debit("x1", "alice", "zed", "clr:B", 700, false, 0),
-		op_credit("y1", "yan", "bob", "clr:C", 400, false),
+		test_op_transfer("a1", "alice", "bob", 300, false, 0),
+		test_op_transfer("a2", "alice", "bob", 200, true, 0),
+		test_op_transfer("a3", "bob", "alice", 999999, false, 0), /* rejected */
+		test_op_transfer("a4", "bob", "cash", 50, true, 0),
+		test_op_debit("x1", "alice", "zed", "clr:B", 700, false, 0),
+		test_op_credit("y1", "yan", "bob", "clr:C", 400, false),
 	};
 	assert_int_equal(run_batch(e, ops, 6, 2000), KOBO_OK);
-	kobo_op post[] = {op_target(KOBO_OP_POST, "a4", true, 20)};
+	kobo_op post[] = {test_op_target(KOBO_OP_POST, "a4", true, 20)};
 	assert_int_equal(run_batch(e, post, 1, 3000), KOBO_OK);
 	assert_audit_clean(e, &totals);
 	assert_int_equal(totals.accounts, 5);
@@ -933,7 +851,7 @@ static void audit_passes_sound_data_and_reports_tampering(void **state)
 	forged.metadata = "{}";
 	forged.metadata_len = 2;
 	forged.created_at_ms = 1000;
-	kobo_op pay[] = {op_transfer("a5", "alice", "bob", 1, false, 0)};
+	kobo_op pay[] = {test_op_transfer("a5", "alice", "bob", 1, false, 0)};
 	assert_int_equal(run_batch_ex(e, pay, 1, 4000, true, &forged), KOBO_OK);
 	memset(&log, 0, sizeof log);
 	assert_int_equal(kobo_store_audit(e->store, collect_report, &log, &totals), KOBO_OK);
@@ -949,7 +867,7 @@ static void audit_passes_sound_data_and_reports_tampering(void **state)
 	forged.allow_negative = true;
 	forged.metadata = "{}";
 	forged.metadata_len = 2;
-	kobo_op more[] = {op_debit("x2", "cash", "zed", "clr:B", 5, false, 0)};
+	kobo_op more[] = {test_op_debit("x2", "cash", "zed", "clr:B", 5, false, 0)};
 	assert_int_equal(run_batch_ex(e, more, 1, 5000, true, &forged), KOBO_OK);
 	memset(&log, 0, sizeof log);
 	assert_int_equal(kobo_store_audit(e->store, collect_report, &log, &totals), KOBO_OK);
@@ -971,8 +889,8 @@ static void failed_commit_not_applied_is_sticky_until_restart(void **state)
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_account("erin", "NGN", false, NULL),
-		op_transfer("t-lost", "alice", "bob", 500, false, 0),
+		test_op_account("erin", "NGN", false, NULL),
+		test_op_transfer("t-lost", "alice", "bob", 500, false, 0),
 	};
 	kobo_store_mem_fail_next_commit(e->store, false);
 	assert_int_equal(run_batch(e, ops, 2, 2000), KOBO_ESTORE);
@@ -1009,8 +927,8 @@ static void failed_commit_applied_lands_but_is_sticky_until_restart(void **state
 
 	seed(e, 1000);
 	kobo_op ops[] = {
-		op_account("erin", "NGN", false, NULL),
-		op_transfer("t-landed", "alice", "bob", 500, false, 0),
+		test_op_account("erin", "NGN", false, NULL),
+		test_op_transfer("t-landed", "alice", "bob", 500, false, 0),
 	};
 	kobo_store_mem_fail_next_commit(e->store, true);
 	assert_int_equal(run_batch(e, ops, 2, 2000), KOBO_ESTORE);
@@ -1044,7 +962,7 @@ static void restart_drops_open_batch_and_fault_fires_once(void **state)
 	kobo_account account;
 
 	seed(e, 1000);
-	kobo_op ops[] = {op_account("open", "NGN", false, NULL)};
+	kobo_op ops[] = {test_op_account("open", "NGN", false, NULL)};
 	assert_int_equal(run_batch_ex(e, ops, 1, 2000, false, NULL), KOBO_OK);
 	kobo_store_mem_restart(e->store); /* the process died mid-batch */
 	assert_true(kobo_store_healthy(e->store));
@@ -1071,7 +989,7 @@ static void write_refused_by_a_constraint_is_sticky(void **state)
 	size_t account_count = 0;
 
 	seed(e, 1000);
-	kobo_op ops[] = {op_account("alice", "NGN", false, NULL)};
+	kobo_op ops[] = {test_op_account("alice", "NGN", false, NULL)};
 	kobo_ledger_reset(e->ledger);
 	assert_int_equal(kobo_store_begin(e->store), KOBO_OK);
 	kobo_ledger_account_ids(e->ledger, ops, 1, account_ids, &account_count);
@@ -1108,20 +1026,20 @@ static void many_transfers_stay_linear(void **state)
 	seen s;
 
 	seed(e, 1000);
-	kobo_op rare[] = {op_account("rare", "NGN", false, NULL)};
+	kobo_op rare[] = {test_op_account("rare", "NGN", false, NULL)};
 	assert_int_equal(run_batch(e, rare, 1, 1000), KOBO_OK);
 	for (int b = 0; b < BATCHES; b++) {
 		for (int i = 0; i < PER_BATCH; i++) {
 			char id[32];
 			snprintf(id, sizeof id, "bulk-%d-%d", b, i);
 			if (i % 2 == 0)
-				ops[i] = op_transfer(id, "cash", "bob", 1, false, 0);
+				ops[i] = test_op_transfer(id, "cash", "bob", 1, false, 0);
 			else
-				ops[i] = op_debit(id, "cash", "zed", "clr:B", 1, true, 1);
+				ops[i] = test_op_debit(id, "cash", "zed", "clr:B", 1, true, 1);
 		}
 		assert_int_equal(run_batch(e, ops, PER_BATCH, 2000 + b), KOBO_OK);
 	}
-	kobo_op last[] = {op_transfer("to-rare", "cash", "rare", 9, false, 0)};
+	kobo_op last[] = {test_op_transfer("to-rare", "cash", "rare", 9, false, 0)};
 	assert_int_equal(run_batch(e, last, 1, 9000), KOBO_OK);
 
 	assert_int_equal(kobo_store_reader_open(e->store, &reader), KOBO_OK);

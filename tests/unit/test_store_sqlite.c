@@ -36,6 +36,7 @@
 
 #include "../../src/ledger/ledger.h"
 #include "../../src/store/store.h"
+#include "test_ops.h"
 
 #define TEST_OPS_MAX 256
 
@@ -245,92 +246,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* ---- Ops. ---- */
-
-static const char default_metadata[] = "{}";
-
-static kobo_op op_account(const char *id, const char *currency, bool allow_negative,
-                          const char *metadata)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof op);
-	op.kind = KOBO_OP_CREATE_ACCOUNT;
-	snprintf(op.request_id, sizeof op.request_id, "req-%s", id);
-	snprintf(op.u.account.id, sizeof op.u.account.id, "%s", id);
-	snprintf(op.u.account.currency, sizeof op.u.account.currency, "%s", currency);
-	op.u.account.allow_negative = allow_negative;
-	op.u.account.metadata = metadata != NULL ? metadata : default_metadata;
-	op.u.account.metadata_len = (uint32_t)strlen(op.u.account.metadata);
-	return op;
-}
-
-static kobo_op op_transfer(const char *id, const char *from, const char *to,
-                           int64_t amount, bool pending, uint32_t timeout_seconds)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof op);
-	op.kind = KOBO_OP_CREATE_TRANSFER;
-	snprintf(op.request_id, sizeof op.request_id, "req-%s", id);
-	snprintf(op.u.transfer.id, sizeof op.u.transfer.id, "%s", id);
-	snprintf(op.u.transfer.from, sizeof op.u.transfer.from, "%s", from);
-	snprintf(op.u.transfer.to, sizeof op.u.transfer.to, "%s", to);
-	snprintf(op.u.transfer.currency, sizeof op.u.transfer.currency, "NGN");
-	op.u.transfer.amount = amount;
-	op.u.transfer.pending = pending;
-	op.u.transfer.timeout_seconds = timeout_seconds;
-	op.u.transfer.metadata = "{\"note\":\"suya\"}";
-	op.u.transfer.metadata_len = (uint32_t)strlen(op.u.transfer.metadata);
-	return op;
-}
-
-static kobo_op op_target(kobo_op_kind kind, const char *id, bool has_amount,
-                         int64_t amount)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof op);
-	op.kind = kind;
-	snprintf(op.request_id, sizeof op.request_id, "req-%s-%d", id, (int)kind);
-	snprintf(op.u.target.id, sizeof op.u.target.id, "%s", id);
-	op.u.target.has_amount = has_amount;
-	op.u.target.amount = amount;
-	return op;
-}
-
-/* Step 1 of a saga on the payer's shard: a DEBIT leg from -> clearing. */
-static kobo_op op_debit(const char *id, const char *from, const char *to,
-                        const char *clearing, int64_t amount, bool pending,
-                        uint32_t timeout_seconds)
-{
-	kobo_op op = op_transfer(id, from, to, amount, pending, timeout_seconds);
-	op.u.transfer.leg = KOBO_LEG_DEBIT;
-	snprintf(op.u.transfer.clearing, sizeof op.u.transfer.clearing, "%s", clearing);
-	return op;
-}
-
-/* Step 2 on the payee's shard: the CREDIT leg clearing -> to. */
-static kobo_op op_credit(const char *id, const char *from, const char *to,
-                         const char *clearing, int64_t amount, bool pending)
-{
-	kobo_op op = op_transfer(id, from, to, amount, pending, 0);
-	op.kind = KOBO_OP_SAGA_CREDIT;
-	op.u.transfer.leg = KOBO_LEG_CREDIT;
-	snprintf(op.u.transfer.clearing, sizeof op.u.transfer.clearing, "%s", clearing);
-	return op;
-}
-
-/* Step 3 on the payer's shard: what the payee's shard answered. */
-static kobo_op op_settle(const char *id, bool refused, kobo_result_code refusal)
-{
-	kobo_op op;
-	memset(&op, 0, sizeof op);
-	op.kind = KOBO_OP_SAGA_SETTLE;
-	snprintf(op.request_id, sizeof op.request_id, "req-%s-settle", id);
-	snprintf(op.u.settle.id, sizeof op.u.settle.id, "%s", id);
-	op.u.settle.refused = refused;
-	op.u.settle.refusal = refusal;
-	return op;
-}
-
 /* One batch the way the shard writer runs it. Returns the first failing
  * store status (after rolling back), or KOBO_OK once committed. When
  * commit is false the batch stops after write() (the transaction stays
@@ -392,10 +307,10 @@ static kobo_store *open_store(const char *path)
 static void seed(env *e, kobo_store *store, int64_t now_ms)
 {
 	kobo_op ops[] = {
-		op_account("cash", "NGN", true, NULL),
-		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
-		op_account("bob", "NGN", false, NULL),
-		op_transfer("t-fund", "cash", "alice", 10000, false, 0),
+		test_op_account("cash", "NGN", true, NULL),
+		test_op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		test_op_account("bob", "NGN", false, NULL),
+		test_op_transfer("t-fund", "cash", "alice", 10000, false, 0),
 	};
 	assert_int_equal(run_batch(e, store, ops, 4, now_ms), KOBO_OK);
 	assert_int_equal(e->results[3].code, KOBO_RESULT_CREATED);
@@ -626,8 +541,8 @@ static void v1_file_migrates_to_v2_keeping_its_data(void **state)
 	/* The ledger replays old rows (their leg and clearing are parameters
 	 * too) and goes on from them. */
 	kobo_op ops[] = {
-		op_transfer("t-pay", "alice", "bob", 1000, false, 0),
-		op_target(KOBO_OP_POST, "t-hold", false, 0),
+		test_op_transfer("t-pay", "alice", "bob", 1000, false, 0),
+		test_op_target(KOBO_OP_POST, "t-hold", false, 0),
 	};
 	assert_int_equal(run_batch(e, store, ops, 2, 2000), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
@@ -699,7 +614,7 @@ static void busy_begin_fails_without_going_sticky(void **state)
 	assert_int_equal(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(other);
 
-	kobo_op ops[] = {op_transfer("t-after-busy", "alice", "bob", 5, false, 0)};
+	kobo_op ops[] = {test_op_transfer("t-after-busy", "alice", "bob", 5, false, 0)};
 	assert_int_equal(run_batch(e, store, ops, 1, 2000), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
 	kobo_store_close(store);
@@ -743,12 +658,12 @@ static void batch_round_trip_through_ledger(void **state)
 	kobo_account account;
 
 	kobo_op first[] = {
-		op_account("cash", "NGN", true, NULL),
-		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
-		op_account("bob", "NGN", false, "{}"),
-		op_transfer("t1", "cash", "alice", 10000, false, 0),
-		op_transfer("t2", "alice", "bob", 2500, true, 60),
-		op_transfer("t3", "alice", "bob", 99999, false, 0),
+		test_op_account("cash", "NGN", true, NULL),
+		test_op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		test_op_account("bob", "NGN", false, "{}"),
+		test_op_transfer("t1", "cash", "alice", 10000, false, 0),
+		test_op_transfer("t2", "alice", "bob", 2500, true, 60),
+		test_op_transfer("t3", "alice", "bob", 99999, false, 0),
 	};
 	assert_int_equal(run_batch(e, store, first, 6, 1000), KOBO_OK);
 	assert_int_equal(e->results[3].code, KOBO_RESULT_CREATED);
@@ -765,11 +680,11 @@ static void batch_round_trip_through_ledger(void **state)
 	 * stored row field for field, balances come back as written, and the
 	 * hold can be posted in part. */
 	kobo_op second[] = {
-		op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
-		op_transfer("t1", "cash", "alice", 10000, false, 0),
-		op_transfer("t2", "alice", "bob", 2500, true, 60),
-		op_transfer("t3", "alice", "bob", 99999, false, 0),
-		op_target(KOBO_OP_POST, "t2", true, 2000),
+		test_op_account("alice", "NGN", false, "{\"owner\":\"ada\"}"),
+		test_op_transfer("t1", "cash", "alice", 10000, false, 0),
+		test_op_transfer("t2", "alice", "bob", 2500, true, 60),
+		test_op_transfer("t3", "alice", "bob", 99999, false, 0),
+		test_op_target(KOBO_OP_POST, "t2", true, 2000),
 	};
 	/* Replays keep the request id of the original. */
 	for (int i = 1; i < 4; i++)
@@ -820,8 +735,8 @@ static void rollback_leaves_nothing(void **state)
 
 	seed(e, store, 1000);
 	kobo_op ops[] = {
-		op_account("carol", "NGN", false, NULL),
-		op_transfer("t-roll", "alice", "bob", 300, false, 0),
+		test_op_account("carol", "NGN", false, NULL),
+		test_op_transfer("t-roll", "alice", "bob", 300, false, 0),
 	};
 	assert_int_equal(run_batch_ex(e, store, ops, 2, 2000, false), KOBO_OK);
 	kobo_store_rollback(store);
@@ -853,8 +768,8 @@ static void reader_sees_committed_batches_only(void **state)
 	seed(e, store, 1000);
 	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
 	kobo_op ops[] = {
-		op_transfer("t-open", "alice", "bob", 400, false, 0),
-		op_account("dave", "NGN", false, NULL),
+		test_op_transfer("t-open", "alice", "bob", 400, false, 0),
+		test_op_account("dave", "NGN", false, NULL),
 	};
 	assert_int_equal(run_batch_ex(e, store, ops, 2, 2000, false), KOBO_OK);
 	/* Written but not committed: invisible, and the reader is not blocked
@@ -886,7 +801,7 @@ static void loaded_metadata_spans_arena_chunks(void **state)
 		memset(metadata[i] + n, 'a' + i % 26, sizeof metadata[i] - (size_t)n - 3);
 		memcpy(metadata[i] + sizeof metadata[i] - 3, "\"}", 3);
 		snprintf(id, sizeof id, "acct-%03d", i);
-		ops[i] = op_account(id, "NGN", false, metadata[i]);
+		ops[i] = test_op_account(id, "NGN", false, metadata[i]);
 		assert_int_equal(ops[i].u.account.metadata_len, KOBO_METADATA_BYTES_MAX - 1);
 	}
 	assert_int_equal(run_batch(e, store, ops, ACCOUNTS, 1000), KOBO_OK);
@@ -913,12 +828,12 @@ static void history_orders_pages_and_skips_rejected(void **state)
 
 	seed(e, store, 1000); /* t-fund: cash → alice */
 	kobo_op ops[] = {
-		op_account("carol", "NGN", false, NULL),
-		op_transfer("h1", "alice", "bob", 100, false, 0),
-		op_transfer("h2", "bob", "alice", 50, false, 0),
-		op_transfer("h3", "carol", "alice", 1, false, 0),  /* rejected */
-		op_transfer("h4", "cash", "bob", 70, false, 0),    /* not alice's */
-		op_transfer("h5", "alice", "carol", 25, true, 0),  /* a hold */
+		test_op_account("carol", "NGN", false, NULL),
+		test_op_transfer("h1", "alice", "bob", 100, false, 0),
+		test_op_transfer("h2", "bob", "alice", 50, false, 0),
+		test_op_transfer("h3", "carol", "alice", 1, false, 0),  /* rejected */
+		test_op_transfer("h4", "cash", "bob", 70, false, 0),    /* not alice's */
+		test_op_transfer("h5", "alice", "carol", 25, true, 0),  /* a hold */
 	};
 	assert_int_equal(run_batch(e, store, ops, 6, 2000), KOBO_OK);
 	assert_int_equal(e->results[3].code, KOBO_RESULT_INSUFFICIENT_FUNDS);
@@ -978,14 +893,14 @@ static void expired_holds_lists_due_pending_holds_oldest_first(void **state)
 
 	seed(e, store, 1000);
 	kobo_op ops[] = {
-		op_transfer("late", "alice", "bob", 10, true, 9),  /* expires 11000 */
-		op_transfer("soon", "alice", "bob", 10, true, 1),  /* expires 3000 */
-		op_transfer("never", "alice", "bob", 10, true, 0), /* no expiry */
-		op_transfer("posted", "alice", "bob", 10, true, 2), /* posted below */
-		op_transfer("plain", "alice", "bob", 10, false, 5), /* not a hold */
+		test_op_transfer("late", "alice", "bob", 10, true, 9),  /* expires 11000 */
+		test_op_transfer("soon", "alice", "bob", 10, true, 1),  /* expires 3000 */
+		test_op_transfer("never", "alice", "bob", 10, true, 0), /* no expiry */
+		test_op_transfer("posted", "alice", "bob", 10, true, 2), /* posted below */
+		test_op_transfer("plain", "alice", "bob", 10, false, 5), /* not a hold */
 	};
 	assert_int_equal(run_batch(e, store, ops, 5, 2000), KOBO_OK);
-	kobo_op post[] = {op_target(KOBO_OP_POST, "posted", false, 0)};
+	kobo_op post[] = {test_op_target(KOBO_OP_POST, "posted", false, 0)};
 	assert_int_equal(run_batch(e, store, post, 1, 2500), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
 
@@ -1003,7 +918,7 @@ static void expired_holds_lists_due_pending_holds_oldest_first(void **state)
 	assert_string_equal(ids[0], "soon");
 
 	/* Expiring one takes it off the list. */
-	kobo_op expire[] = {op_target(KOBO_OP_EXPIRE, "soon", false, 0)};
+	kobo_op expire[] = {test_op_target(KOBO_OP_EXPIRE, "soon", false, 0)};
 	assert_int_equal(run_batch(e, store, expire, 1, 4000), KOBO_OK);
 	assert_int_equal(kobo_store_expired_holds(store, 100000, ids, 4, &count), KOBO_OK);
 	assert_int_equal(count, 1);
@@ -1044,13 +959,13 @@ static void audit_passes_sound_data_and_reports_tampering(void **state)
 
 	seed(e, store, 1000);
 	kobo_op ops[] = {
-		op_transfer("a1", "alice", "bob", 300, false, 0),
-		op_transfer("a2", "alice", "bob", 200, true, 0),
-		op_transfer("a3", "bob", "alice", 999999, false, 0), /* rejected */
-		op_transfer("a4", "bob", "cash", 50, true, 0),
+		test_op_transfer("a1", "alice", "bob", 300, false, 0),
+		test_op_transfer("a2", "alice", "bob", 200, true, 0),
+		test_op_transfer("a3", "bob", "alice", 999999, false, 0), /* rejected */
+		test_op_transfer("a4", "bob", "cash", 50, true, 0),
 	};
 	assert_int_equal(run_batch(e, store, ops, 4, 2000), KOBO_OK);
-	kobo_op post[] = {op_target(KOBO_OP_POST, "a4", true, 20)};
+	kobo_op post[] = {test_op_target(KOBO_OP_POST, "a4", true, 20)};
 	assert_int_equal(run_batch(e, store, post, 1, 3000), KOBO_OK);
 
 	memset(&log, 0, sizeof log);
@@ -1128,8 +1043,8 @@ static void legs_and_sagas_round_trip_through_ledger(void **state)
 	seed(e, store, 1000);
 	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
 	kobo_op step1[] = {
-		op_debit("x-hold", "alice", "zed", "clr:B", 300, true, 60),
-		op_credit("y-in", "yan", "bob", "clr:C", 400, false),
+		test_op_debit("x-hold", "alice", "zed", "clr:B", 300, true, 60),
+		test_op_credit("y-in", "yan", "bob", "clr:C", 400, false),
 	};
 	assert_int_equal(run_batch(e, store, step1, 2, 2000), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
@@ -1155,10 +1070,10 @@ static void legs_and_sagas_round_trip_through_ledger(void **state)
 	assert_transfer_equal(&created[1], &e->results[1].transfer);
 
 	/* RESERVED, credited, a hold: PENDING. Then a post starts POSTING. */
-	kobo_op settle[] = {op_settle("x-hold", false, KOBO_RESULT_CREATED)};
+	kobo_op settle[] = {test_op_settle("x-hold", false, KOBO_RESULT_CREATED)};
 	assert_int_equal(run_batch(e, store, settle, 1, 3000), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
-	kobo_op post[] = {op_target(KOBO_OP_POST, "x-hold", true, 120)};
+	kobo_op post[] = {test_op_target(KOBO_OP_POST, "x-hold", true, 120)};
 	assert_int_equal(run_batch(e, store, post, 1, 4000), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
 	t = read_transfer_ok(reader, "x-hold");
@@ -1169,7 +1084,7 @@ static void legs_and_sagas_round_trip_through_ledger(void **state)
 	assert_transfer_equal(&e->results[0].transfer, &t);
 
 	/* POSTING, refused: back to PENDING, and the refusal is kept. */
-	kobo_op refused[] = {op_settle("x-hold", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
+	kobo_op refused[] = {test_op_settle("x-hold", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
 	assert_int_equal(run_batch(e, store, refused, 1, 5000), KOBO_OK);
 	t = read_transfer_ok(reader, "x-hold");
 	assert_int_equal(t.status, KOBO_STATUS_PENDING);
@@ -1179,14 +1094,14 @@ static void legs_and_sagas_round_trip_through_ledger(void **state)
 	assert_transfer_equal(&e->results[0].transfer, &t);
 
 	/* A void starts VOIDING with its reason; credited, it ends VOIDED. */
-	kobo_op void_op[] = {op_target(KOBO_OP_VOID, "x-hold", false, 0)};
+	kobo_op void_op[] = {test_op_target(KOBO_OP_VOID, "x-hold", false, 0)};
 	assert_int_equal(run_batch(e, store, void_op, 1, 6000), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
 	t = read_transfer_ok(reader, "x-hold");
 	assert_int_equal(t.saga, KOBO_SAGA_VOIDING);
 	assert_int_equal(t.saga_reason, KOBO_VOID_VOIDED);
 	assert_transfer_equal(&e->results[0].transfer, &t);
-	kobo_op settle_void[] = {op_settle("x-hold", false, KOBO_RESULT_CREATED)};
+	kobo_op settle_void[] = {test_op_settle("x-hold", false, KOBO_RESULT_CREATED)};
 	assert_int_equal(run_batch(e, store, settle_void, 1, 7000), KOBO_OK);
 	t = read_transfer_ok(reader, "x-hold");
 	assert_int_equal(t.status, KOBO_STATUS_VOIDED);
@@ -1194,9 +1109,9 @@ static void legs_and_sagas_round_trip_through_ledger(void **state)
 	assert_int_equal(t.saga_reason, KOBO_VOID_NONE);
 
 	/* RESERVED, refused: compensated, with the reason B gave. */
-	kobo_op lost[] = {op_debit("x-lost", "alice", "ghost", "clr:B", 50, false, 0)};
+	kobo_op lost[] = {test_op_debit("x-lost", "alice", "ghost", "clr:B", 50, false, 0)};
 	assert_int_equal(run_batch(e, store, lost, 1, 8000), KOBO_OK);
-	kobo_op compensate[] = {op_settle("x-lost", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
+	kobo_op compensate[] = {test_op_settle("x-lost", true, KOBO_RESULT_ACCOUNT_NOT_FOUND)};
 	assert_int_equal(run_batch(e, store, compensate, 1, 9000), KOBO_OK);
 	t = read_transfer_ok(reader, "x-lost");
 	assert_int_equal(t.status, KOBO_STATUS_VOIDED);
@@ -1278,13 +1193,13 @@ static void history_counts_legs_for_from_to_and_clearing(void **state)
 
 	seed(e, store, 1000); /* t-fund: cash -> alice */
 	kobo_op ops[] = {
-		op_debit("x1", "alice", "zed", "clr:B", 100, false, 0),
-		op_transfer("l1", "alice", "bob", 10, false, 0),
-		op_credit("y1", "yan", "bob", "clr:C", 40, false),
-		op_debit("x2", "bob", "zed", "clr:B", 999999, false, 0), /* rejected */
+		test_op_debit("x1", "alice", "zed", "clr:B", 100, false, 0),
+		test_op_transfer("l1", "alice", "bob", 10, false, 0),
+		test_op_credit("y1", "yan", "bob", "clr:C", 40, false),
+		test_op_debit("x2", "bob", "zed", "clr:B", 999999, false, 0), /* rejected */
 		/* A leg whose `to` is its own clearing account shows once. */
-		op_debit("x3", "alice", "clr:B", "clr:B", 5, false, 0),
-		op_debit("x4", "alice", "amy", "clr:B", 7, true, 0),
+		test_op_debit("x3", "alice", "clr:B", "clr:B", 5, false, 0),
+		test_op_debit("x4", "alice", "amy", "clr:B", 7, true, 0),
 	};
 	assert_int_equal(run_batch(e, store, ops, 6, 2000), KOBO_OK);
 	assert_int_equal(e->results[3].code, KOBO_RESULT_INSUFFICIENT_FUNDS);
@@ -1351,15 +1266,15 @@ static void read_sagas_lists_sagas_in_flight_by_id(void **state)
 
 	seed(e, store, 1000);
 	kobo_op ops[] = {
-		op_debit("s3", "alice", "zed", "clr:B", 10, false, 0),
-		op_debit("s1", "alice", "zed", "clr:B", 10, true, 0),
-		op_transfer("l1", "alice", "bob", 10, true, 0),
-		op_debit("s4", "alice", "zed", "clr:B", 10, false, 0),
-		op_debit("s2", "alice", "zed", "clr:B", 10, false, 0),
-		op_credit("c1", "yan", "bob", "clr:C", 10, true),
+		test_op_debit("s3", "alice", "zed", "clr:B", 10, false, 0),
+		test_op_debit("s1", "alice", "zed", "clr:B", 10, true, 0),
+		test_op_transfer("l1", "alice", "bob", 10, true, 0),
+		test_op_debit("s4", "alice", "zed", "clr:B", 10, false, 0),
+		test_op_debit("s2", "alice", "zed", "clr:B", 10, false, 0),
+		test_op_credit("c1", "yan", "bob", "clr:C", 10, true),
 	};
 	assert_int_equal(run_batch(e, store, ops, 6, 2000), KOBO_OK);
-	kobo_op settle[] = {op_settle("s4", false, KOBO_RESULT_CREATED)};
+	kobo_op settle[] = {test_op_settle("s4", false, KOBO_RESULT_CREATED)};
 	assert_int_equal(run_batch(e, store, settle, 1, 3000), KOBO_OK);
 	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
 
@@ -1423,7 +1338,7 @@ static void read_accounts_prefix_matches_literally_in_id_order(void **state)
 	char long_prefix[KOBO_ID_LEN_MAX + 2];
 
 	for (size_t i = 0; i < ID_COUNT; i++)
-		ops[i] = op_account(ids[i], "NGN", true, NULL);
+		ops[i] = test_op_account(ids[i], "NGN", true, NULL);
 	assert_int_equal(run_batch(e, store, ops, ID_COUNT, 1000), KOBO_OK);
 	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
 
@@ -1487,8 +1402,8 @@ static void expired_holds_skip_holds_whose_saga_is_under_way(void **state)
 
 	seed(e, store, 1000);
 	kobo_op ops[] = {
-		op_debit("x-soon", "alice", "zed", "clr:B", 10, true, 1), /* 3000 */
-		op_transfer("l-late", "alice", "bob", 10, true, 2),       /* 4000 */
+		test_op_debit("x-soon", "alice", "zed", "clr:B", 10, true, 1), /* 3000 */
+		test_op_transfer("l-late", "alice", "bob", 10, true, 2),       /* 4000 */
 	};
 	assert_int_equal(run_batch(e, store, ops, 2, 2000), KOBO_OK);
 	assert_int_equal(e->results[0].transfer.expires_at_ms, 3000);
@@ -1496,7 +1411,7 @@ static void expired_holds_skip_holds_whose_saga_is_under_way(void **state)
 	assert_int_equal(count, 1);
 	assert_string_equal(ids[0], "l-late");
 
-	kobo_op settle[] = {op_settle("x-soon", false, KOBO_RESULT_CREATED)};
+	kobo_op settle[] = {test_op_settle("x-soon", false, KOBO_RESULT_CREATED)};
 	assert_int_equal(run_batch(e, store, settle, 1, 2500), KOBO_OK);
 	assert_int_equal(kobo_store_expired_holds(store, 10000, ids, 4, &count), KOBO_OK);
 	assert_int_equal(count, 2);
@@ -1517,9 +1432,9 @@ static void audit_explains_balances_through_clearing_accounts(void **state)
 
 	seed(e, store, 1000);
 	kobo_op ops[] = {
-		op_debit("x1", "alice", "zed", "clr:B", 700, false, 0),
-		op_credit("y1", "yan", "bob", "clr:C", 400, false),
-		op_credit("y2", "yan", "bob", "clr:C", 50, true),
+		test_op_debit("x1", "alice", "zed", "clr:B", 700, false, 0),
+		test_op_credit("y1", "yan", "bob", "clr:C", 400, false),
+		test_op_credit("y2", "yan", "bob", "clr:C", 50, true),
 	};
 	assert_int_equal(run_batch(e, store, ops, 3, 2000), KOBO_OK);
 	memset(&log, 0, sizeof log);
@@ -1605,7 +1520,7 @@ static void wal_stays_bounded_under_back_to_back_batches(void **state)
 		for (size_t i = 0; i < 200; i++) {
 			char id[32];
 			snprintf(id, sizeof id, "bulk-%d", next_id++);
-			ops[i] = op_transfer(id, "cash", "bob", 1, false, 0);
+			ops[i] = test_op_transfer(id, "cash", "bob", 1, false, 0);
 			ops[i].u.transfer.metadata = metadata;
 			ops[i].u.transfer.metadata_len = sizeof metadata;
 		}
@@ -1645,8 +1560,8 @@ static void commit_write_fault_makes_store_sticky_failed(void **state)
 	seed(e, store, 1000);
 
 	kobo_op ops[] = {
-		op_account("erin", "NGN", false, NULL),
-		op_transfer("t-lost", "alice", "bob", 500, false, 0),
+		test_op_account("erin", "NGN", false, NULL),
+		test_op_transfer("t-lost", "alice", "bob", 500, false, 0),
 	};
 	assert_int_equal(run_batch_ex(e, store, ops, 2, 2000, false), KOBO_OK);
 	atomic_store(&fault_fail_writes, true);
@@ -1692,7 +1607,7 @@ static void commit_sync_fault_makes_store_sticky_failed(void **state)
 	seed(e, store, 1000);
 
 	kobo_op ops[] = {
-		op_transfer("t-unsure", "alice", "bob", 500, false, 0),
+		test_op_transfer("t-unsure", "alice", "bob", 500, false, 0),
 	};
 	assert_int_equal(run_batch_ex(e, store, ops, 1, 2000, false), KOBO_OK);
 	atomic_store(&fault_fail_syncs, true);
