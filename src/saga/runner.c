@@ -592,6 +592,8 @@ static void *runner_main(void *arg)
 			r->ready_head = r->ready_tail = NULL;
 			if (r->in_flight == 0)
 				break;
+			/* Sleep until an answer comes back, not in a spin. */
+			r->next_sweep_ms = mono_ms() + SWEEP_INTERVAL_MS;
 			continue;
 		}
 		while (r->ready_head) {
