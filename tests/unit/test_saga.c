@@ -524,10 +524,7 @@ static void runner_aborts_past_the_deadline(void **state)
 	char payer[32], payee[32];
 	parties(w, "late", 0, 1, 1000, payer, payee);
 	/* Restart the runner with a deadline already passed by any saga. */
-	kobo_saga_runner_stop(w->runner);
-	for (uint32_t i = 0; i < SHARDS; i++)
-		kobo_shard_stop(w->shards[i]);
-	kobo_saga_runner_destroy(w->runner);
+	world_stop(w);
 	world_start_runner(w, 1);
 	world_start_shards(w, true);
 	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
@@ -560,10 +557,7 @@ static void runner_resumes_sagas_left_by_a_crash(void **state)
 	parties(w, "crash", 1, 0, 1000, payer, payee);
 	/* Shards without doorbells: the RESERVED record lands, nobody is told
 	 * (as if the process died right after the commit). */
-	kobo_saga_runner_stop(w->runner);
-	for (uint32_t i = 0; i < SHARDS; i++)
-		kobo_shard_stop(w->shards[i]);
-	kobo_saga_runner_destroy(w->runner);
+	world_stop(w);
 	world_start_runner(w, 0);
 	world_start_shards(w, false);
 	kobo_op op;
