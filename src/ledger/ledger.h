@@ -336,7 +336,8 @@ int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer)
  *     refusal is recorded as a REJECTED CREDIT leg with its code (so a
  *     repeat answers the same). Else clearing (created if absent) -> to:
  *     a PENDING hold when pending (expires_at 0: A decides expiry), else
- *     POSTED. Result CREATED.
+ *     POSTED. Result CREATED (a refusal answers its own code, as a local
+ *     create does).
  *   SAGA_ABORT, leg CREDIT, on B (step 2', the deadline passed). Id exists
  *     -> REPLAYED with its snapshot (whatever step 2 did stands); a
  *     different record -> ID_CONFLICT. Else records a REJECTED CREDIT leg
