@@ -220,7 +220,7 @@ static int on_clearing_account(void *ctx, const kobo_account *account)
 	clearing_list *list = ctx;
 	clearing_side side = {0};
 
-	if (!kobo_clearing_parse(account->id, &side.a, &side.b, side.currency)) {
+	if (!kobo_clearing_parse(account->id, &side.a, &side.b, side.currency, NULL)) {
 		report_problemf(list->report, "%s is not a well-formed clearing account id",
 		                account->id);
 		return 0;

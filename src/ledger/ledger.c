@@ -113,6 +113,8 @@
  * a POST or VOID of a group may target a stored DEBIT leg and start a saga
  * step on it, so the undo log keeps the saga fields and error_code as well.
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -206,6 +208,10 @@ struct kobo_ledger {
 	uint32_t transfer_undo_count;
 	uint32_t transfer_undo_capacity;
 
+	/* The overflow lane of each op's DEBIT leg, named by
+	 * kobo_ledger_account_ids() (ops_max entries). */
+	char (*lane_ids)[KOBO_ID_LEN_MAX + 1];
+
 	/* Scratch for check_invariants(), sized like account_table. */
 	currency_sum *currency_sums;
 	uint32_t *currency_used; /* indexes of used currency_sums */
@@ -221,6 +227,33 @@ static uint64_t hash_id(const char *id)
 		hash *= 1099511628211ull;
 	}
 	return hash;
+}
+
+/* A second, independent 64-bit hash of id (FNV-1a from another basis,
+ * then MurmurHash3's finalizer), so that a lane is named by 128 bits. */
+static uint64_t hash_id_2(const char *id)
+{
+	uint64_t hash = 0x9e3779b97f4a7c15ull;
+	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+		hash ^= *p;
+		hash *= 0x100000001b3ull;
+		hash ^= hash >> 29;
+	}
+	hash ^= hash >> 33;
+	hash *= 0xff51afd7ed558ccdull;
+	hash ^= hash >> 33;
+	hash *= 0xc4ceb9fe1a85ec53ull;
+	hash ^= hash >> 33;
+	return hash;
+}
+
+void kobo_clearing_lane_id(char *out, const char *base, const char *transfer_id)
+{
+	KOBO__LEDGER_ASSERT(strlen(base) <=
+	                    KOBO_ID_LEN_MAX - KOBO_CLEARING_LANE_LEN_MAX);
+	int n = snprintf(out, KOBO_ID_LEN_MAX + 1, "%s:%016" PRIx64 "%016" PRIx64,
+	                 base, hash_id(transfer_id), hash_id_2(transfer_id));
+	KOBO__LEDGER_ASSERT(n > 0 && n <= KOBO_ID_LEN_MAX);
 }
 
 static uint32_t table_size_for(uint32_t capacity)
@@ -466,13 +499,13 @@ kobo_ledger *kobo_ledger_create(size_t ops_max)
 	if (ledger == NULL)
 		return NULL;
 	ledger->ops_max = ops_max;
-	ledger->account_capacity = (uint32_t)(2 * ops_max + 1);
+	ledger->account_capacity = (uint32_t)KOBO_LEDGER_ACCOUNT_IDS_MAX(ops_max);
 	ledger->transfer_capacity = (uint32_t)ops_max;
 	uint32_t account_table_size = table_size_for(ledger->account_capacity);
 	uint32_t transfer_table_size = table_size_for(ledger->transfer_capacity);
 	ledger->account_table_mask = account_table_size - 1;
 	ledger->transfer_table_mask = transfer_table_size - 1;
-	ledger->account_undo_capacity = (uint32_t)(2 * ops_max);
+	ledger->account_undo_capacity = (uint32_t)(3 * ops_max);
 	ledger->transfer_undo_capacity = (uint32_t)ops_max;
 
 	ledger->accounts = calloc(ledger->account_capacity,
@@ -499,7 +532,9 @@ kobo_ledger *kobo_ledger_create(size_t ops_max)
 	                               sizeof(*ledger->currency_sums));
 	ledger->currency_used = calloc(ledger->account_capacity,
 	                               sizeof(*ledger->currency_used));
-	if (ledger->accounts == NULL || ledger->account_table == NULL ||
+	ledger->lane_ids = calloc(ops_max, sizeof(*ledger->lane_ids));
+	if (ledger->lane_ids == NULL ||
+	    ledger->accounts == NULL || ledger->account_table == NULL ||
 	    ledger->transfers == NULL || ledger->transfer_table == NULL ||
 	    ledger->account_changes == NULL ||
 	    ledger->account_change_slots == NULL ||
@@ -529,6 +564,7 @@ void kobo_ledger_destroy(kobo_ledger *ledger)
 	free(ledger->transfer_undos);
 	free(ledger->currency_sums);
 	free(ledger->currency_used);
+	free(ledger->lane_ids);
 	free(ledger);
 }
 
@@ -548,6 +584,13 @@ void kobo_ledger_reset(kobo_ledger *ledger)
 }
 
 /* ---- Id lists. ---- */
+
+/* A DEBIT leg's base clearing id leaves room for a lane suffix. */
+static bool debit_clearing_fits_lane(const kobo_transfer *transfer)
+{
+	return strlen(transfer->clearing) <=
+	       KOBO_ID_LEN_MAX - KOBO_CLEARING_LANE_LEN_MAX;
+}
 
 /* Heapsort of string pointers by strcmp: in place, no allocation (qsort may
  * allocate), O(n log n). Sorted ids also give the stores a deadlock-free
@@ -603,6 +646,8 @@ void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
 		case KOBO_OP_POST:
 		case KOBO_OP_VOID:
 		case KOBO_OP_EXPIRE:
+		case KOBO_OP_SAGA_POST:
+		case KOBO_OP_SAGA_VOID:
 			ids[n++] = ops[i].u.target.id;
 			break;
 		case KOBO_OP_SAGA_SETTLE:
@@ -620,7 +665,7 @@ void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
  * the stored transfer alone. Only accounts of this shard are listed (a leg
  * names its clearing account instead of the other shard's one), and at most
  * two per op, which keeps the count within 2 * ops_count. */
-void kobo_ledger_account_ids(const kobo_ledger *ledger, const kobo_op *ops,
+void kobo_ledger_account_ids(kobo_ledger *ledger, const kobo_op *ops,
                              size_t ops_count, const char **ids, size_t *count)
 {
 	size_t n = 0;
@@ -633,16 +678,27 @@ void kobo_ledger_account_ids(const kobo_ledger *ledger, const kobo_op *ops,
 			break;
 		case KOBO_OP_CREATE_TRANSFER:
 		case KOBO_OP_SAGA_CREDIT:
-			/* LOCAL from/to, DEBIT from/clearing, CREDIT
+			/* LOCAL from/to, DEBIT from/clearing (+ lane), CREDIT
 			 * clearing/to. */
 			ids[n++] = kobo_transfer_debit_account(&op->u.transfer);
 			ids[n++] = kobo_transfer_credit_account(&op->u.transfer);
+			if (op->kind == KOBO_OP_CREATE_TRANSFER &&
+			    op->u.transfer.leg == KOBO_LEG_DEBIT &&
+			    debit_clearing_fits_lane(&op->u.transfer) &&
+			    i < ledger->ops_max) {
+				kobo_clearing_lane_id(ledger->lane_ids[i],
+				                      op->u.transfer.clearing,
+				                      op->u.transfer.id);
+				ids[n++] = ledger->lane_ids[i];
+			}
 			break;
 		case KOBO_OP_SAGA_ABORT:
 			break; /* records a refusal: moves nothing */
 		case KOBO_OP_POST:
 		case KOBO_OP_VOID:
 		case KOBO_OP_EXPIRE:
+		case KOBO_OP_SAGA_POST:
+		case KOBO_OP_SAGA_VOID:
 			target_id = op->u.target.id;
 			break;
 		case KOBO_OP_SAGA_SETTLE:
@@ -730,6 +786,20 @@ static kobo_result_code apply_create_account(kobo_ledger *ledger,
 	return KOBO_RESULT_CREATED;
 }
 
+/* A DEBIT leg names the base clearing account it was asked for, or the
+ * overflow lane the ledger chose instead (see check_new_debit_leg). */
+static bool clearing_equal(const kobo_transfer *stored,
+                           const kobo_transfer *wanted)
+{
+	if (strcmp(stored->clearing, wanted->clearing) == 0)
+		return true;
+	if (stored->leg != KOBO_LEG_DEBIT || !debit_clearing_fits_lane(wanted))
+		return false;
+	char lane[KOBO_ID_LEN_MAX + 1];
+	kobo_clearing_lane_id(lane, wanted->clearing, wanted->id);
+	return strcmp(stored->clearing, lane) == 0;
+}
+
 static bool transfer_params_equal(const kobo_transfer *stored,
                                   const kobo_transfer *wanted)
 {
@@ -742,7 +812,7 @@ static bool transfer_params_equal(const kobo_transfer *stored,
 	       stored->pending == wanted->pending &&
 	       stored->timeout_seconds == wanted->timeout_seconds &&
 	       stored->leg == wanted->leg &&
-	       strcmp(stored->clearing, wanted->clearing) == 0 &&
+	       clearing_equal(stored, wanted) &&
 	       metadata_equal(stored->metadata, stored->metadata_len,
 	                      wanted->metadata, wanted->metadata_len);
 }
@@ -763,11 +833,11 @@ static kobo_result_code answer_existing_transfer(const kobo_ledger *ledger,
 /* Records a new transfer from a CREATE_TRANSFER, SAGA_CREDIT or SAGA_ABORT
  * op with the given outcome (the caller moves the money); returns its slot.
  * A PROCESSING record is a DEBIT leg whose saga starts RESERVED. */
-static uint32_t record_transfer(kobo_ledger *ledger, const kobo_op *op,
-                                int64_t now_ms, kobo_transfer_status status,
-                                kobo_result_code error_code)
+static uint32_t record_leg(kobo_ledger *ledger, const kobo_op *op,
+                           const kobo_transfer *wanted, int64_t now_ms,
+                           kobo_transfer_status status,
+                           kobo_result_code error_code)
 {
-	const kobo_transfer *wanted = &op->u.transfer;
 	kobo_transfer transfer;
 	memset(&transfer, 0, sizeof(transfer));
 	memcpy(transfer.id, wanted->id, sizeof(transfer.id));
@@ -808,6 +878,14 @@ static uint32_t record_transfer(kobo_ledger *ledger, const kobo_op *op,
 	uint32_t slot = transfer_insert(ledger, &transfer, true);
 	transfer_change_note(ledger, slot);
 	return slot;
+}
+
+static uint32_t record_transfer(kobo_ledger *ledger, const kobo_op *op,
+                                int64_t now_ms, kobo_transfer_status status,
+                                kobo_result_code error_code)
+{
+	return record_leg(ledger, op, &op->u.transfer, now_ms, status,
+	                  error_code);
 }
 
 /* The clearing account a leg creates on first use, with zero balances.
@@ -885,6 +963,18 @@ static kobo_result_code check_new_transfer(const kobo_ledger *ledger,
 	                           &from_pending_out) ||
 	    __builtin_add_overflow(to->pending_in, amount, &to_pending_in))
 		return KOBO_RESULT_AMOUNT_OVERFLOW;
+	/* Kobo's own clearing accounts are bounded as if every hold on them
+	 * posts, symmetrically on both shards: A's (credited by DEBIT legs)
+	 * keeps posted + pending_in <= INT64_MAX, B's (debited by CREDIT
+	 * legs) posted - pending_out >= -INT64_MAX. So several sagas in flight
+	 * that each fit also fit together, A can always post what B credited,
+	 * and B accepts whatever A's mirror account accepted. */
+	if (wanted->leg == KOBO_LEG_DEBIT &&
+	    (__int128)to->posted + to->pending_in + amount > INT64_MAX)
+		return KOBO_RESULT_AMOUNT_OVERFLOW;
+	if (wanted->leg == KOBO_LEG_CREDIT &&
+	    (__int128)from->posted - from->pending_out - amount < -INT64_MAX)
+		return KOBO_RESULT_AMOUNT_OVERFLOW;
 	/* The available balances the transfer leaves behind must fit too. */
 	int64_t from_available, to_available;
 	if (wanted->pending || wanted->leg == KOBO_LEG_DEBIT) {
@@ -918,6 +1008,19 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
 	int64_t debit_slot = -1, credit_slot = -1;
 	kobo_result_code code = check_new_transfer(ledger, wanted, &debit_slot,
 	                                           &credit_slot);
+	kobo_transfer in_lane;
+	if (code == KOBO_RESULT_AMOUNT_OVERFLOW &&
+	    wanted->leg == KOBO_LEG_DEBIT) {
+		/* The shared clearing account is full: this leg takes an
+		 * overflow lane of its own (ledger.h, "Clearing lanes"). */
+		in_lane = *wanted;
+		kobo_clearing_lane_id(in_lane.clearing, wanted->clearing,
+		                      wanted->id);
+		code = check_new_transfer(ledger, &in_lane, &debit_slot,
+		                          &credit_slot);
+		if (code == KOBO_RESULT_CREATED)
+			wanted = &in_lane;
+	}
 	if (code != KOBO_RESULT_CREATED) {
 		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
 		                       code);
@@ -944,7 +1047,8 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
 		debit->pending_out += wanted->amount;
 		credit->pending_in += wanted->amount;
 	}
-	slot = record_transfer(ledger, op, now_ms, status, KOBO_RESULT_CREATED);
+	slot = record_leg(ledger, op, wanted, now_ms, status,
+	                  KOBO_RESULT_CREATED);
 	snapshot_transfer(ledger, slot, result);
 	return KOBO_RESULT_CREATED;
 }
@@ -1129,10 +1233,25 @@ static bool void_replays(const kobo_transfer *transfer)
 	        transfer->saga == KOBO_SAGA_VOIDING);
 }
 
+/* The record a POST or VOID may act on: a client's (POST, VOID) is a LOCAL
+ * transfer or a DEBIT leg, the runner's (SAGA_POST, SAGA_VOID) a CREDIT leg.
+ * A CREDIT leg is invisible to clients' post/void: the transfer they name
+ * lives with its payer, so on the payee's shard it is not found. */
+static int64_t find_target(const kobo_ledger *ledger, const kobo_op *op)
+{
+	int64_t slot = transfer_find(ledger, op->u.target.id);
+	if (slot < 0)
+		return -1;
+	bool credit = ledger->transfers[slot].transfer.leg == KOBO_LEG_CREDIT;
+	bool runner = op->kind == KOBO_OP_SAGA_POST ||
+	              op->kind == KOBO_OP_SAGA_VOID;
+	return credit == runner ? slot : -1;
+}
+
 static kobo_result_code apply_post(kobo_ledger *ledger, const kobo_op *op,
                                    int64_t now_ms, kobo_result *result)
 {
-	int64_t slot = transfer_find(ledger, op->u.target.id);
+	int64_t slot = find_target(ledger, op);
 	if (slot < 0)
 		return KOBO_RESULT_TRANSFER_NOT_FOUND;
 	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
@@ -1141,6 +1260,8 @@ static kobo_result_code apply_post(kobo_ledger *ledger, const kobo_op *op,
 	kobo_result_code code;
 	if (post_replays(transfer)) {
 		code = KOBO_RESULT_REPLAYED;
+	} else if (transfer->status == KOBO_STATUS_PROCESSING) {
+		code = KOBO_RESULT_TRANSFER_IN_PROGRESS;
 	} else if (transfer->status != KOBO_STATUS_PENDING) {
 		code = KOBO_RESULT_NOT_PENDING;
 	} else if (hold_expired(transfer, now_ms)) {
@@ -1168,13 +1289,15 @@ static kobo_result_code apply_post(kobo_ledger *ledger, const kobo_op *op,
 static kobo_result_code apply_void(kobo_ledger *ledger, const kobo_op *op,
                                    int64_t now_ms, kobo_result *result)
 {
-	int64_t slot = transfer_find(ledger, op->u.target.id);
+	int64_t slot = find_target(ledger, op);
 	if (slot < 0)
 		return KOBO_RESULT_TRANSFER_NOT_FOUND;
 	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
 	kobo_result_code code;
 	if (void_replays(transfer)) {
 		code = KOBO_RESULT_REPLAYED;
+	} else if (transfer->status == KOBO_STATUS_PROCESSING) {
+		code = KOBO_RESULT_TRANSFER_IN_PROGRESS;
 	} else if (transfer->status == KOBO_STATUS_PENDING) {
 		void_hold(ledger, (uint32_t)slot,
 		          hold_expired(transfer, now_ms) ? KOBO_VOID_EXPIRED
@@ -1285,9 +1408,11 @@ static kobo_result_code apply_op(kobo_ledger *ledger, const kobo_op *op,
 		code = apply_saga_abort(ledger, op, now_ms, result);
 		break;
 	case KOBO_OP_POST:
+	case KOBO_OP_SAGA_POST:
 		code = apply_post(ledger, op, now_ms, result);
 		break;
 	case KOBO_OP_VOID:
+	case KOBO_OP_SAGA_VOID:
 		code = apply_void(ledger, op, now_ms, result);
 		break;
 	case KOBO_OP_EXPIRE:
@@ -1327,7 +1452,9 @@ static const char *op_record_id(const kobo_op *op)
 	case KOBO_OP_SAGA_ABORT: return op->u.transfer.id;
 	case KOBO_OP_POST:
 	case KOBO_OP_VOID:
-	case KOBO_OP_EXPIRE: return op->u.target.id;
+	case KOBO_OP_EXPIRE:
+	case KOBO_OP_SAGA_POST:
+	case KOBO_OP_SAGA_VOID: return op->u.target.id;
 	case KOBO_OP_SAGA_SETTLE: return op->u.settle.id;
 	}
 	return op->u.target.id;
@@ -1384,10 +1511,10 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 		replay = true; /* same parameters: a conflict returned above */
 		break;
 	case KOBO_OP_POST:
-		replay = post_replays(stored);
+		replay = stored->leg != KOBO_LEG_CREDIT && post_replays(stored);
 		break;
 	case KOBO_OP_VOID:
-		replay = void_replays(stored);
+		replay = stored->leg != KOBO_LEG_CREDIT && void_replays(stored);
 		break;
 	default:
 		break;
@@ -1455,7 +1582,9 @@ static bool transfer_op_leg_valid(const kobo_op *op)
 		return transfer->leg == KOBO_LEG_CREDIT && has_clearing;
 	if (transfer->leg == KOBO_LEG_LOCAL)
 		return !has_clearing;
-	return transfer->leg == KOBO_LEG_DEBIT && has_clearing;
+	/* A DEBIT leg names the base account: its lane must fit an id. */
+	return transfer->leg == KOBO_LEG_DEBIT && has_clearing &&
+	       debit_clearing_fits_lane(transfer);
 }
 
 /* A stored hold an op targets must come with its accounts on this shard. */
@@ -1476,7 +1605,7 @@ static bool target_accounts_put(const kobo_ledger *ledger, const char *id)
  * every record the ops could create. New records are counted per op, not
  * per distinct id, which over-counts only ids the batch names twice: with
  * the accounts put being those kobo_ledger_account_ids() listed, the count
- * stays within the 2 ids per op the capacity is sized for. */
+ * stays within the 3 ids per op the capacity is sized for. */
 static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
                        size_t ops_count)
 {
@@ -1507,18 +1636,27 @@ static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
 			if (transfer_find(ledger, transfer->id) >= 0)
 				break;
 			new_transfers++;
-			/* A leg may create its clearing account. */
+			/* A leg may create its clearing account, a DEBIT leg
+			 * its overflow lane instead (never both). */
 			if (op->kind != KOBO_OP_SAGA_ABORT &&
 			    transfer->leg != KOBO_LEG_LOCAL &&
-			    account_find(ledger, transfer->clearing) < 0)
+			    (account_find(ledger, transfer->clearing) < 0 ||
+			     transfer->leg == KOBO_LEG_DEBIT))
 				new_accounts++;
 			break;
 		}
+		case KOBO_OP_SAGA_POST:
+		case KOBO_OP_SAGA_VOID:
+			/* A saga step commits alone: never in a group. */
+			if (op->atomic_group != 0)
+				return KOBO_EINVAL;
+			/* fall through */
 		case KOBO_OP_POST:
 		case KOBO_OP_VOID:
 		case KOBO_OP_EXPIRE:
-			if (op->kind == KOBO_OP_POST && op->u.target.has_amount &&
-			    op->u.target.amount < 1)
+			if ((op->kind == KOBO_OP_POST ||
+			     op->kind == KOBO_OP_SAGA_POST) &&
+			    op->u.target.has_amount && op->u.target.amount < 1)
 				return KOBO_EINVAL;
 			if (!target_accounts_put(ledger, op->u.target.id))
 				return KOBO_EINVAL;

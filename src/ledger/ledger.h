@@ -94,6 +94,10 @@ typedef enum kobo_result_code {
 	/* A cross-shard credit leg refused because its saga passed its
 	 * deadline first (KOBO_OP_SAGA_ABORT); the payer was refunded. */
 	KOBO_RESULT_SAGA_TIMEOUT,
+	/* Post/void of a cross-shard transfer whose saga step is still under
+	 * way (409 with Retry-After): retry the same request shortly; it is
+	 * not recorded and changes nothing. */
+	KOBO_RESULT_TRANSFER_IN_PROGRESS,
 	KOBO_RESULT_CODE_COUNT
 } kobo_result_code;
 
@@ -204,6 +208,26 @@ static inline int64_t kobo_account_available(const kobo_account *account)
 	return account->posted - account->pending_out;
 }
 
+/* ---- Clearing lanes. ----
+ *
+ * Shard A's clearing account for shard B in a currency (named by the shard
+ * layer, "kobo:clearing:<A>:<B>:<CUR>") is shared by every A -> B transfer:
+ * its totals are the sum of everyone's money in flight and moved. So that
+ * one client's huge transfer can never make another client's transfer fail
+ * on Kobo's own account, a DEBIT leg that would overflow the base account
+ * (its posted + pending_in past INT64_MAX, counting every hold as posted)
+ * goes to an overflow lane of its own: the base id + ":" + 32 hex digits
+ * derived from the transfer id (kobo_clearing_lane_id). A fresh lane holds
+ * any amount. The CREDIT leg on B uses B's account of the same lane, so
+ * each lane pair nets to zero like the base pair. */
+#define KOBO_CLEARING_LANE_HEX 32
+#define KOBO_CLEARING_LANE_LEN_MAX (1 + KOBO_CLEARING_LANE_HEX)
+
+/* Writes base + ":" + the lane digits of transfer_id into out
+ * (KOBO_ID_LEN_MAX + 1 bytes). base must be a clearing id without a lane
+ * (at most KOBO_ID_LEN_MAX - KOBO_CLEARING_LANE_LEN_MAX chars). */
+void kobo_clearing_lane_id(char *out, const char *base, const char *transfer_id);
+
 /* ---- Ops: what a batch asks for. ---- */
 
 typedef enum kobo_op_kind {
@@ -216,6 +240,8 @@ typedef enum kobo_op_kind {
 	KOBO_OP_SAGA_CREDIT, /* step 2 on B: create the CREDIT leg */
 	KOBO_OP_SAGA_ABORT,  /* step 2' on B: refuse the CREDIT leg for good */
 	KOBO_OP_SAGA_SETTLE, /* step 3 on A: finish the DEBIT leg */
+	KOBO_OP_SAGA_POST,   /* step 2 of a post on B: post the CREDIT leg */
+	KOBO_OP_SAGA_VOID,   /* step 2 of a void on B: void the CREDIT leg */
 } kobo_op_kind;
 
 typedef struct kobo_op {
@@ -234,7 +260,8 @@ typedef struct kobo_op {
 		 * use). SAGA_CREDIT / SAGA_ABORT: the same fields with leg
 		 * CREDIT. Other fields are ignored. */
 		kobo_transfer transfer;
-		/* POST, VOID, EXPIRE. has_amount/amount only for POST. */
+		/* POST, VOID, EXPIRE, SAGA_POST, SAGA_VOID. has_amount/
+		 * amount only for POST and SAGA_POST. */
 		struct {
 			char id[KOBO_ID_LEN_MAX + 1];
 			bool has_amount;
@@ -285,14 +312,19 @@ void kobo_ledger_reset(kobo_ledger *ledger);
 void kobo_ledger_transfer_ids(const kobo_op *ops, size_t ops_count,
                               const char **ids, size_t *count);
 
+/* Entries the id lists below may need for ops_count ops: a DEBIT leg names
+ * its payer, its clearing account and its overflow lane. */
+#define KOBO_LEDGER_ACCOUNT_IDS_MAX(ops_count) (3 * (size_t)(ops_count) + 1)
+
 /* Lists the distinct account ids of this shard the batch may touch: those
- * the ops name (for a leg, its local account and its clearing account) and
+ * the ops name (for a leg, its local account, its clearing account and, for
+ * a DEBIT leg, the overflow lane it would use: see "Clearing lanes") and
  * the debit/credit accounts of every put transfer that a POST, VOID, EXPIRE
  * or SAGA_SETTLE targets.
- * Both id lists come back sorted (strcmp): a deadlock-free lock order. ids must hold 2 * ops_count + 1
- * entries. Call after putting the loaded transfers. Strings are borrowed from
+ * Both id lists come back sorted (strcmp): a deadlock-free lock order. ids must hold
+ * KOBO_LEDGER_ACCOUNT_IDS_MAX(ops_count) entries. Call after putting the loaded transfers. Strings are borrowed from
  * ops or from the ledger (valid until reset). */
-void kobo_ledger_account_ids(const kobo_ledger *ledger, const kobo_op *ops,
+void kobo_ledger_account_ids(kobo_ledger *ledger, const kobo_op *ops,
                              size_t ops_count, const char **ids, size_t *count);
 
 /* Hands the ledger an existing account / transfer as stored. The struct is

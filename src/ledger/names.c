@@ -28,6 +28,7 @@ static const char *const result_code_names[KOBO_RESULT_CODE_COUNT] = {
 	[KOBO_RESULT_NOT_PENDING] = "not_pending",
 	[KOBO_RESULT_AMOUNT_EXCEEDS_PENDING] = "amount_exceeds_pending",
 	[KOBO_RESULT_SAGA_TIMEOUT] = "saga_timeout",
+	[KOBO_RESULT_TRANSFER_IN_PROGRESS] = "transfer_in_progress",
 };
 
 const char *kobo_result_code_name(kobo_result_code code)

@@ -346,8 +346,8 @@ static kobo_saga_step_kind remote_metric(const kobo_op *op)
 {
 	switch (op->kind) {
 	case KOBO_OP_SAGA_ABORT: return KOBO_SAGA_STEP_ABORT;
-	case KOBO_OP_POST: return KOBO_SAGA_STEP_POST;
-	case KOBO_OP_VOID: return KOBO_SAGA_STEP_VOID;
+	case KOBO_OP_SAGA_POST: return KOBO_SAGA_STEP_POST;
+	case KOBO_OP_SAGA_VOID: return KOBO_SAGA_STEP_VOID;
 	default: return KOBO_SAGA_STEP_CREDIT;
 	}
 }

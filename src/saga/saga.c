@@ -29,17 +29,24 @@ bool kobo_saga_remote_op(const kobo_transfer *a_record, const char *b_clearing,
 		t->metadata = a_record->metadata; /* borrowed from a_record */
 		t->metadata_len = a_record->metadata_len;
 		t->leg = KOBO_LEG_CREDIT;
-		snprintf(t->clearing, sizeof(t->clearing), "%s", b_clearing);
+		/* B's account of the lane A's leg took (ledger.h, "Clearing
+		 * lanes"): the base, or the base + the same lane suffix. */
+		char currency[KOBO_CURRENCY_LEN_MAX + 1];
+		char lane[KOBO_CLEARING_LANE_LEN_MAX + 1];
+		uint32_t a, b;
+		if (!kobo_clearing_parse(a_record->clearing, &a, &b, currency, lane))
+			lane[0] = '\0';
+		snprintf(t->clearing, sizeof(t->clearing), "%s%s", b_clearing, lane);
 		return true;
 	}
 	case KOBO_SAGA_POSTING:
-		op->kind = KOBO_OP_POST;
+		op->kind = KOBO_OP_SAGA_POST;
 		memcpy(op->u.target.id, a_record->id, sizeof(op->u.target.id));
 		op->u.target.has_amount = true;
 		op->u.target.amount = a_record->saga_amount;
 		return true;
 	case KOBO_SAGA_VOIDING:
-		op->kind = KOBO_OP_VOID;
+		op->kind = KOBO_OP_SAGA_VOID;
 		memcpy(op->u.target.id, a_record->id, sizeof(op->u.target.id));
 		return true;
 	case KOBO_SAGA_NONE:
@@ -99,7 +106,7 @@ bool kobo_saga_settle_op(const kobo_transfer *a_record, const kobo_op *b_op,
 			return false;
 		break;
 	case KOBO_SAGA_POSTING:
-		if (b_op->kind != KOBO_OP_POST)
+		if (b_op->kind != KOBO_OP_SAGA_POST)
 			return false;
 		if (b_result->code == KOBO_RESULT_AMOUNT_OVERFLOW) {
 			refused = true;
@@ -112,7 +119,7 @@ bool kobo_saga_settle_op(const kobo_transfer *a_record, const kobo_op *b_op,
 		}
 		break;
 	case KOBO_SAGA_VOIDING:
-		if (b_op->kind != KOBO_OP_VOID)
+		if (b_op->kind != KOBO_OP_SAGA_VOID)
 			return false;
 		if (b_result->code != KOBO_RESULT_UPDATED &&
 		    b_result->code != KOBO_RESULT_REPLAYED)

@@ -78,9 +78,13 @@ int kobo_shard_map_read(const char *dir, kobo_shard_map *map, char *error,
 /* Shard a's clearing account for shard b in currency:
  * "kobo:clearing:<a>:<b>:<currency>" into out (KOBO_ID_LEN_MAX + 1 bytes). */
 void kobo_clearing_id(char *out, uint32_t a, uint32_t b, const char *currency);
-/* Parses a clearing id; false when id is not one. */
+/* Parses a clearing id, base or overflow lane (ledger.h,
+ * kobo_clearing_lane_id): false when id is not one. lane, when not NULL,
+ * receives the lane suffix (":" + KOBO_CLEARING_LANE_HEX hex digits, at
+ * most KOBO_CLEARING_LANE_LEN_MAX + 1 bytes), "" for the base account. */
 bool kobo_clearing_parse(const char *id, uint32_t *a, uint32_t *b,
-                         char *currency /* KOBO_CURRENCY_LEN_MAX + 1 */);
+                         char *currency /* KOBO_CURRENCY_LEN_MAX + 1 */,
+                         char *lane);
 
 /* ---- Requests. ---- */
 

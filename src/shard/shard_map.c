@@ -58,7 +58,8 @@ uint32_t kobo_shard_map_account(const kobo_shard_map *map, const char *account_i
 	 * other id: the edge refuses "kobo:" ids from clients, so only a bug can
 	 * produce one, and hashing keeps routing total instead of indexing out of
 	 * range. */
-	if (kobo_clearing_parse(account_id, &a, &b, currency) && a < map->shard_count)
+	if (kobo_clearing_parse(account_id, &a, &b, currency, NULL) &&
+	    a < map->shard_count)
 		return a;
 	return map->shard_of[kobo_partition_of(account_id)];
 }
@@ -116,20 +117,43 @@ static bool currency_valid(const char *s)
 
 _Static_assert(KOBO_SHARDS_MAX <= 1000, "parse_shard_number reads 3 digits at most");
 
-bool kobo_clearing_parse(const char *id, uint32_t *a, uint32_t *b, char *currency)
+/* ":" and KOBO_CLEARING_LANE_HEX lowercase hex digits (ledger.h). */
+static bool lane_valid(const char *s)
+{
+	if (s[0] != ':')
+		return false;
+	size_t n = 0;
+	for (s++; s[n]; n++) {
+		if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+			return false;
+	}
+	return n == KOBO_CLEARING_LANE_HEX;
+}
+
+bool kobo_clearing_parse(const char *id, uint32_t *a, uint32_t *b, char *currency,
+                         char *lane)
 {
 	const size_t prefix_len = sizeof(CLEARING_PREFIX) - 1;
 	uint32_t x, y;
+	char code[KOBO_CURRENCY_LEN_MAX + 1];
 
 	if (strncmp(id, CLEARING_PREFIX, prefix_len) != 0)
 		return false;
 	const char *p = id + prefix_len;
 	if (!parse_shard_number(&p, &x) || !parse_shard_number(&p, &y) || x == y)
 		return false;
-	if (!currency_valid(p))
+	const char *suffix = strchr(p, ':');
+	size_t code_len = suffix ? (size_t)(suffix - p) : strlen(p);
+	if (code_len > KOBO_CURRENCY_LEN_MAX)
+		return false;
+	memcpy(code, p, code_len);
+	code[code_len] = '\0';
+	if (!currency_valid(code) || (suffix && !lane_valid(suffix)))
 		return false;
 	*a = x;
 	*b = y;
-	strcpy(currency, p); /* fits: currency_valid bounded its length */
+	strcpy(currency, code); /* fits: checked above */
+	if (lane)
+		strcpy(lane, suffix ? suffix : ""); /* fits: lane_valid */
 	return true;
 }

@@ -241,7 +241,7 @@ static void test_names_round_trip(void **state)
 		"account_not_found", "insufficient_funds", "currency_mismatch",
 		"same_account", "amount_overflow", "not_applied",
 		"transfer_not_found", "not_pending", "amount_exceeds_pending",
-		"saga_timeout",
+		"saga_timeout", "transfer_in_progress",
 	};
 	assert_int_equal(sizeof(names) / sizeof(names[0]),
 	                 KOBO_RESULT_CODE_COUNT);
@@ -754,9 +754,9 @@ static void test_post_void_unknown_and_not_holds(void **state)
 	processing.status = KOBO_STATUS_PROCESSING;
 	assert_int_equal(kobo_ledger_put_transfer(ledger, &processing), KOBO_OK);
 	EXPECT_CODE(apply(op_target(KOBO_OP_POST, "p1")),
-	            KOBO_RESULT_NOT_PENDING);
+	            KOBO_RESULT_TRANSFER_IN_PROGRESS);
 	EXPECT_CODE(apply(op_target(KOBO_OP_VOID, "p1")),
-	            KOBO_RESULT_NOT_PENDING);
+	            KOBO_RESULT_TRANSFER_IN_PROGRESS);
 	EXPECT_CODE(apply(op_target(KOBO_OP_EXPIRE, "p1")),
 	            KOBO_RESULT_NOT_PENDING);
 	EXPECT_TRUE(transfer_change("p1") == NULL);
@@ -982,7 +982,7 @@ static void reload(const kobo_op *ops, size_t count)
 		assert_int_equal(kobo_ledger_put_transfer(ledger,
 		                                          &saved_transfers[i]),
 		                 KOBO_OK);
-	const char *ids[2 * OPS_MAX + 1];
+	const char *ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(OPS_MAX)];
 	size_t id_count;
 	kobo_ledger_account_ids(ledger, ops, count, ids, &id_count);
 	for (size_t i = 0; i < account_count; i++) {
@@ -1219,7 +1219,7 @@ static void test_ids_are_distinct(void **state)
 		op_account("a", "NGN", false),
 		op_target(KOBO_OP_EXPIRE, "unknown"),
 	};
-	const char *ids[2 * 6 + 1];
+	const char *ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(6)];
 	size_t count;
 	kobo_ledger_transfer_ids(ops, 6, ids, &count);
 	EXPECT_I64(count, 3); /* t1, h1, unknown */
@@ -1244,7 +1244,8 @@ static void test_capacity(void **state)
 	kobo_ledger *small = kobo_ledger_create(2);
 	assert_non_null(small);
 	char id[16];
-	for (int i = 0; i < 5; i++) {
+	/* Room for KOBO_LEDGER_ACCOUNT_IDS_MAX(2) = 7 accounts. */
+	for (int i = 0; i < 7; i++) {
 		snprintf(id, sizeof(id), "acc%d", i);
 		kobo_account account = make_account(id, "NGN", true, 0, 0, 0);
 		assert_int_equal(kobo_ledger_put_account(small, &account),

@@ -111,7 +111,7 @@ static kobo_transfer *stored_transfer(shard *s, const char *id)
 static int run(shard *s, const kobo_op *ops, size_t count, int64_t now_ms,
                kobo_result *results)
 {
-	const char *ids[2 * OPS_MAX + 1];
+	const char *ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(OPS_MAX)];
 	size_t id_count;
 	kobo_ledger_reset(s->ledger);
 	kobo_ledger_transfer_ids(ops, count, ids, &id_count);
@@ -623,8 +623,9 @@ static void test_post_debit_starts_posting(void **state)
 
 	EXPECT_CODE(apply(&shard_a, op_target(KOBO_OP_POST, "t1")),
 	            KOBO_RESULT_REPLAYED);
+	/* Another step is under way: a client may retry it (409). */
 	EXPECT_CODE(apply(&shard_a, op_target(KOBO_OP_VOID, "t1")),
-	            KOBO_RESULT_NOT_PENDING);
+	            KOBO_RESULT_TRANSFER_IN_PROGRESS);
 	EXPECT_CODE(apply(&shard_a, op_target(KOBO_OP_EXPIRE, "t1")),
 	            KOBO_RESULT_NOT_PENDING);
 	EXPECT_SAGA(transfer_of(&shard_a, "t1"), KOBO_SAGA_POSTING);
@@ -670,12 +671,13 @@ static void test_post_debit_checks_amount(void **state)
 	kobo_result result = apply(&shard_a, op_post_amount("t1", 301));
 	EXPECT_CODE(result, KOBO_RESULT_AMOUNT_EXCEEDS_PENDING);
 	EXPECT_STATUS(result.transfer, KOBO_STATUS_PENDING);
-	/* A reserved leg is not a hold a client may post or void yet. */
+	/* A reserved leg is not a hold a client may post or void yet: its
+	 * create is still under way, so the answer says retry. */
 	apply(&shard_a, op_debit("t2", 10, true, 0));
 	EXPECT_CODE(apply(&shard_a, op_target(KOBO_OP_POST, "t2")),
-	            KOBO_RESULT_NOT_PENDING);
+	            KOBO_RESULT_TRANSFER_IN_PROGRESS);
 	EXPECT_CODE(apply(&shard_a, op_target(KOBO_OP_VOID, "t2")),
-	            KOBO_RESULT_NOT_PENDING);
+	            KOBO_RESULT_TRANSFER_IN_PROGRESS);
 	EXPECT_SAGA(transfer_of(&shard_a, "t2"), KOBO_SAGA_RESERVED);
 }
 
@@ -713,7 +715,7 @@ static void test_void_debit_starts_voiding(void **state)
 	EXPECT_CODE(apply(&shard_a, op_target(KOBO_OP_VOID, "t1")),
 	            KOBO_RESULT_REPLAYED);
 	EXPECT_CODE(apply(&shard_a, op_target(KOBO_OP_POST, "t1")),
-	            KOBO_RESULT_NOT_PENDING);
+	            KOBO_RESULT_TRANSFER_IN_PROGRESS);
 	/* B can always void: a refusal is a caller bug that changes
 	 * nothing. */
 	EXPECT_CODE(apply(&shard_a, op_settle("t1", true,
@@ -779,28 +781,60 @@ static void test_post_credit_leg(void **state)
 {
 	(void)state;
 	apply(&shard_b, op_credit("t1", 300, true));
-	kobo_result result = apply(&shard_b, op_post_amount("t1", 200));
+	kobo_result result = apply(&shard_b, op_saga_post_amount("t1", 200));
 	EXPECT_CODE(result, KOBO_RESULT_UPDATED);
 	EXPECT_STATUS(result.transfer, KOBO_STATUS_POSTED);
 	EXPECT_I64(result.transfer.posted_amount, 200);
 	EXPECT_BALANCE(&shard_b, "clearing:A", -200, 0, 0);
 	EXPECT_BALANCE(&shard_b, "payee", 200, 0, 0);
-	EXPECT_CODE(apply(&shard_b, op_post_amount("t1", 200)),
+	EXPECT_CODE(apply(&shard_b, op_saga_post_amount("t1", 200)),
 	            KOBO_RESULT_REPLAYED);
 	EXPECT_BALANCE(&shard_b, "payee", 200, 0, 0);
+}
+
+/* Issue 7 item 1: a client's post or void that reaches the payee's shard
+ * (misrouted, or racing the create) never touches the CREDIT leg, which
+ * only the saga runner moves: it answers transfer_not_found and changes
+ * nothing, whatever the leg's state. */
+static void test_client_post_void_never_touch_credit_leg(void **state)
+{
+	(void)state;
+	apply(&shard_b, op_credit("t1", 300, true));
+	EXPECT_CODE(apply(&shard_b, op_post_amount("t1", 1)),
+	            KOBO_RESULT_TRANSFER_NOT_FOUND);
+	EXPECT_CODE(apply(&shard_b, op_target(KOBO_OP_POST, "t1")),
+	            KOBO_RESULT_TRANSFER_NOT_FOUND);
+	EXPECT_CODE(apply(&shard_b, op_target(KOBO_OP_VOID, "t1")),
+	            KOBO_RESULT_TRANSFER_NOT_FOUND);
+	EXPECT_I64(shard_b.transfers_changed + shard_b.accounts_changed, 0);
+	EXPECT_STATUS(transfer_of(&shard_b, "t1"), KOBO_STATUS_PENDING);
+	EXPECT_BALANCE(&shard_b, "clearing:A", 0, 300, 0);
+	EXPECT_BALANCE(&shard_b, "payee", 0, 0, 300);
+	/* In an atomic group too: the group fails, nothing moves. */
+	kobo_op ops[1] = {op_target(KOBO_OP_VOID, "t1")};
+	ops[0].atomic_group = 1;
+	kobo_result results[1];
+	assert_int_equal(run(&shard_b, ops, 1, NOW_MS, results), KOBO_OK);
+	EXPECT_CODE(results[0], KOBO_RESULT_TRANSFER_NOT_FOUND);
+	EXPECT_STATUS(transfer_of(&shard_b, "t1"), KOBO_STATUS_PENDING);
+	/* And the runner's ops never touch a LOCAL transfer or a DEBIT leg. */
+	apply(&shard_a, op_debit("t9", 10, true, 0));
+	EXPECT_CODE(apply(&shard_a, op_saga_void("t9")),
+	            KOBO_RESULT_TRANSFER_NOT_FOUND);
+	EXPECT_SAGA(transfer_of(&shard_a, "t9"), KOBO_SAGA_RESERVED);
 }
 
 static void test_void_credit_leg(void **state)
 {
 	(void)state;
 	apply(&shard_b, op_credit("t1", 300, true));
-	kobo_result result = apply(&shard_b, op_target(KOBO_OP_VOID, "t1"));
+	kobo_result result = apply(&shard_b, op_saga_void("t1"));
 	EXPECT_CODE(result, KOBO_RESULT_UPDATED);
 	EXPECT_STATUS(result.transfer, KOBO_STATUS_VOIDED);
 	EXPECT_REASON(result.transfer, KOBO_VOID_VOIDED);
 	EXPECT_BALANCE(&shard_b, "clearing:A", 0, 0, 0);
 	EXPECT_BALANCE(&shard_b, "payee", 0, 0, 0);
-	EXPECT_CODE(apply(&shard_b, op_target(KOBO_OP_VOID, "t1")),
+	EXPECT_CODE(apply(&shard_b, op_saga_void("t1")),
 	            KOBO_RESULT_REPLAYED);
 }
 
@@ -876,7 +910,7 @@ static void test_id_lists_name_this_shards_accounts(void **state)
 		op_credited("t1"),
 		op_credit_for(op_debit("t3", 10, false, 0), KOBO_OP_SAGA_ABORT),
 	};
-	const char *ids[2 * 3 + 1];
+	const char *ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(3)];
 	size_t count;
 	kobo_ledger_reset(shard_a.ledger);
 	kobo_ledger_transfer_ids(ops, 3, ids, &count);
@@ -888,9 +922,12 @@ static void test_id_lists_name_this_shards_accounts(void **state)
 	                                                          "t1")),
 	                 KOBO_OK);
 	kobo_ledger_account_ids(shard_a.ledger, ops, 3, ids, &count);
-	EXPECT_I64(count, 2); /* payer, clearing:B; never payee */
+	/* payer, clearing:B and t2's overflow lane; never payee */
+	char lane[KOBO_ID_LEN_MAX + 1];
+	kobo_clearing_lane_id(lane, "clearing:B", "t2");
+	EXPECT_I64(count, 3);
 	EXPECT_TRUE(listed(ids, count, "payer") &&
-	            listed(ids, count, "clearing:B"));
+	            listed(ids, count, "clearing:B") && listed(ids, count, lane));
 
 	kobo_op credit = op_credit("t4", 10, false);
 	kobo_ledger_reset(shard_b.ledger);
@@ -903,10 +940,10 @@ static void test_id_lists_name_this_shards_accounts(void **state)
 static void test_capacity_counts_clearing_accounts(void **state)
 {
 	(void)state;
-	kobo_ledger *small = kobo_ledger_create(1); /* 3 accounts */
+	kobo_ledger *small = kobo_ledger_create(1); /* 4 accounts */
 	assert_non_null(small);
-	static const char *const names[3] = {"payer", "x", "y"};
-	for (int i = 0; i < 3; i++) {
+	static const char *const names[4] = {"payer", "x", "y", "z"};
+	for (int i = 0; i < 4; i++) {
 		kobo_account account = shard_a.accounts[0];
 		snprintf(account.id, sizeof(account.id), "%s", names[i]);
 		assert_int_equal(kobo_ledger_put_account(small, &account),
@@ -967,10 +1004,10 @@ static void drive(const char *id, const kobo_op *debit)
 			b_op = op_credit_for(*debit, KOBO_OP_SAGA_CREDIT);
 			break;
 		case KOBO_SAGA_POSTING:
-			b_op = op_post_amount(id, record.saga_amount);
+			b_op = op_saga_post_amount(id, record.saga_amount);
 			break;
 		case KOBO_SAGA_VOIDING:
-			b_op = op_target(KOBO_OP_VOID, id);
+			b_op = op_saga_void(id);
 			break;
 		}
 		kobo_result b = apply(&shard_b, b_op);
@@ -1088,6 +1125,7 @@ int main(void)
 		T(test_expire_debit_starts_voiding),
 		T(test_late_post_and_void_of_debit),
 		T(test_post_credit_leg),
+		T(test_client_post_void_never_touch_credit_leg),
 		T(test_void_credit_leg),
 		T(test_legs_and_saga_ops_refused_in_groups),
 		T(test_invalid_leg_ops_refused),

@@ -153,4 +153,16 @@ static inline kobo_op op_post_amount(const char *id, int64_t amount)
 	                     "req-target");
 }
 
+/* The saga runner's post / void of a CREDIT leg on the payee's shard. */
+static inline kobo_op op_saga_post_amount(const char *id, int64_t amount)
+{
+	return test_op_named(test_op_target(KOBO_OP_SAGA_POST, id, true, amount),
+	                     "req-target");
+}
+
+static inline kobo_op op_saga_void(const char *id)
+{
+	return op_target(KOBO_OP_SAGA_VOID, id);
+}
+
 #endif

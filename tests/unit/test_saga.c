@@ -72,13 +72,13 @@ static void remote_op_follows_the_state(void **state)
 
 	t = debit_record(KOBO_SAGA_POSTING, true);
 	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", true, &op));
-	assert_int_equal(op.kind, KOBO_OP_POST); /* abort only concerns RESERVED */
+	assert_int_equal(op.kind, KOBO_OP_SAGA_POST); /* abort only concerns RESERVED */
 	assert_true(op.u.target.has_amount);
 	assert_int_equal(op.u.target.amount, 200);
 
 	t = debit_record(KOBO_SAGA_VOIDING, true);
 	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &op));
-	assert_int_equal(op.kind, KOBO_OP_VOID);
+	assert_int_equal(op.kind, KOBO_OP_SAGA_VOID);
 	assert_string_equal(op.u.target.id, "tx:1");
 
 	t = debit_record(KOBO_SAGA_NONE, true);

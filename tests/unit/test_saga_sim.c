@@ -736,7 +736,7 @@ static void writer_step(sim *s, uint32_t shard, size_t count)
 	kobo_op ops[SIM_BATCH_OPS_MAX];
 	kobo_result results[SIM_BATCH_OPS_MAX];
 	queued taken[SIM_BATCH_OPS_MAX];
-	const char *ids[2 * SIM_BATCH_OPS_MAX + 1];
+	const char *ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(SIM_BATCH_OPS_MAX)];
 
 	if (count > q->count)
 		count = q->count;
@@ -1181,7 +1181,7 @@ static void client_step(sim *s)
 static void run_direct(sim *s, uint32_t shard, const kobo_op *ops, size_t count,
                        kobo_result *results)
 {
-	const char *ids[2 * SIM_BATCH_OPS_MAX + 1];
+	const char *ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(SIM_BATCH_OPS_MAX)];
 	int64_t commit_us;
 	assert_int_equal(kobo_batch_run(s->stores[shard], s->ledgers[shard], ops,
 	                                count, s->now_ms, results, ids, &commit_us),
@@ -1509,7 +1509,7 @@ static void check_clearing(sim *s)
 		const kobo_account *a = &s->seen[i].account;
 		uint32_t x, y;
 		char currency[KOBO_CURRENCY_LEN_MAX + 1];
-		if (!kobo_clearing_parse(a->id, &x, &y, currency))
+		if (!kobo_clearing_parse(a->id, &x, &y, currency, NULL))
 			continue;
 		uint32_t c = 0;
 		while (c < SIM_CURRENCIES && strcmp(sim_currencies[c], currency) != 0)
@@ -1764,7 +1764,7 @@ static void check_model(sim *s)
 		uint32_t x, y;
 		char currency[KOBO_CURRENCY_LEN_MAX + 1];
 		const char *id = s->seen[k].account.id;
-		if (!account_find(s, id) && !kobo_clearing_parse(id, &x, &y, currency))
+		if (!account_find(s, id) && !kobo_clearing_parse(id, &x, &y, currency, NULL))
 			sim_fail(s, CHECK_MODEL, "unknown account %s on shard %u", id,
 			         s->seen[k].shard);
 	}
@@ -2052,7 +2052,7 @@ static void test_saga_sim_checks_fail_on_tampered_state(void **state)
 		kobo_account *a = &s->seen[i].account;
 		uint32_t x, y;
 		char currency[KOBO_CURRENCY_LEN_MAX + 1];
-		if (kobo_clearing_parse(a->id, &x, &y, currency))
+		if (kobo_clearing_parse(a->id, &x, &y, currency, NULL))
 			clearing = clearing ? clearing : a;
 		else if (!a->allow_negative && !user)
 			user = a;

@@ -174,7 +174,7 @@ static void clearing_id_builds_and_parses_back(void **state)
 
 	kobo_clearing_id(id, 0, 1, "NGN");
 	assert_string_equal(id, "kobo:clearing:0:1:NGN");
-	assert_true(kobo_clearing_parse(id, &a, &b, currency));
+	assert_true(kobo_clearing_parse(id, &a, &b, currency, NULL));
 	assert_int_equal(a, 0);
 	assert_int_equal(b, 1);
 	assert_string_equal(currency, "NGN");
@@ -182,12 +182,12 @@ static void clearing_id_builds_and_parses_back(void **state)
 	kobo_clearing_id(id, KOBO_SHARDS_MAX - 1, 10, "ABCDEFGH");
 	assert_string_equal(id, "kobo:clearing:255:10:ABCDEFGH");
 	assert_true(strncmp(id, KOBO_SYSTEM_ID_PREFIX, strlen(KOBO_SYSTEM_ID_PREFIX)) == 0);
-	assert_true(kobo_clearing_parse(id, &a, &b, currency));
+	assert_true(kobo_clearing_parse(id, &a, &b, currency, NULL));
 	assert_int_equal(a, 255);
 	assert_int_equal(b, 10);
 	assert_string_equal(currency, "ABCDEFGH");
 
-	assert_true(kobo_clearing_parse("kobo:clearing:10:0:U5D", &a, &b, currency));
+	assert_true(kobo_clearing_parse("kobo:clearing:10:0:U5D", &a, &b, currency, NULL));
 	assert_int_equal(a, 10);
 	assert_int_equal(b, 0);
 	assert_string_equal(currency, "U5D");
@@ -234,7 +234,7 @@ static void clearing_parse_refuses_malformed_ids(void **state)
 	for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++) {
 		uint32_t a = 777, b = 777;
 		char currency[KOBO_CURRENCY_LEN_MAX + 1] = "same";
-		if (kobo_clearing_parse(malformed[i], &a, &b, currency))
+		if (kobo_clearing_parse(malformed[i], &a, &b, currency, NULL))
 			fail_msg("\"%s\" parsed as a clearing id (%u, %u, %s)", malformed[i], a,
 			         b, currency);
 		/* Nothing is written on refusal. */

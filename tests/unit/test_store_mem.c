@@ -65,7 +65,7 @@ static int run_batch_ex(env *e, const kobo_op *ops, size_t count, int64_t now_ms
                         bool commit, const kobo_account *forged)
 {
 	static const char *transfer_ids[TEST_OPS_MAX];
-	static const char *account_ids[2 * TEST_OPS_MAX + 1];
+	static const char *account_ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(TEST_OPS_MAX)];
 	size_t transfer_count = 0;
 	size_t account_count = 0;
 	int rc;

@@ -254,7 +254,7 @@ static int run_batch_ex(env *e, kobo_store *store, const kobo_op *ops, size_t co
                         int64_t now_ms, bool commit)
 {
 	static const char *transfer_ids[TEST_OPS_MAX];
-	static const char *account_ids[2 * TEST_OPS_MAX + 1];
+	static const char *account_ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(TEST_OPS_MAX)];
 	size_t transfer_count = 0;
 	size_t account_count = 0;
 	int rc;
