@@ -145,7 +145,11 @@ static int read_failed(kobo_http_exchange *x, int rc);
 /* Finds the transfer id: its payer's record (LOCAL or DEBIT leg) when it
  * exists. Returns KOBO_OK with *out and *shard, KOBO_ENOTFOUND, or a read
  * error. A cross-shard transfer is also stored on the payee's shard (its
- * CREDIT leg); that copy only points the way to the payer's. */
+ * CREDIT leg); that copy only points the way to the payer's: when both
+ * legs exist *out is always the DEBIT leg, whichever shard was read first.
+ * Only when the payer's shard holds no record of the id (it always does
+ * once a CREDIT leg exists, short of a damaged store) is *out a CREDIT
+ * leg: fine to show, never a record to post or void (target()). */
 static int find_transfer(kobo_http_exchange *x, const char *id, kobo_transfer *out,
                          uint32_t *shard_out)
 {
@@ -188,18 +192,22 @@ static int target(kobo_http_exchange *x, bool post)
 	if (rc != KOBO_OK)
 		return parse_failed(x, rc, &err);
 	/* A hold lives with its payer; with one shard there is nothing to
-	 * look up. An id found nowhere goes to the shard its own hash names,
-	 * whose writer answers transfer_not_found. */
+	 * look up. With several, only the payer's record (LOCAL or DEBIT leg)
+	 * may be posted or voided by a client: the CREDIT leg on the payee's
+	 * shard belongs to the saga runner. An id no shard holds is answered
+	 * here: sending it to a shard guessed from its hash could land on the
+	 * payee's shard just as a CREDIT leg of that id appears there. */
 	uint32_t shard = 0;
 	if (x->server->shard_count > 1) {
 		kobo_transfer found;
 		rc = find_transfer(x, x->match.id, &found, &shard);
-		if (rc == KOBO_OK)
-			shard = shard_of(x, found.from);
-		else if (rc == KOBO_ENOTFOUND)
-			shard = shard_of(x, x->match.id);
-		else
+		if (rc == KOBO_OK && found.leg == KOBO_LEG_CREDIT)
+			rc = KOBO_ENOTFOUND; /* its DEBIT leg was not found */
+		if (rc == KOBO_ENOTFOUND)
+			return kobo__http_fail(x, 404, "transfer_not_found", NULL);
+		if (rc != KOBO_OK)
 			return read_failed(x, rc);
+		shard = shard_of(x, found.from);
 	}
 	return kobo__http_submit(x, shard);
 }
