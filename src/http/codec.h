@@ -174,8 +174,10 @@ void kobo_http_encode_account(kobo_http_buf *buf, const kobo_account *account);
 void kobo_http_encode_transfer(kobo_http_buf *buf, const kobo_transfer *transfer);
 
 /* HTTP status and error code of one op result: 201 CREATED, 200 REPLAYED or
- * UPDATED (a replayed rejection: 422 with its recorded code), 409, 404, 422.
- * *code is NULL for successes. */
+ * UPDATED (a replayed rejection: 422 with its recorded code), 409
+ * id_conflict, 409 transfer_in_progress (a post/void of a hold whose saga
+ * step is under way: kobo_http_reply_result adds Retry-After: 1 and does
+ * not count it as a rejection), 404, 422. *code is NULL for successes. */
 int kobo_http_result_status(const kobo_result *result, const char **code);
 /* A human sentence for an error code (static). */
 const char *kobo_http_error_message(const char *code);
@@ -201,8 +203,9 @@ void kobo_http_reply_accepted(kobo_http_reply *reply, const kobo_transfer *trans
  * result: kind is the request's op (CREATE_TRANSFER, POST, VOID), replayed
  * whether the shard answered it as a replay. A create whose credit leg was
  * refused answers the refusal (422, the payer refunded: VOIDED/compensated);
- * a refused post answers its code; a post or void that found the hold ended
- * otherwise answers not_pending. out->transfer is a copy of final
+ * a refused post answers its code; a post or void that finds the record
+ * PROCESSING again (another step began) answers transfer_in_progress; one
+ * that found the hold ended otherwise answers not_pending. out->transfer is a copy of final
  * (metadata borrowed). */
 void kobo_http_saga_outcome(const kobo_transfer *final, kobo_op_kind kind,
                             bool replayed, kobo_result *out);

@@ -139,6 +139,10 @@ int kobo_http_result_status(const kobo_result *result, const char **code)
 	case KOBO_RESULT_TRANSFER_NOT_FOUND:
 		*code = "transfer_not_found";
 		return 404;
+	case KOBO_RESULT_TRANSFER_IN_PROGRESS:
+		/* Not a refusal: a saga step holds the record for a moment. */
+		*code = "transfer_in_progress";
+		return 409;
 	default:
 		*code = kobo_result_code_name(result->code);
 		if (!*code)
@@ -161,6 +165,7 @@ const char *kobo_http_error_message(const char *code)
 		{ "amount_overflow", "the transfer would overflow a balance" },
 		{ "not_applied", "another transfer of the atomic batch failed" },
 		{ "not_pending", "the transfer is not a pending hold" },
+		{ "transfer_in_progress", "a cross-shard step of this transfer is under way; retry the same request" },
 		{ "amount_exceeds_pending", "the amount exceeds the held amount" },
 		{ "id_conflict", "this id was used with other parameters" },
 		{ "atomic_cross_shard", "an atomic batch must stay on one shard" },
@@ -177,6 +182,13 @@ const char *kobo_http_error_message(const char *code)
 	return code;
 }
 
+/* kobo_rejections_total counts business refusals once: not their replays
+ * (counted the first time), not a step in progress (nothing was decided). */
+static bool counts_as_rejection(kobo_result_code code)
+{
+	return code != KOBO_RESULT_REPLAYED && code != KOBO_RESULT_TRANSFER_IN_PROGRESS;
+}
+
 void kobo_http_reply_result(kobo_http_reply *reply, const kobo_result *result,
                             const char *request_id)
 {
@@ -184,9 +196,11 @@ void kobo_http_reply_result(kobo_http_reply *reply, const kobo_result *result,
 	int status = kobo_http_result_status(result, &code);
 	reply->replayed = result->code == KOBO_RESULT_REPLAYED;
 	if (code) {
-		if (result->code != KOBO_RESULT_REPLAYED) /* counted the first time */
+		if (counts_as_rejection(result->code))
 			kobo_metrics_rejected(result->code);
 		kobo_http_reply_error(reply, status, code, NULL, request_id);
+		if (result->code == KOBO_RESULT_TRANSFER_IN_PROGRESS)
+			reply->retry_after_s = 1; /* the same request, shortly */
 		return;
 	}
 	reply->status = status;
@@ -206,7 +220,7 @@ void kobo_http_encode_batch_item(kobo_http_buf *buf, const char *id,
 	json_str(buf, id);
 	kobo_http_buf_printf(buf, ",\"status\":%d,", status);
 	if (code) {
-		if (result->code != KOBO_RESULT_REPLAYED)
+		if (counts_as_rejection(result->code))
 			kobo_metrics_rejected(result->code);
 		kobo_http_buf_puts(buf, "\"error\":{\"code\":");
 		json_str(buf, code);
@@ -269,6 +283,13 @@ void kobo_http_saga_outcome(const kobo_transfer *final, kobo_op_kind kind,
 	if ((kind == KOBO_OP_CREATE_TRANSFER && compensated) || refused_post) {
 		/* B refused: the payer was made whole; answer like a refusal. */
 		out->code = final->error_code;
+		return;
+	}
+	if ((kind == KOBO_OP_POST || kind == KOBO_OP_VOID) &&
+	    final->status == KOBO_STATUS_PROCESSING) {
+		/* Another step of the saga began before this answer was read:
+		 * the hold has not ended, so not_pending would be wrong. */
+		out->code = KOBO_RESULT_TRANSFER_IN_PROGRESS;
 		return;
 	}
 	if ((kind == KOBO_OP_POST && final->status != KOBO_STATUS_POSTED) ||

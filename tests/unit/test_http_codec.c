@@ -18,6 +18,7 @@
 
 #include "../../src/http/codec.h"
 #include "../../src/http/routes.h"
+#include "../../src/obs/obs.h"
 
 /* ---- Helpers. ---- */
 
@@ -621,6 +622,74 @@ static void results_map_to_statuses(void **state)
 	kobo_http_reply_free(&reply);
 }
 
+/* The count of kobo_rejections_total{code} in the rendered metrics. */
+static long rejections_counted(const char *code)
+{
+	static char text[256 * 1024];
+	size_t len = kobo_metrics_render(text, sizeof(text));
+	assert_true(len < sizeof(text));
+	char key[128];
+	snprintf(key, sizeof(key), "kobo_rejections_total{code=\"%s\"} ", code);
+	const char *at = strstr(text, key);
+	return at ? strtol(at + strlen(key), NULL, 10) : -1;
+}
+
+/* A post/void of a hold whose saga step is under way is not a refusal: 409
+ * transfer_in_progress with Retry-After: 1, not replayed, not counted in
+ * kobo_rejections_total; a saga that hands back a record still PROCESSING
+ * answers the same, never not_pending. */
+static void transfer_in_progress_is_409_with_retry_after(void **state)
+{
+	(void)state;
+	kobo_result r;
+	memset(&r, 0, sizeof(r));
+	r.code = KOBO_RESULT_TRANSFER_IN_PROGRESS;
+	r.has_transfer = true;
+	snprintf(r.transfer.id, sizeof(r.transfer.id), "hold:1");
+	r.transfer.status = KOBO_STATUS_PROCESSING;
+	r.transfer.leg = KOBO_LEG_DEBIT;
+	r.transfer.saga = KOBO_SAGA_POSTING;
+	const char *code;
+	assert_int_equal(kobo_http_result_status(&r, &code), 409);
+	assert_string_equal(code, "transfer_in_progress");
+
+	long before = rejections_counted("transfer_in_progress");
+	kobo_http_reply reply;
+	kobo_http_reply_init(&reply);
+	kobo_http_reply_result(&reply, &r, "rid");
+	if (reply.status != 409 || reply.retry_after_s != 1 || reply.replayed)
+		fail_msg("expected 409, Retry-After 1, not replayed; saw %d, %u, %d", reply.status,
+		         reply.retry_after_s, reply.replayed);
+	json_t *o = parse_out(&reply.body);
+	json_t *error = json_object_get(o, "error");
+	assert_string_equal(json_string_value(json_object_get(error, "code")),
+	                    "transfer_in_progress");
+	const char *message = json_string_value(json_object_get(error, "message"));
+	if (!message || !strstr(message, "under way") || !strstr(message, "retry"))
+		fail_msg("expected a message saying a step is under way and to retry, saw '%s'",
+		         message ? message : "(none)");
+	assert_string_equal(json_string_value(json_object_get(error, "request_id")), "rid");
+	json_decref(o);
+	kobo_http_reply_free(&reply);
+	assert_int_equal(rejections_counted("transfer_in_progress"), before);
+
+	/* The answer a saga wait gives: PROCESSING is in progress, not ended. */
+	static const kobo_op_kind kinds[] = { KOBO_OP_POST, KOBO_OP_VOID };
+	for (size_t i = 0; i < 2; i++) {
+		kobo_result out;
+		kobo_http_saga_outcome(&r.transfer, kinds[i], false, &out);
+		assert_int_equal(out.code, KOBO_RESULT_TRANSFER_IN_PROGRESS);
+	}
+	/* A hold that ended otherwise still answers not_pending. */
+	kobo_transfer ended = r.transfer;
+	ended.status = KOBO_STATUS_VOIDED;
+	ended.void_reason = KOBO_VOID_EXPIRED;
+	ended.saga = KOBO_SAGA_NONE;
+	kobo_result out;
+	kobo_http_saga_outcome(&ended, KOBO_OP_POST, false, &out);
+	assert_int_equal(out.code, KOBO_RESULT_NOT_PENDING);
+}
+
 static void batch_reply_lists_results_in_order(void **state)
 {
 	(void)state;
@@ -744,6 +813,7 @@ int main(void)
 		cmocka_unit_test(account_encodes_with_balance),
 		cmocka_unit_test(error_encoding_escapes),
 		cmocka_unit_test(results_map_to_statuses),
+		cmocka_unit_test(transfer_in_progress_is_409_with_retry_after),
 		cmocka_unit_test(batch_reply_lists_results_in_order),
 		cmocka_unit_test(routes_match),
 	};
