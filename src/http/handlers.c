@@ -92,6 +92,55 @@ int kobo__http_create_transfer(kobo_http_exchange *x)
 	return kobo__http_submit(x, route_transfer(x, &x->ops.ops[0]));
 }
 
+static int by_id_then_index(const void *a, const void *b, void *ctx)
+{
+	const kobo_op *ops = ctx;
+	size_t i = *(const size_t *)a, j = *(const size_t *)b;
+	int order = strcmp(ops[i].u.transfer.id, ops[j].u.transfer.id);
+	return order ? order : (i > j) - (i < j);
+}
+
+/* Fills a 400 naming the first repeated transfer id of the batch (the
+ * repeat with the lowest index) and returns KOBO_EINVAL; KOBO_OK when every
+ * id is named once; KOBO_ENOMEM (retry_after_s set). */
+static int repeated_id_refused(kobo_http_exchange *x)
+{
+	size_t count = x->ops.count;
+	size_t *order = malloc(count * sizeof(*order));
+	if (!order) {
+		x->reply.retry_after_s = 1;
+		return KOBO_ENOMEM;
+	}
+	for (size_t i = 0; i < count; i++)
+		order[i] = i;
+	qsort_r(order, count, sizeof(*order), by_id_then_index, x->ops.ops);
+	size_t first = count, repeat = count;
+	for (size_t k = 1; k < count; k++) {
+		/* Within a run of one id, order[run start] is its first use. */
+		size_t start = k - 1;
+		if (strcmp(x->ops.ops[order[start]].u.transfer.id,
+		           x->ops.ops[order[k]].u.transfer.id) != 0)
+			continue;
+		if (order[k] < repeat) {
+			repeat = order[k];
+			first = order[start];
+		}
+		while (k + 1 < count && strcmp(x->ops.ops[order[k]].u.transfer.id,
+		                               x->ops.ops[order[k + 1]].u.transfer.id) == 0)
+			k++;
+	}
+	free(order);
+	if (repeat == count)
+		return KOBO_OK;
+	char message[KOBO_HTTP_ERROR_MESSAGE_MAX];
+	snprintf(message, sizeof(message),
+	         "transfers[%zu].id: \"%s\" is also transfers[%zu].id; a batch whose "
+	         "transfers span shards may name each id once", repeat,
+	         x->ops.ops[repeat].u.transfer.id, first);
+	kobo__http_fail(x, 400, "invalid_request", message);
+	return KOBO_EINVAL;
+}
+
 int kobo__http_create_batch(kobo_http_exchange *x)
 {
 	kobo_http_error err;
@@ -122,6 +171,17 @@ int kobo__http_create_batch(kobo_http_exchange *x)
 		return kobo__http_fail(x, 422, "atomic_cross_shard", NULL);
 	}
 	if (!one_shard || crossing) {
+		/* Split per payer shard, each part's ledger sees only its own
+		 * ops: an id named twice with payers on two shards would be
+		 * applied twice. Refuse any repeat here, where the whole
+		 * request is seen (one shard's ledger still answers a repeat
+		 * in a one-shard batch: replay or id_conflict). */
+		rc = repeated_id_refused(x);
+		if (rc != KOBO_OK) {
+			free(shards);
+			return rc == KOBO_ENOMEM ? kobo__http_fail(x, 503, "overloaded", "out of memory")
+			                         : KOBO_HTTP_REPLY_READY;
+		}
 		rc = kobo__http_submit_split(x, shards);
 		free(shards);
 		return rc;
