@@ -1461,7 +1461,8 @@ static const char *op_record_id(const kobo_op *op)
 }
 
 /* The answer of a non-failing op of a failed group, after rollback: REPLAYED
- * when it is a replay of a record that existed before the group, ID_CONFLICT
+ * when it is a replay of a record that existed before the group or that an
+ * earlier op of the group recorded as refused just now, ID_CONFLICT
  * when a record with its id exists with other parameters (so that a retry of
  * the batch answers what the first attempt did), else NOT_APPLIED (recording
  * a new transfer as REJECTED). */
@@ -1503,8 +1504,16 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 		result->code = KOBO_RESULT_ID_CONFLICT;
 		return;
 	}
-	if (slot >= ledger->group_transfer_count)
+	if (slot >= ledger->group_transfer_count) {
+		/* Recorded by an earlier op of this failed group, just now: a
+		 * repeat of that create answers what the record says, as its
+		 * retry will (only the group's own ops post or void it). */
+		if (op->kind == KOBO_OP_CREATE_TRANSFER) {
+			result->code = KOBO_RESULT_REPLAYED;
+			snapshot_transfer(ledger, slot, result);
+		}
 		return;
+	}
 	bool replay = false;
 	switch (op->kind) {
 	case KOBO_OP_CREATE_TRANSFER:

@@ -1117,13 +1117,54 @@ static void test_atomic_failure_with_new_id_twice(void **state)
 	apply_batch(ops, 3, results);
 	EXPECT_CODE(results[0], KOBO_RESULT_NOT_APPLIED);
 	EXPECT_TRUE(results[0].has_transfer);
-	/* The second n1 replayed a transfer of the group itself: that
-	 * replay did not happen either, and n1 is recorded once. */
-	EXPECT_CODE(results[1], KOBO_RESULT_NOT_APPLIED);
-	EXPECT_TRUE(!results[1].has_transfer);
+	/* The second n1 names the transfer the first recorded (refused,
+	 * not_applied): it answers that record, as its retry will; n1 is
+	 * recorded once. */
+	EXPECT_CODE(results[1], KOBO_RESULT_REPLAYED);
+	EXPECT_TRUE(results[1].has_transfer);
+	EXPECT_I64(results[1].transfer.error_code, KOBO_RESULT_NOT_APPLIED);
 	EXPECT_CODE(results[2], KOBO_RESULT_ACCOUNT_NOT_FOUND);
 	EXPECT_I64(transfer_change_count(), 2);
 	EXPECT_BALANCE("a", 1000, 0, 0);
+}
+
+/* What a client reads of an answer: a replayed refusal is that refusal. */
+static kobo_result_code answer_of(const kobo_result *result)
+{
+	if (result->code == KOBO_RESULT_REPLAYED && result->has_transfer &&
+	    result->transfer.status == KOBO_STATUS_REJECTED)
+		return result->transfer.error_code;
+	return result->code;
+}
+
+/* Issue 7 item 6: [X fails, X same] answered (insufficient_funds,
+ * not_applied) and its retry (insufficient_funds, insufficient_funds).
+ * The second X names the transfer the first recorded: both attempts answer
+ * what that record says. */
+static void test_atomic_retry_with_repeated_id_answers_the_same(void **state)
+{
+	(void)state;
+	put_wallets(10);
+	kobo_op ops[2] = {
+		in_group(op_transfer("x", "a", "b", 50), 1),
+		in_group(op_transfer("x", "a", "b", 50), 1),
+	};
+	kobo_result first[2], retry[2];
+	apply_batch(ops, 2, first);
+	EXPECT_I64(answer_of(&first[0]), KOBO_RESULT_INSUFFICIENT_FUNDS);
+	EXPECT_I64(answer_of(&first[1]), KOBO_RESULT_INSUFFICIENT_FUNDS);
+	EXPECT_I64(transfer_change_count(), 1);
+	kobo_transfer stored = first[0].transfer;
+
+	kobo_ledger_reset(ledger);
+	registry_count = 0;
+	put_wallets(10);
+	assert_int_equal(kobo_ledger_put_transfer(ledger, &stored), KOBO_OK);
+	apply_batch(ops, 2, retry);
+	for (int i = 0; i < 2; i++)
+		EXPECT_I64(answer_of(&retry[i]), answer_of(&first[i]));
+	EXPECT_I64(transfer_change_count(), 0);
+	EXPECT_BALANCE("a", 10, 0, 0);
 }
 
 static void test_atomic_failure_on_post_undoes_hold(void **state)
@@ -1361,6 +1402,7 @@ int main(void)
 		T(test_atomic_failure_undoes_and_records),
 		T(test_atomic_failure_keeps_replays_of_older_records),
 		T(test_atomic_failure_with_new_id_twice),
+		T(test_atomic_retry_with_repeated_id_answers_the_same),
 		T(test_atomic_failure_on_post_undoes_hold),
 		T(test_atomic_replayed_rejection_fails_group),
 		T(test_atomic_retry_keeps_id_conflict),

@@ -534,8 +534,16 @@ static void model_failed_group(const kobo_op *ops, size_t count,
 				continue;
 			}
 		}
-		if (transfer_marks[number] == group_transfer_marks_generation)
+		if (transfer_marks[number] == group_transfer_marks_generation) {
+			/* Recorded by this group's answers just now: a
+			 * repeated create answers what the record says. */
+			if (create) {
+				out->code = KOBO_RESULT_REPLAYED;
+				out->has_transfer = true;
+				out->transfer = *stored;
+			}
 			continue;
+		}
 		model_transfer wanted;
 		bool replay = false;
 		switch (op->kind) {

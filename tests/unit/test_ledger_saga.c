@@ -775,6 +775,109 @@ static void test_late_post_and_void_of_debit(void **state)
 	EXPECT_I64(result.transfer.saga_reason, KOBO_VOID_EXPIRED);
 }
 
+/* ---- Kobo's clearing accounts: bounds and lanes (issue 7 items 2, 4). ---- */
+
+/* A DEBIT leg from an account of its own, as a client with allow_negative
+ * would send it. */
+static kobo_op op_debit_from(const char *id, const char *from, int64_t amount,
+                             bool pending)
+{
+	kobo_op op = op_debit(id, amount, pending, 0);
+	snprintf(op.u.transfer.from, sizeof(op.u.transfer.from), "%s", from);
+	return op;
+}
+
+/* Several sagas in flight that each fit the clearing account but not
+ * together: once B credited them all, A must be able to post every one
+ * (today the second stayed PROCESSING for ever, answering amount_overflow
+ * to every settle while the payee was already paid). */
+static void test_clearing_bound_counts_every_hold(void **state)
+{
+	(void)state;
+	put(&shard_a, "bank", "NGN", true, 0);
+	EXPECT_CODE(apply(&shard_a, op_debit_from("big", "bank", INT64_MAX - 1,
+	                                          false)),
+	            KOBO_RESULT_CREATED);
+	EXPECT_CODE(apply(&shard_a, op_credited("big")), KOBO_RESULT_UPDATED);
+	EXPECT_BALANCE(&shard_a, "clearing:B", INT64_MAX - 1, 0, 0);
+
+	kobo_op ops[2] = {op_debit_from("s1", "cash", 1, false),
+	                  op_debit_from("s2", "cash", 1, false)};
+	kobo_result results[2];
+	assert_int_equal(run(&shard_a, ops, 2, NOW_MS, results), KOBO_OK);
+	EXPECT_CODE(results[0], KOBO_RESULT_CREATED);
+	EXPECT_CODE(results[1], KOBO_RESULT_CREATED);
+	for (int i = 0; i < 2; i++) {
+		const char *id = ops[i].u.transfer.id;
+		EXPECT_CODE(apply(&shard_a, op_credited(id)),
+		            KOBO_RESULT_UPDATED);
+		EXPECT_STATUS(transfer_of(&shard_a, id), KOBO_STATUS_POSTED);
+	}
+	/* The account stayed within range: the second took a lane. */
+	EXPECT_BALANCE(&shard_a, "clearing:B", INT64_MAX, 0, 0);
+	char lane[KOBO_ID_LEN_MAX + 1];
+	kobo_clearing_lane_id(lane, "clearing:B", "s2");
+	assert_string_equal(transfer_of(&shard_a, "s2").clearing, lane);
+	kobo_account in_lane = account_of(&shard_a, lane);
+	EXPECT_I64(in_lane.posted, 1);
+	EXPECT_I64(in_lane.pending_in, 0);
+}
+
+/* B's bound mirrors A's exactly: A's account stops at +INT64_MAX, so B's
+ * stops at -INT64_MAX, not one unit further (INT64_MIN). */
+static void test_credit_bound_mirrors_debit_bound(void **state)
+{
+	(void)state;
+	EXPECT_CODE(apply(&shard_b, op_credit("c1", INT64_MAX - 1, false)),
+	            KOBO_RESULT_CREATED);
+	EXPECT_CODE(apply(&shard_b, op_credit("c2", 1, false)),
+	            KOBO_RESULT_CREATED);
+	EXPECT_BALANCE(&shard_b, "clearing:A", -INT64_MAX, 0, 0);
+	/* One more would be INT64_MIN: refused (the payer is refunded). */
+	kobo_result result = apply(&shard_b, op_credit("c3", 1, true));
+	EXPECT_CODE(result, KOBO_RESULT_AMOUNT_OVERFLOW);
+	EXPECT_STATUS(result.transfer, KOBO_STATUS_REJECTED);
+	EXPECT_BALANCE(&shard_b, "clearing:A", -INT64_MAX, 0, 0);
+}
+
+/* One client's INT64_MAX hold with no timeout used to fill the shared
+ * clearing account, so every other client's A -> B transfer in that
+ * currency was a recorded amount_overflow. Now the others' legs take
+ * overflow lanes; each replays as itself and posts. */
+static void test_clearing_lanes_isolate_clients(void **state)
+{
+	(void)state;
+	put(&shard_a, "bank", "NGN", true, 0);
+	EXPECT_CODE(apply(&shard_a, op_debit_from("hog", "bank", INT64_MAX,
+	                                          true)),
+	            KOBO_RESULT_CREATED);
+	EXPECT_CODE(apply(&shard_a, op_credited("hog")), KOBO_RESULT_UPDATED);
+	EXPECT_BALANCE(&shard_a, "clearing:B", 0, 0, INT64_MAX);
+
+	kobo_op mine = op_debit("mine", 10, false, 0);
+	kobo_result result = apply(&shard_a, mine);
+	EXPECT_CODE(result, KOBO_RESULT_CREATED);
+	char lane[KOBO_ID_LEN_MAX + 1];
+	kobo_clearing_lane_id(lane, "clearing:B", "mine");
+	assert_string_equal(result.transfer.clearing, lane);
+	/* The client's retry names the base account: still a replay. */
+	EXPECT_CODE(apply(&shard_a, mine), KOBO_RESULT_REPLAYED);
+	kobo_op other = mine;
+	other.u.transfer.amount = 11;
+	EXPECT_CODE(apply(&shard_a, other), KOBO_RESULT_ID_CONFLICT);
+	EXPECT_CODE(apply(&shard_a, op_credited("mine")), KOBO_RESULT_UPDATED);
+	EXPECT_STATUS(transfer_of(&shard_a, "mine"), KOBO_STATUS_POSTED);
+	kobo_account in_lane = account_of(&shard_a, lane);
+	EXPECT_I64(in_lane.posted, 10);
+	EXPECT_I64(in_lane.pending_in, 0);
+	EXPECT_BALANCE(&shard_a, "payer", 990, 0, 0);
+	EXPECT_BALANCE(&shard_a, "clearing:B", 0, 0, INT64_MAX);
+
+	/* The payer's own limits still apply: not a lane question. */
+	EXPECT_CODE(apply(&shard_a, op_debit("broke", 5000, false, 0)),
+	            KOBO_RESULT_INSUFFICIENT_FUNDS);
+}
+
 /* ---- Post and void of a CREDIT leg: a plain hold on B. ---- */
 
 static void test_post_credit_leg(void **state)
@@ -1124,6 +1227,9 @@ int main(void)
 		T(test_void_debit_starts_voiding),
 		T(test_expire_debit_starts_voiding),
 		T(test_late_post_and_void_of_debit),
+		T(test_clearing_bound_counts_every_hold),
+		T(test_credit_bound_mirrors_debit_bound),
+		T(test_clearing_lanes_isolate_clients),
 		T(test_post_credit_leg),
 		T(test_client_post_void_never_touch_credit_leg),
 		T(test_void_credit_leg),
