@@ -147,6 +147,16 @@ int kobo__http_create_batch(kobo_http_exchange *x)
 	int rc = kobo_http_parse_batch(body_of(x), x->body.len, &x->ops, &err);
 	if (rc != KOBO_OK)
 		return parse_failed(x, rc, &err);
+	/* A small body expands into ~1.3 KB of state a transfer: count it
+	 * with the body, or 1,024 such batches would hold ~10 GB. The ops
+	 * were allocated by the parse: one request's worth at most per HTTP
+	 * thread, held only until this refusal frees them. */
+	if (x->ops.count > 1 &&
+	    !kobo__http_charge(x, x->ops.count * (sizeof(kobo_op) + sizeof(kobo_result) +
+	                                          KOBO_HTTP_BATCH_REPLY_ITEM_BYTES))) {
+		kobo_http_ops_free(&x->ops);
+		return kobo__http_overloaded(x);
+	}
 	uint32_t *shards = calloc(x->ops.count, sizeof(*shards));
 	if (!shards) {
 		x->reply.retry_after_s = 1;

@@ -45,7 +45,9 @@ struct kobo_http_server {
 	bool writes_closed;
 	atomic_bool draining;
 	atomic_size_t in_flight;
-	atomic_size_t body_bytes; /* charged by exchanges, <= KOBO_HTTP_BODIES_BYTES_MAX */
+	/* Request memory charged by exchanges (bodies and batch state),
+	 * <= KOBO_HTTP_BODIES_BYTES_MAX; see kobo__http_charge. */
+	atomic_size_t body_bytes;
 	/* Per-thread read connections, closed at stop. */
 	pthread_mutex_t readers_lock;
 	http_reader_set *readers;
@@ -73,7 +75,7 @@ struct kobo_http_exchange {
 	kobo_http_buf body;
 	size_t body_max;
 	size_t body_seen;  /* bytes received, kept or not */
-	size_t body_charged; /* bytes counted in server->body_bytes */
+	size_t body_charged; /* bytes counted in server->body_bytes (body and batch state) */
 	bool refused;      /* reply decided before the body; body discarded */
 
 	/* A write on its way through a shard. */
@@ -111,6 +113,21 @@ int kobo__http_metrics(kobo_http_exchange *x);
  * the done callback. On refusal (overloaded, shutting down) fills the 503
  * reply and resumes at once. Always returns KOBO_HTTP_REPLY_LATER. */
 int kobo__http_submit(kobo_http_exchange *x, uint32_t shard);
+
+/* What one batch transfer's encoded reply is counted as (its entry in the
+ * reply, or its slot in a split batch); the body's metadata is counted
+ * with the body. */
+#define KOBO_HTTP_BATCH_REPLY_ITEM_BYTES 512
+
+/* Counts bytes more of x's memory against the server's request budget
+ * (KOBO_HTTP_BODIES_BYTES_MAX), released when x is freed. false, charging
+ * nothing, when the budget would be exceeded: the caller answers 503
+ * overloaded (kobo__http_overloaded). */
+bool kobo__http_charge(kobo_http_exchange *x, size_t bytes);
+
+/* Fills the 503 overloaded reply (Retry-After: 1) of a request past the
+ * memory budget; returns KOBO_HTTP_REPLY_READY. */
+int kobo__http_overloaded(kobo_http_exchange *x);
 
 /* The shard of an account under the server's shard map. */
 uint32_t kobo__http_shard_of(const kobo_http_exchange *x, const char *account_id);

@@ -250,6 +250,13 @@ int kobo__http_submit_split(kobo_http_exchange *x, const uint32_t *shards)
 {
 	kobo_http_server *server = x->server;
 	size_t count = x->ops.count;
+	/* The split's copy of every op and result, its slots and their text,
+	 * on top of what kobo__http_create_batch charged. */
+	size_t per_op = sizeof(kobo_op) + sizeof(kobo_result) + sizeof(size_t) +
+	                sizeof(kobo_http_buf) + sizeof(http_item) +
+	                KOBO_HTTP_BATCH_REPLY_ITEM_BYTES;
+	if (!kobo__http_charge(x, sizeof(http_split) + count * per_op))
+		return kobo__http_overloaded(x);
 	http_split *split = calloc(1, sizeof(*split));
 	if (split) {
 		split->ops = calloc(count, sizeof(*split->ops));

@@ -111,9 +111,9 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind,
 	return MHD_YES;
 }
 
-/* Counts n more body bytes of x against KOBO_HTTP_BODIES_BYTES_MAX.
+/* Counts n more bytes of x against KOBO_HTTP_BODIES_BYTES_MAX.
  * Returns false, charging nothing, when the server holds too much already. */
-static bool body_charge(kobo_http_exchange *x, size_t n)
+bool kobo__http_charge(kobo_http_exchange *x, size_t n)
 {
 	atomic_size_t *total = &x->server->body_bytes;
 	size_t before = atomic_fetch_add(total, n);
@@ -125,13 +125,19 @@ static bool body_charge(kobo_http_exchange *x, size_t n)
 	return true;
 }
 
+static const char overloaded_message[] = "the server holds too much request memory; retry";
+
+int kobo__http_overloaded(kobo_http_exchange *x)
+{
+	kobo__http_fail(x, 503, "overloaded", overloaded_message);
+	x->reply.retry_after_s = 1;
+	return KOBO_HTTP_REPLY_READY;
+}
+
 static void refuse_overloaded(kobo_http_exchange *x)
 {
-	kobo_http_error err;
-	kobo_http_error_set(&err, 503, "overloaded",
-	                    "the server holds too many request bodies; retry");
-	refuse(x, &err);
-	x->reply.retry_after_s = 1;
+	kobo__http_overloaded(x);
+	x->refused = true;
 	kobo_http_buf_free(&x->body);
 }
 
@@ -183,7 +189,7 @@ static void arrive(kobo_http_exchange *x, const char *url)
 			refuse(x, &err);
 			return;
 		}
-		if (n && !body_charge(x, (size_t)n)) {
+		if (n && !kobo__http_charge(x, (size_t)n)) {
 			refuse_overloaded(x);
 			return;
 		}
@@ -252,7 +258,7 @@ static bool receive(kobo_http_exchange *x, const char *data, size_t size)
 	}
 	/* A chunked body (or one longer than announced) is charged as it grows. */
 	if (x->body.len + size > x->body_charged &&
-	    !body_charge(x, x->body.len + size - x->body_charged)) {
+	    !kobo__http_charge(x, x->body.len + size - x->body_charged)) {
 		refuse_overloaded(x);
 		return true;
 	}

@@ -33,10 +33,13 @@
 #define KOBO_HTTP_CONNECTION_MEMORY_DEFAULT (64u * 1024) /* request line + headers */
 #define KOBO_HTTP_THREADS_DEFAULT 1
 #define KOBO_HTTP_THREADS_MAX 64
-/* Request body bytes all connections may hold at once (announced by
- * Content-Length or received chunked). Past it a request gets 503
- * overloaded: 1,024 connections × 8 MiB batch bodies would otherwise pin
- * 8 GiB, and each body expands into ops and results about 2× its size. */
+/* Request memory all connections may hold at once: bodies (announced by
+ * Content-Length or received chunked) and, for batches, the per-transfer
+ * state a body expands into (ops, results, the per-shard split copy and
+ * the encoded reply: ~1.3 KB a transfer on one shard, ~3.5 KB split, so
+ * a small 8,190-transfer body stands for 10-30 MB). Past it a request gets
+ * 503 overloaded with Retry-After: 1,024 connections × 8 MiB batch bodies
+ * would otherwise pin 8 GiB, and their per-transfer state ~3 GB more. */
 #define KOBO_HTTP_BODIES_BYTES_MAX (128u << 20)
 /* How long a write waits for its cross-shard saga before answering 202. */
 #define KOBO_HTTP_SAGA_WAIT_MS_DEFAULT 5000
