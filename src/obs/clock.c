@@ -6,7 +6,15 @@
  * days_from_civil inverse) instead of calling gmtime_r: it is pure, needs no
  * time-zone state, and works for any int64_t input, which is clamped to the
  * years 0000..9999 so the output is always exactly 24 characters.
+ *
+ * Two clocks, two jobs. The wall clock (CLOCK_REALTIME) may be stepped
+ * backwards or forwards by an administrator or NTP: it is only for
+ * timestamps that are stored or shown, and for comparing them (a hold's
+ * expires_at). Every wait, timer, retry and age Kobo measures runs on the
+ * monotonic clock, which never jumps: a timer on the wall clock stalls for
+ * as long as the clock was stepped back.
  */
+#include <pthread.h>
 #include <time.h>
 
 #include "obs.h"
@@ -84,7 +92,7 @@ int64_t kobo_monotonic_us(void)
 struct timespec kobo_deadline_after_ms(int64_t wait_ms)
 {
 	struct timespec deadline;
-	clock_gettime(CLOCK_REALTIME, &deadline);
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
 	deadline.tv_sec += wait_ms / 1000;
 	deadline.tv_nsec += (wait_ms % 1000) * 1000000L;
 	if (deadline.tv_nsec >= 1000000000L) {
@@ -92,4 +100,17 @@ struct timespec kobo_deadline_after_ms(int64_t wait_ms)
 		deadline.tv_nsec -= 1000000000L;
 	}
 	return deadline;
+}
+
+int kobo_cond_init_monotonic(pthread_cond_t *cond)
+{
+	pthread_condattr_t attr;
+	int rc = pthread_condattr_init(&attr);
+	if (rc != 0)
+		return rc;
+	rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	if (rc == 0)
+		rc = pthread_cond_init(cond, &attr);
+	pthread_condattr_destroy(&attr);
+	return rc;
 }

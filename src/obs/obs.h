@@ -12,6 +12,7 @@
 #ifndef KOBO_OBS_H
 #define KOBO_OBS_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -50,13 +51,20 @@ char *kobo_json_escape(char *dst, size_t dst_size, const char *src);
 /* RFC 3339 UTC with milliseconds ("2026-11-25T10:00:00.123Z") into dst,
  * which must hold 25 bytes. Returns dst. */
 char *kobo_format_time_ms(char *dst, int64_t epoch_ms);
-/* Wall clock in Unix epoch milliseconds / monotonic microseconds. */
+/* Wall clock in Unix epoch milliseconds / monotonic microseconds. The wall
+ * clock may jump (clock.c): use it for stored timestamps and for comparing
+ * them, and the monotonic clock for every wait, timer and age. */
 int64_t kobo_now_ms(void);
 int64_t kobo_monotonic_us(void);
-/* The CLOCK_REALTIME instant wait_ms (>= 0) from now, normalized, as
- * pthread_cond_timedwait() takes it for a condition variable with the
- * default clock. */
+/* The CLOCK_MONOTONIC instant wait_ms (>= 0) from now, normalized, as
+ * pthread_cond_timedwait() takes it for a condition variable initialized by
+ * kobo_cond_init_monotonic (and only for one: a condition variable with the
+ * default clock would read it as a wall-clock instant long past). */
 struct timespec kobo_deadline_after_ms(int64_t wait_ms);
+/* pthread_cond_init with CLOCK_MONOTONIC as the clock of timed waits, so
+ * that a step of the wall clock neither stretches nor cuts a wait. Returns
+ * 0 or pthread's error number; destroy with pthread_cond_destroy. */
+int kobo_cond_init_monotonic(pthread_cond_t *cond);
 
 /* ---- Metrics. ---- */
 

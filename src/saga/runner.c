@@ -29,6 +29,12 @@
  *      outstanding, at its deadline, or when the runner stops.
  *   4. Nothing is dropped: when a bounded structure is full the saga stays
  *      recorded in its store and the next scan picks it up.
+ *   5. Every wait, retry, deadline and stuck age runs on the monotonic
+ *      clock: a step of the wall clock neither stalls a saga nor aborts it
+ *      early. A saga's age in its state starts when the runner first sees
+ *      that state (the doorbell that announced it, or a change seen while
+ *      driving it); only a saga found by the scan is aged from its stored
+ *      wall-clock updated_at, converted once at discovery (negative: 0).
  *
  * Threads: shard writers call kobo_saga_runner_notify and the step done
  * callback; edge threads call kobo_saga_runner_wait. Each only appends to a
@@ -91,6 +97,10 @@ typedef struct saga_entry {
 	int64_t retry_at_ms;
 	int64_t backoff_ms;
 	bool stuck;
+	/* Monotonic (mono_ms): when the record entered its saga state, as far
+	 * as the runner can tell (invariant 5); when a doorbell announced it. */
+	int64_t state_since_ms;
+	int64_t noticed_at_ms;
 
 	waiter *waiters;
 } saga_entry;
@@ -133,6 +143,12 @@ struct kobo_saga_runner {
 static int64_t mono_ms(void)
 {
 	return kobo_monotonic_us() / 1000;
+}
+
+/* Wall clock: only to age a saga found by the scan (invariant 5). */
+static int64_t wall_ms(const kobo_saga_runner *r)
+{
+	return r->config.now_ms ? r->config.now_ms() : kobo_now_ms();
 }
 
 static uint32_t bucket_of(uint32_t shard, const char *id)
@@ -334,6 +350,26 @@ static bool keep_record(saga_entry *e, const kobo_transfer *t)
 	return true;
 }
 
+/* Starts the monotonic age of the state just read (invariant 5). known:
+ * the runner had read an earlier state of this saga, so the change happened
+ * since then: now is as close as it can tell. */
+static void start_state_age(kobo_saga_runner *r, saga_entry *e, bool known)
+{
+	int64_t now = mono_ms();
+	if (known) {
+		e->state_since_ms = now;
+	} else if (e->noticed_at_ms) {
+		e->state_since_ms = e->noticed_at_ms;
+	} else {
+		int64_t age_ms = wall_ms(r) - e->record.updated_at_ms;
+		e->state_since_ms = now - (age_ms > 0 ? age_ms : 0);
+	}
+	if (e->stuck) {
+		e->stuck = false;
+		r->stuck--;
+	}
+}
+
 static void finish(kobo_saga_runner *r, saga_entry *e)
 {
 	kobo_metrics_saga_finished(e->record.status,
@@ -359,6 +395,9 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 		return;
 	kobo_store_reader *reader = r->readers[e->shard];
 	kobo_transfer record;
+	bool known = e->have_record;
+	kobo_saga_state known_saga = e->record.saga;
+	int64_t known_updated_at_ms = e->record.updated_at_ms;
 	int rc = reader ? kobo_store_read_transfer(reader, e->id, &record) : KOBO_ESTORE;
 	if (rc == KOBO_ENOTFOUND) {
 		/* Doorbells follow commits, so this is a transfer that is not
@@ -373,6 +412,9 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 		schedule_retry(r, e);
 		return;
 	}
+	if (!known || e->record.saga != known_saga ||
+	    e->record.updated_at_ms != known_updated_at_ms)
+		start_state_age(r, e, known);
 	if (e->record.saga == KOBO_SAGA_NONE || e->record.leg != KOBO_LEG_DEBIT) {
 		finish(r, e);
 		return;
@@ -381,7 +423,7 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 	char b_clearing[KOBO_ID_LEN_MAX + 1];
 	kobo_clearing_id(b_clearing, e->remote, e->shard, e->record.currency);
 	bool abort = e->record.saga == KOBO_SAGA_RESERVED &&
-	             kobo_now_ms() - e->record.updated_at_ms > r->config.deadline_ms;
+	             mono_ms() - e->state_since_ms > r->config.deadline_ms;
 	if (!kobo_saga_remote_op(&e->record, b_clearing, abort, &e->op)) {
 		finish(r, e);
 		return;
@@ -431,7 +473,6 @@ static void step_answered(kobo_saga_runner *r, saga_entry *e)
 static void sweep(kobo_saga_runner *r)
 {
 	int64_t now = mono_ms();
-	int64_t wall = kobo_now_ms();
 	size_t reserved = 0, posting = 0, voiding = 0;
 	for (saga_entry *e = r->all, *next; e; e = next) {
 		next = e->all_next;
@@ -447,7 +488,7 @@ static void sweep(kobo_saga_runner *r)
 		case KOBO_SAGA_NONE: break;
 		}
 		if (!e->stuck && e->record.saga != KOBO_SAGA_NONE &&
-		    wall - e->record.updated_at_ms > r->config.stuck_ms) {
+		    now - e->state_since_ms > r->config.stuck_ms) {
 			e->stuck = true;
 			r->stuck++;
 			kobo_log(KOBO_LOG_ERROR, "saga_stuck",
@@ -455,7 +496,7 @@ static void sweep(kobo_saga_runner *r)
 			         "\"state\":\"%s\",\"payer_shard\":%u,\"payee_shard\":%u,"
 			         "\"age_ms\":%lld", e->record.request_id, e->id,
 			         kobo_saga_state_name(e->record.saga), e->shard, e->remote,
-			         (long long)(wall - e->record.updated_at_ms));
+			         (long long)(now - e->state_since_ms));
 		}
 	}
 	kobo_metrics_sagas_active(reserved, posting, voiding, r->stuck);
@@ -519,7 +560,7 @@ static void take_inbox(kobo_saga_runner *r, size_t *notices, saga_entry **done,
 		int64_t wait_ms = wake_at - mono_ms();
 		if (wait_ms <= 0)
 			break;
-		struct timespec deadline = kobo_deadline_after_ms(wait_ms);
+		struct timespec deadline = kobo_deadline_after_ms(wait_ms); /* monotonic */
 		if (pthread_cond_timedwait(&r->wake, &r->lock, &deadline) == ETIMEDOUT)
 			break;
 	}
@@ -570,8 +611,11 @@ static void *runner_main(void *arg)
 		bool stopping;
 		take_inbox(r, &notices, &done, &waits, &stopping);
 
+		int64_t noticed_at_ms = mono_ms();
 		for (size_t i = 0; i < notices; i++) {
 			saga_entry *e = entry_get(r, r->taken[i].shard, r->taken[i].id);
+			if (e && !e->have_record && !e->noticed_at_ms)
+				e->noticed_at_ms = noticed_at_ms;
 			if (e && !e->retry_due)
 				make_ready(r, e);
 		}
@@ -647,7 +691,13 @@ int kobo_saga_runner_create(const kobo_saga_config *config, kobo_saga_runner **o
 		return KOBO_ENOMEM;
 	}
 	pthread_mutex_init(&r->lock, NULL);
-	pthread_cond_init(&r->wake, NULL);
+	if (kobo_cond_init_monotonic(&r->wake) != 0) {
+		pthread_mutex_destroy(&r->lock);
+		free(r->notices);
+		free(r->taken);
+		free(r);
+		return KOBO_ENOMEM;
+	}
 	*out = r;
 	return KOBO_OK;
 }

@@ -70,8 +70,15 @@ typedef struct kobo_saga_config {
 	kobo_store **stores;        /* borrowed: the runner opens readers */
 	uint32_t shard_count;
 	const kobo_shard_map *map;  /* borrowed */
+	/* Both measured on the monotonic clock from when the runner first
+	 * saw the saga in its state (a saga found by the scan, whose age is
+	 * known only from its stored wall-clock updated_at, is aged from that
+	 * once, at discovery; a negative age counts as 0). */
 	int64_t deadline_ms;        /* 0: KOBO_SAGA_DEADLINE_MS_DEFAULT */
 	int64_t stuck_ms;           /* 0: KOBO_SAGA_STUCK_MS_DEFAULT */
+	/* Wall clock in Unix epoch milliseconds, used only to age a saga found
+	 * by the scan; NULL: the real clock. Tests step it. */
+	int64_t (*now_ms)(void);
 } kobo_saga_config;
 
 /* Lifecycle, around the shards':

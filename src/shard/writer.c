@@ -18,9 +18,14 @@
  *      KOBO_BATCH_OPS_MAX ops runs alone whatever batch_ops_max says.
  *   4. The writer never waits on a timer while requests are queued: it takes
  *      whatever is there. When idle it sleeps until a submit signals it, or
- *      until the next expiry scan is due.
+ *      until the next expiry scan is due (every
+ *      KOBO_SHARD_EXPIRY_INTERVAL_MS of monotonic time).
  *   5. After stop, everything accepted before stop is committed and answered
  *      before the thread exits; later submits get KOBO_ESHUTDOWN.
+ *   6. Every wait and timer (the expiry scan's cadence, the condvar's timed
+ *      wait) runs on the monotonic clock. The wall clock (config.now_ms)
+ *      only stamps records and decides which holds have expired, so a step
+ *      of the wall clock moves expiry with it but never stalls the scans.
  *
  * States of the writer thread
  *
@@ -67,12 +72,19 @@ struct kobo_shard {
 	kobo_request **batch;          /* requests of the current batch */
 	const char **ids;              /* transfer/account ids to load */
 	char (*expired_ids)[KOBO_ID_LEN_MAX + 1];
-	int64_t next_expiry_scan_ms;
+	int64_t next_expiry_scan_ms;   /* monotonic (mono_ms) */
 };
 
+/* Wall clock: timestamps and expiry decisions only (invariant 6). */
 static int64_t shard_now_ms(const kobo_shard *shard)
 {
 	return shard->config.now_ms ? shard->config.now_ms() : kobo_now_ms();
+}
+
+/* Monotonic clock: every wait and timer. */
+static int64_t mono_ms(void)
+{
+	return kobo_monotonic_us() / 1000;
 }
 
 /* ---- Submitting (edge threads). ---- */
@@ -131,7 +143,7 @@ static size_t writer_take_batch(kobo_shard *shard, bool *exit_now)
 	*exit_now = false;
 	pthread_mutex_lock(&shard->lock);
 	while (!shard->head && !shard->stopping) {
-		int64_t wait_ms = shard->next_expiry_scan_ms - shard_now_ms(shard);
+		int64_t wait_ms = shard->next_expiry_scan_ms - mono_ms();
 		if (wait_ms <= 0)
 			break;
 		struct timespec deadline = kobo_deadline_after_ms(wait_ms);
@@ -258,9 +270,10 @@ static void writer_run_batch(kobo_shard *shard, size_t requests)
 static void writer_expire_holds(kobo_shard *shard)
 {
 	int64_t now_ms = shard_now_ms(shard);
+	int64_t scanned_at_ms = mono_ms();
 	size_t count = 0;
 
-	shard->next_expiry_scan_ms = now_ms + KOBO_SHARD_EXPIRY_INTERVAL_MS;
+	shard->next_expiry_scan_ms = scanned_at_ms + KOBO_SHARD_EXPIRY_INTERVAL_MS;
 	if (!kobo_store_healthy(shard->store))
 		return;
 	size_t scan_max = KOBO_SHARD_EXPIRED_SCAN_MAX;
@@ -296,7 +309,7 @@ static void writer_expire_holds(kobo_shard *shard)
 	kobo_metrics_expired(shard->config.index, expired);
 	/* More may be waiting: scan again at once. */
 	if (count == scan_max)
-		shard->next_expiry_scan_ms = now_ms;
+		shard->next_expiry_scan_ms = scanned_at_ms;
 }
 
 static void *writer_main(void *arg)
@@ -310,7 +323,7 @@ static void *writer_main(void *arg)
 			writer_run_batch(shard, requests);
 		else if (exit_now)
 			break;
-		if (shard_now_ms(shard) >= shard->next_expiry_scan_ms)
+		if (mono_ms() >= shard->next_expiry_scan_ms)
 			writer_expire_holds(shard);
 	}
 	return NULL;
@@ -354,7 +367,8 @@ int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
 	shard->ops = calloc(batch_max, sizeof(*shard->ops));
 	shard->results = calloc(batch_max, sizeof(*shard->results));
 	shard->batch = calloc(batch_max, sizeof(*shard->batch));
-	shard->ids = calloc(2 * batch_max + 1, sizeof(*shard->ids));
+	shard->ids = calloc(KOBO_LEDGER_ACCOUNT_IDS_MAX(batch_max),
+	                    sizeof(*shard->ids));
 	shard->expired_ids = calloc(KOBO_SHARD_EXPIRED_SCAN_MAX,
 	                            sizeof(*shard->expired_ids));
 	if (!shard->ledger || !shard->ops || !shard->results || !shard->batch ||
@@ -363,7 +377,11 @@ int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
 		return KOBO_ENOMEM;
 	}
 	pthread_mutex_init(&shard->lock, NULL);
-	pthread_cond_init(&shard->wake, NULL);
+	if (kobo_cond_init_monotonic(&shard->wake) != 0) {
+		pthread_mutex_destroy(&shard->lock);
+		shard_free(shard);
+		return KOBO_ENOMEM;
+	}
 	shard->next_expiry_scan_ms = 0; /* scan once at start: holds may have
 	                                   expired while the process was down */
 	if (pthread_create(&shard->thread, NULL, writer_main, shard) != 0) {

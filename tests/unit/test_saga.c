@@ -4,7 +4,8 @@
  * stores: a posted transfer, a pending hold then a partial post, a void, a
  * refused credit (compensation), an abort past the deadline, and recovery of
  * a saga left half-way by a "crash" (a store holding a RESERVED record that
- * no doorbell announced).
+ * no doorbell announced); and the runner's timers: deadlines and stuck
+ * ages that ignore wall-clock steps.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -341,13 +342,31 @@ static void id_on_shard(world *w, const char *prefix, uint32_t shard, char *out,
 	}
 }
 
-static void world_start_runner(world *w, int64_t deadline_ms)
+/* Creates the runner over the world's shards and stores; config_in, when
+ * given, supplies the other fields (deadline, stuck age, clock) and may name
+ * other shards or stores for the runner to use. */
+static void world_start_runner_with(world *w, const kobo_saga_config *config_in)
 {
 	kobo_saga_config config = {
 		.shards = w->shards, .stores = w->stores, .shard_count = SHARDS,
-		.map = &w->map, .deadline_ms = deadline_ms,
+		.map = &w->map,
 	};
+	if (config_in) {
+		config.deadline_ms = config_in->deadline_ms;
+		config.stuck_ms = config_in->stuck_ms;
+		config.now_ms = config_in->now_ms;
+		if (config_in->shards)
+			config.shards = config_in->shards;
+		if (config_in->stores)
+			config.stores = config_in->stores;
+	}
 	assert_int_equal(kobo_saga_runner_create(&config, &w->runner), KOBO_OK);
+}
+
+static void world_start_runner(world *w, int64_t deadline_ms)
+{
+	kobo_saga_config config = { .deadline_ms = deadline_ms };
+	world_start_runner_with(w, &config);
 }
 
 static void world_start_shards(world *w, bool doorbells)
@@ -575,6 +594,140 @@ static void runner_resumes_sagas_left_by_a_crash(void **state)
 	assert_clearing_nets_to_zero(w);
 }
 
+/* ---- Wall-clock steps (the runner ages sagas on the monotonic clock). ---- */
+
+static int64_t wall_an_hour_ahead(void)
+{
+	return kobo_now_ms() + 3600 * 1000;
+}
+
+/* The wall clock jumps an hour ahead of the records' timestamps (an NTP
+ * step, an operator). A saga that just began is not an hour old: it must
+ * not be aborted past its 30 s deadline, but credited and posted. (Aged by
+ * wall clock, now_ms - updated_at_ms said 3,600 s and the runner sent
+ * SAGA_ABORT: a refunded payer for a transfer nobody let time out.) */
+static void runner_deadline_ignores_a_wall_clock_step(void **state)
+{
+	world *w = *state;
+	char payer[32], payee[32];
+	parties(w, "step", 0, 1, 1000, payer, payee);
+	world_stop(w);
+	kobo_saga_config config = { .now_ms = wall_an_hour_ahead };
+	world_start_runner_with(w, &config);
+	world_start_shards(w, true);
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+
+	kobo_op op;
+	uint32_t a = transfer_op(w, &op, "tx:step", payer, payee, 250, false);
+	kobo_result r = run(w, a, &op);
+	assert_int_equal(r.transfer.status, KOBO_STATUS_PROCESSING);
+	kobo_transfer t = settled(w, a, "tx:step");
+	if (t.status != KOBO_STATUS_POSTED)
+		fail_msg("tx:step ended %s (error %s), expected posted: the wall "
+		         "clock step aged it past its deadline",
+		         kobo_transfer_status_name(t.status),
+		         kobo_result_code_name(t.error_code));
+	assert_int_equal(account(w, payee).posted, 250);
+	assert_int_equal(account(w, payer).posted, 750);
+	assert_clearing_nets_to_zero(w);
+}
+
+/* ---- A settle that changes nothing; a reader that will not open. ---- */
+
+static int64_t wall_an_hour_behind(void)
+{
+	return kobo_now_ms() - 3600 * 1000;
+}
+
+/* The value of the metric line starting with name (labels included) in the
+ * rendered metrics, 0 when absent. */
+static double metric(const char *name)
+{
+	static char text[1 << 20];
+	size_t len = kobo_metrics_render(text, sizeof(text));
+	assert_true(len < sizeof(text));
+	size_t name_len = strlen(name);
+	for (const char *line = text; *line;) {
+		const char *end = strchr(line, '\n');
+		if (strncmp(line, name, name_len) == 0 && line[name_len] == ' ')
+			return strtod(line + name_len + 1, NULL);
+		if (!end)
+			break;
+		line = end + 1;
+	}
+	return 0;
+}
+
+/* A runner whose SAGA_SETTLE can never apply: shard 0's record is RESERVED
+ * in the store the runner reads, but the settle goes to a writer over an
+ * empty store, which answers TRANSFER_NOT_FOUND and changes nothing (as an
+ * AMOUNT_OVERFLOW or REPLAYED settle changes nothing). B's SAGA_CREDIT
+ * works and replays. The record stays RESERVED however often the runner
+ * tries. Returns with the runner created (config_in's deadline, stuck age
+ * and clock) but not started; undo with blind_world_stop. */
+typedef struct blind_world {
+	kobo_store *empty;
+	kobo_shard *blind;
+	kobo_shard *runner_shards[SHARDS];
+} blind_world;
+
+static void blind_world_start(world *w, blind_world *b, kobo_saga_config config)
+{
+	char payer[32], payee[32];
+	parties(w, "blind", 0, 1, 1000, payer, payee);
+	world_stop(w);
+	assert_int_equal(kobo_store_mem_open(&b->empty), KOBO_OK);
+	kobo_shard_config blind_config = { .index = 0 };
+	assert_int_equal(kobo_shard_start(b->empty, &blind_config, &b->blind), KOBO_OK);
+	b->runner_shards[0] = b->blind;
+	config.shards = b->runner_shards;
+	world_start_runner_with(w, &config);
+	world_start_shards(w, false); /* no doorbells: the scan finds it */
+	b->runner_shards[1] = w->shards[1];
+
+	kobo_op op;
+	uint32_t a = transfer_op(w, &op, "tx:blind", payer, payee, 100, false);
+	assert_int_equal(a, 0);
+	kobo_result r = run(w, a, &op);
+	assert_int_equal(r.transfer.status, KOBO_STATUS_PROCESSING);
+}
+
+/* Stops the runner before the blind shard it submits to, then gives the
+ * teardown a normal world again. */
+static void blind_world_stop(world *w, blind_world *b)
+{
+	world_stop(w);
+	kobo_shard_stop(b->blind);
+	kobo_store_close(b->empty);
+	world_start_runner(w, 0);
+	world_start_shards(w, true);
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+}
+
+/* Stuck sagas are reported by their monotonic age: with the wall clock an
+ * hour behind the record's updated_at (a step back after it was written),
+ * a saga stuck for stuck_ms is still reported. (Aged by wall clock, its
+ * age was negative for an hour and nothing was reported.) */
+static void runner_reports_stuck_despite_a_wall_clock_step_back(void **state)
+{
+	world *w = *state;
+	blind_world b;
+	kobo_saga_config config = { .stuck_ms = 200, .now_ms = wall_an_hour_behind };
+	blind_world_start(w, &b, config);
+
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+	double stuck = 0;
+	for (int waited_ms = 0; waited_ms < 3000 && stuck < 1; waited_ms += 50) {
+		struct timespec pause = { .tv_nsec = 50 * 1000 * 1000 };
+		nanosleep(&pause, NULL);
+		stuck = metric("kobo_sagas_stuck");
+	}
+	blind_world_stop(w, &b);
+	if (stuck < 1)
+		fail_msg("no saga reported stuck 3 s into a saga stuck for "
+		         "stuck_ms = 200 with the wall clock stepped back an hour");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -589,6 +742,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(runner_aborts_past_the_deadline,
 		                                world_setup, world_teardown),
 		cmocka_unit_test_setup_teardown(runner_resumes_sagas_left_by_a_crash,
+		                                world_setup, world_teardown),
+		cmocka_unit_test_setup_teardown(runner_deadline_ignores_a_wall_clock_step,
+		                                world_setup, world_teardown),
+		cmocka_unit_test_setup_teardown(runner_reports_stuck_despite_a_wall_clock_step_back,
 		                                world_setup, world_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

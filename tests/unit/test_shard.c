@@ -1,8 +1,9 @@
 /*
  * test_shard.c — the shard writer over a real SQLite store: answers follow
  * commits, the queue is bounded, stop drains, atomic groups of different
- * requests never merge, holds expire on the writer's clock, and the
- * partition hash never changes.
+ * requests never merge, holds expire on the writer's clock (and keep
+ * expiring when that wall clock is stepped back and forward again), and
+ * the partition hash never changes.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -514,6 +515,61 @@ static void holds_expire_with_small_batches(void **state)
 	kobo_store_reader_close(reader);
 }
 
+/* Waits up to max_ms of real time for hold id to leave PENDING; returns
+ * its last state. */
+static kobo_transfer wait_hold_ended(fixture *f, const char *id, int max_ms)
+{
+	kobo_store_reader *reader;
+	assert_int_equal(kobo_store_reader_open(f->store, &reader), KOBO_OK);
+	kobo_transfer t = { 0 };
+	for (int waited_ms = 0;; waited_ms += 20) {
+		assert_int_equal(kobo_store_read_transfer(reader, id, &t), KOBO_OK);
+		if (t.status != KOBO_STATUS_PENDING || waited_ms >= max_ms)
+			break;
+		usleep(20 * 1000);
+	}
+	t.metadata = NULL;
+	kobo_store_reader_close(reader);
+	return t;
+}
+
+/* The wall clock is stepped back an hour (an operator, NTP) while a 1 s
+ * hold is pending, then forward past the hold's expiry. The hold must
+ * expire within a few scan intervals of real time: the scan cadence runs on
+ * the monotonic clock, so the step back must not have pushed the next scan
+ * an hour away. (Scheduled on the wall clock, the writer computed "next
+ * scan in 3,600 s" while the clock was back and slept that long.) */
+static void holds_expire_after_the_wall_clock_steps_back(void **state)
+{
+	fixture *f = *state;
+	start(f, 0, 0);
+	create_accounts(f);
+
+	call hold;
+	call_init(&hold, 1);
+	op_transfer(&hold.ops[0], "hold:step", "cash", "alice", 70, 1);
+	submit_and_wait(f->shard, &hold);
+	assert_int_equal(hold.results[0].transfer.status, KOBO_STATUS_PENDING);
+	int64_t created_ms = atomic_load(&fake_now_ms);
+
+	/* Back an hour; let the writer run a few scans on that clock. The
+	 * hold has not expired by the wall clock, so it stays pending. */
+	atomic_store(&fake_now_ms, created_ms - 3600 * 1000);
+	usleep(3 * KOBO_SHARD_EXPIRY_INTERVAL_MS * 1000);
+	kobo_transfer t = wait_hold_ended(f, "hold:step", 0);
+	assert_int_equal(t.status, KOBO_STATUS_PENDING);
+
+	/* Forward again, past expires_at: expiry within ~4 scan intervals. */
+	atomic_store(&fake_now_ms, created_ms + 1500);
+	t = wait_hold_ended(f, "hold:step", 4 * KOBO_SHARD_EXPIRY_INTERVAL_MS);
+	if (t.status != KOBO_STATUS_VOIDED)
+		fail_msg("hold:step still %s %d ms after the wall clock passed its "
+		         "expiry: the expiry scan stalled on the wall clock",
+		         kobo_transfer_status_name(t.status),
+		         4 * KOBO_SHARD_EXPIRY_INTERVAL_MS);
+	assert_int_equal(t.void_reason, KOBO_VOID_EXPIRED);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -530,6 +586,8 @@ int main(void)
 		                                teardown),
 		cmocka_unit_test_setup_teardown(holds_expire_on_the_writer_clock, setup,
 		                                teardown),
+		cmocka_unit_test_setup_teardown(holds_expire_after_the_wall_clock_steps_back,
+		                                setup, teardown),
 	};
 	return cmocka_run_group_tests_name("shard", tests, NULL, NULL);
 }
