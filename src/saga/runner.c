@@ -18,7 +18,9 @@
  *                                  │                          ▼
  *                                  │            submit SAGA_SETTLE to A
  *                                  └──────── A committed ─────┘
- *   any refusal or failure ──▶ RETRY after a backoff (10 ms doubling to 5 s)
+ *   any refusal or failure, or a SETTLE that changed nothing (not UPDATED)
+ *                          ──▶ RETRY after a backoff (10 ms doubling to 5 s);
+ *                              only an applied SETTLE resets the backoff
  *
  * Invariants
  *   1. At most one request per saga is in a shard queue at any time.
@@ -451,8 +453,16 @@ static void step_answered(kobo_saga_runner *r, saga_entry *e)
 	if (r->quitting)
 		return;
 	if (kind == STEP_SETTLE) {
-		e->backoff_ms = 0;
-		make_ready(r, e); /* re-read: finished, or the next saga began */
+		if (e->result.code == KOBO_RESULT_UPDATED) {
+			e->backoff_ms = 0;
+			make_ready(r, e); /* re-read: finished, or the next saga began */
+		} else {
+			/* The settle changed nothing (AMOUNT_OVERFLOW, REPLAYED,
+			 * not found): re-reading at once would find the same
+			 * record and repeat the same steps in a tight loop. Keep
+			 * backing off until a settle applies. */
+			schedule_retry(r, e);
+		}
 		return;
 	}
 	kobo_op settle;

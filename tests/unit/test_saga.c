@@ -5,7 +5,8 @@
  * refused credit (compensation), an abort past the deadline, and recovery of
  * a saga left half-way by a "crash" (a store holding a RESERVED record that
  * no doorbell announced); and the runner's timers: deadlines and stuck
- * ages that ignore wall-clock steps.
+ * ages that ignore wall-clock steps, and a backoff after a settle that
+ * changed nothing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -658,6 +659,8 @@ static double metric(const char *name)
 	return 0;
 }
 
+#define SETTLE_STEPS "kobo_saga_step_duration_seconds_count{step=\"settle\"}"
+
 /* A runner whose SAGA_SETTLE can never apply: shard 0's record is RESERVED
  * in the store the runner reads, but the settle goes to a writer over an
  * empty store, which answers TRANSFER_NOT_FOUND and changes nothing (as an
@@ -704,6 +707,30 @@ static void blind_world_stop(world *w, blind_world *b)
 	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
 }
 
+/* Issue 7 B: a settle answered with anything but UPDATED made no progress;
+ * the runner used to reset its backoff and drive the saga again at once,
+ * some 45,000 steps a second for as long as the state lasted. It must keep
+ * backing off (10 ms doubling to 5 s): a handful of settles a second. */
+static void runner_backs_off_a_settle_that_changes_nothing(void **state)
+{
+	world *w = *state;
+	blind_world b;
+	kobo_saga_config config = { .deadline_ms = 0 };
+	blind_world_start(w, &b, config);
+
+	double before = metric(SETTLE_STEPS);
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+	struct timespec second = { .tv_sec = 1 };
+	nanosleep(&second, NULL);
+	double settles = metric(SETTLE_STEPS) - before;
+	blind_world_stop(w, &b);
+
+	/* Backoff 10, 20, 40, … ms: about 7 settles in the first second. */
+	if (settles < 1 || settles >= 50)
+		fail_msg("%.0f settles in 1 s of a settle that changes nothing; "
+		         "expected 1..49 (backing off)", settles);
+}
+
 /* Stuck sagas are reported by their monotonic age: with the wall clock an
  * hour behind the record's updated_at (a step back after it was written),
  * a saga stuck for stuck_ms is still reported. (Aged by wall clock, its
@@ -746,6 +773,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(runner_deadline_ignores_a_wall_clock_step,
 		                                world_setup, world_teardown),
 		cmocka_unit_test_setup_teardown(runner_reports_stuck_despite_a_wall_clock_step_back,
+		                                world_setup, world_teardown),
+		cmocka_unit_test_setup_teardown(runner_backs_off_a_settle_that_changes_nothing,
 		                                world_setup, world_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
