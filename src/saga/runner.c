@@ -137,7 +137,11 @@ struct kobo_saga_runner {
 	size_t active;
 	size_t in_flight;
 	size_t stuck;
+	/* One reader per shard, opened lazily and reopened after a failure
+	 * (reader_get): NULL while closed, retried at reader_retry_at_ms. */
 	kobo_store_reader *readers[KOBO_SHARDS_MAX];
+	int64_t reader_retry_at_ms[KOBO_SHARDS_MAX];
+	int64_t reader_backoff_ms[KOBO_SHARDS_MAX];
 	int64_t next_sweep_ms;
 	int64_t next_scan_ms;
 };
@@ -244,6 +248,55 @@ static void schedule_retry(kobo_saga_runner *r, saga_entry *e)
 		e->backoff_ms = KOBO_SAGA_RETRY_MAX_MS;
 	e->retry_due = true;
 	e->retry_at_ms = mono_ms() + e->backoff_ms;
+}
+
+/* ---- Readers. ---- */
+
+/* The shard's reader, opened when absent. A reader that failed to open
+ * (EMFILE, transient I/O) or was dropped after a read error is opened again
+ * on a later pass, after a backoff like a step's (10 ms doubling to 5 s),
+ * so one bad moment never strands a shard's sagas until a restart. NULL
+ * while it cannot be opened (the caller retries the saga later). */
+static kobo_store_reader *reader_get(kobo_saga_runner *r, uint32_t shard)
+{
+	if (r->readers[shard])
+		return r->readers[shard];
+	int64_t now = mono_ms();
+	if (now < r->reader_retry_at_ms[shard])
+		return NULL;
+	kobo_store_reader *reader = NULL;
+	int rc = kobo_store_reader_open(r->config.stores[shard], &reader);
+	if (rc != KOBO_OK) {
+		int64_t backoff = r->reader_backoff_ms[shard];
+		backoff = backoff ? backoff * 2 : KOBO_SAGA_RETRY_MIN_MS;
+		if (backoff > KOBO_SAGA_RETRY_MAX_MS)
+			backoff = KOBO_SAGA_RETRY_MAX_MS;
+		r->reader_backoff_ms[shard] = backoff;
+		r->reader_retry_at_ms[shard] = now + backoff;
+		kobo_log(KOBO_LOG_ERROR, "saga_reader_open_failed",
+		         "\"shard\":%u,\"status\":%d,\"retry_ms\":%lld", shard, rc,
+		         (long long)backoff);
+		return NULL;
+	}
+	if (r->reader_backoff_ms[shard])
+		kobo_log(KOBO_LOG_INFO, "saga_reader_opened", "\"shard\":%u", shard);
+	r->reader_backoff_ms[shard] = 0;
+	r->readers[shard] = reader;
+	return reader;
+}
+
+/* A read failed with an I/O error: close the reader so that the next pass
+ * opens a fresh one (reader_get), after the first backoff step. */
+static void reader_drop(kobo_saga_runner *r, uint32_t shard, int status)
+{
+	if (!r->readers[shard])
+		return;
+	kobo_log(KOBO_LOG_ERROR, "saga_reader_failed",
+	         "\"shard\":%u,\"status\":%d", shard, status);
+	kobo_store_reader_close(r->readers[shard]);
+	r->readers[shard] = NULL;
+	r->reader_backoff_ms[shard] = KOBO_SAGA_RETRY_MIN_MS;
+	r->reader_retry_at_ms[shard] = mono_ms() + KOBO_SAGA_RETRY_MIN_MS;
 }
 
 /* ---- Waiters. ---- */
@@ -395,7 +448,7 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 {
 	if (e->in_flight != STEP_NONE || r->quitting)
 		return;
-	kobo_store_reader *reader = r->readers[e->shard];
+	kobo_store_reader *reader = reader_get(r, e->shard);
 	kobo_transfer record;
 	bool known = e->have_record;
 	kobo_saga_state known_saga = e->record.saga;
@@ -410,6 +463,8 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 		entry_remove(r, e);
 		return;
 	}
+	if (rc == KOBO_ESTORE && reader)
+		reader_drop(r, e->shard, rc);
 	if (rc != KOBO_OK || !keep_record(e, &record)) {
 		schedule_retry(r, e);
 		return;
@@ -542,15 +597,19 @@ static void scan(kobo_saga_runner *r)
 {
 	r->scan_requested = false;
 	for (uint32_t shard = 0; shard < r->config.shard_count; shard++) {
-		kobo_store_reader *reader = r->readers[shard];
+		kobo_store_reader *reader = reader_get(r, shard);
 		if (!reader)
-			continue;
+			continue; /* the next scan tries again */
 		scan_ctx s = { .runner = r, .shard = shard };
 		do {
 			s.rows = 0;
-			if (kobo_store_read_sagas(reader, s.last, SCAN_PAGE, scan_row, &s) !=
-			    KOBO_OK)
+			int rc = kobo_store_read_sagas(reader, s.last, SCAN_PAGE,
+			                               scan_row, &s);
+			if (rc != KOBO_OK) {
+				if (rc == KOBO_ESTORE)
+					reader_drop(r, shard, rc);
 				break;
+			}
 		} while (s.rows == SCAN_PAGE && !s.full);
 		if (s.full)
 			return;
@@ -611,8 +670,7 @@ static void *runner_main(void *arg)
 {
 	kobo_saga_runner *r = arg;
 	for (uint32_t i = 0; i < r->config.shard_count; i++)
-		if (kobo_store_reader_open(r->config.stores[i], &r->readers[i]) != KOBO_OK)
-			r->readers[i] = NULL;
+		(void)reader_get(r, i); /* a failure is logged and retried */
 
 	for (;;) {
 		size_t notices;

@@ -5,8 +5,8 @@
  * refused credit (compensation), an abort past the deadline, and recovery of
  * a saga left half-way by a "crash" (a store holding a RESERVED record that
  * no doorbell announced); and the runner's timers: deadlines and stuck
- * ages that ignore wall-clock steps, and a backoff after a settle that
- * changed nothing.
+ * ages that ignore wall-clock steps, a backoff after a settle that changed
+ * nothing, and a shard reader that failed to open and is opened again.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -755,6 +756,64 @@ static void runner_reports_stuck_despite_a_wall_clock_step_back(void **state)
 		         "stuck_ms = 200 with the wall clock stepped back an hour");
 }
 
+/* A store whose first reader opens fail (EMFILE, a transient I/O error):
+ * only reader_open is ever called on it by the runner; the readers it hands
+ * out belong to the real store. */
+typedef struct flaky_store {
+	kobo_store base;
+	kobo_store_ops ops;
+	kobo_store *inner;
+	_Atomic int opens_to_fail;
+} flaky_store;
+
+static int flaky_reader_open(kobo_store *store, kobo_store_reader **out)
+{
+	flaky_store *f = (flaky_store *)store;
+	if (atomic_load(&f->opens_to_fail) > 0) {
+		atomic_fetch_sub(&f->opens_to_fail, 1);
+		return KOBO_ESTORE;
+	}
+	return kobo_store_reader_open(f->inner, out);
+}
+
+/* Issue 7 C (8a): the runner opened each shard's reader once; when that
+ * open failed, the shard's sagas never moved again until a restart. It
+ * must open the reader again on a later pass. */
+static void runner_reopens_a_reader_that_failed_to_open(void **state)
+{
+	world *w = *state;
+	char payer[32], payee[32];
+	parties(w, "flaky", 0, 1, 1000, payer, payee);
+	world_stop(w);
+
+	flaky_store flaky;
+	memset(&flaky, 0, sizeof(flaky));
+	flaky.ops.reader_open = flaky_reader_open;
+	flaky.base.ops = &flaky.ops;
+	flaky.inner = w->stores[0];
+	atomic_store(&flaky.opens_to_fail, 3);
+	kobo_store *runner_stores[SHARDS] = { &flaky.base, w->stores[1] };
+	kobo_saga_config config = { .stores = runner_stores };
+	world_start_runner_with(w, &config);
+	world_start_shards(w, true);
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+
+	kobo_op op;
+	uint32_t a = transfer_op(w, &op, "tx:flaky", payer, payee, 40, false);
+	assert_int_equal(a, 0);
+	kobo_result r = run(w, a, &op);
+	assert_int_equal(r.transfer.status, KOBO_STATUS_PROCESSING);
+	kobo_transfer t = settled(w, a, "tx:flaky");
+	assert_int_equal(t.status, KOBO_STATUS_POSTED);
+	assert_int_equal(account(w, payee).posted, 40);
+	assert_int_equal(atomic_load(&flaky.opens_to_fail), 0);
+	/* The runner's stores must outlive it: back to a normal world. */
+	world_stop(w);
+	world_start_runner(w, 0);
+	world_start_shards(w, true);
+	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -775,6 +834,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(runner_reports_stuck_despite_a_wall_clock_step_back,
 		                                world_setup, world_teardown),
 		cmocka_unit_test_setup_teardown(runner_backs_off_a_settle_that_changes_nothing,
+		                                world_setup, world_teardown),
+		cmocka_unit_test_setup_teardown(runner_reopens_a_reader_that_failed_to_open,
 		                                world_setup, world_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
