@@ -12,11 +12,13 @@
  * in reverse order of insertion and so leaves the tables exactly as they were
  * before those insertions (no tombstones needed).
  *
- * Capacity. A batch of n ops names at most 2n accounts (an op names one
- * account, two for a transfer or a leg, or the two of the transfer it posts,
- * voids, expires or settles) and at most n transfers, so the arrays hold
- * 2 * ops_max + 1 accounts and ops_max transfers. A clearing account the
- * ledger creates is one of the two its op names, so it fits as well.
+ * Capacity. A batch of n ops names at most 3n accounts (an op names one
+ * account, two for a transfer or a leg, three for a DEBIT leg with its
+ * overflow lane, or the two of the transfer it posts, voids, expires or
+ * settles) and at most n transfers, so the arrays hold
+ * KOBO_LEDGER_ACCOUNT_IDS_MAX(ops_max) = 3 * ops_max + 1 accounts and
+ * ops_max transfers. A clearing account or lane the ledger creates is one of
+ * those its op names, so it fits as well.
  * kobo_ledger_apply() checks up front that the ops cannot need more, so it
  * never fails half-way.
  *
@@ -57,31 +59,7 @@
  *   any        same      replays          (each)                REPLAYED
  *
  * DEBIT legs never move money on a client's post or void: they start a saga
- * step (status PROCESSING, saga field) and SAGA_SETTLE finishes it once B
- * has done its part. While PROCESSING the record holds `amount`.
- *
- *      (new) ──create_transfer──▶ PROCESSING/RESERVED ──settle──▶ POSTED,
- *                                                      PENDING or VOIDED
- *                                                      (compensated)
- *      PENDING ──post──▶ PROCESSING/POSTING ──settle──▶ POSTED or PENDING
- *      PENDING ──void / expire / late post──▶ PROCESSING/VOIDING
- *                                            ──settle──▶ VOIDED
- *
- *   from        to          op                function         result
- *   (none)      RESERVED    CREATE_TRANSFER   apply_create_transfer CREATED
- *   RESERVED    POSTED      SAGA_SETTLE       apply_saga_settle UPDATED
- *   RESERVED    PENDING     SAGA_SETTLE       apply_saga_settle UPDATED
- *   RESERVED    VOIDED      SAGA_SETTLE       apply_saga_settle UPDATED
- *   PENDING     POSTING     POST              apply_post        UPDATED
- *   PENDING     VOIDING     VOID              apply_void        UPDATED
- *   PENDING     VOIDING     EXPIRE            apply_expire      UPDATED
- *   PENDING     VOIDING     POST (expired)    apply_post        NOT_PENDING
- *   POSTING     POSTED      SAGA_SETTLE       apply_saga_settle UPDATED
- *   POSTING     PENDING     SAGA_SETTLE       apply_saga_settle UPDATED
- *   VOIDING     VOIDED      SAGA_SETTLE       apply_saga_settle UPDATED
- *   POSTING     same        POST              apply_post        REPLAYED
- *   VOIDING     same        VOID              apply_void        REPLAYED
- *   settled     same        SAGA_SETTLE       apply_saga_settle REPLAYED
+ * step; their states and the saga ops are in ledger_saga.c.
  *
  * Invariants (checked by check_invariants() after every apply; a broken one
  * aborts, even in release builds):
@@ -121,105 +99,9 @@
 #include "ledger.h"
 #include "ledger_internal.h"
 
-/* ---- Records. ---- */
-
-typedef struct account_slot {
-	kobo_account account;
-	/* Balances when the account was put or created (invariants). */
-	int64_t posted_before;
-	int64_t pending_out_before;
-	int64_t pending_in_before;
-	uint32_t table_index; /* where its index lives in account_table */
-	int32_t change_index; /* position in account_changes, or -1 */
-	bool is_new;
-} account_slot;
-
-typedef struct transfer_slot {
-	kobo_transfer transfer;
-	uint32_t table_index;
-	int32_t change_index;
-	bool is_new;
-} transfer_slot;
-
-/* Undo log entries: the mutable parts of a record before an op of an atomic
- * group changed it. */
-typedef struct account_undo {
-	uint32_t slot;
-	int64_t posted;
-	int64_t pending_out;
-	int64_t pending_in;
-} account_undo;
-
-typedef struct transfer_undo {
-	uint32_t slot;
-	kobo_transfer_status status;
-	kobo_void_reason void_reason;
-	kobo_result_code error_code;
-	int64_t posted_amount;
-	int64_t updated_at_ms;
-	/* A POST or VOID of a group may start a saga step on a DEBIT leg. */
-	kobo_saga_state saga;
-	int64_t saga_amount;
-	kobo_void_reason saga_reason;
-} transfer_undo;
-
-/* Per-currency sums of one batch's deltas (invariant 1); modular arithmetic
- * is enough: a true sum of 0 is 0 mod 2^64. */
-typedef struct currency_sum {
-	char currency[KOBO_CURRENCY_LEN_MAX + 1];
-	bool used;
-	uint64_t posted;
-	uint64_t pending_out;
-	uint64_t pending_in;
-} currency_sum;
-
-struct kobo_ledger {
-	size_t ops_max;
-
-	account_slot *accounts;
-	uint32_t account_count;
-	uint32_t account_capacity;
-	uint32_t *account_table; /* slot + 1, 0 = empty */
-	uint32_t account_table_mask;
-
-	transfer_slot *transfers;
-	uint32_t transfer_count;
-	uint32_t transfer_capacity;
-	uint32_t *transfer_table;
-	uint32_t transfer_table_mask;
-
-	kobo_account_change *account_changes;
-	uint32_t *account_change_slots; /* slot of each account_changes entry */
-	uint32_t account_change_count;
-	kobo_transfer_change *transfer_changes;
-	uint32_t *transfer_change_slots;
-	uint32_t transfer_change_count;
-
-	/* The atomic group being applied, if any. */
-	bool group_active;
-	uint32_t group_account_count;
-	uint32_t group_transfer_count;
-	uint32_t group_account_change_count;
-	uint32_t group_transfer_change_count;
-	account_undo *account_undos;
-	uint32_t account_undo_count;
-	uint32_t account_undo_capacity;
-	transfer_undo *transfer_undos;
-	uint32_t transfer_undo_count;
-	uint32_t transfer_undo_capacity;
-
-	/* The overflow lane of each op's DEBIT leg, named by
-	 * kobo_ledger_account_ids() (ops_max entries). */
-	char (*lane_ids)[KOBO_ID_LEN_MAX + 1];
-
-	/* Scratch for check_invariants(), sized like account_table. */
-	currency_sum *currency_sums;
-	uint32_t *currency_used; /* indexes of used currency_sums */
-};
-
 /* ---- Small helpers. ---- */
 
-static uint64_t hash_id(const char *id)
+uint64_t ledger_hash_id(const char *id)
 {
 	uint64_t hash = 1469598103934665603ull; /* FNV-1a 64 */
 	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
@@ -227,33 +109,6 @@ static uint64_t hash_id(const char *id)
 		hash *= 1099511628211ull;
 	}
 	return hash;
-}
-
-/* A second, independent 64-bit hash of id (FNV-1a from another basis,
- * then MurmurHash3's finalizer), so that a lane is named by 128 bits. */
-static uint64_t hash_id_2(const char *id)
-{
-	uint64_t hash = 0x9e3779b97f4a7c15ull;
-	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-		hash ^= *p;
-		hash *= 0x100000001b3ull;
-		hash ^= hash >> 29;
-	}
-	hash ^= hash >> 33;
-	hash *= 0xff51afd7ed558ccdull;
-	hash ^= hash >> 33;
-	hash *= 0xc4ceb9fe1a85ec53ull;
-	hash ^= hash >> 33;
-	return hash;
-}
-
-void kobo_clearing_lane_id(char *out, const char *base, const char *transfer_id)
-{
-	KOBO__LEDGER_ASSERT(strlen(base) <=
-	                    KOBO_ID_LEN_MAX - KOBO_CLEARING_LANE_LEN_MAX);
-	int n = snprintf(out, KOBO_ID_LEN_MAX + 1, "%s:%016" PRIx64 "%016" PRIx64,
-	                 base, hash_id(transfer_id), hash_id_2(transfer_id));
-	KOBO__LEDGER_ASSERT(n > 0 && n <= KOBO_ID_LEN_MAX);
 }
 
 static uint32_t table_size_for(uint32_t capacity)
@@ -286,9 +141,9 @@ static bool is_business_rejection(kobo_result_code code)
 
 /* ---- Lookup and insertion. ---- */
 
-static int64_t account_find(const kobo_ledger *ledger, const char *id)
+int64_t ledger_account_find(const kobo_ledger *ledger, const char *id)
 {
-	uint32_t index = (uint32_t)hash_id(id) & ledger->account_table_mask;
+	uint32_t index = (uint32_t)ledger_hash_id(id) & ledger->account_table_mask;
 	for (;;) {
 		uint32_t entry = ledger->account_table[index];
 		if (entry == 0)
@@ -299,9 +154,9 @@ static int64_t account_find(const kobo_ledger *ledger, const char *id)
 	}
 }
 
-static int64_t transfer_find(const kobo_ledger *ledger, const char *id)
+int64_t ledger_transfer_find(const kobo_ledger *ledger, const char *id)
 {
-	uint32_t index = (uint32_t)hash_id(id) & ledger->transfer_table_mask;
+	uint32_t index = (uint32_t)ledger_hash_id(id) & ledger->transfer_table_mask;
 	for (;;) {
 		uint32_t entry = ledger->transfer_table[index];
 		if (entry == 0)
@@ -313,13 +168,13 @@ static int64_t transfer_find(const kobo_ledger *ledger, const char *id)
 }
 
 /* Inserts a copy of account; the caller checked capacity and absence. */
-static uint32_t account_insert(kobo_ledger *ledger, const kobo_account *account,
+uint32_t ledger_account_insert(kobo_ledger *ledger, const kobo_account *account,
                                bool is_new)
 {
 	KOBO__LEDGER_ASSERT(ledger->account_count < ledger->account_capacity);
 	uint32_t slot_index = ledger->account_count++;
 	account_slot *slot = &ledger->accounts[slot_index];
-	uint32_t index = (uint32_t)hash_id(account->id) &
+	uint32_t index = (uint32_t)ledger_hash_id(account->id) &
 	                 ledger->account_table_mask;
 	while (ledger->account_table[index] != 0)
 		index = (index + 1) & ledger->account_table_mask;
@@ -340,7 +195,7 @@ static uint32_t transfer_insert(kobo_ledger *ledger,
 	KOBO__LEDGER_ASSERT(ledger->transfer_count < ledger->transfer_capacity);
 	uint32_t slot_index = ledger->transfer_count++;
 	transfer_slot *slot = &ledger->transfers[slot_index];
-	uint32_t index = (uint32_t)hash_id(transfer->id) &
+	uint32_t index = (uint32_t)ledger_hash_id(transfer->id) &
 	                 ledger->transfer_table_mask;
 	while (ledger->transfer_table[index] != 0)
 		index = (index + 1) & ledger->transfer_table_mask;
@@ -354,7 +209,7 @@ static uint32_t transfer_insert(kobo_ledger *ledger,
 
 /* ---- Change tracking and the undo log. ---- */
 
-static void account_change_note(kobo_ledger *ledger, uint32_t slot_index)
+void ledger_account_change_note(kobo_ledger *ledger, uint32_t slot_index)
 {
 	account_slot *slot = &ledger->accounts[slot_index];
 	if (slot->change_index >= 0)
@@ -394,12 +249,12 @@ static kobo_account *account_touch(kobo_ledger *ledger, uint32_t slot_index)
 		undo->pending_out = slot->account.pending_out;
 		undo->pending_in = slot->account.pending_in;
 	}
-	account_change_note(ledger, slot_index);
+	ledger_account_change_note(ledger, slot_index);
 	return &slot->account;
 }
 
 /* Call before changing an existing transfer's state. */
-static kobo_transfer *transfer_touch(kobo_ledger *ledger, uint32_t slot_index)
+kobo_transfer *ledger_transfer_touch(kobo_ledger *ledger, uint32_t slot_index)
 {
 	transfer_slot *slot = &ledger->transfers[slot_index];
 	if (ledger->group_active && slot_index < ledger->group_transfer_count) {
@@ -585,13 +440,6 @@ void kobo_ledger_reset(kobo_ledger *ledger)
 
 /* ---- Id lists. ---- */
 
-/* A DEBIT leg's base clearing id leaves room for a lane suffix. */
-static bool debit_clearing_fits_lane(const kobo_transfer *transfer)
-{
-	return strlen(transfer->clearing) <=
-	       KOBO_ID_LEN_MAX - KOBO_CLEARING_LANE_LEN_MAX;
-}
-
 /* Heapsort of string pointers by strcmp: in place, no allocation (qsort may
  * allocate), O(n log n). Sorted ids also give the stores a deadlock-free
  * locking order. */
@@ -684,7 +532,7 @@ void kobo_ledger_account_ids(kobo_ledger *ledger, const kobo_op *ops,
 			ids[n++] = kobo_transfer_credit_account(&op->u.transfer);
 			if (op->kind == KOBO_OP_CREATE_TRANSFER &&
 			    op->u.transfer.leg == KOBO_LEG_DEBIT &&
-			    debit_clearing_fits_lane(&op->u.transfer) &&
+			    ledger_debit_clearing_fits_lane(&op->u.transfer) &&
 			    i < ledger->ops_max) {
 				kobo_clearing_lane_id(ledger->lane_ids[i],
 				                      op->u.transfer.clearing,
@@ -707,7 +555,7 @@ void kobo_ledger_account_ids(kobo_ledger *ledger, const kobo_op *ops,
 		}
 		if (target_id == NULL)
 			continue;
-		int64_t slot = transfer_find(ledger, target_id);
+		int64_t slot = ledger_transfer_find(ledger, target_id);
 		if (slot >= 0) {
 			const kobo_transfer *transfer =
 				&ledger->transfers[slot].transfer;
@@ -722,17 +570,17 @@ void kobo_ledger_account_ids(kobo_ledger *ledger, const kobo_op *ops,
 
 int kobo_ledger_put_account(kobo_ledger *ledger, const kobo_account *account)
 {
-	if (account_find(ledger, account->id) >= 0)
+	if (ledger_account_find(ledger, account->id) >= 0)
 		return KOBO_EINVAL;
 	if (ledger->account_count >= ledger->account_capacity)
 		return KOBO_EFULL;
-	account_insert(ledger, account, false);
+	ledger_account_insert(ledger, account, false);
 	return KOBO_OK;
 }
 
 int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer)
 {
-	if (transfer_find(ledger, transfer->id) >= 0)
+	if (ledger_transfer_find(ledger, transfer->id) >= 0)
 		return KOBO_EINVAL;
 	if (ledger->transfer_count >= ledger->transfer_capacity)
 		return KOBO_EFULL;
@@ -749,7 +597,7 @@ static void snapshot_account(const kobo_ledger *ledger, int64_t slot,
 	result->account = ledger->accounts[slot].account;
 }
 
-static void snapshot_transfer(const kobo_ledger *ledger, int64_t slot,
+void ledger_snapshot_transfer(const kobo_ledger *ledger, int64_t slot,
                               kobo_result *result)
 {
 	result->has_transfer = true;
@@ -761,7 +609,7 @@ static kobo_result_code apply_create_account(kobo_ledger *ledger,
                                              kobo_result *result)
 {
 	const kobo_account *wanted = &op->u.account;
-	int64_t slot = account_find(ledger, wanted->id);
+	int64_t slot = ledger_account_find(ledger, wanted->id);
 	if (slot >= 0) {
 		const kobo_account *stored = &ledger->accounts[slot].account;
 		if (strcmp(stored->currency, wanted->currency) != 0 ||
@@ -780,24 +628,10 @@ static kobo_result_code apply_create_account(kobo_ledger *ledger,
 	account.metadata = wanted->metadata;
 	account.metadata_len = wanted->metadata_len;
 	account.created_at_ms = now_ms;
-	slot = account_insert(ledger, &account, true);
-	account_change_note(ledger, (uint32_t)slot);
+	slot = ledger_account_insert(ledger, &account, true);
+	ledger_account_change_note(ledger, (uint32_t)slot);
 	snapshot_account(ledger, slot, result);
 	return KOBO_RESULT_CREATED;
-}
-
-/* A DEBIT leg names the base clearing account it was asked for, or the
- * overflow lane the ledger chose instead (see check_new_debit_leg). */
-static bool clearing_equal(const kobo_transfer *stored,
-                           const kobo_transfer *wanted)
-{
-	if (strcmp(stored->clearing, wanted->clearing) == 0)
-		return true;
-	if (stored->leg != KOBO_LEG_DEBIT || !debit_clearing_fits_lane(wanted))
-		return false;
-	char lane[KOBO_ID_LEN_MAX + 1];
-	kobo_clearing_lane_id(lane, wanted->clearing, wanted->id);
-	return strcmp(stored->clearing, lane) == 0;
 }
 
 static bool transfer_params_equal(const kobo_transfer *stored,
@@ -812,21 +646,21 @@ static bool transfer_params_equal(const kobo_transfer *stored,
 	       stored->pending == wanted->pending &&
 	       stored->timeout_seconds == wanted->timeout_seconds &&
 	       stored->leg == wanted->leg &&
-	       clearing_equal(stored, wanted) &&
+	       ledger_clearing_equal(stored, wanted) &&
 	       metadata_equal(stored->metadata, stored->metadata_len,
 	                      wanted->metadata, wanted->metadata_len);
 }
 
 /* A CREATE_TRANSFER, SAGA_CREDIT or SAGA_ABORT whose id is stored at slot:
  * the same parameters replay the stored record, others are a conflict. */
-static kobo_result_code answer_existing_transfer(const kobo_ledger *ledger,
+kobo_result_code ledger_answer_existing_transfer(const kobo_ledger *ledger,
                                                  int64_t slot,
                                                  const kobo_transfer *wanted,
                                                  kobo_result *result)
 {
 	if (!transfer_params_equal(&ledger->transfers[slot].transfer, wanted))
 		return KOBO_RESULT_ID_CONFLICT;
-	snapshot_transfer(ledger, slot, result);
+	ledger_snapshot_transfer(ledger, slot, result);
 	return KOBO_RESULT_REPLAYED;
 }
 
@@ -880,41 +714,12 @@ static uint32_t record_leg(kobo_ledger *ledger, const kobo_op *op,
 	return slot;
 }
 
-static uint32_t record_transfer(kobo_ledger *ledger, const kobo_op *op,
+uint32_t ledger_record_transfer(kobo_ledger *ledger, const kobo_op *op,
                                 int64_t now_ms, kobo_transfer_status status,
                                 kobo_result_code error_code)
 {
 	return record_leg(ledger, op, &op->u.transfer, now_ms, status,
 	                  error_code);
-}
-
-/* The clearing account a leg creates on first use, with zero balances.
- * check_new_transfer() treats an absent clearing account as this one. */
-static kobo_account clearing_account(const kobo_transfer *leg, int64_t now_ms)
-{
-	static const char empty_metadata[] = "{}";
-	kobo_account account;
-	memset(&account, 0, sizeof(account));
-	memcpy(account.id, leg->clearing, sizeof(account.id));
-	memcpy(account.currency, leg->currency, sizeof(account.currency));
-	/* Money in flight to another shard: its balance is what this shard
-	 * owes or is owed, either sign. */
-	account.allow_negative = true;
-	account.metadata = empty_metadata;
-	account.metadata_len = sizeof(empty_metadata) - 1;
-	account.created_at_ms = now_ms;
-	return account;
-}
-
-static uint32_t create_clearing_account(kobo_ledger *ledger,
-                                        const kobo_transfer *leg,
-                                        int64_t now_ms)
-{
-	KOBO__LEDGER_ASSERT(account_find(ledger, leg->clearing) < 0);
-	kobo_account account = clearing_account(leg, now_ms);
-	uint32_t slot = account_insert(ledger, &account, true);
-	account_change_note(ledger, slot);
-	return slot;
 }
 
 /* The business rules of a new transfer or leg, in the documented order, on
@@ -932,14 +737,14 @@ static kobo_result_code check_new_transfer(const kobo_ledger *ledger,
 	const char *credit_id = kobo_transfer_credit_account(wanted);
 	if (strcmp(debit_id, credit_id) == 0)
 		return KOBO_RESULT_SAME_ACCOUNT;
-	int64_t debit_slot = account_find(ledger, debit_id);
-	int64_t credit_slot = account_find(ledger, credit_id);
+	int64_t debit_slot = ledger_account_find(ledger, debit_id);
+	int64_t credit_slot = ledger_account_find(ledger, credit_id);
 	bool debit_is_clearing = wanted->leg == KOBO_LEG_CREDIT;
 	bool credit_is_clearing = wanted->leg == KOBO_LEG_DEBIT;
 	if ((debit_slot < 0 && !debit_is_clearing) ||
 	    (credit_slot < 0 && !credit_is_clearing))
 		return KOBO_RESULT_ACCOUNT_NOT_FOUND;
-	kobo_account absent = clearing_account(wanted, 0);
+	kobo_account absent = ledger_clearing_account(wanted, 0);
 	const kobo_account *from = debit_slot >= 0
 		? &ledger->accounts[debit_slot].account : &absent;
 	const kobo_account *to = credit_slot >= 0
@@ -1002,9 +807,9 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
                                               kobo_result *result)
 {
 	const kobo_transfer *wanted = &op->u.transfer;
-	int64_t slot = transfer_find(ledger, wanted->id);
+	int64_t slot = ledger_transfer_find(ledger, wanted->id);
 	if (slot >= 0)
-		return answer_existing_transfer(ledger, slot, wanted, result);
+		return ledger_answer_existing_transfer(ledger, slot, wanted, result);
 	int64_t debit_slot = -1, credit_slot = -1;
 	kobo_result_code code = check_new_transfer(ledger, wanted, &debit_slot,
 	                                           &credit_slot);
@@ -1022,15 +827,15 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
 			wanted = &in_lane;
 	}
 	if (code != KOBO_RESULT_CREATED) {
-		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
+		slot = ledger_record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
 		                       code);
-		snapshot_transfer(ledger, slot, result);
+		ledger_snapshot_transfer(ledger, slot, result);
 		return code;
 	}
 	if (debit_slot < 0)
-		debit_slot = create_clearing_account(ledger, wanted, now_ms);
+		debit_slot = ledger_create_clearing_account(ledger, wanted, now_ms);
 	if (credit_slot < 0)
-		credit_slot = create_clearing_account(ledger, wanted, now_ms);
+		credit_slot = ledger_create_clearing_account(ledger, wanted, now_ms);
 	kobo_account *debit = account_touch(ledger, (uint32_t)debit_slot);
 	kobo_account *credit = account_touch(ledger, (uint32_t)credit_slot);
 	kobo_transfer_status status;
@@ -1049,23 +854,7 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
 	}
 	slot = record_leg(ledger, op, wanted, now_ms, status,
 	                  KOBO_RESULT_CREATED);
-	snapshot_transfer(ledger, slot, result);
-	return KOBO_RESULT_CREATED;
-}
-
-/* SAGA_ABORT: B refuses the credit leg for good, unless step 2 already
- * happened (then whatever it did stands). */
-static kobo_result_code apply_saga_abort(kobo_ledger *ledger,
-                                         const kobo_op *op, int64_t now_ms,
-                                         kobo_result *result)
-{
-	const kobo_transfer *wanted = &op->u.transfer;
-	int64_t slot = transfer_find(ledger, wanted->id);
-	if (slot >= 0)
-		return answer_existing_transfer(ledger, slot, wanted, result);
-	slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
-	                       KOBO_RESULT_SAGA_TIMEOUT);
-	snapshot_transfer(ledger, slot, result);
+	ledger_snapshot_transfer(ledger, slot, result);
 	return KOBO_RESULT_CREATED;
 }
 
@@ -1075,9 +864,9 @@ static void hold_accounts(const kobo_ledger *ledger,
                           const kobo_transfer *transfer, uint32_t *debit_slot,
                           uint32_t *credit_slot)
 {
-	int64_t debit = account_find(ledger,
+	int64_t debit = ledger_account_find(ledger,
 	                             kobo_transfer_debit_account(transfer));
-	int64_t credit = account_find(ledger,
+	int64_t credit = ledger_account_find(ledger,
 	                              kobo_transfer_credit_account(transfer));
 	KOBO__LEDGER_ASSERT(debit >= 0 && credit >= 0);
 	*debit_slot = (uint32_t)debit;
@@ -1087,7 +876,7 @@ static void hold_accounts(const kobo_ledger *ledger,
 /* Ends whatever saga step a record had: the hold is settled or stays
  * PENDING. error_code as ledger.h says (a refused post's code, else
  * CREATED). */
-static void end_saga_step(kobo_transfer *transfer, kobo_result_code error_code)
+void ledger_end_saga_step(kobo_transfer *transfer, kobo_result_code error_code)
 {
 	transfer->saga = KOBO_SAGA_NONE;
 	transfer->saga_amount = 0;
@@ -1097,11 +886,11 @@ static void end_saga_step(kobo_transfer *transfer, kobo_result_code error_code)
 
 /* Releases the hold of a PENDING or PROCESSING transfer and marks it
  * VOIDED with reason (error_code: why, for a compensation). */
-static void release_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
+void ledger_release_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
                          kobo_void_reason reason, kobo_result_code error_code,
                          int64_t now_ms)
 {
-	kobo_transfer *transfer = transfer_touch(ledger, transfer_slot_index);
+	kobo_transfer *transfer = ledger_transfer_touch(ledger, transfer_slot_index);
 	KOBO__LEDGER_ASSERT(kobo_transfer_holds(transfer));
 	uint32_t debit_slot, credit_slot;
 	hold_accounts(ledger, transfer, &debit_slot, &credit_slot);
@@ -1115,14 +904,14 @@ static void release_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
 	transfer->void_reason = reason;
 	transfer->posted_amount = 0;
 	transfer->updated_at_ms = now_ms;
-	end_saga_step(transfer, error_code);
+	ledger_end_saga_step(transfer, error_code);
 }
 
 /* Whether posting amount (<= the held amount) of a stored hold fits: no
  * balance may wrap. to.posted + amount is the only sum a valid state can
- * overflow; the rest is checked as well so no arithmetic in post_hold()
+ * overflow; the rest is checked as well so no arithmetic in ledger_post_hold()
  * can wrap. */
-static bool post_fits(const kobo_ledger *ledger, const kobo_transfer *transfer,
+bool ledger_post_fits(const kobo_ledger *ledger, const kobo_transfer *transfer,
                       int64_t amount)
 {
 	uint32_t debit_slot, credit_slot;
@@ -1143,13 +932,13 @@ static bool post_fits(const kobo_ledger *ledger, const kobo_transfer *transfer,
 }
 
 /* Posts amount of a PENDING or PROCESSING hold (the rest of the hold is
- * released) and marks it POSTED. The caller checked post_fits(). */
-static void post_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
+ * released) and marks it POSTED. The caller checked ledger_post_fits(). */
+void ledger_post_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
                       int64_t amount, int64_t now_ms)
 {
-	kobo_transfer *held = transfer_touch(ledger, transfer_slot_index);
+	kobo_transfer *held = ledger_transfer_touch(ledger, transfer_slot_index);
 	KOBO__LEDGER_ASSERT(kobo_transfer_holds(held));
-	KOBO__LEDGER_ASSERT(post_fits(ledger, held, amount));
+	KOBO__LEDGER_ASSERT(ledger_post_fits(ledger, held, amount));
 	uint32_t debit_slot, credit_slot;
 	hold_accounts(ledger, held, &debit_slot, &credit_slot);
 	kobo_account *from = account_touch(ledger, debit_slot);
@@ -1161,39 +950,7 @@ static void post_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
 	held->posted_amount = amount;
 	held->status = KOBO_STATUS_POSTED;
 	held->updated_at_ms = now_ms;
-	end_saga_step(held, KOBO_RESULT_CREATED);
-}
-
-/* Starts a saga step on a PENDING DEBIT leg: the hold stays where it is
- * until SAGA_SETTLE reports that B did its part. */
-static void start_saga_step(kobo_ledger *ledger, uint32_t transfer_slot_index,
-                            kobo_saga_state saga, int64_t saga_amount,
-                            kobo_void_reason saga_reason, int64_t now_ms)
-{
-	kobo_transfer *transfer = transfer_touch(ledger, transfer_slot_index);
-	KOBO__LEDGER_ASSERT(transfer->status == KOBO_STATUS_PENDING &&
-	                    transfer->leg == KOBO_LEG_DEBIT);
-	transfer->status = KOBO_STATUS_PROCESSING;
-	transfer->saga = saga;
-	transfer->saga_amount = saga_amount;
-	transfer->saga_reason = saga_reason;
-	transfer->error_code = KOBO_RESULT_CREATED;
-	transfer->updated_at_ms = now_ms;
-}
-
-/* Ends a DEBIT leg's saga step with its hold kept: PENDING again, the hold
- * where it was (B holds its credit leg, or refused a post for good;
- * error_code as end_saga_step says). */
-static void end_saga_step_pending(kobo_ledger *ledger,
-                                  uint32_t transfer_slot_index,
-                                  kobo_result_code error_code, int64_t now_ms)
-{
-	kobo_transfer *held = transfer_touch(ledger, transfer_slot_index);
-	KOBO__LEDGER_ASSERT(held->status == KOBO_STATUS_PROCESSING &&
-	                    held->leg == KOBO_LEG_DEBIT);
-	held->status = KOBO_STATUS_PENDING;
-	held->updated_at_ms = now_ms;
-	end_saga_step(held, error_code);
+	ledger_end_saga_step(held, KOBO_RESULT_CREATED);
 }
 
 /* Voids a PENDING hold: at once, or for a DEBIT leg by asking B first. */
@@ -1204,10 +961,10 @@ static void void_hold(kobo_ledger *ledger, uint32_t transfer_slot_index,
 		&ledger->transfers[transfer_slot_index].transfer;
 	KOBO__LEDGER_ASSERT(transfer->status == KOBO_STATUS_PENDING);
 	if (transfer->leg == KOBO_LEG_DEBIT)
-		start_saga_step(ledger, transfer_slot_index, KOBO_SAGA_VOIDING,
+		ledger_start_saga_step(ledger, transfer_slot_index, KOBO_SAGA_VOIDING,
 		                0, reason, now_ms);
 	else
-		release_hold(ledger, transfer_slot_index, reason,
+		ledger_release_hold(ledger, transfer_slot_index, reason,
 		             KOBO_RESULT_CREATED, now_ms);
 }
 
@@ -1239,7 +996,7 @@ static bool void_replays(const kobo_transfer *transfer)
  * lives with its payer, so on the payee's shard it is not found. */
 static int64_t find_target(const kobo_ledger *ledger, const kobo_op *op)
 {
-	int64_t slot = transfer_find(ledger, op->u.target.id);
+	int64_t slot = ledger_transfer_find(ledger, op->u.target.id);
 	if (slot < 0)
 		return -1;
 	bool credit = ledger->transfers[slot].transfer.leg == KOBO_LEG_CREDIT;
@@ -1271,18 +1028,18 @@ static kobo_result_code apply_post(kobo_ledger *ledger, const kobo_op *op,
 		code = KOBO_RESULT_NOT_PENDING;
 	} else if (amount > transfer->amount) {
 		code = KOBO_RESULT_AMOUNT_EXCEEDS_PENDING;
-	} else if (!post_fits(ledger, transfer, amount)) {
+	} else if (!ledger_post_fits(ledger, transfer, amount)) {
 		code = KOBO_RESULT_AMOUNT_OVERFLOW;
 	} else {
 		if (transfer->leg == KOBO_LEG_DEBIT)
-			start_saga_step(ledger, (uint32_t)slot,
+			ledger_start_saga_step(ledger, (uint32_t)slot,
 			                KOBO_SAGA_POSTING, amount,
 			                KOBO_VOID_NONE, now_ms);
 		else
-			post_hold(ledger, (uint32_t)slot, amount, now_ms);
+			ledger_post_hold(ledger, (uint32_t)slot, amount, now_ms);
 		code = KOBO_RESULT_UPDATED;
 	}
-	snapshot_transfer(ledger, slot, result);
+	ledger_snapshot_transfer(ledger, slot, result);
 	return code;
 }
 
@@ -1307,7 +1064,7 @@ static kobo_result_code apply_void(kobo_ledger *ledger, const kobo_op *op,
 	} else {
 		code = KOBO_RESULT_NOT_PENDING;
 	}
-	snapshot_transfer(ledger, slot, result);
+	ledger_snapshot_transfer(ledger, slot, result);
 	return code;
 }
 
@@ -1317,7 +1074,7 @@ static kobo_result_code apply_void(kobo_ledger *ledger, const kobo_op *op,
 static kobo_result_code apply_expire(kobo_ledger *ledger, const kobo_op *op,
                                      int64_t now_ms, kobo_result *result)
 {
-	int64_t slot = transfer_find(ledger, op->u.target.id);
+	int64_t slot = ledger_transfer_find(ledger, op->u.target.id);
 	if (slot < 0)
 		return KOBO_RESULT_NOT_PENDING;
 	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
@@ -1327,67 +1084,7 @@ static kobo_result_code apply_expire(kobo_ledger *ledger, const kobo_op *op,
 		void_hold(ledger, (uint32_t)slot, KOBO_VOID_EXPIRED, now_ms);
 		code = KOBO_RESULT_UPDATED;
 	}
-	snapshot_transfer(ledger, slot, result);
-	return code;
-}
-
-/* SAGA_SETTLE: B did (or refused for good) the step A's record waits for.
- * Posting can still overflow on A if A's balances moved since the step
- * began; the answer is then AMOUNT_OVERFLOW and nothing changes (the runner
- * repeats the settle; the saga stays visible as stuck). */
-static kobo_result_code apply_saga_settle(kobo_ledger *ledger,
-                                          const kobo_op *op, int64_t now_ms,
-                                          kobo_result *result)
-{
-	int64_t slot = transfer_find(ledger, op->u.settle.id);
-	if (slot < 0)
-		return KOBO_RESULT_TRANSFER_NOT_FOUND;
-	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
-	bool refused = op->u.settle.refused;
-	kobo_result_code refusal = op->u.settle.refusal;
-	kobo_result_code code = KOBO_RESULT_UPDATED;
-	kobo_saga_state step = op->u.settle.step;
-	switch (step != KOBO_SAGA_NONE && step != transfer->saga ? KOBO_SAGA_NONE
-	                                                        : transfer->saga) {
-	case KOBO_SAGA_NONE:
-		code = KOBO_RESULT_REPLAYED; /* already settled, or a stale answer */
-		break;
-	case KOBO_SAGA_RESERVED:
-		if (refused) {
-			release_hold(ledger, (uint32_t)slot,
-			             KOBO_VOID_COMPENSATED, refusal, now_ms);
-		} else if (transfer->pending) {
-			end_saga_step_pending(ledger, (uint32_t)slot,
-			                      KOBO_RESULT_CREATED, now_ms);
-		} else if (post_fits(ledger, transfer, transfer->amount)) {
-			post_hold(ledger, (uint32_t)slot, transfer->amount,
-			          now_ms);
-		} else {
-			code = KOBO_RESULT_AMOUNT_OVERFLOW;
-		}
-		break;
-	case KOBO_SAGA_POSTING:
-		if (refused) {
-			end_saga_step_pending(ledger, (uint32_t)slot, refusal,
-			                      now_ms);
-		} else if (post_fits(ledger, transfer, transfer->saga_amount)) {
-			post_hold(ledger, (uint32_t)slot,
-			          transfer->saga_amount, now_ms);
-		} else {
-			code = KOBO_RESULT_AMOUNT_OVERFLOW;
-		}
-		break;
-	case KOBO_SAGA_VOIDING:
-		/* B can always void its hold: a refusal is never sent. */
-		if (refused)
-			code = KOBO_RESULT_NOT_PENDING;
-		else
-			release_hold(ledger, (uint32_t)slot,
-			             transfer->saga_reason, KOBO_RESULT_CREATED,
-			             now_ms);
-		break;
-	}
-	snapshot_transfer(ledger, slot, result);
+	ledger_snapshot_transfer(ledger, slot, result);
 	return code;
 }
 
@@ -1405,7 +1102,7 @@ static kobo_result_code apply_op(kobo_ledger *ledger, const kobo_op *op,
 		code = apply_create_transfer(ledger, op, now_ms, result);
 		break;
 	case KOBO_OP_SAGA_ABORT:
-		code = apply_saga_abort(ledger, op, now_ms, result);
+		code = ledger_apply_saga_abort(ledger, op, now_ms, result);
 		break;
 	case KOBO_OP_POST:
 	case KOBO_OP_SAGA_POST:
@@ -1419,7 +1116,7 @@ static kobo_result_code apply_op(kobo_ledger *ledger, const kobo_op *op,
 		code = apply_expire(ledger, op, now_ms, result);
 		break;
 	case KOBO_OP_SAGA_SETTLE:
-		code = apply_saga_settle(ledger, op, now_ms, result);
+		code = ledger_apply_saga_settle(ledger, op, now_ms, result);
 		break;
 	}
 	result->code = code;
@@ -1473,7 +1170,7 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 	result->code = KOBO_RESULT_NOT_APPLIED;
 	if (op->kind == KOBO_OP_CREATE_ACCOUNT) {
 		const kobo_account *wanted = &op->u.account;
-		int64_t slot = account_find(ledger, wanted->id);
+		int64_t slot = ledger_account_find(ledger, wanted->id);
 		if (slot < 0)
 			return;
 		const kobo_account *stored = &ledger->accounts[slot].account;
@@ -1489,11 +1186,11 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 		}
 		return;
 	}
-	int64_t slot = transfer_find(ledger, op_record_id(op));
+	int64_t slot = ledger_transfer_find(ledger, op_record_id(op));
 	if (op->kind == KOBO_OP_CREATE_TRANSFER && slot < 0) {
-		slot = record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
+		slot = ledger_record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,
 		                       KOBO_RESULT_NOT_APPLIED);
-		snapshot_transfer(ledger, slot, result);
+		ledger_snapshot_transfer(ledger, slot, result);
 		return;
 	}
 	if (slot < 0)
@@ -1510,7 +1207,7 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 		 * retry will (only the group's own ops post or void it). */
 		if (op->kind == KOBO_OP_CREATE_TRANSFER) {
 			result->code = KOBO_RESULT_REPLAYED;
-			snapshot_transfer(ledger, slot, result);
+			ledger_snapshot_transfer(ledger, slot, result);
 		}
 		return;
 	}
@@ -1530,7 +1227,7 @@ static void answer_not_applied(kobo_ledger *ledger, const kobo_op *op,
 	}
 	if (replay) {
 		result->code = KOBO_RESULT_REPLAYED;
-		snapshot_transfer(ledger, slot, result);
+		ledger_snapshot_transfer(ledger, slot, result);
 	}
 }
 
@@ -1556,16 +1253,16 @@ static void finish_failed_group(kobo_ledger *ledger, const kobo_op *ops,
 			continue;
 		result->has_transfer = false;
 		const kobo_op *op = &ops[i];
-		int64_t slot = transfer_find(ledger, op_record_id(op));
+		int64_t slot = ledger_transfer_find(ledger, op_record_id(op));
 		if (op->kind == KOBO_OP_CREATE_TRANSFER &&
 		    is_business_rejection(result->code)) {
 			KOBO__LEDGER_ASSERT(slot < 0);
-			slot = record_transfer(ledger, op, now_ms,
+			slot = ledger_record_transfer(ledger, op, now_ms,
 			                       KOBO_STATUS_REJECTED,
 			                       result->code);
 		}
 		if (slot >= 0)
-			snapshot_transfer(ledger, slot, result);
+			ledger_snapshot_transfer(ledger, slot, result);
 	}
 	group_end(ledger);
 }
@@ -1593,20 +1290,20 @@ static bool transfer_op_leg_valid(const kobo_op *op)
 		return !has_clearing;
 	/* A DEBIT leg names the base account: its lane must fit an id. */
 	return transfer->leg == KOBO_LEG_DEBIT && has_clearing &&
-	       debit_clearing_fits_lane(transfer);
+	       ledger_debit_clearing_fits_lane(transfer);
 }
 
 /* A stored hold an op targets must come with its accounts on this shard. */
 static bool target_accounts_put(const kobo_ledger *ledger, const char *id)
 {
-	int64_t slot = transfer_find(ledger, id);
+	int64_t slot = ledger_transfer_find(ledger, id);
 	if (slot < 0)
 		return true;
 	const kobo_transfer *transfer = &ledger->transfers[slot].transfer;
 	return !kobo_transfer_holds(transfer) ||
-	       (account_find(ledger, kobo_transfer_debit_account(transfer)) >=
+	       (ledger_account_find(ledger, kobo_transfer_debit_account(transfer)) >=
 	                0 &&
-	        account_find(ledger, kobo_transfer_credit_account(transfer)) >=
+	        ledger_account_find(ledger, kobo_transfer_credit_account(transfer)) >=
 	                0);
 }
 
@@ -1628,7 +1325,7 @@ static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
 			if (op->u.account.metadata == NULL &&
 			    op->u.account.metadata_len != 0)
 				return KOBO_EINVAL;
-			if (account_find(ledger, op->u.account.id) < 0)
+			if (ledger_account_find(ledger, op->u.account.id) < 0)
 				new_accounts++;
 			break;
 		case KOBO_OP_CREATE_TRANSFER:
@@ -1642,14 +1339,14 @@ static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
 			if (transfer->leg != KOBO_LEG_LOCAL &&
 			    op->atomic_group != 0)
 				return KOBO_EINVAL;
-			if (transfer_find(ledger, transfer->id) >= 0)
+			if (ledger_transfer_find(ledger, transfer->id) >= 0)
 				break;
 			new_transfers++;
 			/* A leg may create its clearing account, a DEBIT leg
 			 * its overflow lane instead (never both). */
 			if (op->kind != KOBO_OP_SAGA_ABORT &&
 			    transfer->leg != KOBO_LEG_LOCAL &&
-			    (account_find(ledger, transfer->clearing) < 0 ||
+			    (ledger_account_find(ledger, transfer->clearing) < 0 ||
 			     transfer->leg == KOBO_LEG_DEBIT))
 				new_accounts++;
 			break;
@@ -1690,31 +1387,6 @@ static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
 	return KOBO_OK;
 }
 
-/* Invariant 5, legs and sagas: a saga step is under way exactly while the
- * record is PROCESSING, only on a DEBIT leg, and says what it will do;
- * CREDIT legs never expire; only legs name a clearing account. */
-static void check_transfer_legs(const kobo_transfer *transfer)
-{
-	KOBO__LEDGER_ASSERT((transfer->saga != KOBO_SAGA_NONE) ==
-	                    (transfer->status == KOBO_STATUS_PROCESSING));
-	if (transfer->saga != KOBO_SAGA_NONE)
-		KOBO__LEDGER_ASSERT(transfer->leg == KOBO_LEG_DEBIT);
-	if (transfer->saga == KOBO_SAGA_POSTING)
-		KOBO__LEDGER_ASSERT(transfer->saga_amount >= 1 &&
-		                    transfer->saga_amount <= transfer->amount);
-	else
-		KOBO__LEDGER_ASSERT(transfer->saga_amount == 0);
-	if (transfer->saga == KOBO_SAGA_VOIDING)
-		KOBO__LEDGER_ASSERT(transfer->saga_reason == KOBO_VOID_VOIDED ||
-		                    transfer->saga_reason == KOBO_VOID_EXPIRED);
-	else
-		KOBO__LEDGER_ASSERT(transfer->saga_reason == KOBO_VOID_NONE);
-	if (transfer->leg == KOBO_LEG_CREDIT)
-		KOBO__LEDGER_ASSERT(transfer->expires_at_ms == 0);
-	KOBO__LEDGER_ASSERT((transfer->leg == KOBO_LEG_LOCAL) ==
-	                    (transfer->clearing[0] == '\0'));
-}
-
 static void check_invariants(kobo_ledger *ledger)
 {
 	uint32_t used_count = 0;
@@ -1746,7 +1418,7 @@ static void check_invariants(kobo_ledger *ledger)
 			KOBO__LEDGER_ASSERT(available_after >= 0);
 		}
 		/* 1: accumulate per currency. */
-		uint32_t index = (uint32_t)hash_id(account->currency) &
+		uint32_t index = (uint32_t)ledger_hash_id(account->currency) &
 		                 ledger->account_table_mask;
 		currency_sum *sum;
 		for (;;) {
@@ -1786,7 +1458,7 @@ static void check_invariants(kobo_ledger *ledger)
 			                            transfer->amount);
 		else
 			KOBO__LEDGER_ASSERT(transfer->posted_amount == 0);
-		check_transfer_legs(transfer);
+		ledger_check_transfer_legs(transfer);
 	}
 }
 
