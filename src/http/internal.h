@@ -77,6 +77,8 @@ struct kobo_http_exchange {
 	size_t body_seen;  /* bytes received, kept or not */
 	size_t body_charged; /* bytes counted in server->body_bytes (body and batch state) */
 	bool refused;      /* reply decided before the body; body discarded */
+	bool lingering;    /* refused: read the body, then reply (server.c) */
+	int64_t refused_at_us; /* when refused, for the lingering bound */
 
 	/* A write on its way through a shard. */
 	kobo_http_ops ops;

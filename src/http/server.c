@@ -24,12 +24,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
-/* Bytes of an oversized chunked body read (and dropped) before the
- * connection is closed instead of answered. */
-#define BODY_DISCARD_GRACE (1u << 20)
+/* Lingering close. A reply queued before the body has arrived makes
+ * libmicrohttpd close the connection with the rest of the body unread, and
+ * the kernel then resets it: a client still writing (Python's http.client
+ * sends the whole body first) sees EPIPE/ECONNRESET, never its 413. So a
+ * refused request's body is read and dropped, and the reply is queued once
+ * it has ended, within these bounds past the route's limit; past them the
+ * connection is closed unanswered. A body announced longer than the bound,
+ * or sent only after "Expect: 100-continue", is answered at once. */
+#define LINGER_BYTES_MAX (4u << 20)
+#define LINGER_US_MAX (2 * 1000 * 1000)
 
 struct http_reader_set {
 	kobo_http_server *server;
@@ -52,6 +60,7 @@ static void refuse(kobo_http_exchange *x, const kobo_http_error *err)
 {
 	kobo__http_fail(x, err->status, err->code, err->message);
 	x->refused = true;
+	x->refused_at_us = kobo_monotonic_us();
 }
 
 static enum MHD_Result queue_reply(kobo_http_exchange *x)
@@ -187,6 +196,10 @@ static void arrive(kobo_http_exchange *x, const char *url)
 			kobo_http_error_set(&err, 413, "payload_too_large",
 			                    "body: at most %zu bytes on this route", x->body_max);
 			refuse(x, &err);
+			const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+			                                                 MHD_HTTP_HEADER_EXPECT);
+			x->lingering = !errno && !*end && n <= x->body_max + LINGER_BYTES_MAX &&
+			               !(expect && strcasecmp(expect, "100-continue") == 0);
 			return;
 		}
 		if (n && !kobo__http_charge(x, (size_t)n)) {
@@ -244,8 +257,10 @@ static bool receive(kobo_http_exchange *x, const char *data, size_t size)
 {
 	x->body_seen += size;
 	if (x->refused) {
-		/* Drop the body of a refused request, within reason. */
-		return x->body_seen <= x->body_max + BODY_DISCARD_GRACE;
+		/* Drop the body of a refused request, within the lingering
+		 * bounds; its reply goes out when the body has ended. */
+		return x->body_seen <= x->body_max + LINGER_BYTES_MAX &&
+		       kobo_monotonic_us() - x->refused_at_us <= LINGER_US_MAX;
 	}
 	if (x->body_seen > x->body_max) {
 		/* A chunked body outgrew the limit: answer 413 once it ends. */
@@ -279,10 +294,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection,
 		if (!x)
 			return MHD_NO;
 		*con_cls = x;
-		/* Too large for the route (413) or for the server's body budget
-		 * (503): say so now rather than read megabytes to drop them
-		 * (libmicrohttpd then closes the connection). */
-		if (x->refused && (x->reply.status == 413 || x->reply.status == 503))
+		/* Too large for the route (413) or for the server's memory
+		 * budget (503): say so now rather than read megabytes to drop
+		 * them (libmicrohttpd then closes the connection), unless the
+		 * body is within the lingering bounds: then it is read and
+		 * dropped and the 413 follows it (receive). A 503 is said at
+		 * once: an overloaded server reads no more than it must. */
+		if (x->refused && !x->lingering &&
+		    (x->reply.status == 413 || x->reply.status == 503))
 			return queue_reply(x);
 		return MHD_YES;
 	}
