@@ -6,7 +6,8 @@
  * serves readers; sqlite_audit.c feeds a shard, read on a connection of its
  * own, to the audit's rules, which know nothing of SQLite and live in
  * auditor.h / auditor.c (the in-memory store feeds them too).
- * Nothing outside src/store includes this header: the contract is store.h.
+ * Nothing outside src/store includes this header but the store's own unit
+ * test: the contract is store.h.
  */
 #ifndef KOBO_STORE_SQLITE_INTERNAL_H
 #define KOBO_STORE_SQLITE_INTERNAL_H
@@ -14,6 +15,13 @@
 #include <sqlite3.h>
 
 #include "store.h"
+
+/* The loaded-metadata arena keeps at most this many bytes of chunks from one
+ * batch to the next; a larger batch's chunks are freed at the next begin. */
+#define STORE_SQLITE_ARENA_KEEP_BYTES (1024 * 1024)
+
+/* Bytes of arena chunks the writer holds now (for tests). */
+size_t store_sqlite_arena_bytes(const kobo_store *store);
 
 /* The schema version this build writes and reads (PRAGMA user_version). */
 #define STORE_SQLITE_SCHEMA_VERSION 2

@@ -174,6 +174,8 @@ _Static_assert(STORE_SQLITE_WAL_TRUNCATE_BYTES > STORE_SQLITE_WAL_RESTART_BYTES,
                "TRUNCATE is the escalation past RESTART");
 _Static_assert(STORE_SQLITE_ARENA_CHUNK_BYTES >= 16 * KOBO_METADATA_BYTES_MAX,
                "a chunk holds many rows of the largest metadata");
+_Static_assert(STORE_SQLITE_ARENA_KEEP_BYTES >= STORE_SQLITE_ARENA_CHUNK_BYTES,
+               "a steady workload keeps at least one chunk");
 _Static_assert(STORE_SQLITE_CHECKPOINT_BUSY_TIMEOUT_MS < STORE_SQLITE_BUSY_TIMEOUT_MS,
                "the writer must outwait a checkpoint that holds the write lock");
 
@@ -343,16 +345,38 @@ static sqlite_store *to_store(kobo_store *store)
 
 /* ---- Metadata arena. ---- */
 
+/* Starts the arena over for a new batch. Chunks up to
+ * STORE_SQLITE_ARENA_KEEP_BYTES are kept (a steady workload stops
+ * allocating); the rest, grown by one large batch, is given back. */
 static void arena_reset(arena *a)
 {
+	size_t kept = 0;
+	arena_chunk **link = &a->first;
+	while (*link != NULL) {
+		arena_chunk *chunk = *link;
+		if (kept + chunk->size <= STORE_SQLITE_ARENA_KEEP_BYTES) {
+			kept += chunk->size;
+			link = &chunk->next;
+		} else {
+			*link = chunk->next;
+			free(chunk);
+		}
+	}
 	a->current = a->first;
 	if (a->current != NULL)
 		a->current->used = 0;
 }
 
-/* Copies len bytes into the arena; NULL when out of memory. Chunks are kept
- * across resets, so a steady workload stops allocating after its first
- * batches. */
+size_t store_sqlite_arena_bytes(const kobo_store *store)
+{
+	const sqlite_store *s = (const sqlite_store *)store;
+	size_t bytes = 0;
+	for (const arena_chunk *chunk = s->loaded.first; chunk; chunk = chunk->next)
+		bytes += chunk->size;
+	return bytes;
+}
+
+/* Copies len bytes into the arena; NULL when out of memory. */
 static const char *arena_copy(arena *a, const void *bytes, size_t len)
 {
 	arena_chunk *chunk = a->current;

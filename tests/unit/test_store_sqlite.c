@@ -36,9 +36,10 @@
 
 #include "../../src/ledger/ledger.h"
 #include "../../src/store/store.h"
+#include "../../src/store/sqlite_internal.h"
 #include "test_ops.h"
 
-#define TEST_OPS_MAX 256
+#define TEST_OPS_MAX 1024
 
 /* ---- A fault-injecting VFS. ---- */
 
@@ -814,6 +815,34 @@ static void loaded_metadata_spans_arena_chunks(void **state)
 			                    KOBO_METADATA_BYTES_MAX - 1);
 		}
 	}
+	kobo_store_close(store);
+}
+
+/* Issue 7 item 8c: one batch of large metadata used to pin its arena (up
+ * to ~100 MB per shard) for the life of the process. The next batch gives
+ * back everything above the arena's keep size. */
+static void arena_shrinks_after_a_large_batch(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	enum { ACCOUNTS = 1000 };
+	static kobo_op ops[ACCOUNTS];
+	static char metadata[KOBO_METADATA_BYTES_MAX];
+	int n = snprintf(metadata, sizeof metadata, "{\"pad\":\"");
+	memset(metadata + n, 'x', sizeof metadata - (size_t)n - 3);
+	memcpy(metadata + sizeof metadata - 3, "\"}", 3);
+	static char ids[ACCOUNTS][32];
+	for (int i = 0; i < ACCOUNTS; i++) {
+		snprintf(ids[i], sizeof ids[i], "big-%04d", i);
+		ops[i] = test_op_account(ids[i], "NGN", false, metadata);
+	}
+	assert_int_equal(run_batch(e, store, ops, ACCOUNTS, 1000), KOBO_OK);
+	/* Replays load every row's metadata into the arena: ~4 MB. */
+	assert_int_equal(run_batch(e, store, ops, ACCOUNTS, 2000), KOBO_OK);
+	assert_true(store_sqlite_arena_bytes(store) >= (size_t)ACCOUNTS * 4000);
+	assert_int_equal(run_batch(e, store, ops, 1, 3000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_true(store_sqlite_arena_bytes(store) <= STORE_SQLITE_ARENA_KEEP_BYTES);
 	kobo_store_close(store);
 }
 
@@ -1636,6 +1665,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(rollback_leaves_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(reader_sees_committed_batches_only, setup, teardown),
 		cmocka_unit_test_setup_teardown(loaded_metadata_spans_arena_chunks, setup, teardown),
+		cmocka_unit_test_setup_teardown(arena_shrinks_after_a_large_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(history_orders_pages_and_skips_rejected, setup, teardown),
 		cmocka_unit_test_setup_teardown(expired_holds_lists_due_pending_holds_oldest_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(audit_passes_sound_data_and_reports_tampering, setup, teardown),
