@@ -13,22 +13,34 @@
  *      shard of the map.
  *   3. Sagas in flight (DEBIT legs with a step outstanding) are counted and
  *      the first AUDIT_SAGAS_LISTED are listed.
- *   4. Clearing pairs: shard a's kobo:clearing:a:b:CUR and shard b's
- *      kobo:clearing:b:a:CUR (an absent one has balances 0) net to zero when
- *      no saga is in flight anywhere:
- *        posted(a,b) + posted(b,a) == 0
- *        pending_in(a,b) == pending_out(b,a)   an open cross-shard hold from
- *                                              a to b: payer -> clearing_ab
- *                                              on a, clearing_ba -> payee on b
- *      This compares shards with each other, so it needs one cut across all
- *      of them: the audit takes DIR/kobod.lock (as kobod does) for its whole
- *      run. While kobod holds it the pairs are not checked; that is not a
- *      problem, only an unanswered question (stop kobod to answer it).
+ *   4. Clearing pairs and legs, across shards (the rules and their table
+ *      of what a CREDIT leg may be beside its DEBIT leg are in
+ *      src/store/auditor.h and auditor.c, store_pairs_*): every clearing
+ *      account and every leg naming one is read, shard by shard, and
+ *        - each cross-shard transfer's DEBIT leg (payer's shard) and
+ *          CREDIT leg (payee's shard), matched by id, pair and lane, agree,
+ *          a saga in flight allowing the CREDIT leg one step ahead;
+ *        - shard a's kobo:clearing:a:b:CUR[lane] and shard b's
+ *          kobo:clearing:b:a:CUR[lane] (an absent one has balances 0) net
+ *          to what the sagas in flight between them account for (zero when
+ *          none is):
+ *            posted(a,b) + posted(b,a) == sum(DEBIT posted - CREDIT posted)
+ *            pending_in(a,b) - pending_out(b,a) == sum(DEBIT held - CREDIT
+ *                                                  held), a -> b sagas
+ *      This compares shards with each other, so it wants one cut across
+ *      all of them: the audit takes DIR/kobod.lock (as kobod does) for its
+ *      whole run, and then one read is definite. While kobod holds the
+ *      lock, a saga may progress between the reads of two shards: the
+ *      read is repeated (AUDIT_PAIRS_ATTEMPTS, AUDIT_PAIRS_RETRY_MS apart)
+ *      until one finds nothing, else the answer is "unknown" with the
+ *      discrepancies shown as unconfirmed. Never "sound" unchecked.
  *
- * Exit: 0 everything checked is sound; 1 any problem (including a missing
- * shard file, a shard file outside the map, or a malformed map); 2 bad usage,
- * or, when no problem was found, a shard or the map that could not be read
- * (nothing can be said about it then).
+ * Exit: 0 everything was checked and is sound (sagas in flight included);
+ * 1 any problem (including a missing shard file, a shard file outside the
+ * map, or a malformed map); 2 bad usage, or, when no problem was found, a
+ * shard or the map that could not be read (nothing can be said about it
+ * then); 3 no problem found, but the clearing pairs could not be settled
+ * while kobod writes ("unknown": stop kobod and audit again).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -39,9 +51,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../shard/shard.h"
+#include "../store/auditor.h" /* store_pairs_*: the cross-shard rules */
 #include "../store/store.h"
 #include "cli.h"
 
@@ -50,6 +64,10 @@
 /* Sagas in flight listed by name; the rest are only counted. */
 #define AUDIT_SAGAS_LISTED 20
 #define AUDIT_CLEARING_PREFIX KOBO_SYSTEM_ID_PREFIX "clearing:"
+/* Reads of the clearing pairs while kobod writes, and the pause between
+ * them, before the answer is "unknown" (exit 3). */
+#define AUDIT_PAIRS_ATTEMPTS 5
+#define AUDIT_PAIRS_RETRY_MS 200
 
 typedef struct audit_shard {
 	long index;
@@ -195,153 +213,97 @@ static audit_lock take_lock(const char *dir, int *fd, char *reason, size_t reaso
 	return busy ? AUDIT_LOCK_BUSY : AUDIT_LOCK_FAILED;
 }
 
-/* ---- Clearing accounts. ---- */
+/* ---- Clearing accounts, shard by shard. ---- */
 
-typedef struct clearing_side {
-	uint32_t a, b; /* kobo:clearing:a:b:currency, stored on shard a */
-	char currency[KOBO_CURRENCY_LEN_MAX + 1];
-	char id[KOBO_ID_LEN_MAX + 1];
-	int64_t posted, pending_out, pending_in;
-} clearing_side;
-
-typedef struct clearing_list {
-	clearing_side *sides;
-	size_t count, capacity;
-	bool out_of_memory;
-	/* The shard being read, for the checks of each account. */
-	uint32_t shard, shard_count;
+typedef struct clearing_check {
+	uint32_t shard, shard_count; /* the shard being read */
 	audit_report *report;
-} clearing_list;
+} clearing_check;
 
-/* Checks one clearing account of the shard being read and keeps it for the
- * pair check when it belongs there. */
+/* Checks one clearing account of the shard being read: well-formed, kept
+ * on its own shard, naming a shard of the map, in its own currency. Its
+ * balances are compared with its partner's later (pairs_check). */
 static int on_clearing_account(void *ctx, const kobo_account *account)
 {
-	clearing_list *list = ctx;
-	clearing_side side = {0};
+	clearing_check *check = ctx;
+	uint32_t a, b;
+	char currency[KOBO_CURRENCY_LEN_MAX + 1];
 
-	if (!kobo_clearing_parse(account->id, &side.a, &side.b, side.currency, NULL)) {
-		report_problemf(list->report, "%s is not a well-formed clearing account id",
+	if (!kobo_clearing_parse(account->id, &a, &b, currency, NULL)) {
+		report_problemf(check->report, "%s is not a well-formed clearing account id",
 		                account->id);
 		return 0;
 	}
-	if (side.a != list->shard) {
-		report_problemf(list->report,
+	if (a != check->shard) {
+		report_problemf(check->report,
 		                "clearing account %s belongs on shard %u, not on this one",
-		                account->id, side.a);
+		                account->id, a);
 		return 0;
 	}
-	if (side.b >= list->shard_count) {
+	if (b >= check->shard_count) {
 		/* Still paired below: its partner is absent, so any balance on it
 		 * is reported as money with no counterpart too. */
-		report_problemf(list->report,
+		report_problemf(check->report,
 		                "clearing account %s names shard %u, but there %s only %u "
-		                "shard%s", account->id, side.b,
-		                list->shard_count == 1 ? "is" : "are", list->shard_count,
-		                list->shard_count == 1 ? "" : "s");
+		                "shard%s", account->id, b,
+		                check->shard_count == 1 ? "is" : "are", check->shard_count,
+		                check->shard_count == 1 ? "" : "s");
 	}
-	if (strcmp(account->currency, side.currency) != 0) {
-		report_problemf(list->report, "clearing account %s holds currency %s",
+	if (strcmp(account->currency, currency) != 0) {
+		report_problemf(check->report, "clearing account %s holds currency %s",
 		                account->id, account->currency);
 	}
-	if (list->count == list->capacity) {
-		size_t capacity = list->capacity ? list->capacity * 2 : 64;
-		clearing_side *grown = realloc(list->sides, capacity * sizeof *grown);
-		if (grown == NULL) {
-			list->out_of_memory = true;
-			return 1;
-		}
-		list->sides = grown;
-		list->capacity = capacity;
-	}
-	snprintf(side.id, sizeof(side.id), "%s", account->id);
-	side.posted = account->posted;
-	side.pending_out = account->pending_out;
-	side.pending_in = account->pending_in;
-	list->sides[list->count++] = side;
 	return 0;
 }
 
-static uint32_t side_low(const clearing_side *s) { return s->a < s->b ? s->a : s->b; }
-static uint32_t side_high(const clearing_side *s) { return s->a < s->b ? s->b : s->a; }
+/* ---- Clearing pairs and legs, across shards. ---- */
 
-/* Orders sides by pair (low shard, high shard, currency), then by a: the two
- * sides of a pair end up next to each other, low shard's first. */
-static int by_pair(const void *x, const void *y)
+/* One read of every shard's clearing accounts and the legs naming them,
+ * fed to the cross-shard rules (src/store/auditor.h, store_pairs_*). */
+typedef struct pairs_read {
+	store_pairs *pairs;
+	kobo_store_reader *reader;
+	uint32_t shard;
+	int rc;
+	/* The clearing account whose legs are being read. */
+	const char *clearing_id;
+	uint32_t other;
+	char currency[KOBO_CURRENCY_LEN_MAX + 1];
+	char lane[KOBO_CLEARING_LANE_LEN_MAX + 1];
+} pairs_read;
+
+static int on_pair_leg(void *ctx, const kobo_transfer *transfer, int64_t seq)
 {
-	const clearing_side *p = x, *q = y;
-	if (side_low(p) != side_low(q))
-		return side_low(p) < side_low(q) ? -1 : 1;
-	if (side_high(p) != side_high(q))
-		return side_high(p) < side_high(q) ? -1 : 1;
-	int c = strcmp(p->currency, q->currency);
-	if (c != 0)
-		return c;
-	return (p->a > q->a) - (p->a < q->a);
+	(void)seq;
+	pairs_read *read = ctx;
+	if (transfer->leg == KOBO_LEG_LOCAL || strcmp(transfer->clearing, read->clearing_id) != 0)
+		return 0;
+	read->rc = store_pairs_leg(read->pairs, read->shard, read->other, read->currency,
+	                           read->lane, transfer);
+	return read->rc != KOBO_OK;
 }
 
-/* Fills an absent side: the partner account was never created, balance 0. */
-static void absent_side(clearing_side *out, uint32_t a, uint32_t b, const char *currency)
+static int on_pair_account(void *ctx, const kobo_account *account)
 {
-	*out = (clearing_side){.a = a, .b = b};
-	snprintf(out->currency, sizeof(out->currency), "%s", currency);
-	kobo_clearing_id(out->id, a, b, currency);
-}
-
-/* Checks every pair; returns the number of pairs checked. */
-static size_t check_pairs(clearing_list *list, audit_report *report)
-{
-	size_t pairs = 0;
-	if (list->count > 0)
-		qsort(list->sides, list->count, sizeof *list->sides, by_pair);
-	for (size_t i = 0; i < list->count; pairs++) {
-		clearing_side low, high;
-		const clearing_side *first = &list->sides[i];
-		const clearing_side *next = i + 1 < list->count ? &list->sides[i + 1] : NULL;
-		/* Ids are unique per shard and only shard a keeps a:b, so a pair
-		 * has at most two sides, sorted low shard's first. */
-		bool both = next != NULL && side_low(first) == side_low(next) &&
-		            side_high(first) == side_high(next) &&
-		            strcmp(first->currency, next->currency) == 0;
-		if (both) {
-			low = *first;
-			high = *next;
-			i += 2;
-		} else if (first->a < first->b) {
-			low = *first;
-			absent_side(&high, first->b, first->a, first->currency);
-			i++;
-		} else {
-			high = *first;
-			absent_side(&low, first->b, first->a, first->currency);
-			i++;
-		}
-		const char *low_note = both || first->a == low.a ? "" : " (absent)";
-		const char *high_note = both || first->a == high.a ? "" : " (absent)";
-		int64_t sum;
-		if (__builtin_add_overflow(low.posted, high.posted, &sum) || sum != 0) {
-			report_problemf(report,
-			                "%s on shard %u posted %" PRId64 "%s and %s on shard %u "
-			                "posted %" PRId64 "%s do not net to 0",
-			                low.id, low.a, low.posted, low_note, high.id, high.a,
-			                high.posted, high_note);
-		}
-		if (low.pending_in != high.pending_out) {
-			report_problemf(report,
-			                "holds from shard %u to shard %u in %s disagree: %s "
-			                "pending_in %" PRId64 "%s, %s pending_out %" PRId64 "%s",
-			                low.a, high.a, low.currency, low.id, low.pending_in,
-			                low_note, high.id, high.pending_out, high_note);
-		}
-		if (high.pending_in != low.pending_out) {
-			report_problemf(report,
-			                "holds from shard %u to shard %u in %s disagree: %s "
-			                "pending_in %" PRId64 "%s, %s pending_out %" PRId64 "%s",
-			                high.a, low.a, high.currency, high.id, high.pending_in,
-			                high_note, low.id, low.pending_out, low_note);
-		}
-	}
-	return pairs;
+	pairs_read *read = ctx;
+	uint32_t a;
+	if (!kobo_clearing_parse(account->id, &a, &read->other, read->currency, read->lane) ||
+	    a != read->shard)
+		return 0; /* reported by the shard's own checks */
+	read->rc = store_pairs_clearing(read->pairs, read->shard, read->other,
+	                                read->currency, read->lane, account);
+	if (read->rc != KOBO_OK)
+		return 1;
+	/* The legs are read inside the scan of the accounts: on SQLite the
+	 * scan's statement keeps one read transaction open on the reader's
+	 * connection, so a shard's legs and balances come from one snapshot
+	 * even while kobod writes. (Across shards there is no such cut.) */
+	read->clearing_id = account->id;
+	int rc = kobo_store_read_history(read->reader, account->id, 0, SIZE_MAX,
+	                                 on_pair_leg, read);
+	if (read->rc == KOBO_OK)
+		read->rc = rc;
+	return read->rc != KOBO_OK;
 }
 
 /* ---- Sagas in flight. ---- */
@@ -385,9 +347,9 @@ typedef struct audit_run {
 	const char *dir;
 	uint32_t shard_count;
 	audit_slot slots[KOBO_SHARDS_MAX];
-	clearing_list clearing;
 	size_t accounts, transfers, problems, sagas;
 	bool cannot_read;
+	bool pairs_unknown; /* the pairs could not be settled (exit 3) */
 	json_t *shards_json;
 } audit_run;
 
@@ -423,21 +385,17 @@ static void audit_one_shard(audit_run *run, uint32_t index)
 			kobo_store_close(slot->store);
 		slot->store = NULL;
 	} else {
-		/* The clearing accounts, checked one by one now and kept for
-		 * the pair check. They are read after the audit's snapshot; only
-		 * the pair check needs both to agree, and it runs only when
-		 * nothing writes (the lock is ours). */
+		/* The clearing accounts, checked one by one (the pairs are
+		 * compared across shards later, pairs_check). */
 		kobo_store_reader *reader = NULL;
-		run->clearing.shard = index;
-		run->clearing.report = &report;
+		clearing_check check = {.shard = index, .shard_count = run->shard_count,
+		                        .report = &report};
 		rc = kobo_store_reader_open(slot->store, &reader);
 		if (rc == KOBO_OK) {
 			rc = kobo_store_read_accounts_prefix(reader, AUDIT_CLEARING_PREFIX,
-			                                     on_clearing_account, &run->clearing);
+			                                     on_clearing_account, &check);
 			kobo_store_reader_close(reader);
 		}
-		if (rc == KOBO_OK && run->clearing.out_of_memory)
-			rc = KOBO_ENOMEM;
 		if (rc != KOBO_OK) {
 			/* What the audit found stands; the pairs cannot be checked. */
 			run->cannot_read = true;
@@ -498,41 +456,137 @@ static json_t *list_sagas(audit_run *run)
 	return list.items;
 }
 
-/* Runs the pair check when it can be answered; else says why not. */
+/* One sentence of the cross-shard rules, kept until the attempt's outcome
+ * says whether it is a problem or an unconfirmed discrepancy. */
+static void keep_pair_line(void *ctx, const char *line)
+{
+	json_array_append_new(ctx, json_string(line));
+}
+
+/* Reads every shard's clearing accounts and legs once and runs the
+ * cross-shard rules; the sentences go to lines. */
+static int read_pairs_once(audit_run *run, json_t *lines, store_pairs_totals *totals)
+{
+	store_pairs *pairs = store_pairs_create(keep_pair_line, lines);
+	if (pairs == NULL)
+		return KOBO_ENOMEM;
+	int rc = KOBO_OK;
+	for (uint32_t i = 0; i < run->shard_count && rc == KOBO_OK; i++) {
+		audit_slot *slot = &run->slots[i];
+		if (slot->store == NULL)
+			continue; /* missing: reported; its partners' sides stand alone */
+		pairs_read read = {.pairs = pairs, .shard = i};
+		rc = kobo_store_reader_open(slot->store, &read.reader);
+		if (rc != KOBO_OK)
+			break;
+		rc = kobo_store_read_accounts_prefix(read.reader, AUDIT_CLEARING_PREFIX,
+		                                     on_pair_account, &read);
+		kobo_store_reader_close(read.reader);
+		if (rc == KOBO_OK)
+			rc = read.rc;
+		if (rc != KOBO_OK) {
+			fprintf(stderr, "kobo: audit: cannot read the clearing accounts and legs "
+			        "of %s (error %d)\n", slot->file->path, rc);
+		}
+	}
+	if (rc == KOBO_OK)
+		store_pairs_finish(pairs, totals);
+	store_pairs_destroy(pairs);
+	return rc;
+}
+
+/* Prints (or, with --json, returns) the lines of an attempt under a label. */
+static void print_pair_lines(json_t *lines, const char *label)
+{
+	size_t i;
+	json_t *line;
+	json_array_foreach(lines, i, line)
+		printf("clearing pairs: %s: %s\n", label, json_string_value(line));
+}
+
+/* Checks the clearing pairs and each cross-shard transfer's two legs, with
+ * the sagas in flight accounted for (store_pairs_*). With the lock ours,
+ * nothing writes: one read is a cut across all shards, and what it finds
+ * is definite. Without it (kobod running), the shards are read one after
+ * the other while sagas progress, so a discrepancy may be a saga seen on
+ * one shard before a step and on the other after it: the read is repeated
+ * up to AUDIT_PAIRS_ATTEMPTS times, and when every read finds one the
+ * answer is "unknown", never "sound". */
 static json_t *pairs_check(audit_run *run, audit_lock lock, const char *lock_reason)
 {
-	char reason[PATH_MAX + 256] = "";
-	if (lock == AUDIT_LOCK_BUSY) {
-		snprintf(reason, sizeof(reason),
-		         "not checked while kobod is running (stop it for a consistent cut "
-		         "across shards)");
-	} else if (lock == AUDIT_LOCK_FAILED) {
-		snprintf(reason, sizeof(reason),
-		         "not checked: %s (no consistent cut across shards)", lock_reason);
-	} else if (run->sagas > 0) {
-		snprintf(reason, sizeof(reason),
-		         "not checked because %zu saga%s in flight (kobod resumes %s when it "
-		         "starts)", run->sagas, run->sagas == 1 ? " is" : "s are",
-		         run->sagas == 1 ? "it" : "them");
-	} else if (run->cannot_read) {
-		snprintf(reason, sizeof(reason),
-		         "not checked because a shard could not be read");
-	}
-	if (reason[0] != '\0') {
-		if (run->cli->json)
+	bool json = run->cli->json;
+	if (run->cannot_read) {
+		const char *reason = "not checked because a shard could not be read";
+		if (json)
 			return json_pack("{s:s,s:s}", "status", "not_checked", "reason", reason);
 		printf("clearing pairs: %s\n", reason);
 		return NULL;
 	}
-	audit_report report = {.json = run->cli->json, .shard = -1};
-	report.lines = run->cli->json ? json_array() : NULL;
-	size_t pairs = check_pairs(&run->clearing, &report);
-	run->problems += report.problems;
-	if (run->cli->json) {
-		return json_pack("{s:s,s:I,s:o}", "status", "checked", "pairs",
-		                 (json_int_t)pairs, "problems", report.lines);
+	bool cut = lock == AUDIT_LOCK_HELD;
+	int attempts_max = cut ? 1 : AUDIT_PAIRS_ATTEMPTS;
+	int attempts = 0;
+	json_t *lines = NULL;
+	store_pairs_totals totals = {0};
+	int rc = KOBO_OK;
+	while (attempts < attempts_max) {
+		if (attempts > 0) {
+			struct timespec pause = {0, AUDIT_PAIRS_RETRY_MS * 1000000L};
+			nanosleep(&pause, NULL);
+		}
+		attempts++;
+		json_decref(lines);
+		lines = json_array();
+		rc = lines != NULL ? read_pairs_once(run, lines, &totals) : KOBO_ENOMEM;
+		if (rc != KOBO_OK || totals.problems == 0)
+			break;
 	}
-	printf("clearing pairs: %zu checked, %zu problems\n", pairs, report.problems);
+	if (rc != KOBO_OK) {
+		run->cannot_read = true;
+		json_decref(lines);
+		const char *reason = "not checked: the clearing accounts or legs could not be read";
+		if (json)
+			return json_pack("{s:s,s:s}", "status", "not_checked", "reason", reason);
+		printf("clearing pairs: %s\n", reason);
+		return NULL;
+	}
+	char why[PATH_MAX + 512] = "";
+	const char *status = "checked";
+	if (totals.problems > 0 && cut) {
+		run->problems += totals.problems;
+	} else if (totals.problems > 0) {
+		status = "unknown";
+		run->pairs_unknown = true;
+		snprintf(why, sizeof(why),
+		         "%zu discrepanc%s in each of %d reads %d ms apart (%s): a saga "
+		         "progressing between the reads of two shards, or a loss; stop kobod "
+		         "for a definite answer", totals.problems,
+		         totals.problems == 1 ? "y" : "ies", attempts, AUDIT_PAIRS_RETRY_MS,
+		         lock == AUDIT_LOCK_BUSY ? "kobod is running" : lock_reason);
+	}
+	if (json) {
+		bool unknown = run->pairs_unknown;
+		json_t *out = json_pack("{s:s,s:I,s:I,s:I,s:I,s:b}", "status", status,
+		        "attempts", (json_int_t)attempts, "pairs", (json_int_t)totals.pairs,
+		        "transfers", (json_int_t)totals.transfers,
+		        "in_flight", (json_int_t)totals.in_flight, "consistent_cut", cut);
+		json_object_set_new(out, "problems", unknown ? json_array() : json_incref(lines));
+		if (unknown) {
+			json_object_set_new(out, "unconfirmed", json_incref(lines));
+			json_object_set_new(out, "reason", json_string(why));
+		}
+		json_decref(lines);
+		return out;
+	}
+	if (run->pairs_unknown) {
+		print_pair_lines(lines, "unconfirmed");
+		printf("clearing pairs: unknown: %s\n", why);
+	} else {
+		print_pair_lines(lines, "problem");
+		printf("clearing pairs: %zu checked (%zu cross-shard transfers, %zu in flight), "
+		       "%zu problems%s\n", totals.pairs, totals.transfers, totals.in_flight,
+		       totals.problems, cut ? "" : " (read while kobod runs)");
+	}
+	json_decref(lines);
 	return NULL;
 }
 
@@ -600,7 +654,6 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv)
 	}
 	if (map_rc != KOBO_EINVAL)
 		map_error[0] = '\0';
-	run->clearing.shard_count = run->shard_count;
 
 	/* 2. The lock first, so the cut holds for everything read below. */
 	int lock_fd = -1;
@@ -642,7 +695,7 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv)
 	json_t *pairs_json = pairs_check(run, lock, lock_reason);
 
 	const char *verdict = run->cannot_read ? "incomplete"
-		: run->problems == 0 ? "sound" : "unsound";
+		: run->problems > 0 ? "unsound" : run->pairs_unknown ? "unknown" : "sound";
 	if (cli->json) {
 		json_t *root = json_pack("{s:s,s:s,s:{s:s,s:I,s:s*},s:I,s:I,s:I,s:I,s:o,s:o,s:o}",
 		        "data", dir, "verdict", verdict,
@@ -675,12 +728,14 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv)
 		close(lock_fd);
 	size_t problems = run->problems;
 	bool cannot_read = run->cannot_read;
-	free(run->clearing.sides);
+	bool pairs_unknown = run->pairs_unknown;
 	free(run);
 	free(files);
 	/* A problem found is a definite answer even if another shard could
 	 * not be read; an unreadable shard alone leaves the question open. */
 	if (problems > 0)
 		return KOBO_CLI_EXIT_FAILED;
-	return cannot_read ? KOBO_CLI_EXIT_USAGE : KOBO_CLI_EXIT_OK;
+	if (cannot_read)
+		return KOBO_CLI_EXIT_USAGE;
+	return pairs_unknown ? KOBO_CLI_EXIT_UNKNOWN : KOBO_CLI_EXIT_OK;
 }

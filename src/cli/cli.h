@@ -6,9 +6,11 @@
  *                  send it, print the answer
  *   audit.c        `kobo audit`: reads the shard map, opens every
  *                  DIR/shard-N.db read-only and runs the store's audit,
- *                  lists sagas in flight, and checks that clearing account
- *                  pairs net to zero when it holds DIR/kobod.lock (no
- *                  server needed)
+ *                  lists sagas in flight, and checks each cross-shard
+ *                  transfer's two legs and each pair of clearing accounts
+ *                  with the sagas in flight accounted for (no server
+ *                  needed; definite with DIR/kobod.lock held, re-read
+ *                  while kobod runs)
  *   http_client.c  one libcurl easy handle, reused for every request
  *   output.c       tables, key/value listings, error lines, argument parsing
  *
@@ -18,7 +20,8 @@
  * end to end; nothing here ever converts them to floating point.
  *
  * Exit statuses: 0 success, 1 the server refused or could not be reached (or
- * an audit found a problem), 2 bad usage or an audit that could not run.
+ * an audit found a problem), 2 bad usage or an audit that could not run,
+ * 3 an audit that could not settle the clearing pairs while kobod writes.
  */
 #ifndef KOBO_CLI_H
 #define KOBO_CLI_H
@@ -36,6 +39,7 @@ enum {
 	KOBO_CLI_EXIT_OK = 0,
 	KOBO_CLI_EXIT_FAILED = 1,
 	KOBO_CLI_EXIT_USAGE = 2,
+	KOBO_CLI_EXIT_UNKNOWN = 3, /* audit: the clearing pairs could not be settled */
 };
 
 /* Largest response body the client accepts (a history page of 1,000

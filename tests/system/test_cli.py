@@ -210,7 +210,7 @@ def test_audit_two_shards_checks_clearing_pairs_when_stopped(make_server):
     p = audit(srv.data)
     assert p.returncode == 0, (f"audit of a sound 2-shard store while kobod runs: expected exit 0, "
                                f"saw {p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
-    expect_in_audit(p, "clearing pairs: not checked while kobod is running", "kobod running")
+    expect_in_audit(p, "clearing pairs: 1 checked", "kobod running: the pairs are read until they agree")
     expect_in_audit(p, "shard 1:", "both shards are audited")
 
     srv.sigterm()
@@ -218,7 +218,8 @@ def test_audit_two_shards_checks_clearing_pairs_when_stopped(make_server):
     assert p.returncode == 0, (f"audit of a sound stopped 2-shard store: expected exit 0, saw "
                                f"{p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
     expect_in_audit(p, "sagas in flight: 0", "stopped, nothing in flight")
-    expect_in_audit(p, "checked, 0 problems", "stopped: the pairs are checked")
+    expect_in_audit(p, "clearing pairs: 1 checked (", "stopped: the pairs are checked")
+    expect_in_audit(p, "in flight), 0 problems", "stopped: the pairs are sound")
     p, report = audit_json(srv.data)
     assert p.returncode == 0 and report["verdict"] == "sound", f"--json audit: expected sound, saw {report}"
     assert report["shard_map"]["shards"] == 2 and len(report["shards"]) == 2, (
@@ -248,7 +249,7 @@ def test_audit_two_shards_checks_clearing_pairs_when_stopped(make_server):
         f"the tamper keeps shard 1 consistent on its own; saw {p.stdout[-1500:]}")
 
 
-def test_audit_lists_sagas_in_flight_and_skips_pairs(make_server):
+def test_audit_lists_sagas_in_flight_and_checks_pairs(make_server):
     srv = make_server("--shards", "2")
     ids = ids_on_shards("aud3", 2, {0, 1})
     payer, payee, cash = ids[0], ids[1], "aud3:cash"
@@ -277,9 +278,10 @@ def test_audit_lists_sagas_in_flight_and_skips_pairs(make_server):
                                f"{p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
     expect_in_audit(p, "sagas in flight: 1", "one saga in flight")
     expect_in_audit(p, "aud3:hold reserved (request_id req-aud3-hold)", "the saga is listed")
-    expect_in_audit(p, "clearing pairs: not checked because 1 saga is in flight", "pairs skipped")
+    expect_in_audit(p, " in flight), 0 problems",
+                    "pairs checked with the saga in flight accounted for")
     p, report = audit_json(srv.data)
     assert report["sagas_in_flight"] == 1 and report["sagas"][0]["id"] == "aud3:hold", (
         f"--json audit: expected the saga listed, saw {report}")
-    assert report["clearing_pairs"]["status"] == "not_checked", (
-        f"--json audit: expected the pairs not checked, saw {report['clearing_pairs']}")
+    assert report["clearing_pairs"]["status"] == "checked" and report["clearing_pairs"]["in_flight"] == 1, (
+        f"--json audit: expected the pairs checked with 1 in flight, saw {report['clearing_pairs']}")
