@@ -49,6 +49,8 @@
 #define SIM_FAULT_PER_MILLE 30          /* a batch's commit fails */
 #define SIM_CRASH_AFTER_COMMIT_PER_MILLE 15 /* committed, answers lost */
 #define SIM_DOORBELL_LOST_PER_MILLE 100 /* the runner misses a doorbell */
+#define SIM_RACE_CREATE_PER_MILLE 120   /* a hold's post/void races its create */
+#define SIM_RECENT_HOLDS 12             /* "recent": likely still in a saga */
 
 /* ---- Checks: one bit each, so a run reports every group that failed. ---- */
 
@@ -80,12 +82,17 @@ typedef enum sim_bug {
 	BUG_NO_RECOVERY_SCAN,      /* sagas whose doorbell was lost are forgotten */
 	BUG_RETRY_NEW_ID,          /* a client retries a lost create with a new id */
 	BUG_POST_FULL_AMOUNT,      /* B asked to post the whole hold on a partial post */
+	/* The old edge and ledger: a client's post/void misrouted to the
+	 * payee's shard acts on the CREDIT leg there (sent as SAGA_POST /
+	 * SAGA_VOID, which is what the old ledger did with a client's). */
+	BUG_MISROUTE_ACTS_ON_CREDIT,
 	BUG_COUNT
 } sim_bug;
 
 static const char *const sim_bug_names[BUG_COUNT] = {
 	"none", "settle_without_remote", "credit_twice", "refusal_as_credit",
 	"no_recovery_scan", "retry_new_id", "post_full_amount",
+	"misroute_acts_on_credit",
 };
 
 /* Step boundaries the faults hit, and protocol paths taken: the seeded
@@ -108,6 +115,11 @@ typedef enum sim_path {
 	PATH_PARTIAL_POST_CROSS,  /* a partial post of a cross-shard hold */
 	PATH_EXPIRED_DEBIT_LEG,   /* a cross-shard hold voided as expired */
 	PATH_REFUSED_CREDIT,      /* B refused the credit leg (rule or conflict) */
+	PATH_RACED_CREATE,        /* a post/void ran before its create: not found */
+	PATH_IN_PROGRESS,         /* a post/void answered in_progress, retried */
+	PATH_MISROUTED_RESERVED,  /* a misrouted post/void while A was RESERVED */
+	PATH_MISROUTED_CREDITED,  /* ... while B held the credit leg's hold */
+	PATH_MISROUTED_POSTING,   /* ... while A was POSTING */
 	PATH_COUNT
 } sim_path;
 
@@ -119,6 +131,9 @@ static const char *const sim_path_names[PATH_COUNT] = {
 	"crash, saga to read", "crash, B step queued", "crash, settle queued",
 	"abort refused the credit", "abort found the credit", "partial cross post",
 	"cross hold expired", "B refused the credit",
+	"post/void raced its create", "post/void in progress (retried)",
+	"misrouted while reserved", "misrouted while B held the credit",
+	"misrouted while posting",
 };
 
 /* ---- Accounts the clients know. ---- */
@@ -191,8 +206,12 @@ typedef struct sim_request {
 	bool in_flight; /* queued or in a batch in this process's life */
 	bool answered;
 	kobo_result_code answer;
+	/* Sent to a shard other than the payer's (the old edge's routing of
+	 * an id it found nowhere yet): it must find nothing and change
+	 * nothing there. */
+	bool misrouted;
 	bool landed;    /* an attempt committed but its answer was lost */
-	kobo_result_code lost_answer;
+	kobo_result_code lost_answer; /* UPDATED if any lost answer was */
 	uint32_t attempts;
 } sim_request;
 
@@ -251,6 +270,8 @@ typedef struct sim_stats {
 	size_t aborts;
 	size_t expired;
 	size_t doorbells_lost;
+	size_t misrouted;
+	size_t in_progress;
 	size_t paths[PATH_COUNT];
 	/* From the final records. */
 	size_t cross;

@@ -12,7 +12,14 @@
  *           a client sends a request (deposit, transfer ~60 % cross-shard,
  *           post or void of a hold, a resend of an answered request, an id
  *           conflict, an id reused across shards) or retries an unanswered
- *           one; a shard writer runs the head of its queue as one batch
+ *           one (also one answered transfer_in_progress: a saga step of
+ *           the transfer was under way). Issue 7's interleavings: a post or
+ *           void races its hold's create (sent before or just after it);
+ *           a post or void of a recent cross-shard hold is misrouted, as
+ *           the old edge did, to the payee's shard B, the shard of
+ *           hash(id) or any other, while the saga is RESERVED, credited or
+ *           posting: it must answer transfer_not_found and change nothing;
+ *           a shard writer runs the head of its queue as one batch
  *           (kobo_batch_run, as the writer does); the runner model reads a
  *           saga's record on A, sends kobo_saga_remote_op to B, sends
  *           kobo_saga_settle_op back to A, each a separate event; the writer
@@ -27,8 +34,9 @@
  *   drain   faults stop; unanswered requests are retried and every saga is
  *           driven until read_sagas is empty everywhere (bounded);
  *   check   (1) nothing in flight, (2) double entry over all shards and
- *           clean store audits, (3) clearing pairs net to zero, (4) the
- *           legs of every cross-shard transfer agree, (5) every account's
+ *           clean store audits, (3) clearing pairs net to zero, lane by
+ *           lane, (4) the legs of every cross-shard transfer agree, each
+ *           leg in the same lane, (5) every account's
  *           balances recomputed from the final transfers and every outcome
  *           allowed by what the client asked, (6) no non-negative account
  *           below zero, (7) every id applied once, plus every answer given
@@ -122,6 +130,8 @@ static const char *op_kind_name(kobo_op_kind kind)
 	case KOBO_OP_SAGA_CREDIT: return "saga_credit";
 	case KOBO_OP_SAGA_ABORT: return "saga_abort";
 	case KOBO_OP_SAGA_SETTLE: return "saga_settle";
+	case KOBO_OP_SAGA_POST: return "saga_post";
+	case KOBO_OP_SAGA_VOID: return "saga_void";
 	}
 	return "?";
 }
@@ -135,7 +145,9 @@ static const char *op_target(const kobo_op *op)
 	case KOBO_OP_SAGA_ABORT: return op->u.transfer.id;
 	case KOBO_OP_POST:
 	case KOBO_OP_VOID:
-	case KOBO_OP_EXPIRE: return op->u.target.id;
+	case KOBO_OP_EXPIRE:
+	case KOBO_OP_SAGA_POST:
+	case KOBO_OP_SAGA_VOID: return op->u.target.id;
 	case KOBO_OP_SAGA_SETTLE: return op->u.settle.id;
 	}
 	return "?";
@@ -415,20 +427,61 @@ static void create_answered(sim *s, sim_request *r, const kobo_result *res)
 	x->landed = true;
 }
 
+/* Which step the saga of a misrouted post/void was in when it ran on
+ * r->shard, for the coverage counts: A's record (unchanged by the batch
+ * on another shard) and, when misrouted to B, B's credit leg. */
+static void count_misrouted(sim *s, const sim_request *r)
+{
+	const sim_xfer *x = &s->xfers[r->xfer];
+	kobo_transfer t;
+	s->stats.misrouted++;
+	if (kobo_store_read_transfer(s->readers[x->shard_a], r->op.u.target.id,
+	                             &t) == KOBO_OK && t.leg == KOBO_LEG_DEBIT) {
+		s->stats.paths[PATH_MISROUTED_RESERVED] += t.saga == KOBO_SAGA_RESERVED;
+		s->stats.paths[PATH_MISROUTED_POSTING] += t.saga == KOBO_SAGA_POSTING;
+	}
+	if (r->shard == x->shard_b &&
+	    kobo_store_read_transfer(s->readers[x->shard_b], r->op.u.target.id,
+	                             &t) == KOBO_OK &&
+	    t.leg == KOBO_LEG_CREDIT && t.status == KOBO_STATUS_PENDING)
+		s->stats.paths[PATH_MISROUTED_CREDITED]++;
+}
+
 /* POST and VOID answers; what an UPDATED answer promises is kept for the
- * end (CHECK_ACKED). */
-static void target_answered(sim *s, sim_request *r, const kobo_result *res)
+ * end (CHECK_ACKED). Returns false when the client must ask again later
+ * (transfer_in_progress: a saga step of the transfer is under way). */
+static bool target_answered(sim *s, sim_request *r, const kobo_result *res)
 {
 	sim_xfer *x = &s->xfers[r->xfer];
 	const char *id = r->op.u.target.id;
 	bool post = r->kind == REQ_POST;
 
+	if (r->misrouted) {
+		/* No shard but the payer's holds a record a client may post
+		 * or void: B's credit leg belongs to the saga. */
+		count_misrouted(s, r);
+		if (res->code != KOBO_RESULT_TRANSFER_NOT_FOUND)
+			sim_fail(s, CHECK_RUN, "%s %s misrouted to shard %u (payer %u, "
+			         "payee %u) answered %s, expected transfer_not_found",
+			         post ? "post" : "void", id, r->shard, x->shard_a,
+			         x->shard_b, code_name(res->code));
+	}
 	switch (res->code) {
 	case KOBO_RESULT_UPDATED:
 	case KOBO_RESULT_REPLAYED:
 	case KOBO_RESULT_NOT_PENDING:
 	case KOBO_RESULT_TRANSFER_NOT_FOUND:
 		break;
+	case KOBO_RESULT_TRANSFER_IN_PROGRESS:
+		/* Only a DEBIT leg has saga steps; the client retries (409
+		 * with Retry-After) and must get a final answer by the end. */
+		if (!x->cross || r->misrouted)
+			sim_fail(s, CHECK_RUN, "%s %s on shard %u (%s) answered "
+			         "transfer_in_progress", post ? "post" : "void", id,
+			         r->shard, x->cross ? "misrouted" : "local");
+		s->stats.in_progress++;
+		s->stats.paths[PATH_IN_PROGRESS]++;
+		return false;
 	case KOBO_RESULT_AMOUNT_EXCEEDS_PENDING:
 		if (post)
 			break;
@@ -436,11 +489,18 @@ static void target_answered(sim *s, sim_request *r, const kobo_result *res)
 	default:
 		sim_fail(s, CHECK_RUN, "%s %s answered %s", post ? "post" : "void",
 		         id, code_name(res->code));
-		return;
+		return true;
 	}
-	if (res->code == KOBO_RESULT_TRANSFER_NOT_FOUND && x->landed)
-		sim_fail(s, CHECK_ACKED, "%s %s answered transfer_not_found although "
-		         "its create committed", post ? "post" : "void", id);
+	/* On the payer's shard a post/void finds the transfer once its
+	 * create committed; before, it raced the create and found nothing. */
+	if (res->code == KOBO_RESULT_TRANSFER_NOT_FOUND && !r->misrouted) {
+		if (x->landed)
+			sim_fail(s, CHECK_ACKED, "%s %s answered transfer_not_found "
+			         "although its create committed",
+			         post ? "post" : "void", id);
+		else
+			s->stats.paths[PATH_RACED_CREATE]++;
+	}
 	bool lost_update = r->landed && r->lost_answer == KOBO_RESULT_UPDATED;
 	bool resend_update = r->expect == EXPECT_REPLAY;
 	if ((lost_update || resend_update) && res->code != KOBO_RESULT_REPLAYED)
@@ -452,7 +512,7 @@ static void target_answered(sim *s, sim_request *r, const kobo_result *res)
 	bool acked = res->code == KOBO_RESULT_UPDATED ||
 	             (res->code == KOBO_RESULT_REPLAYED && lost_update);
 	if (!acked)
-		return;
+		return true;
 	if (post) {
 		int64_t amount = r->op.u.target.has_amount ? r->op.u.target.amount
 		                                           : x->op.u.transfer.amount;
@@ -469,6 +529,7 @@ static void target_answered(sim *s, sim_request *r, const kobo_result *res)
 	}
 	if (x->post_acked && x->void_acked)
 		sim_fail(s, CHECK_ONCE, "hold %s was both posted and voided", id);
+	return true;
 }
 
 static void client_answered(sim *s, uint32_t ref, const kobo_result *res)
@@ -477,8 +538,8 @@ static void client_answered(sim *s, uint32_t ref, const kobo_result *res)
 	r->in_flight = false;
 	if (r->kind == REQ_CREATE)
 		create_answered(s, r, res);
-	else
-		target_answered(s, r, res);
+	else if (!target_answered(s, r, res))
+		return; /* not final: client_retry sends it again */
 	r->answered = true;
 	r->answer = res->code;
 }
@@ -501,6 +562,29 @@ static void expiry_answered(sim *s, uint32_t shard, const kobo_op *op,
 		x->expire_acked = true;
 }
 
+/* B refused a credit leg for an overflow. No client account of the sim
+ * can overflow (users hold little), so it
+ * was Kobo's clearing account: fail now, with both sides of the pair as
+ * they are, while the events that led here are still in the trace. */
+static void credit_overflowed(sim *s, const sim_saga *g)
+{
+	kobo_account a_side, b_side;
+	memset(&a_side, 0, sizeof(a_side));
+	memset(&b_side, 0, sizeof(b_side));
+	kobo_store_read_account(s->readers[g->shard], g->record.clearing, &a_side);
+	kobo_store_read_account(s->readers[g->remote], g->op.u.transfer.clearing,
+	                        &b_side);
+	sim_fail(s, CHECK_MODEL, "B=%u refused the credit leg of %s (%lld %s) "
+	         "with amount_overflow: B's %s posted %lld pending_out %lld "
+	         "pending_in %lld; A=%u's %s posted %lld pending_out %lld "
+	         "pending_in %lld", g->remote, g->id, (long long)g->record.amount,
+	         g->record.currency, g->op.u.transfer.clearing,
+	         (long long)b_side.posted, (long long)b_side.pending_out,
+	         (long long)b_side.pending_in, g->shard, g->record.clearing,
+	         (long long)a_side.posted, (long long)a_side.pending_out,
+	         (long long)a_side.pending_in);
+}
+
 /* B answered the step: settle on A, or (an answer the protocol does not
  * expect) read again later. */
 static void remote_answered(sim *s, sim_saga *g, const kobo_result *res)
@@ -519,6 +603,9 @@ static void remote_answered(sim *s, sim_saga *g, const kobo_result *res)
 		                                                : PATH_ABORT_FOUND_CREDIT]++;
 	else if (g->op.kind == KOBO_OP_SAGA_CREDIT && settle.u.settle.refused)
 		s->stats.paths[PATH_REFUSED_CREDIT]++;
+	if (g->op.kind == KOBO_OP_SAGA_CREDIT && settle.u.settle.refused &&
+	    settle.u.settle.refusal == KOBO_RESULT_AMOUNT_OVERFLOW)
+		credit_overflowed(s, g);
 	if (g->record.saga == KOBO_SAGA_POSTING &&
 	    g->record.saga_amount < g->record.amount)
 		s->stats.paths[PATH_PARTIAL_POST_CROSS]++;
@@ -544,14 +631,37 @@ static void settle_answered(sim *s, sim_saga *g, const kobo_result *res)
 	g->phase = PHASE_READY; /* re-read: finished, or the next step began */
 }
 
+/* B's clearing account for the leg a_clearing names on A: B's base
+ * account for A, plus the same lane suffix when A's leg took an overflow
+ * lane (ledger.h, "Clearing lanes"): each lane pairs like the base. */
+static void mirror_clearing(char *out, const char *a_clearing, uint32_t shard_a,
+                            uint32_t shard_b, const char *currency)
+{
+	char base[KOBO_ID_LEN_MAX + 1];
+	char lane[KOBO_CLEARING_LANE_LEN_MAX + 1] = "";
+	char parsed_currency[KOBO_CURRENCY_LEN_MAX + 1];
+	uint32_t x, y;
+	if (!kobo_clearing_parse(a_clearing, &x, &y, parsed_currency, lane))
+		lane[0] = '\0';
+	kobo_clearing_id(base, shard_b, shard_a, currency);
+	size_t base_len = strlen(base), lane_len = strlen(lane);
+	assert_true(base_len + lane_len <= KOBO_ID_LEN_MAX);
+	memcpy(out, base, base_len);
+	memcpy(out + base_len, lane, lane_len + 1);
+}
+
 /* saga.h's contract for B's op: the step the record's saga state names,
- * about the same transfer, as a CREDIT leg through B's clearing account. */
-static bool remote_op_as_documented(const kobo_transfer *a, const char *b_clearing,
-                                    bool give_up, const kobo_op *op)
+ * about the same transfer, as a CREDIT leg through B's clearing account
+ * of the lane A's leg took. */
+static bool remote_op_as_documented(const kobo_transfer *a, uint32_t shard_a,
+                                    uint32_t shard_b, bool give_up,
+                                    const kobo_op *op)
 {
 	switch (a->saga) {
 	case KOBO_SAGA_RESERVED: {
 		const kobo_transfer *t = &op->u.transfer;
+		char b_clearing[KOBO_ID_LEN_MAX + 1];
+		mirror_clearing(b_clearing, a->clearing, shard_a, shard_b, a->currency);
 		return op->kind == (give_up ? KOBO_OP_SAGA_ABORT : KOBO_OP_SAGA_CREDIT) &&
 		       transfer_matches(t, a) && t->leg == KOBO_LEG_CREDIT &&
 		       strcmp(t->clearing, b_clearing) == 0 &&
@@ -559,10 +669,10 @@ static bool remote_op_as_documented(const kobo_transfer *a, const char *b_cleari
 		       memcmp(t->metadata, a->metadata, a->metadata_len) == 0;
 	}
 	case KOBO_SAGA_POSTING:
-		return op->kind == KOBO_OP_POST && strcmp(op->u.target.id, a->id) == 0 &&
+		return op->kind == KOBO_OP_SAGA_POST && strcmp(op->u.target.id, a->id) == 0 &&
 		       op->u.target.has_amount && op->u.target.amount == a->saga_amount;
 	case KOBO_SAGA_VOIDING:
-		return op->kind == KOBO_OP_VOID && strcmp(op->u.target.id, a->id) == 0;
+		return op->kind == KOBO_OP_SAGA_VOID && strcmp(op->u.target.id, a->id) == 0;
 	case KOBO_SAGA_NONE:
 		break;
 	}
@@ -615,7 +725,8 @@ static void runner_step(sim *s, sim_saga *g)
 		saga_remove(s, g);
 		return;
 	}
-	if (!remote_op_as_documented(&g->record, b_clearing, give_up, &g->op))
+	if (!remote_op_as_documented(&g->record, g->shard, g->remote, give_up,
+	                             &g->op))
 		sim_fail(s, CHECK_RUN, "saga %s (%s, abort %d): kobo_saga_remote_op "
 		         "gave %s for %s", g->id, kobo_saga_state_name(record.saga),
 		         give_up, op_kind_name(g->op.kind), op_target(&g->op));
@@ -640,7 +751,7 @@ static void runner_step(sim *s, sim_saga *g)
 		enqueue(s, g->shard, &settle, FROM_SETTLE, (uint32_t)(g - s->sagas));
 		return;
 	}
-	if (s->bug == BUG_POST_FULL_AMOUNT && g->op.kind == KOBO_OP_POST)
+	if (s->bug == BUG_POST_FULL_AMOUNT && g->op.kind == KOBO_OP_SAGA_POST)
 		g->op.u.target.amount = record.amount;
 	if (s->bug == BUG_CREDIT_TWICE && g->op.kind == KOBO_OP_SAGA_CREDIT &&
 	    sim_chance(s, 100)) {
@@ -703,7 +814,9 @@ static void answers_lost(sim *s, const queued *taken, size_t count,
 			continue;
 		sim_request *r = &s->requests[taken[i].ref];
 		s->stats.lost_answers++;
-		if (!r->landed) {
+		/* An UPDATED that was lost stays the one to replay, whatever
+		 * later lost attempts (in_progress, replayed) answered. */
+		if (!r->landed || results[i].code == KOBO_RESULT_UPDATED) {
 			r->landed = true;
 			r->lost_answer = results[i].code;
 		}
@@ -931,6 +1044,8 @@ static void route(sim *s, sim_xfer *x)
 	}
 }
 
+static void client_race_create(sim *s, uint32_t index);
+
 static void send_create(sim *s, sim_xfer *x)
 {
 	kobo_transfer *t = &x->op.u.transfer;
@@ -942,13 +1057,21 @@ static void send_create(sim *s, sim_xfer *x)
 	t->metadata = x->metadata;
 	t->metadata_len = (uint32_t)strlen(x->metadata);
 	route(s, x);
+	uint32_t index = (uint32_t)(x - s->xfers);
 	if (t->pending)
-		s->holds[s->hold_count++] = (uint32_t)(x - s->xfers);
+		s->holds[s->hold_count++] = index;
+	/* A client that posts or voids the hold it is creating, on another
+	 * connection: the post/void may reach the shard first. */
+	bool race = t->pending && sim_chance(s, SIM_RACE_CREATE_PER_MILLE);
+	bool race_first = race && sim_chance(s, 500);
+	if (race_first)
+		client_race_create(s, index);
 	sim_trace(s, "client create %s %s -> %s %lld %s%s (shard %u%s)", t->id,
 	          t->from, t->to, (long long)t->amount, t->currency,
 	          t->pending ? " pending" : "", x->shard_a, x->cross ? ", cross" : "");
-	request_send(s, REQ_CREATE, (uint32_t)(x - s->xfers), x->shard_a, &x->op,
-	             EXPECT_ANY);
+	request_send(s, REQ_CREATE, index, x->shard_a, &x->op, EXPECT_ANY);
+	if (race && !race_first)
+		client_race_create(s, index);
 }
 
 static void client_deposit(sim *s, const sim_account *to)
@@ -1049,39 +1172,100 @@ static bool client_reused_id(sim *s)
 	return false;
 }
 
-static bool client_post_or_void(sim *s, bool post)
+/* Sends a post or void of transfer index to shard: the payer's, or
+ * (misrouted) another, as the old edge did with an id it found on no shard
+ * yet. A post asks for the whole hold, part of it, or more than it. */
+static void client_target(sim *s, uint32_t index, bool post, uint32_t shard)
 {
-	if (s->hold_count == 0)
-		return false;
-	uint32_t index = s->holds[sim_below(s, (uint32_t)s->hold_count)];
 	sim_xfer *x = &s->xfers[index];
+	bool misrouted = shard != x->shard_a;
 	kobo_op op;
 	memset(&op, 0, sizeof(op));
 	op.kind = post ? KOBO_OP_POST : KOBO_OP_VOID;
 	memcpy(op.u.target.id, x->op.u.transfer.id, sizeof(op.u.target.id));
 	if (post) {
 		int64_t amount = x->op.u.transfer.amount;
+		uint32_t below = amount > UINT32_MAX ? UINT32_MAX : (uint32_t)amount;
 		uint32_t roll = sim_below(s, 100);
 		if (roll < 35) {
 			op.u.target.has_amount = true;
-			op.u.target.amount = 1 + (int64_t)sim_below(s, (uint32_t)amount);
-		} else if (roll < 42) {
+			op.u.target.amount = 1 + (int64_t)sim_below(s, below);
+		} else if (roll < 42 && amount <= INT64_MAX - 101) {
 			op.u.target.has_amount = true;
 			op.u.target.amount = amount + 1 + sim_below(s, 100);
 		}
+		/* Amounts a misrouted post asked can never be posted. */
 		int64_t asked = op.u.target.has_amount ? op.u.target.amount : amount;
-		if (x->post_amount_count < SIM_POST_AMOUNTS_MAX)
+		if (!misrouted && x->post_amount_count < SIM_POST_AMOUNTS_MAX)
 			x->post_amounts[x->post_amount_count++] = asked;
-		else
+		else if (!misrouted)
 			x->post_amounts_overflow = true;
-	} else {
+	} else if (!misrouted) {
 		x->void_sent = true;
 	}
-	sim_trace(s, "client %s %s%s", post ? "post" : "void", op.u.target.id,
-	          op.u.target.has_amount ? " (partial)" : "");
-	request_send(s, post ? REQ_POST : REQ_VOID, index, x->shard_a, &op,
-	             EXPECT_ANY);
+	if (misrouted && shard == x->shard_b && s->bug == BUG_MISROUTE_ACTS_ON_CREDIT)
+		op.kind = post ? KOBO_OP_SAGA_POST : KOBO_OP_SAGA_VOID;
+	sim_trace(s, "client %s %s%s%s", post ? "post" : "void", op.u.target.id,
+	          op.u.target.has_amount ? " (partial)" : "",
+	          misrouted ? (shard == x->shard_b ? " MISROUTED to the payee's shard"
+	                                           : " MISROUTED") : "");
+	sim_request *r = request_send(s, post ? REQ_POST : REQ_VOID, index, shard,
+	                              &op, EXPECT_ANY);
+	r->misrouted = misrouted;
+}
+
+static bool client_post_or_void(sim *s, bool post)
+{
+	if (s->hold_count == 0)
+		return false;
+	uint32_t index = s->holds[sim_below(s, (uint32_t)s->hold_count)];
+	client_target(s, index, post, s->xfers[index].shard_a);
 	return true;
+}
+
+/* Where the old edge sent a post/void of an id it found on no shard: the
+ * payee's shard B, or the shard of hash(id), or any; never the payer's. */
+static uint32_t misroute_shard(sim *s, const sim_xfer *x)
+{
+	uint32_t roll = sim_below(s, 10);
+	uint32_t shard = x->shard_b;
+	if (roll >= 6 && roll < 8)
+		shard = kobo_shard_map_account(&s->map, x->op.u.transfer.id);
+	else if (roll >= 8)
+		shard = sim_below(s, s->shard_count);
+	return shard == x->shard_a ? x->shard_b : shard;
+}
+
+/* A post or void racing the create of hold index, on the payer's shard
+ * or misrouted. */
+static void client_race_create(sim *s, uint32_t index)
+{
+	const sim_xfer *x = &s->xfers[index];
+	bool post = sim_chance(s, 500);
+	uint32_t shard = x->cross && sim_chance(s, 300) ? misroute_shard(s, x)
+	                                                : x->shard_a;
+	client_target(s, index, post, shard);
+}
+
+/* A post or void of a recent cross-shard hold (likely RESERVED, credited
+ * on B, or with a post or void under way) misrouted away from its payer,
+ * sometimes right after the client's own post/void on the payer's shard,
+ * so it meets the saga in POSTING or VOIDING. It must change nothing. */
+static bool client_misroute(sim *s)
+{
+	for (int tries = 0; tries < 8 && s->hold_count > 0; tries++) {
+		uint32_t recent = s->hold_count < SIM_RECENT_HOLDS
+		                      ? (uint32_t)s->hold_count : SIM_RECENT_HOLDS;
+		uint32_t index = s->holds[s->hold_count - 1 - sim_below(s, recent)];
+		const sim_xfer *x = &s->xfers[index];
+		if (!x->cross)
+			continue;
+		if (sim_chance(s, 500))
+			client_target(s, index, sim_chance(s, 600), x->shard_a);
+		client_target(s, index, sim_chance(s, 600), misroute_shard(s, x));
+		return true;
+	}
+	return false;
 }
 
 /* Sends an answered request again with the same id: it must replay (for a
@@ -1108,7 +1292,9 @@ static bool client_resend(sim *s, bool conflict)
 		}
 		sim_trace(s, "client resends %s %s%s", op_kind_name(op.kind),
 		          op_target(&op), conflict ? " with another amount" : "");
-		request_send(s, old->kind, old->xfer, old->shard, &op, expect);
+		sim_request *r = request_send(s, old->kind, old->xfer, old->shard,
+		                              &op, expect);
+		r->misrouted = old->misrouted; /* the same shard, the same rule */
 		return true;
 	}
 	return false;
@@ -1159,15 +1345,17 @@ static void client_step(sim *s)
 	bool sent = true;
 	if (roll < 80)
 		client_deposit(s, random_user(s, sim_below(s, SIM_CURRENCIES)));
-	else if (roll < 600)
+	else if (roll < 580)
 		client_transfer(s);
-	else if (roll < 720)
+	else if (roll < 690)
 		sent = client_post_or_void(s, true);
-	else if (roll < 800)
+	else if (roll < 760)
 		sent = client_post_or_void(s, false);
-	else if (roll < 950)
+	else if (roll < 810)
+		sent = client_misroute(s);
+	else if (roll < 945)
 		sent = client_resend(s, false);
-	else if (roll < 975)
+	else if (roll < 970)
 		sent = client_resend(s, true);
 	else
 		sent = client_reused_id(s);
@@ -1209,6 +1397,7 @@ static void setup_accounts(sim *s)
 			add_account(s, id, c, false);
 		}
 	}
+	assert_int_equal(s->account_count, SIM_ACCOUNTS);
 	static const char metadata[] = "{}";
 	for (uint32_t shard = 0; shard < s->shard_count; shard++) {
 		kobo_op ops[SIM_BATCH_OPS_MAX];
@@ -1255,10 +1444,11 @@ static void sim_open(sim *s, uint64_t seed, size_t ops, sim_bug bug, bool quiet)
 		s->ledgers[i] = kobo_ledger_create(SIM_BATCH_OPS_MAX);
 		assert_non_null(s->ledgers[i]);
 	}
-	/* Every client op makes at most one transfer and one request; the
-	 * initial deposits and the drain add a bounded number more. */
+	/* Every client op makes at most one transfer and two requests (a
+	 * post/void racing a create, a misroute after a post); the initial
+	 * deposits and the drain add a bounded number more. */
 	s->xfer_cap = ops + SIM_ACCOUNTS + 16;
-	s->request_cap = ops + SIM_ACCOUNTS + 16;
+	s->request_cap = 2 * ops + SIM_ACCOUNTS + 16;
 	s->saga_cap = s->xfer_cap;
 	s->xfers = calloc(s->xfer_cap, sizeof(*s->xfers));
 	s->holds = calloc(s->xfer_cap, sizeof(*s->holds));
@@ -1440,7 +1630,8 @@ static void collect_state(sim *s, const char *when)
 static void check_totals(sim *s, const char *when)
 {
 	for (uint32_t c = 0; c < SIM_CURRENCIES; c++) {
-		int64_t posted = 0, pending_out = 0, pending_in = 0;
+		/* Balances may be near INT64_MAX: sum them in more bits. */
+		__int128 posted = 0, pending_out = 0, pending_in = 0;
 		for (size_t i = 0; i < s->seen_count; i++) {
 			const kobo_account *a = &s->seen[i].account;
 			if (strcmp(a->currency, sim_currencies[c]) != 0)
@@ -1497,46 +1688,85 @@ static void check_settled(sim *s)
 			         op_target(&s->requests[i].op));
 }
 
-/* (3) */
+/* (3): per currency and lane, shard x's clearing account for y and y's for
+ * x net to zero. A lane's accounts (ledger.h, "Clearing lanes") pair with
+ * each other only; a side never created counts as zero. */
+typedef struct clearing_side {
+	uint32_t x, y, currency;
+	char lane[KOBO_CLEARING_LANE_LEN_MAX + 1];
+	const kobo_account *account;
+} clearing_side;
+
+/* Orders sides so the two of a pair are adjacent: currency, lane, then
+ * the unordered pair of shards, then x. */
+static int clearing_side_cmp(const void *pa, const void *pb)
+{
+	const clearing_side *a = pa, *b = pb;
+	uint32_t a_lo = a->x < a->y ? a->x : a->y, b_lo = b->x < b->y ? b->x : b->y;
+	uint32_t a_hi = a->x ^ a->y ^ a_lo, b_hi = b->x ^ b->y ^ b_lo;
+	int c = strcmp(a->lane, b->lane);
+	if (a->currency != b->currency)
+		return a->currency < b->currency ? -1 : 1;
+	if (c != 0)
+		return c;
+	if (a_lo != b_lo)
+		return a_lo < b_lo ? -1 : 1;
+	if (a_hi != b_hi)
+		return a_hi < b_hi ? -1 : 1;
+	return a->x < b->x ? -1 : a->x > b->x;
+}
+
+static bool clearing_same_pair(const clearing_side *a, const clearing_side *b)
+{
+	return a->currency == b->currency && strcmp(a->lane, b->lane) == 0 &&
+	       a->x == b->y && a->y == b->x;
+}
+
 static void check_clearing(sim *s)
 {
-	typedef struct pair_side {
-		int64_t posted, pending_out, pending_in;
-	} pair_side;
-	pair_side sides[SIM_SHARDS_MAX][SIM_SHARDS_MAX][SIM_CURRENCIES];
-	memset(sides, 0, sizeof(sides));
+	clearing_side *sides = calloc(s->seen_count + 1, sizeof(*sides));
+	assert_non_null(sides);
+	size_t count = 0;
 	for (size_t i = 0; i < s->seen_count; i++) {
 		const kobo_account *a = &s->seen[i].account;
-		uint32_t x, y;
+		clearing_side *side = &sides[count];
 		char currency[KOBO_CURRENCY_LEN_MAX + 1];
-		if (!kobo_clearing_parse(a->id, &x, &y, currency, NULL))
+		if (!kobo_clearing_parse(a->id, &side->x, &side->y, currency, side->lane))
 			continue;
-		uint32_t c = 0;
-		while (c < SIM_CURRENCIES && strcmp(sim_currencies[c], currency) != 0)
-			c++;
-		if (x != s->seen[i].shard || y >= s->shard_count || c == SIM_CURRENCIES ||
+		side->currency = 0;
+		while (side->currency < SIM_CURRENCIES &&
+		       strcmp(sim_currencies[side->currency], currency) != 0)
+			side->currency++;
+		if (side->x != s->seen[i].shard || side->y >= s->shard_count ||
+		    side->currency == SIM_CURRENCIES ||
 		    strcmp(a->currency, currency) != 0 || !a->allow_negative) {
 			sim_fail(s, CHECK_CLEARING, "clearing account %s found on shard "
 			         "%u (currency %s, allow_negative %d)", a->id,
 			         s->seen[i].shard, a->currency, a->allow_negative);
 			continue;
 		}
-		sides[x][y][c] = (pair_side){ a->posted, a->pending_out, a->pending_in };
+		side->account = a;
+		count++;
 	}
-	for (uint32_t x = 0; x < s->shard_count; x++)
-		for (uint32_t y = x + 1; y < s->shard_count; y++)
-			for (uint32_t c = 0; c < SIM_CURRENCIES; c++) {
-				const pair_side *xy = &sides[x][y][c], *yx = &sides[y][x][c];
-				if (xy->posted + yx->posted != 0 ||
-				    xy->pending_in != yx->pending_out ||
-				    xy->pending_out != yx->pending_in)
-					sim_fail(s, CHECK_CLEARING, "clearing %u<->%u %s: posted "
-					         "%lld + %lld != 0, or pending in/out %lld/%lld "
-					         "vs out/in %lld/%lld", x, y, sim_currencies[c],
-					         (long long)xy->posted, (long long)yx->posted,
-					         (long long)xy->pending_in, (long long)xy->pending_out,
-					         (long long)yx->pending_out, (long long)yx->pending_in);
-			}
+	qsort(sides, count, sizeof(*sides), clearing_side_cmp);
+	static const kobo_account zero;
+	for (size_t i = 0; i < count; i++) {
+		const clearing_side *first = &sides[i];
+		const kobo_account *xy = first->account, *yx = &zero;
+		if (i + 1 < count && clearing_same_pair(first, &sides[i + 1]))
+			yx = sides[++i].account;
+		if ((__int128)xy->posted + yx->posted != 0 ||
+		    xy->pending_in != yx->pending_out ||
+		    xy->pending_out != yx->pending_in)
+			sim_fail(s, CHECK_CLEARING, "clearing %u<->%u %s%s: posted "
+			         "%lld + %lld != 0, or pending in/out %lld/%lld vs "
+			         "out/in %lld/%lld", first->x, first->y,
+			         sim_currencies[first->currency], first->lane,
+			         (long long)xy->posted, (long long)yx->posted,
+			         (long long)xy->pending_in, (long long)xy->pending_out,
+			         (long long)yx->pending_out, (long long)yx->pending_in);
+	}
+	free(sides);
 }
 
 /* Reads every transfer's records as the stores hold them now. */
@@ -1578,7 +1808,8 @@ static void check_legs(sim *s)
 		const kobo_transfer *a = &x->final_a;
 		const kobo_transfer *b = x->has_b ? &x->final_b : NULL;
 		char b_clearing[KOBO_ID_LEN_MAX + 1];
-		kobo_clearing_id(b_clearing, x->shard_b, x->shard_a, x->op.u.transfer.currency);
+		mirror_clearing(b_clearing, a->clearing, x->shard_a, x->shard_b,
+		                x->op.u.transfer.currency);
 		if (b && (!transfer_matches(b, &x->op.u.transfer) ||
 		          strcmp(b->clearing, b_clearing) != 0)) {
 			sim_fail(s, CHECK_LEGS, "%s: credit leg on %u differs from the "
@@ -1706,8 +1937,9 @@ static bool outcome_allowed(const sim_xfer *x, char *why, size_t len)
  * truth of a cross-shard transfer). */
 static void check_model(sim *s)
 {
-	int64_t posted[SIM_ACCOUNTS] = { 0 }, pending_out[SIM_ACCOUNTS] = { 0 },
-	        pending_in[SIM_ACCOUNTS] = { 0 };
+	/* Amounts may be near INT64_MAX: sum them in more bits. */
+	__int128 posted[SIM_ACCOUNTS] = { 0 }, pending_out[SIM_ACCOUNTS] = { 0 },
+	         pending_in[SIM_ACCOUNTS] = { 0 };
 	for (size_t i = 0; i < s->xfer_count; i++) {
 		const sim_xfer *x = &s->xfers[i];
 		const kobo_transfer *want = &x->op.u.transfer;
@@ -1785,8 +2017,14 @@ static void check_once(sim *s)
 			continue;
 		}
 		const kobo_transfer *a = &x->final_a;
+		/* A DEBIT leg names the base clearing account it was routed
+		 * with, or that base's overflow lane for its id. */
+		char lane[KOBO_ID_LEN_MAX + 1] = "";
+		if (want->leg == KOBO_LEG_DEBIT)
+			kobo_clearing_lane_id(lane, want->clearing, want->id);
 		if (!transfer_matches(a, want) || a->leg != want->leg ||
-		    strcmp(a->clearing, want->clearing) != 0)
+		    (strcmp(a->clearing, want->clearing) != 0 &&
+		     strcmp(a->clearing, lane) != 0))
 			sim_fail(s, CHECK_ONCE, "%s on shard %u is not what was asked "
 			         "(%s -> %s %lld %s, leg %s)", want->id, x->shard_a,
 			         a->from, a->to, (long long)a->amount, a->currency,
@@ -1929,7 +2167,15 @@ static sim_outcome sim_run(uint64_t seed, size_t ops, sim_bug bug, bool quiet)
 			expiry_scan(s, shard);
 		if (queued_total(s) == 0)
 			break;
-		drain(s);
+		/* A world that cannot come to rest has failed already; more
+		 * passes would only retry the same stuck steps and clients. */
+		if (!drain(s)) {
+			sim_fail(s, CHECK_SETTLED, "after expiry the world did not "
+			         "come to rest after %d drain rounds (%zu sagas, %zu "
+			         "queued ops)", SIM_DRAIN_ROUNDS_MAX, sagas_active(s),
+			         queued_total(s));
+			break;
+		}
 	}
 	check_all(s, "after expiry");
 
@@ -1941,12 +2187,14 @@ static sim_outcome sim_run(uint64_t seed, size_t ops, sim_bug bug, bool quiet)
 		       "sagas=%zu posted=%zu compensated=%zu aborts=%zu batches=%zu "
 		       "crashes=%zu (plain %zu) failed_commits=%zu (applied %zu) "
 		       "lost_answers=%zu retries=%zu replays=%zu expired=%zu "
-		       "doorbells_lost=%zu%s\n", (unsigned long long)seed,
+		       "doorbells_lost=%zu misrouted=%zu in_progress=%zu%s\n",
+		       (unsigned long long)seed,
 		       s->shard_count, st->client_ops, s->xfer_count, st->cross,
 		       st->sagas, st->posted, st->compensated, st->aborts, st->batches,
 		       st->crashes, st->plain_crashes, st->failed_commits,
 		       st->failed_applied, st->lost_answers, st->retries, st->replays,
-		       st->expired, st->doorbells_lost, s->failed ? " FAILED" : "");
+		       st->expired, st->doorbells_lost, st->misrouted, st->in_progress,
+		       s->failed ? " FAILED" : "");
 		fflush(stdout);
 	}
 	sim_close(s);
@@ -2147,6 +2395,10 @@ static void test_saga_sim_catches_injected_bugs(void **state)
 		{ BUG_NO_RECOVERY_SCAN, CHECK_SETTLED },
 		{ BUG_RETRY_NEW_ID, CHECK_ONCE },
 		{ BUG_POST_FULL_AMOUNT, CHECK_LEGS | CHECK_CLEARING },
+		/* Caught by what the stores hold, not only by the misrouted
+		 * op's answer (CHECK_RUN): the legs part, sagas stick. */
+		{ BUG_MISROUTE_ACTS_ON_CREDIT,
+		  CHECK_LEGS | CHECK_CLEARING | CHECK_SETTLED | CHECK_MODEL },
 	};
 	bool given;
 	uint64_t seed = base_seed(&given) % 1000000000000ull + 4242;
