@@ -29,7 +29,14 @@
 #define SIM_SHARDS_MAX 4
 #define SIM_CURRENCIES 2
 #define SIM_USERS 20               /* per currency, plus one funding account */
-#define SIM_ACCOUNTS (SIM_CURRENCIES * (SIM_USERS + 1))
+/* Per currency, for the near-limit scenario only (client_near_limit):
+ * payers ("whales") and payees, all allow_negative, each used at most once
+ * a run so no user account can overflow: any amount_overflow is Kobo's. */
+#define SIM_WHALES 4
+#define SIM_BIG_PAYEES 4
+#define SIM_REGULAR_ACCOUNTS (SIM_CURRENCIES * (SIM_USERS + 1))
+#define SIM_ACCOUNTS (SIM_REGULAR_ACCOUNTS + \
+                      SIM_CURRENCIES * (SIM_WHALES + SIM_BIG_PAYEES))
 #define SIM_BATCH_OPS_MAX 12       /* ledger capacity: ops per batch */
 #define SIM_START_MS 1700000000000LL
 #define SIM_DEADLINE_MS 4000       /* past it a RESERVED saga may abort */
@@ -51,6 +58,7 @@
 #define SIM_DOORBELL_LOST_PER_MILLE 100 /* the runner misses a doorbell */
 #define SIM_RACE_CREATE_PER_MILLE 120   /* a hold's post/void races its create */
 #define SIM_RECENT_HOLDS 12             /* "recent": likely still in a saga */
+#define SIM_NEAR_LIMIT_BURST_MAX 6      /* 1-unit transfers after the big one */
 
 /* ---- Checks: one bit each, so a run reports every group that failed. ---- */
 
@@ -120,6 +128,7 @@ typedef enum sim_path {
 	PATH_MISROUTED_RESERVED,  /* a misrouted post/void while A was RESERVED */
 	PATH_MISROUTED_CREDITED,  /* ... while B held the credit leg's hold */
 	PATH_MISROUTED_POSTING,   /* ... while A was POSTING */
+	PATH_CLEARING_LANE,       /* a debit leg took an overflow clearing lane */
 	PATH_COUNT
 } sim_path;
 
@@ -133,7 +142,7 @@ static const char *const sim_path_names[PATH_COUNT] = {
 	"cross hold expired", "B refused the credit",
 	"post/void raced its create", "post/void in progress (retried)",
 	"misrouted while reserved", "misrouted while B held the credit",
-	"misrouted while posting",
+	"misrouted while posting", "clearing overflow lane",
 };
 
 /* ---- Accounts the clients know. ---- */
@@ -158,6 +167,8 @@ typedef enum xfer_kind {
 	KIND_FOREIGN_PAYEE,  /* to holds the other currency */
 	KIND_WRONG_CURRENCY, /* the transfer names the payer's other currency */
 	KIND_REUSED_ID,      /* cross-shard, id already used on the payee's shard */
+	KIND_NEAR_LIMIT,     /* cross-shard, a whale pays ~INT64_MAX to a payee of
+	                      * its own: no account of a client can overflow */
 } xfer_kind;
 
 typedef struct sim_xfer {
@@ -272,6 +283,7 @@ typedef struct sim_stats {
 	size_t doorbells_lost;
 	size_t misrouted;
 	size_t in_progress;
+	size_t near_limit;
 	size_t paths[PATH_COUNT];
 	/* From the final records. */
 	size_t cross;
@@ -314,6 +326,11 @@ typedef struct sim {
 	seen_account *seen;
 	size_t seen_count, seen_cap;
 	size_t store_transfers[SIM_SHARDS_MAX]; /* audit totals at the end */
+
+	/* The client op count at which each currency's near-limit scenario
+	 * runs, and the whales and payees already used. */
+	size_t near_limit_at[SIM_CURRENCIES];
+	bool big_used[SIM_ACCOUNTS];
 
 	sim_stats stats;
 	unsigned failed; /* CHECK_* bits */

@@ -7,7 +7,8 @@
  *
  * One run:
  *   setup   2 currencies, each a funding account (allow_negative) and 20
- *           users spread over the shards by the default shard map;
+ *           users spread over the shards by the default shard map, and
+ *           the near-limit scenario's whales and payees (allow_negative);
  *   run     random events until the clients have sent ~1,500 requests:
  *           a client sends a request (deposit, transfer ~60 % cross-shard,
  *           post or void of a hold, a resend of an answered request, an id
@@ -19,6 +20,11 @@
  *           the old edge did, to the payee's shard B, the shard of
  *           hash(id) or any other, while the saga is RESERVED, credited or
  *           posting: it must answer transfer_not_found and change nothing;
+ *           once per currency a whale pays ~INT64_MAX to a payee on another
+ *           shard next to a burst of 1-unit transfers on the same clearing
+ *           pair, so the RESERVED sagas together would overflow the base
+ *           clearing account: each must settle, none may be refused for
+ *           an overflow (overflow lanes, ledger.h "Clearing lanes");
  *           a shard writer runs the head of its queue as one batch
  *           (kobo_batch_run, as the writer does); the runner model reads a
  *           saga's record on A, sends kobo_saga_remote_op to B, sends
@@ -563,7 +569,7 @@ static void expiry_answered(sim *s, uint32_t shard, const kobo_op *op,
 }
 
 /* B refused a credit leg for an overflow. No client account of the sim
- * can overflow (users hold little), so it
+ * can overflow (users hold little; a near-limit payee is paid once), so it
  * was Kobo's clearing account: fail now, with both sides of the pair as
  * they are, while the events that led here are still in the trace. */
 static void credit_overflowed(sim *s, const sim_saga *g)
@@ -575,9 +581,9 @@ static void credit_overflowed(sim *s, const sim_saga *g)
 	kobo_store_read_account(s->readers[g->remote], g->op.u.transfer.clearing,
 	                        &b_side);
 	sim_fail(s, CHECK_MODEL, "B=%u refused the credit leg of %s (%lld %s) "
-	         "with amount_overflow: B's %s posted %lld pending_out %lld "
-	         "pending_in %lld; A=%u's %s posted %lld pending_out %lld "
-	         "pending_in %lld", g->remote, g->id, (long long)g->record.amount,
+	         "with amount_overflow; after that batch B's %s has posted %lld "
+	         "pending_out %lld pending_in %lld, A=%u's %s posted %lld "
+	         "pending_out %lld pending_in %lld", g->remote, g->id, (long long)g->record.amount,
 	         g->record.currency, g->op.u.transfer.clearing,
 	         (long long)b_side.posted, (long long)b_side.pending_out,
 	         (long long)b_side.pending_in, g->shard, g->record.clearing,
@@ -1148,7 +1154,7 @@ static bool client_reused_id(sim *s)
 		if (old->cross || !old->answered || old->reused_by >= 0 ||
 		    old->kind == KIND_REUSED_ID || old->kind == KIND_DEPOSIT ||
 		    old->kind == KIND_WRONG_CURRENCY || old->kind == KIND_FOREIGN_PAYEE ||
-		    old->kind == KIND_GHOST_PAYEE)
+		    old->kind == KIND_GHOST_PAYEE || old->kind == KIND_NEAR_LIMIT)
 			continue;
 		uint32_t currency = 0;
 		while (strcmp(sim_currencies[currency], old->op.u.transfer.currency) != 0)
@@ -1268,6 +1274,105 @@ static bool client_misroute(sim *s)
 	return false;
 }
 
+/* An account of currency on shard among the regular users; NULL when none
+ * is found quickly. */
+static const sim_account *user_on(sim *s, uint32_t currency, uint32_t shard)
+{
+	for (int tries = 0; tries < 64; tries++) {
+		const sim_account *u = random_user(s, currency);
+		if (u->shard == shard)
+			return u;
+	}
+	return NULL;
+}
+
+/* 1-unit transfers from users on shard a to users on shard b: sent
+ * together, they land in a batch or two, each a RESERVED saga on the same
+ * clearing pair as the near-limit transfer. */
+static void near_limit_burst(sim *s, uint32_t currency, uint32_t a, uint32_t b,
+                             uint32_t count)
+{
+	for (uint32_t i = 0; i < count; i++) {
+		const sim_account *from = user_on(s, currency, a);
+		const sim_account *to = user_on(s, currency, b);
+		if (!from || !to)
+			continue;
+		sim_xfer *x = xfer_new(s);
+		kobo_transfer *t = &x->op.u.transfer;
+		x->kind = KIND_NORMAL;
+		snprintf(t->from, sizeof(t->from), "%s", from->id);
+		snprintf(t->to, sizeof(t->to), "%s", to->id);
+		snprintf(t->currency, sizeof(t->currency), "%s", sim_currencies[currency]);
+		t->amount = 1;
+		t->pending = sim_chance(s, 250);
+		send_create(s, x);
+	}
+}
+
+/* Item 2 of issue 7: a whale (allow_negative) pays ~INT64_MAX to a payee
+ * on another shard, with a burst of 1-unit transfers on the same clearing
+ * pair just before or after it, so several RESERVED sagas together would
+ * overflow the base clearing account. Every one must end settled, and none
+ * may be refused for an overflow: no client account can overflow here (the
+ * whale and the payee are used once), so an amount_overflow would be a
+ * client's transfer failing on Kobo's own account. */
+static bool client_near_limit(sim *s, uint32_t currency)
+{
+	size_t base = SIM_REGULAR_ACCOUNTS + currency * (SIM_WHALES + SIM_BIG_PAYEES);
+	uint32_t w0 = sim_below(s, SIM_WHALES), p0 = sim_below(s, SIM_BIG_PAYEES);
+	size_t whale = 0, payee = 0;
+	bool found = false;
+	for (uint32_t i = 0; i < SIM_WHALES && !found; i++) {
+		whale = base + (w0 + i) % SIM_WHALES;
+		for (uint32_t k = 0; k < SIM_BIG_PAYEES && !found && !s->big_used[whale]; k++) {
+			payee = base + SIM_WHALES + (p0 + k) % SIM_BIG_PAYEES;
+			found = !s->big_used[payee] &&
+			        s->accounts[payee].shard != s->accounts[whale].shard;
+		}
+	}
+	if (!found)
+		return false;
+	s->big_used[whale] = s->big_used[payee] = true;
+	uint32_t a = s->accounts[whale].shard, b = s->accounts[payee].shard;
+	bool big_first = sim_chance(s, 700);
+	uint32_t burst = 2 + sim_below(s, SIM_NEAR_LIMIT_BURST_MAX - 1);
+	sim_trace(s, "client near-limit %s: %s -> %s (shards %u -> %u), %u 1-unit "
+	          "transfers %s", sim_currencies[currency], s->accounts[whale].id,
+	          s->accounts[payee].id, a, b, burst, big_first ? "after" : "before");
+	if (!big_first)
+		near_limit_burst(s, currency, a, b, burst);
+	sim_xfer *x = xfer_new(s);
+	kobo_transfer *t = &x->op.u.transfer;
+	x->kind = KIND_NEAR_LIMIT;
+	snprintf(t->from, sizeof(t->from), "%s", s->accounts[whale].id);
+	snprintf(t->to, sizeof(t->to), "%s", s->accounts[payee].id);
+	snprintf(t->currency, sizeof(t->currency), "%s", sim_currencies[currency]);
+	t->amount = INT64_MAX - 1 - (int64_t)sim_below(s, 3);
+	/* Half the time exactly what the base clearing account has room for
+	 * (as if every hold posts), so the big one fills it and the burst
+	 * after it no longer fits: they need lanes. Otherwise the base is
+	 * rarely empty enough, and the big one takes a lane itself. */
+	char clearing[KOBO_ID_LEN_MAX + 1];
+	kobo_account account;
+	kobo_clearing_id(clearing, a, b, sim_currencies[currency]);
+	if (sim_chance(s, 500) &&
+	    kobo_store_read_account(s->readers[a], clearing, &account) == KOBO_OK) {
+		__int128 room = (__int128)INT64_MAX - account.posted - account.pending_in;
+		if (room > INT64_MAX / 2 && room <= INT64_MAX)
+			t->amount = (int64_t)room;
+	}
+	if (sim_chance(s, 300)) {
+		t->pending = true;
+		if (sim_chance(s, 500))
+			t->timeout_seconds = 1 + sim_below(s, 20);
+	}
+	send_create(s, x);
+	if (big_first)
+		near_limit_burst(s, currency, a, b, burst);
+	s->stats.near_limit++;
+	return true;
+}
+
 /* Sends an answered request again with the same id: it must replay (for a
  * create, or a post or void that was updated), or, with another amount,
  * answer id_conflict. */
@@ -1284,7 +1389,8 @@ static bool client_resend(sim *s, bool conflict)
 		kobo_op op = old->op;
 		req_expect expect = EXPECT_ANY;
 		if (conflict) {
-			op.u.transfer.amount += 1;
+			/* Another amount; a near-limit one may not grow. */
+			op.u.transfer.amount += op.u.transfer.amount < INT64_MAX ? 1 : -1;
 			expect = EXPECT_CONFLICT;
 		} else if (old->kind == REQ_CREATE ||
 		           old->answer == KOBO_RESULT_UPDATED) {
@@ -1341,6 +1447,13 @@ static bool client_retry(sim *s, bool all)
 
 static void client_step(sim *s)
 {
+	for (uint32_t c = 0; c < SIM_CURRENCIES; c++) {
+		if (s->stats.client_ops == s->near_limit_at[c] &&
+		    client_near_limit(s, c)) {
+			s->stats.client_ops++;
+			return;
+		}
+	}
 	uint32_t roll = sim_below(s, 1000);
 	bool sent = true;
 	if (roll < 80)
@@ -1397,6 +1510,17 @@ static void setup_accounts(sim *s)
 			add_account(s, id, c, false);
 		}
 	}
+	/* After the regular ones (random_user and fund_of index those). */
+	for (uint32_t c = 0; c < SIM_CURRENCIES; c++) {
+		for (uint32_t u = 0; u < SIM_WHALES; u++) {
+			snprintf(id, sizeof(id), "%s-whale-%02u", sim_currencies[c], u);
+			add_account(s, id, c, true);
+		}
+		for (uint32_t u = 0; u < SIM_BIG_PAYEES; u++) {
+			snprintf(id, sizeof(id), "%s-big-%02u", sim_currencies[c], u);
+			add_account(s, id, c, true);
+		}
+	}
 	assert_int_equal(s->account_count, SIM_ACCOUNTS);
 	static const char metadata[] = "{}";
 	for (uint32_t shard = 0; shard < s->shard_count; shard++) {
@@ -1435,6 +1559,8 @@ static void sim_open(sim *s, uint64_t seed, size_t ops, sim_bug bug, bool quiet)
 	s->bug = bug;
 	s->quiet = quiet;
 	s->shard_count = 2 + sim_below(s, SIM_SHARDS_MAX - 1);
+	for (uint32_t c = 0; c < SIM_CURRENCIES; c++)
+		s->near_limit_at[c] = ops / 10 + sim_below(s, (uint32_t)(ops * 8 / 10 + 1));
 	s->now_ms = SIM_START_MS;
 	kobo_shard_map_default(&s->map, s->shard_count);
 	for (uint32_t i = 0; i < s->shard_count; i++) {
@@ -1445,10 +1571,11 @@ static void sim_open(sim *s, uint64_t seed, size_t ops, sim_bug bug, bool quiet)
 		assert_non_null(s->ledgers[i]);
 	}
 	/* Every client op makes at most one transfer and two requests (a
-	 * post/void racing a create, a misroute after a post); the initial
-	 * deposits and the drain add a bounded number more. */
-	s->xfer_cap = ops + SIM_ACCOUNTS + 16;
-	s->request_cap = 2 * ops + SIM_ACCOUNTS + 16;
+	 * post/void racing a create, a misroute after a post); a near-limit
+	 * scenario a burst more; the initial deposits a bounded number. */
+	size_t near_limit_max = SIM_CURRENCIES * (SIM_NEAR_LIMIT_BURST_MAX + 1);
+	s->xfer_cap = ops + SIM_ACCOUNTS + 16 + near_limit_max;
+	s->request_cap = 2 * ops + SIM_ACCOUNTS + 16 + 2 * near_limit_max;
 	s->saga_cap = s->xfer_cap;
 	s->xfers = calloc(s->xfer_cap, sizeof(*s->xfers));
 	s->holds = calloc(s->xfer_cap, sizeof(*s->holds));
@@ -1866,7 +1993,8 @@ static bool outcome_allowed(const sim_xfer *x, char *why, size_t len)
 	             a->status == KOBO_STATUS_PENDING ||
 	             (a->status == KOBO_STATUS_VOIDED &&
 	              a->void_reason != KOBO_VOID_COMPENSATED);
-	if (moved && x->kind != KIND_NORMAL && x->kind != KIND_DEPOSIT) {
+	if (moved && x->kind != KIND_NORMAL && x->kind != KIND_DEPOSIT &&
+	    x->kind != KIND_NEAR_LIMIT) {
 		snprintf(why, len, "a refused kind of request was applied");
 		return false;
 	}
@@ -1875,7 +2003,8 @@ static bool outcome_allowed(const sim_xfer *x, char *why, size_t len)
 		switch (x->kind) {
 		case KIND_NORMAL:
 		case KIND_REUSED_ID: ok = e == KOBO_RESULT_INSUFFICIENT_FUNDS; break;
-		case KIND_DEPOSIT: ok = false; break;
+		case KIND_DEPOSIT:
+		case KIND_NEAR_LIMIT: ok = false; break;
 		case KIND_SAME_ACCOUNT: ok = e == KOBO_RESULT_SAME_ACCOUNT; break;
 		case KIND_WRONG_CURRENCY: ok = e == KOBO_RESULT_CURRENCY_MISMATCH; break;
 		case KIND_GHOST_PAYEE:
@@ -2111,6 +2240,8 @@ static void count_outcomes(sim *s)
 		s->stats.compensated += x->final_a.status == KOBO_STATUS_VOIDED &&
 		                        x->final_a.void_reason == KOBO_VOID_COMPENSATED;
 		s->stats.posted += x->final_a.status == KOBO_STATUS_POSTED;
+		s->stats.paths[PATH_CLEARING_LANE] +=
+			x->cross && strcmp(x->final_a.clearing, x->op.u.transfer.clearing) != 0;
 	}
 }
 
@@ -2187,13 +2318,14 @@ static sim_outcome sim_run(uint64_t seed, size_t ops, sim_bug bug, bool quiet)
 		       "sagas=%zu posted=%zu compensated=%zu aborts=%zu batches=%zu "
 		       "crashes=%zu (plain %zu) failed_commits=%zu (applied %zu) "
 		       "lost_answers=%zu retries=%zu replays=%zu expired=%zu "
-		       "doorbells_lost=%zu misrouted=%zu in_progress=%zu%s\n",
-		       (unsigned long long)seed,
+		       "doorbells_lost=%zu misrouted=%zu in_progress=%zu "
+		       "near_limit=%zu lanes=%zu%s\n", (unsigned long long)seed,
 		       s->shard_count, st->client_ops, s->xfer_count, st->cross,
 		       st->sagas, st->posted, st->compensated, st->aborts, st->batches,
 		       st->crashes, st->plain_crashes, st->failed_commits,
 		       st->failed_applied, st->lost_answers, st->retries, st->replays,
 		       st->expired, st->doorbells_lost, st->misrouted, st->in_progress,
+		       st->near_limit, st->paths[PATH_CLEARING_LANE],
 		       s->failed ? " FAILED" : "");
 		fflush(stdout);
 	}
