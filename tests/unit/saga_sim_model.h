@@ -129,6 +129,7 @@ typedef enum sim_path {
 	PATH_MISROUTED_CREDITED,  /* ... while B held the credit leg's hold */
 	PATH_MISROUTED_POSTING,   /* ... while A was POSTING */
 	PATH_CLEARING_LANE,       /* a debit leg took an overflow clearing lane */
+	PATH_SMALL_IN_LANE,       /* ... a small one: the base account was full */
 	PATH_COUNT
 } sim_path;
 
@@ -143,6 +144,7 @@ static const char *const sim_path_names[PATH_COUNT] = {
 	"post/void raced its create", "post/void in progress (retried)",
 	"misrouted while reserved", "misrouted while B held the credit",
 	"misrouted while posting", "clearing overflow lane",
+	"small transfer in a lane (base full)",
 };
 
 /* ---- Accounts the clients know. ---- */

@@ -1753,7 +1753,11 @@ static void collect_state(sim *s, const char *when)
 
 /* (2) and (6), also mid-run: per currency the balances of all shards sum
  * to zero (each batch is balanced on its shard; money in flight sits on
- * clearing accounts), and no account that may not go negative did. */
+ * clearing accounts), and no account that may not go negative did. And
+ * (3) mid-run: every clearing account within its bound "as if every hold
+ * posts" (ledger.h, "Clearing lanes"): posted + pending_in <= INT64_MAX
+ * (DEBIT legs credit it), posted - pending_out >= -INT64_MAX (CREDIT legs
+ * debit it), so what is in flight on it can always post. */
 static void check_totals(sim *s, const char *when)
 {
 	for (uint32_t c = 0; c < SIM_CURRENCIES; c++) {
@@ -1782,6 +1786,16 @@ static void check_totals(sim *s, const char *when)
 			         a->id, s->seen[i].shard, (long long)a->posted,
 			         (long long)a->pending_out, (long long)a->pending_in,
 			         a->allow_negative ? "" : " (may not go negative)");
+		uint32_t x, y;
+		char currency[KOBO_CURRENCY_LEN_MAX + 1];
+		if (kobo_clearing_parse(a->id, &x, &y, currency, NULL) &&
+		    ((__int128)a->posted + a->pending_in > INT64_MAX ||
+		     (__int128)a->posted - a->pending_out < -INT64_MAX))
+			sim_fail(s, CHECK_CLEARING, "%s: clearing account %s on shard "
+			         "%u past its bound: posted %lld, pending_out %lld, "
+			         "pending_in %lld", when, a->id, s->seen[i].shard,
+			         (long long)a->posted, (long long)a->pending_out,
+			         (long long)a->pending_in);
 	}
 }
 
@@ -2240,8 +2254,11 @@ static void count_outcomes(sim *s)
 		s->stats.compensated += x->final_a.status == KOBO_STATUS_VOIDED &&
 		                        x->final_a.void_reason == KOBO_VOID_COMPENSATED;
 		s->stats.posted += x->final_a.status == KOBO_STATUS_POSTED;
-		s->stats.paths[PATH_CLEARING_LANE] +=
-			x->cross && strcmp(x->final_a.clearing, x->op.u.transfer.clearing) != 0;
+		bool lane = x->cross &&
+		            strcmp(x->final_a.clearing, x->op.u.transfer.clearing) != 0;
+		s->stats.paths[PATH_CLEARING_LANE] += lane;
+		s->stats.paths[PATH_SMALL_IN_LANE] +=
+			lane && x->op.u.transfer.amount < INT64_MAX / 2;
 	}
 }
 
