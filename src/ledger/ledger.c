@@ -730,6 +730,7 @@ uint32_t ledger_record_transfer(kobo_ledger *ledger, const kobo_op *op,
  * nothing is changed. */
 static kobo_result_code check_new_transfer(const kobo_ledger *ledger,
                                            const kobo_transfer *wanted,
+                                           bool clearing_as_new,
                                            int64_t *debit_slot_out,
                                            int64_t *credit_slot_out)
 {
@@ -741,6 +742,10 @@ static kobo_result_code check_new_transfer(const kobo_ledger *ledger,
 	int64_t credit_slot = ledger_account_find(ledger, credit_id);
 	bool debit_is_clearing = wanted->leg == KOBO_LEG_CREDIT;
 	bool credit_is_clearing = wanted->leg == KOBO_LEG_DEBIT;
+	if (clearing_as_new && debit_is_clearing)
+		debit_slot = -1;
+	if (clearing_as_new && credit_is_clearing)
+		credit_slot = -1;
 	if ((debit_slot < 0 && !debit_is_clearing) ||
 	    (credit_slot < 0 && !credit_is_clearing))
 		return KOBO_RESULT_ACCOUNT_NOT_FOUND;
@@ -811,8 +816,8 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
 	if (slot >= 0)
 		return ledger_answer_existing_transfer(ledger, slot, wanted, result);
 	int64_t debit_slot = -1, credit_slot = -1;
-	kobo_result_code code = check_new_transfer(ledger, wanted, &debit_slot,
-	                                           &credit_slot);
+	kobo_result_code code = check_new_transfer(ledger, wanted, false,
+	                                           &debit_slot, &credit_slot);
 	kobo_transfer in_lane;
 	if (code == KOBO_RESULT_AMOUNT_OVERFLOW &&
 	    wanted->leg == KOBO_LEG_DEBIT) {
@@ -821,10 +826,21 @@ static kobo_result_code apply_create_transfer(kobo_ledger *ledger,
 		in_lane = *wanted;
 		kobo_clearing_lane_id(in_lane.clearing, wanted->clearing,
 		                      wanted->id);
-		code = check_new_transfer(ledger, &in_lane, &debit_slot,
-		                          &credit_slot);
+		code = check_new_transfer(ledger, &in_lane, false,
+		                          &debit_slot, &credit_slot);
 		if (code == KOBO_RESULT_CREATED)
 			wanted = &in_lane;
+	}
+	if (code == KOBO_RESULT_AMOUNT_OVERFLOW &&
+	    wanted->leg == KOBO_LEG_CREDIT &&
+	    check_new_transfer(ledger, wanted, true, &debit_slot,
+	                       &credit_slot) == KOBO_RESULT_CREATED) {
+		/* Only B's clearing account is in the way: reverse sagas
+		 * A already credited have not settled here yet (their money
+		 * sits in its pending_in, which the bound may not count). A
+		 * passing state, not a refusal: nothing is recorded, and the
+		 * runner asks again (ledger.h, SAGA_CREDIT). */
+		return KOBO_RESULT_TRANSFER_IN_PROGRESS;
 	}
 	if (code != KOBO_RESULT_CREATED) {
 		slot = ledger_record_transfer(ledger, op, now_ms, KOBO_STATUS_REJECTED,

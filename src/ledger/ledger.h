@@ -355,7 +355,9 @@ int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer)
  *     create (leg and clearing are parameters too). Checks only what A can
  *     see: from exists and has the currency (else ACCOUNT_NOT_FOUND /
  *     CURRENCY_MISMATCH, recorded REJECTED as usual), funds, overflow of
- *     from and clearing totals. The clearing account is created if absent
+ *     from and clearing totals (a clearing account counted as if every hold
+ *     on it posted; a leg it cannot take goes to its overflow lane, see
+ *     "Clearing lanes"). The clearing account is created if absent
  *     (allow_negative, the transfer's currency, metadata "{}"). Then a hold
  *     from -> clearing of `amount` (pending or not), status PROCESSING,
  *     saga RESERVED; expires_at set as for a pending hold when pending and
@@ -369,7 +371,10 @@ int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer)
  *     repeat answers the same). Else clearing (created if absent) -> to:
  *     a PENDING hold when pending (expires_at 0: A decides expiry), else
  *     POSTED. Result CREATED (a refusal answers its own code, as a local
- *     create does).
+ *     create does). When only B's clearing account stands in the way (a
+ *     fresh one would take the leg: reverse sagas A credited have not
+ *     settled on B yet), TRANSFER_IN_PROGRESS: nothing recorded, ask again
+ *     later (ledger_saga.c, "Clearing bound").
  *   SAGA_ABORT, leg CREDIT, on B (step 2', the deadline passed). Id exists
  *     -> REPLAYED with its snapshot (whatever step 2 did stands); a
  *     different record -> ID_CONFLICT. Else records a REJECTED CREDIT leg

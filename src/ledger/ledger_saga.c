@@ -16,6 +16,16 @@
  * <= INT64_MAX, B's posted - pending_out >= -INT64_MAX. Sagas in flight that
  * each fit then fit together, so A can always post what B credited.
  *
+ * B's account is not quite A's mirror: a reverse saga (B -> A) that A has
+ * credited lowers A's account at once but raises B's only when B settles it;
+ * until then its money sits in B's pending_in, which the bound cannot count
+ * (the saga could still be refunded). So a credit A's account admitted can
+ * find B's short by at most the reverse sagas in flight. Such a SAGA_CREDIT
+ * answers TRANSFER_IN_PROGRESS, recorded nowhere, and the runner asks again
+ * with its backoff: the reverse sagas settle (A credited them, so they
+ * complete), and the credit then fits. Only a refusal B's clearing account
+ * would not cause (the payee's own overflow, currency, absence) is recorded.
+ *
  * Lanes. A DEBIT leg that the base clearing account cannot take goes to an
  * overflow lane named from its transfer id (kobo_clearing_lane_id); a fresh
  * lane takes any amount, so one client's transfers never make another's fail

@@ -520,6 +520,10 @@ static void step_answered(kobo_saga_runner *r, saga_entry *e)
 		}
 		return;
 	}
+	if (kobo_saga_remote_busy(&e->op, &e->result)) {
+		schedule_retry(r, e); /* B's clearing account: not yet */
+		return;
+	}
 	kobo_op settle;
 	if (!kobo_saga_settle_op(&e->record, &e->op, &e->result, &settle)) {
 		kobo_log(KOBO_LOG_ERROR, "saga_step_unexpected",

@@ -131,3 +131,9 @@ bool kobo_saga_settle_op(const kobo_transfer *a_record, const kobo_op *b_op,
 	settle_init(a_record, settle, refused, refusal);
 	return true;
 }
+
+bool kobo_saga_remote_busy(const kobo_op *b_op, const kobo_result *b_result)
+{
+	return b_op->kind == KOBO_OP_SAGA_CREDIT &&
+	       b_result->code == KOBO_RESULT_TRANSFER_IN_PROGRESS;
+}

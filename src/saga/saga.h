@@ -52,6 +52,12 @@ bool kobo_saga_remote_op(const kobo_transfer *a_record, const char *b_clearing,
 bool kobo_saga_settle_op(const kobo_transfer *a_record, const kobo_op *b_op,
                          const kobo_result *b_result, kobo_op *settle);
 
+/* true when B answered "not yet" (TRANSFER_IN_PROGRESS to a SAGA_CREDIT: its
+ * clearing account waits for reverse sagas to settle; ledger.h): an
+ * expected answer, not a failure; the step is asked again after a backoff.
+ * kobo_saga_settle_op() returns false for it. */
+bool kobo_saga_remote_busy(const kobo_op *b_op, const kobo_result *b_result);
+
 /* ---- The runner (runner.c): drives every unfinished saga. ---- */
 
 #define KOBO_SAGA_ACTIVE_MAX 16384       /* sagas driven at once (then the scan) */

@@ -286,6 +286,10 @@ typedef struct sim_stats {
 	size_t misrouted;
 	size_t in_progress;
 	size_t near_limit;
+	/* B answered a SAGA_CREDIT "not yet": its clearing account waits for
+	 * reverse sagas A credited to settle (ledger_saga.c, "Clearing
+	 * bound"); rare, so counted but not a required path. */
+	size_t credit_waits;
 	size_t paths[PATH_COUNT];
 	/* From the final records. */
 	size_t cross;

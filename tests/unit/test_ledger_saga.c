@@ -823,8 +823,10 @@ static void test_clearing_bound_counts_every_hold(void **state)
 	EXPECT_I64(in_lane.pending_in, 0);
 }
 
-/* B's bound mirrors A's exactly: A's account stops at +INT64_MAX, so B's
- * stops at -INT64_MAX, not one unit further (INT64_MIN). */
+/* B's bound mirrors A's: A's account stops at +INT64_MAX, so B's stops at
+ * -INT64_MAX, not one unit further (INT64_MIN). B's can lag A's by the
+ * reverse sagas A credited and B has not settled yet: a credit that only
+ * B's clearing account blocks waits ("not yet") instead of refusing. */
 static void test_credit_bound_mirrors_debit_bound(void **state)
 {
 	(void)state;
@@ -833,11 +835,35 @@ static void test_credit_bound_mirrors_debit_bound(void **state)
 	EXPECT_CODE(apply(&shard_b, op_credit("c2", 1, false)),
 	            KOBO_RESULT_CREATED);
 	EXPECT_BALANCE(&shard_b, "clearing:A", -INT64_MAX, 0, 0);
-	/* One more would be INT64_MIN: refused (the payer is refunded). */
-	kobo_result result = apply(&shard_b, op_credit("c3", 1, true));
-	EXPECT_CODE(result, KOBO_RESULT_AMOUNT_OVERFLOW);
-	EXPECT_STATUS(result.transfer, KOBO_STATUS_REJECTED);
+	/* One more, to a payee with room, would pass -INT64_MAX. Only Kobo's
+	 * account is in the way, so it is not a refusal: "not yet", nothing
+	 * recorded. */
+	put(&shard_b, "payee2", "NGN", false, 0);
+	kobo_op c3 = op_credit("c3", 1, true);
+	snprintf(c3.u.transfer.to, sizeof(c3.u.transfer.to), "payee2");
+	kobo_result result = apply(&shard_b, c3);
+	EXPECT_CODE(result, KOBO_RESULT_TRANSFER_IN_PROGRESS);
+	EXPECT_TRUE(!result.has_transfer);
+	EXPECT_I64(shard_b.transfers_changed + shard_b.accounts_changed, 0);
 	EXPECT_BALANCE(&shard_b, "clearing:A", -INT64_MAX, 0, 0);
+	/* A reverse saga (B -> A) that A already credited settles on B:
+	 * now the credit fits. */
+	kobo_op back = op_debit_from("r1", "payee", 5, false);
+	snprintf(back.u.transfer.to, sizeof(back.u.transfer.to), "payer");
+	snprintf(back.u.transfer.clearing, sizeof(back.u.transfer.clearing),
+	         "clearing:A");
+	EXPECT_CODE(apply(&shard_b, back), KOBO_RESULT_CREATED);
+	EXPECT_BALANCE(&shard_b, "clearing:A", -INT64_MAX, 0, 5);
+	EXPECT_CODE(apply(&shard_b, c3), KOBO_RESULT_TRANSFER_IN_PROGRESS);
+	EXPECT_CODE(apply(&shard_b, op_credited("r1")), KOBO_RESULT_UPDATED);
+	EXPECT_BALANCE(&shard_b, "clearing:A", -INT64_MAX + 5, 0, 0);
+	result = apply(&shard_b, c3);
+	EXPECT_CODE(result, KOBO_RESULT_CREATED);
+	EXPECT_STATUS(result.transfer, KOBO_STATUS_PENDING);
+	/* The payee's own limit is a refusal, recorded as before. */
+	EXPECT_CODE(apply(&shard_b, op_credit("c4", INT64_MAX, false)),
+	            KOBO_RESULT_AMOUNT_OVERFLOW);
+	EXPECT_STATUS(transfer_of(&shard_b, "c4"), KOBO_STATUS_REJECTED);
 }
 
 /* One client's INT64_MAX hold with no timeout used to fill the shared

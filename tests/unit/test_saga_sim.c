@@ -596,6 +596,11 @@ static void credit_overflowed(sim *s, const sim_saga *g)
 static void remote_answered(sim *s, sim_saga *g, const kobo_result *res)
 {
 	kobo_op settle;
+	if (kobo_saga_remote_busy(&g->op, res)) {
+		s->stats.credit_waits++;
+		g->phase = PHASE_READY; /* as the runner: ask again later */
+		return;
+	}
 	if (!kobo_saga_settle_op(&g->record, &g->op, res, &settle)) {
 		sim_fail(s, CHECK_RUN, "saga %s (A=%u, %s) got %s from B=%u for %s: "
 		         "not a final answer", g->id, g->shard,
@@ -2336,14 +2341,15 @@ static sim_outcome sim_run(uint64_t seed, size_t ops, sim_bug bug, bool quiet)
 		       "crashes=%zu (plain %zu) failed_commits=%zu (applied %zu) "
 		       "lost_answers=%zu retries=%zu replays=%zu expired=%zu "
 		       "doorbells_lost=%zu misrouted=%zu in_progress=%zu "
-		       "near_limit=%zu lanes=%zu%s\n", (unsigned long long)seed,
+		       "near_limit=%zu lanes=%zu credit_waits=%zu%s\n",
+		       (unsigned long long)seed,
 		       s->shard_count, st->client_ops, s->xfer_count, st->cross,
 		       st->sagas, st->posted, st->compensated, st->aborts, st->batches,
 		       st->crashes, st->plain_crashes, st->failed_commits,
 		       st->failed_applied, st->lost_answers, st->retries, st->replays,
 		       st->expired, st->doorbells_lost, st->misrouted, st->in_progress,
 		       st->near_limit, st->paths[PATH_CLEARING_LANE],
-		       s->failed ? " FAILED" : "");
+		       st->credit_waits, s->failed ? " FAILED" : "");
 		fflush(stdout);
 	}
 	sim_close(s);
