@@ -101,15 +101,6 @@
 
 /* ---- Small helpers. ---- */
 
-uint64_t ledger_hash_id(const char *id)
-{
-	uint64_t hash = 1469598103934665603ull; /* FNV-1a 64 */
-	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-		hash ^= *p;
-		hash *= 1099511628211ull;
-	}
-	return hash;
-}
 
 static uint32_t table_size_for(uint32_t capacity)
 {
@@ -143,7 +134,7 @@ static bool is_business_rejection(kobo_result_code code)
 
 int64_t ledger_account_find(const kobo_ledger *ledger, const char *id)
 {
-	uint32_t index = (uint32_t)ledger_hash_id(id) & ledger->account_table_mask;
+	uint32_t index = (uint32_t)kobo_hash_id(id) & ledger->account_table_mask;
 	for (;;) {
 		uint32_t entry = ledger->account_table[index];
 		if (entry == 0)
@@ -156,7 +147,7 @@ int64_t ledger_account_find(const kobo_ledger *ledger, const char *id)
 
 int64_t ledger_transfer_find(const kobo_ledger *ledger, const char *id)
 {
-	uint32_t index = (uint32_t)ledger_hash_id(id) & ledger->transfer_table_mask;
+	uint32_t index = (uint32_t)kobo_hash_id(id) & ledger->transfer_table_mask;
 	for (;;) {
 		uint32_t entry = ledger->transfer_table[index];
 		if (entry == 0)
@@ -174,7 +165,7 @@ uint32_t ledger_account_insert(kobo_ledger *ledger, const kobo_account *account,
 	KOBO__LEDGER_ASSERT(ledger->account_count < ledger->account_capacity);
 	uint32_t slot_index = ledger->account_count++;
 	account_slot *slot = &ledger->accounts[slot_index];
-	uint32_t index = (uint32_t)ledger_hash_id(account->id) &
+	uint32_t index = (uint32_t)kobo_hash_id(account->id) &
 	                 ledger->account_table_mask;
 	while (ledger->account_table[index] != 0)
 		index = (index + 1) & ledger->account_table_mask;
@@ -195,7 +186,7 @@ static uint32_t transfer_insert(kobo_ledger *ledger,
 	KOBO__LEDGER_ASSERT(ledger->transfer_count < ledger->transfer_capacity);
 	uint32_t slot_index = ledger->transfer_count++;
 	transfer_slot *slot = &ledger->transfers[slot_index];
-	uint32_t index = (uint32_t)ledger_hash_id(transfer->id) &
+	uint32_t index = (uint32_t)kobo_hash_id(transfer->id) &
 	                 ledger->transfer_table_mask;
 	while (ledger->transfer_table[index] != 0)
 		index = (index + 1) & ledger->transfer_table_mask;
@@ -263,14 +254,7 @@ kobo_transfer *ledger_transfer_touch(kobo_ledger *ledger, uint32_t slot_index)
 		transfer_undo *undo =
 			&ledger->transfer_undos[ledger->transfer_undo_count++];
 		undo->slot = slot_index;
-		undo->status = slot->transfer.status;
-		undo->void_reason = slot->transfer.void_reason;
-		undo->error_code = slot->transfer.error_code;
-		undo->posted_amount = slot->transfer.posted_amount;
-		undo->updated_at_ms = slot->transfer.updated_at_ms;
-		undo->saga = slot->transfer.saga;
-		undo->saga_amount = slot->transfer.saga_amount;
-		undo->saga_reason = slot->transfer.saga_reason;
+		undo->state = kobo_transfer_state_of(&slot->transfer);
 	}
 	transfer_change_note(ledger, slot_index);
 	return &slot->transfer;
@@ -309,15 +293,8 @@ static void rollback_group(kobo_ledger *ledger)
 	while (ledger->transfer_undo_count > 0) {
 		const transfer_undo *undo =
 			&ledger->transfer_undos[--ledger->transfer_undo_count];
-		kobo_transfer *transfer = &ledger->transfers[undo->slot].transfer;
-		transfer->status = undo->status;
-		transfer->void_reason = undo->void_reason;
-		transfer->error_code = undo->error_code;
-		transfer->posted_amount = undo->posted_amount;
-		transfer->updated_at_ms = undo->updated_at_ms;
-		transfer->saga = undo->saga;
-		transfer->saga_amount = undo->saga_amount;
-		transfer->saga_reason = undo->saga_reason;
+		kobo_transfer_state_set(&ledger->transfers[undo->slot].transfer,
+		                        &undo->state);
 	}
 	/* Forget the change entries made by the group, newest first. */
 	while (ledger->account_change_count > ledger->group_account_change_count) {
@@ -1434,7 +1411,7 @@ static void check_invariants(kobo_ledger *ledger)
 			KOBO__LEDGER_ASSERT(available_after >= 0);
 		}
 		/* 1: accumulate per currency. */
-		uint32_t index = (uint32_t)ledger_hash_id(account->currency) &
+		uint32_t index = (uint32_t)kobo_hash_id(account->currency) &
 		                 ledger->account_table_mask;
 		currency_sum *sum;
 		for (;;) {

@@ -30,31 +30,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- Limits (the one place they live; see also src/shard/shard.h). ---- */
+#include "../core/core.h"
 
-#define KOBO_ID_LEN_MAX 64             /* id, from, to: 1..64 chars */
-#define KOBO_CURRENCY_LEN_MAX 8        /* ^[A-Z][A-Z0-9]{2,7}$ */
-#define KOBO_REQUEST_ID_LEN_MAX 128    /* X-Request-Id */
-#define KOBO_METADATA_BYTES_MAX 4096   /* serialized compact JSON object */
-#define KOBO_BATCH_OPS_MAX 8190        /* ops one ledger batch may hold */
-#define KOBO_TIMEOUT_SECONDS_MAX 31536000u /* one year: hold expiry cap */
-
-_Static_assert(KOBO_BATCH_OPS_MAX >= 8190,
-               "the batch endpoint promises 8,190 transfers in one atomic batch");
-
-/* ---- Status codes shared by every module. 0 is success. ---- */
-
-enum {
-	KOBO_OK = 0,
-	KOBO_ENOMEM = -1,      /* allocation failed (only at create time) */
-	KOBO_EFULL = -2,       /* a fixed capacity was exhausted */
-	KOBO_EINVAL = -3,      /* a caller broke a documented precondition */
-	KOBO_ESTORE = -4,      /* storage I/O failed; see store.h */
-	KOBO_EFAILED = -5,     /* store is in its sticky error state */
-	KOBO_EOVERLOADED = -6, /* a bounded queue is full */
-	KOBO_ENOTFOUND = -7,   /* a read found nothing */
-	KOBO_ESHUTDOWN = -8,   /* the component is stopping */
-};
+/* Limits, status codes, the id hash and kobo_assert: src/core/core.h. */
 
 /* ---- Domain types. ---- */
 
@@ -180,6 +158,49 @@ typedef struct kobo_transfer {
 	int64_t saga_amount;          /* POSTING: the amount to post */
 	kobo_void_reason saga_reason; /* VOIDING: the reason to record */
 } kobo_transfer;
+
+/* What of a stored transfer may change after it is created — the one list
+ * of those fields. The ledger's undo log, the stores' updates and their
+ * schema notes all move exactly these, through the two functions below;
+ * everything else in kobo_transfer is fixed at creation. */
+typedef struct kobo_transfer_state {
+	kobo_transfer_status status;
+	int64_t posted_amount;
+	kobo_void_reason void_reason;
+	kobo_result_code error_code;
+	int64_t updated_at_ms;
+	kobo_saga_state saga;
+	int64_t saga_amount;
+	kobo_void_reason saga_reason;
+} kobo_transfer_state;
+
+static inline kobo_transfer_state kobo_transfer_state_of(const kobo_transfer *t)
+{
+	kobo_transfer_state state = {
+		.status = t->status,
+		.posted_amount = t->posted_amount,
+		.void_reason = t->void_reason,
+		.error_code = t->error_code,
+		.updated_at_ms = t->updated_at_ms,
+		.saga = t->saga,
+		.saga_amount = t->saga_amount,
+		.saga_reason = t->saga_reason,
+	};
+	return state;
+}
+
+static inline void kobo_transfer_state_set(kobo_transfer *t,
+                                           const kobo_transfer_state *state)
+{
+	t->status = state->status;
+	t->posted_amount = state->posted_amount;
+	t->void_reason = state->void_reason;
+	t->error_code = state->error_code;
+	t->updated_at_ms = state->updated_at_ms;
+	t->saga = state->saga;
+	t->saga_amount = state->saga_amount;
+	t->saga_reason = state->saga_reason;
+}
 
 /* The accounts of this shard a transfer debits and credits:
  * LOCAL from/to, DEBIT from/clearing, CREDIT clearing/to. */

@@ -1,7 +1,7 @@
 /*
  * ledger_internal.h — private to src/ledger: the ledger's records, the
  * helpers its two rule files share (ledger.c: records, local rules, groups,
- * apply; ledger_saga.c: the cross-shard rules), and the always-on assertion.
+ * apply; ledger_saga.c: the cross-shard rules).
  *
  * A broken invariant in money code is a programmer error, and continuing
  * would persist a wrong balance. So unlike <assert.h> this check stays on in
@@ -47,15 +47,9 @@ typedef struct account_undo {
 
 typedef struct transfer_undo {
 	uint32_t slot;
-	kobo_transfer_status status;
-	kobo_void_reason void_reason;
-	kobo_result_code error_code;
-	int64_t posted_amount;
-	int64_t updated_at_ms;
-	/* A POST or VOID of a group may start a saga step on a DEBIT leg. */
-	kobo_saga_state saga;
-	int64_t saga_amount;
-	kobo_void_reason saga_reason;
+	/* A POST or VOID of a group may start a saga step on a DEBIT leg, so
+	 * the whole mutable state is kept. */
+	kobo_transfer_state state;
 } transfer_undo;
 
 /* Per-currency sums of one batch's deltas (invariant 1); modular arithmetic
@@ -127,7 +121,6 @@ void ledger_release_hold(kobo_ledger *ledger, uint32_t transfer_slot_index, kobo
 bool ledger_post_fits(const kobo_ledger *ledger, const kobo_transfer *transfer, int64_t amount);
 void ledger_post_hold(kobo_ledger *ledger, uint32_t transfer_slot_index, int64_t amount, int64_t now_ms);
 void ledger_end_saga_step(kobo_transfer *transfer, kobo_result_code error_code);
-uint64_t ledger_hash_id(const char *id);
 
 /* ledger_saga.c */
 bool ledger_debit_clearing_fits_lane(const kobo_transfer *transfer);
@@ -140,15 +133,7 @@ kobo_result_code ledger_apply_saga_settle(kobo_ledger *ledger, const kobo_op *op
 void ledger_check_transfer_legs(const kobo_transfer *transfer);
 
 
-/* Prints "ledger assertion failed: <what> (<file>:<line>)" and aborts. */
-_Noreturn void kobo__ledger_assert_fail(const char *what, const char *file,
-                                        int line);
-
-#define KOBO__LEDGER_ASSERT(condition)                                   \
-	do {                                                             \
-		if (!(condition))                                        \
-			kobo__ledger_assert_fail(#condition, __FILE__,   \
-			                         __LINE__);              \
-	} while (0)
+/* The ledger's name for kobo_assert (src/core/core.h): always on. */
+#define KOBO__LEDGER_ASSERT(condition) kobo_assert(condition)
 
 #endif /* KOBO_LEDGER_INTERNAL_H */

@@ -71,16 +71,12 @@
 #include "ledger.h"
 #include "ledger_internal.h"
 
-/* A second, independent 64-bit hash of id (FNV-1a from another basis,
- * then MurmurHash3's finalizer), so that a lane is named by 128 bits. */
+/* A second 64-bit hash of id, independent of kobo_hash_id: FNV-1a from
+ * another basis (core.h), then MurmurHash3's finalizer. With kobo_hash_id it
+ * names a lane by 128 bits. */
 static uint64_t hash_id_2(const char *id)
 {
-	uint64_t hash = 0x9e3779b97f4a7c15ull;
-	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-		hash ^= *p;
-		hash *= 0x100000001b3ull;
-		hash ^= hash >> 29;
-	}
+	uint64_t hash = kobo_hash_bytes(id, strlen(id), 0x9e3779b97f4a7c15ull);
 	hash ^= hash >> 33;
 	hash *= 0xff51afd7ed558ccdull;
 	hash ^= hash >> 33;
@@ -94,7 +90,7 @@ void kobo_clearing_lane_id(char *out, const char *base, const char *transfer_id)
 	KOBO__LEDGER_ASSERT(strlen(base) <=
 	                    KOBO_ID_LEN_MAX - KOBO_CLEARING_LANE_LEN_MAX);
 	int n = snprintf(out, KOBO_ID_LEN_MAX + 1, "%s:%016" PRIx64 "%016" PRIx64,
-	                 base, ledger_hash_id(transfer_id), hash_id_2(transfer_id));
+	                 base, kobo_hash_id(transfer_id), hash_id_2(transfer_id));
 	KOBO__LEDGER_ASSERT(n > 0 && n <= KOBO_ID_LEN_MAX);
 }
 

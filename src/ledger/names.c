@@ -1,6 +1,6 @@
 /*
  * names.c — wire names of the ledger's enums (result codes, transfer
- * statuses, void reasons) and the ledger's assertion reporter.
+ * statuses, void reasons, legs, saga states).
  *
  * The names are the snake_case strings of API.md; the HTTP layer, the CLI and
  * the store all print and parse them through these functions, so each name
@@ -91,12 +91,4 @@ const char *kobo_saga_state_name(kobo_saga_state state)
 	case KOBO_SAGA_VOIDING: return "voiding";
 	}
 	return "unknown";
-}
-
-void kobo__ledger_assert_fail(const char *what, const char *file, int line)
-{
-	fprintf(stderr, "ledger assertion failed: %s (%s:%d)\n", what, file,
-	        line);
-	fflush(stderr);
-	abort();
 }
