@@ -115,6 +115,12 @@ typedef enum kobo_saga_state {
 
 const char *kobo_leg_name(kobo_leg leg);               /* "local", … */
 const char *kobo_saga_state_name(kobo_saga_state state); /* "none", … */
+/* Parsers of the wire names (names.c, beside the names): true and *out set
+ * when name is one; a NULL void reason parses as NONE. */
+bool kobo_transfer_status_parse(const char *name, kobo_transfer_status *out);
+bool kobo_void_reason_parse(const char *name, kobo_void_reason *out);
+bool kobo_leg_parse(const char *name, kobo_leg *out);
+bool kobo_saga_state_parse(const char *name, kobo_saga_state *out);
 
 typedef struct kobo_account {
 	char id[KOBO_ID_LEN_MAX + 1];

@@ -92,3 +92,55 @@ const char *kobo_saga_state_name(kobo_saga_state state)
 	}
 	return "unknown";
 }
+
+/* Parsers of the names above: each returns true and sets *out when name is
+ * one of them (a NULL void reason is NONE, as stored). */
+bool kobo_transfer_status_parse(const char *name, kobo_transfer_status *out)
+{
+	for (int i = KOBO_STATUS_PROCESSING; i <= KOBO_STATUS_REJECTED; i++) {
+		if (name != NULL &&
+		    strcmp(name, kobo_transfer_status_name((kobo_transfer_status)i)) == 0) {
+			*out = (kobo_transfer_status)i;
+			return true;
+		}
+	}
+	return false;
+}
+
+bool kobo_void_reason_parse(const char *name, kobo_void_reason *out)
+{
+	if (name == NULL) {
+		*out = KOBO_VOID_NONE;
+		return true;
+	}
+	for (int i = KOBO_VOID_VOIDED; i <= KOBO_VOID_COMPENSATED; i++) {
+		if (strcmp(name, kobo_void_reason_name((kobo_void_reason)i)) == 0) {
+			*out = (kobo_void_reason)i;
+			return true;
+		}
+	}
+	return false;
+}
+
+bool kobo_leg_parse(const char *name, kobo_leg *out)
+{
+	for (int i = KOBO_LEG_LOCAL; i <= KOBO_LEG_CREDIT; i++) {
+		if (name != NULL && strcmp(name, kobo_leg_name((kobo_leg)i)) == 0) {
+			*out = (kobo_leg)i;
+			return true;
+		}
+	}
+	return false;
+}
+
+bool kobo_saga_state_parse(const char *name, kobo_saga_state *out)
+{
+	for (int i = KOBO_SAGA_NONE; i <= KOBO_SAGA_VOIDING; i++) {
+		if (name != NULL &&
+		    strcmp(name, kobo_saga_state_name((kobo_saga_state)i)) == 0) {
+			*out = (kobo_saga_state)i;
+			return true;
+		}
+	}
+	return false;
+}

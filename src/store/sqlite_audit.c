@@ -98,12 +98,12 @@ static int check_transfers(store_auditor *a, sqlite3 *db, const char *path)
 		}
 		t.amount = sqlite3_column_int64(stmt, 4);
 		t.posted_amount = sqlite3_column_int64(stmt, 5);
-		if (store_sqlite_status_parse((const char *)sqlite3_column_text(stmt, 6),
-		                              &t.status) != KOBO_OK ||
-		    store_sqlite_leg_parse((const char *)sqlite3_column_text(stmt, 7),
-		                           &t.leg) != KOBO_OK ||
-		    store_sqlite_saga_parse((const char *)sqlite3_column_text(stmt, 9),
-		                            &t.saga) != KOBO_OK) {
+		if (!kobo_transfer_status_parse((const char *)sqlite3_column_text(stmt, 6),
+		                              &t.status) ||
+		    !kobo_leg_parse((const char *)sqlite3_column_text(stmt, 7),
+		                           &t.leg) ||
+		    !kobo_saga_state_parse((const char *)sqlite3_column_text(stmt, 9),
+		                            &t.saga)) {
 			store_auditor_transfer_problem(a, "transfer %s has an unknown "
 			                               "status, leg or saga state", t.id);
 			continue;

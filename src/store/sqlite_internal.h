@@ -47,13 +47,10 @@ size_t store_sqlite_arena_bytes(const kobo_store *store);
 /* Text forms of the statuses, legs, saga states and void reasons as stored
  * (their wire names), so that `sqlite3 shard.db` shows 'posted' rather than
  * 2. Part of the file format: a stored word never changes meaning. A void
- * reason of KOBO_VOID_NONE is stored as NULL. The parsers return KOBO_OK or
- * KOBO_ESTORE for a word this code could not have written. */
+ * reason of KOBO_VOID_NONE is stored as NULL. Rows are parsed back with the
+ * ledger's parsers (names.c); a word they refuse is a corrupt row
+ * (KOBO_ESTORE). */
 const char *store_sqlite_status_text(kobo_transfer_status status);
-int store_sqlite_status_parse(const char *text, kobo_transfer_status *status);
-int store_sqlite_leg_parse(const char *text, kobo_leg *leg);
-int store_sqlite_saga_parse(const char *text, kobo_saga_state *saga);
-int store_sqlite_void_reason_parse(const char *text, kobo_void_reason *reason);
 
 /* Opens a connection to path (a file name or a "file:" URI) with flags
  * (SQLITE_OPEN_* without URI, which is always added), extended result codes,

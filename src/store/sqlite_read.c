@@ -91,55 +91,6 @@ const char *store_sqlite_status_text(kobo_transfer_status status)
 	return kobo_transfer_status_name(status);
 }
 
-int store_sqlite_status_parse(const char *text, kobo_transfer_status *status)
-{
-	for (int i = KOBO_STATUS_PROCESSING; i <= KOBO_STATUS_REJECTED; i++) {
-		if (text != NULL &&
-		    strcmp(text, kobo_transfer_status_name((kobo_transfer_status)i)) == 0) {
-			*status = (kobo_transfer_status)i;
-			return KOBO_OK;
-		}
-	}
-	return KOBO_ESTORE;
-}
-
-int store_sqlite_leg_parse(const char *text, kobo_leg *leg)
-{
-	for (int i = KOBO_LEG_LOCAL; i <= KOBO_LEG_CREDIT; i++) {
-		if (text != NULL && strcmp(text, kobo_leg_name((kobo_leg)i)) == 0) {
-			*leg = (kobo_leg)i;
-			return KOBO_OK;
-		}
-	}
-	return KOBO_ESTORE;
-}
-
-int store_sqlite_saga_parse(const char *text, kobo_saga_state *saga)
-{
-	for (int i = KOBO_SAGA_NONE; i <= KOBO_SAGA_VOIDING; i++) {
-		if (text != NULL &&
-		    strcmp(text, kobo_saga_state_name((kobo_saga_state)i)) == 0) {
-			*saga = (kobo_saga_state)i;
-			return KOBO_OK;
-		}
-	}
-	return KOBO_ESTORE;
-}
-
-int store_sqlite_void_reason_parse(const char *text, kobo_void_reason *reason)
-{
-	if (text == NULL) {
-		*reason = KOBO_VOID_NONE;
-		return KOBO_OK;
-	}
-	for (int i = KOBO_VOID_VOIDED; i <= KOBO_VOID_COMPENSATED; i++) {
-		if (strcmp(text, kobo_void_reason_name((kobo_void_reason)i)) == 0) {
-			*reason = (kobo_void_reason)i;
-			return KOBO_OK;
-		}
-	}
-	return KOBO_ESTORE;
-}
 
 void store_sqlite_log_error(sqlite3 *db, const char *event, const char *path)
 {
@@ -299,11 +250,11 @@ int store_sqlite_transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out, int64
 		return KOBO_ESTORE;
 	out->timeout_seconds = (uint32_t)timeout;
 	out->expires_at_ms = sqlite3_column_int64(stmt, 9);
-	if (store_sqlite_status_parse((const char *)sqlite3_column_text(stmt, 10),
-	                              &out->status) != KOBO_OK)
+	if (!kobo_transfer_status_parse((const char *)sqlite3_column_text(stmt, 10),
+	                              &out->status))
 		return KOBO_ESTORE;
-	if (store_sqlite_void_reason_parse((const char *)sqlite3_column_text(stmt, 11),
-	                                   &out->void_reason) != KOBO_OK)
+	if (!kobo_void_reason_parse((const char *)sqlite3_column_text(stmt, 11),
+	                                   &out->void_reason))
 		return KOBO_ESTORE;
 	const char *error_code = (const char *)sqlite3_column_text(stmt, 12);
 	out->error_code = KOBO_RESULT_CREATED;
@@ -318,15 +269,15 @@ int store_sqlite_transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out, int64
 		return KOBO_ESTORE;
 	out->created_at_ms = sqlite3_column_int64(stmt, 15);
 	out->updated_at_ms = sqlite3_column_int64(stmt, 16);
-	if (store_sqlite_leg_parse((const char *)sqlite3_column_text(stmt, 17),
-	                           &out->leg) != KOBO_OK ||
+	if (!kobo_leg_parse((const char *)sqlite3_column_text(stmt, 17),
+	                           &out->leg) ||
 	    store_sqlite_copy_text(stmt, 18, out->clearing, sizeof out->clearing) != KOBO_OK ||
-	    store_sqlite_saga_parse((const char *)sqlite3_column_text(stmt, 19),
-	                            &out->saga) != KOBO_OK)
+	    !kobo_saga_state_parse((const char *)sqlite3_column_text(stmt, 19),
+	                            &out->saga))
 		return KOBO_ESTORE;
 	out->saga_amount = sqlite3_column_int64(stmt, 20);
-	if (store_sqlite_void_reason_parse((const char *)sqlite3_column_text(stmt, 21),
-	                                   &out->saga_reason) != KOBO_OK)
+	if (!kobo_void_reason_parse((const char *)sqlite3_column_text(stmt, 21),
+	                                   &out->saga_reason))
 		return KOBO_ESTORE;
 	return KOBO_OK;
 }
