@@ -11,11 +11,13 @@ build_pkgs=(gcc make pkg-config
 	libsqlite3-dev      # embedded store: one WAL file per shard
 	libcurl4-openssl-dev # HTTP client in the kobo CLI
 	libhttp-parser-dev  # response parsing in kobo-bench
+	libpq-dev           # PostgreSQL store (client library only: `make run` needs no server)
 )
 test_pkgs=(
 	libcmocka-dev       # unit tests
 	clang libclang-rt-14-dev # libFuzzer + sanitizers for fuzz targets
 	python3 python3-pytest   # system tests drive real kobod processes
+	postgresql          # the server: tests start their own clusters (initdb, pg_basebackup)
 )
 
 measure_pkgs=(
