@@ -137,18 +137,6 @@ struct kobo_store_reader {
 	kobo_store *store;
 };
 
-/* An in-memory store (store_mem.c) for tests and the saga simulation: the
- * same contract, no file. "Durable" means committed to its map. */
-int kobo_store_mem_open(kobo_store **out);
-/* Fault injection. The next commit fails: when applied is false nothing of
- * the batch lands (a failed fsync); when true the batch lands and commit
- * still reports KOBO_ESTORE (a crash after the fsync, before the answer).
- * Either way the store enters its sticky error state. */
-void kobo_store_mem_fail_next_commit(kobo_store *store, bool applied);
-/* A process restart: abandons an open batch and clears the sticky error;
- * committed data stays. Readers must be closed first. */
-void kobo_store_mem_restart(kobo_store *store);
-
 /* Opens (creating and migrating as needed) the SQLite shard file at path:
  * WAL mode, synchronous=FULL, schema versioned by PRAGMA user_version.
  * read_only: open for audit and reads only (begin() returns KOBO_EINVAL).

@@ -23,6 +23,7 @@
 
 #include "../../src/obs/obs.h"
 #include "../../src/saga/saga.h"
+#include "../../src/store/mem/store_mem.h"
 
 /* ---- The pure protocol. ---- */
 

@@ -64,6 +64,7 @@
 
 #include <cmocka.h>
 
+#include "../../src/store/mem/store_mem.h"
 #include "saga_sim_model.h"
 
 /* ---- Reporting. ---- */

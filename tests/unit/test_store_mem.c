@@ -22,7 +22,7 @@
 #include <string.h>
 
 #include "../../src/ledger/ledger.h"
-#include "../../src/store/store.h"
+#include "../../src/store/mem/store_mem.h"
 #include "test_ops.h"
 
 #define TEST_OPS_MAX 1000

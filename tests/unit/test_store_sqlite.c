@@ -36,7 +36,7 @@
 
 #include "../../src/ledger/ledger.h"
 #include "../../src/store/store.h"
-#include "../../src/store/sqlite_internal.h"
+#include "../../src/store/sqlite/sqlite_internal.h"
 #include "test_ops.h"
 
 #define TEST_OPS_MAX 1024

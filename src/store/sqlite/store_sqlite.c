@@ -135,7 +135,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../obs/obs.h"
+#include "../../obs/obs.h"
 #include "sqlite_internal.h"
 
 /* ---- Limits. ---- */

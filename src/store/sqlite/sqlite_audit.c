@@ -11,7 +11,7 @@
  */
 #include <string.h>
 
-#include "auditor.h"
+#include "../auditor.h"
 #include "sqlite_internal.h"
 
 static int sql_failed(sqlite3 *db, const char *path)

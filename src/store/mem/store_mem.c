@@ -80,8 +80,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auditor.h" /* the audit's rules (store_auditor_*) */
-#include "store.h"
+#include "../auditor.h" /* the audit's rules (store_auditor_*) */
+#include "store_mem.h"
 
 #define MEM_INDEX_SLOTS_MIN 16
 

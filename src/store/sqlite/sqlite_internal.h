@@ -14,7 +14,7 @@
 
 #include <sqlite3.h>
 
-#include "store.h"
+#include "../store.h"
 
 /* The loaded-metadata arena keeps at most this many bytes of chunks from one
  * batch to the next; a larger batch's chunks are freed at the next begin. */

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../obs/obs.h"
+#include "../../obs/obs.h"
 #include "sqlite_internal.h"
 
 enum {
