@@ -1,6 +1,7 @@
 /*
  * core.h — what every layer of Kobo shares, and nothing else: status codes,
- * the limits of ids and requests, the id hash, and the always-on assertion.
+ * the limits of ids and requests, the id hash, the bounded id table, and the
+ * always-on assertion.
  *
  * It sits below the ledger (src/ledger), which includes it; nothing here
  * knows accounts, transfers or stores. A fact that two layers need lives
@@ -60,8 +61,10 @@ const char *kobo_status_name(int status);
  *
  * FNV-1a 64 of the id's bytes: the account → partition map depends on it
  * (frozen: src/shard/shard_map.c pins known values), and every in-memory id
- * table uses it. seed 0 is plain FNV-1a; another seed gives an independent
- * hash of the same id (kobo_hash_id_seeded). */
+ * table uses it. seed 0 is plain FNV-1a; another seed (XORed into the
+ * offset basis) gives an independent hash of the same id
+ * (kobo_hash_id_seeded). kobo_hash_bytes hashes len bytes that need not end
+ * in NUL; for a string it equals kobo_hash_id_seeded of the same seed. */
 #define KOBO_FNV1A64_OFFSET 0xcbf29ce484222325ull
 #define KOBO_FNV1A64_PRIME 0x100000001b3ull
 
@@ -77,15 +80,85 @@ static inline uint64_t kobo_hash_bytes(const void *bytes, size_t len,
 	return hash;
 }
 
-static inline uint64_t kobo_hash_id(const char *id)
+static inline uint64_t kobo_hash_id_seeded(const char *id, uint64_t seed)
 {
-	uint64_t hash = KOBO_FNV1A64_OFFSET;
+	uint64_t hash = KOBO_FNV1A64_OFFSET ^ seed;
 	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
 		hash ^= *p;
 		hash *= KOBO_FNV1A64_PRIME;
 	}
 	return hash;
 }
+
+static inline uint64_t kobo_hash_id(const char *id)
+{
+	return kobo_hash_id_seeded(id, 0);
+}
+
+/* ---- The bounded id table (id_table.c). ----
+ *
+ * Maps an id (a NUL-terminated string) to a uint32 slot of an array the
+ * caller owns; the table holds no records and copies no ids. It is the one
+ * open-addressing index of Kobo's in-memory id lookups: a fixed capacity
+ * chosen at create, a power-of-two bucket array at least twice that (load
+ * <= 1/2, at least 16 buckets), linear probing from kobo_hash_id(id).
+ *
+ * Entries are only ever added, then either all cleared (reset, proportional
+ * to the entries inserted, not to the capacity) or removed newest first
+ * (remove_newest / truncate). Removing the newest entry empties the bucket
+ * its insertion filled, and with linear probing and no other removal that
+ * leaves the buckets exactly as they were before it: no tombstones. A table
+ * that must forget an arbitrary entry is not this one.
+ *
+ * Keys are compared through key(records, slot), the caller's callback
+ * returning the id stored in its slot: the table stays valid while that id
+ * does not change, and reads it only during find and insert. Not thread
+ * safe; no allocation after create.
+ *
+ * Lifecycle: create → insert / find → (reset | truncate)* → destroy. */
+#define KOBO_ID_TABLE_CAPACITY_MAX (1u << 28)
+
+typedef struct kobo_id_table kobo_id_table;
+
+/* The id kept in the caller's slot: NUL-terminated, valid while the entry
+ * is in the table. records is the pointer given to create. */
+typedef const char *(*kobo_id_table_key_fn)(const void *records, uint32_t slot);
+
+/* Creates an empty table for up to capacity entries.
+ *   capacity  1..KOBO_ID_TABLE_CAPACITY_MAX.
+ *   key       the callback above; records is passed to it unchanged (the
+ *             table never dereferences it).
+ *   out       receives the table, owned by the caller until destroy.
+ * Returns KOBO_OK, KOBO_EINVAL (capacity out of range, key or out NULL), or
+ * KOBO_ENOMEM (*out untouched). */
+int kobo_id_table_create(uint32_t capacity, kobo_id_table_key_fn key,
+                         const void *records, kobo_id_table **out);
+
+/* Frees the table (NULL is fine). The caller's records are not touched. */
+void kobo_id_table_destroy(kobo_id_table *table);
+
+/* Looks id up. Returns KOBO_OK with its slot in *slot, or KOBO_ENOTFOUND
+ * (*slot untouched). */
+int kobo_id_table_find(const kobo_id_table *table, const char *id,
+                       uint32_t *slot);
+
+/* Adds id → slot. id must not be in the table yet (asserted: it is a
+ * programmer error), slot < UINT32_MAX, and by the next find or insert
+ * key(records, slot) must return an id equal to id. Returns KOBO_OK, or
+ * KOBO_EFULL when capacity entries are in (nothing changes). */
+int kobo_id_table_insert(kobo_id_table *table, const char *id, uint32_t slot);
+
+/* Entries in the table; its capacity as created. */
+uint32_t kobo_id_table_count(const kobo_id_table *table);
+uint32_t kobo_id_table_capacity(const kobo_id_table *table);
+
+/* Removes the newest entries until count entries remain (count <= the
+ * current count, asserted), newest first: the table is then exactly as it
+ * was after its count-th insertion. Costs the entries removed. */
+void kobo_id_table_truncate(kobo_id_table *table, uint32_t count);
+
+/* Removes every entry; costs the entries there were, not the capacity. */
+void kobo_id_table_reset(kobo_id_table *table);
 
 /* ---- The always-on assertion. ----
  *

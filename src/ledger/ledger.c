@@ -6,11 +6,11 @@
  * NOTES ON THE DESIGN
  *
  * Records. The ledger holds the accounts and transfers of one batch in two
- * preallocated arrays of slots, each indexed by an open-addressing hash table
- * (linear probing, FNV-1a of the id). Slots are only ever appended; the only
+ * preallocated arrays of slots, each indexed by a bounded id table (core.h:
+ * linear probing, FNV-1a of the id). Slots are only ever appended; the only
  * removal is the rollback of an atomic group, which removes the newest slots
- * in reverse order of insertion and so leaves the tables exactly as they were
- * before those insertions (no tombstones needed).
+ * in reverse order of insertion (kobo_id_table_truncate) and so leaves the
+ * tables exactly as they were before those insertions (no tombstones needed).
  *
  * Capacity. A batch of n ops names at most 3n accounts (an op names one
  * account, two for a transfer or a leg, three for a DEBIT leg with its
@@ -101,13 +101,20 @@
 
 /* ---- Small helpers. ---- */
 
-
-static uint32_t table_size_for(uint32_t capacity)
+/* The keys of the id tables (kobo_id_table_key_fn): records is the ledger. */
+static const char *account_key(const void *records, uint32_t slot)
 {
-	uint32_t size = 16;
-	while (size < 2 * capacity)
-		size *= 2;
-	return size;
+	return ((const kobo_ledger *)records)->accounts[slot].account.id;
+}
+
+static const char *transfer_key(const void *records, uint32_t slot)
+{
+	return ((const kobo_ledger *)records)->transfers[slot].transfer.id;
+}
+
+static const char *currency_key(const void *records, uint32_t slot)
+{
+	return ((const kobo_ledger *)records)->currency_sums[slot].currency;
 }
 
 static bool metadata_equal(const char *a, uint32_t a_len, const char *b,
@@ -134,28 +141,18 @@ static bool is_business_rejection(kobo_result_code code)
 
 int64_t ledger_account_find(const kobo_ledger *ledger, const char *id)
 {
-	uint32_t index = (uint32_t)kobo_hash_id(id) & ledger->account_table_mask;
-	for (;;) {
-		uint32_t entry = ledger->account_table[index];
-		if (entry == 0)
-			return -1;
-		if (strcmp(ledger->accounts[entry - 1].account.id, id) == 0)
-			return entry - 1;
-		index = (index + 1) & ledger->account_table_mask;
-	}
+	uint32_t slot;
+	if (kobo_id_table_find(ledger->account_table, id, &slot) != KOBO_OK)
+		return -1;
+	return slot;
 }
 
 int64_t ledger_transfer_find(const kobo_ledger *ledger, const char *id)
 {
-	uint32_t index = (uint32_t)kobo_hash_id(id) & ledger->transfer_table_mask;
-	for (;;) {
-		uint32_t entry = ledger->transfer_table[index];
-		if (entry == 0)
-			return -1;
-		if (strcmp(ledger->transfers[entry - 1].transfer.id, id) == 0)
-			return entry - 1;
-		index = (index + 1) & ledger->transfer_table_mask;
-	}
+	uint32_t slot;
+	if (kobo_id_table_find(ledger->transfer_table, id, &slot) != KOBO_OK)
+		return -1;
+	return slot;
 }
 
 /* Inserts a copy of account; the caller checked capacity and absence. */
@@ -165,16 +162,13 @@ uint32_t ledger_account_insert(kobo_ledger *ledger, const kobo_account *account,
 	KOBO__LEDGER_ASSERT(ledger->account_count < ledger->account_capacity);
 	uint32_t slot_index = ledger->account_count++;
 	account_slot *slot = &ledger->accounts[slot_index];
-	uint32_t index = (uint32_t)kobo_hash_id(account->id) &
-	                 ledger->account_table_mask;
-	while (ledger->account_table[index] != 0)
-		index = (index + 1) & ledger->account_table_mask;
-	ledger->account_table[index] = slot_index + 1;
 	slot->account = *account;
+	int rc = kobo_id_table_insert(ledger->account_table, slot->account.id,
+	                              slot_index);
+	KOBO__LEDGER_ASSERT(rc == KOBO_OK);
 	slot->posted_before = account->posted;
 	slot->pending_out_before = account->pending_out;
 	slot->pending_in_before = account->pending_in;
-	slot->table_index = index;
 	slot->change_index = -1;
 	slot->is_new = is_new;
 	return slot_index;
@@ -186,13 +180,10 @@ static uint32_t transfer_insert(kobo_ledger *ledger,
 	KOBO__LEDGER_ASSERT(ledger->transfer_count < ledger->transfer_capacity);
 	uint32_t slot_index = ledger->transfer_count++;
 	transfer_slot *slot = &ledger->transfers[slot_index];
-	uint32_t index = (uint32_t)kobo_hash_id(transfer->id) &
-	                 ledger->transfer_table_mask;
-	while (ledger->transfer_table[index] != 0)
-		index = (index + 1) & ledger->transfer_table_mask;
-	ledger->transfer_table[index] = slot_index + 1;
 	slot->transfer = *transfer;
-	slot->table_index = index;
+	int rc = kobo_id_table_insert(ledger->transfer_table, slot->transfer.id,
+	                              slot_index);
+	KOBO__LEDGER_ASSERT(rc == KOBO_OK);
 	slot->change_index = -1;
 	slot->is_new = is_new;
 	return slot_index;
@@ -309,16 +300,19 @@ static void rollback_group(kobo_ledger *ledger)
 		ledger->transfers[slot].change_index = -1;
 	}
 	/* Remove the records the group created, newest first: each removal
-	 * restores the hash table to its state before that insertion. */
-	while (ledger->transfer_count > ledger->group_transfer_count) {
-		transfer_slot *slot =
-			&ledger->transfers[--ledger->transfer_count];
-		ledger->transfer_table[slot->table_index] = 0;
-	}
-	while (ledger->account_count > ledger->group_account_count) {
-		account_slot *slot = &ledger->accounts[--ledger->account_count];
-		ledger->account_table[slot->table_index] = 0;
-	}
+	 * restores the id table to its state before that insertion. Slot i is
+	 * the table's i-th insertion, so truncating to the group's first slot
+	 * removes exactly the group's records. */
+	KOBO__LEDGER_ASSERT(kobo_id_table_count(ledger->transfer_table) ==
+	                    ledger->transfer_count);
+	KOBO__LEDGER_ASSERT(kobo_id_table_count(ledger->account_table) ==
+	                    ledger->account_count);
+	kobo_id_table_truncate(ledger->transfer_table,
+	                       ledger->group_transfer_count);
+	ledger->transfer_count = ledger->group_transfer_count;
+	kobo_id_table_truncate(ledger->account_table,
+	                       ledger->group_account_count);
+	ledger->account_count = ledger->group_account_count;
 }
 
 /* ---- Lifecycle. ---- */
@@ -333,21 +327,13 @@ kobo_ledger *kobo_ledger_create(size_t ops_max)
 	ledger->ops_max = ops_max;
 	ledger->account_capacity = (uint32_t)KOBO_LEDGER_ACCOUNT_IDS_MAX(ops_max);
 	ledger->transfer_capacity = (uint32_t)ops_max;
-	uint32_t account_table_size = table_size_for(ledger->account_capacity);
-	uint32_t transfer_table_size = table_size_for(ledger->transfer_capacity);
-	ledger->account_table_mask = account_table_size - 1;
-	ledger->transfer_table_mask = transfer_table_size - 1;
 	ledger->account_undo_capacity = (uint32_t)(3 * ops_max);
 	ledger->transfer_undo_capacity = (uint32_t)ops_max;
 
 	ledger->accounts = calloc(ledger->account_capacity,
 	                          sizeof(*ledger->accounts));
-	ledger->account_table = calloc(account_table_size,
-	                               sizeof(*ledger->account_table));
 	ledger->transfers = calloc(ledger->transfer_capacity,
 	                           sizeof(*ledger->transfers));
-	ledger->transfer_table = calloc(transfer_table_size,
-	                                sizeof(*ledger->transfer_table));
 	ledger->account_changes = calloc(ledger->account_capacity,
 	                                 sizeof(*ledger->account_changes));
 	ledger->account_change_slots = calloc(
@@ -360,20 +346,25 @@ kobo_ledger *kobo_ledger_create(size_t ops_max)
 	                               sizeof(*ledger->account_undos));
 	ledger->transfer_undos = calloc(ledger->transfer_undo_capacity,
 	                                sizeof(*ledger->transfer_undos));
-	ledger->currency_sums = calloc(account_table_size,
+	ledger->currency_sums = calloc(ledger->account_capacity,
 	                               sizeof(*ledger->currency_sums));
-	ledger->currency_used = calloc(ledger->account_capacity,
-	                               sizeof(*ledger->currency_used));
 	ledger->lane_ids = calloc(ops_max, sizeof(*ledger->lane_ids));
-	if (ledger->lane_ids == NULL ||
-	    ledger->accounts == NULL || ledger->account_table == NULL ||
-	    ledger->transfers == NULL || ledger->transfer_table == NULL ||
+	/* The capacities are within KOBO_ID_TABLE_CAPACITY_MAX (ops_max <=
+	 * KOBO_BATCH_OPS_MAX), so a create fails only for memory. */
+	if (kobo_id_table_create(ledger->account_capacity, account_key, ledger,
+	                         &ledger->account_table) != KOBO_OK ||
+	    kobo_id_table_create(ledger->transfer_capacity, transfer_key, ledger,
+	                         &ledger->transfer_table) != KOBO_OK ||
+	    kobo_id_table_create(ledger->account_capacity, currency_key, ledger,
+	                         &ledger->currency_table) != KOBO_OK ||
+	    ledger->lane_ids == NULL ||
+	    ledger->accounts == NULL || ledger->transfers == NULL ||
 	    ledger->account_changes == NULL ||
 	    ledger->account_change_slots == NULL ||
 	    ledger->transfer_changes == NULL ||
 	    ledger->transfer_change_slots == NULL ||
 	    ledger->account_undos == NULL || ledger->transfer_undos == NULL ||
-	    ledger->currency_sums == NULL || ledger->currency_used == NULL) {
+	    ledger->currency_sums == NULL) {
 		kobo_ledger_destroy(ledger);
 		return NULL;
 	}
@@ -385,9 +376,9 @@ void kobo_ledger_destroy(kobo_ledger *ledger)
 	if (ledger == NULL)
 		return;
 	free(ledger->accounts);
-	free(ledger->account_table);
+	kobo_id_table_destroy(ledger->account_table);
 	free(ledger->transfers);
-	free(ledger->transfer_table);
+	kobo_id_table_destroy(ledger->transfer_table);
 	free(ledger->account_changes);
 	free(ledger->account_change_slots);
 	free(ledger->transfer_changes);
@@ -395,19 +386,17 @@ void kobo_ledger_destroy(kobo_ledger *ledger)
 	free(ledger->account_undos);
 	free(ledger->transfer_undos);
 	free(ledger->currency_sums);
-	free(ledger->currency_used);
+	kobo_id_table_destroy(ledger->currency_table);
 	free(ledger->lane_ids);
 	free(ledger);
 }
 
 void kobo_ledger_reset(kobo_ledger *ledger)
 {
-	/* Clearing only the used table entries keeps reset proportional to
-	 * the batch, not to the capacity. */
-	for (uint32_t i = 0; i < ledger->account_count; i++)
-		ledger->account_table[ledger->accounts[i].table_index] = 0;
-	for (uint32_t i = 0; i < ledger->transfer_count; i++)
-		ledger->transfer_table[ledger->transfers[i].table_index] = 0;
+	/* kobo_id_table_reset clears only the entries inserted, which keeps
+	 * reset proportional to the batch, not to the capacity. */
+	kobo_id_table_reset(ledger->account_table);
+	kobo_id_table_reset(ledger->transfer_table);
 	ledger->account_count = 0;
 	ledger->transfer_count = 0;
 	ledger->account_change_count = 0;
@@ -1382,7 +1371,7 @@ static int check_batch(const kobo_ledger *ledger, const kobo_op *ops,
 
 static void check_invariants(kobo_ledger *ledger)
 {
-	uint32_t used_count = 0;
+	KOBO__LEDGER_ASSERT(kobo_id_table_count(ledger->currency_table) == 0);
 	for (uint32_t i = 0; i < ledger->account_count; i++) {
 		const account_slot *slot = &ledger->accounts[i];
 		const kobo_account *account = &slot->account;
@@ -1410,24 +1399,21 @@ static void check_invariants(kobo_ledger *ledger)
 				&available_after));
 			KOBO__LEDGER_ASSERT(available_after >= 0);
 		}
-		/* 1: accumulate per currency. */
-		uint32_t index = (uint32_t)kobo_hash_id(account->currency) &
-		                 ledger->account_table_mask;
-		currency_sum *sum;
-		for (;;) {
-			sum = &ledger->currency_sums[index];
-			if (!sum->used) {
-				memset(sum, 0, sizeof(*sum));
-				sum->used = true;
-				memcpy(sum->currency, account->currency,
-				       sizeof(sum->currency));
-				ledger->currency_used[used_count++] = index;
-				break;
-			}
-			if (strcmp(sum->currency, account->currency) == 0)
-				break;
-			index = (index + 1) & ledger->account_table_mask;
+		/* 1: accumulate per currency; sums are appended in the order
+		 * their currency is first seen. */
+		uint32_t sum_slot;
+		if (kobo_id_table_find(ledger->currency_table, account->currency,
+		                       &sum_slot) != KOBO_OK) {
+			sum_slot = kobo_id_table_count(ledger->currency_table);
+			currency_sum *fresh = &ledger->currency_sums[sum_slot];
+			memset(fresh, 0, sizeof(*fresh));
+			memcpy(fresh->currency, account->currency,
+			       sizeof(fresh->currency));
+			int rc = kobo_id_table_insert(ledger->currency_table,
+			                              fresh->currency, sum_slot);
+			KOBO__LEDGER_ASSERT(rc == KOBO_OK);
 		}
+		currency_sum *sum = &ledger->currency_sums[sum_slot];
 		sum->posted += (uint64_t)account->posted -
 		               (uint64_t)slot->posted_before;
 		sum->pending_out += (uint64_t)account->pending_out -
@@ -1435,12 +1421,13 @@ static void check_invariants(kobo_ledger *ledger)
 		sum->pending_in += (uint64_t)account->pending_in -
 		                   (uint64_t)slot->pending_in_before;
 	}
-	for (uint32_t i = 0; i < used_count; i++) {
-		currency_sum *sum = &ledger->currency_sums[ledger->currency_used[i]];
+	uint32_t sum_count = kobo_id_table_count(ledger->currency_table);
+	for (uint32_t i = 0; i < sum_count; i++) {
+		const currency_sum *sum = &ledger->currency_sums[i];
 		KOBO__LEDGER_ASSERT(sum->posted == 0);
 		KOBO__LEDGER_ASSERT(sum->pending_out == sum->pending_in);
-		sum->used = false;
 	}
+	kobo_id_table_reset(ledger->currency_table);
 	/* 5 */
 	for (uint32_t i = 0; i < ledger->transfer_change_count; i++) {
 		const kobo_transfer *transfer =

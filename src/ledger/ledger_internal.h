@@ -24,14 +24,12 @@ typedef struct account_slot {
 	int64_t posted_before;
 	int64_t pending_out_before;
 	int64_t pending_in_before;
-	uint32_t table_index; /* where its index lives in account_table */
 	int32_t change_index; /* position in account_changes, or -1 */
 	bool is_new;
 } account_slot;
 
 typedef struct transfer_slot {
 	kobo_transfer transfer;
-	uint32_t table_index;
 	int32_t change_index;
 	bool is_new;
 } transfer_slot;
@@ -56,7 +54,6 @@ typedef struct transfer_undo {
  * is enough: a true sum of 0 is 0 mod 2^64. */
 typedef struct currency_sum {
 	char currency[KOBO_CURRENCY_LEN_MAX + 1];
-	bool used;
 	uint64_t posted;
 	uint64_t pending_out;
 	uint64_t pending_in;
@@ -68,14 +65,14 @@ struct kobo_ledger {
 	account_slot *accounts;
 	uint32_t account_count;
 	uint32_t account_capacity;
-	uint32_t *account_table; /* slot + 1, 0 = empty */
-	uint32_t account_table_mask;
+	/* id -> slot of accounts; holds exactly the first account_count slots,
+	 * in insertion order (so a group's rollback truncates it). */
+	kobo_id_table *account_table;
 
 	transfer_slot *transfers;
 	uint32_t transfer_count;
 	uint32_t transfer_capacity;
-	uint32_t *transfer_table;
-	uint32_t transfer_table_mask;
+	kobo_id_table *transfer_table; /* like account_table */
 
 	kobo_account_change *account_changes;
 	uint32_t *account_change_slots; /* slot of each account_changes entry */
@@ -101,9 +98,11 @@ struct kobo_ledger {
 	 * kobo_ledger_account_ids() (ops_max entries). */
 	char (*lane_ids)[KOBO_ID_LEN_MAX + 1];
 
-	/* Scratch for check_invariants(), sized like account_table. */
+	/* Scratch for check_invariants(): one sum per currency of the changed
+	 * accounts (at most account_capacity), found by currency_table and
+	 * emptied after every check. */
 	currency_sum *currency_sums;
-	uint32_t *currency_used; /* indexes of used currency_sums */
+	kobo_id_table *currency_table;
 };
 
 /* ---- Shared by ledger.c and ledger_saga.c (see each definition). ---- */
