@@ -4,8 +4,9 @@
  * An account id hashes (FNV-1a, 64 bit) into one of KOBO_PARTITIONS fixed
  * partitions; partitions map to shards. The hash and the partition count are
  * part of the on-disk format: changing either would silently move accounts,
- * so both are frozen here and checked by tests/unit/test_shard.c against known
- * values.
+ * so both are frozen (the hash is core.h's kobo_hash_id) and checked by
+ * tests/unit/test_shard.c against known partitions and tests/unit/test_core.c
+ * against the published FNV-1a test vectors.
  *
  * Clearing accounts ("kobo:clearing:<a>:<b>:<CUR>", shard a's account for
  * money moving to or from shard b) are the exception: they live on the shard
@@ -23,15 +24,11 @@ _Static_assert((KOBO_PARTITIONS & (KOBO_PARTITIONS - 1)) == 0,
 _Static_assert(KOBO_SHARDS_MAX <= KOBO_PARTITIONS,
                "every shard owns at least one partition");
 
+/* kobo_hash_id is plain FNV-1a 64 (core.h), the hash this map was frozen
+ * with; the partition is its value mod the partition count. */
 uint32_t kobo_partition_of(const char *account_id)
 {
-	uint64_t hash = 0xcbf29ce484222325ull; /* FNV-1a 64 offset basis */
-
-	for (const unsigned char *p = (const unsigned char *)account_id; *p; p++) {
-		hash ^= *p;
-		hash *= 0x100000001b3ull; /* FNV-1a 64 prime */
-	}
-	return (uint32_t)(hash % KOBO_PARTITIONS);
+	return (uint32_t)(kobo_hash_id(account_id) % KOBO_PARTITIONS);
 }
 
 uint32_t kobo_shard_of_partition(uint32_t partition, uint32_t shard_count)

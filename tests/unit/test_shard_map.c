@@ -1,9 +1,9 @@
 /*
  * test_shard_map.c — where accounts live: the default map keeps the
- * single-shard routing, clearing ids are built and parsed strictly and route
- * to the shard they name, and DIR/shard-map.json is created once, reopened,
- * and refused when it does not match the shard count, the shard files, or
- * its own format.
+ * single-shard routing, the partition hash stays the frozen FNV-1a 64,
+ * clearing ids are built and parsed strictly and route to the shard they
+ * name, and DIR/shard-map.json is created once, reopened, and refused when
+ * it does not match the shard count, the shard files, or its own format.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -120,6 +120,42 @@ static void default_map_is_partition_modulo_shards(void **state)
 	assert_int_equal(kobo_shard_map_account(&map, "cash:NGN"), 2051 % 4);
 	kobo_shard_map_default(&map, 3);
 	assert_int_equal(kobo_shard_map_account(&map, "a"), 3212 % 3);
+}
+
+/* The partition hash as it was frozen, written out here as an independent
+ * oracle: FNV-1a 64 from its published basis and prime, mod the partition
+ * count. kobo_partition_of now reaches it through core.h's kobo_hash_id;
+ * any change there that moves one account fails here. */
+static uint32_t frozen_partition_of(const char *id)
+{
+	uint64_t hash = 0xcbf29ce484222325ull;
+	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+		hash ^= *p;
+		hash *= 0x100000001b3ull;
+	}
+	return (uint32_t)(hash % 4096);
+}
+
+static void partition_hash_matches_the_frozen_fnv1a64(void **state)
+{
+	(void)state;
+	assert_int_equal(KOBO_PARTITIONS, 4096);
+	assert_int_equal(kobo_partition_of("wallet:42"), 3376);
+	assert_int_equal(kobo_partition_of("wallet:77"), 392);
+	assert_int_equal(kobo_partition_of("a"), 3212);
+	assert_int_equal(kobo_partition_of("cash:NGN"), 2051);
+	char id[KOBO_ID_LEN_MAX + 1];
+	for (uint32_t i = 0; i < 20000; i++) {
+		/* Short and long ids, and bytes above 0x7f. */
+		int n = snprintf(id, sizeof(id), "acct:%u:\xc3\xa9:%0*u", i,
+		                 (int)(i % 40), i);
+		assert_true(n > 0 && n <= KOBO_ID_LEN_MAX);
+		uint32_t expected = frozen_partition_of(id);
+		if (kobo_partition_of(id) != expected)
+			fail_msg("partition of %s: expected %u, saw %u", id, expected,
+			         kobo_partition_of(id));
+	}
+	assert_int_equal(kobo_partition_of(""), frozen_partition_of(""));
 }
 
 static void account_routing_follows_the_map(void **state)
@@ -550,6 +586,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(default_map_is_partition_modulo_shards),
+		cmocka_unit_test(partition_hash_matches_the_frozen_fnv1a64),
 		cmocka_unit_test(account_routing_follows_the_map),
 		cmocka_unit_test(clearing_accounts_live_on_the_shard_they_name),
 		cmocka_unit_test(clearing_id_builds_and_parses_back),
