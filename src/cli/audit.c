@@ -56,6 +56,7 @@
 
 #include "../shard/shard.h"
 #include "../store/auditor.h" /* store_pairs_*: the cross-shard rules */
+#include "../store/layout.h"
 #include "../store/store.h"
 #include "cli.h"
 
@@ -118,21 +119,6 @@ static void on_store_problem(void *ctx, const char *line)
 
 /* ---- Shard files. ---- */
 
-/* Parses "shard-N.db" (N decimal, no sign, no leading zeros unless "0"). */
-static bool shard_file_index(const char *name, long *index)
-{
-	if (strncmp(name, "shard-", 6) != 0)
-		return false;
-	const char *digits = name + 6;
-	size_t n = strspn(digits, "0123456789");
-	if (n == 0 || n > 6 || strcmp(digits + n, ".db") != 0)
-		return false;
-	if (digits[0] == '0' && n > 1)
-		return false;
-	*index = strtol(digits, NULL, 10);
-	return true;
-}
-
 static int by_index(const void *a, const void *b)
 {
 	long x = ((const audit_shard *)a)->index, y = ((const audit_shard *)b)->index;
@@ -153,7 +139,7 @@ static long list_shards(const char *dir, audit_shard **out)
 	struct dirent *entry;
 	while ((entry = readdir(d)) != NULL) {
 		long index;
-		if (!shard_file_index(entry->d_name, &index))
+		if (!kobo_layout_shard_file(entry->d_name, &index))
 			continue;
 		if (count == AUDIT_SHARDS_MAX) {
 			fprintf(stderr, "kobo: audit: more than %d shard files in %s\n",
@@ -196,7 +182,7 @@ typedef enum audit_lock {
 static audit_lock take_lock(const char *dir, int *fd, char *reason, size_t reason_len)
 {
 	char path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/kobod.lock", dir);
+	(void)kobo_layout_lock_path(path, sizeof(path), dir);
 	*fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (*fd < 0 && errno == ENOENT)
 		*fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -361,7 +347,9 @@ static void audit_one_shard(audit_run *run, uint32_t index)
 	report.lines = cli->json ? json_array() : NULL;
 
 	if (slot->file == NULL) {
-		report_problemf(&report, "%s/shard-%u.db is missing", run->dir, index);
+		char missing[PATH_MAX];
+		(void)kobo_layout_shard_path(missing, sizeof missing, run->dir, index);
+		report_problemf(&report, "%s is missing", missing);
 		run->problems += report.problems;
 		if (cli->json) {
 			json_array_append_new(run->shards_json,
@@ -371,7 +359,10 @@ static void audit_one_shard(audit_run *run, uint32_t index)
 		return;
 	}
 	const char *path = slot->file->path;
-	int open_rc = kobo_store_sqlite_open(path, true, &slot->store);
+	char url[PATH_MAX + 8];
+	int open_rc = (size_t)snprintf(url, sizeof url, "sqlite:%s", run->dir) < sizeof url
+		? kobo_store_open(url, index, true, &slot->store)
+		: KOBO_EINVAL;
 	int rc = open_rc == KOBO_OK
 		? kobo_store_audit(slot->store, on_store_problem, &report, &slot->totals)
 		: open_rc;

@@ -165,6 +165,13 @@ bool kobo__http_shards_ready(kobo_http_server *server);
 int kobo__http_reader(kobo_http_server *server, uint32_t shard,
                       kobo_store_reader **reader);
 
+/* The one map from a failed write's status (kobo_request.status, shard.h)
+ * to its answer: KOBO_ESHUTDOWN 503 shutting_down; the ledger's
+ * KOBO_EINVAL / KOBO_EFULL (a programmer error inside the batch) 500
+ * internal_error; any store error kind 503 storage_unavailable (outcome
+ * unknown: retry with the same id). Sets *code, returns the HTTP status. */
+int kobo__http_write_failed(int status, const char **code);
+
 /* Fills x->reply with the error and returns KOBO_HTTP_REPLY_READY. */
 int kobo__http_fail(kobo_http_exchange *x, int status, const char *code,
                     const char *message);

@@ -158,6 +158,20 @@ static void slot_error(kobo_http_buf *slot, const char *id, int status, const ch
 	kobo_http_buf_puts(slot, "}}");
 }
 
+int kobo__http_write_failed(int status, const char **code)
+{
+	if (status == KOBO_ESHUTDOWN) {
+		*code = "shutting_down";
+		return 503;
+	}
+	if (status == KOBO_EINVAL || status == KOBO_EFULL) {
+		*code = "internal_error";
+		return 500;
+	}
+	*code = "storage_unavailable";
+	return 503;
+}
+
 /* Runner thread: one entry's saga settled or its wait ran out. */
 static void item_settled(void *ctx, const kobo_transfer *transfer, bool timed_out)
 {
@@ -190,9 +204,9 @@ static void part_done(kobo_request *request)
 		const kobo_result *result = &part->results[j];
 		const char *id = part->ops[j].u.transfer.id;
 		if (request->status != KOBO_OK) {
-			slot_error(slot, id, 503,
-			           request->status == KOBO_ESHUTDOWN ? "shutting_down"
-			                                             : "storage_unavailable");
+			const char *code;
+			int status = kobo__http_write_failed(request->status, &code);
+			slot_error(slot, id, status, code);
 			continue;
 		}
 		if (!kobo__http_saga_pending(result)) {

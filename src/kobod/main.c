@@ -31,6 +31,7 @@
 #include "../obs/obs.h"
 #include "../saga/saga.h"
 #include "../shard/shard.h"
+#include "../store/layout.h"
 #include "../store/store.h"
 
 #define DRAIN_WAIT_MS 5000 /* answers already computed get this long to leave */
@@ -285,7 +286,15 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	char path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/kobod.lock", config.data_dir);
+	char store_url[PATH_MAX + 8];
+	if (!kobo_layout_lock_path(path, sizeof(path), config.data_dir) ||
+	    (size_t)snprintf(store_url, sizeof(store_url), "sqlite:%s",
+	                     config.data_dir) >= sizeof(store_url)) {
+		log_failure("startup_failed", config.data_dir, "path too long");
+		fprintf(stderr, "kobod: data directory path is too long: %s\n",
+		        config.data_dir);
+		return 1;
+	}
 	int lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
 		bool busy = lock_fd >= 0 && errno == EWOULDBLOCK;
@@ -328,8 +337,8 @@ int main(int argc, char **argv)
 		}
 	}
 	for (uint32_t i = 0; i < shard_count; i++) {
-		snprintf(path, sizeof(path), "%s/shard-%u.db", config.data_dir, i);
-		if (kobo_store_sqlite_open(path, false, &stores[i]) != KOBO_OK) {
+		(void)kobo_layout_shard_path(path, sizeof(path), config.data_dir, i);
+		if (kobo_store_open(store_url, i, false, &stores[i]) != KOBO_OK) {
 			log_failure("startup_failed", path, "cannot open the store");
 			stores[i] = NULL;
 			goto out;

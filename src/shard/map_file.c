@@ -43,9 +43,10 @@
 
 #include <jansson.h>
 
+#include "../store/layout.h"
 #include "shard.h"
 
-#define MAP_FILE "shard-map.json"
+#define MAP_FILE KOBO_LAYOUT_MAP_FILE
 #define MAP_VERSION 1
 #define MAP_HASH "fnv1a64"
 /* The written map is ~10 KiB; one re-indented by hand (jq) is ~30 KiB.
@@ -251,9 +252,9 @@ static int fsync_dir(const char *dir)
 static int create_map(const char *dir, const kobo_shard_map *map, char *error,
                       size_t error_len)
 {
-	char path[PATH_MAX], tmp_path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/" MAP_FILE, dir);
-	snprintf(tmp_path, sizeof(tmp_path), "%s/" MAP_FILE ".tmp", dir);
+	char path[PATH_MAX], tmp_path[PATH_MAX + 8];
+	(void)kobo_layout_map_path(path, sizeof(path), dir);
+	snprintf(tmp_path, sizeof(tmp_path), "%s.tmp", path);
 
 	char text[MAP_TEXT_BYTES_MAX];
 	size_t len = format_map(map, text);
@@ -300,22 +301,6 @@ typedef struct shard_files {
 	long index_max; /* highest i, -1 when none */
 } shard_files;
 
-/* "shard-<i>.db" with i decimal, no sign, no leading zero unless "0". Any
- * such name counts, however large i is: a file the map cannot explain. */
-static bool shard_file_index(const char *name, long *index)
-{
-	if (strncmp(name, "shard-", 6) != 0)
-		return false;
-	const char *digits = name + 6;
-	size_t n = strspn(digits, "0123456789");
-	if (n == 0 || n > 9 || strcmp(digits + n, ".db") != 0)
-		return false;
-	if (digits[0] == '0' && n > 1)
-		return false;
-	*index = strtol(digits, NULL, 10);
-	return true;
-}
-
 static int scan_shard_files(const char *dir, shard_files *out, char *error,
                             size_t error_len)
 {
@@ -330,7 +315,7 @@ static int scan_shard_files(const char *dir, shard_files *out, char *error,
 	errno = 0;
 	while ((entry = readdir(d)) != NULL) {
 		long index;
-		if (!shard_file_index(entry->d_name, &index))
+		if (!kobo_layout_shard_file(entry->d_name, &index))
 			continue;
 		out->count++;
 		out->has_zero = out->has_zero || index == 0;
@@ -353,7 +338,7 @@ int kobo_shard_map_read(const char *dir, kobo_shard_map *map, char *error,
                         size_t error_len)
 {
 	char path[PATH_MAX];
-	if ((size_t)snprintf(path, sizeof(path), "%s/" MAP_FILE, dir) >= sizeof(path)) {
+	if (!kobo_layout_map_path(path, sizeof(path), dir)) {
 		set_error(error, error_len, "data directory path is too long: %s", dir);
 		return KOBO_EINVAL;
 	}

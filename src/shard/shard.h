@@ -22,6 +22,8 @@
 #define KOBO_SHARD_BATCH_OPS_DEFAULT 8190   /* ops per ledger batch */
 #define KOBO_SHARD_EXPIRED_SCAN_MAX 1024    /* holds expired per scan */
 #define KOBO_SHARD_EXPIRY_INTERVAL_MS 250   /* scan cadence: expiry < 1 s late */
+#define KOBO_SHARD_CONFLICT_RERUNS_MAX 3    /* re-runs of a batch the store
+                                               answered KOBO_ECONFLICT */
 #define KOBO_SHARDS_MAX 256
 #define KOBO_PARTITIONS 4096                /* fixed: account hash space */
 
@@ -106,7 +108,13 @@ struct kobo_request {
 	kobo_request_done_fn done;
 	void *user;
 	/* Filled by the shard before done: KOBO_OK (results valid), or
-	 * KOBO_ESTORE / KOBO_EFAILED / KOBO_ESHUTDOWN: nothing was applied. */
+	 *   a store error kind (KOBO_EUNKNOWN: the batch may be durable;
+	 *   KOBO_ESTORE, KOBO_EFAILED, KOBO_ECONNLOST, or KOBO_ECONFLICT after
+	 *   KOBO_SHARD_CONFLICT_RERUNS_MAX re-runs: nothing was applied) — the
+	 *   edge answers 503 storage_unavailable, "retry with the same id";
+	 *   KOBO_EINVAL / KOBO_EFULL: the ledger refused the batch, a
+	 *   programmer error (nothing was applied) — the edge answers 500;
+	 *   KOBO_ESHUTDOWN: nothing was applied. */
 	int status;
 	/* Private to the shard. */
 	kobo_request *next;
@@ -115,14 +123,19 @@ struct kobo_request {
 /* ---- One batch (batch.c): shared by the writer and the simulation. ---- */
 
 /* Runs ops[0..count) as one store transaction: begin, load the transfers
- * and accounts they name, kobo_ledger_apply at now_ms into results, write,
- * commit. Returns KOBO_OK once durable (results and
- * kobo_ledger_changed_transfers(ledger) valid until the next reset), else the
- * failing store or ledger status after a rollback: nothing was applied.
- * ids must hold 2 * count + 1 entries. *commit_us gets the commit time. */
+ * and accounts they name (put into ledger), kobo_ledger_apply at now_ms
+ * into results, write the ledger's changes, commit. Returns KOBO_OK once
+ * durable (results and kobo_ledger_changed_transfers(ledger) valid until
+ * the next reset; *token the store's commit sequence, store.h), else after
+ * a rollback the failing store status (store.h: KOBO_ECONFLICT,
+ * KOBO_ECONNLOST, KOBO_EUNKNOWN, KOBO_ESTORE, KOBO_EFAILED) or the
+ * ledger's KOBO_EFULL / KOBO_EINVAL; nothing was applied, except that after
+ * KOBO_EUNKNOWN the batch may be durable. ids must hold
+ * KOBO_LEDGER_ACCOUNT_IDS_MAX(count) entries. *commit_us gets the commit
+ * time. */
 int kobo_batch_run(kobo_store *store, kobo_ledger *ledger, const kobo_op *ops,
                    size_t count, int64_t now_ms, kobo_result *results,
-                   const char **ids, int64_t *commit_us);
+                   const char **ids, int64_t *commit_us, uint64_t *token);
 
 /* ---- Shards. ---- */
 

@@ -7,9 +7,11 @@
  *
  * Invariants
  *   1. A request's done callback runs exactly once, after the batch holding
- *      it committed durably (status KOBO_OK) or failed as a whole (status
- *      KOBO_ESTORE / KOBO_EFAILED: nothing of it was applied). Never before.
- *      Requests of a batch are answered last first (see writer_answer).
+ *      it committed durably (status KOBO_OK) or failed as a whole (a store
+ *      error kind, store.h: KOBO_EUNKNOWN — it may be durable — or one
+ *      where nothing was applied; or the ledger's KOBO_EINVAL / KOBO_EFULL,
+ *      a programmer error, nothing applied). Never before. Requests of a
+ *      batch are answered last first (see writer_answer).
  *   2. The queue never holds more than queue_ops_max ops; a request that does
  *      not fit is refused at submit (the edge answers 503 overloaded).
  *   3. A batch holds at least one request and, when it holds more than one,
@@ -26,6 +28,23 @@
  *      wait) runs on the monotonic clock. The wall clock (config.now_ms)
  *      only stamps records and decides which holds have expired, so a step
  *      of the wall clock moves expiry with it but never stalls the scans.
+ *   7. A batch the store answers KOBO_ECONFLICT (nothing committed) runs
+ *      again, at most KOBO_SHARD_CONFLICT_RERUNS_MAX more times, before its
+ *      requests are answered with the conflict. Every other failure is
+ *      answered at once: re-running after KOBO_EUNKNOWN could apply twice
+ *      what the retry-by-id protocol applies once.
+ *   8. The commit sequence (store.h, the consistency token) grows with
+ *      every committed batch.
+ *
+ * What a failed batch is answered (the edge maps the status, src/http):
+ *
+ *   status from the batch                       answer
+ *   KOBO_ECONFLICT (after the re-runs),         503 storage_unavailable,
+ *   KOBO_ECONNLOST, KOBO_EUNKNOWN,              "outcome unknown, retry
+ *   KOBO_ESTORE, KOBO_EFAILED                   with the same id"
+ *   KOBO_EINVAL, KOBO_EFULL (the ledger)        500 internal_error, and an
+ *                                               error line: a programmer
+ *                                               error; the process stays up
  *
  * States of the writer thread
  *
@@ -73,6 +92,7 @@ struct kobo_shard {
 	const char **ids;              /* transfer/account ids to load */
 	char (*expired_ids)[KOBO_ID_LEN_MAX + 1];
 	int64_t next_expiry_scan_ms;   /* monotonic (mono_ms) */
+	uint64_t commit_token;         /* the store's last commit sequence */
 };
 
 /* Wall clock: timestamps and expiry decisions only (invariant 6). */
@@ -106,12 +126,14 @@ int kobo_shard_submit(kobo_shard *shard, kobo_request *request)
 	}
 	request->next = NULL;
 	request->status = KOBO_OK;
+	kobo_assert(request->done != NULL);
 	if (shard->tail)
 		shard->tail->next = request;
 	else
 		shard->head = request;
 	shard->tail = request;
 	shard->queued_ops += request->op_count;
+	kobo_assert(shard->queued_ops <= shard->config.queue_ops_max); /* 2 */
 	pthread_cond_signal(&shard->wake);
 	pthread_mutex_unlock(&shard->lock);
 	return KOBO_OK;
@@ -161,6 +183,10 @@ static size_t writer_take_batch(kobo_shard *shard, bool *exit_now)
 		ops += request->op_count;
 		shard->batch[taken++] = request;
 	}
+	/* Invariant 3: whole requests, at most batch_ops_max ops unless one
+	 * request runs alone. */
+	kobo_assert(taken <= 1 || ops <= shard->config.batch_ops_max);
+	kobo_assert(ops <= shard->queued_ops);
 	shard->queued_ops -= ops;
 	size_t depth = shard->queued_ops;
 	if (taken == 0 && !shard->head && shard->stopping)
@@ -172,15 +198,30 @@ static size_t writer_take_batch(kobo_shard *shard, bool *exit_now)
 }
 
 /* Applies ops[0..count) in one store transaction (results land in
- * shard->results) and, once it is durable, rings the saga runner for every
+ * shard->results), re-running it while the store answers KOBO_ECONFLICT
+ * (invariant 7), and, once it is durable, rings the saga runner for every
  * saga the batch started or moved on. */
 static int writer_apply(kobo_shard *shard, size_t count, int64_t *commit_us)
 {
-	int rc = kobo_batch_run(shard->store, shard->ledger, shard->ops, count,
-	                        shard_now_ms(shard), shard->results, shard->ids,
-	                        commit_us);
-	if (rc != KOBO_OK || !shard->config.saga_started)
+	uint64_t token = 0;
+	int rc;
+
+	for (unsigned run = 0;; run++) {
+		rc = kobo_batch_run(shard->store, shard->ledger, shard->ops, count,
+		                    shard_now_ms(shard), shard->results, shard->ids,
+		                    commit_us, &token);
+		if (rc != KOBO_ECONFLICT || run == KOBO_SHARD_CONFLICT_RERUNS_MAX)
+			break;
+		kobo_log(KOBO_LOG_WARN, "batch_conflict",
+		         "\"shard\":%u,\"size\":%zu,\"rerun\":%u",
+		         shard->config.index, count, run + 1);
+	}
+	if (rc != KOBO_OK)
 		return rc;
+	kobo_assert(token > shard->commit_token); /* invariant 8 */
+	shard->commit_token = token;
+	if (!shard->config.saga_started)
+		return KOBO_OK;
 	const kobo_transfer_change *changes;
 	size_t changed = kobo_ledger_changed_transfers(shard->ledger, &changes);
 	for (size_t i = 0; i < changed; i++) {
@@ -238,10 +279,23 @@ static void writer_answer(kobo_shard *shard, size_t requests, int status)
 	}
 }
 
+/* The ledger refused the batch: a caller broke one of its preconditions
+ * (ledger.h, kobo_ledger_apply / kobo_ledger_put_*). */
+static bool writer_programmer_error(int status)
+{
+	return status == KOBO_EINVAL || status == KOBO_EFULL;
+}
+
 static void writer_log_batch(const kobo_shard *shard, size_t ops, int status,
                              int64_t commit_us)
 {
-	if (status == KOBO_OK) {
+	if (writer_programmer_error(status)) {
+		kobo_log(KOBO_LOG_ERROR, "batch_refused_by_ledger",
+		         "\"shard\":%u,\"size\":%zu,\"status\":%d,"
+		         "\"message\":\"a programmer error: the batch broke a ledger "
+		         "precondition; nothing was applied, answered 500\"",
+		         shard->config.index, ops, status);
+	} else if (status == KOBO_OK) {
 		kobo_metrics_batch(shard->config.index, ops, commit_us);
 		kobo_log(KOBO_LOG_INFO, "batch_committed",
 		         "\"shard\":%u,\"size\":%zu,\"commit_us\":%lld",
@@ -401,6 +455,8 @@ void kobo_shard_stop(kobo_shard *shard)
 	pthread_cond_signal(&shard->wake);
 	pthread_mutex_unlock(&shard->lock);
 	pthread_join(shard->thread, NULL);
+	/* Invariant 5: everything accepted was answered. */
+	kobo_assert(shard->head == NULL && shard->queued_ops == 0);
 
 	pthread_cond_destroy(&shard->wake);
 	pthread_mutex_destroy(&shard->lock);

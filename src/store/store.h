@@ -1,9 +1,19 @@
 /*
  * store.h — the storage contract every backend implements.
  *
- * A store holds one shard: its accounts and transfers. Kobo ships an
- * embedded SQLite backend (store_sqlite.c); a PostgreSQL backend implements
- * the same vtable later without any change to the shard writer.
+ * A store holds one shard: its accounts and transfers, as plain records
+ * (kobo_account, kobo_transfer and the change lists of src/ledger/ledger.h).
+ * A backend knows those record types, never the ledger object: the shard
+ * writer (src/shard/batch.c) hands loaded rows to the ledger and the
+ * ledger's changes to the store. Backends, each in its own folder:
+ *
+ *   src/store/sqlite/   "sqlite:DIR"  one SQLite file per shard, DIR/shard-N.db
+ *   src/store/mem/      "mem:"        in memory, with injectable faults (tests)
+ *
+ * kobo_store_open(url) picks one; the PostgreSQL backend (next) implements
+ * the same vtable without any change to the shard writer. The data
+ * directory's file names are in layout.h; the audit's rules, shared by the
+ * backends, in auditor.h.
  *
  * Two kinds of handle:
  *   kobo_store         the write side. Exactly one thread (the shard writer)
@@ -21,32 +31,103 @@
  *   kobo_store_reader  a read connection: one per reading thread, never
  *                      blocked by the writer (SQLite WAL readers).
  *
- * Sticky error: after any failed write, write-side I/O or commit the store
- * enters a failed state in which begin() returns KOBO_EFAILED until the
- * process reopens it: memory and disk may disagree, and being unavailable is
- * better than being wrong. healthy() reports it (/readyz answers 503).
+ * WHAT A BACKEND MUST GUARANTEE
  *
- * Every function returns KOBO_OK or a negative KOBO_E* code from ledger.h.
+ *   1. Atomic, durable batches. commit() returning KOBO_OK means the whole
+ *      batch is on stable storage; any other outcome of a batch leaves none
+ *      of it applied, except KOBO_EUNKNOWN (below), which leaves all or none.
+ *   2. Readers see commits. A reader that is opened, or that starts a read,
+ *      after commit() returned sees that batch (and every earlier one); no
+ *      reader ever sees part of a batch or a batch not yet committed.
+ *   3. Lifetimes. A record handed to a load callback, and its metadata, is
+ *      valid until the next begin() (the ledger keeps pointers to the
+ *      metadata for the whole batch). A record filled by read_account /
+ *      read_transfer, and its metadata, is valid until the next call on
+ *      that reader. A record handed to a read callback (history, sagas,
+ *      accounts by prefix) is valid only during the call. write() copies
+ *      what it needs: the caller's arrays may go after write() returns.
+ *   4. Row updates. An account update rewrites posted, pending_out and
+ *      pending_in; a transfer update rewrites exactly the fields of
+ *      kobo_transfer_state (ledger.h, taken with kobo_transfer_state_of):
+ *      the one list of a transfer's mutable fields. Nothing else of a row
+ *      ever changes after it is inserted.
+ *   5. Order. New transfers are inserted in the order write() is given
+ *      them; that order fixes their seq (history order, the cursor).
+ *   6. The same answers. mem and SQLite (and any later backend) give the
+ *      same results and error kinds for the same calls: one contract test
+ *      suite runs over all of them.
+ *   7. Threads. The write side (begin … commit, rollback, expired_holds,
+ *      audit, close) is used by one thread at a time. healthy() may be
+ *      called from any thread. A reader belongs to the thread that opened
+ *      it; any number of readers run alongside the writer.
+ *
+ * ERRORS (the kinds are documented in src/core/core.h)
+ *
+ * Every function returns KOBO_OK or a negative KOBO_E* code:
+ *
+ *   KOBO_ECONFLICT  nothing was committed and the store is healthy: re-run
+ *                   the whole batch (a deadlock or serialization failure
+ *                   between nodes). From begin, load_*, write, commit.
+ *                   SQLite never returns it (one writer per file); the
+ *                   in-memory store does when a test asks
+ *                   (kobo_store_mem_conflict_next_commits).
+ *   KOBO_ECONNLOST  the connection broke before commit was asked: nothing
+ *                   was committed; the store reconnects at the next begin.
+ *                   From begin, load_*, write. Neither SQLite nor mem
+ *                   returns it.
+ *   KOBO_EUNKNOWN   commit was asked and its outcome is unknown (SQLite: a
+ *                   failed COMMIT or fsync; mem: kobo_store_mem_fail_next_
+ *                   commit). The batch is wholly there or wholly absent,
+ *                   and the store is in its sticky error state. From
+ *                   commit only.
+ *   KOBO_ESTORE     any other storage failure (I/O, a corrupt row, a lock
+ *                   held elsewhere, out of memory). Nothing was committed.
+ *                   After a failed write the store is in its sticky error
+ *                   state; after a failed begin, load or read it is not
+ *                   (nothing was written). From every function.
+ *   KOBO_EFAILED    the store is in its sticky error state: after a failed
+ *                   write or commit, begin() and expired_holds() refuse
+ *                   until the process reopens the store, because memory and
+ *                   disk may disagree (better unavailable than wrong).
+ *                   healthy() reports it (/readyz answers 503).
+ *   KOBO_EINVAL     a caller broke a precondition (begin on a read-only
+ *                   store; a scheme kobo_store_open does not know).
+ *   KOBO_ENOTFOUND  read_account / read_transfer found nothing.
+ *   any other value a load callback returned (see kobo_store_load_fn).
+ *
+ * CONSISTENCY TOKEN
+ *
+ * commit() hands back the shard's commit sequence: a number that grows by
+ * one with every committed batch, is stored in the batch's own transaction
+ * (SQLite: the one-row `meta` table, schema version 3; mem: a counter) and
+ * so survives restarts. A client that saw token T can later ask for "at
+ * least T" (the HTTP header comes later). A fresh shard's first commit
+ * returns 1.
  */
 #ifndef KOBO_STORE_H
 #define KOBO_STORE_H
 
-#include "../ledger/ledger.h"
+#include <stdbool.h>
+
+#include "../ledger/ledger.h" /* the record types only: never kobo_ledger */
 
 typedef struct kobo_store kobo_store;
 typedef struct kobo_store_reader kobo_store_reader;
 
-/* Called once per transfer by history reads; seq orders a shard's transfers
- * (oldest first) and is the history cursor. The transfer and its metadata are
- * valid only during the call. Return non-zero to stop early. */
+/* Called once per transfer found by load_transfers and by history and saga
+ * reads; seq orders a shard's transfers (oldest first) and is the history
+ * cursor. Lifetimes: guarantee 3 above. A load stops at the first non-zero
+ * return and returns that value (the batch stays open: roll it back); a read
+ * stops early and returns KOBO_OK. */
 typedef int (*kobo_store_transfer_fn)(void *ctx, const kobo_transfer *transfer,
                                       int64_t seq);
 
+/* Called once per account found by load_accounts and by
+ * read_accounts_prefix; return values as for kobo_store_transfer_fn. */
+typedef int (*kobo_store_account_fn)(void *ctx, const kobo_account *account);
+
 /* Called once per discrepancy found by audit, with a readable sentence. */
 typedef void (*kobo_store_report_fn)(void *ctx, const char *line);
-
-/* Called once per account by kobo_store_read_accounts_prefix. */
-typedef int (*kobo_store_account_fn)(void *ctx, const kobo_account *account);
 
 typedef struct kobo_audit_totals {
 	size_t accounts;
@@ -57,41 +138,52 @@ typedef struct kobo_audit_totals {
 
 typedef struct kobo_store_ops {
 	/* Starts the batch transaction and takes the write lock. Memory handed
-	 * out by the previous batch's loads becomes invalid. KOBO_EFAILED in the
-	 * sticky error state, KOBO_ESTORE on I/O error. */
+	 * out by the previous batch's loads becomes invalid.
+	 * KOBO_EFAILED, KOBO_ECONFLICT, KOBO_ECONNLOST, KOBO_ESTORE, or
+	 * KOBO_EINVAL on a read-only store. */
 	int (*begin)(kobo_store *store);
-	/* Puts every stored transfer whose id is in ids[0..count) into ledger
-	 * (kobo_ledger_put_transfer); missing ids are skipped. Metadata stays
-	 * valid until the next begin(). */
+	/* Calls each once for every stored transfer whose id is in
+	 * ids[0..count), in ids order; missing ids are skipped. Stops at the
+	 * first non-zero return of each and returns it.
+	 * KOBO_ECONFLICT, KOBO_ECONNLOST, KOBO_ESTORE (sticky only if the
+	 * backend cannot tell the batch apart from what it read). */
 	int (*load_transfers)(kobo_store *store, const char *const *ids,
-	                      size_t count, kobo_ledger *ledger);
-	/* The same for accounts (kobo_ledger_put_account). */
+	                      size_t count, kobo_store_transfer_fn each, void *ctx);
+	/* The same for accounts. */
 	int (*load_accounts)(kobo_store *store, const char *const *ids,
-	                     size_t count, kobo_ledger *ledger);
-	/* Persists kobo_ledger_changed_accounts/transfers: inserts the new
-	 * ones (transfers in list order, which fixes their seq), updates the
-	 * others. */
-	int (*write)(kobo_store *store, const kobo_ledger *ledger);
-	/* Commits durably. On error the batch is not applied and the store is
-	 * in the sticky error state. */
-	int (*commit)(kobo_store *store);
-	/* Abandons the batch. Safe to call after any failed step. */
+	                     size_t count, kobo_store_account_fn each, void *ctx);
+	/* Stages the batch's changes: inserts the records marked is_new
+	 * (transfers in array order, which fixes their seq) and updates the
+	 * others (guarantee 4). Inserting an id that exists, or updating one
+	 * that does not, fails. KOBO_ECONFLICT, KOBO_ECONNLOST, or
+	 * KOBO_ESTORE (sticky). */
+	int (*write)(kobo_store *store, const kobo_account_change *accounts,
+	             size_t account_count, const kobo_transfer_change *transfers,
+	             size_t transfer_count);
+	/* Commits durably and sets *token to the shard's commit sequence after
+	 * this batch (see CONSISTENCY TOKEN). On any error *token is left
+	 * alone: KOBO_ECONFLICT (nothing applied, store healthy), KOBO_EUNKNOWN
+	 * (sticky) or KOBO_ESTORE (nothing applied, sticky). */
+	int (*commit)(kobo_store *store, uint64_t *token);
+	/* Abandons the batch. Safe to call after any failed step, and when no
+	 * batch is open. */
 	void (*rollback)(kobo_store *store);
 	/* Lists up to max ids of holds with status pending and
 	 * 0 < expires_at_ms <= now_ms, oldest expiry first (PROCESSING records,
 	 * whose saga is under way, are not listed). Called by the writer
-	 * outside a batch. */
+	 * outside a batch. KOBO_EFAILED, KOBO_ESTORE (not sticky). */
 	int (*expired_holds)(kobo_store *store, int64_t now_ms,
 	                     char (*ids)[KOBO_ID_LEN_MAX + 1], size_t max,
 	                     size_t *count);
 	/* false once the store is in its sticky error state. Thread-safe. */
 	bool (*healthy)(kobo_store *store);
 
-	/* Opens a read connection for the calling thread. */
+	/* Opens a read connection for the calling thread. KOBO_ESTORE,
+	 * KOBO_ENOMEM. */
 	int (*reader_open)(kobo_store *store, kobo_store_reader **reader);
 	void (*reader_close)(kobo_store_reader *reader);
-	/* KOBO_ENOTFOUND when absent. *out and its metadata are valid until the
-	 * next call on this reader. */
+	/* KOBO_ENOTFOUND when absent, KOBO_ESTORE. *out and its metadata are
+	 * valid until the next call on this reader. */
 	int (*read_account)(kobo_store_reader *reader, const char *id,
 	                    kobo_account *out);
 	int (*read_transfer)(kobo_store_reader *reader, const char *id,
@@ -99,17 +191,17 @@ typedef struct kobo_store_ops {
 	/* Transfers that debit or credit account_id with seq > after_seq
 	 * (0: from the start), oldest first, at most limit, rejected ones
 	 * excluded. A cross-shard leg counts for its from, its to and its
-	 * clearing account alike. */
+	 * clearing account alike. KOBO_ESTORE. */
 	int (*read_history)(kobo_store_reader *reader, const char *account_id,
 	                    int64_t after_seq, size_t limit,
 	                    kobo_store_transfer_fn each, void *ctx);
 	/* DEBIT legs whose saga is under way (saga != NONE) with id > after_id
 	 * ("" from the start), in id order, at most limit: the saga runner's
-	 * recovery scan. seq is passed as in read_history. */
+	 * recovery scan. seq is passed as in read_history. KOBO_ESTORE. */
 	int (*read_sagas)(kobo_store_reader *reader, const char *after_id,
 	                  size_t limit, kobo_store_transfer_fn each, void *ctx);
 	/* Every account whose id starts with prefix, in id order (the audit
-	 * lists clearing accounts with it). */
+	 * lists clearing accounts with it). KOBO_ESTORE. */
 	int (*read_accounts_prefix)(kobo_store_reader *reader, const char *prefix,
 	                            kobo_store_account_fn each, void *ctx);
 
@@ -120,7 +212,7 @@ typedef struct kobo_store_ops {
 	 * kobo_transfer_credit_account; PENDING and PROCESSING records hold);
 	 * no non-negative account has available < 0. Reports each
 	 * discrepancy through report and counts sagas in flight. May run while
-	 * the server writes. */
+	 * the server writes. KOBO_ESTORE when the shard cannot be read. */
 	int (*audit)(kobo_store *store, kobo_store_report_fn report, void *ctx,
 	             kobo_audit_totals *totals);
 
@@ -137,29 +229,45 @@ struct kobo_store_reader {
 	kobo_store *store;
 };
 
-/* Opens (creating and migrating as needed) the SQLite shard file at path:
- * WAL mode, synchronous=FULL, schema versioned by PRAGMA user_version.
- * read_only: open for audit and reads only (begin() returns KOBO_EINVAL).
- * On success *out is owned by the caller until close. */
-int kobo_store_sqlite_open(const char *path, bool read_only, kobo_store **out);
+/* Opens shard `shard` of the store that url names:
+ *   "sqlite:DIR"  the SQLite file DIR/shard-<shard>.db (layout.h), created
+ *                 and migrated as needed unless read_only;
+ *   "mem:"        a fresh, empty in-memory store (shard is ignored).
+ * read_only: for audit and reads; begin() then answers KOBO_EINVAL and a
+ * SQLite file is neither created nor migrated.
+ * Returns KOBO_OK with *out (owned by the caller until kobo_store_close),
+ * KOBO_EINVAL for a url this build cannot open (a sentence naming the
+ * schemes it supports goes to stderr), KOBO_ENOMEM, or KOBO_ESTORE (the
+ * backend could not open it; logged). *out is NULL on error. */
+int kobo_store_open(const char *url, uint32_t shard, bool read_only,
+                    kobo_store **out);
 
 /* Thin wrappers so callers read as prose. */
 static inline int kobo_store_begin(kobo_store *s) { return s->ops->begin(s); }
 static inline int kobo_store_load_transfers(kobo_store *s, const char *const *ids,
-                                            size_t n, kobo_ledger *l)
+                                            size_t n, kobo_store_transfer_fn each,
+                                            void *ctx)
 {
-	return s->ops->load_transfers(s, ids, n, l);
+	return s->ops->load_transfers(s, ids, n, each, ctx);
 }
 static inline int kobo_store_load_accounts(kobo_store *s, const char *const *ids,
-                                           size_t n, kobo_ledger *l)
+                                           size_t n, kobo_store_account_fn each,
+                                           void *ctx)
 {
-	return s->ops->load_accounts(s, ids, n, l);
+	return s->ops->load_accounts(s, ids, n, each, ctx);
 }
-static inline int kobo_store_write(kobo_store *s, const kobo_ledger *l)
+static inline int kobo_store_write(kobo_store *s,
+                                   const kobo_account_change *accounts,
+                                   size_t account_count,
+                                   const kobo_transfer_change *transfers,
+                                   size_t transfer_count)
 {
-	return s->ops->write(s, l);
+	return s->ops->write(s, accounts, account_count, transfers, transfer_count);
 }
-static inline int kobo_store_commit(kobo_store *s) { return s->ops->commit(s); }
+static inline int kobo_store_commit(kobo_store *s, uint64_t *token)
+{
+	return s->ops->commit(s, token);
+}
 static inline void kobo_store_rollback(kobo_store *s) { s->ops->rollback(s); }
 static inline bool kobo_store_healthy(kobo_store *s) { return s->ops->healthy(s); }
 static inline void kobo_store_close(kobo_store *s) { s->ops->close(s); }

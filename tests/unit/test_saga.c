@@ -23,7 +23,6 @@
 
 #include "../../src/obs/obs.h"
 #include "../../src/saga/saga.h"
-#include "../../src/store/mem/store_mem.h"
 
 /* ---- The pure protocol. ---- */
 
@@ -390,7 +389,7 @@ static int world_setup(void **state)
 	kobo_log_set_level(KOBO_LOG_ERROR);
 	kobo_shard_map_default(&w->map, SHARDS);
 	for (uint32_t i = 0; i < SHARDS; i++)
-		assert_int_equal(kobo_store_mem_open(&w->stores[i]), KOBO_OK);
+		assert_int_equal(kobo_store_open("mem:", i, false, &w->stores[i]), KOBO_OK);
 	world_start_runner(w, 0);
 	world_start_shards(w, true);
 	assert_int_equal(kobo_saga_runner_start(w->runner), KOBO_OK);
@@ -681,7 +680,7 @@ static void blind_world_start(world *w, blind_world *b, kobo_saga_config config)
 	char payer[32], payee[32];
 	parties(w, "blind", 0, 1, 1000, payer, payee);
 	world_stop(w);
-	assert_int_equal(kobo_store_mem_open(&b->empty), KOBO_OK);
+	assert_int_equal(kobo_store_open("mem:", 0, false, &b->empty), KOBO_OK);
 	kobo_shard_config blind_config = { .index = 0 };
 	assert_int_equal(kobo_shard_start(b->empty, &blind_config, &b->blind), KOBO_OK);
 	b->runner_shards[0] = b->blind;

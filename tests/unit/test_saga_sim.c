@@ -881,8 +881,9 @@ static void writer_step(sim *s, uint32_t shard, size_t count)
 		kobo_store_mem_fail_next_commit(s->stores[shard], armed == FAULT_APPLIED);
 	}
 	int64_t commit_us;
+	uint64_t token;
 	int rc = kobo_batch_run(s->stores[shard], s->ledgers[shard], ops, count,
-	                        s->now_ms, results, ids, &commit_us);
+	                        s->now_ms, results, ids, &commit_us, &token);
 	s->stats.batches++;
 	s->stats.ops_run += count;
 
@@ -896,7 +897,7 @@ static void writer_step(sim *s, uint32_t shard, size_t count)
 	          summary);
 
 	if (rc != KOBO_OK) {
-		if (rc != KOBO_ESTORE || armed == FAULT_NONE) {
+		if (rc != KOBO_EUNKNOWN || armed == FAULT_NONE) {
 			sim_fail(s, CHECK_RUN, "batch of %zu ops on shard %u failed "
 			         "with %d and no fault armed", count, shard, rc);
 		} else {
@@ -1490,8 +1491,10 @@ static void run_direct(sim *s, uint32_t shard, const kobo_op *ops, size_t count,
 {
 	const char *ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(SIM_BATCH_OPS_MAX)];
 	int64_t commit_us;
+	uint64_t token;
 	assert_int_equal(kobo_batch_run(s->stores[shard], s->ledgers[shard], ops,
-	                                count, s->now_ms, results, ids, &commit_us),
+	                                count, s->now_ms, results, ids, &commit_us,
+	                                &token),
 	                 KOBO_OK);
 }
 
@@ -1570,7 +1573,7 @@ static void sim_open(sim *s, uint64_t seed, size_t ops, sim_bug bug, bool quiet)
 	s->now_ms = SIM_START_MS;
 	kobo_shard_map_default(&s->map, s->shard_count);
 	for (uint32_t i = 0; i < s->shard_count; i++) {
-		assert_int_equal(kobo_store_mem_open(&s->stores[i]), KOBO_OK);
+		assert_int_equal(kobo_store_open("mem:", i, false, &s->stores[i]), KOBO_OK);
 		assert_int_equal(kobo_store_reader_open(s->stores[i], &s->readers[i]),
 		                 KOBO_OK);
 		s->ledgers[i] = kobo_ledger_create(SIM_BATCH_OPS_MAX);

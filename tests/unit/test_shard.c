@@ -21,6 +21,7 @@
 
 #include "../../src/obs/obs.h"
 #include "../../src/shard/shard.h"
+#include "../../src/store/mem/store_mem.h"
 
 typedef struct fixture {
 	char dir[64];
@@ -38,7 +39,9 @@ static int setup(void **state)
 	snprintf(f->dir, sizeof(f->dir), "/tmp/kobo-test-shard-XXXXXX");
 	assert_non_null(mkdtemp(f->dir));
 	snprintf(f->path, sizeof(f->path), "%s/shard-0.db", f->dir);
-	assert_int_equal(kobo_store_sqlite_open(f->path, false, &f->store), KOBO_OK);
+	char url[96];
+	snprintf(url, sizeof(url), "sqlite:%s", f->dir);
+	assert_int_equal(kobo_store_open(url, 0, false, &f->store), KOBO_OK);
 	atomic_store(&fake_now_ms, 1764064800000); /* 2025-11-25T10:00:00Z */
 	kobo_log_set_level(KOBO_LOG_WARN);
 	*state = f;
@@ -570,6 +573,87 @@ static void holds_expire_after_the_wall_clock_steps_back(void **state)
 	assert_int_equal(t.void_reason, KOBO_VOID_EXPIRED);
 }
 
+/* A batch that breaks a ledger precondition (an amount of 0, which the edge
+ * never lets through) is a programmer error: its requests are answered
+ * KOBO_EINVAL (the edge answers 500 internal_error), nothing of it is
+ * applied, the store stays healthy and the writer goes on. */
+static void ledger_refusal_is_answered_as_a_programmer_error(void **state)
+{
+	fixture *f = *state;
+	start(f, 0, 0);
+	create_accounts(f);
+
+	call bad;
+	call_init(&bad, 2);
+	op_transfer(&bad.ops[0], "tx:fine", "cash", "alice", 100, 0);
+	op_transfer(&bad.ops[1], "tx:zero", "cash", "alice", 0, 0);
+	assert_int_equal(kobo_shard_submit(f->shard, &bad.request), KOBO_OK);
+	sem_wait(&bad.answered);
+	assert_int_equal(bad.request.status, KOBO_EINVAL);
+	assert_int_equal(atomic_load(&bad.done_count), 1);
+	assert_true(kobo_shard_ready(f->shard));
+
+	call good;
+	call_init(&good, 1);
+	op_transfer(&good.ops[0], "tx:after", "cash", "alice", 500, 0);
+	submit_and_wait(f->shard, &good);
+	assert_int_equal(good.results[0].code, KOBO_RESULT_CREATED);
+
+	kobo_store_reader *reader;
+	kobo_transfer t;
+	kobo_account alice;
+	assert_int_equal(kobo_store_reader_open(f->store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_transfer(reader, "tx:fine", &t), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_read_transfer(reader, "tx:zero", &t), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &alice), KOBO_OK);
+	assert_int_equal(alice.posted, 500);
+	kobo_store_reader_close(reader);
+}
+
+/* A batch the store answers KOBO_ECONFLICT (nothing committed) is run
+ * again, up to KOBO_SHARD_CONFLICT_RERUNS_MAX more times; past that its
+ * requests get the conflict (the edge's 503) and nothing is applied. */
+static void conflicts_rerun_the_batch_a_bounded_number_of_times(void **state)
+{
+	fixture *f = *state;
+	kobo_store_close(f->store);
+	assert_int_equal(kobo_store_open("mem:", 0, false, &f->store), KOBO_OK);
+	start(f, 0, 0);
+	create_accounts(f);
+
+	call c;
+	call_init(&c, 1);
+	op_transfer(&c.ops[0], "tx:1", "cash", "alice", 500, 0);
+	kobo_store_mem_conflict_next_commits(f->store, KOBO_SHARD_CONFLICT_RERUNS_MAX);
+	submit_and_wait(f->shard, &c);
+	assert_int_equal(c.results[0].code, KOBO_RESULT_CREATED);
+
+	call d;
+	call_init(&d, 1);
+	op_transfer(&d.ops[0], "tx:2", "cash", "alice", 700, 0);
+	kobo_store_mem_conflict_next_commits(f->store, KOBO_SHARD_CONFLICT_RERUNS_MAX + 1);
+	assert_int_equal(kobo_shard_submit(f->shard, &d.request), KOBO_OK);
+	sem_wait(&d.answered);
+	assert_int_equal(d.request.status, KOBO_ECONFLICT);
+	assert_true(kobo_shard_ready(f->shard));
+
+	kobo_store_reader *reader;
+	kobo_transfer t;
+	kobo_account alice;
+	assert_int_equal(kobo_store_reader_open(f->store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_transfer(reader, "tx:2", &t), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &alice), KOBO_OK);
+	assert_int_equal(alice.posted, 500);
+	kobo_store_reader_close(reader);
+
+	/* The retry with the same id applies it, once. */
+	call e;
+	call_init(&e, 1);
+	op_transfer(&e.ops[0], "tx:2", "cash", "alice", 700, 0);
+	submit_and_wait(f->shard, &e);
+	assert_int_equal(e.results[0].code, KOBO_RESULT_CREATED);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -587,6 +671,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(holds_expire_on_the_writer_clock, setup,
 		                                teardown),
 		cmocka_unit_test_setup_teardown(holds_expire_after_the_wall_clock_steps_back,
+		                                setup, teardown),
+		cmocka_unit_test_setup_teardown(ledger_refusal_is_answered_as_a_programmer_error,
+		                                setup, teardown),
+		cmocka_unit_test_setup_teardown(conflicts_rerun_the_batch_a_bounded_number_of_times,
 		                                setup, teardown),
 	};
 	return cmocka_run_group_tests_name("shard", tests, NULL, NULL);

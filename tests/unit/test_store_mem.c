@@ -37,7 +37,7 @@ static int setup(void **state)
 {
 	env *e = calloc(1, sizeof *e);
 	assert_non_null(e);
-	assert_int_equal(kobo_store_mem_open(&e->store), KOBO_OK);
+	assert_int_equal(kobo_store_open("mem:", 0, false, &e->store), KOBO_OK);
 	assert_non_null(e->store);
 	e->ledger = kobo_ledger_create(TEST_OPS_MAX);
 	assert_non_null(e->ledger);
@@ -52,6 +52,42 @@ static int teardown(void **state)
 	kobo_ledger_destroy(e->ledger);
 	free(e);
 	return 0;
+}
+
+/* ---- The store seam (store.h): records in, records out. ---- */
+
+/* Load callbacks the way src/shard/batch.c puts rows into the ledger. */
+static int put_transfer(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	(void)seq;
+	return kobo_ledger_put_transfer(ctx, transfer);
+}
+
+static int put_account(void *ctx, const kobo_account *account)
+{
+	return kobo_ledger_put_account(ctx, account);
+}
+
+/* write() with the ledger's change lists. */
+static int write_changes(kobo_store *store, const kobo_ledger *ledger)
+{
+	const kobo_account_change *accounts;
+	const kobo_transfer_change *transfers;
+	size_t account_count = kobo_ledger_changed_accounts(ledger, &accounts);
+	size_t transfer_count = kobo_ledger_changed_transfers(ledger, &transfers);
+	return kobo_store_write(store, accounts, account_count, transfers,
+	                        transfer_count);
+}
+
+/* commit(), keeping the consistency token in *last_token (when not NULL). */
+static uint64_t last_token;
+static int commit_batch(kobo_store *store)
+{
+	uint64_t token = 0;
+	int rc = kobo_store_commit(store, &token);
+	if (rc == KOBO_OK)
+		last_token = token;
+	return rc;
 }
 
 /* ---- Batches. ---- */
@@ -76,7 +112,8 @@ static int run_batch_ex(env *e, const kobo_op *ops, size_t count, int64_t now_ms
 	if (rc != KOBO_OK)
 		return rc;
 	kobo_ledger_transfer_ids(ops, count, transfer_ids, &transfer_count);
-	rc = kobo_store_load_transfers(e->store, transfer_ids, transfer_count, e->ledger);
+	rc = kobo_store_load_transfers(e->store, transfer_ids, transfer_count,
+	                               put_transfer, e->ledger);
 	if (rc != KOBO_OK)
 		goto fail;
 	kobo_ledger_account_ids(e->ledger, ops, count, account_ids, &account_count);
@@ -88,17 +125,18 @@ static int run_batch_ex(env *e, const kobo_op *ops, size_t count, int64_t now_ms
 				account_ids[kept++] = account_ids[i];
 		account_count = kept;
 	}
-	rc = kobo_store_load_accounts(e->store, account_ids, account_count, e->ledger);
+	rc = kobo_store_load_accounts(e->store, account_ids, account_count,
+	                              put_account, e->ledger);
 	if (rc != KOBO_OK)
 		goto fail;
 	assert_int_equal(kobo_ledger_apply(e->ledger, ops, count, now_ms, e->results),
 	                 KOBO_OK);
-	rc = kobo_store_write(e->store, e->ledger);
+	rc = write_changes(e->store, e->ledger);
 	if (rc != KOBO_OK)
 		goto fail;
 	if (!commit)
 		return KOBO_OK;
-	rc = kobo_store_commit(e->store);
+	rc = commit_batch(e->store);
 	if (rc != KOBO_OK)
 		goto fail;
 	return KOBO_OK;
@@ -358,7 +396,7 @@ static void reader_sees_committed_batches_only(void **state)
 	assert_audit_clean(e, &totals);
 	assert_int_equal(totals.transfers, 1);
 
-	assert_int_equal(kobo_store_commit(e->store), KOBO_OK);
+	assert_int_equal(commit_batch(e->store), KOBO_OK);
 	assert_int_equal(kobo_store_read_account(reader, "dave", &account), KOBO_OK);
 	assert_int_equal(read_account_ok(reader, "alice").posted, 9600);
 	memset(&s, 0, sizeof s);
@@ -893,7 +931,7 @@ static void failed_commit_not_applied_is_sticky_until_restart(void **state)
 		test_op_transfer("t-lost", "alice", "bob", 500, false, 0),
 	};
 	kobo_store_mem_fail_next_commit(e->store, false);
-	assert_int_equal(run_batch(e, ops, 2, 2000), KOBO_ESTORE);
+	assert_int_equal(run_batch(e, ops, 2, 2000), KOBO_EUNKNOWN);
 	assert_false(kobo_store_healthy(e->store));
 	kobo_store_rollback(e->store);
 	assert_int_equal(kobo_store_begin(e->store), KOBO_EFAILED);
@@ -931,7 +969,7 @@ static void failed_commit_applied_lands_but_is_sticky_until_restart(void **state
 		test_op_transfer("t-landed", "alice", "bob", 500, false, 0),
 	};
 	kobo_store_mem_fail_next_commit(e->store, true);
-	assert_int_equal(run_batch(e, ops, 2, 2000), KOBO_ESTORE);
+	assert_int_equal(run_batch(e, ops, 2, 2000), KOBO_EUNKNOWN);
 	assert_false(kobo_store_healthy(e->store));
 	assert_int_equal(kobo_store_begin(e->store), KOBO_EFAILED);
 
@@ -970,7 +1008,7 @@ static void restart_drops_open_batch_and_fault_fires_once(void **state)
 	assert_int_equal(kobo_store_read_account(reader, "open", &account), KOBO_ENOTFOUND);
 
 	kobo_store_mem_fail_next_commit(e->store, false);
-	assert_int_equal(run_batch(e, ops, 1, 3000), KOBO_ESTORE);
+	assert_int_equal(run_batch(e, ops, 1, 3000), KOBO_EUNKNOWN);
 	kobo_store_mem_restart(e->store);
 	assert_int_equal(run_batch(e, ops, 1, 4000), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
@@ -996,7 +1034,7 @@ static void write_refused_by_a_constraint_is_sticky(void **state)
 	/* No load: the ledger believes alice is new. */
 	assert_int_equal(kobo_ledger_apply(e->ledger, ops, 1, 2000, e->results), KOBO_OK);
 	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
-	assert_int_equal(kobo_store_write(e->store, e->ledger), KOBO_ESTORE);
+	assert_int_equal(write_changes(e->store, e->ledger), KOBO_ESTORE);
 	kobo_store_rollback(e->store);
 	assert_false(kobo_store_healthy(e->store));
 	assert_int_equal(kobo_store_begin(e->store), KOBO_EFAILED);
@@ -1061,9 +1099,115 @@ static void many_transfers_stay_linear(void **state)
 	assert_int_equal(totals.sagas_in_flight, BATCHES * PER_BATCH / 2);
 }
 
+/* ---- The seam: tokens, conflicts, load callbacks, URLs. ---- */
+
+/* Every committed batch moves the commit sequence on by one; a batch that
+ * did not land does not; it survives a restart. */
+static void commit_token_counts_committed_batches(void **state)
+{
+	env *e = *state;
+	kobo_op a[] = {test_op_account("t1", "NGN", false, NULL)};
+	kobo_op b[] = {test_op_account("t2", "NGN", false, NULL)};
+	kobo_op c[] = {test_op_account("t3", "NGN", false, NULL)};
+	kobo_op d[] = {test_op_account("t4", "NGN", false, NULL)};
+
+	assert_int_equal(run_batch(e, a, 1, 1000), KOBO_OK);
+	assert_int_equal(last_token, 1);
+	assert_int_equal(run_batch(e, b, 1, 1000), KOBO_OK);
+	assert_int_equal(last_token, 2);
+	kobo_store_mem_fail_next_commit(e->store, false); /* lost: not counted */
+	assert_int_equal(run_batch(e, c, 1, 1000), KOBO_EUNKNOWN);
+	assert_int_equal(last_token, 2);
+	kobo_store_mem_restart(e->store);
+	kobo_store_mem_fail_next_commit(e->store, true); /* landed: counted */
+	assert_int_equal(run_batch(e, c, 1, 1000), KOBO_EUNKNOWN);
+	kobo_store_mem_restart(e->store);
+	assert_int_equal(run_batch(e, d, 1, 1000), KOBO_OK);
+	assert_int_equal(last_token, 4);
+}
+
+/* KOBO_ECONFLICT: nothing lands, the store stays healthy, the batch is
+ * over (rollback is harmless) and re-running it works. */
+static void conflict_applies_nothing_and_stays_healthy(void **state)
+{
+	env *e = *state;
+	kobo_store_reader *reader = NULL;
+	kobo_account account;
+
+	seed(e, 1000);
+	uint64_t before = last_token;
+	kobo_op ops[] = {test_op_transfer("t-c", "alice", "bob", 300, false, 0)};
+	kobo_store_mem_conflict_next_commits(e->store, 2);
+	assert_int_equal(run_batch(e, ops, 1, 2000), KOBO_ECONFLICT);
+	assert_true(kobo_store_healthy(e->store));
+	assert_int_equal(run_batch(e, ops, 1, 2000), KOBO_ECONFLICT);
+	assert_int_equal(last_token, before);
+	assert_int_equal(kobo_store_reader_open(e->store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_transfer(reader, "t-c", &(kobo_transfer){0}),
+	                 KOBO_ENOTFOUND);
+	assert_int_equal(run_batch(e, ops, 1, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+	assert_int_equal(last_token, before + 1);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 9700);
+	kobo_store_reader_close(reader);
+}
+
+static int stop_with_efull(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	(void)transfer;
+	(void)seq;
+	(*(int *)ctx)++;
+	return KOBO_EFULL;
+}
+
+/* A load hands back the callback's first non-zero answer; the batch stays
+ * open until rolled back and the store stays healthy. */
+static void load_stops_at_the_callbacks_answer(void **state)
+{
+	env *e = *state;
+	kobo_op ops[] = {
+		test_op_transfer("t-a", "alice", "bob", 1, false, 0),
+		test_op_transfer("t-b", "alice", "bob", 1, false, 0),
+	};
+	seed(e, 1000);
+	assert_int_equal(run_batch(e, ops, 2, 2000), KOBO_OK);
+	const char *ids[] = {"t-a", "t-b"};
+	int calls = 0;
+	assert_int_equal(kobo_store_begin(e->store), KOBO_OK);
+	assert_int_equal(kobo_store_load_transfers(e->store, ids, 2, stop_with_efull,
+	                                           &calls), KOBO_EFULL);
+	assert_int_equal(calls, 1);
+	kobo_store_rollback(e->store);
+	assert_true(kobo_store_healthy(e->store));
+	assert_int_equal(kobo_store_begin(e->store), KOBO_OK);
+	kobo_store_rollback(e->store);
+}
+
+/* kobo_store_open knows sqlite: and mem:; anything else is refused. */
+static void open_refuses_unknown_schemes(void **state)
+{
+	(void)state;
+	const char *refused[] = {"postgresql://kobo@localhost/kobo", "mem:extra",
+	                         "sqlite:", "", "file:/tmp/x"};
+	for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+		kobo_store *store = (kobo_store *)1;
+		assert_int_equal(kobo_store_open(refused[i], 0, false, &store), KOBO_EINVAL);
+		assert_null(store);
+	}
+	kobo_store *read_only = NULL;
+	assert_int_equal(kobo_store_open("mem:", 3, true, &read_only), KOBO_OK);
+	assert_int_equal(kobo_store_begin(read_only), KOBO_EINVAL);
+	kobo_store_close(read_only);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(commit_token_counts_committed_batches, setup, teardown),
+		cmocka_unit_test_setup_teardown(conflict_applies_nothing_and_stays_healthy, setup, teardown),
+		cmocka_unit_test_setup_teardown(load_stops_at_the_callbacks_answer, setup, teardown),
+		cmocka_unit_test(open_refuses_unknown_schemes),
 		cmocka_unit_test_setup_teardown(batch_round_trip_through_ledger, setup, teardown),
 		cmocka_unit_test_setup_teardown(loaded_metadata_lives_until_next_begin, setup, teardown),
 		cmocka_unit_test_setup_teardown(rollback_leaves_nothing, setup, teardown),

@@ -247,6 +247,42 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* ---- The store seam (store.h): records in, records out. ---- */
+
+/* Load callbacks the way src/shard/batch.c puts rows into the ledger. */
+static int put_transfer(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	(void)seq;
+	return kobo_ledger_put_transfer(ctx, transfer);
+}
+
+static int put_account(void *ctx, const kobo_account *account)
+{
+	return kobo_ledger_put_account(ctx, account);
+}
+
+/* write() with the ledger's change lists. */
+static int write_changes(kobo_store *store, const kobo_ledger *ledger)
+{
+	const kobo_account_change *accounts;
+	const kobo_transfer_change *transfers;
+	size_t account_count = kobo_ledger_changed_accounts(ledger, &accounts);
+	size_t transfer_count = kobo_ledger_changed_transfers(ledger, &transfers);
+	return kobo_store_write(store, accounts, account_count, transfers,
+	                        transfer_count);
+}
+
+/* commit(), keeping the consistency token in *last_token (when not NULL). */
+static uint64_t last_token;
+static int commit_batch(kobo_store *store)
+{
+	uint64_t token = 0;
+	int rc = kobo_store_commit(store, &token);
+	if (rc == KOBO_OK)
+		last_token = token;
+	return rc;
+}
+
 /* One batch the way the shard writer runs it. Returns the first failing
  * store status (after rolling back), or KOBO_OK once committed. When
  * commit is false the batch stops after write() (the transaction stays
@@ -266,21 +302,23 @@ static int run_batch_ex(env *e, kobo_store *store, const kobo_op *ops, size_t co
 	if (rc != KOBO_OK)
 		return rc;
 	kobo_ledger_transfer_ids(ops, count, transfer_ids, &transfer_count);
-	rc = kobo_store_load_transfers(store, transfer_ids, transfer_count, e->ledger);
+	rc = kobo_store_load_transfers(store, transfer_ids, transfer_count,
+	                               put_transfer, e->ledger);
 	if (rc != KOBO_OK)
 		goto fail;
 	kobo_ledger_account_ids(e->ledger, ops, count, account_ids, &account_count);
-	rc = kobo_store_load_accounts(store, account_ids, account_count, e->ledger);
+	rc = kobo_store_load_accounts(store, account_ids, account_count,
+	                              put_account, e->ledger);
 	if (rc != KOBO_OK)
 		goto fail;
 	assert_int_equal(kobo_ledger_apply(e->ledger, ops, count, now_ms, e->results),
 	                 KOBO_OK);
-	rc = kobo_store_write(store, e->ledger);
+	rc = write_changes(store, e->ledger);
 	if (rc != KOBO_OK)
 		goto fail;
 	if (!commit)
 		return KOBO_OK;
-	rc = kobo_store_commit(store);
+	rc = commit_batch(store);
 	if (rc != KOBO_OK)
 		goto fail;
 	return KOBO_OK;
@@ -295,10 +333,22 @@ static int run_batch(env *e, kobo_store *store, const kobo_op *ops, size_t count
 	return run_batch_ex(e, store, ops, count, now_ms, true);
 }
 
+/* Opens the shard file at path, DIR/shard-0.db, the way kobod does:
+ * kobo_store_open("sqlite:DIR", 0, …). */
+static int open_path(const char *path, bool read_only, kobo_store **store)
+{
+	char url[PATH_MAX + 16];
+	const char *slash = strrchr(path, '/');
+	assert_non_null(slash);
+	assert_string_equal(slash, "/shard-0.db");
+	snprintf(url, sizeof url, "sqlite:%.*s", (int)(slash - path), path);
+	return kobo_store_open(url, 0, read_only, store);
+}
+
 static kobo_store *open_store(const char *path)
 {
 	kobo_store *store = NULL;
-	assert_int_equal(kobo_store_sqlite_open(path, false, &store), KOBO_OK);
+	assert_int_equal(open_path(path, false, &store), KOBO_OK);
 	assert_non_null(store);
 	return store;
 }
@@ -355,7 +405,7 @@ static void open_migrates_and_reopen_keeps_data(void **state)
 	kobo_store_close(store);
 
 	sqlite3 *db = raw_open(e->path);
-	assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_SQLITE_SCHEMA_VERSION);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE status = 'posted'"), 1);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE leg = 'local'"
 	                         " AND clearing = '' AND saga = 'none'"), 1);
@@ -376,7 +426,7 @@ static void open_migrates_and_reopen_keeps_data(void **state)
 	kobo_store_close(store);
 
 	db = raw_open(e->path);
-	assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_SQLITE_SCHEMA_VERSION);
 	sqlite3_close(db);
 }
 
@@ -388,9 +438,9 @@ static void newer_schema_version_is_refused(void **state)
 
 	raw_exec(e->path, "PRAGMA user_version = 99");
 	store = (kobo_store *)1;
-	assert_int_equal(kobo_store_sqlite_open(e->path, false, &store), KOBO_ESTORE);
+	assert_int_equal(open_path(e->path, false, &store), KOBO_ESTORE);
 	assert_null(store);
-	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_ESTORE);
+	assert_int_equal(open_path(e->path, true, &store), KOBO_ESTORE);
 	assert_null(store);
 
 	/* The refusal changed nothing. */
@@ -497,11 +547,11 @@ static void v1_file_migrates_to_v2_keeping_its_data(void **state)
 
 	write_v1_file(e->path);
 	/* Read-only opens never migrate: the file is refused as it is. */
-	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_ESTORE);
+	assert_int_equal(open_path(e->path, true, &store), KOBO_ESTORE);
 	store = open_store(e->path);
 
 	sqlite3 *db = raw_open(e->path);
-	assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_SQLITE_SCHEMA_VERSION);
 	/* Every v1 row became an ordinary local transfer. */
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE leg = 'local'"
 	                         " AND clearing = '' AND saga = 'none'"
@@ -560,7 +610,7 @@ static void v1_file_migrates_to_v2_keeping_its_data(void **state)
 	store = open_store(e->path);
 	kobo_store_close(store);
 	db = raw_open(e->path);
-	assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_SQLITE_SCHEMA_VERSION);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers"), 4);
 	sqlite3_close(db);
 }
@@ -575,16 +625,16 @@ static void read_only_refuses_unmigrated_file_and_begin(void **state)
 	char ids[1][KOBO_ID_LEN_MAX + 1];
 
 	/* Absent file: read-only never creates it. */
-	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_ESTORE);
+	assert_int_equal(open_path(e->path, true, &store), KOBO_ESTORE);
 	assert_int_equal(access(e->path, F_OK), -1);
 	/* A SQLite file nobody migrated. */
 	raw_exec(e->path, "CREATE TABLE unrelated (x)");
-	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_ESTORE);
+	assert_int_equal(open_path(e->path, true, &store), KOBO_ESTORE);
 	assert_null(store);
 
 	kobo_store *writer = open_store(e->path); /* migrates */
 	seed(e, writer, 1000);
-	assert_int_equal(kobo_store_sqlite_open(e->path, true, &store), KOBO_OK);
+	assert_int_equal(open_path(e->path, true, &store), KOBO_OK);
 	assert_int_equal(kobo_store_begin(store), KOBO_EINVAL);
 	assert_true(kobo_store_healthy(store));
 	assert_int_equal(kobo_store_expired_holds(store, 5000, ids, 1, &count), KOBO_OK);
@@ -778,7 +828,7 @@ static void reader_sees_committed_batches_only(void **state)
 	assert_int_equal(kobo_store_read_account(reader, "dave", &account), KOBO_ENOTFOUND);
 	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
 	assert_int_equal(account.posted, 10000);
-	assert_int_equal(kobo_store_commit(store), KOBO_OK);
+	assert_int_equal(commit_batch(store), KOBO_OK);
 	assert_int_equal(kobo_store_read_account(reader, "dave", &account), KOBO_OK);
 	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
 	assert_int_equal(account.posted, 9600);
@@ -1005,7 +1055,7 @@ static void audit_passes_sound_data_and_reports_tampering(void **state)
 	assert_int_equal(totals.transfers, 5);
 
 	/* A read-only store audits the same file while the writer has it open. */
-	assert_int_equal(kobo_store_sqlite_open(e->path, true, &read_only), KOBO_OK);
+	assert_int_equal(open_path(e->path, true, &read_only), KOBO_OK);
 	assert_int_equal(kobo_store_audit(read_only, collect_report, &log, &totals), KOBO_OK);
 	assert_int_equal(totals.problems, 0);
 
@@ -1585,7 +1635,7 @@ static void commit_write_fault_makes_store_sticky_failed(void **state)
 
 	fault_vfs_register();
 	snprintf(uri, sizeof uri, "file:%s?vfs=kobo_fault", e->path);
-	assert_int_equal(kobo_store_sqlite_open(uri, false, &store), KOBO_OK);
+	assert_int_equal(store_sqlite_open(uri, false, &store), KOBO_OK);
 	seed(e, store, 1000);
 
 	kobo_op ops[] = {
@@ -1594,7 +1644,7 @@ static void commit_write_fault_makes_store_sticky_failed(void **state)
 	};
 	assert_int_equal(run_batch_ex(e, store, ops, 2, 2000, false), KOBO_OK);
 	atomic_store(&fault_fail_writes, true);
-	assert_int_not_equal(kobo_store_commit(store), KOBO_OK);
+	assert_int_not_equal(commit_batch(store), KOBO_OK);
 	atomic_store(&fault_fail_writes, false);
 
 	assert_false(kobo_store_healthy(store));
@@ -1632,7 +1682,7 @@ static void commit_sync_fault_makes_store_sticky_failed(void **state)
 
 	fault_vfs_register();
 	snprintf(uri, sizeof uri, "file:%s?vfs=kobo_fault", e->path);
-	assert_int_equal(kobo_store_sqlite_open(uri, false, &store), KOBO_OK);
+	assert_int_equal(store_sqlite_open(uri, false, &store), KOBO_OK);
 	seed(e, store, 1000);
 
 	kobo_op ops[] = {
@@ -1640,7 +1690,7 @@ static void commit_sync_fault_makes_store_sticky_failed(void **state)
 	};
 	assert_int_equal(run_batch_ex(e, store, ops, 1, 2000, false), KOBO_OK);
 	atomic_store(&fault_fail_syncs, true);
-	assert_int_not_equal(kobo_store_commit(store), KOBO_OK);
+	assert_int_not_equal(commit_batch(store), KOBO_OK);
 	atomic_store(&fault_fail_syncs, false);
 	assert_false(kobo_store_healthy(store));
 	assert_int_equal(kobo_store_begin(store), KOBO_EFAILED);
@@ -1653,9 +1703,60 @@ static void commit_sync_fault_makes_store_sticky_failed(void **state)
 	kobo_store_close(store);
 }
 
+/* ---- The seam: the commit sequence. ---- */
+
+/* Every committed batch moves the commit sequence on by one, in the
+ * batch's own transaction (the meta row), and a reopen goes on from it. */
+static void commit_token_grows_and_survives_reopen(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_op a[] = {test_op_account("t1", "NGN", false, NULL)};
+	kobo_op b[] = {test_op_account("t2", "NGN", false, NULL)};
+	kobo_op c[] = {test_op_account("t3", "NGN", false, NULL)};
+
+	assert_int_equal(run_batch(e, store, a, 1, 1000), KOBO_OK);
+	assert_int_equal(last_token, 1);
+	assert_int_equal(run_batch(e, store, b, 1, 1000), KOBO_OK);
+	assert_int_equal(last_token, 2);
+	/* Rolled back: not counted. */
+	assert_int_equal(run_batch_ex(e, store, c, 1, 1000, false), KOBO_OK);
+	kobo_store_rollback(store);
+	kobo_store_close(store);
+
+	sqlite3 *db = raw_open(e->path);
+	assert_int_equal(raw_int(db, "SELECT commit_seq FROM meta WHERE id = 1"), 2);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM meta"), 1);
+	sqlite3_close(db);
+
+	store = open_store(e->path);
+	assert_int_equal(run_batch(e, store, c, 1, 1000), KOBO_OK);
+	assert_int_equal(last_token, 3);
+	kobo_store_close(store);
+}
+
+static void open_refuses_unknown_schemes(void **state)
+{
+	env *e = *state;
+	char url[PATH_MAX + 16];
+	kobo_store *store = (kobo_store *)1;
+	assert_int_equal(kobo_store_open("postgresql://kobo@localhost/kobo", 0, false,
+	                                 &store), KOBO_EINVAL);
+	assert_null(store);
+	/* sqlite:DIR names shard N's file DIR/shard-N.db. */
+	snprintf(url, sizeof url, "sqlite:%s", e->dir);
+	assert_int_equal(kobo_store_open(url, 7, false, &store), KOBO_OK);
+	kobo_store_close(store);
+	char path[PATH_MAX + 32];
+	snprintf(path, sizeof path, "%s/shard-7.db", e->dir);
+	assert_int_equal(access(path, F_OK), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(commit_token_grows_and_survives_reopen, setup, teardown),
+		cmocka_unit_test_setup_teardown(open_refuses_unknown_schemes, setup, teardown),
 		cmocka_unit_test_setup_teardown(open_migrates_and_reopen_keeps_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(newer_schema_version_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(v1_file_migrates_to_v2_keeping_its_data, setup, teardown),

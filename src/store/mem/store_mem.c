@@ -19,26 +19,27 @@
  * One mutex guards the committed rows; readers, the audit, the expiry scan
  * and commit take it, and nobody calls back into the caller while holding
  * it: reads copy what they found (a snapshot) under the mutex, then
- * deliver it. An update rewrites only what the ledger may change after
- * creation, the same columns as SQLite: an account's posted, pending_out
- * and pending_in; a transfer's status, posted_amount, void_reason,
- * error_code, updated_at_ms, saga, saga_amount and saga_reason.
+ * deliver it. An update rewrites only what may change after creation,
+ * the same columns as SQLite: an account's posted, pending_out and
+ * pending_in; a transfer's kobo_transfer_state (ledger.h, the one list of
+ * a transfer's mutable fields), moved with kobo_transfer_state_of/_set.
  *
- * Batches. write() stages copies of the ledger's changed rows in a batch of
- * its own (two more row tables, writer thread only) and checks them as
- * SQLite's constraints would: inserting an id that exists, or updating one
- * that does not, is a failed write. commit() applies the staged rows under
- * the mutex after reserving every array and index it needs, so applying
- * cannot fail half-way. Until then readers see nothing of the batch.
- * Metadata handed to the ledger by the loads is copied into `loaded`,
- * freed by the next begin().
+ * Batches. write() stages copies of the changed rows it is given in a
+ * batch of its own (two more row tables, writer thread only) and checks
+ * them as SQLite's constraints would: inserting an id that exists, or
+ * updating one that does not, is a failed write. commit() applies the
+ * staged rows under the mutex after reserving every array and index it
+ * needs, so applying cannot fail half-way, and counts the batch in
+ * commit_seq (the consistency token, store.h). Until then readers see
+ * nothing of the batch. Metadata of the rows handed to the load callbacks
+ * is copied into `loaded`, freed by the next begin().
  *
  * The write-side state machine (writer thread only):
  *
  *          open() ──▶ IDLE ── begin() ──▶ IN_BATCH ◀──┐ load_*(), write()
  *                      ▲ ▲                  │ │ │     │
  *                      │ └── commit() ok ───┘ │ └─────┘
- *                      └──── rollback(), or a row the ledger refused
+ *                      └──── rollback(), or commit() with a conflict armed
  *
  *          IN_BATCH ── write() refused by a constraint, out of memory,
  *                      or commit() with a fault armed ──▶ FAILED
@@ -49,8 +50,9 @@
  *                                                   staged rows dropped
  *   IN_BATCH → IN_BATCH   mem_load_*, mem_write     copies out / stages
  *   IN_BATCH → IDLE       mem_commit                staged rows applied
- *   IN_BATCH → IDLE       mem_rollback, mem_load_*  staged rows dropped
- *                         (ledger refused a row)
+ *   IN_BATCH → IDLE       mem_rollback              staged rows dropped
+ *   IN_BATCH → IDLE       mem_commit (conflict)     staged rows dropped,
+ *                                                   KOBO_ECONFLICT
  *   IN_BATCH → FAILED     mem_write, mem_commit     staged rows dropped
  *                         (mem_fail)                (or, for a fault with
  *                                                   applied, applied first)
@@ -58,9 +60,10 @@
  *
  * Faults. kobo_store_mem_fail_next_commit arms one fault for the next
  * commit: applied = false drops the batch (a failed fsync), applied = true
- * applies it and still answers KOBO_ESTORE (a crash after the fsync, before
- * the answer). The fault belongs to the "disk": a restart does not disarm
- * a fault that has not fired yet.
+ * applies it and still answers KOBO_EUNKNOWN (a crash after the fsync,
+ * before the answer). The fault belongs to the "disk": a restart does not
+ * disarm a fault that has not fired yet. kobo_store_mem_conflict_next_commits
+ * makes the next commits answer KOBO_ECONFLICT (nothing lands, healthy).
  *
  * Invariants:
  *   1. Committed rows change only inside mem_commit, under the mutex, and
@@ -80,6 +83,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../core/core.h"
 #include "../auditor.h" /* the audit's rules (store_auditor_*) */
 #include "store_mem.h"
 
@@ -316,8 +320,11 @@ typedef struct mem_store {
 	transfer_rows transfers;
 	bool fault_armed;
 	bool fault_applied;
+	unsigned conflicts_armed;
+	uint64_t commit_seq; /* committed batches: the consistency token */
 	/* Writer thread only. */
 	mem_state state;
+	bool read_only;
 	account_rows staged_accounts;
 	transfer_rows staged_transfers;
 	char **loaded; /* metadata handed to the ledger, freed by begin() */
@@ -382,41 +389,37 @@ static void drop_batch(mem_store *s)
  * restart, as the SQLite store refuses them until reopened. */
 static int mem_fail(mem_store *s)
 {
-	assert(s->state == MEM_IN_BATCH);
+	kobo_assert(s->state == MEM_IN_BATCH);
 	drop_batch(s);
 	s->state = MEM_FAILED;
 	atomic_store(&s->failed, true);
 	return KOBO_ESTORE;
 }
 
-/* A row the ledger refused (capacity, duplicate id) or no memory for a
- * copy: the batch is abandoned, the store stays healthy. */
-static int mem_refused(mem_store *s, int rc)
-{
-	drop_batch(s);
-	s->state = MEM_IDLE;
-	return rc;
-}
-
 static int mem_begin(kobo_store *store)
 {
 	mem_store *s = to_store(store);
 
+	if (s->read_only)
+		return KOBO_EINVAL;
 	if (atomic_load(&s->failed))
 		return KOBO_EFAILED;
-	assert(s->state == MEM_IDLE);
+	kobo_assert(s->state == MEM_IDLE);
 	loaded_free(s);
 	drop_batch(s);
 	s->state = MEM_IN_BATCH;
 	return KOBO_OK;
 }
 
+/* A load stops at the first non-zero return of the callback and hands it
+ * back; the batch stays open (the caller rolls back). */
 static int mem_load_transfers(kobo_store *store, const char *const *ids,
-                              size_t count, kobo_ledger *ledger)
+                              size_t count, kobo_store_transfer_fn each,
+                              void *ctx)
 {
 	mem_store *s = to_store(store);
 
-	assert(s->state == MEM_IN_BATCH);
+	kobo_assert(s->state == MEM_IN_BATCH);
 	for (size_t i = 0; i < count; i++) {
 		kobo_transfer transfer;
 
@@ -431,20 +434,20 @@ static int mem_load_transfers(kobo_store *store, const char *const *ids,
 		if (row == NO_ROW)
 			continue;
 		if (transfer.metadata == NULL)
-			return mem_refused(s, KOBO_ENOMEM);
-		int rc = kobo_ledger_put_transfer(ledger, &transfer);
-		if (rc != KOBO_OK)
-			return mem_refused(s, rc);
+			return KOBO_ESTORE; /* no memory for the copy */
+		int rc = each(ctx, &transfer, (int64_t)row + 1);
+		if (rc != 0)
+			return rc;
 	}
 	return KOBO_OK;
 }
 
 static int mem_load_accounts(kobo_store *store, const char *const *ids,
-                             size_t count, kobo_ledger *ledger)
+                             size_t count, kobo_store_account_fn each, void *ctx)
 {
 	mem_store *s = to_store(store);
 
-	assert(s->state == MEM_IN_BATCH);
+	kobo_assert(s->state == MEM_IN_BATCH);
 	for (size_t i = 0; i < count; i++) {
 		kobo_account account;
 
@@ -459,10 +462,10 @@ static int mem_load_accounts(kobo_store *store, const char *const *ids,
 		if (row == NO_ROW)
 			continue;
 		if (account.metadata == NULL)
-			return mem_refused(s, KOBO_ENOMEM);
-		int rc = kobo_ledger_put_account(ledger, &account);
-		if (rc != KOBO_OK)
-			return mem_refused(s, rc);
+			return KOBO_ESTORE; /* no memory for the copy */
+		int rc = each(ctx, &account);
+		if (rc != 0)
+			return rc;
 	}
 	return KOBO_OK;
 }
@@ -475,16 +478,12 @@ static void account_update(kobo_account *row, const kobo_account *changed)
 	row->pending_in = changed->pending_in;
 }
 
+/* Exactly kobo_transfer_state: the one list of a transfer's mutable
+ * fields (ledger.h), as SQLite's UPDATE binds it. */
 static void transfer_update(kobo_transfer *row, const kobo_transfer *changed)
 {
-	row->status = changed->status;
-	row->posted_amount = changed->posted_amount;
-	row->void_reason = changed->void_reason;
-	row->error_code = changed->error_code;
-	row->updated_at_ms = changed->updated_at_ms;
-	row->saga = changed->saga;
-	row->saga_amount = changed->saga_amount;
-	row->saga_reason = changed->saga_reason;
+	kobo_transfer_state state = kobo_transfer_state_of(changed);
+	kobo_transfer_state_set(row, &state);
 }
 
 /* Stages one changed account. An insert of an id that exists, committed
@@ -546,20 +545,18 @@ static int stage_transfer(mem_store *s, const kobo_transfer_change *change)
 	return KOBO_OK;
 }
 
-static int mem_write(kobo_store *store, const kobo_ledger *ledger)
+static int mem_write(kobo_store *store, const kobo_account_change *accounts,
+                     size_t account_count, const kobo_transfer_change *transfers,
+                     size_t transfer_count)
 {
 	mem_store *s = to_store(store);
-	const kobo_account_change *accounts;
-	const kobo_transfer_change *transfers;
 
-	assert(s->state == MEM_IN_BATCH);
-	size_t account_count = kobo_ledger_changed_accounts(ledger, &accounts);
+	kobo_assert(s->state == MEM_IN_BATCH);
 	for (size_t i = 0; i < account_count; i++) {
 		if (stage_account(s, &accounts[i]) != KOBO_OK)
 			return mem_fail(s);
 	}
-	/* In list order: it fixes each new transfer's seq at commit. */
-	size_t transfer_count = kobo_ledger_changed_transfers(ledger, &transfers);
+	/* In array order: it fixes each new transfer's seq at commit. */
 	for (size_t i = 0; i < transfer_count; i++) {
 		if (stage_transfer(s, &transfers[i]) != KOBO_OK)
 			return mem_fail(s);
@@ -584,6 +581,7 @@ static int apply_batch(mem_store *s)
 	if (accounts_reserve(&s->accounts, new_accounts) != KOBO_OK ||
 	    transfers_reserve(&s->transfers, new_transfers) != KOBO_OK)
 		return KOBO_ENOMEM;
+	s->commit_seq++;
 
 	for (size_t r = 0; r < staged_accounts->count; r++) {
 		mem_account *row = &staged_accounts->rows[r];
@@ -612,24 +610,37 @@ static int apply_batch(mem_store *s)
 	return KOBO_OK;
 }
 
-static int mem_commit(kobo_store *store)
+static int mem_commit(kobo_store *store, uint64_t *token)
 {
 	mem_store *s = to_store(store);
 	int rc;
 
-	assert(s->state == MEM_IN_BATCH);
+	kobo_assert(s->state == MEM_IN_BATCH);
 	pthread_mutex_lock(&s->mutex);
+	if (s->conflicts_armed > 0) {
+		s->conflicts_armed--;
+		pthread_mutex_unlock(&s->mutex);
+		drop_batch(s); /* nothing landed; re-run the batch */
+		s->state = MEM_IDLE;
+		return KOBO_ECONFLICT;
+	}
 	bool fault = s->fault_armed;
 	s->fault_armed = false;
 	if (fault && !s->fault_applied)
 		rc = KOBO_ESTORE; /* the fsync failed: nothing landed */
 	else
 		rc = apply_batch(s);
+	uint64_t seq = s->commit_seq;
 	pthread_mutex_unlock(&s->mutex);
-	if (fault || rc != KOBO_OK)
-		return mem_fail(s); /* drops what is left of the batch */
+	if (fault) {
+		mem_fail(s); /* drops what is left of the batch */
+		return KOBO_EUNKNOWN;
+	}
+	if (rc != KOBO_OK)
+		return mem_fail(s); /* out of memory: nothing landed */
 	drop_batch(s);
 	s->state = MEM_IDLE;
+	*token = seq;
 	return KOBO_OK;
 }
 
@@ -1076,7 +1087,7 @@ static const kobo_store_ops mem_ops = {
 	.close = mem_close,
 };
 
-int kobo_store_mem_open(kobo_store **out)
+int store_mem_open(bool read_only, kobo_store **out)
 {
 	mem_store *s = calloc(1, sizeof *s);
 
@@ -1085,6 +1096,7 @@ int kobo_store_mem_open(kobo_store **out)
 		return KOBO_ENOMEM;
 	s->base.ops = &mem_ops;
 	s->state = MEM_IDLE;
+	s->read_only = read_only;
 	atomic_init(&s->failed, false);
 	atomic_init(&s->readers_open, 0);
 	pthread_mutex_init(&s->mutex, NULL);
@@ -1100,6 +1112,16 @@ void kobo_store_mem_fail_next_commit(kobo_store *store, bool applied)
 	pthread_mutex_lock(&s->mutex);
 	s->fault_armed = true;
 	s->fault_applied = applied;
+	pthread_mutex_unlock(&s->mutex);
+}
+
+void kobo_store_mem_conflict_next_commits(kobo_store *store, unsigned count)
+{
+	mem_store *s = to_store(store);
+
+	kobo_assert(store->ops == &mem_ops);
+	pthread_mutex_lock(&s->mutex);
+	s->conflicts_armed = count;
 	pthread_mutex_unlock(&s->mutex);
 }
 

@@ -14,7 +14,7 @@
 
 #include <sqlite3.h>
 
-#include "../store.h"
+#include "store_sqlite.h"
 
 /* The loaded-metadata arena keeps at most this many bytes of chunks from one
  * batch to the next; a larger batch's chunks are freed at the next begin. */
@@ -24,7 +24,7 @@
 size_t store_sqlite_arena_bytes(const kobo_store *store);
 
 /* The schema version this build writes and reads (PRAGMA user_version). */
-#define STORE_SQLITE_SCHEMA_VERSION 2
+#define STORE_SQLITE_SCHEMA_VERSION 3
 
 /* How long a connection waits for a lock held by another connection before
  * giving up with SQLITE_BUSY. The writer and readers wait long enough to ride

@@ -9,7 +9,7 @@
  *
  * NOTES ON THE DESIGN
  *
- * Schema (version 2, see `migrations` below; PRAGMA user_version says which
+ * Schema (version 3, see `migrations` below; PRAGMA user_version says which
  * migrations a file has had):
  *
  *   accounts(id TEXT PRIMARY KEY, currency, allow_negative, posted,
@@ -31,9 +31,11 @@
  *            reason of NONE is NULL, error_code is NULL when CREATED. The
  *            v2 columns default to an ordinary transfer ('local', '',
  *            'none', 0, NULL), which is what every v1 row was.
- *            An update rewrites only what the ledger may change after
- *            creation: status, posted_amount, void_reason, error_code,
- *            updated_at_ms, saga, saga_amount, saga_reason.
+ *            An update rewrites only what may change after creation:
+ *            the fields of kobo_transfer_state (ledger.h, the one list of
+ *            a transfer's mutable fields) — status, posted_amount,
+ *            void_reason, error_code, updated_at_ms, saga, saga_amount,
+ *            saga_reason — bound from kobo_transfer_state_of().
  *   transfers_from_seq (from_id, seq), transfers_to_seq (to_id, seq),
  *   transfers_clearing_seq (clearing, seq) WHERE clearing <> '':
  *            history, one ordered range scan per column that can name the
@@ -46,11 +48,18 @@
  *   transfers_sagas (id) WHERE saga <> 'none': the sagas in flight, for
  *            the saga runner's recovery scan; empty when nothing is in
  *            flight.
+ *   meta(id INTEGER PRIMARY KEY CHECK (id = 1), commit_seq)      (v3)
+ *            one row: the shard's commit sequence, the consistency token
+ *            of store.h. commit() sets it to one more in the batch's own
+ *            transaction, so it is exactly as durable as the batch; the
+ *            writer keeps the committed value in memory (it is the only
+ *            writer of the file) and rereads it at open.
  *
  * Migrations run one step per transaction at open (migrate()): a new file
- * goes 0 -> 1 -> 2, a v1 file 1 -> 2 (ALTER TABLE ADD COLUMN with constant
- * defaults rewrites no row; the two new indexes are built once). A file
- * newer than this build is refused, read-only opens never migrate.
+ * goes 0 -> 1 -> 2 -> 3, a v1 file 1 -> 2 -> 3 (ALTER TABLE ADD COLUMN with
+ * constant defaults rewrites no row; the two new indexes are built once;
+ * v3 adds the meta row at commit_seq 0). A file newer than this build is
+ * refused, read-only opens never migrate.
  *
  * Durability: journal_mode=WAL with synchronous=FULL. In WAL mode a commit
  * appends the batch's pages to the -wal file and fsyncs it once; FULL makes
@@ -87,10 +96,11 @@
  *          open() ───▶ IDLE ─────── begin() ──────▶ IN_BATCH ◀──┐
  *                      ▲  ▲                          │  │  │     │ load_*(),
  *                      │  └──── commit() ok ─────────┘  │  └─────┘ write()
- *                      └─────── rollback(), or a row ───┘
- *                               the ledger refused
+ *                      └─────── rollback() ─────────────┘
  *
  *          IN_BATCH ── load_*(), write() or commit() fails in SQLite ──▶ FAILED
+ *          (a failed COMMIT answers KOBO_EUNKNOWN: the fsync may have
+ *          reached the disk; every other failure KOBO_ESTORE)
  *
  *          FAILED is sticky: begin() answers KOBO_EFAILED and healthy()
  *          false until the store is closed and opened again.
@@ -101,10 +111,9 @@
  *   IDLE → IDLE (error)     store_begin         BEGIN failed; nothing held
  *   IN_BATCH → IN_BATCH     store_load_*,       SELECT by primary key /
  *                           store_write         INSERT, UPDATE
- *   IN_BATCH → IDLE         store_commit        COMMIT (one WAL fsync)
+ *   IN_BATCH → IDLE         store_commit        meta.commit_seq + 1;
+ *                                               COMMIT (one WAL fsync)
  *   IN_BATCH → IDLE         store_rollback      ROLLBACK
- *   IN_BATCH → IDLE         store_load_*        the ledger refused a row
- *                                               (EFULL, EINVAL): ROLLBACK
  *   IN_BATCH → FAILED       store_load_*,       ROLLBACK, failed flag set
  *                           store_write,        (store_fail)
  *                           store_commit
@@ -119,8 +128,8 @@
  *      transaction that this code began.
  *   3. Once `failed` is set it is never cleared: the only way out is to
  *      close the store and open it again, which rereads the file.
- *   4. Memory handed to the ledger by the loads (metadata) lives in the
- *      arena, which is reset only by begin().
+ *   4. Memory handed to the load callbacks (metadata) lives in the arena,
+ *      which is reset only by begin().
  *   5. The writer holds ckpt.gate exactly while state == IN_BATCH; every
  *      way out of IN_BATCH goes through end_batch().
  */
@@ -230,6 +239,12 @@ static const char *const migrations[] = {
 	"CREATE INDEX transfers_clearing_seq ON transfers (clearing, seq)"
 	"  WHERE clearing <> '';"
 	"CREATE INDEX transfers_sagas ON transfers (id) WHERE saga <> 'none';",
+	/* 3: the commit sequence, the consistency token (store.h). */
+	"CREATE TABLE meta ("
+	"  id         INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),"
+	"  commit_seq INTEGER NOT NULL CHECK (commit_seq >= 0)"
+	");"
+	"INSERT INTO meta (id, commit_seq) VALUES (1, 0);",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SQLITE_SCHEMA_VERSION,
@@ -248,6 +263,8 @@ enum {
 	SQL_INSERT_TRANSFER,
 	SQL_UPDATE_TRANSFER,
 	SQL_EXPIRED_HOLDS,
+	SQL_SET_COMMIT_SEQ,
+	SQL_GET_COMMIT_SEQ,
 	SQL_WRITER_COUNT
 };
 
@@ -270,7 +287,7 @@ static const char *const writer_sql[SQL_WRITER_COUNT] = {
 		"updated_at_ms, leg, clearing, saga, saga_amount, saga_reason) "
 		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
 		"?15, ?16, ?17, ?18, ?19, ?20, ?21)",
-	/* What the ledger may change after creation (see the notes above). */
+	/* kobo_transfer_state, no more (see the notes above). */
 	[SQL_UPDATE_TRANSFER] =
 		"UPDATE transfers SET status = ?2, posted_amount = ?3, "
 		"void_reason = ?4, updated_at_ms = ?5, error_code = ?6, saga = ?7, "
@@ -281,6 +298,8 @@ static const char *const writer_sql[SQL_WRITER_COUNT] = {
 		"SELECT id FROM transfers "
 		"WHERE status = 'pending' AND expires_at_ms > 0 AND expires_at_ms <= ?1 "
 		"ORDER BY expires_at_ms, seq LIMIT ?2",
+	[SQL_SET_COMMIT_SEQ] = "UPDATE meta SET commit_seq = ?1 WHERE id = 1",
+	[SQL_GET_COMMIT_SEQ] = "SELECT commit_seq FROM meta WHERE id = 1",
 };
 
 /* ---- Handles. ---- */
@@ -333,6 +352,7 @@ typedef struct sqlite_store {
 	sqlite3 *writer;
 	sqlite3_stmt *stmt[SQL_WRITER_COUNT];
 	store_state state;
+	uint64_t commit_seq; /* meta.commit_seq as last committed */
 	atomic_bool failed;
 	arena loaded;
 	checkpointer ckpt;
@@ -487,16 +507,11 @@ static int store_begin(kobo_store *store)
 	return KOBO_OK;
 }
 
-/* A row the ledger refused (capacity, duplicate id) is a caller problem,
- * not a storage one: the batch is abandoned, the store stays healthy. */
-static int store_refused(sqlite_store *s, int rc)
-{
-	end_batch(s, STORE_IDLE);
-	return rc;
-}
-
+/* A load stops at the first non-zero return of the callback and hands it
+ * back; the batch stays open (the caller rolls back). */
 static int store_load_transfers(kobo_store *store, const char *const *ids,
-                                size_t count, kobo_ledger *ledger)
+                                size_t count, kobo_store_transfer_fn each,
+                                void *ctx)
 {
 	sqlite_store *s = to_store(store);
 	sqlite3_stmt *stmt = s->stmt[SQL_SELECT_TRANSFER];
@@ -519,16 +534,16 @@ static int store_load_transfers(kobo_store *store, const char *const *ids,
 		                               transfer.metadata_len);
 		sqlite3_reset(stmt);
 		if (transfer.metadata == NULL)
-			return store_refused(s, KOBO_ENOMEM);
-		rc = kobo_ledger_put_transfer(ledger, &transfer);
-		if (rc != KOBO_OK)
-			return store_refused(s, rc);
+			return KOBO_ESTORE; /* no memory for the copy; nothing written */
+		rc = each(ctx, &transfer, seq);
+		if (rc != 0)
+			return rc;
 	}
 	return KOBO_OK;
 }
 
 static int store_load_accounts(kobo_store *store, const char *const *ids,
-                               size_t count, kobo_ledger *ledger)
+                               size_t count, kobo_store_account_fn each, void *ctx)
 {
 	sqlite_store *s = to_store(store);
 	sqlite3_stmt *stmt = s->stmt[SQL_SELECT_ACCOUNT];
@@ -550,10 +565,10 @@ static int store_load_accounts(kobo_store *store, const char *const *ids,
 		                              account.metadata_len);
 		sqlite3_reset(stmt);
 		if (account.metadata == NULL)
-			return store_refused(s, KOBO_ENOMEM);
-		rc = kobo_ledger_put_account(ledger, &account);
-		if (rc != KOBO_OK)
-			return store_refused(s, rc);
+			return KOBO_ESTORE; /* no memory for the copy; nothing written */
+		rc = each(ctx, &account);
+		if (rc != 0)
+			return rc;
 	}
 	return KOBO_OK;
 }
@@ -644,36 +659,40 @@ static int write_transfer(sqlite_store *s, const kobo_transfer_change *change)
 		bind_word(stmt, 21, saga_reason);
 		return step_done(stmt);
 	}
+	/* An update binds kobo_transfer_state and nothing else: the one list
+	 * of a transfer's mutable fields (ledger.h). */
+	kobo_transfer_state state = kobo_transfer_state_of(t);
 	stmt = s->stmt[SQL_UPDATE_TRANSFER];
 	sqlite3_bind_text(stmt, 1, t->id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(stmt, 2, store_sqlite_status_text(t->status), -1,
+	sqlite3_bind_text(stmt, 2, store_sqlite_status_text(state.status), -1,
 	                  SQLITE_STATIC);
-	sqlite3_bind_int64(stmt, 3, t->posted_amount);
-	bind_word(stmt, 4, void_reason);
-	sqlite3_bind_int64(stmt, 5, t->updated_at_ms);
-	bind_word(stmt, 6, error_code);
-	sqlite3_bind_text(stmt, 7, kobo_saga_state_name(t->saga), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(stmt, 8, t->saga_amount);
-	bind_word(stmt, 9, saga_reason);
+	sqlite3_bind_int64(stmt, 3, state.posted_amount);
+	bind_word(stmt, 4, kobo_void_reason_name(state.void_reason));
+	sqlite3_bind_int64(stmt, 5, state.updated_at_ms);
+	bind_word(stmt, 6, state.error_code == KOBO_RESULT_CREATED ? NULL :
+	                   kobo_result_code_name(state.error_code));
+	sqlite3_bind_text(stmt, 7, kobo_saga_state_name(state.saga), -1,
+	                  SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 8, state.saga_amount);
+	bind_word(stmt, 9, kobo_void_reason_name(state.saga_reason));
 	if (step_done(stmt) != KOBO_OK)
 		return KOBO_ESTORE;
 	return sqlite3_changes(s->writer) == 1 ? KOBO_OK : KOBO_ESTORE;
 }
 
-static int store_write(kobo_store *store, const kobo_ledger *ledger)
+static int store_write(kobo_store *store, const kobo_account_change *accounts,
+                       size_t account_count,
+                       const kobo_transfer_change *transfers,
+                       size_t transfer_count)
 {
 	sqlite_store *s = to_store(store);
-	const kobo_account_change *accounts;
-	const kobo_transfer_change *transfers;
 
 	assert(s->state == STORE_IN_BATCH);
-	size_t account_count = kobo_ledger_changed_accounts(ledger, &accounts);
 	for (size_t i = 0; i < account_count; i++) {
 		if (write_account(s, &accounts[i]) != KOBO_OK)
 			return store_fail(s, "store_write_account_failed");
 	}
-	/* In list order: the insert order fixes each new transfer's seq. */
-	size_t transfer_count = kobo_ledger_changed_transfers(ledger, &transfers);
+	/* In array order: the insert order fixes each new transfer's seq. */
 	for (size_t i = 0; i < transfer_count; i++) {
 		if (write_transfer(s, &transfers[i]) != KOBO_OK)
 			return store_fail(s, "store_write_transfer_failed");
@@ -681,14 +700,41 @@ static int store_write(kobo_store *store, const kobo_ledger *ledger)
 	return KOBO_OK;
 }
 
-static int store_commit(kobo_store *store)
+static int store_commit(kobo_store *store, uint64_t *token)
 {
 	sqlite_store *s = to_store(store);
+	sqlite3_stmt *stmt = s->stmt[SQL_SET_COMMIT_SEQ];
+	uint64_t seq = s->commit_seq + 1;
 
 	assert(s->state == STORE_IN_BATCH);
-	if (step_done(s->stmt[SQL_COMMIT]) != KOBO_OK)
-		return store_fail(s, "store_commit_failed");
+	kobo_assert(seq <= INT64_MAX);
+	/* The token moves in the batch's own transaction. */
+	sqlite3_bind_int64(stmt, 1, (int64_t)seq);
+	if (step_done(stmt) != KOBO_OK || sqlite3_changes(s->writer) != 1)
+		return store_fail(s, "store_commit_seq_failed");
+	if (step_done(s->stmt[SQL_COMMIT]) != KOBO_OK) {
+		/* The WAL fsync may or may not have reached the disk. */
+		store_fail(s, "store_commit_failed");
+		return KOBO_EUNKNOWN;
+	}
 	end_batch(s, STORE_IDLE); /* committed: nothing left to roll back */
+	s->commit_seq = seq;
+	*token = seq;
+	return KOBO_OK;
+}
+
+/* Reads meta.commit_seq into s->commit_seq (at open). */
+static int read_commit_seq(sqlite_store *s)
+{
+	sqlite3_stmt *stmt = s->stmt[SQL_GET_COMMIT_SEQ];
+	int rc = sqlite3_step(stmt);
+	int64_t seq = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
+	sqlite3_reset(stmt);
+	if (rc != SQLITE_ROW || seq < 0) {
+		store_sqlite_log_error(s->writer, "store_commit_seq_unreadable", s->path);
+		return KOBO_ESTORE;
+	}
+	s->commit_seq = (uint64_t)seq;
 	return KOBO_OK;
 }
 
@@ -1018,7 +1064,7 @@ static int configure_writer(sqlite_store *s)
 	return KOBO_OK;
 }
 
-int kobo_store_sqlite_open(const char *path, bool read_only, kobo_store **out)
+int store_sqlite_open(const char *path, bool read_only, kobo_store **out)
 {
 	sqlite_store *s;
 
@@ -1053,7 +1099,8 @@ int kobo_store_sqlite_open(const char *path, bool read_only, kobo_store **out)
 		    configure_writer(s) != KOBO_OK || migrate(s->writer, path) != KOBO_OK)
 			goto fail;
 	}
-	if (store_sqlite_prepare_all(s->writer, writer_sql, s->stmt, SQL_WRITER_COUNT, path) != KOBO_OK)
+	if (store_sqlite_prepare_all(s->writer, writer_sql, s->stmt, SQL_WRITER_COUNT, path) != KOBO_OK ||
+	    read_commit_seq(s) != KOBO_OK)
 		goto fail;
 	if (!read_only && checkpointer_start(s) != KOBO_OK)
 		goto fail;

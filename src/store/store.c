@@ -1,0 +1,67 @@
+/*
+ * store.c — kobo_store_open: a store URL to the backend that serves it.
+ *
+ * The one place that knows which backends this build has (store.h lists
+ * the schemes). A new backend adds a row to `backends` and a folder under
+ * src/store.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "layout.h"
+#include "mem/store_mem.h"
+#include "sqlite/store_sqlite.h"
+#include "store.h"
+
+#define STORE_PATH_BYTES_MAX 4096
+
+static int open_sqlite(const char *rest, uint32_t shard, bool read_only,
+                       kobo_store **out)
+{
+	char path[STORE_PATH_BYTES_MAX];
+	if (rest[0] == '\0') {
+		fprintf(stderr, "kobo: store url \"sqlite:\" names no directory "
+		                "(sqlite:DIR)\n");
+		return KOBO_EINVAL;
+	}
+	if (!kobo_layout_shard_path(path, sizeof path, rest, shard)) {
+		fprintf(stderr, "kobo: store directory path is too long: %s\n", rest);
+		return KOBO_EINVAL;
+	}
+	return store_sqlite_open(path, read_only, out);
+}
+
+static int open_mem(const char *rest, uint32_t shard, bool read_only,
+                    kobo_store **out)
+{
+	(void)shard;
+	if (rest[0] != '\0') {
+		fprintf(stderr, "kobo: store url \"mem:%s\": mem: takes nothing "
+		                "after the colon\n", rest);
+		return KOBO_EINVAL;
+	}
+	return store_mem_open(read_only, out);
+}
+
+static const struct {
+	const char *scheme; /* with its colon */
+	int (*open)(const char *rest, uint32_t shard, bool read_only,
+	            kobo_store **out);
+} backends[] = {
+	{ "sqlite:", open_sqlite },
+	{ "mem:", open_mem },
+};
+
+int kobo_store_open(const char *url, uint32_t shard, bool read_only,
+                    kobo_store **out)
+{
+	*out = NULL;
+	for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
+		size_t len = strlen(backends[i].scheme);
+		if (strncmp(url, backends[i].scheme, len) == 0)
+			return backends[i].open(url + len, shard, read_only, out);
+	}
+	fprintf(stderr, "kobo: cannot open store \"%s\": this build supports "
+	                "sqlite:DIR and mem: only\n", url);
+	return KOBO_EINVAL;
+}
