@@ -93,6 +93,8 @@
  *   KOBO_EINVAL     a caller broke a precondition (begin on a read-only
  *                   store; a scheme kobo_store_open does not know).
  *   KOBO_ENOTFOUND  read_account / read_transfer found nothing.
+ *   KOBO_ENOMEM     out of memory in kobo_store_open, reader_open or audit
+ *                   (elsewhere a backend answers KOBO_ESTORE).
  *   any other value a load callback returned (see kobo_store_load_fn).
  *
  * CONSISTENCY TOKEN

@@ -695,7 +695,7 @@ static int mem_expired_holds(kobo_store *store, int64_t now_ms,
 			size_t cap = due_cap == 0 ? 64 : 2 * due_cap;
 			expiry *grown = realloc(due, cap * sizeof *grown);
 			if (grown == NULL) {
-				result = KOBO_ENOMEM;
+				result = KOBO_ESTORE; /* out of memory (store.h) */
 				break;
 			}
 			due = grown;
