@@ -1,0 +1,30 @@
+/*
+ * store_pg.h — how kobo_store_open (store.c) reaches the PostgreSQL backend.
+ *
+ * Everyone else opens it with kobo_store_open("postgresql://…", shard, …).
+ * Design notes (schema, the batch transaction, error kinds): store_pg.c.
+ */
+#ifndef KOBO_STORE_PG_H
+#define KOBO_STORE_PG_H
+
+#include "../store.h"
+
+/* Opens shard `shard` of the PostgreSQL database that url names (a libpq
+ * connection string or postgresql:// URI, several hosts allowed). The
+ * shard's tables live in schema kobo_shard_<shard> of that database, so
+ * one database may hold several shards (tests) or one (production: one
+ * database per shard). Unless read_only, the schema is created or migrated
+ * under an advisory lock, so several kobod may start at once. A schema
+ * that records another shard index, or a newer schema version, is refused.
+ * Returns KOBO_OK with *out (the caller's until close), KOBO_ENOMEM, or
+ * KOBO_ESTORE (logged; the database cannot be reached or is not ours) with
+ * *out NULL. */
+int store_pg_open(const char *url, uint32_t shard, bool read_only,
+                  kobo_store **out);
+
+/* Drops shard `shard`'s schema and everything in it (tests only: the store
+ * contract suite starts each test on an empty shard). KOBO_OK or
+ * KOBO_ESTORE (logged). */
+int store_pg_drop_shard(const char *url, uint32_t shard);
+
+#endif /* KOBO_STORE_PG_H */
