@@ -16,7 +16,7 @@
 #   tests/fuzz/fuzz_*.c                      one libFuzzer binary per file
 
 CC      ?= cc
-PKGS    := libmicrohttpd jansson sqlite3 libcurl
+PKGS    := libmicrohttpd jansson sqlite3 libcurl libpq
 CSTD    := -std=c11 -D_GNU_SOURCE
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wvla
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
