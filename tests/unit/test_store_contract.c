@@ -162,6 +162,62 @@ static void batch_round_trip_through_ledger(void **state)
 	reader_close(e, reader);
 }
 
+/* The widest values every field allows come back unchanged: ids of
+ * KOBO_ID_LEN_MAX characters, a request id of KOBO_REQUEST_ID_LEN_MAX, an
+ * eight-letter currency, metadata of KOBO_METADATA_BYTES_MAX - 1 bytes and
+ * an amount of INT64_MAX. */
+static void widest_fields_round_trip(void **state)
+{
+	env *e = *state;
+	static char metadata[KOBO_METADATA_BYTES_MAX];
+	char from[KOBO_ID_LEN_MAX + 1];
+	char to[KOBO_ID_LEN_MAX + 1];
+	char id[KOBO_ID_LEN_MAX + 1];
+
+	memset(from, 'f', KOBO_ID_LEN_MAX);
+	from[KOBO_ID_LEN_MAX] = '\0';
+	memset(to, 't', KOBO_ID_LEN_MAX);
+	to[KOBO_ID_LEN_MAX] = '\0';
+	memset(id, 'x', KOBO_ID_LEN_MAX);
+	id[KOBO_ID_LEN_MAX] = '\0';
+	int n = snprintf(metadata, sizeof metadata, "{\"pad\":\"");
+	memset(metadata + n, 'm', sizeof metadata - (size_t)n - 3);
+	memcpy(metadata + sizeof metadata - 3, "\"}", 3);
+
+	kobo_op ops[] = {
+		test_op_account(from, "ABCDEFG8", true, metadata),
+		test_op_account(to, "ABCDEFG8", false, NULL),
+		test_op_transfer(id, from, to, INT64_MAX, false, 0),
+	};
+	snprintf(ops[2].u.transfer.currency, sizeof ops[2].u.transfer.currency,
+	         "ABCDEFG8");
+	memset(ops[2].request_id, 'r', KOBO_REQUEST_ID_LEN_MAX);
+	ops[2].request_id[KOBO_REQUEST_ID_LEN_MAX] = '\0';
+	ops[2].u.transfer.metadata = metadata;
+	ops[2].u.transfer.metadata_len = KOBO_METADATA_BYTES_MAX - 1;
+	assert_int_equal(run_batch(e, ops, 3, INT64_C(4102444800000)), KOBO_OK);
+	assert_int_equal(e->results[2].code, KOBO_RESULT_CREATED);
+	kobo_transfer created = e->results[2].transfer;
+	kobo_account payer = e->results[0].account;
+	payer.posted = -INT64_MAX;
+
+	kobo_store_reader *reader = reader_open_ok(e);
+	kobo_transfer t = read_transfer_ok(reader, id);
+	assert_transfer_equal(&created, &t);
+	kobo_account a = read_account_ok(reader, from);
+	assert_account_equal(&payer, &a);
+	assert_int_equal(read_account_ok(reader, to).posted, INT64_MAX);
+	assert_int_equal(history_count(reader, to), 1);
+	reader_close(e, reader);
+	/* And through the loads: a replay matches field for field. */
+	assert_int_equal(run_batch(e, ops, 3, INT64_C(4102444900000)), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_int_equal(e->results[2].code, KOBO_RESULT_REPLAYED);
+	assert_transfer_equal(&created, &e->results[2].transfer);
+	kobo_audit_totals totals;
+	assert_audit_clean(e, &totals);
+}
+
 /* An update moves exactly kobo_transfer_state's fields (ledger.h): the
  * fields fixed at creation stay as first written, whatever the change
  * record carries. Every state field is set to a value unlike the row's. */
@@ -1600,6 +1656,7 @@ static void open_knows_its_schemes_and_refuses_the_rest(void **state)
 
 static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(batch_round_trip_through_ledger),
+	CONTRACT_TEST(widest_fields_round_trip),
 	CONTRACT_TEST(transfer_update_moves_only_its_state),
 	CONTRACT_TEST(loaded_records_live_until_next_begin),
 	CONTRACT_TEST(loads_follow_ids_order_and_skip_missing_ids),
