@@ -10,6 +10,7 @@
 
 #include "layout.h"
 #include "mem/store_mem.h"
+#include "postgres/store_pg.h"
 #include "sqlite/store_sqlite.h"
 #include "store.h"
 
@@ -43,6 +44,19 @@ static int open_mem(const char *rest, uint32_t shard, bool read_only,
 	return store_mem_open(read_only, out);
 }
 
+static int open_postgres(const char *rest, uint32_t shard, bool read_only,
+                         kobo_store **out)
+{
+	/* libpq parses the whole URI, scheme included. */
+	char uri[STORE_PATH_BYTES_MAX];
+	int n = snprintf(uri, sizeof uri, "postgresql:%s", rest);
+	if (n < 0 || (size_t)n >= sizeof uri) {
+		fprintf(stderr, "kobo: store url is too long\n");
+		return KOBO_EINVAL;
+	}
+	return store_pg_open(uri, shard, read_only, out);
+}
+
 static const struct {
 	const char *scheme; /* with its colon */
 	int (*open)(const char *rest, uint32_t shard, bool read_only,
@@ -50,6 +64,8 @@ static const struct {
 } backends[] = {
 	{ "sqlite:", open_sqlite },
 	{ "mem:", open_mem },
+	{ "postgresql:", open_postgres },
+	{ "postgres:", open_postgres },
 };
 
 int kobo_store_open(const char *url, uint32_t shard, bool read_only,
@@ -62,6 +78,7 @@ int kobo_store_open(const char *url, uint32_t shard, bool read_only,
 			return backends[i].open(url + len, shard, read_only, out);
 	}
 	fprintf(stderr, "kobo: cannot open store \"%s\": this build supports "
-	                "sqlite:DIR and mem: only\n", url);
+	                "sqlite:DIR, postgresql://… (or postgres://…) and mem: "
+	                "only\n", url);
 	return KOBO_EINVAL;
 }

@@ -234,6 +234,9 @@ struct kobo_store_reader {
 /* Opens shard `shard` of the store that url names:
  *   "sqlite:DIR"  the SQLite file DIR/shard-<shard>.db (layout.h), created
  *                 and migrated as needed unless read_only;
+ *   "postgresql://…" or "postgres://…"  a libpq URI: shard N lives in the
+ *                 schema kobo_shard_N of the database it names (created
+ *                 and migrated under an advisory lock; src/store/postgres);
  *   "mem:"        a fresh, empty in-memory store (shard is ignored).
  * read_only: for audit and reads; begin() then answers KOBO_EINVAL and a
  * SQLite file is neither created nor migrated.

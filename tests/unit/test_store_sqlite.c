@@ -1740,7 +1740,7 @@ static void open_refuses_unknown_schemes(void **state)
 	env *e = *state;
 	char url[PATH_MAX + 16];
 	kobo_store *store = (kobo_store *)1;
-	assert_int_equal(kobo_store_open("postgresql://kobo@localhost/kobo", 0, false,
+	assert_int_equal(kobo_store_open("mysql://kobo@localhost/kobo", 0, false,
 	                                 &store), KOBO_EINVAL);
 	assert_null(store);
 	/* sqlite:DIR names shard N's file DIR/shard-N.db. */
