@@ -240,6 +240,9 @@ static kobo_http_exchange *exchange_new(kobo_http_server *server,
 static void exchange_free(kobo_http_exchange *x)
 {
 	kobo_http_server *server = x->server;
+	/* Invariant 2: a suspended exchange still belongs to a shard (or a
+	 * saga wait), whose callback would write into freed memory. */
+	kobo_assert(atomic_load(&x->state) != KOBO_HTTP_SUSPENDED);
 	if (x->split)
 		kobo__http_split_free(x->split);
 	if (x->results != &x->inline_result)
@@ -247,9 +250,11 @@ static void exchange_free(kobo_http_exchange *x)
 	kobo_http_ops_free(&x->ops);
 	kobo_http_buf_free(&x->body);
 	kobo_http_reply_free(&x->reply);
-	atomic_fetch_sub(&server->body_bytes, x->body_charged);
+	size_t charged_before = atomic_fetch_sub(&server->body_bytes, x->body_charged);
+	kobo_assert(charged_before >= x->body_charged); /* never below zero */
 	free(x);
-	atomic_fetch_sub(&server->in_flight, 1);
+	size_t in_flight_before = atomic_fetch_sub(&server->in_flight, 1);
+	kobo_assert(in_flight_before > 0);
 }
 
 /* Returns false when the connection should be dropped instead of answered. */
@@ -319,8 +324,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection,
 			x->reply.retry_after_s = 1;
 			return queue_reply(x);
 		}
-		if (kobo_http_routes[x->route].handler(x) == KOBO_HTTP_REPLY_READY)
+		/* Invariant 1: the whole body is in, and arrive() matched the
+		 * route and checked the request id and the body size. */
+		kobo_assert(x->route < kobo_http_route_count);
+		kobo_assert(x->request_id[0] != '\0');
+		kobo_assert(x->body_seen <= x->body_max && x->body.len <= x->body_max);
+		if (kobo_http_routes[x->route].handler(x) == KOBO_HTTP_REPLY_READY) {
+			/* Answered here, so nothing was submitted or suspended. */
+			kobo_assert(atomic_load(&x->state) == KOBO_HTTP_RECEIVING);
 			return queue_reply(x);
+		}
 		return MHD_YES;
 	case KOBO_HTTP_READY:
 		return queue_reply(x);
@@ -368,7 +381,10 @@ static void on_done(kobo_request *request)
 
 void kobo__http_resume(kobo_http_exchange *x)
 {
-	atomic_store_explicit(&x->state, KOBO_HTTP_READY, memory_order_release);
+	/* Invariant 2: resumed exactly once, and only once suspended. */
+	int was = atomic_exchange_explicit(&x->state, KOBO_HTTP_READY,
+	                                   memory_order_acq_rel);
+	kobo_assert(was == KOBO_HTTP_SUSPENDED);
 	/* x belongs to libmicrohttpd again from here on. */
 	MHD_resume_connection(x->connection);
 }
@@ -384,6 +400,8 @@ int kobo__http_submit(kobo_http_exchange *x, uint32_t shard)
 	x->request.op_count = x->ops.count;
 	x->request.done = on_done;
 	x->request.user = x;
+	/* Invariant 2: suspended once, before the shard can see it. */
+	kobo_assert(atomic_load(&x->state) == KOBO_HTTP_RECEIVING);
 	atomic_store(&x->state, KOBO_HTTP_SUSPENDED);
 	MHD_suspend_connection(x->connection);
 

@@ -157,14 +157,11 @@ static int64_t wall_ms(const kobo_saga_runner *r)
 	return r->config.now_ms ? r->config.now_ms() : kobo_now_ms();
 }
 
+/* The id hash seeded with the shard: one transfer id on two shards is two
+ * sagas, and lands in unrelated buckets. */
 static uint32_t bucket_of(uint32_t shard, const char *id)
 {
-	uint64_t hash = 0xcbf29ce484222325ull ^ shard;
-	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-		hash ^= *p;
-		hash *= 0x100000001b3ull;
-	}
-	return (uint32_t)(hash & (TABLE_BUCKETS - 1));
+	return (uint32_t)(kobo_hash_id_seeded(id, shard) & (TABLE_BUCKETS - 1));
 }
 
 /* ---- The table of sagas being driven. ---- */
@@ -204,14 +201,24 @@ static saga_entry *entry_get(kobo_saga_runner *r, uint32_t shard, const char *id
 		r->all->all_prev = e;
 	r->all = e;
 	r->active++;
+	kobo_assert(r->active <= KOBO_SAGA_ACTIVE_MAX);
 	return e;
 }
 
 static void entry_remove(kobo_saga_runner *r, saga_entry *e)
 {
+	/* Invariant 1: no request of e is in a shard queue, whose done
+	 * callback would touch it after the free. Invariant 3: its waiters
+	 * were answered before it goes. Off the ready list, except when the
+	 * stopping runner dropped that list whole. */
+	kobo_assert(e->in_flight == STEP_NONE);
+	kobo_assert(e->waiters == NULL);
+	kobo_assert(!e->ready || r->quitting);
 	saga_entry **link = &r->buckets[bucket_of(e->shard, e->id)];
-	while (*link != e)
+	while (*link != e) {
+		kobo_assert(*link != NULL); /* e is in its bucket */
 		link = &(*link)->bucket_next;
+	}
 	*link = e->bucket_next;
 	if (e->all_prev)
 		e->all_prev->all_next = e->all_next;
@@ -219,8 +226,11 @@ static void entry_remove(kobo_saga_runner *r, saga_entry *e)
 		r->all = e->all_next;
 	if (e->all_next)
 		e->all_next->all_prev = e->all_prev;
-	if (e->stuck)
+	if (e->stuck) {
+		kobo_assert(r->stuck > 0);
 		r->stuck--;
+	}
+	kobo_assert(r->active > 0);
 	r->active--;
 	free(e->metadata_buf);
 	free(e);
@@ -233,6 +243,7 @@ static void make_ready(kobo_saga_runner *r, saga_entry *e)
 	e->ready = true;
 	e->retry_due = false;
 	e->ready_next = NULL;
+	kobo_assert((r->ready_head == NULL) == (r->ready_tail == NULL));
 	if (r->ready_tail)
 		r->ready_tail->ready_next = e;
 	else
@@ -310,6 +321,7 @@ static void waiters_answer(kobo_saga_runner *r, saga_entry *e, bool timed_out)
 		w->fn(w->ctx, record, timed_out);
 		free(w);
 		pthread_mutex_lock(&r->lock);
+		kobo_assert(r->waiter_count > 0);
 		r->waiter_count--;
 		pthread_mutex_unlock(&r->lock);
 	}
@@ -328,6 +340,7 @@ static void waiters_expire(kobo_saga_runner *r, saga_entry *e, int64_t now_ms)
 		w->fn(w->ctx, e->have_record ? &e->record : NULL, true);
 		free(w);
 		pthread_mutex_lock(&r->lock);
+		kobo_assert(r->waiter_count > 0);
 		r->waiter_count--;
 		pthread_mutex_unlock(&r->lock);
 	}
@@ -367,6 +380,13 @@ static void step_done(kobo_request *request)
 static bool submit(kobo_saga_runner *r, saga_entry *e, uint32_t shard,
                    step_kind kind, kobo_saga_step_kind metric)
 {
+	/* Invariant 1: nothing of e's is queued (its request is about to be
+	 * overwritten), and an entry with a step out is never on the ready
+	 * list (make_ready). */
+	kobo_assert(e->in_flight == STEP_NONE);
+	kobo_assert(!e->ready);
+	kobo_assert(kind == STEP_REMOTE || kind == STEP_SETTLE);
+	kobo_assert(shard < r->config.shard_count);
 	memset(&e->request, 0, sizeof(e->request));
 	memset(&e->result, 0, sizeof(e->result));
 	e->request.ops = &e->op;
@@ -384,6 +404,7 @@ static bool submit(kobo_saga_runner *r, saga_entry *e, uint32_t shard,
 		return false;
 	}
 	r->in_flight++;
+	kobo_assert(r->in_flight <= r->active);
 	return true;
 }
 
@@ -419,7 +440,9 @@ static void start_state_age(kobo_saga_runner *r, saga_entry *e, bool known)
 		int64_t age_ms = wall_ms(r) - e->record.updated_at_ms;
 		e->state_since_ms = now - (age_ms > 0 ? age_ms : 0);
 	}
+	kobo_assert(e->state_since_ms <= now); /* invariant 5: ages >= 0 */
 	if (e->stuck) {
+		kobo_assert(r->stuck > 0);
 		e->stuck = false;
 		r->stuck--;
 	}
@@ -491,7 +514,12 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 /* A step came back from a shard. */
 static void step_answered(kobo_saga_runner *r, saga_entry *e)
 {
+	/* Each submitted step is answered once (invariant 1): a second done
+	 * callback for one request would find no step out. */
 	step_kind kind = e->in_flight;
+	kobo_assert(kind == STEP_REMOTE || kind == STEP_SETTLE);
+	kobo_assert(!e->ready);
+	kobo_assert(r->in_flight > 0);
 	e->in_flight = STEP_NONE;
 	r->in_flight--;
 	int64_t latency_us = kobo_monotonic_us() - e->step_started_us;
@@ -660,6 +688,7 @@ static void attach_waiter(kobo_saga_runner *r, waiter *w)
 		w->fn(w->ctx, NULL, true);
 		free(w);
 		pthread_mutex_lock(&r->lock);
+		kobo_assert(r->waiter_count > 0);
 		r->waiter_count--;
 		pthread_mutex_unlock(&r->lock);
 		return;
@@ -717,6 +746,7 @@ static void *runner_main(void *arg)
 			r->ready_head = e->ready_next;
 			if (!r->ready_head)
 				r->ready_tail = NULL;
+			kobo_assert(e->ready && e->in_flight == STEP_NONE);
 			e->ready = false;
 			drive(r, e);
 		}
