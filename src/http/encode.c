@@ -172,6 +172,7 @@ const char *kobo_http_error_message(const char *code)
 		{ "overloaded", "the server is overloaded; retry later" },
 		{ "storage_unavailable", "storage failed; the write may or may not be durable: retry with the same id, it applies at most once" },
 		{ "shutting_down", "the server is shutting down; retry with the same id" },
+		{ "internal_error", "an internal error refused the batch; nothing was applied" },
 		{ "not_found", "no such path" },
 		{ "method_not_allowed", "method not allowed on this path" },
 		{ "payload_too_large", "request body too large" },

@@ -168,7 +168,8 @@ int kobo__http_reader(kobo_http_server *server, uint32_t shard,
 /* The one map from a failed write's status (kobo_request.status, shard.h)
  * to its answer: KOBO_ESHUTDOWN 503 shutting_down; the ledger's
  * KOBO_EINVAL / KOBO_EFULL (a programmer error inside the batch) 500
- * internal_error; any store error kind 503 storage_unavailable (outcome
+ * internal_error; KOBO_ECONFLICT (re-runs exhausted, nothing committed) 503
+ * overloaded; any other store error kind 503 storage_unavailable (outcome
  * unknown: retry with the same id). Sets *code, returns the HTTP status. */
 int kobo__http_write_failed(int status, const char **code);
 

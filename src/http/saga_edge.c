@@ -165,9 +165,15 @@ int kobo__http_write_failed(int status, const char **code)
 		return 503;
 	}
 	if (status == KOBO_EINVAL || status == KOBO_EFULL) {
-		*code = "internal_error";
+		*code = "internal_error"; /* a ledger refusal: a bug of ours */
 		return 500;
 	}
+	if (status == KOBO_ECONFLICT) {
+		*code = "overloaded"; /* re-runs exhausted; nothing committed */
+		return 503;
+	}
+	/* KOBO_EUNKNOWN, KOBO_ESTORE, KOBO_EFAILED, KOBO_ECONNLOST: the
+	 * outcome may be unknown; the client retries with the same id. */
 	*code = "storage_unavailable";
 	return 503;
 }

@@ -360,10 +360,10 @@ static void on_done(kobo_request *request)
 {
 	kobo_http_exchange *x = request->user;
 	if (request->status != KOBO_OK) {
-		bool stopping = request->status == KOBO_ESHUTDOWN;
-		kobo__http_fail(x, 503, stopping ? "shutting_down" : "storage_unavailable",
-		                NULL);
-		x->reply.retry_after_s = 1;
+		const char *code;
+		int status = kobo__http_write_failed(request->status, &code);
+		kobo__http_fail(x, status, code, NULL);
+		x->reply.retry_after_s = status == 503 ? 1 : 0;
 	} else if (x->is_batch) {
 		kobo_http_reply_batch(&x->reply, x->ops.ops, x->results, x->ops.count,
 		                      x->request_id);

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../../src/http/codec.h"
+#include "../../src/http/internal.h"
 #include "../../src/http/routes.h"
 #include "../../src/obs/obs.h"
 
@@ -690,6 +691,36 @@ static void transfer_in_progress_is_409_with_retry_after(void **state)
 	assert_int_equal(out.code, KOBO_RESULT_NOT_PENDING);
 }
 
+/* A failed write's status to its answer: a ledger refusal inside a batch is
+ * our bug (500, nothing applied), exhausted conflicts are load (503
+ * overloaded), every other store error an unknown outcome (503, retry with
+ * the same id). */
+static void write_failures_map_to_statuses(void **state)
+{
+	(void)state;
+	const struct {
+		int status;
+		int http;
+		const char *code;
+	} cases[] = {
+		{ KOBO_EINVAL, 500, "internal_error" },
+		{ KOBO_EFULL, 500, "internal_error" },
+		{ KOBO_ECONFLICT, 503, "overloaded" },
+		{ KOBO_EUNKNOWN, 503, "storage_unavailable" },
+		{ KOBO_ESTORE, 503, "storage_unavailable" },
+		{ KOBO_EFAILED, 503, "storage_unavailable" },
+		{ KOBO_ECONNLOST, 503, "storage_unavailable" },
+		{ KOBO_ESHUTDOWN, 503, "shutting_down" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const char *code = NULL;
+		assert_int_equal(kobo__http_write_failed(cases[i].status, &code),
+		                 cases[i].http);
+		assert_string_equal(code, cases[i].code);
+		assert_non_null(kobo_http_error_message(code));
+	}
+}
+
 static void batch_reply_lists_results_in_order(void **state)
 {
 	(void)state;
@@ -814,6 +845,7 @@ int main(void)
 		cmocka_unit_test(error_encoding_escapes),
 		cmocka_unit_test(results_map_to_statuses),
 		cmocka_unit_test(transfer_in_progress_is_409_with_retry_after),
+		cmocka_unit_test(write_failures_map_to_statuses),
 		cmocka_unit_test(batch_reply_lists_results_in_order),
 		cmocka_unit_test(routes_match),
 	};
