@@ -133,19 +133,9 @@ static const char *int128_text(__int128 value, char buf[48])
 	return buf;
 }
 
-static uint64_t hash_id(const char *id)
-{
-	uint64_t h = 14695981039346656037ull; /* FNV-1a */
-	for (; *id != '\0'; id++) {
-		h ^= (unsigned char)*id;
-		h *= 1099511628211ull;
-	}
-	return h;
-}
-
 static audit_account *find_account(const store_auditor *a, const char *id)
 {
-	for (size_t i = hash_id(id) & a->slot_mask;; i = (i + 1) & a->slot_mask) {
+	for (size_t i = kobo_hash_id(id) & a->slot_mask;; i = (i + 1) & a->slot_mask) {
 		size_t slot = a->slots[i];
 		if (slot == 0)
 			return NULL;
@@ -245,7 +235,7 @@ int store_auditor_account(store_auditor *a, const kobo_account *account)
 	audit_currency *c = find_currency(a, acc->currency);
 	if (c == NULL)
 		return KOBO_ENOMEM;
-	size_t i = hash_id(acc->id) & a->slot_mask;
+	size_t i = kobo_hash_id(acc->id) & a->slot_mask;
 	while (a->slots[i] != 0)
 		i = (i + 1) & a->slot_mask;
 	a->slots[i] = ++a->account_count;

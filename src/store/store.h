@@ -95,7 +95,7 @@
  *   KOBO_ENOTFOUND  read_account / read_transfer found nothing.
  *   KOBO_ENOMEM     out of memory in kobo_store_open, reader_open or audit
  *                   (elsewhere a backend answers KOBO_ESTORE).
- *   any other value a load callback returned (see kobo_store_load_fn).
+ *   any other value a load callback returned (kobo_store_transfer_fn, kobo_store_account_fn).
  *
  * CONSISTENCY TOKEN
  *

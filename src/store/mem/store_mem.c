@@ -124,16 +124,6 @@ typedef struct transfer_rows {
 
 #define NO_ROW SIZE_MAX
 
-static uint64_t hash_id(const char *id)
-{
-	uint64_t h = 14695981039346656037ull; /* FNV-1a */
-	for (; *id != '\0'; id++) {
-		h ^= (unsigned char)*id;
-		h *= 1099511628211ull;
-	}
-	return h;
-}
-
 /* The row whose id is id, or NO_ROW. id_of(rows, r) names row r. */
 typedef const char *(*row_id_fn)(const void *rows, size_t row);
 
@@ -143,7 +133,7 @@ static size_t index_find(const id_index *ix, const void *rows, row_id_fn id_of,
 	if (ix->slot_count == 0)
 		return NO_ROW;
 	size_t mask = ix->slot_count - 1;
-	for (size_t i = hash_id(id) & mask;; i = (i + 1) & mask) {
+	for (size_t i = kobo_hash_id(id) & mask;; i = (i + 1) & mask) {
 		if (ix->slots[i] == 0)
 			return NO_ROW;
 		if (strcmp(id_of(rows, ix->slots[i] - 1), id) == 0)
@@ -154,7 +144,7 @@ static size_t index_find(const id_index *ix, const void *rows, row_id_fn id_of,
 static void index_put(id_index *ix, const char *id, size_t row)
 {
 	size_t mask = ix->slot_count - 1;
-	size_t i = hash_id(id) & mask;
+	size_t i = kobo_hash_id(id) & mask;
 	while (ix->slots[i] != 0)
 		i = (i + 1) & mask;
 	ix->slots[i] = row + 1;
