@@ -2,9 +2,13 @@
  * store_pg.c — the PostgreSQL store: one shard per schema, one transaction
  * per writer batch, any number of kobod on the same database.
  *
- * Implements store.h over libpq. The write side is one connection used by
- * the shard writer thread; every reader opens a connection of its own; the
- * audit opens one for its snapshot. Issue 9 is the brief.
+ * Implements store.h over libpq. This file opens a shard (creating its
+ * schema) and holds the write side: one connection used by the shard
+ * writer thread. Every reader opens a connection of its own (pg_read.c,
+ * which also opens connections for everyone and decodes rows); pg_audit.c
+ * opens one for its snapshot and feeds it to the audit's rules
+ * (auditor.c). What the three files share is in pg_internal.h. Issue 9 is
+ * the brief.
  *
  * NOTES ON THE DESIGN
  *
@@ -91,25 +95,23 @@
  *   2. state == IN_BATCH exactly when `conn` holds a transaction this code
  *      began (or the link broke inside one).
  *   3. `failed` is never cleared: close and open again.
- *   4. Records handed to load callbacks point into PGresults kept in
- *      `loaded` until the next begin() (guarantee 3 of store.h).
+ *   4. The metadata of records handed to load callbacks lives in the
+ *      `metadata` pool, and their rows in `loaded`, until the next begin()
+ *      (guarantee 3 of store.h).
  *   5. meta is updated exactly once per committed batch.
  */
 #include <inttypes.h>
-#include <libpq-fe.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../obs/obs.h"
-#include "../auditor.h"
-#include "store_pg.h"
+#include "pg_internal.h"
 
 /* ---- Limits. ---- */
 
 #define PG_SCHEMA_VERSION 1
-#define PG_CONNECT_TIMEOUT_S "5"
 #define PG_ADVISORY_KEY 0x6b6f626f /* "kobo": first half of the schema lock */
 #define PG_SCHEMA_NAME_BYTES 32
 #define PG_ARRAY_COLUMNS_MAX 22    /* the transfer insert's parameters */
@@ -117,15 +119,6 @@
 #define PG_SQL_BYTES_MAX 4096
 
 /* ---- Statements. ---- */
-
-#define PG_ACCOUNT_COLUMNS \
-	"id, currency, allow_negative, posted, pending_out, pending_in, " \
-	"metadata, created_at_ms"
-#define PG_TRANSFER_COLUMNS \
-	"seq, id, from_id, to_id, currency, amount, posted_amount, pending, " \
-	"timeout_seconds, expires_at_ms, status, void_reason, error_code, " \
-	"metadata, request_id, created_at_ms, updated_at_ms, leg, clearing, " \
-	"saga, saga_amount, saga_reason"
 
 /* The schema, run under the advisory lock; %s is the schema name. */
 static const char *const schema_sql =
@@ -262,50 +255,6 @@ static const struct {
 		" ORDER BY expires_at_ms, seq LIMIT $2::int8"},
 };
 
-enum {
-	SQL_READ_ACCOUNT,
-	SQL_READ_TRANSFER,
-	SQL_READ_HISTORY,
-	SQL_READ_SAGAS,
-	SQL_READ_ACCOUNTS_FROM,
-	SQL_READ_ACCOUNTS_RANGE,
-	SQL_READER_COUNT
-};
-
-static const struct {
-	const char *name;
-	const char *sql;
-} reader_sql[SQL_READER_COUNT] = {
-	[SQL_READ_ACCOUNT] = {"kobo_read_account",
-		"SELECT " PG_ACCOUNT_COLUMNS " FROM accounts WHERE id = $1"},
-	[SQL_READ_TRANSFER] = {"kobo_read_transfer",
-		"SELECT " PG_TRANSFER_COLUMNS " FROM transfers WHERE id = $1"},
-	/* As in the SQLite store: one ordered range scan per column that can
-	 * name the account, each arm leaving out what an earlier arm returns. */
-	[SQL_READ_HISTORY] = {"kobo_read_history",
-		"(SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
-		" WHERE from_id = $1 AND seq > $2 AND status <> 'rejected'"
-		" ORDER BY seq LIMIT $3) "
-		"UNION ALL "
-		"(SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
-		" WHERE to_id = $1 AND from_id <> $1 AND seq > $2"
-		" AND status <> 'rejected' ORDER BY seq LIMIT $3) "
-		"UNION ALL "
-		"(SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
-		" WHERE clearing = $1 AND clearing <> '' AND from_id <> $1"
-		" AND to_id <> $1 AND seq > $2 AND status <> 'rejected'"
-		" ORDER BY seq LIMIT $3) "
-		"ORDER BY seq LIMIT $3"},
-	[SQL_READ_SAGAS] = {"kobo_read_sagas",
-		"SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
-		" WHERE saga <> 'none' AND id > $1 ORDER BY id LIMIT $2"},
-	[SQL_READ_ACCOUNTS_FROM] = {"kobo_read_accounts_from",
-		"SELECT " PG_ACCOUNT_COLUMNS " FROM accounts WHERE id >= $1 ORDER BY id"},
-	[SQL_READ_ACCOUNTS_RANGE] = {"kobo_read_accounts_range",
-		"SELECT " PG_ACCOUNT_COLUMNS " FROM accounts WHERE id >= $1 AND id < $2"
-		" ORDER BY id"},
-};
-
 /* ---- Growable text buffers for array literals. ---- */
 
 typedef struct pg_buf {
@@ -425,80 +374,6 @@ static void arr_metadata(pg_buf *b, const char *metadata, uint32_t len)
 	b->data[b->len] = '\0';
 }
 
-/* ---- Decoded metadata, kept as long as the contract says. ---- */
-
-typedef struct pg_pool {
-	char **blocks;
-	size_t count;
-	size_t cap;
-} pg_pool;
-
-static void pool_free(pg_pool *p)
-{
-	for (size_t i = 0; i < p->count; i++)
-		free(p->blocks[i]);
-	p->count = 0;
-}
-
-static void pool_destroy(pg_pool *p)
-{
-	pool_free(p);
-	free(p->blocks);
-	p->blocks = NULL;
-	p->cap = 0;
-}
-
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* Decodes a bytea column (text result: "\x" + hex) into a block of pool.
- * KOBO_ESTORE for anything this code could not have written. */
-static int pool_metadata(pg_pool *p, const PGresult *res, int row, int col,
-                         const char **out, uint32_t *out_len)
-{
-	const char *text = PQgetvalue(res, row, col);
-	int len = PQgetlength(res, row, col);
-
-	if (PQgetisnull(res, row, col) || len < 2 || text[0] != '\\' ||
-	    text[1] != 'x' || (len - 2) % 2 != 0 ||
-	    (size_t)(len - 2) / 2 > KOBO_METADATA_BYTES_MAX)
-		return KOBO_ESTORE;
-	if (p->count == p->cap) {
-		size_t cap = p->cap ? 2 * p->cap : 64;
-		char **blocks = realloc(p->blocks, cap * sizeof *blocks);
-		if (blocks == NULL)
-			return KOBO_ENOMEM;
-		p->blocks = blocks;
-		p->cap = cap;
-	}
-	size_t bytes = (size_t)(len - 2) / 2;
-	char *block = malloc(bytes + 1);
-	if (block == NULL)
-		return KOBO_ENOMEM;
-	for (size_t i = 0; i < bytes; i++) {
-		int hi = hex_value(text[2 + 2 * i]);
-		int lo = hex_value(text[3 + 2 * i]);
-		if (hi < 0 || lo < 0) {
-			free(block);
-			return KOBO_ESTORE;
-		}
-		block[i] = (char)(hi << 4 | lo);
-	}
-	block[bytes] = '\0';
-	p->blocks[p->count++] = block;
-	*out = block;
-	*out_len = (uint32_t)bytes;
-	return KOBO_OK;
-}
-
 /* ---- The ids a batch asked to load. ----
  *
  * A unique violation on insert means one of two things: another node
@@ -571,48 +446,28 @@ typedef struct pg_store {
 	uint64_t token;        /* commit_seq after this batch, once bumped */
 	PGresult *loaded[PG_LOADED_MAX]; /* this batch's load results */
 	size_t loaded_count;
-	pg_pool metadata; /* this batch's loaded metadata */
+	store_pg_pool metadata; /* this batch's loaded metadata */
 	pg_idset looked_up_transfers; /* ids this batch's loads asked for */
 	pg_idset looked_up_accounts;
 	pg_buf cols[PG_ARRAY_COLUMNS_MAX];
 } pg_store;
-
-typedef struct pg_reader {
-	kobo_store_reader base; /* first */
-	PGconn *conn;
-	PGresult *last; /* the record of the last read_account/read_transfer */
-	pg_pool metadata; /* its metadata (or the current callback row's) */
-} pg_reader;
 
 static pg_store *to_store(kobo_store *store)
 {
 	return (pg_store *)store;
 }
 
-static pg_reader *to_reader(kobo_store_reader *reader)
+const char *store_pg_url(const kobo_store *store)
 {
-	return (pg_reader *)reader;
+	return ((const pg_store *)store)->url;
 }
 
-/* ---- Errors. ---- */
-
-static void log_pg(const char *event, PGconn *conn, const PGresult *res)
+const char *store_pg_schema(const kobo_store *store)
 {
-	char message[512];
-	const char *text = res != NULL ? PQresultErrorMessage(res) : NULL;
-	if (text == NULL || text[0] == '\0')
-		text = conn != NULL ? PQerrorMessage(conn) : "out of memory";
-	const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-	kobo_json_escape(message, sizeof message, text);
-	/* Trim libpq's trailing newline from the escaped text. */
-	size_t len = strlen(message);
-	while (len >= 2 && message[len - 2] == '\\' && message[len - 1] == 'n') {
-		message[len - 2] = '\0';
-		len -= 2;
-	}
-	kobo_log(KOBO_LOG_ERROR, event, "\"sqlstate\":\"%s\",\"message\":\"%s\"",
-	         state != NULL ? state : "", message);
+	return ((const pg_store *)store)->schema;
 }
+
+/* ---- Error kinds. ---- */
 
 static bool sqlstate_is(const PGresult *res, const char *code)
 {
@@ -620,24 +475,10 @@ static bool sqlstate_is(const PGresult *res, const char *code)
 	return state != NULL && strcmp(state, code) == 0;
 }
 
-/* true when the failure means the link to the server is gone (or going):
- * a broken connection, or the server shutting down / in recovery. */
-static bool connection_lost(PGconn *conn, const PGresult *res)
-{
-	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
-		return true;
-	const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-	if (state == NULL)
-		return res == NULL;
-	return strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
-	       strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
-	       strcmp(state, "25006") == 0; /* read-only transaction: a standby */
-}
-
 /* The kind of a failed statement inside a batch, before COMMIT. */
 static int batch_error_kind(PGconn *conn, const PGresult *res, bool unique_is_conflict)
 {
-	if (connection_lost(conn, res))
+	if (store_pg_connection_lost(conn, res))
 		return KOBO_ECONNLOST;
 	if (sqlstate_is(res, "40P01") || sqlstate_is(res, "40001"))
 		return KOBO_ECONFLICT;
@@ -646,73 +487,12 @@ static int batch_error_kind(PGconn *conn, const PGresult *res, bool unique_is_co
 	return KOBO_ESTORE;
 }
 
-/* ---- Connections. ---- */
+/* ---- The schema, and the writer's statements. ---- */
 
 static int schema_name(char *out, size_t size, uint32_t shard)
 {
 	int n = snprintf(out, size, "kobo_shard_%" PRIu32, shard);
 	return n > 0 && (size_t)n < size ? KOBO_OK : KOBO_EINVAL;
-}
-
-static int exec_ok(PGconn *conn, const char *sql, const char *event)
-{
-	PGresult *res = PQexec(conn, sql);
-	ExecStatusType st = PQresultStatus(res);
-	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-		log_pg(event, conn, res);
-		PQclear(res);
-		return KOBO_ESTORE;
-	}
-	PQclear(res);
-	return KOBO_OK;
-}
-
-/* Opens a connection with the session settings every Kobo connection
- * uses. Earlier keywords are defaults the URL may override (libpq keeps
- * the last value of a repeated keyword; dbname is expanded in place). */
-static int pg_connect(const char *url, const char *schema, PGconn **out)
-{
-	static const char *const keys[] = {"connect_timeout", "application_name",
-	                                   "dbname", NULL};
-	const char *values[] = {PG_CONNECT_TIMEOUT_S, "kobo", url, NULL};
-	char sql[256];
-
-	*out = NULL;
-	PGconn *conn = PQconnectdbParams(keys, values, 1);
-	if (conn == NULL)
-		return KOBO_ENOMEM;
-	if (PQstatus(conn) != CONNECTION_OK) {
-		log_pg("store_pg_connect_failed", conn, NULL);
-		PQfinish(conn);
-		return KOBO_ECONNLOST;
-	}
-	/* synchronous_commit on: a commit returns once flushed here and, with
-	 * synchronous_standby_names, on the standby. search_path: the shard. */
-	snprintf(sql, sizeof sql,
-	         "SET synchronous_commit = on; SET search_path = %s; SET client_min_messages = warning; "
-	         "SET client_encoding = 'UTF8'", schema);
-	if (exec_ok(conn, sql, "store_pg_session_failed") != KOBO_OK) {
-		PQfinish(conn);
-		return KOBO_ESTORE;
-	}
-	*out = conn;
-	return KOBO_OK;
-}
-
-static int prepare_all(PGconn *conn, const char *const *names,
-                       const char *const *sqls, size_t count)
-{
-	for (size_t i = 0; i < count; i++) {
-		PGresult *res = PQprepare(conn, names[i], sqls[i], 0, NULL);
-		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-			log_pg("store_pg_prepare_failed", conn, res);
-			int kind = connection_lost(conn, res) ? KOBO_ECONNLOST : KOBO_ESTORE;
-			PQclear(res);
-			return kind;
-		}
-		PQclear(res);
-	}
-	return KOBO_OK;
 }
 
 static int prepare_writer(PGconn *conn)
@@ -723,18 +503,7 @@ static int prepare_writer(PGconn *conn)
 		names[i] = writer_sql[i].name;
 		sqls[i] = writer_sql[i].sql;
 	}
-	return prepare_all(conn, names, sqls, SQL_WRITER_COUNT);
-}
-
-static int prepare_reader(PGconn *conn)
-{
-	const char *names[SQL_READER_COUNT];
-	const char *sqls[SQL_READER_COUNT];
-	for (size_t i = 0; i < SQL_READER_COUNT; i++) {
-		names[i] = reader_sql[i].name;
-		sqls[i] = reader_sql[i].sql;
-	}
-	return prepare_all(conn, names, sqls, SQL_READER_COUNT);
+	return store_pg_prepare_all(conn, names, sqls, SQL_WRITER_COUNT);
 }
 
 /* Reads meta and checks it belongs to this build and this shard. */
@@ -742,7 +511,7 @@ static int check_meta(PGconn *conn, uint32_t shard)
 {
 	PGresult *res = PQexec(conn, "SELECT schema_version, shard_index FROM meta WHERE id = 1");
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-		log_pg("store_pg_meta_unreadable", conn, res);
+		store_pg_log_error("store_pg_meta_unreadable", conn, res);
 		PQclear(res);
 		return KOBO_ESTORE;
 	}
@@ -774,25 +543,25 @@ static int create_schema(PGconn *conn, const char *schema, uint32_t shard)
 
 	n = snprintf(sql, sizeof sql, "BEGIN; SELECT pg_advisory_xact_lock(%d, %d);",
 	             PG_ADVISORY_KEY, (int)(shard & 0x7fffffff));
-	if (exec_ok(conn, sql, "store_pg_schema_lock_failed") != KOBO_OK)
+	if (store_pg_exec(conn, sql, "store_pg_schema_lock_failed") != KOBO_OK)
 		return KOBO_ESTORE;
 	n = snprintf(sql, sizeof sql, schema_sql, schema, schema);
 	if (n <= 0 || (size_t)n >= sizeof sql ||
-	    exec_ok(conn, sql, "store_pg_schema_failed") != KOBO_OK)
+	    store_pg_exec(conn, sql, "store_pg_schema_failed") != KOBO_OK)
 		goto fail;
 	n = snprintf(sql, sizeof sql,
 	             "INSERT INTO meta (id, schema_version, shard_index, shard_count,"
 	             " commit_seq, transfer_seq) VALUES (1, %d, %" PRIu32 ", 0, 0, 0)"
 	             " ON CONFLICT (id) DO NOTHING", PG_SCHEMA_VERSION, shard);
-	if (exec_ok(conn, sql, "store_pg_meta_failed") != KOBO_OK)
+	if (store_pg_exec(conn, sql, "store_pg_meta_failed") != KOBO_OK)
 		goto fail;
 	if (check_meta(conn, shard) != KOBO_OK)
 		goto fail;
-	if (exec_ok(conn, "COMMIT", "store_pg_schema_commit_failed") != KOBO_OK)
+	if (store_pg_exec(conn, "COMMIT", "store_pg_schema_commit_failed") != KOBO_OK)
 		return KOBO_ESTORE;
 	return KOBO_OK;
 fail:
-	(void)exec_ok(conn, "ROLLBACK", "store_pg_rollback_failed");
+	(void)store_pg_exec(conn, "ROLLBACK", "store_pg_rollback_failed");
 	return KOBO_ESTORE;
 }
 
@@ -803,7 +572,7 @@ static void free_loaded(pg_store *s)
 	for (size_t i = 0; i < s->loaded_count; i++)
 		PQclear(s->loaded[i]);
 	s->loaded_count = 0;
-	pool_free(&s->metadata);
+	store_pg_pool_free(&s->metadata);
 	idset_clear(&s->looked_up_transfers);
 	idset_clear(&s->looked_up_accounts);
 }
@@ -813,7 +582,7 @@ static void rollback_transaction(pg_store *s)
 {
 	if (s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK &&
 	    PQtransactionStatus(s->conn) != PQTRANS_IDLE)
-		(void)exec_ok(s->conn, "ROLLBACK", "store_pg_rollback_failed");
+		(void)store_pg_exec(s->conn, "ROLLBACK", "store_pg_rollback_failed");
 }
 
 static void end_batch(pg_store *s, pg_state state)
@@ -851,7 +620,7 @@ static int ensure_connection(pg_store *s)
 		PQfinish(s->conn);
 		s->conn = NULL;
 	}
-	int rc = pg_connect(s->url, s->schema, &s->conn);
+	int rc = store_pg_connect(s->url, s->schema, &s->conn);
 	if (rc != KOBO_OK)
 		return rc == KOBO_ENOMEM ? rc : KOBO_ECONNLOST;
 	rc = prepare_writer(s->conn);
@@ -879,7 +648,7 @@ static int store_begin(kobo_store *store)
 		return rc;
 	PGresult *res = PQexec(s->conn, "BEGIN");
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-		log_pg("store_pg_begin_failed", s->conn, res);
+		store_pg_log_error("store_pg_begin_failed", s->conn, res);
 		rc = batch_error_kind(s->conn, res, false);
 		PQclear(res);
 		rollback_transaction(s);
@@ -913,7 +682,7 @@ static PGresult *batch_exec(pg_store *s, int which, int nparams,
 		*rc = KOBO_OK;
 		return res;
 	}
-	log_pg("store_pg_statement_failed", s->conn, res);
+	store_pg_log_error("store_pg_statement_failed", s->conn, res);
 	int kind = batch_error_kind(s->conn, res, unique_is_conflict);
 	PQclear(res);
 	if (kind == KOBO_ESTORE && sticky)
@@ -921,92 +690,6 @@ static PGresult *batch_exec(pg_store *s, int which, int nparams,
 	else
 		*rc = store_abandon(s, kind);
 	return NULL;
-}
-
-/* ---- Row decoding (text results). ---- */
-
-static int64_t col_int(const PGresult *res, int row, int col)
-{
-	return strtoll(PQgetvalue(res, row, col), NULL, 10);
-}
-
-static int col_copy(const PGresult *res, int row, int col, char *dst, size_t size)
-{
-	if (PQgetisnull(res, row, col))
-		return KOBO_ESTORE;
-	int len = PQgetlength(res, row, col);
-	if (len < 0 || (size_t)len >= size)
-		return KOBO_ESTORE;
-	memcpy(dst, PQgetvalue(res, row, col), (size_t)len);
-	dst[len] = '\0';
-	return KOBO_OK;
-}
-
-static const char *col_word(const PGresult *res, int row, int col)
-{
-	return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
-}
-
-/* The metadata points into res: valid until res is cleared. */
-static int account_from_row(const PGresult *res, int row, pg_pool *pool,
-                            kobo_account *out)
-{
-	memset(out, 0, sizeof *out);
-	if (col_copy(res, row, 0, out->id, sizeof out->id) != KOBO_OK ||
-	    col_copy(res, row, 1, out->currency, sizeof out->currency) != KOBO_OK)
-		return KOBO_ESTORE;
-	out->allow_negative = PQgetvalue(res, row, 2)[0] == 't';
-	out->posted = col_int(res, row, 3);
-	out->pending_out = col_int(res, row, 4);
-	out->pending_in = col_int(res, row, 5);
-	if (pool_metadata(pool, res, row, 6, &out->metadata, &out->metadata_len) != KOBO_OK)
-		return KOBO_ESTORE;
-	out->created_at_ms = col_int(res, row, 7);
-	return KOBO_OK;
-}
-
-static int transfer_from_row(const PGresult *res, int row, pg_pool *pool,
-                             kobo_transfer *out, int64_t *seq)
-{
-	memset(out, 0, sizeof *out);
-	*seq = col_int(res, row, 0);
-	if (col_copy(res, row, 1, out->id, sizeof out->id) != KOBO_OK ||
-	    col_copy(res, row, 2, out->from, sizeof out->from) != KOBO_OK ||
-	    col_copy(res, row, 3, out->to, sizeof out->to) != KOBO_OK ||
-	    col_copy(res, row, 4, out->currency, sizeof out->currency) != KOBO_OK)
-		return KOBO_ESTORE;
-	out->amount = col_int(res, row, 5);
-	out->posted_amount = col_int(res, row, 6);
-	out->pending = PQgetvalue(res, row, 7)[0] == 't';
-	int64_t timeout = col_int(res, row, 8);
-	if (timeout < 0 || timeout > (int64_t)UINT32_MAX)
-		return KOBO_ESTORE;
-	out->timeout_seconds = (uint32_t)timeout;
-	out->expires_at_ms = col_int(res, row, 9);
-	if (!kobo_transfer_status_parse(col_word(res, row, 10), &out->status) ||
-	    !kobo_void_reason_parse(col_word(res, row, 11), &out->void_reason))
-		return KOBO_ESTORE;
-	out->error_code = KOBO_RESULT_CREATED;
-	const char *error_code = col_word(res, row, 12);
-	if (error_code != NULL) {
-		out->error_code = kobo_result_code_parse(error_code);
-		if (out->error_code == KOBO_RESULT_CODE_COUNT)
-			return KOBO_ESTORE;
-	}
-	if (pool_metadata(pool, res, row, 13, &out->metadata, &out->metadata_len) != KOBO_OK)
-		return KOBO_ESTORE;
-	if (col_copy(res, row, 14, out->request_id, sizeof out->request_id) != KOBO_OK)
-		return KOBO_ESTORE;
-	out->created_at_ms = col_int(res, row, 15);
-	out->updated_at_ms = col_int(res, row, 16);
-	if (!kobo_leg_parse(col_word(res, row, 17), &out->leg) ||
-	    col_copy(res, row, 18, out->clearing, sizeof out->clearing) != KOBO_OK ||
-	    !kobo_saga_state_parse(col_word(res, row, 19), &out->saga))
-		return KOBO_ESTORE;
-	out->saga_amount = col_int(res, row, 20);
-	if (!kobo_void_reason_parse(col_word(res, row, 21), &out->saga_reason))
-		return KOBO_ESTORE;
-	return KOBO_OK;
 }
 
 /* Runs a locking load and keeps its result for the batch. */
@@ -1048,7 +731,7 @@ static int store_load_transfers(kobo_store *store, const char *const *ids,
 	for (int row = 0; row < PQntuples(res); row++) {
 		kobo_transfer transfer;
 		int64_t seq;
-		if (transfer_from_row(res, row, &s->metadata, &transfer, &seq) != KOBO_OK) {
+		if (store_pg_transfer_from_row(res, row, &s->metadata, &transfer, &seq) != KOBO_OK) {
 			kobo_log(KOBO_LOG_ERROR, "store_pg_corrupt_row",
 			         "\"table\":\"transfers\",\"shard\":%" PRIu32, s->shard);
 			return store_abandon(s, KOBO_ESTORE);
@@ -1073,7 +756,7 @@ static int store_load_accounts(kobo_store *store, const char *const *ids,
 		return rc;
 	for (int row = 0; row < PQntuples(res); row++) {
 		kobo_account account;
-		if (account_from_row(res, row, &s->metadata, &account) != KOBO_OK) {
+		if (store_pg_account_from_row(res, row, &s->metadata, &account) != KOBO_OK) {
 			kobo_log(KOBO_LOG_ERROR, "store_pg_corrupt_row",
 			         "\"table\":\"accounts\",\"shard\":%" PRIu32, s->shard);
 			return store_abandon(s, KOBO_ESTORE);
@@ -1185,8 +868,8 @@ static int bump_meta(pg_store *s, size_t new_transfers, int64_t *first_seq, bool
 		kobo_log(KOBO_LOG_ERROR, "store_pg_meta_missing", "\"shard\":%" PRIu32, s->shard);
 		return sticky ? store_fail(s, KOBO_ESTORE) : store_abandon(s, KOBO_ESTORE);
 	}
-	s->token = (uint64_t)col_int(res, 0, 0);
-	*first_seq = col_int(res, 0, 1);
+	s->token = (uint64_t)store_pg_col_int(res, 0, 0);
+	*first_seq = store_pg_col_int(res, 0, 1);
 	PQclear(res);
 	s->meta_bumped = true;
 	return KOBO_OK;
@@ -1344,7 +1027,7 @@ static int store_commit(kobo_store *store, uint64_t *token)
 	bool committed = PQresultStatus(res) == PGRES_COMMAND_OK &&
 	                 strcmp(PQcmdStatus(res), "COMMIT") == 0;
 	if (!committed) {
-		log_pg("store_pg_commit_failed", s->conn, res);
+		store_pg_log_error("store_pg_commit_failed", s->conn, res);
 		PQclear(res);
 		return store_fail(s, KOBO_EUNKNOWN);
 	}
@@ -1385,12 +1068,12 @@ static int store_expired_holds(kobo_store *store, int64_t now_ms,
 	PGresult *res = PQexecPrepared(s->conn, writer_sql[SQL_EXPIRED_HOLDS].name,
 	                               2, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		log_pg("store_pg_expired_holds_failed", s->conn, res);
+		store_pg_log_error("store_pg_expired_holds_failed", s->conn, res);
 		PQclear(res);
 		return KOBO_ESTORE;
 	}
 	for (int row = 0; row < PQntuples(res) && *count < max; row++) {
-		if (col_copy(res, row, 0, ids[*count], sizeof ids[*count]) != KOBO_OK) {
+		if (store_pg_col_copy(res, row, 0, ids[*count], sizeof ids[*count]) != KOBO_OK) {
 			PQclear(res);
 			*count = 0;
 			return KOBO_ESTORE;
@@ -1406,310 +1089,15 @@ static bool store_healthy(kobo_store *store)
 	return !atomic_load(&to_store(store)->failed);
 }
 
-/* ---- Readers. ---- */
+/* ---- Open, audit, close. ---- */
 
-static int store_reader_open(kobo_store *store, kobo_store_reader **out)
-{
-	pg_store *s = to_store(store);
-	pg_reader *r = calloc(1, sizeof *r);
-
-	*out = NULL;
-	if (r == NULL)
-		return KOBO_ENOMEM;
-	int rc = pg_connect(s->url, s->schema, &r->conn);
-	if (rc == KOBO_OK)
-		rc = prepare_reader(r->conn);
-	if (rc != KOBO_OK) {
-		PQfinish(r->conn);
-		free(r);
-		return rc == KOBO_ENOMEM ? rc : KOBO_ESTORE;
-	}
-	r->base.store = store;
-	*out = &r->base;
-	return KOBO_OK;
-}
-
-static void store_reader_close(kobo_store_reader *reader)
-{
-	pg_reader *r = to_reader(reader);
-	PQclear(r->last);
-	pool_destroy(&r->metadata);
-	PQfinish(r->conn);
-	free(r);
-}
-
-/* Runs a reader statement; NULL (logged) on failure. A broken link is
- * re-opened once, so a reader survives a server restart. */
-static PGresult *reader_exec(pg_reader *r, int which, int nparams,
-                             const char *const *params)
-{
-	for (int attempt = 0; attempt < 2; attempt++) {
-		PGresult *res = PQexecPrepared(r->conn, reader_sql[which].name, nparams,
-		                               params, NULL, NULL, 0);
-		if (PQresultStatus(res) == PGRES_TUPLES_OK)
-			return res;
-		log_pg("store_pg_read_failed", r->conn, res);
-		bool lost = connection_lost(r->conn, res);
-		PQclear(res);
-		if (!lost || attempt == 1)
-			return NULL;
-		PQreset(r->conn);
-		if (PQstatus(r->conn) != CONNECTION_OK)
-			return NULL;
-		pg_store *s = to_store(r->base.store);
-		char sql[128];
-		snprintf(sql, sizeof sql, "SET synchronous_commit = on; SET search_path = %s",
-		         s->schema);
-		if (exec_ok(r->conn, sql, "store_pg_session_failed") != KOBO_OK ||
-		    prepare_reader(r->conn) != KOBO_OK)
-			return NULL;
-	}
-	return NULL;
-}
-
-static int store_read_account(kobo_store_reader *reader, const char *id,
-                              kobo_account *out)
-{
-	pg_reader *r = to_reader(reader);
-	const char *params[1] = {id};
-
-	PQclear(r->last);
-	pool_free(&r->metadata);
-	r->last = reader_exec(r, SQL_READ_ACCOUNT, 1, params);
-	if (r->last == NULL)
-		return KOBO_ESTORE;
-	if (PQntuples(r->last) == 0)
-		return KOBO_ENOTFOUND;
-	return account_from_row(r->last, 0, &r->metadata, out);
-}
-
-static int store_read_transfer(kobo_store_reader *reader, const char *id,
-                               kobo_transfer *out)
-{
-	pg_reader *r = to_reader(reader);
-	const char *params[1] = {id};
-	int64_t seq;
-
-	PQclear(r->last);
-	pool_free(&r->metadata);
-	r->last = reader_exec(r, SQL_READ_TRANSFER, 1, params);
-	if (r->last == NULL)
-		return KOBO_ESTORE;
-	if (PQntuples(r->last) == 0)
-		return KOBO_ENOTFOUND;
-	return transfer_from_row(r->last, 0, &r->metadata, out, &seq);
-}
-
-static int each_transfer_row(pg_reader *r, PGresult *res, kobo_store_transfer_fn each,
-                             void *ctx, bool skip_repeats, int64_t last_seq)
-{
-	int result = KOBO_OK;
-	/* The previous read_* record goes: its metadata lives in the pool. */
-	PQclear(r->last);
-	r->last = NULL;
-	for (int row = 0; row < PQntuples(res); row++) {
-		kobo_transfer transfer;
-		int64_t seq;
-		pool_free(&r->metadata);
-		if (transfer_from_row(res, row, &r->metadata, &transfer, &seq) != KOBO_OK) {
-			result = KOBO_ESTORE;
-			break;
-		}
-		if (skip_repeats && seq == last_seq)
-			continue;
-		last_seq = seq;
-		if (each(ctx, &transfer, seq) != 0)
-			break;
-	}
-	PQclear(res);
-	return result;
-}
-
-static int store_read_history(kobo_store_reader *reader, const char *account_id,
-                              int64_t after_seq, size_t limit,
-                              kobo_store_transfer_fn each, void *ctx)
-{
-	pg_reader *r = to_reader(reader);
-	char after_text[32];
-	char limit_text[32];
-	const char *params[3] = {account_id, after_text, limit_text};
-
-	if (limit == 0)
-		return KOBO_OK;
-	snprintf(after_text, sizeof after_text, "%" PRId64, after_seq);
-	snprintf(limit_text, sizeof limit_text, "%" PRId64,
-	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-	PGresult *res = reader_exec(r, SQL_READ_HISTORY, 3, params);
-	if (res == NULL)
-		return KOBO_ESTORE;
-	return each_transfer_row(r, res, each, ctx, true, after_seq);
-}
-
-static int store_read_sagas(kobo_store_reader *reader, const char *after_id,
-                            size_t limit, kobo_store_transfer_fn each, void *ctx)
-{
-	pg_reader *r = to_reader(reader);
-	char limit_text[32];
-	const char *params[2] = {after_id != NULL ? after_id : "", limit_text};
-
-	if (limit == 0)
-		return KOBO_OK;
-	snprintf(limit_text, sizeof limit_text, "%" PRId64,
-	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-	PGresult *res = reader_exec(r, SQL_READ_SAGAS, 2, params);
-	if (res == NULL)
-		return KOBO_ESTORE;
-	return each_transfer_row(r, res, each, ctx, false, 0);
-}
-
-/* The least string above every string starting with prefix (see
- * sqlite_read.c); false when there is none, or when it would not be valid
- * UTF-8 text (PostgreSQL refuses such a parameter): the caller then reads
- * from prefix on and stops at the first id without it. */
-static bool prefix_upper_bound(const char *prefix, char *bound, size_t bound_size)
-{
-	size_t len = strlen(prefix);
-
-	if (len == 0 || len >= bound_size)
-		return false;
-	unsigned char last = (unsigned char)prefix[len - 1];
-	if (last >= 0x7f)
-		return false;
-	memcpy(bound, prefix, len);
-	bound[len - 1] = (char)(last + 1);
-	bound[len] = '\0';
-	return true;
-}
-
-static int store_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,
-                                      kobo_store_account_fn each, void *ctx)
-{
-	pg_reader *r = to_reader(reader);
-	char bound[KOBO_ID_LEN_MAX + 2];
-	size_t prefix_len = strlen(prefix);
-	PGresult *res;
-	int result = KOBO_OK;
-
-	if (prefix_len > KOBO_ID_LEN_MAX)
-		return KOBO_OK;
-	if (prefix_upper_bound(prefix, bound, sizeof bound)) {
-		const char *params[2] = {prefix, bound};
-		res = reader_exec(r, SQL_READ_ACCOUNTS_RANGE, 2, params);
-	} else {
-		const char *params[1] = {prefix};
-		res = reader_exec(r, SQL_READ_ACCOUNTS_FROM, 1, params);
-	}
-	if (res == NULL)
-		return KOBO_ESTORE;
-	PQclear(r->last);
-	r->last = NULL;
-	for (int row = 0; row < PQntuples(res); row++) {
-		kobo_account account;
-		pool_free(&r->metadata);
-		if (account_from_row(res, row, &r->metadata, &account) != KOBO_OK) {
-			result = KOBO_ESTORE;
-			break;
-		}
-		if (strncmp(account.id, prefix, prefix_len) != 0)
-			break; /* ordered by id: past the prefix */
-		if (each(ctx, &account) != 0)
-			break;
-	}
-	PQclear(res);
-	return result;
-}
-
-/* ---- Audit. ---- */
-
-/* Feeds one REPEATABLE READ snapshot of the shard to the audit's rules, on
- * a connection of its own (the writer may be mid-batch). */
 static int store_audit(kobo_store *store, kobo_store_report_fn report, void *ctx,
                        kobo_audit_totals *totals)
 {
 	pg_store *s = to_store(store);
-	store_auditor *a = NULL;
-	PGconn *conn = NULL;
-	PGresult *res = NULL;
-	int result = KOBO_ESTORE;
 
-	memset(totals, 0, sizeof *totals);
-	int rc = pg_connect(s->url, s->schema, &conn);
-	if (rc != KOBO_OK)
-		return rc == KOBO_ENOMEM ? rc : KOBO_ESTORE;
-	if (exec_ok(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-	            "store_pg_audit_failed") != KOBO_OK)
-		goto done;
-	res = PQexec(conn, "SELECT id, currency, allow_negative, posted, pending_out,"
-	                   " pending_in FROM accounts");
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		log_pg("store_pg_audit_failed", conn, res);
-		goto done;
-	}
-	a = store_auditor_create((size_t)PQntuples(res), report, ctx, totals);
-	if (a == NULL) {
-		result = KOBO_ENOMEM;
-		goto done;
-	}
-	for (int row = 0; row < PQntuples(res); row++) {
-		kobo_account acc;
-		memset(&acc, 0, sizeof acc);
-		if (col_copy(res, row, 0, acc.id, sizeof acc.id) != KOBO_OK ||
-		    col_copy(res, row, 1, acc.currency, sizeof acc.currency) != KOBO_OK) {
-			store_auditor_problem(a, "an account row has an id or currency "
-			                         "that is NULL or too long");
-			continue;
-		}
-		acc.allow_negative = PQgetvalue(res, row, 2)[0] == 't';
-		acc.posted = col_int(res, row, 3);
-		acc.pending_out = col_int(res, row, 4);
-		acc.pending_in = col_int(res, row, 5);
-		rc = store_auditor_account(a, &acc);
-		if (rc != KOBO_OK && rc != KOBO_EFULL) {
-			result = rc;
-			goto done;
-		}
-	}
-	PQclear(res);
-	res = PQexec(conn, "SELECT id, from_id, to_id, currency, amount, posted_amount,"
-	                   " status, leg, clearing, saga FROM transfers ORDER BY seq");
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		log_pg("store_pg_audit_failed", conn, res);
-		goto done;
-	}
-	for (int row = 0; row < PQntuples(res); row++) {
-		kobo_transfer t;
-		memset(&t, 0, sizeof t);
-		if (col_copy(res, row, 0, t.id, sizeof t.id) != KOBO_OK ||
-		    col_copy(res, row, 1, t.from, sizeof t.from) != KOBO_OK ||
-		    col_copy(res, row, 2, t.to, sizeof t.to) != KOBO_OK ||
-		    col_copy(res, row, 3, t.currency, sizeof t.currency) != KOBO_OK ||
-		    col_copy(res, row, 8, t.clearing, sizeof t.clearing) != KOBO_OK) {
-			store_auditor_transfer_problem(a, "a transfer row has an id, from, "
-			                               "to, currency or clearing that is "
-			                               "NULL or too long");
-			continue;
-		}
-		t.amount = col_int(res, row, 4);
-		t.posted_amount = col_int(res, row, 5);
-		if (!kobo_transfer_status_parse(col_word(res, row, 6), &t.status) ||
-		    !kobo_leg_parse(col_word(res, row, 7), &t.leg) ||
-		    !kobo_saga_state_parse(col_word(res, row, 9), &t.saga)) {
-			store_auditor_transfer_problem(a, "transfer %s has an unknown "
-			                               "status, leg or saga state", t.id);
-			continue;
-		}
-		store_auditor_transfer(a, &t);
-	}
-	store_auditor_finish(a);
-	result = KOBO_OK;
-done:
-	PQclear(res);
-	PQfinish(conn);
-	store_auditor_destroy(a);
-	return result;
+	return store_pg_audit(s->url, s->schema, report, ctx, totals);
 }
-
-/* ---- Open and close. ---- */
 
 static void store_close(kobo_store *store)
 {
@@ -1718,7 +1106,7 @@ static void store_close(kobo_store *store)
 	if (s->state == PG_IN_BATCH)
 		end_batch(s, PG_IDLE);
 	free_loaded(s);
-	pool_destroy(&s->metadata);
+	store_pg_pool_destroy(&s->metadata);
 	free(s->looked_up_transfers.ids);
 	free(s->looked_up_accounts.ids);
 	PQfinish(s->conn);
@@ -1737,13 +1125,13 @@ static const kobo_store_ops pg_ops = {
 	.rollback = store_rollback,
 	.expired_holds = store_expired_holds,
 	.healthy = store_healthy,
-	.reader_open = store_reader_open,
-	.reader_close = store_reader_close,
-	.read_account = store_read_account,
-	.read_transfer = store_read_transfer,
-	.read_history = store_read_history,
-	.read_sagas = store_read_sagas,
-	.read_accounts_prefix = store_read_accounts_prefix,
+	.reader_open = store_pg_reader_open,
+	.reader_close = store_pg_reader_close,
+	.read_account = store_pg_read_account,
+	.read_transfer = store_pg_read_transfer,
+	.read_history = store_pg_read_history,
+	.read_sagas = store_pg_read_sagas,
+	.read_accounts_prefix = store_pg_read_accounts_prefix,
 	.audit = store_audit,
 	.close = store_close,
 };
@@ -1768,7 +1156,7 @@ int store_pg_open(const char *url, uint32_t shard, bool read_only, kobo_store **
 		free(s);
 		return KOBO_ENOMEM;
 	}
-	rc = pg_connect(url, s->schema, &conn);
+	rc = store_pg_connect(url, s->schema, &conn);
 	if (rc != KOBO_OK)
 		goto fail;
 	rc = read_only ? check_meta(conn, shard) : create_schema(conn, s->schema, shard);
@@ -1792,19 +1180,3 @@ fail:
 	return rc == KOBO_ENOMEM ? rc : KOBO_ESTORE;
 }
 
-int store_pg_drop_shard(const char *url, uint32_t shard)
-{
-	char schema[PG_SCHEMA_NAME_BYTES];
-	char sql[128];
-	PGconn *conn = NULL;
-
-	if (schema_name(schema, sizeof schema, shard) != KOBO_OK)
-		return KOBO_EINVAL;
-	if (pg_connect(url, "public", &conn) != KOBO_OK)
-		return KOBO_ESTORE;
-	snprintf(sql, sizeof sql, "SET client_min_messages = warning; "
-	         "DROP SCHEMA IF EXISTS %s CASCADE", schema);
-	int rc = exec_ok(conn, sql, "store_pg_drop_failed");
-	PQfinish(conn);
-	return rc;
-}

@@ -22,9 +22,4 @@
 int store_pg_open(const char *url, uint32_t shard, bool read_only,
                   kobo_store **out);
 
-/* Drops shard `shard`'s schema and everything in it (tests only: the store
- * contract suite starts each test on an empty shard). KOBO_OK or
- * KOBO_ESTORE (logged). */
-int store_pg_drop_shard(const char *url, uint32_t shard);
-
 #endif /* KOBO_STORE_PG_H */

@@ -1,0 +1,554 @@
+/*
+ * pg_read.c — connections, row decoding and the read side of the
+ * PostgreSQL store.
+ *
+ * Everything here but the readers is shared by the writer (store_pg.c) and
+ * the audit (pg_audit.c): opening a connection with the session settings
+ * every Kobo connection uses, running and preparing statements, logging a
+ * libpq failure, telling a lost link from other failures, turning text rows
+ * into kobo_account / kobo_transfer. A reader is one connection of its own,
+ * for one thread, with its own prepared statements; it reads what has
+ * committed (READ COMMITTED), never the writer's open batch, and re-opens
+ * its link once if the server went away. Design notes: store_pg.c.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../obs/obs.h"
+#include "pg_internal.h"
+
+/* How long a connect may take, in seconds (libpq's connect_timeout): the
+ * writer's reconnect in begin() waits at most this long. */
+#define PG_CONNECT_TIMEOUT_S "5"
+
+enum {
+	SQL_READ_ACCOUNT,
+	SQL_READ_TRANSFER,
+	SQL_READ_HISTORY,
+	SQL_READ_SAGAS,
+	SQL_READ_ACCOUNTS_FROM,
+	SQL_READ_ACCOUNTS_RANGE,
+	SQL_READER_COUNT
+};
+
+static const struct {
+	const char *name;
+	const char *sql;
+} reader_sql[SQL_READER_COUNT] = {
+	[SQL_READ_ACCOUNT] = {"kobo_read_account",
+		"SELECT " PG_ACCOUNT_COLUMNS " FROM accounts WHERE id = $1"},
+	[SQL_READ_TRANSFER] = {"kobo_read_transfer",
+		"SELECT " PG_TRANSFER_COLUMNS " FROM transfers WHERE id = $1"},
+	/* As in the SQLite store: one ordered range scan per column that can
+	 * name the account, each arm leaving out what an earlier arm returns. */
+	[SQL_READ_HISTORY] = {"kobo_read_history",
+		"(SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
+		" WHERE from_id = $1 AND seq > $2 AND status <> 'rejected'"
+		" ORDER BY seq LIMIT $3) "
+		"UNION ALL "
+		"(SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
+		" WHERE to_id = $1 AND from_id <> $1 AND seq > $2"
+		" AND status <> 'rejected' ORDER BY seq LIMIT $3) "
+		"UNION ALL "
+		"(SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
+		" WHERE clearing = $1 AND clearing <> '' AND from_id <> $1"
+		" AND to_id <> $1 AND seq > $2 AND status <> 'rejected'"
+		" ORDER BY seq LIMIT $3) "
+		"ORDER BY seq LIMIT $3"},
+	[SQL_READ_SAGAS] = {"kobo_read_sagas",
+		"SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
+		" WHERE saga <> 'none' AND id > $1 ORDER BY id LIMIT $2"},
+	[SQL_READ_ACCOUNTS_FROM] = {"kobo_read_accounts_from",
+		"SELECT " PG_ACCOUNT_COLUMNS " FROM accounts WHERE id >= $1 ORDER BY id"},
+	[SQL_READ_ACCOUNTS_RANGE] = {"kobo_read_accounts_range",
+		"SELECT " PG_ACCOUNT_COLUMNS " FROM accounts WHERE id >= $1 AND id < $2"
+		" ORDER BY id"},
+};
+
+typedef struct pg_reader {
+	kobo_store_reader base; /* first */
+	PGconn *conn;
+	PGresult *last; /* the record of the last read_account/read_transfer */
+	store_pg_pool metadata; /* its metadata (or the current callback row's) */
+} pg_reader;
+
+static pg_reader *to_reader(kobo_store_reader *reader)
+{
+	return (pg_reader *)reader;
+}
+
+/* ---- Errors. ---- */
+
+void store_pg_log_error(const char *event, PGconn *conn, const PGresult *res)
+{
+	char message[512];
+	const char *text = res != NULL ? PQresultErrorMessage(res) : NULL;
+	if (text == NULL || text[0] == '\0')
+		text = conn != NULL ? PQerrorMessage(conn) : "out of memory";
+	const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	kobo_json_escape(message, sizeof message, text);
+	/* Trim libpq's trailing newline from the escaped text. */
+	size_t len = strlen(message);
+	while (len >= 2 && message[len - 2] == '\\' && message[len - 1] == 'n') {
+		message[len - 2] = '\0';
+		len -= 2;
+	}
+	kobo_log(KOBO_LOG_ERROR, event, "\"sqlstate\":\"%s\",\"message\":\"%s\"",
+	         state != NULL ? state : "", message);
+}
+
+/* true when the failure means the link to the server is gone (or going):
+ * a broken connection, or the server shutting down / in recovery. */
+bool store_pg_connection_lost(PGconn *conn, const PGresult *res)
+{
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+		return true;
+	const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	if (state == NULL)
+		return res == NULL;
+	return strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+	       strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
+	       strcmp(state, "25006") == 0; /* read-only transaction: a standby */
+}
+
+/* ---- Connections. ---- */
+
+int store_pg_exec(PGconn *conn, const char *sql, const char *event)
+{
+	PGresult *res = PQexec(conn, sql);
+	ExecStatusType st = PQresultStatus(res);
+	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+		store_pg_log_error(event, conn, res);
+		PQclear(res);
+		return KOBO_ESTORE;
+	}
+	PQclear(res);
+	return KOBO_OK;
+}
+
+/* Opens a connection with the session settings every Kobo connection
+ * uses. Earlier keywords are defaults the URL may override (libpq keeps
+ * the last value of a repeated keyword; dbname is expanded in place). */
+int store_pg_connect(const char *url, const char *schema, PGconn **out)
+{
+	static const char *const keys[] = {"connect_timeout", "application_name",
+	                                   "dbname", NULL};
+	const char *values[] = {PG_CONNECT_TIMEOUT_S, "kobo", url, NULL};
+	char sql[256];
+
+	*out = NULL;
+	PGconn *conn = PQconnectdbParams(keys, values, 1);
+	if (conn == NULL)
+		return KOBO_ENOMEM;
+	if (PQstatus(conn) != CONNECTION_OK) {
+		store_pg_log_error("store_pg_connect_failed", conn, NULL);
+		PQfinish(conn);
+		return KOBO_ECONNLOST;
+	}
+	/* synchronous_commit on: a commit returns once flushed here and, with
+	 * synchronous_standby_names, on the standby. search_path: the shard. */
+	snprintf(sql, sizeof sql,
+	         "SET synchronous_commit = on; SET search_path = %s; SET client_min_messages = warning; "
+	         "SET client_encoding = 'UTF8'", schema);
+	if (store_pg_exec(conn, sql, "store_pg_session_failed") != KOBO_OK) {
+		PQfinish(conn);
+		return KOBO_ESTORE;
+	}
+	*out = conn;
+	return KOBO_OK;
+}
+
+int store_pg_prepare_all(PGconn *conn, const char *const *names,
+                         const char *const *sqls, size_t count)
+{
+	for (size_t i = 0; i < count; i++) {
+		PGresult *res = PQprepare(conn, names[i], sqls[i], 0, NULL);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+			store_pg_log_error("store_pg_prepare_failed", conn, res);
+			int kind = store_pg_connection_lost(conn, res) ? KOBO_ECONNLOST : KOBO_ESTORE;
+			PQclear(res);
+			return kind;
+		}
+		PQclear(res);
+	}
+	return KOBO_OK;
+}
+
+static int prepare_reader(PGconn *conn)
+{
+	const char *names[SQL_READER_COUNT];
+	const char *sqls[SQL_READER_COUNT];
+	for (size_t i = 0; i < SQL_READER_COUNT; i++) {
+		names[i] = reader_sql[i].name;
+		sqls[i] = reader_sql[i].sql;
+	}
+	return store_pg_prepare_all(conn, names, sqls, SQL_READER_COUNT);
+}
+
+/* ---- Decoded metadata, kept as long as the contract says. ---- */
+
+void store_pg_pool_free(store_pg_pool *p)
+{
+	for (size_t i = 0; i < p->count; i++)
+		free(p->blocks[i]);
+	p->count = 0;
+}
+
+void store_pg_pool_destroy(store_pg_pool *p)
+{
+	store_pg_pool_free(p);
+	free(p->blocks);
+	p->blocks = NULL;
+	p->cap = 0;
+}
+
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Decodes a bytea column (text result: "\x" + hex) into a block of pool.
+ * KOBO_ESTORE for anything this code could not have written. */
+static int pool_metadata(store_pg_pool *p, const PGresult *res, int row, int col,
+                         const char **out, uint32_t *out_len)
+{
+	const char *text = PQgetvalue(res, row, col);
+	int len = PQgetlength(res, row, col);
+
+	if (PQgetisnull(res, row, col) || len < 2 || text[0] != '\\' ||
+	    text[1] != 'x' || (len - 2) % 2 != 0 ||
+	    (size_t)(len - 2) / 2 > KOBO_METADATA_BYTES_MAX)
+		return KOBO_ESTORE;
+	if (p->count == p->cap) {
+		size_t cap = p->cap ? 2 * p->cap : 64;
+		char **blocks = realloc(p->blocks, cap * sizeof *blocks);
+		if (blocks == NULL)
+			return KOBO_ENOMEM;
+		p->blocks = blocks;
+		p->cap = cap;
+	}
+	size_t bytes = (size_t)(len - 2) / 2;
+	char *block = malloc(bytes + 1);
+	if (block == NULL)
+		return KOBO_ENOMEM;
+	for (size_t i = 0; i < bytes; i++) {
+		int hi = hex_value(text[2 + 2 * i]);
+		int lo = hex_value(text[3 + 2 * i]);
+		if (hi < 0 || lo < 0) {
+			free(block);
+			return KOBO_ESTORE;
+		}
+		block[i] = (char)(hi << 4 | lo);
+	}
+	block[bytes] = '\0';
+	p->blocks[p->count++] = block;
+	*out = block;
+	*out_len = (uint32_t)bytes;
+	return KOBO_OK;
+}
+
+/* ---- Row decoding (text results). ---- */
+
+int64_t store_pg_col_int(const PGresult *res, int row, int col)
+{
+	return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+int store_pg_col_copy(const PGresult *res, int row, int col, char *dst, size_t size)
+{
+	if (PQgetisnull(res, row, col))
+		return KOBO_ESTORE;
+	int len = PQgetlength(res, row, col);
+	if (len < 0 || (size_t)len >= size)
+		return KOBO_ESTORE;
+	memcpy(dst, PQgetvalue(res, row, col), (size_t)len);
+	dst[len] = '\0';
+	return KOBO_OK;
+}
+
+const char *store_pg_col_word(const PGresult *res, int row, int col)
+{
+	return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+/* The metadata is a block of pool: valid until the pool is freed. */
+int store_pg_account_from_row(const PGresult *res, int row, store_pg_pool *pool,
+                              kobo_account *out)
+{
+	memset(out, 0, sizeof *out);
+	if (store_pg_col_copy(res, row, 0, out->id, sizeof out->id) != KOBO_OK ||
+	    store_pg_col_copy(res, row, 1, out->currency, sizeof out->currency) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->allow_negative = PQgetvalue(res, row, 2)[0] == 't';
+	out->posted = store_pg_col_int(res, row, 3);
+	out->pending_out = store_pg_col_int(res, row, 4);
+	out->pending_in = store_pg_col_int(res, row, 5);
+	if (pool_metadata(pool, res, row, 6, &out->metadata, &out->metadata_len) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->created_at_ms = store_pg_col_int(res, row, 7);
+	return KOBO_OK;
+}
+
+int store_pg_transfer_from_row(const PGresult *res, int row, store_pg_pool *pool,
+                               kobo_transfer *out, int64_t *seq)
+{
+	memset(out, 0, sizeof *out);
+	*seq = store_pg_col_int(res, row, 0);
+	if (store_pg_col_copy(res, row, 1, out->id, sizeof out->id) != KOBO_OK ||
+	    store_pg_col_copy(res, row, 2, out->from, sizeof out->from) != KOBO_OK ||
+	    store_pg_col_copy(res, row, 3, out->to, sizeof out->to) != KOBO_OK ||
+	    store_pg_col_copy(res, row, 4, out->currency, sizeof out->currency) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->amount = store_pg_col_int(res, row, 5);
+	out->posted_amount = store_pg_col_int(res, row, 6);
+	out->pending = PQgetvalue(res, row, 7)[0] == 't';
+	int64_t timeout = store_pg_col_int(res, row, 8);
+	if (timeout < 0 || timeout > (int64_t)UINT32_MAX)
+		return KOBO_ESTORE;
+	out->timeout_seconds = (uint32_t)timeout;
+	out->expires_at_ms = store_pg_col_int(res, row, 9);
+	if (!kobo_transfer_status_parse(store_pg_col_word(res, row, 10), &out->status) ||
+	    !kobo_void_reason_parse(store_pg_col_word(res, row, 11), &out->void_reason))
+		return KOBO_ESTORE;
+	out->error_code = KOBO_RESULT_CREATED;
+	const char *error_code = store_pg_col_word(res, row, 12);
+	if (error_code != NULL) {
+		out->error_code = kobo_result_code_parse(error_code);
+		if (out->error_code == KOBO_RESULT_CODE_COUNT)
+			return KOBO_ESTORE;
+	}
+	if (pool_metadata(pool, res, row, 13, &out->metadata, &out->metadata_len) != KOBO_OK)
+		return KOBO_ESTORE;
+	if (store_pg_col_copy(res, row, 14, out->request_id, sizeof out->request_id) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->created_at_ms = store_pg_col_int(res, row, 15);
+	out->updated_at_ms = store_pg_col_int(res, row, 16);
+	if (!kobo_leg_parse(store_pg_col_word(res, row, 17), &out->leg) ||
+	    store_pg_col_copy(res, row, 18, out->clearing, sizeof out->clearing) != KOBO_OK ||
+	    !kobo_saga_state_parse(store_pg_col_word(res, row, 19), &out->saga))
+		return KOBO_ESTORE;
+	out->saga_amount = store_pg_col_int(res, row, 20);
+	if (!kobo_void_reason_parse(store_pg_col_word(res, row, 21), &out->saga_reason))
+		return KOBO_ESTORE;
+	return KOBO_OK;
+}
+
+/* ---- Readers. ---- */
+
+int store_pg_reader_open(kobo_store *store, kobo_store_reader **out)
+{
+	pg_reader *r = calloc(1, sizeof *r);
+
+	*out = NULL;
+	if (r == NULL)
+		return KOBO_ENOMEM;
+	int rc = store_pg_connect(store_pg_url(store), store_pg_schema(store), &r->conn);
+	if (rc == KOBO_OK)
+		rc = prepare_reader(r->conn);
+	if (rc != KOBO_OK) {
+		PQfinish(r->conn);
+		free(r);
+		return rc == KOBO_ENOMEM ? rc : KOBO_ESTORE;
+	}
+	r->base.store = store;
+	*out = &r->base;
+	return KOBO_OK;
+}
+
+void store_pg_reader_close(kobo_store_reader *reader)
+{
+	pg_reader *r = to_reader(reader);
+	PQclear(r->last);
+	store_pg_pool_destroy(&r->metadata);
+	PQfinish(r->conn);
+	free(r);
+}
+
+/* Runs a reader statement; NULL (logged) on failure. A broken link is
+ * re-opened once, so a reader survives a server restart. */
+static PGresult *reader_exec(pg_reader *r, int which, int nparams,
+                             const char *const *params)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		PGresult *res = PQexecPrepared(r->conn, reader_sql[which].name, nparams,
+		                               params, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK)
+			return res;
+		store_pg_log_error("store_pg_read_failed", r->conn, res);
+		bool lost = store_pg_connection_lost(r->conn, res);
+		PQclear(res);
+		if (!lost || attempt == 1)
+			return NULL;
+		PQreset(r->conn);
+		if (PQstatus(r->conn) != CONNECTION_OK)
+			return NULL;
+		char sql[128];
+		snprintf(sql, sizeof sql, "SET synchronous_commit = on; SET search_path = %s",
+		         store_pg_schema(r->base.store));
+		if (store_pg_exec(r->conn, sql, "store_pg_session_failed") != KOBO_OK ||
+		    prepare_reader(r->conn) != KOBO_OK)
+			return NULL;
+	}
+	return NULL;
+}
+
+int store_pg_read_account(kobo_store_reader *reader, const char *id,
+                          kobo_account *out)
+{
+	pg_reader *r = to_reader(reader);
+	const char *params[1] = {id};
+
+	PQclear(r->last);
+	store_pg_pool_free(&r->metadata);
+	r->last = reader_exec(r, SQL_READ_ACCOUNT, 1, params);
+	if (r->last == NULL)
+		return KOBO_ESTORE;
+	if (PQntuples(r->last) == 0)
+		return KOBO_ENOTFOUND;
+	return store_pg_account_from_row(r->last, 0, &r->metadata, out);
+}
+
+int store_pg_read_transfer(kobo_store_reader *reader, const char *id,
+                           kobo_transfer *out)
+{
+	pg_reader *r = to_reader(reader);
+	const char *params[1] = {id};
+	int64_t seq;
+
+	PQclear(r->last);
+	store_pg_pool_free(&r->metadata);
+	r->last = reader_exec(r, SQL_READ_TRANSFER, 1, params);
+	if (r->last == NULL)
+		return KOBO_ESTORE;
+	if (PQntuples(r->last) == 0)
+		return KOBO_ENOTFOUND;
+	return store_pg_transfer_from_row(r->last, 0, &r->metadata, out, &seq);
+}
+
+static int each_transfer_row(pg_reader *r, PGresult *res, kobo_store_transfer_fn each,
+                             void *ctx, bool skip_repeats, int64_t last_seq)
+{
+	int result = KOBO_OK;
+	/* The previous read_* record goes: its metadata lives in the pool. */
+	PQclear(r->last);
+	r->last = NULL;
+	for (int row = 0; row < PQntuples(res); row++) {
+		kobo_transfer transfer;
+		int64_t seq;
+		store_pg_pool_free(&r->metadata);
+		if (store_pg_transfer_from_row(res, row, &r->metadata, &transfer, &seq) != KOBO_OK) {
+			result = KOBO_ESTORE;
+			break;
+		}
+		if (skip_repeats && seq == last_seq)
+			continue;
+		last_seq = seq;
+		if (each(ctx, &transfer, seq) != 0)
+			break;
+	}
+	PQclear(res);
+	return result;
+}
+
+int store_pg_read_history(kobo_store_reader *reader, const char *account_id,
+                          int64_t after_seq, size_t limit,
+                          kobo_store_transfer_fn each, void *ctx)
+{
+	pg_reader *r = to_reader(reader);
+	char after_text[32];
+	char limit_text[32];
+	const char *params[3] = {account_id, after_text, limit_text};
+
+	if (limit == 0)
+		return KOBO_OK;
+	snprintf(after_text, sizeof after_text, "%" PRId64, after_seq);
+	snprintf(limit_text, sizeof limit_text, "%" PRId64,
+	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	PGresult *res = reader_exec(r, SQL_READ_HISTORY, 3, params);
+	if (res == NULL)
+		return KOBO_ESTORE;
+	return each_transfer_row(r, res, each, ctx, true, after_seq);
+}
+
+int store_pg_read_sagas(kobo_store_reader *reader, const char *after_id,
+                        size_t limit, kobo_store_transfer_fn each, void *ctx)
+{
+	pg_reader *r = to_reader(reader);
+	char limit_text[32];
+	const char *params[2] = {after_id != NULL ? after_id : "", limit_text};
+
+	if (limit == 0)
+		return KOBO_OK;
+	snprintf(limit_text, sizeof limit_text, "%" PRId64,
+	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	PGresult *res = reader_exec(r, SQL_READ_SAGAS, 2, params);
+	if (res == NULL)
+		return KOBO_ESTORE;
+	return each_transfer_row(r, res, each, ctx, false, 0);
+}
+
+/* The least string above every string starting with prefix (see
+ * sqlite_read.c); false when there is none, or when it would not be valid
+ * UTF-8 text (PostgreSQL refuses such a parameter): the caller then reads
+ * from prefix on and stops at the first id without it. */
+static bool prefix_upper_bound(const char *prefix, char *bound, size_t bound_size)
+{
+	size_t len = strlen(prefix);
+
+	if (len == 0 || len >= bound_size)
+		return false;
+	unsigned char last = (unsigned char)prefix[len - 1];
+	if (last >= 0x7f)
+		return false;
+	memcpy(bound, prefix, len);
+	bound[len - 1] = (char)(last + 1);
+	bound[len] = '\0';
+	return true;
+}
+
+int store_pg_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,
+                                  kobo_store_account_fn each, void *ctx)
+{
+	pg_reader *r = to_reader(reader);
+	char bound[KOBO_ID_LEN_MAX + 2];
+	size_t prefix_len = strlen(prefix);
+	PGresult *res;
+	int result = KOBO_OK;
+
+	if (prefix_len > KOBO_ID_LEN_MAX)
+		return KOBO_OK;
+	if (prefix_upper_bound(prefix, bound, sizeof bound)) {
+		const char *params[2] = {prefix, bound};
+		res = reader_exec(r, SQL_READ_ACCOUNTS_RANGE, 2, params);
+	} else {
+		const char *params[1] = {prefix};
+		res = reader_exec(r, SQL_READ_ACCOUNTS_FROM, 1, params);
+	}
+	if (res == NULL)
+		return KOBO_ESTORE;
+	PQclear(r->last);
+	r->last = NULL;
+	for (int row = 0; row < PQntuples(res); row++) {
+		kobo_account account;
+		store_pg_pool_free(&r->metadata);
+		if (store_pg_account_from_row(res, row, &r->metadata, &account) != KOBO_OK) {
+			result = KOBO_ESTORE;
+			break;
+		}
+		if (strncmp(account.id, prefix, prefix_len) != 0)
+			break; /* ordered by id: past the prefix */
+		if (each(ctx, &account) != 0)
+			break;
+	}
+	PQclear(res);
+	return result;
+}
+
