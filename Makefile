@@ -106,8 +106,10 @@ run: deps
 test: test-deps
 	@$(MAKE) --no-print-directory unit system fuzz-smoke
 
+# The unit tests run with a throw-away PostgreSQL cluster (scripts/pg-cluster.sh
+# sets KOBO_TEST_POSTGRES), so the store contract suite runs on PostgreSQL too.
 unit: $(UNIT_BINS)
-	@scripts/run-unit-tests.sh $(UNIT_BINS)
+	@scripts/pg-cluster.sh scripts/run-unit-tests.sh $(UNIT_BINS)
 
 system: $(SAN)/kobod $(SAN)/kobo $(SAN)/kobo-bench
 	$(SAN)/kobo-bench --self-test
