@@ -1,0 +1,463 @@
+"""
+test_pg_nodes.py — two kobod on the same PostgreSQL databases (issue 9,
+"two kobod on the same databases"; API.md, "PostgreSQL mode and several
+nodes": any number of kobod may serve the same `--postgres` list at once,
+every invariant holds across them, a request may go to any node).
+
+One real PostgreSQL cluster per module (pgcluster.py), a fresh database per
+shard per test, owned by a non-superuser role. Each test starts two kobod
+with the same `--postgres` list (1 shard, or 2 for the cross-shard tests)
+and checks from the outside:
+
+  1. 64 withdrawals of an account's last 100, alternating between the two
+     nodes: exactly one succeeds, 63 x 422 insufficient_funds, balance 0
+     (1 shard, and 2 shards with the payee on the other shard);
+  2. the same id sent 64 times, alternating between the nodes: applied
+     once, every answer the same transfer (one 201, the rest 200 with
+     Idempotent-Replayed: true; 202 processing allowed across shards);
+  3. cross-shard load through both nodes (10 s, 8 threads): every saga
+     settles, stored state agrees with every answer, money is conserved per
+     currency, both nodes see the same balances, and `kobo audit --postgres
+     …` passes with both kobod stopped;
+  4. kill -9 of one node under load while the other serves: every
+     acknowledged transfer is there, the killed node's sagas are finished by
+     the other node within TAKEOVER_S, and retrying every unanswered id
+     applies it at most once (balances checked against the stored
+     transfers, which must agree with every answer).
+
+The ledger checks reuse test_shards.py's (CrossLoad, Book, retry_lost,
+verify_ledger), run with its SHARDS set to this test's shard count.
+
+Every process is stopped by pid (kobod by its Popen, PostgreSQL by
+pgcluster), also on failure; every loop is bounded in time; loopback only.
+"""
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kobotest  # noqa: E402
+import pgcluster  # noqa: E402
+import test_shards  # noqa: E402
+from kobotest import (CLI_TIMEOUT_S, REQUEST_TIMEOUT_S, Resp, Server, balance, binary,  # noqa: E402
+                      child_env, expect_balance, expect_status, fund, get_transfer, id_on_shard,
+                      make_account, parallel_map, sagas_active, shard_of, transfer_body, uid,
+                      unbalanced_clearing_pairs, wait_until)
+from test_shards import Book, CrossLoad, retry_lost, verify_ledger  # noqa: E402
+
+RACERS = 64
+ROUNDS = 2
+SETTLE_TIMEOUT_S = 30.0     # every saga settled after the load stops
+TAKEOVER_S = 30.0           # the survivor finishes the killed node's sagas
+LOAD_S = 10.0               # test 3: seconds of load
+LOAD_THREADS = 4            # per node (8 in all)
+
+
+# ------------------------------------------------------------ harness ----
+
+class PgServer(Server):
+    """A kobod serving `--postgres URI` per shard (no --data)."""
+
+    def __init__(self, workdir, uris, extra_args=()):
+        super().__init__(workdir, extra_args)
+        self.uris = list(uris)
+
+    def _spawn(self, port):
+        self.port = port
+        self.generation += 1
+        self.stopped_by_us = False
+        args = [binary("kobod"), "--listen", f"127.0.0.1:{port}"]
+        for u in self.uris:
+            args += ["--postgres", u]
+        args += self.extra_args
+        with open(self.log_path, "ab") as err, open(self.out_path, "ab") as out:
+            err.write(f"### test harness: starting {' '.join(args)}\n".encode())
+            err.flush()
+            self.proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         env=child_env())
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory):
+    if not pgcluster.available():
+        pytest.fail("PostgreSQL server binaries not found: `make test-deps` installs "
+                    "the postgresql package", pytrace=False)
+    cluster = pgcluster.Cluster(tmp_path_factory.mktemp("pg-nodes"), "nodes")
+    try:
+        cluster.start()
+        cluster.psql('CREATE ROLE "kobo" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+        cluster.psql('GRANT pg_monitor TO "kobo"')
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+_db_seq = iter(range(1, 1_000_000))
+
+
+def new_databases(cluster, shards):
+    """`shards` fresh databases owned by the non-superuser role kobo; their
+    URIs in shard order."""
+    uris = []
+    for s in range(shards):
+        name = f"kobo_{kobotest._run_tag}_{next(_db_seq)}_s{s}"
+        cluster.psql(f'CREATE DATABASE "{name}" OWNER "kobo"')
+        uris.append(cluster.uri(name, "kobo"))
+    return uris
+
+
+@pytest.fixture
+def make_nodes(pg, tmp_path):
+    """make_nodes(shards, count=2) -> (uris, [PgServer]): fresh databases and
+    `count` kobod serving them, started at the same time (schema creation
+    under the advisory lock races). Teardown stops each by pid (SIGTERM,
+    exit 0 expected; SIGKILL if it hangs) and checks for sanitizer reports."""
+    servers = []
+
+    def make(shards, count=2):
+        uris = new_databases(pg, shards)
+        nodes = []
+        for _ in range(count):
+            workdir = tmp_path / f"kobod{len(servers)}"
+            workdir.mkdir()
+            srv = PgServer(workdir, uris)
+            servers.append(srv)
+            kobotest.ACTIVE.append(srv)
+            nodes.append(srv)
+        errors = []
+
+        def start(srv):
+            try:
+                srv.start()
+            except BaseException as e:  # pytest.fail is a BaseException
+                errors.append(f"{srv.log_path}: {e}")
+
+        threads = [threading.Thread(target=start, args=(n,), daemon=True) for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(kobotest.READY_TIMEOUT_S * 4)
+        if errors or any(t.is_alive() for t in threads):
+            pytest.fail(f"{count} kobod --postgres {' '.join(uris)} started together: not all "
+                        f"became ready:\n" + "\n".join(errors), pytrace=False)
+        return uris, nodes
+
+    yield make
+    problems = []
+    for srv in servers:
+        try:
+            problems += srv.finish()
+        finally:
+            if srv.proc is not None and srv.proc.poll() is None:   # belt and braces
+                srv.proc.kill()
+                srv.proc.wait(10)
+            if srv in kobotest.ACTIVE:
+                kobotest.ACTIVE.remove(srv)
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def shards_of(monkeypatch):
+    """Sets test_shards.SHARDS (its ledger checks' shard count) for one test."""
+    def set_shards(n):
+        monkeypatch.setattr(test_shards, "SHARDS", n)
+        return n
+    return set_shards
+
+
+def pg_audit(uris):
+    cmd = [binary("kobo"), "audit"]
+    for u in uris:
+        cmd += ["--postgres", u]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, env=child_env())
+
+
+def expect_pg_audit_ok(uris, what):
+    p = pg_audit(uris)
+    cmd = "kobo audit " + " ".join(f"--postgres {u}" for u in uris)
+    assert p.returncode == 0, (f"{what}: `{cmd}`: expected exit 0, saw {p.returncode}\n"
+                               f"stdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
+    for line in p.stdout.splitlines():
+        if line.startswith("sagas in flight:"):
+            assert line.strip() == "sagas in flight: 0", (
+                f"{what}: `{cmd}` with every kobod stopped: expected no saga in flight, saw\n{p.stdout}")
+    return p
+
+
+def race_nodes(nodes, bodies):
+    """Sends bodies[i] from thread i to nodes[i % len(nodes)], each on its own
+    already-open connection, all released together by a barrier. Returns the
+    Resp per body, in order (every request must be answered)."""
+    results = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+
+    def run(i):
+        conn = http.client.HTTPConnection("127.0.0.1", nodes[i % len(nodes)].port,
+                                          timeout=REQUEST_TIMEOUT_S * 2)
+        try:
+            conn.connect()
+            data = json.dumps(bodies[i]).encode()
+            barrier.wait(30)
+            conn.request("POST", "/v1/transfers", body=data, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            results[i] = Resp(r.status, r.getheaders(), r.read())
+        except Exception as e:  # recorded and reported below
+            results[i] = e
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not any(t.is_alive() for t in threads), "racing requests did not finish within 90 s"
+    errors = [(i % len(nodes), r) for i, r in enumerate(results) if not isinstance(r, Resp)]
+    assert not errors, f"expected every racing request to be answered, saw (node, error) {errors[:5]}"
+    return results
+
+
+def summary(results):
+    return Counter((r.status, (r.body or {}).get("error", {}).get("code") if r.status >= 400 else None,
+                    r.replayed) for r in results)
+
+
+def by_node(results, nodes):
+    """{node index: Counter of (status, code, replayed)}: which node answered what."""
+    out = {}
+    for i, r in enumerate(results):
+        out.setdefault(i % len(nodes), Counter())[(r.status, (r.body or {}).get("error", {}).get("code")
+                                                   if r.status >= 400 else None, r.replayed)] += 1
+    return {k: dict(v) for k, v in out.items()}
+
+
+def settle(nodes, ids, timeout=SETTLE_TIMEOUT_S):
+    """Polls until GET of every id (through nodes[0]) answers something other
+    than "processing" and every node's kobo_sagas_active gauges read 0.
+    Returns (settled, seconds, ids still processing at the first look)."""
+    started = time.monotonic()
+    ok, _, first = test_shards.wait_no_saga(nodes[0], ids, timeout)
+    if not ok:
+        return False, time.monotonic() - started, first
+    left = max(0.1, timeout - (time.monotonic() - started))
+    ok = wait_until(lambda: all(sagas_active(n) == 0 for n in nodes), left, 0.05)
+    return bool(ok), time.monotonic() - started, first
+
+
+def place(srv, prefix, shard, shards, currency="NGN", allow_negative=False):
+    acct = id_on_shard(prefix, shard, shards)
+    make_account(srv, acct, currency, allow_negative=allow_negative)
+    return acct
+
+
+# ------------------------------------------------- 1. the double spend ----
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_last_100_raced_by_64_withdrawals_across_two_nodes(make_nodes, shards):
+    _, (a, b) = make_nodes(shards)
+    nodes = (a, b)
+    cash = place(a, "cash", 0, shards, allow_negative=True)
+    shop = place(b, "shop", shards - 1, shards)       # on the other shard when there are two
+    for rnd in range(ROUNDS):
+        w = place(a if rnd % 2 else b, f"wallet{rnd}", 0, shards)
+        fund(a, cash, w, 100)
+        expect_balance(b, w, f"round {rnd}: the other node sees the funding", posted=100, available=100)
+        ids = [uid(f"grab{rnd}") for _ in range(RACERS)]
+        results = race_nodes(nodes, [transfer_body(t, w, shop, 100) for t in ids])
+        seen = summary(results)
+        ok = [r for r in results if r.status in (201, 202)]
+        refused = seen[(422, "insufficient_funds", False)]
+        assert len(ok) == 1 and refused == RACERS - 1 and not ok[0].replayed, (
+            f"round {rnd} ({shards} shard(s)): 64 withdrawals of the last 100 alternating between two "
+            f"nodes: expected one 201 and 63 x 422 insufficient_funds, saw {dict(seen)}; "
+            f"per node {by_node(results, nodes)}")
+        winner = ids[results.index(ok[0])]
+        settled, secs, _ = settle(nodes, ids)
+        assert settled, f"round {rnd}: sagas of the race did not settle within {SETTLE_TIMEOUT_S} s"
+        for n, srv in enumerate(nodes):
+            bal = balance(srv, w)
+            assert (bal["posted"], bal["available"], bal["pending_out"]) == (0, 0, 0), (
+                f"round {rnd}: wallet after the race, read through node {n}: expected posted 0, "
+                f"available 0, nothing held, saw {bal}")
+        got = parallel_map(lambda it: get_transfer(nodes[it[0] % 2], it[1]), list(enumerate(ids)))
+        statuses = Counter(g.body["status"] if isinstance(g, Resp) and g.status == 200 else repr(g)
+                           for g in got)
+        assert statuses == Counter({"posted": 1, "rejected": RACERS - 1}), (
+            f"round {rnd}: stored statuses: expected 1 posted and 63 rejected, saw {dict(statuses)} "
+            f"(winner {winner})")
+    for n, srv in enumerate(nodes):
+        expect_balance(srv, shop, f"shop through node {n}", posted=100 * ROUNDS, pending_in=0)
+    if shards > 1:
+        bad = unbalanced_clearing_pairs(a, shards)
+        assert not bad, f"clearing pairs must net to zero once settled, saw {bad}"
+
+
+# ---------------------------------------------------- 2. retry storm ----
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_same_id_sent_64_times_across_two_nodes_applies_once(make_nodes, shards):
+    _, (a, b) = make_nodes(shards)
+    nodes = (a, b)
+    cash = place(a, "cash", 0, shards, allow_negative=True)
+    payer = place(a, "payer", 0, shards)
+    payee = place(b, "payee", shards - 1, shards)
+    fund(a, cash, payer, 10_000)
+    tid = uid("dup")
+    results = race_nodes(nodes, [transfer_body(tid, payer, payee, 2500)] * RACERS)
+    seen = summary(results)
+    per_node = by_node(results, nodes)
+    created = [r for r in results if r.status == 201 and not r.replayed]
+    replays = [r for r in results if r.status == 200 and r.replayed]
+    processing = [r for r in results if r.status == 202]
+    if shards == 1:
+        assert seen == Counter({(201, None, False): 1, (200, None, True): RACERS - 1}), (
+            f"64 sends of one id alternating between two nodes: expected one 201 and 63 x 200 with "
+            f"Idempotent-Replayed: true, saw {dict(seen)}; per node {per_node}")
+    else:
+        # A cross-shard transfer answers 202 processing while its saga runs
+        # past the request's wait; the first answer is then that 202.
+        assert len(created) <= 1 and len(created) + len(replays) + len(processing) == RACERS, (
+            f"64 sends of one cross-shard id alternating between two nodes: expected at most one 201, "
+            f"every other answer 200 with Idempotent-Replayed: true or 202 processing, saw {dict(seen)}; "
+            f"per node {per_node}")
+    settled, _, _ = settle(nodes, [tid])
+    assert settled, f"the saga of {tid} did not settle within {SETTLE_TIMEOUT_S} s"
+    final = expect_status(get_transfer(b, tid), 200, f"GET {tid} through node 1").body
+    assert (final["status"], final["posted_amount"]) == ("posted", 2500), f"{tid} stored as {final}"
+    keys = ("id", "from", "to", "amount", "currency", "request_id", "created_at")
+    first = (created[0].body if created else final)
+    for r in created + replays:
+        if shards == 1:
+            assert r.body == first, (f"every answer must be the original transfer, expected {first}, "
+                                     f"saw {r.body}")
+        else:
+            assert {k: r.body.get(k) for k in keys} == {k: first.get(k) for k in keys} and \
+                r.body["status"] in ("posted", "processing"), (
+                    f"every answer must be the original transfer, expected {first}, saw {r.body}")
+    for n, srv in enumerate(nodes):
+        expect_balance(srv, payer, f"money moved once (node {n})", posted=7500, available=7500, pending_out=0)
+        expect_balance(srv, payee, f"money moved once (node {n})", posted=2500, pending_in=0)
+        h = expect_status(srv.get(f"/v1/accounts/{payer}/transfers?limit=1000"), 200, "history").body
+        n_tid = sum(1 for t in h["data"] if t["id"] == tid)
+        assert n_tid == 1, f"history of {payer} through node {n}: expected {tid} once, saw {n_tid} times"
+    if shards > 1:
+        bad = unbalanced_clearing_pairs(a, shards)
+        assert not bad, f"clearing pairs must net to zero once settled, saw {bad}"
+
+
+# -------------------------------------------- 3. cross-shard load, audit ----
+
+def test_cross_shard_load_through_two_nodes_conserves_money(make_nodes, shards_of, capsys):
+    shards = shards_of(2)
+    uris, (a, b) = make_nodes(shards)
+    nodes = (a, b)
+    book = Book(a, {"NGN": 60, "USD": 20}, 5000)
+    loads = [CrossLoad(srv, book.groups(), uid(f"cl{n}"), threads=LOAD_THREADS, seed=40 + n,
+                       max_amount=2000, duration=LOAD_S) for n, srv in enumerate(nodes)]
+    for load in loads:
+        load.start()
+    for load in loads:
+        load.join(LOAD_S + 60)
+    problems = [p for load in loads for p in load.problems]
+    assert not problems, f"unexpected answers under load: {problems[:10]}"
+    lost = {}
+    for n, load in enumerate(loads):
+        lost.update({t: (n, a_) for t, a_ in load.answers.items() if a_[0] not in ("ack", "rej")})
+        lost.update({t: (n, act[:2], act[2]) for t, act in load.actions.items() if act[2][0] != "ack"})
+    acked = [load.acked() for load in loads]
+    params = {t: bd for load in loads for t, bd in load.params.items()}
+    cross = sum(1 for bd in params.values() if shard_of(bd["from"], shards) != shard_of(bd["to"], shards))
+    assert min(acked) > 50 and cross > len(params) // 3, (
+        f"expected real cross-shard load through both nodes: acknowledged per node {acked}, "
+        f"{cross} of {len(params)} cross-shard")
+
+    in_flight = set().union(*(load.maybe_in_flight() for load in loads))
+    ok, secs, first = settle(nodes, in_flight)
+    assert ok, (f"sagas still in flight {SETTLE_TIMEOUT_S} s after the load ({first} processing at the "
+                f"first look)")
+    # Requests without an answer (5xx: overloaded, storage) are retried, so the
+    # ledger is checked whatever happened; that there were any fails below.
+    for n, load in enumerate(loads):
+        retry_lost(nodes[n], load, f"retry on node {n}")
+    ok, _, _ = settle(nodes, set().union(*(load.maybe_in_flight() for load in loads)))
+    assert ok, "sagas of retried ids did not settle"
+    verify_ledger(b, loads, book, "after cross-shard load through two nodes (read through node 1)")
+    everyone = sorted(book.accounts) + sorted(book.cash)
+    seen_a = dict(zip(everyone, parallel_map(lambda x: balance(a, x), everyone)))
+    seen_b = dict(zip(everyone, parallel_map(lambda x: balance(b, x), everyone)))
+    differ = {x: (seen_a[x], seen_b[x]) for x in everyone if seen_a[x] != seen_b[x]}
+    assert not differ, f"both nodes must show the same balances, saw (node 0, node 1) {list(differ.items())[:5]}"
+
+    for srv in nodes:
+        srv.sigterm()
+    p = expect_pg_audit_ok(uris, "audit after cross-shard load through two nodes")
+    assert not lost, (f"with no fault every request must be answered (2xx or 422); {len(lost)} were not "
+                      f"(node, answer): {list(lost.items())[:8]}")
+    with capsys.disabled():
+        print(f"\ntwo nodes, {shards} PostgreSQL shards: {len(params)} transfers in {LOAD_S:.0f} s by "
+              f"{2 * LOAD_THREADS} threads ({cross} cross-shard), acknowledged per node {acked}, answers "
+              f"{[dict(load.counts) for load in loads]}; settled {secs:.2f} s after the load; audit: "
+              f"{p.stdout.strip().splitlines()[-1] if p.stdout.strip() else '(no output)'}")
+
+
+# ------------------------------------------- 4. kill -9 one of two nodes ----
+
+def test_kill9_one_node_under_load_the_other_finishes_its_sagas(make_nodes, shards_of, capsys):
+    shards = shards_of(2)
+    uris, (a, b) = make_nodes(shards)
+    book = Book(a, {"NGN": 40}, 3000)
+    la = CrossLoad(a, book.groups(), uid("ka"), threads=LOAD_THREADS, seed=51).start()
+    lb = CrossLoad(b, book.groups(), uid("kb"), threads=LOAD_THREADS, seed=52).start()
+    try:
+        got = wait_until(lambda: la.acked() >= 30 and lb.acked() >= 10, 30)
+        time.sleep(random.Random(5).uniform(0.1, 0.6))
+        la.stopping.set()        # its requests now in flight die with the node
+        a.kill9()
+        killed_at = time.monotonic()
+        b_at_kill = lb.acked()
+        time.sleep(2.0)          # the survivor keeps serving its clients
+        b_after = lb.acked()
+    finally:
+        la.stop()
+        lb.stop()
+    assert got, f"expected load on both nodes before the kill, acknowledged {la.acked()} / {lb.acked()}"
+    assert not la.problems and not lb.problems, f"unexpected answers: {(la.problems + lb.problems)[:8]}"
+    assert b_after > b_at_kill, (f"node 1 must keep serving after node 0 is killed: acknowledged "
+                                 f"{b_at_kill} at the kill, {b_after} two seconds later")
+    lost_b = [t for t, x in lb.answers.items() if x[0] == "lost"]
+    lost_a = [t for t, x in la.answers.items() if x[0] == "lost"]
+
+    in_flight = la.maybe_in_flight() | lb.maybe_in_flight()
+    ok, secs, first = settle([b], in_flight, TAKEOVER_S)
+    took = time.monotonic() - killed_at
+    processing = []
+    if not ok:
+        for t in sorted(in_flight):
+            r = get_transfer(b, t)
+            if r.status == 200 and r.body.get("status") == "processing":
+                processing.append(r.body)
+    assert ok, (f"node 1 must finish node 0's sagas within {TAKEOVER_S:.0f} s of the kill: still "
+                f"processing after {took:.1f} s: {len(processing)}, e.g. {processing[:3]}; node 1's "
+                f"kobo_sagas_active {sagas_active(b)}")
+
+    retry_lost(b, la, "retry through node 1 of node 0's unanswered requests")
+    retry_lost(b, lb, "retry through node 1 of its own unanswered requests")
+    ok, _, _ = settle([b], la.maybe_in_flight() | lb.maybe_in_flight())
+    assert ok, "sagas of retried ids did not settle"
+    verify_ledger(b, [la, lb], book, "after kill -9 of node 0 under cross-shard load")
+    b.sigterm()
+    expect_pg_audit_ok(uris, "audit after kill -9 of one node")
+    with capsys.disabled():
+        print(f"\nkill -9 of one of two nodes ({shards} PostgreSQL shards, {2 * LOAD_THREADS} threads): "
+              f"{len(la.params)} + {len(lb.params)} transfers sent, unanswered {len(lost_a)} (killed node) "
+              f"/ {len(lost_b)} (survivor); {first} still processing at the first look; every saga "
+              f"settled {took:.2f} s after the kill")
