@@ -1,7 +1,8 @@
 /*
  * kobod — the Kobo server. Only wiring: flags and environment, the data
- * directory, its lock and its shard map, one store and one shard writer per
- * shard, the saga runner (more than one shard), the HTTP server, and a
+ * directory, its lock and its shard map (or, with --postgres, one
+ * PostgreSQL URL per shard and the fixed map for their count: map_file.c),
+ * one store and one shard writer per shard, the saga runner (more than one shard), the HTTP server, and a
  * graceful drain on SIGTERM/SIGINT:
  *
  *   1. stop accepting connections, refuse new writes (kobo_http_server_drain)
@@ -40,7 +41,16 @@ typedef struct kobod_config {
 	char host[256];
 	uint16_t port;
 	const char *data_dir;
+	bool data_given;         /* --data or KOBO_DATA */
 	unsigned long shards;
+	bool shards_given;       /* --shards or KOBO_SHARDS */
+	/* --postgres URL, one per shard in shard order (or KOBO_POSTGRES); the
+	 * pointers borrow argv or postgres_env. */
+	const char *postgres[KOBO_SHARDS_MAX];
+	size_t postgres_count;
+	bool postgres_from_flags;
+	bool postgres_too_many;
+	char *postgres_env;      /* KOBO_POSTGRES, split in place; freed at exit */
 	const char *log_level;
 	unsigned long connection_timeout_s;
 	unsigned long connections_max;
@@ -55,11 +65,15 @@ typedef struct kobod_config {
 static void usage(FILE *out)
 {
 	fprintf(out,
-	        "usage: kobod [--listen HOST:PORT] [--data DIR] [--shards N]\n"
+	        "usage: kobod [--listen HOST:PORT] [--data DIR | --postgres URL ...] [--shards N]\n"
 	        "             [--log-level debug|info|warn|error]\n"
 	        "             [--connection-timeout SECONDS] [--connections-max N]\n"
 	        "             [--http-threads N] [--queue-ops N] [--batch-ops N]\n"
 	        "             [--saga-wait-ms MS] [--saga-deadline-ms MS] [--saga-stuck-ms MS]\n"
+	        "\n"
+	        "--postgres URL (repeatable): shards live in PostgreSQL, one postgresql://\n"
+	        "  URL per shard in shard order (their number is the shard count);\n"
+	        "  not with --data. KOBO_POSTGRES: the URLs separated by whitespace.\n"
 	        "\n"
 	        "Every flag also comes from the environment (the flag wins):\n"
 	        "  KOBO_LISTEN (127.0.0.1:8080)  KOBO_DATA (./var)  KOBO_SHARDS (1)\n"
@@ -116,16 +130,65 @@ enum {
 	OPT_LISTEN = 'l', OPT_DATA = 'd', OPT_SHARDS = 's', OPT_HELP = 'h',
 	OPT_LOG_LEVEL = 256, OPT_CONNECTION_TIMEOUT, OPT_CONNECTIONS_MAX,
 	OPT_HTTP_THREADS, OPT_QUEUE_OPS, OPT_BATCH_OPS, OPT_SAGA_WAIT_MS,
-	OPT_SAGA_DEADLINE_MS, OPT_SAGA_STUCK_MS,
+	OPT_SAGA_DEADLINE_MS, OPT_SAGA_STUCK_MS, OPT_POSTGRES,
 };
+
+static bool postgres_url(const char *value)
+{
+	return strncmp(value, "postgresql://", 13) == 0 ||
+	       strncmp(value, "postgres://", 11) == 0;
+}
+
+/* One --postgres URL after the others; false when it is not a URL. */
+static bool add_postgres(kobod_config *config, const char *value)
+{
+	if (!postgres_url(value))
+		return false;
+	if (config->postgres_count == KOBO_SHARDS_MAX) {
+		config->postgres_too_many = true;
+		return true;
+	}
+	config->postgres[config->postgres_count++] = value;
+	return true;
+}
+
+/* KOBO_POSTGRES: URLs separated by whitespace, kept in a copy split in
+ * place. */
+static bool apply_postgres_env(kobod_config *config, const char *value)
+{
+	free(config->postgres_env);
+	config->postgres_env = strdup(value);
+	config->postgres_count = 0;
+	if (config->postgres_env == NULL)
+		return false;
+	char *save = NULL;
+	for (char *url = strtok_r(config->postgres_env, " \t\r\n", &save); url != NULL;
+	     url = strtok_r(NULL, " \t\r\n", &save)) {
+		if (!add_postgres(config, url))
+			return false;
+	}
+	return config->postgres_count > 0;
+}
 
 /* Applies one setting, from a flag or the environment. */
 static bool apply(kobod_config *config, int option, const char *value)
 {
 	switch (option) {
 	case OPT_LISTEN: return parse_listen(value, config);
-	case OPT_DATA: config->data_dir = value; return *value != '\0';
-	case OPT_SHARDS: return parse_count(value, 1, KOBO_SHARDS_MAX, &config->shards);
+	case OPT_DATA:
+		config->data_dir = value;
+		config->data_given = true;
+		return *value != '\0';
+	case OPT_SHARDS:
+		config->shards_given = true;
+		return parse_count(value, 1, KOBO_SHARDS_MAX, &config->shards);
+	case OPT_POSTGRES:
+		/* The flags replace KOBO_POSTGRES's list as a whole. */
+		if (!config->postgres_from_flags) {
+			config->postgres_from_flags = true;
+			config->postgres_count = 0;
+		}
+		return add_postgres(config, value);
 	case OPT_LOG_LEVEL: config->log_level = value; return true;
 	case OPT_CONNECTION_TIMEOUT:
 		return parse_count(value, 1, 86400, &config->connection_timeout_s);
@@ -160,6 +223,7 @@ static const struct option long_options[] = {
 	{ "saga-wait-ms", required_argument, NULL, OPT_SAGA_WAIT_MS },
 	{ "saga-deadline-ms", required_argument, NULL, OPT_SAGA_DEADLINE_MS },
 	{ "saga-stuck-ms", required_argument, NULL, OPT_SAGA_STUCK_MS },
+	{ "postgres", required_argument, NULL, OPT_POSTGRES },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -180,6 +244,7 @@ static const struct {
 	{ "KOBO_SAGA_WAIT_MS", OPT_SAGA_WAIT_MS },
 	{ "KOBO_SAGA_DEADLINE_MS", OPT_SAGA_DEADLINE_MS },
 	{ "KOBO_SAGA_STUCK_MS", OPT_SAGA_STUCK_MS },
+	{ "KOBO_POSTGRES", OPT_POSTGRES },
 };
 
 /* Environment first, then flags over it. Returns 0, or 2 after usage. */
@@ -189,7 +254,10 @@ static int configure(int argc, char **argv, kobod_config *config)
 	parse_listen("127.0.0.1:8080", config);
 	for (size_t i = 0; i < sizeof(env_options) / sizeof(env_options[0]); i++) {
 		const char *value = getenv(env_options[i].name);
-		if (value && !apply(config, env_options[i].option, value)) {
+		bool ok = value == NULL ? true
+			: env_options[i].option == OPT_POSTGRES ? apply_postgres_env(config, value)
+			: apply(config, env_options[i].option, value);
+		if (!ok) {
 			fprintf(stderr, "kobod: bad value for %s: '%s'\n", env_options[i].name, value);
 			usage(stderr);
 			return 2;
@@ -210,7 +278,9 @@ static int configure(int argc, char **argv, kobod_config *config)
 			for (const struct option *o = long_options; o->name; o++)
 				if (o->val == option)
 					name = o->name;
-			fprintf(stderr, "kobod: bad value for --%s: '%s'\n", name, optarg);
+			fprintf(stderr, "kobod: bad value for --%s: '%s'%s\n", name, optarg,
+			        option == OPT_POSTGRES ? " (expected a postgresql:// or "
+			        "postgres:// URL)" : "");
 			usage(stderr);
 			return 2;
 		}
@@ -224,6 +294,27 @@ static int configure(int argc, char **argv, kobod_config *config)
 		fprintf(stderr, "kobod: bad log level '%s'\n", config->log_level);
 		usage(stderr);
 		return 2;
+	}
+	if (config->postgres_count > 0) {
+		if (config->data_given) {
+			fprintf(stderr, "kobod: --data (or KOBO_DATA) and --postgres (or "
+			        "KOBO_POSTGRES) cannot be used together: shards live either in "
+			        "a data directory or in PostgreSQL\n");
+			return 2;
+		}
+		if (config->postgres_too_many) {
+			fprintf(stderr, "kobod: more than %d --postgres URLs (one per shard)\n",
+			        KOBO_SHARDS_MAX);
+			return 2;
+		}
+		if (config->shards_given && config->shards != config->postgres_count) {
+			fprintf(stderr, "kobod: --shards %lu but %zu --postgres URL%s: give one "
+			        "URL per shard, in shard order (--shards may be left out)\n",
+			        config->shards, config->postgres_count,
+			        config->postgres_count == 1 ? "" : "s");
+			return 2;
+		}
+		config->shards = config->postgres_count;
 	}
 	return 0;
 }
@@ -258,12 +349,60 @@ static void log_failure(const char *event, const char *what, const char *detail)
 	         escaped_what, escaped_detail);
 }
 
+/* The data directory: created if missing, its lock taken (into *lock_fd)
+ * and its shard map opened. 0, or the exit status after saying why. */
+static int open_data_dir(const kobod_config *config, uint32_t shard_count,
+                         kobo_shard_map *map, int *lock_fd)
+{
+	char path[PATH_MAX];
+	if (make_dirs(config->data_dir) != 0) {
+		log_failure("startup_failed", config->data_dir, strerror(errno));
+		fprintf(stderr, "kobod: cannot create data directory %s: %s\n",
+		        config->data_dir, strerror(errno));
+		return 1;
+	}
+	if (!kobo_layout_lock_path(path, sizeof(path), config->data_dir)) {
+		log_failure("startup_failed", config->data_dir, "path too long");
+		fprintf(stderr, "kobod: data directory path is too long: %s\n",
+		        config->data_dir);
+		return 1;
+	}
+	*lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (*lock_fd < 0 || flock(*lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		bool busy = *lock_fd >= 0 && errno == EWOULDBLOCK;
+		log_failure("startup_failed", path,
+		            busy ? "another kobod is using this data directory" : strerror(errno));
+		fprintf(stderr, "kobod: %s: %s\n", path,
+		        busy ? "another kobod is using this data directory" : strerror(errno));
+		return 1;
+	}
+	char map_error[512];
+	int rc = kobo_shard_map_open(config->data_dir, shard_count, map, map_error,
+	                             sizeof(map_error));
+	if (rc != KOBO_OK) {
+		log_failure("startup_failed", "shard map", map_error);
+		fprintf(stderr, "kobod: %s\n", map_error);
+		return rc == KOBO_EINVAL ? 2 : 1;
+	}
+	return 0;
+}
+
+static int run(kobod_config *config_in);
+
 int main(int argc, char **argv)
 {
 	kobod_config config;
 	int rc = configure(argc, argv, &config);
-	if (rc)
-		return rc;
+	if (rc == 0)
+		rc = run(&config);
+	free(config.postgres_env);
+	return rc;
+}
+
+static int run(kobod_config *config_in)
+{
+	const kobod_config config = *config_in;
+	int rc;
 
 	/* Block the signals before any thread starts: every thread inherits
 	 * the mask and only the signalfd below sees them. */
@@ -279,42 +418,38 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	if (make_dirs(config.data_dir) != 0) {
-		log_failure("startup_failed", config.data_dir, strerror(errno));
-		fprintf(stderr, "kobod: cannot create data directory %s: %s\n",
-		        config.data_dir, strerror(errno));
-		return 1;
-	}
-	char path[PATH_MAX];
-	char store_url[PATH_MAX + 8];
-	if (!kobo_layout_lock_path(path, sizeof(path), config.data_dir) ||
-	    (size_t)snprintf(store_url, sizeof(store_url), "sqlite:%s",
-	                     config.data_dir) >= sizeof(store_url)) {
-		log_failure("startup_failed", config.data_dir, "path too long");
-		fprintf(stderr, "kobod: data directory path is too long: %s\n",
-		        config.data_dir);
-		return 1;
-	}
-	int lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
-		bool busy = lock_fd >= 0 && errno == EWOULDBLOCK;
-		log_failure("startup_failed", path,
-		            busy ? "another kobod is using this data directory" : strerror(errno));
-		fprintf(stderr, "kobod: %s: %s\n", path,
-		        busy ? "another kobod is using this data directory" : strerror(errno));
-		return 1;
-	}
-
+	/* With --postgres there is no data directory: each shard's store is
+	 * its URL, and the map is fixed by the shard count, which every
+	 * shard's database records (map_file.c). */
+	bool postgres = config.postgres_count > 0;
 	uint32_t shard_count = (uint32_t)config.shards;
 	static kobo_shard_map map;
-	char map_error[512];
-	rc = kobo_shard_map_open(config.data_dir, shard_count, &map, map_error,
-	                         sizeof(map_error));
-	if (rc != KOBO_OK) {
-		log_failure("startup_failed", "shard map", map_error);
-		fprintf(stderr, "kobod: %s\n", map_error);
-		close(lock_fd);
-		return rc == KOBO_EINVAL ? 2 : 1;
+	char path[PATH_MAX];
+	char store_url[PATH_MAX + 8] = "";
+	int lock_fd = -1;
+	if (postgres) {
+		char map_error[512];
+		if (kobo_shard_map_fixed(shard_count, &map, map_error,
+		                         sizeof(map_error)) != KOBO_OK) {
+			fprintf(stderr, "kobod: %s\n", map_error);
+			close(signal_fd);
+			return 2;
+		}
+	} else {
+		if ((size_t)snprintf(store_url, sizeof(store_url), "sqlite:%s",
+		                     config.data_dir) >= sizeof(store_url)) {
+			fprintf(stderr, "kobod: data directory path is too long: %s\n",
+			        config.data_dir);
+			close(signal_fd);
+			return 1;
+		}
+		rc = open_data_dir(&config, shard_count, &map, &lock_fd);
+		if (rc != 0) {
+			if (lock_fd >= 0)
+				close(lock_fd);
+			close(signal_fd);
+			return rc;
+		}
 	}
 
 	kobo_store *stores[KOBO_SHARDS_MAX] = { 0 };
@@ -337,10 +472,22 @@ int main(int argc, char **argv)
 		}
 	}
 	for (uint32_t i = 0; i < shard_count; i++) {
-		(void)kobo_layout_shard_path(path, sizeof(path), config.data_dir, i);
-		if (kobo_store_open(store_url, i, false, &stores[i]) != KOBO_OK) {
-			log_failure("startup_failed", path, "cannot open the store");
+		if (postgres)
+			snprintf(path, sizeof(path), "PostgreSQL shard %u", i);
+		else
+			(void)kobo_layout_shard_path(path, sizeof(path), config.data_dir, i);
+		rc = kobo_store_open_sharded(postgres ? config.postgres[i] : store_url, i,
+		                             shard_count, false, &stores[i]);
+		if (rc != KOBO_OK) {
+			/* A mismatched --postgres list was explained on stderr. */
+			log_failure("startup_failed", path, rc == KOBO_EINVAL
+			            ? "refused: not the shard this position names"
+			            : "cannot open the store");
+			if (rc != KOBO_EINVAL)
+				fprintf(stderr, "kobod: cannot open %s (see the log above)\n", path);
 			stores[i] = NULL;
+			if (rc == KOBO_EINVAL)
+				exit_code = 2;
 			goto out;
 		}
 		kobo_shard_config shard_config = {
@@ -383,7 +530,7 @@ int main(int argc, char **argv)
 	char host[600], data[600];
 	bool ipv6 = strchr(config.host, ':') != NULL;
 	snprintf(host, sizeof(host), ipv6 ? "[%s]" : "%s", config.host);
-	kobo_json_escape(data, sizeof(data), config.data_dir);
+	kobo_json_escape(data, sizeof(data), postgres ? "(postgres)" : config.data_dir);
 	char host_escaped[700];
 	kobo_json_escape(host_escaped, sizeof(host_escaped), host);
 	uint16_t port = kobo_http_server_port(server);
@@ -428,7 +575,8 @@ out:
 			kobo_store_close(stores[i]);
 	if (exit_code == 0)
 		kobo_log(KOBO_LOG_INFO, "stopped", NULL);
-	close(lock_fd);
+	if (lock_fd >= 0)
+		close(lock_fd);
 	close(signal_fd);
 	return exit_code;
 }

@@ -28,6 +28,15 @@
  * every shard file right after the map, so a crash between the two leaves
  * exactly that, and the shard starts empty. (`kobo audit` reports a missing
  * file as a problem.)
+ *
+ * Shards in PostgreSQL (kobo_shard_map_fixed) have no directory to keep a
+ * file in. Their map is the default map for the shard count, fixed by rule
+ * rather than stored, and the count is what is stored: every shard's meta
+ * row records its index and the count (src/store/postgres/store_pg.c), and
+ * a URL list of another length or order is refused when the stores open.
+ * A map that is not the default (resharding) would need a table in shard
+ * 0's database, written once under an advisory lock; nothing writes one
+ * yet.
  */
 #include <assert.h>
 #include <dirent.h>
@@ -408,5 +417,17 @@ int kobo_shard_map_open(const char *dir, uint32_t shard_count,
 		return KOBO_EINVAL;
 	}
 	*map = found;
+	return KOBO_OK;
+}
+
+int kobo_shard_map_fixed(uint32_t shard_count, kobo_shard_map *map, char *error,
+                         size_t error_len)
+{
+	if (shard_count < 1 || shard_count > KOBO_SHARDS_MAX) {
+		set_error(error, error_len, "the shard count must be from 1 to %d, not %u",
+		          KOBO_SHARDS_MAX, shard_count);
+		return KOBO_EINVAL;
+	}
+	kobo_shard_map_default(map, shard_count);
 	return KOBO_OK;
 }

@@ -44,7 +44,8 @@ uint32_t kobo_shard_of_partition(uint32_t partition, uint32_t shard_count);
 
 /* The shard map: which shard owns each partition. It is stored with the data
  * (DIR/shard-map.json, see map_file.c) so that data is never read through a
- * different map; today it is always the default map for its shard count. */
+ * different map; today it is always the default map for its shard count
+ * (with PostgreSQL, by rule: kobo_shard_map_fixed). */
 typedef struct kobo_shard_map {
 	uint32_t shard_count; /* 1..KOBO_SHARDS_MAX */
 	uint16_t shard_of[KOBO_PARTITIONS];
@@ -70,6 +71,15 @@ int kobo_shard_map_open(const char *dir, uint32_t shard_count,
  * when DIR has no map. */
 int kobo_shard_map_read(const char *dir, kobo_shard_map *map, char *error,
                         size_t error_len);
+/* The map of shards kept in PostgreSQL (kobod --postgres, kobo audit
+ * --postgres): there is no data directory every node sees, so the map is
+ * the default map for shard_count shards, which every node computes alike
+ * from the count alone, and each shard's database records the count
+ * (kobo_store_open_sharded) so a node given another count, or the URLs in
+ * another order, is refused before it routes anything. KOBO_OK, or
+ * KOBO_EINVAL with a sentence for a count outside 1..KOBO_SHARDS_MAX. */
+int kobo_shard_map_fixed(uint32_t shard_count, kobo_shard_map *map, char *error,
+                         size_t error_len);
 
 /* ---- Clearing accounts. ---- */
 

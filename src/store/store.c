@@ -16,9 +16,10 @@
 
 #define STORE_PATH_BYTES_MAX 4096
 
-static int open_sqlite(const char *rest, uint32_t shard, bool read_only,
-                       kobo_store **out)
+static int open_sqlite(const char *rest, uint32_t shard, uint32_t shard_count,
+                       bool read_only, kobo_store **out)
 {
+	(void)shard_count; /* the data directory's shard map checks it */
 	char path[STORE_PATH_BYTES_MAX];
 	if (rest[0] == '\0') {
 		fprintf(stderr, "kobo: store url \"sqlite:\" names no directory "
@@ -32,10 +33,11 @@ static int open_sqlite(const char *rest, uint32_t shard, bool read_only,
 	return store_sqlite_open(path, read_only, out);
 }
 
-static int open_mem(const char *rest, uint32_t shard, bool read_only,
-                    kobo_store **out)
+static int open_mem(const char *rest, uint32_t shard, uint32_t shard_count,
+                    bool read_only, kobo_store **out)
 {
 	(void)shard;
+	(void)shard_count;
 	if (rest[0] != '\0') {
 		fprintf(stderr, "kobo: store url \"mem:%s\": mem: takes nothing "
 		                "after the colon\n", rest);
@@ -44,8 +46,8 @@ static int open_mem(const char *rest, uint32_t shard, bool read_only,
 	return store_mem_open(read_only, out);
 }
 
-static int open_postgres(const char *rest, uint32_t shard, bool read_only,
-                         kobo_store **out)
+static int open_postgres(const char *rest, uint32_t shard, uint32_t shard_count,
+                         bool read_only, kobo_store **out)
 {
 	/* libpq parses the whole URI, scheme included. */
 	char uri[STORE_PATH_BYTES_MAX];
@@ -54,13 +56,13 @@ static int open_postgres(const char *rest, uint32_t shard, bool read_only,
 		fprintf(stderr, "kobo: store url is too long\n");
 		return KOBO_EINVAL;
 	}
-	return store_pg_open(uri, shard, read_only, out);
+	return store_pg_open(uri, shard, shard_count, read_only, out);
 }
 
 static const struct {
 	const char *scheme; /* with its colon */
-	int (*open)(const char *rest, uint32_t shard, bool read_only,
-	            kobo_store **out);
+	int (*open)(const char *rest, uint32_t shard, uint32_t shard_count,
+	            bool read_only, kobo_store **out);
 } backends[] = {
 	{ "sqlite:", open_sqlite },
 	{ "mem:", open_mem },
@@ -71,11 +73,18 @@ static const struct {
 int kobo_store_open(const char *url, uint32_t shard, bool read_only,
                     kobo_store **out)
 {
+	return kobo_store_open_sharded(url, shard, 0, read_only, out);
+}
+
+int kobo_store_open_sharded(const char *url, uint32_t shard,
+                            uint32_t shard_count, bool read_only,
+                            kobo_store **out)
+{
 	*out = NULL;
 	for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
 		size_t len = strlen(backends[i].scheme);
 		if (strncmp(url, backends[i].scheme, len) == 0)
-			return backends[i].open(url + len, shard, read_only, out);
+			return backends[i].open(url + len, shard, shard_count, read_only, out);
 	}
 	fprintf(stderr, "kobo: cannot open store \"%s\": this build supports "
 	                "sqlite:DIR, postgresql://… (or postgres://…) and mem: "

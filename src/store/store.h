@@ -9,9 +9,9 @@
  *
  *   src/store/sqlite/   "sqlite:DIR"  one SQLite file per shard, DIR/shard-N.db
  *   src/store/mem/      "mem:"        in memory, with injectable faults (tests)
+ *   src/store/postgres/ "postgresql://…"  schema kobo_shard_N of a database
  *
- * kobo_store_open(url) picks one; the PostgreSQL backend (next) implements
- * the same vtable without any change to the shard writer. The data
+ * kobo_store_open(url) picks one. The data
  * directory's file names are in layout.h; the audit's rules, shared by the
  * backends, in auditor.h.
  *
@@ -242,10 +242,24 @@ struct kobo_store_reader {
  * SQLite file is neither created nor migrated.
  * Returns KOBO_OK with *out (owned by the caller until kobo_store_close),
  * KOBO_EINVAL for a url this build cannot open (a sentence naming the
- * schemes it supports goes to stderr), KOBO_ENOMEM, or KOBO_ESTORE (the
+ * schemes it supports goes to stderr) or, from kobo_store_open_sharded, a
+ * shard that is not the one asked for, KOBO_ENOMEM, or KOBO_ESTORE (the
  * backend could not open it; logged). *out is NULL on error. */
 int kobo_store_open(const char *url, uint32_t shard, bool read_only,
                     kobo_store **out);
+
+/* kobo_store_open for shard `shard` of a deployment of shard_count shards
+ * (kobod and `kobo audit`; shard_count 0 checks nothing and is
+ * kobo_store_open). A backend whose shards do not share a data directory
+ * (PostgreSQL: one URL per shard) records shard_count with the shard when
+ * it creates it and refuses a shard that records another index or another
+ * count — a URL list in the wrong order, or of another length — with a
+ * sentence naming what it found on stderr and KOBO_EINVAL. SQLite and mem
+ * ignore shard_count (the data directory's shard map checks it). Other
+ * returns as kobo_store_open. */
+int kobo_store_open_sharded(const char *url, uint32_t shard,
+                            uint32_t shard_count, bool read_only,
+                            kobo_store **out);
 
 /* Thin wrappers so callers read as prose. */
 static inline int kobo_store_begin(kobo_store *s) { return s->ops->begin(s); }

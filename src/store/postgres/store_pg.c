@@ -19,7 +19,9 @@
  *   meta(id = 1, schema_version, shard_index, shard_count, commit_seq,
  *        transfer_seq)
  *        shard_index is checked at every open (a URL list in the wrong
- *        order is refused); shard_count is 0 until a caller records it.
+ *        order is refused); shard_count is the deployment's shard count,
+ *        recorded by the first kobo_store_open_sharded (0 until then, and
+ *        for shards opened by kobo_store_open, which checks nothing).
  *        commit_seq is the consistency token (store.h); transfer_seq the
  *        last seq handed to a transfer. Every batch updates this row, so
  *        (a) every commit writes, and a commit that writes waits for the
@@ -61,14 +63,51 @@
  *   violation on a transfer id means another node inserted it first: the
  *   batch is re-run (KOBO_ECONFLICT) and then replays what that node did.
  *
+ * Which shard a database holds (kobo_store_open_sharded, shard_count > 0):
+ * kobod is given one URL per shard, in shard order, and the shard map is
+ * the default map for that many shards (src/shard/map_file.c), so a list
+ * in another order or of another length would read accounts on the wrong
+ * shard. check_census, under the database's advisory lock, refuses
+ *   - a shard whose meta records another index or another shard count;
+ *   - creating shard i in a database that already holds shards of another
+ *     shard count, or a shard j > i (kobod creates shards in order, so a
+ *     higher one there means this URL belongs further down the list), or a
+ *     shard that has committed a batch (kobod creates every shard before
+ *     it serves, so shard i should have been there: the same URL given
+ *     twice by mistake);
+ * each with a sentence naming what the database holds (KOBO_EINVAL). One
+ * database may hold several shards (one schema each): the same URL given
+ * twice is a deployment of two shards in one database.
+ *
+ * The link and /readyz. A writable store runs a probe thread with a
+ * connection of its own: every PG_PROBE_INTERVAL_MS it asks the server
+ * `SELECT pg_is_in_recovery()` (at most PG_PROBE_TIMEOUT_MS; a standby
+ * counts as down: it cannot take writes). While the answer is missing the
+ * store is "link down": healthy() is false (/readyz 503) and begin()
+ * answers KOBO_ECONNLOST at once, so new writes answer 503 without
+ * waiting on a dead server. The probe reconnects with a backoff doubling
+ * from PG_RECONNECT_BACKOFF_MIN_MS to PG_RECONNECT_BACKOFF_MAX_MS; the
+ * first answer clears "link down". The writer's own connection reconnects
+ * in begin(), with the same backoff, and a BEGIN that finds its connection
+ * dead (the server restarted since the last batch) reconnects and runs
+ * once more: nothing had been sent.
+ *
  * Error kinds (store.h):
  *   40P01 deadlock, 40001 serialization failure  → KOBO_ECONFLICT
  *   23505 on transfers (another node won the id)  → KOBO_ECONFLICT
  *   connection lost before COMMIT was sent        → KOBO_ECONNLOST
- *   anything going wrong during COMMIT            → KOBO_EUNKNOWN (sticky)
+ *   the link lost during COMMIT                   → KOBO_EUNKNOWN
+ *   anything else going wrong during COMMIT       → KOBO_EUNKNOWN (sticky)
  *   anything else                                 → KOBO_ESTORE
  *   ECONFLICT and ECONNLOST leave the store healthy (nothing was
- *   committed); begin() reconnects a broken connection. COMMIT never gets a
+ *   committed); begin() reconnects a broken connection. A COMMIT whose
+ *   link broke is not sticky, unlike store.h's general rule: the sticky
+ *   state guards memory that may disagree with the disk, and this store
+ *   keeps none across batches — every batch re-reads its rows under lock,
+ *   and seqs and the token come from the meta row — so the next batch sees
+ *   whatever the lost COMMIT did, and the client's retry by id settles it.
+ *   Without this, one PostgreSQL restart under load would leave kobod
+ *   unready until restarted. COMMIT never gets a
  *   timeout: a COMMIT cancelled while waiting for the standby has already
  *   committed locally.
  *
@@ -88,10 +127,12 @@
  *   IN_BATCH → IDLE       store_commit             meta bump; COMMIT
  *   IN_BATCH → IDLE       store_rollback, a load   ROLLBACK (if the link lives)
  *                         or write that conflicts
+ *   IN_BATCH → IDLE       store_commit, link lost  KOBO_EUNKNOWN, reconnect next
  *   IN_BATCH → FAILED     store_write, commit      ROLLBACK, failed flag set
  *
  * Invariants:
- *   1. Only the writer thread touches `conn`; healthy() reads `failed`.
+ *   1. Only the writer thread touches `conn`; only the probe thread its
+ *      probe connection; healthy() reads `failed` and `link_down`.
  *   2. state == IN_BATCH exactly when `conn` holds a transaction this code
  *      began (or the link broke inside one).
  *   3. `failed` is never cleared: close and open again.
@@ -101,6 +142,9 @@
  *   5. meta is updated exactly once per committed batch.
  */
 #include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,6 +161,24 @@
 #define PG_ARRAY_COLUMNS_MAX 22    /* the transfer insert's parameters */
 #define PG_LOADED_MAX 64           /* load calls one batch may make */
 #define PG_SQL_BYTES_MAX 4096
+/* The whole database's key, second half of the schema lock: every shard of
+ * one database is created under it, so the census of the shards already
+ * there (check_census) and the creation of a new one cannot interleave. */
+#define PG_ADVISORY_DATABASE -1
+#define PG_CENSUS_SHARDS_MAX 64    /* shard schemas one database describes */
+
+/* The link probe (see "The link and /readyz"): how often it asks a healthy
+ * server, how long one question may take, and the reconnect backoff of the
+ * probe and the writer, doubling from min to max. */
+#define PG_PROBE_INTERVAL_MS 500
+#define PG_PROBE_TIMEOUT_MS 1000
+#define PG_PROBE_CONNECT_TIMEOUT_S "2"
+#define PG_RECONNECT_BACKOFF_MIN_MS 100
+#define PG_RECONNECT_BACKOFF_MAX_MS 2000
+_Static_assert(PG_RECONNECT_BACKOFF_MIN_MS <= PG_RECONNECT_BACKOFF_MAX_MS,
+               "the backoff grows from min to max");
+_Static_assert(PG_PROBE_INTERVAL_MS + PG_PROBE_TIMEOUT_MS <= 2000,
+               "/readyz notices a lost primary within ~1-2 s");
 
 /* ---- Statements. ---- */
 
@@ -442,6 +504,14 @@ typedef struct pg_store {
 	PGconn *conn; /* the writer's; NULL for read_only stores */
 	pg_state state;
 	atomic_bool failed;
+	atomic_bool link_down;   /* the probe's view: the primary is not answering */
+	int64_t reconnect_at_ms; /* writer: no connect before (monotonic) */
+	int reconnect_backoff_ms; /* writer: the next wait after a failed connect */
+	bool probe_started;
+	bool probe_stop;         /* guarded by probe_lock */
+	pthread_t probe_thread;
+	pthread_mutex_t probe_lock;
+	pthread_cond_t probe_wake;
 	bool meta_bumped;      /* this batch updated meta */
 	uint64_t token;        /* commit_seq after this batch, once bumped */
 	PGresult *loaded[PG_LOADED_MAX]; /* this batch's load results */
@@ -506,10 +576,45 @@ static int prepare_writer(PGconn *conn)
 	return store_pg_prepare_all(conn, names, sqls, SQL_WRITER_COUNT);
 }
 
-/* Reads meta and checks it belongs to this build and this shard. */
-static int check_meta(PGconn *conn, uint32_t shard)
+/* ---- Which shard a database holds. ---- */
+
+/* host:port/dbname of conn, for messages: never the password. */
+static void describe_database(PGconn *conn, char *out, size_t size)
 {
-	PGresult *res = PQexec(conn, "SELECT schema_version, shard_index FROM meta WHERE id = 1");
+	const char *host = PQhost(conn), *port = PQport(conn), *db = PQdb(conn);
+	snprintf(out, size, "%s:%s/%s", host != NULL ? host : "?",
+	         port != NULL ? port : "?", db != NULL ? db : "?");
+}
+
+static int refuse(PGconn *conn, uint32_t shard, const char *format, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* A list of URLs that does not match the databases: one sentence to
+ * stderr (kobod and `kobo audit` print it as is) and one log line. */
+static int refuse(PGconn *conn, uint32_t shard, const char *format, ...)
+{
+	char where[256], reason[768], escaped[1024];
+	va_list args;
+
+	describe_database(conn, where, sizeof where);
+	va_start(args, format);
+	vsnprintf(reason, sizeof reason, format, args);
+	va_end(args);
+	fprintf(stderr, "kobo: PostgreSQL shard %" PRIu32 " (%s): %s\n", shard, where,
+	        reason);
+	kobo_json_escape(escaped, sizeof escaped, reason);
+	kobo_log(KOBO_LOG_ERROR, "store_pg_shard_mismatch",
+	         "\"shard\":%" PRIu32 ",\"message\":\"%s\"", shard, escaped);
+	return KOBO_EINVAL;
+}
+
+/* Reads meta and checks it belongs to this build and this shard, and, when
+ * shard_count > 0, to a deployment of that many shards (0 recorded: not yet
+ * known, accepted). */
+static int check_meta(PGconn *conn, uint32_t shard, uint32_t shard_count)
+{
+	PGresult *res = PQexec(conn, "SELECT schema_version, shard_index, shard_count"
+	                             " FROM meta WHERE id = 1");
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
 		store_pg_log_error("store_pg_meta_unreadable", conn, res);
 		PQclear(res);
@@ -517,6 +622,7 @@ static int check_meta(PGconn *conn, uint32_t shard)
 	}
 	long version = strtol(PQgetvalue(res, 0, 0), NULL, 10);
 	long index = strtol(PQgetvalue(res, 0, 1), NULL, 10);
+	long count = strtol(PQgetvalue(res, 0, 2), NULL, 10);
 	PQclear(res);
 	if (version != PG_SCHEMA_VERSION) {
 		kobo_log(KOBO_LOG_ERROR, "store_pg_schema_version",
@@ -524,45 +630,169 @@ static int check_meta(PGconn *conn, uint32_t shard)
 		         "reads version %d only\"", version, PG_SCHEMA_VERSION);
 		return KOBO_ESTORE;
 	}
-	if (index != (long)shard) {
-		kobo_log(KOBO_LOG_ERROR, "store_pg_shard_mismatch",
-		         "\"message\":\"this database holds shard %ld in schema "
-		         "kobo_shard_%" PRIu32 ", opened as shard %" PRIu32
-		         ": is the --postgres list in shard order?\"", index, shard, shard);
+	if (index != (long)shard)
+		return refuse(conn, shard, "schema kobo_shard_%" PRIu32 " records shard %ld: "
+		              "is the --postgres list in shard order?", shard, index);
+	if (shard_count > 0 && count != 0 && count != (long)shard_count)
+		return refuse(conn, shard, "this database holds shard %ld of a deployment "
+		              "of %ld shards, but %" PRIu32 " URLs were given: give every "
+		              "shard's URL, in shard order (resharding is not supported)",
+		              index, count, shard_count);
+	return KOBO_OK;
+}
+
+/* The Kobo shards one database holds: schema kobo_shard_<N> with a meta
+ * table, and what that meta records. */
+typedef struct pg_census {
+	size_t count;
+	struct {
+		long schema;      /* the N of kobo_shard_<N> */
+		long index;       /* meta.shard_index */
+		long shard_count; /* meta.shard_count, 0 if not recorded */
+		long long commit_seq; /* meta.commit_seq: > 0 once it committed */
+	} shards[PG_CENSUS_SHARDS_MAX];
+} pg_census;
+
+static int read_census(PGconn *conn, pg_census *census)
+{
+	PGresult *res = PQexec(conn,
+		"SELECT substr(n.nspname, 12)::bigint FROM pg_namespace n"
+		" JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'meta'"
+		" WHERE n.nspname ~ '^kobo_shard_[0-9]{1,9}$' ORDER BY 1"
+		" LIMIT 64");
+	_Static_assert(PG_CENSUS_SHARDS_MAX == 64, "the LIMIT above");
+	census->count = 0;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		store_pg_log_error("store_pg_census_failed", conn, res);
+		PQclear(res);
 		return KOBO_ESTORE;
+	}
+	for (int row = 0; row < PQntuples(res); row++) {
+		long schema = (long)store_pg_col_int(res, row, 0);
+		char sql[160];
+		snprintf(sql, sizeof sql, "SELECT shard_index, shard_count, commit_seq FROM "
+		         "kobo_shard_%ld.meta WHERE id = 1", schema);
+		PGresult *meta = PQexec(conn, sql);
+		if (PQresultStatus(meta) != PGRES_TUPLES_OK) {
+			store_pg_log_error("store_pg_census_failed", conn, meta);
+			PQclear(meta);
+			PQclear(res);
+			return KOBO_ESTORE;
+		}
+		if (PQntuples(meta) == 1) {
+			census->shards[census->count].schema = schema;
+			census->shards[census->count].index = (long)store_pg_col_int(meta, 0, 0);
+			census->shards[census->count].shard_count =
+				(long)store_pg_col_int(meta, 0, 1);
+			census->shards[census->count].commit_seq =
+				(long long)store_pg_col_int(meta, 0, 2);
+			census->count++;
+		}
+		PQclear(meta);
+	}
+	PQclear(res);
+	return KOBO_OK;
+}
+
+/* "shard 1 of 2, shard 3 of 4" */
+static void describe_census(const pg_census *census, char *out, size_t size)
+{
+	size_t n = 0;
+	out[0] = '\0';
+	for (size_t i = 0; i < census->count && n < size; i++) {
+		int w = census->shards[i].shard_count > 0
+			? snprintf(out + n, size - n, "%sshard %ld of %ld", i ? ", " : "",
+			           census->shards[i].index, census->shards[i].shard_count)
+			: snprintf(out + n, size - n, "%sshard %ld", i ? ", " : "",
+			           census->shards[i].index);
+		if (w < 0)
+			break;
+		n += (size_t)w;
+	}
+}
+
+/* Before opening (read_only) or creating shard `shard` of a deployment of
+ * shard_count shards in this database: refuses what "Which shard a
+ * database holds" (top of the file) lists. The shard's own meta, when
+ * there, is checked by check_meta. */
+static int check_census(PGconn *conn, uint32_t shard, uint32_t shard_count,
+                        bool read_only)
+{
+	pg_census census;
+	char held[512];
+	int rc = read_census(conn, &census);
+	if (rc != KOBO_OK)
+		return rc;
+	for (size_t i = 0; i < census.count; i++)
+		if (census.shards[i].schema == (long)shard)
+			return KOBO_OK;
+	describe_census(&census, held, sizeof held);
+	for (size_t i = 0; i < census.count; i++) {
+		long count = census.shards[i].shard_count;
+		if (count != 0 && count != (long)shard_count)
+			return refuse(conn, shard, "this database holds %s, but %" PRIu32
+			              " URLs were given: give every shard's URL, in shard "
+			              "order (resharding is not supported)", held, shard_count);
+	}
+	for (size_t i = 0; i < census.count; i++) {
+		if (census.shards[i].index > (long)shard)
+			return refuse(conn, shard, "this database holds %s, not shard %" PRIu32
+			              ": is the --postgres list in shard order?", held, shard);
+	}
+	if (read_only)
+		return refuse(conn, shard, "this database holds %s",
+		              census.count ? held : "no Kobo shard");
+	for (size_t i = 0; i < census.count; i++) {
+		if (census.shards[i].commit_seq > 0)
+			return refuse(conn, shard, "this database holds %s, which has served "
+			              "writes, but no shard %" PRIu32 ": kobod creates every "
+			              "shard at its first start, so this URL is not shard %"
+			              PRIu32 "'s database", held, shard, shard);
 	}
 	return KOBO_OK;
 }
 
 /* Creates the shard's schema if needed, under a transaction-scoped
- * advisory lock so that nodes starting together create it once. */
-static int create_schema(PGconn *conn, const char *schema, uint32_t shard)
+ * advisory lock on the whole database, so that nodes starting together
+ * create it once and the census check cannot race a creation. */
+static int create_schema(PGconn *conn, const char *schema, uint32_t shard,
+                         uint32_t shard_count)
 {
 	char sql[PG_SQL_BYTES_MAX * 2];
-	int n;
+	int n, rc = KOBO_ESTORE;
 
 	n = snprintf(sql, sizeof sql, "BEGIN; SELECT pg_advisory_xact_lock(%d, %d);",
-	             PG_ADVISORY_KEY, (int)(shard & 0x7fffffff));
+	             PG_ADVISORY_KEY, PG_ADVISORY_DATABASE);
 	if (store_pg_exec(conn, sql, "store_pg_schema_lock_failed") != KOBO_OK)
 		return KOBO_ESTORE;
+	if (shard_count > 0 && (rc = check_census(conn, shard, shard_count, false)) != KOBO_OK)
+		goto fail;
+	rc = KOBO_ESTORE;
 	n = snprintf(sql, sizeof sql, schema_sql, schema, schema);
 	if (n <= 0 || (size_t)n >= sizeof sql ||
 	    store_pg_exec(conn, sql, "store_pg_schema_failed") != KOBO_OK)
 		goto fail;
 	n = snprintf(sql, sizeof sql,
 	             "INSERT INTO meta (id, schema_version, shard_index, shard_count,"
-	             " commit_seq, transfer_seq) VALUES (1, %d, %" PRIu32 ", 0, 0, 0)"
-	             " ON CONFLICT (id) DO NOTHING", PG_SCHEMA_VERSION, shard);
+	             " commit_seq, transfer_seq) VALUES (1, %d, %" PRIu32 ", %" PRIu32
+	             ", 0, 0) ON CONFLICT (id) DO NOTHING", PG_SCHEMA_VERSION, shard,
+	             shard_count);
 	if (store_pg_exec(conn, sql, "store_pg_meta_failed") != KOBO_OK)
 		goto fail;
-	if (check_meta(conn, shard) != KOBO_OK)
+	if ((rc = check_meta(conn, shard, shard_count)) != KOBO_OK)
+		goto fail;
+	rc = KOBO_ESTORE;
+	/* A shard created by kobo_store_open (no count) learns it now. */
+	n = snprintf(sql, sizeof sql, "UPDATE meta SET shard_count = %" PRIu32
+	             " WHERE id = 1 AND shard_count = 0", shard_count);
+	if (shard_count > 0 && store_pg_exec(conn, sql, "store_pg_meta_failed") != KOBO_OK)
 		goto fail;
 	if (store_pg_exec(conn, "COMMIT", "store_pg_schema_commit_failed") != KOBO_OK)
 		return KOBO_ESTORE;
 	return KOBO_OK;
 fail:
 	(void)store_pg_exec(conn, "ROLLBACK", "store_pg_rollback_failed");
-	return KOBO_ESTORE;
+	return rc;
 }
 
 /* ---- The write side. ---- */
@@ -591,6 +821,14 @@ static void end_batch(pg_store *s, pg_state state)
 	s->state = state;
 }
 
+/* Drops the writer's connection after a lost link, so the next begin()
+ * connects afresh (a multi-host URL then finds the current primary). */
+static void drop_connection(pg_store *s)
+{
+	PQfinish(s->conn);
+	s->conn = NULL;
+}
+
 /* IN_BATCH → FAILED: what this node believes and what the database holds
  * may disagree from here on. */
 static int store_fail(pg_store *s, int kind)
@@ -608,10 +846,19 @@ static int store_fail(pg_store *s, int kind)
 static int store_abandon(pg_store *s, int kind)
 {
 	end_batch(s, PG_IDLE);
+	if (kind == KOBO_ECONNLOST)
+		drop_connection(s);
 	return kind;
 }
 
-/* Reconnects a broken writer connection (bounded by connect_timeout). */
+static int64_t mono_ms(void)
+{
+	return kobo_monotonic_us() / 1000;
+}
+
+/* Reconnects a broken writer connection (bounded by connect_timeout), at
+ * most once per backoff step: while the server is away, a batch is
+ * answered KOBO_ECONNLOST at once instead of waiting on a connect. */
 static int ensure_connection(pg_store *s)
 {
 	if (s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK)
@@ -620,17 +867,24 @@ static int ensure_connection(pg_store *s)
 		PQfinish(s->conn);
 		s->conn = NULL;
 	}
+	if (mono_ms() < s->reconnect_at_ms)
+		return KOBO_ECONNLOST;
 	int rc = store_pg_connect(s->url, s->schema, &s->conn);
-	if (rc != KOBO_OK)
-		return rc == KOBO_ENOMEM ? rc : KOBO_ECONNLOST;
-	rc = prepare_writer(s->conn);
-	if (rc != KOBO_OK) {
+	if (rc == KOBO_OK && (rc = prepare_writer(s->conn)) != KOBO_OK) {
 		PQfinish(s->conn);
 		s->conn = NULL;
-		return KOBO_ECONNLOST;
 	}
+	if (rc != KOBO_OK) {
+		s->reconnect_at_ms = mono_ms() + s->reconnect_backoff_ms;
+		s->reconnect_backoff_ms = s->reconnect_backoff_ms * 2 > PG_RECONNECT_BACKOFF_MAX_MS
+			? PG_RECONNECT_BACKOFF_MAX_MS : s->reconnect_backoff_ms * 2;
+		return rc == KOBO_ENOMEM ? rc : KOBO_ECONNLOST;
+	}
+	s->reconnect_backoff_ms = PG_RECONNECT_BACKOFF_MIN_MS;
+	kobo_log(KOBO_LOG_INFO, "store_pg_writer_connected", "\"shard\":%" PRIu32, s->shard);
 	return KOBO_OK;
 }
+
 
 static int store_begin(kobo_store *store)
 {
@@ -643,20 +897,33 @@ static int store_begin(kobo_store *store)
 	kobo_assert(s->state == PG_IDLE);
 	free_loaded(s);
 	s->meta_bumped = false;
-	int rc = ensure_connection(s);
-	if (rc != KOBO_OK)
-		return rc;
-	PGresult *res = PQexec(s->conn, "BEGIN");
-	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-		store_pg_log_error("store_pg_begin_failed", s->conn, res);
+	/* The probe says the primary is away: answer at once (503). */
+	if (atomic_load(&s->link_down))
+		return KOBO_ECONNLOST;
+	/* Twice at most: a connection that was idle while the server
+	 * restarted fails its BEGIN, and nothing had been sent on it. */
+	for (int attempt = 0;; attempt++) {
+		int rc = ensure_connection(s);
+		if (rc != KOBO_OK)
+			return rc;
+		PGresult *res = PQexec(s->conn, "BEGIN");
+		if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+			PQclear(res);
+			s->state = PG_IN_BATCH;
+			return KOBO_OK;
+		}
 		rc = batch_error_kind(s->conn, res, false);
+		if (rc != KOBO_ECONNLOST || attempt > 0)
+			store_pg_log_error("store_pg_begin_failed", s->conn, res);
 		PQclear(res);
 		rollback_transaction(s);
-		return rc;
+		if (rc != KOBO_ECONNLOST)
+			return rc;
+		drop_connection(s);
+		if (attempt > 0)
+			return rc;
+		s->reconnect_at_ms = 0;
 	}
-	PQclear(res);
-	s->state = PG_IN_BATCH;
-	return KOBO_OK;
 }
 
 /* ids as one text[] literal into cols[0]. */
@@ -1028,7 +1295,14 @@ static int store_commit(kobo_store *store, uint64_t *token)
 	                 strcmp(PQcmdStatus(res), "COMMIT") == 0;
 	if (!committed) {
 		store_pg_log_error("store_pg_commit_failed", s->conn, res);
+		bool link_lost = store_pg_connection_lost(s->conn, res);
 		PQclear(res);
+		if (link_lost) {
+			/* Not sticky (see "Error kinds" above): reconnect next. */
+			s->state = PG_IDLE;
+			drop_connection(s);
+			return KOBO_EUNKNOWN;
+		}
 		return store_fail(s, KOBO_EUNKNOWN);
 	}
 	PQclear(res);
@@ -1086,7 +1360,126 @@ static int store_expired_holds(kobo_store *store, int64_t now_ms,
 
 static bool store_healthy(kobo_store *store)
 {
-	return !atomic_load(&to_store(store)->failed);
+	pg_store *s = to_store(store);
+
+	return !atomic_load(&s->failed) && !atomic_load(&s->link_down);
+}
+
+/* ---- The link probe (see "The link and /readyz"). ---- */
+
+/* Asks the server whether it is a primary, within PG_PROBE_TIMEOUT_MS,
+ * (re)connecting *conn first if needed. true when it answered "a primary";
+ * on false *conn is closed (NULL) so the next probe connects afresh. */
+static bool probe_once(pg_store *s, PGconn **conn)
+{
+	static const char *const keys[] = {"connect_timeout", "application_name",
+	                                   "dbname", NULL};
+	const char *values[] = {PG_PROBE_CONNECT_TIMEOUT_S, "kobo-probe", s->url, NULL};
+	bool primary = false;
+
+	if (*conn == NULL || PQstatus(*conn) != CONNECTION_OK) {
+		PQfinish(*conn);
+		*conn = PQconnectdbParams(keys, values, 1);
+		if (*conn == NULL || PQstatus(*conn) != CONNECTION_OK)
+			goto out;
+	}
+	if (!PQsendQuery(*conn, "SELECT pg_is_in_recovery()"))
+		goto out;
+	int64_t deadline = mono_ms() + PG_PROBE_TIMEOUT_MS;
+	while (PQisBusy(*conn)) {
+		int64_t left = deadline - mono_ms();
+		struct pollfd pfd = {.fd = PQsocket(*conn), .events = POLLIN};
+		if (left <= 0 || pfd.fd < 0 || poll(&pfd, 1, (int)left) < 0 ||
+		    !PQconsumeInput(*conn))
+			goto out;
+	}
+	PGresult *res;
+	bool answered = false;
+	while ((res = PQgetResult(*conn)) != NULL) {
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+			answered = true;
+			primary = strcmp(PQgetvalue(res, 0, 0), "f") == 0;
+		}
+		PQclear(res);
+	}
+	primary = primary && answered;
+out:
+	if (!primary) {
+		PQfinish(*conn);
+		*conn = NULL;
+	}
+	return primary;
+}
+
+static void *probe_main(void *arg)
+{
+	pg_store *s = arg;
+	PGconn *conn = NULL;
+	int backoff_ms = PG_RECONNECT_BACKOFF_MIN_MS;
+
+	pthread_mutex_lock(&s->probe_lock);
+	while (!s->probe_stop) {
+		pthread_mutex_unlock(&s->probe_lock);
+		bool up = probe_once(s, &conn);
+		bool was_down = atomic_exchange(&s->link_down, !up);
+		int64_t wait_ms;
+		if (up) {
+			if (was_down)
+				kobo_log(KOBO_LOG_WARN, "store_pg_link_up",
+				         "\"shard\":%" PRIu32 ",\"message\":\"the shard's primary "
+				         "answers again\"", s->shard);
+			backoff_ms = PG_RECONNECT_BACKOFF_MIN_MS;
+			wait_ms = PG_PROBE_INTERVAL_MS;
+		} else {
+			if (!was_down)
+				kobo_log(KOBO_LOG_ERROR, "store_pg_link_down",
+				         "\"shard\":%" PRIu32 ",\"message\":\"the shard's primary "
+				         "does not answer: /readyz 503 and writes 503 until it "
+				         "does\"", s->shard);
+			wait_ms = backoff_ms;
+			backoff_ms = backoff_ms * 2 > PG_RECONNECT_BACKOFF_MAX_MS
+				? PG_RECONNECT_BACKOFF_MAX_MS : backoff_ms * 2;
+		}
+		struct timespec deadline = kobo_deadline_after_ms(wait_ms);
+		pthread_mutex_lock(&s->probe_lock);
+		while (!s->probe_stop &&
+		       pthread_cond_timedwait(&s->probe_wake, &s->probe_lock, &deadline) == 0)
+			;
+	}
+	pthread_mutex_unlock(&s->probe_lock);
+	PQfinish(conn);
+	return NULL;
+}
+
+static int probe_start(pg_store *s)
+{
+	if (pthread_mutex_init(&s->probe_lock, NULL) != 0)
+		return KOBO_ENOMEM;
+	if (kobo_cond_init_monotonic(&s->probe_wake) != 0) {
+		pthread_mutex_destroy(&s->probe_lock);
+		return KOBO_ENOMEM;
+	}
+	if (pthread_create(&s->probe_thread, NULL, probe_main, s) != 0) {
+		pthread_cond_destroy(&s->probe_wake);
+		pthread_mutex_destroy(&s->probe_lock);
+		return KOBO_ENOMEM;
+	}
+	s->probe_started = true;
+	return KOBO_OK;
+}
+
+static void probe_stop(pg_store *s)
+{
+	if (!s->probe_started)
+		return;
+	pthread_mutex_lock(&s->probe_lock);
+	s->probe_stop = true;
+	pthread_cond_signal(&s->probe_wake);
+	pthread_mutex_unlock(&s->probe_lock);
+	pthread_join(s->probe_thread, NULL);
+	pthread_cond_destroy(&s->probe_wake);
+	pthread_mutex_destroy(&s->probe_lock);
+	s->probe_started = false;
 }
 
 /* ---- Open, audit, close. ---- */
@@ -1103,6 +1496,7 @@ static void store_close(kobo_store *store)
 {
 	pg_store *s = to_store(store);
 
+	probe_stop(s);
 	if (s->state == PG_IN_BATCH)
 		end_batch(s, PG_IDLE);
 	free_loaded(s);
@@ -1136,7 +1530,8 @@ static const kobo_store_ops pg_ops = {
 	.close = store_close,
 };
 
-int store_pg_open(const char *url, uint32_t shard, bool read_only, kobo_store **out)
+int store_pg_open(const char *url, uint32_t shard, uint32_t shard_count,
+                  bool read_only, kobo_store **out)
 {
 	PGconn *conn = NULL;
 	int rc;
@@ -1149,7 +1544,9 @@ int store_pg_open(const char *url, uint32_t shard, bool read_only, kobo_store **
 	s->shard = shard;
 	s->read_only = read_only;
 	s->state = PG_IDLE;
+	s->reconnect_backoff_ms = PG_RECONNECT_BACKOFF_MIN_MS;
 	atomic_init(&s->failed, false);
+	atomic_init(&s->link_down, false);
 	s->url = strdup(url);
 	if (s->url == NULL || schema_name(s->schema, sizeof s->schema, shard) != KOBO_OK) {
 		free(s->url);
@@ -1159,7 +1556,13 @@ int store_pg_open(const char *url, uint32_t shard, bool read_only, kobo_store **
 	rc = store_pg_connect(url, s->schema, &conn);
 	if (rc != KOBO_OK)
 		goto fail;
-	rc = read_only ? check_meta(conn, shard) : create_schema(conn, s->schema, shard);
+	if (read_only) {
+		rc = shard_count > 0 ? check_census(conn, shard, shard_count, true) : KOBO_OK;
+		if (rc == KOBO_OK)
+			rc = check_meta(conn, shard, shard_count);
+	} else {
+		rc = create_schema(conn, s->schema, shard, shard_count);
+	}
 	if (rc != KOBO_OK)
 		goto fail;
 	if (read_only) {
@@ -1170,6 +1573,11 @@ int store_pg_open(const char *url, uint32_t shard, bool read_only, kobo_store **
 		if (rc != KOBO_OK)
 			goto fail;
 		s->conn = conn;
+		conn = NULL;
+		if ((rc = probe_start(s)) != KOBO_OK) {
+			conn = s->conn;
+			goto fail;
+		}
 	}
 	*out = &s->base;
 	return KOBO_OK;
@@ -1177,6 +1585,6 @@ fail:
 	PQfinish(conn);
 	free(s->url);
 	free(s);
-	return rc == KOBO_ENOMEM ? rc : KOBO_ESTORE;
+	return rc == KOBO_ENOMEM || rc == KOBO_EINVAL ? rc : KOBO_ESTORE;
 }
 

@@ -16,10 +16,15 @@
  * database per shard). Unless read_only, the schema is created or migrated
  * under an advisory lock, so several kobod may start at once. A schema
  * that records another shard index, or a newer schema version, is refused.
- * Returns KOBO_OK with *out (the caller's until close), KOBO_ENOMEM, or
- * KOBO_ESTORE (logged; the database cannot be reached or is not ours) with
- * *out NULL. */
-int store_pg_open(const char *url, uint32_t shard, bool read_only,
-                  kobo_store **out);
+ * shard_count > 0: the shard is one of that many (kobo_store_open_sharded):
+ * it is recorded when the shard is created, and a shard recording another
+ * count, or a database whose shards show the URL list is out of order, is
+ * refused with a sentence on stderr (KOBO_EINVAL). A writable store runs a
+ * probe thread (healthy() is false while the primary does not answer).
+ * Returns KOBO_OK with *out (the caller's until close), KOBO_ENOMEM,
+ * KOBO_EINVAL, or KOBO_ESTORE (logged; the database cannot be reached or is
+ * not ours) with *out NULL. */
+int store_pg_open(const char *url, uint32_t shard, uint32_t shard_count,
+                  bool read_only, kobo_store **out);
 
 #endif /* KOBO_STORE_PG_H */
