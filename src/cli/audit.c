@@ -1,5 +1,6 @@
 /*
- * audit.c — `kobo audit --data DIR`: proves that history explains balances
+ * audit.c — `kobo audit --data DIR` or `kobo audit --postgres URL …`: proves
+ * that history explains balances
  * (DESIGN.md invariant 6) and that nothing is in limbo between shards
  * (invariant 5), without a server. Contract in cli.h; what the per-shard
  * audit checks is in src/store/store.h.
@@ -34,6 +35,15 @@
  *      read is repeated (AUDIT_PAIRS_ATTEMPTS, AUDIT_PAIRS_RETRY_MS apart)
  *      until one finds nothing, else the answer is "unknown" with the
  *      discrepancies shown as unconfirmed. Never "sound" unchecked.
+ *
+ * With --postgres (one URL per shard, in shard order, as kobod takes them)
+ * step 1 is the list itself: its length is the shard count and the map is
+ * the default map for it (kobo_shard_map_fixed); each shard is opened
+ * read-only with kobo_store_open_sharded, which refuses a database that
+ * records another index or count (exit 2). There is no lock to take: the
+ * clearing pairs are always read as while kobod runs (re-read, then
+ * "unknown" if still unexplained), and each shard's own audit runs on a
+ * REPEATABLE READ snapshot.
  *
  * Exit: 0 everything was checked and is sound (sagas in flight included);
  * 1 any problem (including a missing shard file, a shard file outside the
@@ -72,7 +82,8 @@
 
 typedef struct audit_shard {
 	long index;
-	char path[4096];
+	char path[4096];  /* the file, or the PostgreSQL URL without its password */
+	const char *url;  /* --postgres: the shard's URL (borrowed from argv) */
 } audit_shard;
 
 typedef struct audit_report {
@@ -360,9 +371,14 @@ static void audit_one_shard(audit_run *run, uint32_t index)
 	}
 	const char *path = slot->file->path;
 	char url[PATH_MAX + 8];
-	int open_rc = (size_t)snprintf(url, sizeof url, "sqlite:%s", run->dir) < sizeof url
-		? kobo_store_open(url, index, true, &slot->store)
-		: KOBO_EINVAL;
+	int open_rc;
+	if (slot->file->url != NULL)
+		open_rc = kobo_store_open_sharded(slot->file->url, index, run->shard_count,
+		                                  true, &slot->store);
+	else
+		open_rc = (size_t)snprintf(url, sizeof url, "sqlite:%s", run->dir) < sizeof url
+			? kobo_store_open(url, index, true, &slot->store)
+			: KOBO_EINVAL;
 	int rc = open_rc == KOBO_OK
 		? kobo_store_audit(slot->store, on_store_problem, &report, &slot->totals)
 		: open_rc;
@@ -581,22 +597,122 @@ static json_t *pairs_check(audit_run *run, audit_lock lock, const char *lock_rea
 	return NULL;
 }
 
-int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv)
+/* user:password@ → user:***@, and password=… → password=***, so a report
+ * never prints a secret. */
+static void redact_url(const char *url, char *out, size_t size)
 {
+	snprintf(out, size, "%s", url);
+	char *start = strstr(out, "://");
+	if (start != NULL) {
+		start += 3;
+		char *at = strchr(start, '@');
+		char *slash = strchr(start, '/');
+		char *colon = strchr(start, ':');
+		if (at != NULL && (slash == NULL || at < slash) && colon != NULL &&
+		    colon < at && at - colon >= 4) {
+			memcpy(colon, ":***", 4);
+			memmove(colon + 4, at, strlen(at) + 1);
+		}
+	}
+	for (char *p = strstr(out, "password="); p != NULL; p = strstr(p + 1, "password=")) {
+		char *value = p + 9;
+		size_t len = strcspn(value, "& ");
+		if (len >= 3) {
+			memcpy(value, "***", 3);
+			memmove(value + 3, value + len, strlen(value + len) + 1);
+		}
+	}
+}
+
+/* Takes every --postgres URL (repeatable, so not kobo_cli_parse_args's)
+ * out of argv[1..argc) into urls and the other arguments into rest.
+ * Returns the number of URLs, or -1 after saying why. */
+static long take_postgres_urls(int argc, char **argv, const char **urls,
+                               char **rest, int *rest_count)
+{
+	long count = 0;
+	*rest_count = 0;
+	rest[(*rest_count)++] = argv[0];
+	for (int i = 1; i < argc; i++) {
+		const char *value = NULL;
+		if (strcmp(argv[i], "--") == 0) {
+			while (i < argc)
+				rest[(*rest_count)++] = argv[i++];
+			break;
+		}
+		if (strcmp(argv[i], "--postgres") == 0) {
+			if (i + 1 == argc) {
+				fprintf(stderr, "kobo: audit: --postgres needs a URL\n");
+				return -1;
+			}
+			value = argv[++i];
+		} else if (strncmp(argv[i], "--postgres=", 11) == 0) {
+			value = argv[i] + 11;
+		} else {
+			rest[(*rest_count)++] = argv[i];
+			continue;
+		}
+		if (strncmp(value, "postgresql://", 13) != 0 &&
+		    strncmp(value, "postgres://", 11) != 0) {
+			fprintf(stderr, "kobo: audit: --postgres %s: expected a postgresql:// "
+			        "or postgres:// URL\n", value);
+			return -1;
+		}
+		if (count == KOBO_SHARDS_MAX) {
+			fprintf(stderr, "kobo: audit: more than %d --postgres URLs\n",
+			        KOBO_SHARDS_MAX);
+			return -1;
+		}
+		urls[count++] = value;
+	}
+	return count;
+}
+
+int kobo_cli_cmd_audit(kobo_cli *cli, int argc_in, char **argv_in)
+{
+	static const char *urls[KOBO_SHARDS_MAX];
+	char **argv = calloc((size_t)argc_in + 1, sizeof *argv);
+	int argc = 0;
+	if (argv == NULL) {
+		fprintf(stderr, "kobo: out of memory\n");
+		return KOBO_CLI_EXIT_USAGE;
+	}
+	long url_count = take_postgres_urls(argc_in, argv_in, urls, argv, &argc);
 	kobo_cli_option options[] = {{.name = "data", .takes_value = true}};
 	const char *positional[1];
 	size_t positional_count;
-	int rc = kobo_cli_parse_args(cli, argc, argv, 1, options, 1, positional, 0,
-	                             &positional_count);
+	int rc = url_count < 0 ? KOBO_CLI_EXIT_USAGE
+		: kobo_cli_parse_args(cli, argc, argv, 1, options, 1, positional, 0,
+		                      &positional_count);
+	free(argv);
 	if (rc != 0)
 		return rc;
-	if (!options[0].present || options[0].value[0] == '\0') {
-		fprintf(stderr, "kobo: usage: kobo audit --data DIR [--json]\n");
+	bool postgres = url_count > 0;
+	if (postgres == options[0].present ||
+	    (options[0].present && options[0].value[0] == '\0')) {
+		fprintf(stderr, "kobo: usage: kobo audit --data DIR [--json]\n"
+		                "       kobo audit --postgres URL [--postgres URL ...] [--json]\n"
+		                "       (one of --data and --postgres)\n");
 		return KOBO_CLI_EXIT_USAGE;
 	}
-	const char *dir = options[0].value;
+	const char *dir = postgres ? "(postgres)" : options[0].value;
 	audit_shard *files = NULL;
-	long count = list_shards(dir, &files);
+	long count;
+	if (postgres) {
+		files = calloc((size_t)url_count, sizeof *files);
+		if (files == NULL) {
+			fprintf(stderr, "kobo: out of memory\n");
+			return KOBO_CLI_EXIT_USAGE;
+		}
+		for (long i = 0; i < url_count; i++) {
+			files[i].index = i;
+			files[i].url = urls[i];
+			redact_url(urls[i], files[i].path, sizeof files[i].path);
+		}
+		count = url_count;
+	} else {
+		count = list_shards(dir, &files);
+	}
 	if (count < 0)
 		return KOBO_CLI_EXIT_USAGE;
 
@@ -614,7 +730,9 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv)
 	static kobo_shard_map map;
 	char map_error[PATH_MAX + 256] = "";
 	const char *map_status = "present";
-	int map_rc = kobo_shard_map_read(dir, &map, map_error, sizeof(map_error));
+	int map_rc = postgres
+		? kobo_shard_map_fixed((uint32_t)count, &map, map_error, sizeof(map_error))
+		: kobo_shard_map_read(dir, &map, map_error, sizeof(map_error));
 	if (map_rc == KOBO_OK) {
 		run->shard_count = map.shard_count;
 	} else {
@@ -649,7 +767,12 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv)
 	/* 2. The lock first, so the cut holds for everything read below. */
 	int lock_fd = -1;
 	char lock_reason[PATH_MAX + 128] = "";
-	audit_lock lock = take_lock(dir, &lock_fd, lock_reason, sizeof(lock_reason));
+	audit_lock lock = AUDIT_LOCK_FAILED;
+	if (postgres)
+		snprintf(lock_reason, sizeof(lock_reason), "PostgreSQL shards have no lock "
+		         "to take: kobod may be writing");
+	else
+		lock = take_lock(dir, &lock_fd, lock_reason, sizeof(lock_reason));
 
 	/* 3. Every shard of the map, then the files beyond it (problems). */
 	for (long i = 0; i < count; i++) {
@@ -707,8 +830,9 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv)
 		free(text);
 		json_decref(root);
 	} else {
-		printf("total: %ld shard files, %zu accounts, %zu transfers, %zu problems: %s\n",
-		       count, run->accounts, run->transfers, run->problems, verdict);
+		printf("total: %ld shard %s, %zu accounts, %zu transfers, %zu problems: %s\n",
+		       count, postgres ? "databases" : "files", run->accounts,
+		       run->transfers, run->problems, verdict);
 	}
 
 	for (uint32_t i = 0; i < run->shard_count; i++) {

@@ -5,7 +5,9 @@
  *   commands.c     account, transfer, post, void, history: build a request,
  *                  send it, print the answer
  *   audit.c        `kobo audit`: reads the shard map, opens every
- *                  DIR/shard-N.db read-only and runs the store's audit,
+ *                  DIR/shard-N.db (or, with --postgres URL …, every
+ *                  PostgreSQL shard, the map fixed by their count)
+ *                  read-only and runs the store's audit,
  *                  lists sagas in flight, and checks each cross-shard
  *                  transfer's two legs and each pair of clearing accounts
  *                  with the sagas in flight accounted for (no server
