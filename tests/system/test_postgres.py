@@ -329,13 +329,23 @@ def test_postgres_down_and_back(tmp_path, make_pg_server):
         make_account(srv, cash, allow_negative=True)
         make_account(srv, a)
         fund(srv, cash, a, 1000)
+        payers = [uid("p") for _ in range(4)]
+        for p in payers:
+            make_account(srv, p)
+            fund(srv, cash, p, 100_000)
 
+        # Under load: a COMMIT may be cut off (503, outcome unknown), which
+        # must not leave kobod unready once PostgreSQL is back.
+        load = kobotest.Load(srv, payers, payers, uid("down"), threads=4).start()
+        time.sleep(1.0)
         c.kill9()
         down_at = time.monotonic()
         assert kobotest.wait_until(lambda: readyz(srv) == 503, READY_FLIP_S, 0.1), (
             f"/readyz: expected 503 within {READY_FLIP_S} s of PostgreSQL's death, "
             f"saw {readyz(srv)}")
         flipped = time.monotonic() - down_at
+        load.stop()
+        assert not load.problems, f"unexpected answers under load: {load.problems[:5]}"
         started = time.monotonic()
         r = transfer(srv, uid("t"), cash, a, 10)
         took = time.monotonic() - started
@@ -353,6 +363,11 @@ def test_postgres_down_and_back(tmp_path, make_pg_server):
         expect_status(transfer(srv, t, cash, a, 10), 201, "a write after PostgreSQL returned")
         expect_status(get_transfer(srv, t), 200, "and it reads back")
         assert kobotest.balance(srv, a)["posted"] == 1010
+        missing = [t for t in load.acked if get_transfer(srv, t).status != 200]
+        assert not missing, (f"{len(missing)} of {len(load.acked)} acknowledged transfers "
+                             f"missing after PostgreSQL's kill -9: {missing[:5]}")
+        total = sum(kobotest.balance(srv, x)["posted"] for x in payers + [cash, a])
+        assert total == 0, f"money not conserved: {total}"
         print(f"readyz 503 after {flipped:.2f} s, 200 after {back:.2f} s")
         srv.sigterm()
         expect_audit_pg_ok(urls, "after PostgreSQL's restart")
