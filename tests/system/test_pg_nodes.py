@@ -59,6 +59,7 @@ SETTLE_TIMEOUT_S = 30.0     # every saga settled after the load stops
 TAKEOVER_S = 30.0           # the survivor finishes the killed node's sagas
 LOAD_S = 10.0               # test 3: seconds of load
 LOAD_THREADS = 4            # per node (8 in all)
+ORPHANS = 6                 # test 4: transfers 0 -> 1 sent to the node to kill while shard 1 stalls
 
 
 # ------------------------------------------------------------ harness ----
@@ -397,67 +398,178 @@ def test_cross_shard_load_through_two_nodes_conserves_money(make_nodes, shards_o
     differ = {x: (seen_a[x], seen_b[x]) for x in everyone if seen_a[x] != seen_b[x]}
     assert not differ, f"both nodes must show the same balances, saw (node 0, node 1) {list(differ.items())[:5]}"
 
-    for srv in nodes:
-        srv.sigterm()
-    p = expect_pg_audit_ok(uris, "audit after cross-shard load through two nodes")
-    assert not lost, (f"with no fault every request must be answered (2xx or 422); {len(lost)} were not "
-                      f"(node, answer): {list(lost.items())[:8]}")
     with capsys.disabled():
         print(f"\ntwo nodes, {shards} PostgreSQL shards: {len(params)} transfers in {LOAD_S:.0f} s by "
               f"{2 * LOAD_THREADS} threads ({cross} cross-shard), acknowledged per node {acked}, answers "
-              f"{[dict(load.counts) for load in loads]}; settled {secs:.2f} s after the load; audit: "
-              f"{p.stdout.strip().splitlines()[-1] if p.stdout.strip() else '(no output)'}")
+              f"{[dict(load.counts) for load in loads]}; settled {secs:.2f} s after the load "
+              f"({first} processing at the first look)")
+    for srv in nodes:
+        srv.sigterm()
+    expect_pg_audit_ok(uris, "audit after cross-shard load through two nodes")
+    assert not lost, (f"with no fault every request must be answered (2xx or 422); {len(lost)} were not "
+                      f"(node, answer): {list(lost.items())[:8]}")
 
 
 # ------------------------------------------- 4. kill -9 one of two nodes ----
 
-def test_kill9_one_node_under_load_the_other_finishes_its_sagas(make_nodes, shards_of, capsys):
+def db_name(uri):
+    return uri.rsplit("/", 1)[1].split("?", 1)[0]
+
+
+def sagas_in_db(pg, uris, like="%"):
+    """{shard: [ids]} of the transfers whose saga step is still in flight
+    (column saga <> 'none', schema kobo_shard_<N>; store_pg.c) with ids LIKE
+    `like`, read straight from PostgreSQL (as its superuser): what is in
+    limbo whichever node drives it."""
+    out = {}
+    for shard, uri in enumerate(uris):
+        rows = pg.psql(f"SELECT id FROM kobo_shard_{shard}.transfers WHERE saga <> 'none' "
+                       f"AND id LIKE '{like}' ORDER BY id", dbname=db_name(uri))
+        out[shard] = [r for r in rows.splitlines() if r]
+    return out
+
+
+class ShardStall:
+    """Holds shard `shard`'s meta row FOR UPDATE from a psql session: every
+    writer batch of that shard bumps the row (store_pg.c), so each waits,
+    whichever node runs it, until release(). Cross-shard sagas into that
+    shard stop after their first step (the payer's hold, committed), so a
+    node killed meanwhile leaves them in flight in the database."""
+
+    def __init__(self, pg, uri, shard, timeout=20.0):
+        self.proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", pg.uri(db_name(uri))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+            env=dict(os.environ, PGCONNECT_TIMEOUT="5"))
+        self.proc.stdin.write(f"BEGIN;\nSELECT 'stall-' || 'locked' FROM kobo_shard_{shard}.meta "
+                              f"FOR UPDATE;\n".encode())
+        deadline = time.monotonic() + timeout
+        seen = b""
+        while b"stall-locked" not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not kobotest.wait_readable(self.proc.stdout, left):
+                self.release()
+                raise AssertionError(f"could not lock kobo_shard_{shard}.meta within {timeout:.0f} s: {seen!r}")
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                self.release()
+                raise AssertionError(f"psql locking kobo_shard_{shard}.meta exited: {seen!r}")
+            seen += chunk
+
+    def release(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b"ROLLBACK;\n\\q\n")
+                self.proc.stdin.close()
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def send_orphans(srv, record, pairs):
+    """Sends transfer_body(id, payer, payee, 1) for each (payer, payee) to
+    srv, one thread each, recording params and answers in `record` (a
+    CrossLoad that is not started: retry_lost and verify_ledger read it).
+    Returns the threads (joined by the caller, bounded)."""
+    threads = []
+    for i, (src, dst) in enumerate(pairs):
+        tid = f"{record.prefix}.{i}"
+        body = transfer_body(tid, src, dst, 1)
+        record.params[tid] = body
+
+        def run(tid=tid, body=body):
+            state = {}
+            answer = record._answer(tid, record._send(state, "POST", "/v1/transfers", body), (201, 202))
+            with record.lock:
+                record.answers[tid] = answer
+            if state.get("conn") is not None:
+                state["conn"].close()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
+
+
+def test_kill9_one_node_under_load_the_other_finishes_its_sagas(pg, make_nodes, shards_of, capsys):
     shards = shards_of(2)
     uris, (a, b) = make_nodes(shards)
     book = Book(a, {"NGN": 40}, 3000)
     la = CrossLoad(a, book.groups(), uid("ka"), threads=LOAD_THREADS, seed=51).start()
     lb = CrossLoad(b, book.groups(), uid("kb"), threads=LOAD_THREADS, seed=52).start()
+    lo = CrossLoad(a, book.groups(), uid("ko"))   # a record only: the sagas node 0 leaves behind
+    on0 = [x for x in book.accounts if shard_of(x, shards) == 0]
+    on1 = [x for x in book.accounts if shard_of(x, shards) == 1]
+    stall, orphan_threads = None, []
+    a_sagas = lambda: [t for ids in sagas_in_db(pg, uris).values() for t in ids  # noqa: E731
+                       if t.startswith((la.prefix + ".", lo.prefix + "."))]
     try:
         got = wait_until(lambda: la.acked() >= 30 and lb.acked() >= 10, 30)
-        time.sleep(random.Random(5).uniform(0.1, 0.6))
+        # Stall shard 1's writes, so sagas 0 -> 1 stop after their first step
+        # (the payer's hold, committed on shard 0); send node 0 some, and kill
+        # it with them in flight.
+        stall = ShardStall(pg, uris[1], 1)
+        orphan_threads = send_orphans(a, lo, list(zip(on0[:ORPHANS], on1[:ORPHANS])))
+        piled = wait_until(lambda: len(a_sagas()) >= 2, 15, 0.1)
         la.stopping.set()        # its requests now in flight die with the node
         a.kill9()
         killed_at = time.monotonic()
+        orphans = a_sagas()
+        stall.release()
         b_at_kill = lb.acked()
-        time.sleep(2.0)          # the survivor keeps serving its clients
+        adopted_s = None         # when node 0's sagas were all finished
+        while time.monotonic() < killed_at + 2.0:   # the survivor keeps serving its clients
+            if adopted_s is None and not a_sagas():
+                adopted_s = time.monotonic() - killed_at
+            time.sleep(0.1)
         b_after = lb.acked()
     finally:
+        if stall is not None:
+            stall.release()
         la.stop()
         lb.stop()
+        for t in orphan_threads:
+            t.join(30)
+    assert not any(t.is_alive() for t in orphan_threads), "requests to the killed node did not end"
     assert got, f"expected load on both nodes before the kill, acknowledged {la.acked()} / {lb.acked()}"
-    assert not la.problems and not lb.problems, f"unexpected answers: {(la.problems + lb.problems)[:8]}"
+    assert piled and orphans, (f"with shard 1's writes stalled, expected node 0's sagas 0 -> 1 in flight "
+                               f"in the database within 15 s, saw {sagas_in_db(pg, uris)}")
+    assert not la.problems and not lb.problems and not lo.problems, (
+        f"unexpected answers: {(la.problems + lb.problems + lo.problems)[:8]}")
     assert b_after > b_at_kill, (f"node 1 must keep serving after node 0 is killed: acknowledged "
                                  f"{b_at_kill} at the kill, {b_after} two seconds later")
     lost_b = [t for t, x in lb.answers.items() if x[0] == "lost"]
-    lost_a = [t for t, x in la.answers.items() if x[0] == "lost"]
+    lost_a = [t for ld in (la, lo) for t, x in ld.answers.items() if x[0] == "lost"]
 
-    in_flight = la.maybe_in_flight() | lb.maybe_in_flight()
-    ok, secs, first = settle([b], in_flight, TAKEOVER_S)
+    # Node 1 finishes node 0's sagas: nothing left in flight in the database,
+    # GET of each answers a final state, node 1's gauges at 0.
+    left = wait_until(lambda: not any(sagas_in_db(pg, uris).values()),
+                      max(0.1, TAKEOVER_S - (time.monotonic() - killed_at)), 0.2)
     took = time.monotonic() - killed_at
-    processing = []
-    if not ok:
-        for t in sorted(in_flight):
-            r = get_transfer(b, t)
-            if r.status == 200 and r.body.get("status") == "processing":
-                processing.append(r.body)
-    assert ok, (f"node 1 must finish node 0's sagas within {TAKEOVER_S:.0f} s of the kill: still "
-                f"processing after {took:.1f} s: {len(processing)}, e.g. {processing[:3]}; node 1's "
-                f"kobo_sagas_active {sagas_active(b)}")
+    if not left:
+        still = sagas_in_db(pg, uris)
+        detail = {t: get_transfer(b, t).body for t in (still[0] + still[1])[:3]}
+        raise AssertionError(
+            f"node 1 must finish node 0's sagas within {TAKEOVER_S:.0f} s of the kill: {len(orphans)} of "
+            f"node 0's were in flight at the kill ({orphans}); {took:.1f} s later still in flight in "
+            f"the database: {still}; GET through node 1: {detail}; node 1's kobo_sagas_active "
+            f"{sagas_active(b)}")
+    loads = (la, lb, lo)
+    in_flight = set(orphans).union(*(ld.maybe_in_flight() for ld in loads))
+    ok, _, first = settle([b], in_flight, 10.0)
+    assert ok, "every saga settled in the database, but GET still answers processing or the gauge is not 0"
 
-    retry_lost(b, la, "retry through node 1 of node 0's unanswered requests")
-    retry_lost(b, lb, "retry through node 1 of its own unanswered requests")
-    ok, _, _ = settle([b], la.maybe_in_flight() | lb.maybe_in_flight())
+    for ld, who in ((la, "node 0's"), (lo, "node 0's stalled"), (lb, "its own")):
+        retry_lost(b, ld, f"retry through node 1 of {who} unanswered requests")
+    ok, _, _ = settle([b], set().union(*(ld.maybe_in_flight() for ld in loads)))
     assert ok, "sagas of retried ids did not settle"
-    verify_ledger(b, [la, lb], book, "after kill -9 of node 0 under cross-shard load")
-    b.sigterm()
-    expect_pg_audit_ok(uris, "audit after kill -9 of one node")
+    verify_ledger(b, list(loads), book, "after kill -9 of node 0 under cross-shard load")
     with capsys.disabled():
         print(f"\nkill -9 of one of two nodes ({shards} PostgreSQL shards, {2 * LOAD_THREADS} threads): "
-              f"{len(la.params)} + {len(lb.params)} transfers sent, unanswered {len(lost_a)} (killed node) "
-              f"/ {len(lost_b)} (survivor); {first} still processing at the first look; every saga "
-              f"settled {took:.2f} s after the kill")
+              f"{len(la.params) + len(lo.params)} + {len(lb.params)} transfers sent, unanswered "
+              f"{len(lost_a)} (killed node) / {len(lost_b)} (survivor); {len(orphans)} of the killed node's "
+              f"sagas in flight at the kill, finished by the other node "
+              f"{'%.2f s' % adopted_s if adopted_s is not None else 'more than 2 s'} after the kill, "
+              f"every saga settled {took:.2f} s after it")
+    b.sigterm()
+    expect_pg_audit_ok(uris, "audit after kill -9 of one node")
