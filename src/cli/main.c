@@ -21,12 +21,14 @@ void kobo_cli_usage(FILE *stream)
 	      "  kobo void ID\n"
 	      "  kobo history ACCOUNT [--limit N] [--all]\n"
 	      "  kobo audit --data DIR [--json]\n"
+	      "  kobo audit --postgres URL [--postgres URL ...] [--json]\n"
 	      "\n"
 	      "The server is $KOBO_URL, else " KOBO_CLI_DEFAULT_URL ". Amounts are integers in\n"
 	      "minor units. --json prints the server's JSON answer on one line.\n"
 	      "A transfer without --id gets a random id \"cli:<32 hex>\", printed first,\n"
 	      "so it can be retried safely with --id.\n"
-	      "Exit status: 0 success, 1 refused / unreachable / audit problem, 2 usage.\n",
+	      "Exit status: 0 success, 1 refused / unreachable / audit problem, 2 usage,\n"
+	      "3 audit unknown (clearing pairs unsettled while kobod writes).\n",
 	      stream);
 }
 

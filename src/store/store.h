@@ -77,16 +77,20 @@
  *                   returns it.
  *   KOBO_EUNKNOWN   commit was asked and its outcome is unknown (SQLite: a
  *                   failed COMMIT or fsync; mem: kobo_store_mem_fail_next_
- *                   commit). The batch is wholly there or wholly absent,
- *                   and the store is in its sticky error state. From
- *                   commit only.
+ *                   commit; PostgreSQL: the link broke during COMMIT). The
+ *                   batch is wholly there or wholly absent. A store that
+ *                   keeps state across batches (SQLite, mem) enters its
+ *                   sticky error state; one that re-reads every row under
+ *                   lock in each batch (PostgreSQL) stays usable once it
+ *                   reconnects. From commit only.
  *   KOBO_ESTORE     any other storage failure (I/O, a corrupt row, a lock
  *                   held elsewhere, out of memory). Nothing was committed.
  *                   After a failed write the store is in its sticky error
  *                   state; after a failed begin, load or read it is not
  *                   (nothing was written). From every function.
  *   KOBO_EFAILED    the store is in its sticky error state: after a failed
- *                   write or commit, begin() and expired_holds() refuse
+ *                   write or commit (see KOBO_EUNKNOWN for the backends
+ *                   that need it), begin() and expired_holds() refuse
  *                   until the process reopens the store, because memory and
  *                   disk may disagree (better unavailable than wrong).
  *                   healthy() reports it (/readyz answers 503).
@@ -165,7 +169,8 @@ typedef struct kobo_store_ops {
 	/* Commits durably and sets *token to the shard's commit sequence after
 	 * this batch (see CONSISTENCY TOKEN). On any error *token is left
 	 * alone: KOBO_ECONFLICT (nothing applied, store healthy), KOBO_EUNKNOWN
-	 * (sticky) or KOBO_ESTORE (nothing applied, sticky). */
+	 * (sticky where the backend keeps state; see above) or KOBO_ESTORE
+	 * (nothing applied, sticky). */
 	int (*commit)(kobo_store *store, uint64_t *token);
 	/* Abandons the batch. Safe to call after any failed step, and when no
 	 * batch is open. */
@@ -177,7 +182,8 @@ typedef struct kobo_store_ops {
 	int (*expired_holds)(kobo_store *store, int64_t now_ms,
 	                     char (*ids)[KOBO_ID_LEN_MAX + 1], size_t max,
 	                     size_t *count);
-	/* false once the store is in its sticky error state. Thread-safe. */
+	/* false in the sticky error state, and (PostgreSQL) while the shard's
+	 * primary does not answer. Thread-safe. */
 	bool (*healthy)(kobo_store *store);
 
 	/* Opens a read connection for the calling thread. KOBO_ESTORE,
