@@ -117,6 +117,9 @@
 
 #include "../ledger/ledger.h" /* the record types only: never kobo_ledger */
 
+/* The longest node name a saga claim takes (claim_saga). */
+#define KOBO_STORE_NODE_LEN_MAX 127
+
 typedef struct kobo_store kobo_store;
 typedef struct kobo_store_reader kobo_store_reader;
 
@@ -212,6 +215,30 @@ typedef struct kobo_store_ops {
 	 * lists clearing accounts with it). KOBO_ESTORE. */
 	int (*read_accounts_prefix)(kobo_store_reader *reader, const char *prefix,
 	                            kobo_store_account_fn each, void *ctx);
+
+	/* Saga claims: which node drives the saga of A's record `id` (issue 9,
+	 * "many nodes": one driver per saga at a time). Claims live in the
+	 * store of the saga's payer shard and run on its own clock (the
+	 * database's, not the caller's), outside any batch: each call commits
+	 * by itself.
+	 *
+	 * claim_saga sets *claimed to true, and holds the claim until lease_ms
+	 * (> 0) from now, when nobody holds a live claim on id or node already
+	 * does (a renewal); to false when another node's claim is live. A
+	 * claim whose lease ran out may be taken by any node: a node that
+	 * died mid-saga is taken over once its lease ends. node is a name
+	 * unique to the calling process (at most KOBO_STORE_NODE_LEN_MAX
+	 * bytes). KOBO_ESTORE (*claimed false).
+	 *
+	 * release_saga drops node's claim on id (none held: nothing happens),
+	 * once the saga has finished, so the claims stay few. KOBO_ESTORE.
+	 *
+	 * A store only one process can serve (SQLite, mem) grants every claim
+	 * and releases nothing: there is no other node to keep out. */
+	int (*claim_saga)(kobo_store_reader *reader, const char *id,
+	                  const char *node, int64_t lease_ms, bool *claimed);
+	int (*release_saga)(kobo_store_reader *reader, const char *id,
+	                    const char *node);
 
 	/* Checks the whole shard on a consistent snapshot: per currency posted
 	 * balances sum to 0 and pending_out sums equal pending_in sums; every
@@ -345,6 +372,18 @@ static inline int kobo_store_read_accounts_prefix(kobo_store_reader *r,
                                                   void *ctx)
 {
 	return r->store->ops->read_accounts_prefix(r, prefix, each, ctx);
+}
+
+static inline int kobo_store_claim_saga(kobo_store_reader *r, const char *id,
+                                        const char *node, int64_t lease_ms,
+                                        bool *claimed)
+{
+	return r->store->ops->claim_saga(r, id, node, lease_ms, claimed);
+}
+static inline int kobo_store_release_saga(kobo_store_reader *r, const char *id,
+                                          const char *node)
+{
+	return r->store->ops->release_saga(r, id, node);
 }
 
 #endif /* KOBO_STORE_H */

@@ -65,6 +65,9 @@ typedef struct backend {
 	bool (*fail_next_commit)(kobo_store *store, commit_fault fault);
 	/* The next count commits answer KOBO_ECONFLICT. */
 	void (*conflict_next_commits)(kobo_store *store, unsigned count);
+	/* Several nodes may serve the store, so a saga claim keeps the other
+	 * nodes out while its lease lasts; false: every claim is granted. */
+	bool claims_exclude;
 } backend;
 
 static inline bool mem_fail_next_commit(kobo_store *store, commit_fault fault)
@@ -78,10 +81,10 @@ static inline bool sqlite_fail_next_commit(kobo_store *store, commit_fault fault
 
 static const backend backends[] = {
 	{"mem", "mem:", NULL, true, kobo_store_mem_restart, mem_fail_next_commit,
-	 kobo_store_mem_conflict_next_commits},
-	{"sqlite", "sqlite:%s", NULL, false, NULL, sqlite_fail_next_commit, NULL},
+	 kobo_store_mem_conflict_next_commits, false},
+	{"sqlite", "sqlite:%s", NULL, false, NULL, sqlite_fail_next_commit, NULL, false},
 	/* scripts/pg-cluster.sh sets the variable to a fresh cluster's URI. */
-	{"postgres", NULL, "KOBO_TEST_POSTGRES", false, NULL, NULL, NULL},
+	{"postgres", NULL, "KOBO_TEST_POSTGRES", false, NULL, NULL, NULL, true},
 };
 enum { BACKEND_COUNT = sizeof backends / sizeof backends[0] };
 

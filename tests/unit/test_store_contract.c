@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../src/ledger/ledger.h"
@@ -882,6 +883,57 @@ static void read_sagas_lists_sagas_in_flight_by_id(void **state)
 	reader_close(e, reader);
 }
 
+static bool claim_ok(kobo_store_reader *reader, const char *id, const char *node,
+                     int64_t lease_ms)
+{
+	bool claimed = false;
+	assert_int_equal(kobo_store_claim_saga(reader, id, node, lease_ms, &claimed),
+	                 KOBO_OK);
+	return claimed;
+}
+
+/* Saga claims (store.h claim_saga): where several nodes serve a store, one
+ * node at a time holds a saga's claim, renews it, and loses it when it
+ * releases it or its lease lapses; a store one process serves grants every
+ * claim. Two readers play two nodes. */
+static void saga_claims_admit_one_node_until_released_or_lapsed(void **state)
+{
+	env *e = *state;
+	kobo_store_reader *a = reader_open_ok(e);
+	kobo_store_reader *b = reader_open_ok(e);
+	bool exclude = e->backend->claims_exclude;
+
+	assert_true(claim_ok(a, "s1", "node-a", 60000));
+	assert_true(claim_ok(b, "s1", "node-b", 60000) == !exclude);
+	assert_true(claim_ok(a, "s1", "node-a", 60000)); /* a renewal */
+	assert_true(claim_ok(b, "s2", "node-b", 60000)); /* another saga */
+	assert_true(claim_ok(a, "s2", "node-a", 60000) == !exclude);
+
+	/* Releasing what another node holds, or nothing, changes nothing. */
+	assert_int_equal(kobo_store_release_saga(b, "s1", "node-b"), KOBO_OK);
+	assert_int_equal(kobo_store_release_saga(b, "s9", "node-b"), KOBO_OK);
+	assert_true(claim_ok(b, "s1", "node-b", 60000) == !exclude);
+	assert_int_equal(kobo_store_release_saga(a, "s1", "node-a"), KOBO_OK);
+	assert_true(claim_ok(b, "s1", "node-b", 60000));
+	assert_true(claim_ok(a, "s1", "node-a", 60000) == !exclude);
+
+	/* A lapsed lease is anyone's: node-a "died" holding s3. */
+	assert_true(claim_ok(a, "s3", "node-a", 1));
+	bool taken = false;
+	for (int waited_ms = 0; waited_ms < 2000 && !taken; waited_ms += 10) {
+		struct timespec pause = { .tv_nsec = 10 * 1000 * 1000 };
+		nanosleep(&pause, NULL);
+		taken = claim_ok(b, "s3", "node-b", 60000);
+	}
+	if (!taken)
+		fail_msg("a claim whose 1 ms lease lapsed was still refused to "
+		         "another node 2 s later");
+	assert_true(claim_ok(a, "s3", "node-a", 60000) == !exclude);
+
+	reader_close(e, b);
+	reader_close(e, a);
+}
+
 static void read_accounts_prefix_matches_literally_in_id_order(void **state)
 {
 	env *e = *state;
@@ -1667,6 +1719,7 @@ static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(history_counts_legs_for_from_to_and_clearing),
 	CONTRACT_TEST(legs_and_sagas_round_trip_through_ledger),
 	CONTRACT_TEST(read_sagas_lists_sagas_in_flight_by_id),
+	CONTRACT_TEST(saga_claims_admit_one_node_until_released_or_lapsed),
 	CONTRACT_TEST(read_accounts_prefix_matches_literally_in_id_order),
 	CONTRACT_TEST(expired_holds_lists_due_pending_holds_oldest_first),
 	CONTRACT_TEST(expired_holds_skip_holds_whose_saga_is_under_way),

@@ -937,6 +937,27 @@ static int mem_read_sagas(kobo_store_reader *reader, const char *after_id,
 	return result;
 }
 
+/* One process serves an in-memory store: every claim is granted (store.h). */
+static int mem_claim_saga(kobo_store_reader *reader, const char *id,
+                          const char *node, int64_t lease_ms, bool *claimed)
+{
+	(void)reader;
+	(void)id;
+	(void)node;
+	(void)lease_ms;
+	*claimed = true;
+	return KOBO_OK;
+}
+
+static int mem_release_saga(kobo_store_reader *reader, const char *id,
+                            const char *node)
+{
+	(void)reader;
+	(void)id;
+	(void)node;
+	return KOBO_OK;
+}
+
 static int mem_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,
                                     kobo_store_account_fn each, void *ctx)
 {
@@ -1073,6 +1094,8 @@ static const kobo_store_ops mem_ops = {
 	.read_history = mem_read_history,
 	.read_sagas = mem_read_sagas,
 	.read_accounts_prefix = mem_read_accounts_prefix,
+	.claim_saga = mem_claim_saga,
+	.release_saga = mem_release_saga,
 	.audit = mem_audit,
 	.close = mem_close,
 };

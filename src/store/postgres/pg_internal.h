@@ -15,6 +15,7 @@
 
 #include <libpq-fe.h>
 
+#include "../../obs/obs.h"
 #include "store_pg.h"
 
 /* Column lists shared by every statement that decodes a row with
@@ -51,6 +52,9 @@ int store_pg_prepare_all(PGconn *conn, const char *const *names,
 /* Logs a libpq failure (res's error, else conn's) with its SQLSTATE as one
  * structured error line named event. res and conn may be NULL. */
 void store_pg_log_error(const char *event, PGconn *conn, const PGresult *res);
+/* The same at a chosen level (an expected race is logged at info). */
+void store_pg_log_error_at(kobo_log_level level, const char *event,
+                           PGconn *conn, const PGresult *res);
 
 /* true when the failure means the link to the server is gone (or going):
  * a broken connection, or the server shutting down / in recovery. */
@@ -114,6 +118,10 @@ int store_pg_read_sagas(kobo_store_reader *reader, const char *after_id,
                         size_t limit, kobo_store_transfer_fn each, void *ctx);
 int store_pg_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,
                                   kobo_store_account_fn each, void *ctx);
+int store_pg_claim_saga(kobo_store_reader *reader, const char *id,
+                        const char *node, int64_t lease_ms, bool *claimed);
+int store_pg_release_saga(kobo_store_reader *reader, const char *id,
+                          const char *node);
 
 /* ---- The audit (pg_audit.c). ---- */
 

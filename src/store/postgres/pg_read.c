@@ -30,8 +30,16 @@ enum {
 	SQL_READ_SAGAS,
 	SQL_READ_ACCOUNTS_FROM,
 	SQL_READ_ACCOUNTS_RANGE,
+	SQL_CLAIM_SAGA,
+	SQL_RELEASE_SAGA,
+	SQL_PURGE_CLAIMS,
 	SQL_READER_COUNT
 };
+
+/* How often a reader that claims sagas deletes the claims whose lease ran
+ * out (a node that died holding them, a release that failed): a lapsed
+ * claim is free for anyone anyway, so this only keeps the table small. */
+#define PG_CLAIM_PURGE_INTERVAL_MS 60000
 
 static const struct {
 	const char *name;
@@ -65,6 +73,21 @@ static const struct {
 	[SQL_READ_ACCOUNTS_RANGE] = {"kobo_read_accounts_range",
 		"SELECT " PG_ACCOUNT_COLUMNS " FROM accounts WHERE id >= $1 AND id < $2"
 		" ORDER BY id"},
+	/* One statement, one autocommit transaction: a row comes back when
+	 * the claim is new, lapsed, or already node's; none when another
+	 * node's lease is live (the row is locked by ON CONFLICT, so two
+	 * nodes claiming at once serialize and the second sees the first). */
+	[SQL_CLAIM_SAGA] = {"kobo_claim_saga",
+		"INSERT INTO saga_claims AS c (id, node, until)"
+		" VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')"
+		" ON CONFLICT (id) DO UPDATE SET node = excluded.node, until = excluded.until"
+		" WHERE c.until <= now() OR c.node = excluded.node"
+		" RETURNING c.node"},
+	[SQL_RELEASE_SAGA] = {"kobo_release_saga",
+		"DELETE FROM saga_claims WHERE id = $1 AND node = $2 RETURNING id"},
+	[SQL_PURGE_CLAIMS] = {"kobo_purge_claims",
+		"WITH gone AS (DELETE FROM saga_claims WHERE until < now() RETURNING id)"
+		" SELECT count(*) FROM gone"},
 };
 
 typedef struct pg_reader {
@@ -72,6 +95,7 @@ typedef struct pg_reader {
 	PGconn *conn;
 	PGresult *last; /* the record of the last read_account/read_transfer */
 	store_pg_pool metadata; /* its metadata (or the current callback row's) */
+	int64_t next_purge_ms;  /* monotonic: when claim_saga next purges */
 } pg_reader;
 
 static pg_reader *to_reader(kobo_store_reader *reader)
@@ -82,6 +106,12 @@ static pg_reader *to_reader(kobo_store_reader *reader)
 /* ---- Errors. ---- */
 
 void store_pg_log_error(const char *event, PGconn *conn, const PGresult *res)
+{
+	store_pg_log_error_at(KOBO_LOG_ERROR, event, conn, res);
+}
+
+void store_pg_log_error_at(kobo_log_level level, const char *event,
+                           PGconn *conn, const PGresult *res)
 {
 	char message[512];
 	const char *text = res != NULL ? PQresultErrorMessage(res) : NULL;
@@ -95,7 +125,7 @@ void store_pg_log_error(const char *event, PGconn *conn, const PGresult *res)
 		message[len - 2] = '\0';
 		len -= 2;
 	}
-	kobo_log(KOBO_LOG_ERROR, event, "\"sqlstate\":\"%s\",\"message\":\"%s\"",
+	kobo_log(level, event, "\"sqlstate\":\"%s\",\"message\":\"%s\"",
 	         state != NULL ? state : "", message);
 }
 
@@ -552,3 +582,43 @@ int store_pg_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,
 	return result;
 }
 
+
+/* ---- Saga claims (store.h: claim_saga, release_saga). ---- */
+
+int store_pg_claim_saga(kobo_store_reader *reader, const char *id,
+                        const char *node, int64_t lease_ms, bool *claimed)
+{
+	pg_reader *r = to_reader(reader);
+	char lease_text[32];
+	const char *params[3] = {id, node, lease_text};
+
+	*claimed = false;
+	kobo_assert(lease_ms > 0);
+	kobo_assert(strlen(node) <= KOBO_STORE_NODE_LEN_MAX);
+	int64_t now = kobo_monotonic_us() / 1000;
+	if (now >= r->next_purge_ms) {
+		r->next_purge_ms = now + PG_CLAIM_PURGE_INTERVAL_MS;
+		PGresult *purged = reader_exec(r, SQL_PURGE_CLAIMS, 0, NULL);
+		PQclear(purged); /* a failure is logged; the next purge retries */
+	}
+	snprintf(lease_text, sizeof lease_text, "%" PRId64, lease_ms);
+	PGresult *res = reader_exec(r, SQL_CLAIM_SAGA, 3, params);
+	if (res == NULL)
+		return KOBO_ESTORE;
+	*claimed = PQntuples(res) == 1;
+	PQclear(res);
+	return KOBO_OK;
+}
+
+int store_pg_release_saga(kobo_store_reader *reader, const char *id,
+                          const char *node)
+{
+	pg_reader *r = to_reader(reader);
+	const char *params[2] = {id, node};
+
+	PGresult *res = reader_exec(r, SQL_RELEASE_SAGA, 2, params);
+	if (res == NULL)
+		return KOBO_ESTORE;
+	PQclear(res);
+	return KOBO_OK;
+}

@@ -41,6 +41,11 @@
  *        seq), (to_id, seq), (clearing, seq) WHERE clearing <> '',
  *        (expires_at_ms, seq) WHERE status = 'pending' AND expires_at_ms >
  *        0, (id) WHERE saga <> 'none'.
+ *   saga_claims(id text COLLATE "C" PRIMARY KEY, node, until timestamptz)
+ *        which node drives the saga of transfer id, until when (the
+ *        database's clock): claim_saga / release_saga in pg_read.c. Created
+ *        IF NOT EXISTS at every open, so a version-1 schema made before it
+ *        gains it without a migration step.
  *   Ids are COLLATE "C": ORDER BY id is byte order, the order strcmp, the
  *   saga runner's cursor and the prefix ranges assume.
  *
@@ -231,6 +236,11 @@ static const char *const schema_sql =
 	"  saga_amount     bigint  NOT NULL,"
 	"  saga_reason     text    NULL CHECK (saga_reason IN"
 	"                    ('voided', 'expired', 'compensated'))"
+	");"
+	"CREATE TABLE IF NOT EXISTS saga_claims ("
+	"  id    text        COLLATE \"C\" PRIMARY KEY,"
+	"  node  text        NOT NULL,"
+	"  until timestamptz NOT NULL"
 	");"
 	"CREATE INDEX IF NOT EXISTS transfers_from_seq ON transfers (from_id, seq);"
 	"CREATE INDEX IF NOT EXISTS transfers_to_seq ON transfers (to_id, seq);"
@@ -949,8 +959,12 @@ static PGresult *batch_exec(pg_store *s, int which, int nparams,
 		*rc = KOBO_OK;
 		return res;
 	}
-	store_pg_log_error("store_pg_statement_failed", s->conn, res);
 	int kind = batch_error_kind(s->conn, res, unique_is_conflict);
+	/* A unique violation on an id another node inserted first is an
+	 * expected race, answered by re-running the batch: not an error. */
+	store_pg_log_error_at(kind == KOBO_ECONFLICT && sqlstate_is(res, "23505")
+	                      ? KOBO_LOG_INFO : KOBO_LOG_ERROR,
+	                      "store_pg_statement_failed", s->conn, res);
 	PQclear(res);
 	if (kind == KOBO_ESTORE && sticky)
 		*rc = store_fail(s, kind);
@@ -1526,6 +1540,8 @@ static const kobo_store_ops pg_ops = {
 	.read_history = store_pg_read_history,
 	.read_sagas = store_pg_read_sagas,
 	.read_accounts_prefix = store_pg_read_accounts_prefix,
+	.claim_saga = store_pg_claim_saga,
+	.release_saga = store_pg_release_saga,
 	.audit = store_audit,
 	.close = store_close,
 };

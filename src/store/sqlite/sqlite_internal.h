@@ -107,6 +107,10 @@ int store_sqlite_read_sagas(kobo_store_reader *reader, const char *after_id,
 int store_sqlite_read_accounts_prefix(kobo_store_reader *reader,
                                       const char *prefix,
                                       kobo_store_account_fn each, void *ctx);
+int store_sqlite_claim_saga(kobo_store_reader *reader, const char *id,
+                            const char *node, int64_t lease_ms, bool *claimed);
+int store_sqlite_release_saga(kobo_store_reader *reader, const char *id,
+                              const char *node);
 
 /* The audit of the shard file at path on a snapshot of its own
  * (sqlite_audit.c); see kobo_store_ops.audit. */

@@ -476,6 +476,28 @@ int store_sqlite_read_sagas(kobo_store_reader *reader, const char *after_id,
 	return result;
 }
 
+/* One kobod serves a SQLite data directory: every claim is granted and
+ * there is nothing to release (store.h). */
+int store_sqlite_claim_saga(kobo_store_reader *reader, const char *id,
+                            const char *node, int64_t lease_ms, bool *claimed)
+{
+	(void)reader;
+	(void)id;
+	(void)node;
+	(void)lease_ms;
+	*claimed = true;
+	return KOBO_OK;
+}
+
+int store_sqlite_release_saga(kobo_store_reader *reader, const char *id,
+                              const char *node)
+{
+	(void)reader;
+	(void)id;
+	(void)node;
+	return KOBO_OK;
+}
+
 /* The least string greater than every string starting with prefix, into
  * bound: prefix with trailing 0xFF bytes dropped and its last byte
  * incremented ("clr:" -> "clr;"). false when there is none (prefix empty
