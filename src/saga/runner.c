@@ -8,11 +8,27 @@
  * the stores and drives it again. The in-memory table only avoids driving
  * one saga twice at once and remembers retries and waiters.
  *
+ * Several nodes (kobod processes) may serve the same stores (PostgreSQL),
+ * and each one's scan finds every saga. A node drives a saga only while it
+ * holds the saga's claim in A's store (store.h claim_saga: a lease on the
+ * database's clock). It claims before it reads A's record, so the record
+ * it drives from is never older than the last step of the node that held
+ * the claim before; it renews the claim once half the lease has passed
+ * (while a step is out or a retry waits, too: sweep), and releases it when
+ * the saga finishes or the runner stops. A saga another node holds is only
+ * watched: read again every KOBO_SAGA_WATCH_MS (KOBO_SAGA_WATCH_WAITED_MS
+ * when local requests wait for it) until it finishes, which answers the
+ * waiters. A node killed mid-saga stops renewing: once its lease lapses
+ * the next scan of a live node claims the saga and takes it over.
+ *
  * One saga's life in the runner:
  *
- *   doorbell / scan / waiter ──▶ READY ──read A's record──▶ saga NONE? ──▶ done
- *                                  ▲                          │ no          (waiters
- *                                  │                          ▼              answered)
+ *   doorbell / scan / waiter ──▶ READY ──claim, read A's record──▶ saga NONE? ──▶ done
+ *                                  ▲                          │ no   (waiters answered,
+ *                                  │                          ▼       claim released)
+ *                                  │               claimed? ──no──▶ WATCH (re-read later)
+ *                                  │                          │ yes
+ *                                  │                          ▼
  *                                  │            submit the remote op to B
  *                                  │                          │ B committed
  *                                  │                          ▼
@@ -37,6 +53,8 @@
  *      that state (the doorbell that announced it, or a change seen while
  *      driving it); only a saga found by the scan is aged from its stored
  *      wall-clock updated_at, converted once at discovery (negative: 0).
+ *   6. A step is submitted only while this node holds the saga's claim
+ *      with at least half its lease left by the monotonic clock (claim).
  *
  * Threads: shard writers call kobo_saga_runner_notify and the step done
  * callback; edge threads call kobo_saga_runner_wait. Each only appends to a
@@ -44,6 +62,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +74,8 @@
 #define SWEEP_INTERVAL_MS 10
 #define TABLE_BUCKETS 65536 /* power of two, >= KOBO_SAGA_ACTIVE_MAX */
 #define SCAN_PAGE 1024
+_Static_assert(KOBO_SAGA_CLAIM_LEASE_MS_DEFAULT / 2 >= 20 * SWEEP_INTERVAL_MS,
+               "the sweep renews a claim long before its lease ends");
 
 typedef enum step_kind {
 	STEP_NONE = 0,
@@ -104,6 +125,13 @@ typedef struct saga_entry {
 	int64_t state_since_ms;
 	int64_t noticed_at_ms;
 
+	/* This node's claim on the saga (invariant 6): held, and until when
+	 * at the latest (monotonic: taken when the claim was asked, so never
+	 * later than the database's expiry). */
+	bool claimed;
+	int64_t claim_until_ms;
+	bool watching; /* another node holds the claim: only re-read */
+
 	waiter *waiters;
 } saga_entry;
 
@@ -114,6 +142,7 @@ typedef struct notice {
 
 struct kobo_saga_runner {
 	kobo_saga_config config;
+	char node[KOBO_STORE_NODE_LEN_MAX + 1]; /* config.node, or made up */
 	pthread_t thread;
 	bool started;
 
@@ -310,6 +339,78 @@ static void reader_drop(kobo_saga_runner *r, uint32_t shard, int status)
 	r->reader_retry_at_ms[shard] = mono_ms() + KOBO_SAGA_RETRY_MIN_MS;
 }
 
+/* ---- Claims (invariant 6). ---- */
+
+/* true when e's claim is held with at least half its lease left. */
+static bool claim_fresh(const kobo_saga_runner *r, const saga_entry *e,
+                        int64_t now_ms)
+{
+	return e->claimed && now_ms < e->claim_until_ms - r->config.claim_lease_ms / 2;
+}
+
+/* Makes sure this node holds e's claim with at least half its lease left,
+ * asking A's store for it (or for a renewal) when it does not. KOBO_OK
+ * with *held, or the store's error with *held false (the reader is dropped
+ * after KOBO_ESTORE). A claim that another node took is lost: e is then
+ * only watched. */
+static int claim(kobo_saga_runner *r, saga_entry *e, bool *held)
+{
+	int64_t now = mono_ms();
+	*held = claim_fresh(r, e, now);
+	if (*held)
+		return KOBO_OK;
+	kobo_store_reader *reader = reader_get(r, e->shard);
+	if (!reader)
+		return KOBO_ESTORE;
+	bool got = false;
+	int rc = kobo_store_claim_saga(reader, e->id, r->node,
+	                               r->config.claim_lease_ms, &got);
+	if (rc != KOBO_OK) {
+		if (rc == KOBO_ESTORE)
+			reader_drop(r, e->shard, rc);
+		if (e->claimed && now >= e->claim_until_ms)
+			e->claimed = false;
+		return rc;
+	}
+	if (!got && e->claimed)
+		kobo_log(KOBO_LOG_WARN, "saga_claim_lost",
+		         "\"transfer_id\":\"%s\",\"shard\":%u,\"node\":\"%s\"",
+		         e->id, e->shard, r->node);
+	e->claimed = got;
+	if (got)
+		e->claim_until_ms = now + r->config.claim_lease_ms;
+	*held = got;
+	return KOBO_OK;
+}
+
+/* Drops this node's claim on e, if it holds one. A release that fails
+ * lapses with its lease (and the store purges lapsed claims). */
+static void release(kobo_saga_runner *r, saga_entry *e)
+{
+	if (!e->claimed)
+		return;
+	e->claimed = false;
+	kobo_store_reader *reader = reader_get(r, e->shard);
+	int rc = reader ? kobo_store_release_saga(reader, e->id, r->node) : KOBO_ESTORE;
+	if (rc == KOBO_ESTORE && reader)
+		reader_drop(r, e->shard, rc);
+}
+
+/* When e, which another node drives, is next read again. */
+static int64_t watch_due_ms(const saga_entry *e)
+{
+	return mono_ms() + (e->waiters ? KOBO_SAGA_WATCH_WAITED_MS : KOBO_SAGA_WATCH_MS);
+}
+
+/* Another node holds e's claim: read it again later, without driving. */
+static void watch(kobo_saga_runner *r, saga_entry *e)
+{
+	(void)r;
+	e->watching = true;
+	e->retry_due = true;
+	e->retry_at_ms = watch_due_ms(e);
+}
+
 /* ---- Waiters. ---- */
 
 static void waiters_answer(kobo_saga_runner *r, saga_entry *e, bool timed_out)
@@ -450,6 +551,7 @@ static void start_state_age(kobo_saga_runner *r, saga_entry *e, bool known)
 
 static void finish(kobo_saga_runner *r, saga_entry *e)
 {
+	release(r, e);
 	kobo_metrics_saga_finished(e->record.status,
 	                           e->record.void_reason == KOBO_VOID_COMPENSATED);
 	waiters_answer(r, e, false);
@@ -471,6 +573,14 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 {
 	if (e->in_flight != STEP_NONE || r->quitting)
 		return;
+	/* Claim first, then read (invariant 6): once the claim is ours, the
+	 * node that held it before has stopped, so the record read next
+	 * already shows its last step. */
+	bool held = false;
+	if (claim(r, e, &held) != KOBO_OK) {
+		schedule_retry(r, e);
+		return;
+	}
 	kobo_store_reader *reader = reader_get(r, e->shard);
 	kobo_transfer record;
 	bool known = e->have_record;
@@ -482,6 +592,7 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 		 * a saga's record: nothing to drive. */
 		kobo_log(KOBO_LOG_ERROR, "saga_record_missing",
 		         "\"transfer_id\":\"%s\",\"shard\":%u", e->id, e->shard);
+		release(r, e);
 		waiters_answer(r, e, true);
 		entry_remove(r, e);
 		return;
@@ -499,6 +610,11 @@ static void drive(kobo_saga_runner *r, saga_entry *e)
 		finish(r, e);
 		return;
 	}
+	if (!held) {
+		watch(r, e);
+		return;
+	}
+	e->watching = false;
 	e->remote = kobo_shard_map_account(r->config.map, e->record.to);
 	char b_clearing[KOBO_ID_LEN_MAX + 1];
 	kobo_clearing_id(b_clearing, e->remote, e->shard, e->record.currency);
@@ -561,6 +677,15 @@ static void step_answered(kobo_saga_runner *r, saga_entry *e)
 		schedule_retry(r, e);
 		return;
 	}
+	bool held = false;
+	if (claim(r, e, &held) != KOBO_OK) {
+		schedule_retry(r, e); /* the next drive repeats B's step: harmless */
+		return;
+	}
+	if (!held) {
+		watch(r, e);
+		return;
+	}
 	e->op = settle;
 	submit(r, e, e->shard, STEP_SETTLE, KOBO_SAGA_STEP_SETTLE);
 }
@@ -574,6 +699,12 @@ static void sweep(kobo_saga_runner *r)
 	for (saga_entry *e = r->all, *next; e; e = next) {
 		next = e->all_next;
 		waiters_expire(r, e, now);
+		/* Keep the claim of a saga whose step is out or whose retry
+		 * waits (invariant 6): it must not lapse under a live node. */
+		if (e->claimed && !e->ready && !claim_fresh(r, e, now)) {
+			bool held;
+			(void)claim(r, e, &held);
+		}
 		if (e->retry_due && e->retry_at_ms <= now)
 			make_ready(r, e);
 		if (!e->have_record)
@@ -697,6 +828,8 @@ static void attach_waiter(kobo_saga_runner *r, waiter *w)
 	e->waiters = w;
 	if (!e->retry_due)
 		make_ready(r, e);
+	else if (e->watching && e->retry_at_ms > watch_due_ms(e))
+		e->retry_at_ms = watch_due_ms(e);
 }
 
 static void *runner_main(void *arg)
@@ -761,6 +894,9 @@ static void *runner_main(void *arg)
 		}
 	}
 
+	/* Unfinished sagas go back to whichever node scans next. */
+	for (saga_entry *e = r->all; e; e = e->all_next)
+		release(r, e);
 	while (r->all)
 		entry_remove(r, r->all);
 	for (uint32_t i = 0; i < r->config.shard_count; i++)
@@ -784,6 +920,19 @@ int kobo_saga_runner_create(const kobo_saga_config *config, kobo_saga_runner **o
 		r->config.deadline_ms = KOBO_SAGA_DEADLINE_MS_DEFAULT;
 	if (r->config.stuck_ms <= 0)
 		r->config.stuck_ms = KOBO_SAGA_STUCK_MS_DEFAULT;
+	if (r->config.claim_lease_ms <= 0)
+		r->config.claim_lease_ms = KOBO_SAGA_CLAIM_LEASE_MS_DEFAULT;
+	if (r->config.node) {
+		snprintf(r->node, sizeof(r->node), "%s", r->config.node);
+	} else {
+		/* Unique per process: two kobod on one host differ in pid, and
+		 * a restart that reuses a pid differs in start time. */
+		char host[64] = "";
+		(void)gethostname(host, sizeof(host) - 1);
+		snprintf(r->node, sizeof(r->node), "%s:%ld:%lld", host,
+		         (long)getpid(), (long long)kobo_now_ms());
+	}
+	r->config.node = r->node;
 	r->notices = calloc(KOBO_SAGA_NOTIFY_MAX, sizeof(notice));
 	r->taken = calloc(KOBO_SAGA_NOTIFY_MAX, sizeof(notice));
 	if (!r->notices || !r->taken) {

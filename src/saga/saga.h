@@ -68,6 +68,15 @@ bool kobo_saga_remote_busy(const kobo_op *b_op, const kobo_result *b_result);
 #define KOBO_SAGA_SCAN_INTERVAL_MS 1000       /* recovery scan cadence */
 #define KOBO_SAGA_RETRY_MIN_MS 10
 #define KOBO_SAGA_RETRY_MAX_MS 5000
+/* A saga's claim (store.h claim_saga): how long one lasts on the database's
+ * clock. The driver renews it once half of it has passed, so it never
+ * lapses under a live node; a node killed mid-saga is taken over by
+ * another's scan within a lease and a scan interval. */
+#define KOBO_SAGA_CLAIM_LEASE_MS_DEFAULT 5000
+/* How often a saga another node drives is read again, to answer the local
+ * requests that wait for it: with waiters, and without (the scan's pace). */
+#define KOBO_SAGA_WATCH_WAITED_MS 50
+#define KOBO_SAGA_WATCH_MS KOBO_SAGA_SCAN_INTERVAL_MS
 
 typedef struct kobo_saga_runner kobo_saga_runner;
 
@@ -85,6 +94,11 @@ typedef struct kobo_saga_config {
 	/* Wall clock in Unix epoch milliseconds, used only to age a saga found
 	 * by the scan; NULL: the real clock. Tests step it. */
 	int64_t (*now_ms)(void);
+	/* This process's name in saga claims (store.h claim_saga): unique
+	 * among the nodes serving the same stores, at most
+	 * KOBO_STORE_NODE_LEN_MAX bytes; copied. NULL: "host:pid:start ms". */
+	const char *node;
+	int64_t claim_lease_ms;     /* 0: KOBO_SAGA_CLAIM_LEASE_MS_DEFAULT */
 } kobo_saga_config;
 
 /* Lifecycle, around the shards':

@@ -59,6 +59,7 @@ SETTLE_TIMEOUT_S = 30.0     # every saga settled after the load stops
 TAKEOVER_S = 30.0           # the survivor finishes the killed node's sagas
 LOAD_S = 10.0               # test 3: seconds of load
 LOAD_THREADS = 4            # per node (8 in all)
+STEP_LOAD_S = 4.0           # test of one driver per saga step: seconds of load
 ORPHANS = 6                 # test 4: transfers 0 -> 1 sent to the node to kill while shard 1 stalls
 
 
@@ -408,6 +409,47 @@ def test_cross_shard_load_through_two_nodes_conserves_money(make_nodes, shards_o
     expect_pg_audit_ok(uris, "audit after cross-shard load through two nodes")
     assert not lost, (f"with no fault every request must be answered (2xx or 422); {len(lost)} were not "
                       f"(node, answer): {list(lost.items())[:8]}")
+
+
+# ------------------------------- one driver per saga step (issue 9) ----
+
+def saga_steps(srv):
+    """{(transfer_id, step): count} of this node's saga_step log lines."""
+    out = Counter()
+    for line in srv.log_text().splitlines():
+        if '"saga_step"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == "saga_step":
+            out[(rec.get("transfer_id"), rec.get("step"))] += 1
+    return out
+
+
+def test_one_node_drives_each_saga_step(make_nodes, shards_of):
+    """Issue 9, "Many nodes": exactly one node drives a given saga step at a
+    time. With no fault and steps that take milliseconds, no step of a saga
+    may be logged (saga_step) by both nodes."""
+    shards = shards_of(2)
+    _, (a, b) = make_nodes(shards)
+    book = Book(a, {"NGN": 40}, 5000)
+    loads = [CrossLoad(srv, book.groups(), uid(f"one{n}"), threads=LOAD_THREADS, seed=60 + n,
+                       hold_share=0.0, duration=STEP_LOAD_S) for n, srv in enumerate((a, b))]
+    for load in loads:
+        load.start()
+    for load in loads:
+        load.join(STEP_LOAD_S + 60)
+    ok, _, _ = settle([a, b], set().union(*(ld.maybe_in_flight() for ld in loads)))
+    assert ok, "sagas did not settle"
+    s0, s1 = saga_steps(a), saga_steps(b)
+    both = sorted(k for k in s0 if k in s1)
+    sagas = {k[0] for k in s0} | {k[0] for k in s1}
+    assert len(sagas) > 50, f"expected real cross-shard load, saw {len(sagas)} sagas"
+    assert not both, (f"exactly one node drives a given saga step: of {len(sagas)} sagas, "
+                      f"{len({k[0] for k in both})} had a step logged (saga_step) by both nodes, e.g. "
+                      f"{both[:5]}")
 
 
 # ------------------------------------------- 4. kill -9 one of two nodes ----
