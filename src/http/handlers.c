@@ -278,6 +278,7 @@ static int target(kobo_http_exchange *x, bool post)
 		if (rc != KOBO_OK)
 			return read_failed(x, rc);
 		shard = shard_of(x, found.from);
+		kobo__http_touch(x, shard_of(x, found.to)); /* its saga's B */
 	}
 	return kobo__http_submit(x, shard);
 }

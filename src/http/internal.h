@@ -93,6 +93,10 @@ struct kobo_http_exchange {
 
 	kobo_http_reply reply;
 	atomic_int state;
+
+	/* Shards this write touched (bit i: shard i), for its
+	 * Kobo-Consistency-Token; set before the write is submitted. */
+	uint64_t touched[(KOBO_SHARDS_MAX + 63) / 64];
 };
 
 /* ---- Handlers (handlers.c), named by the route table. ---- */
@@ -115,6 +119,11 @@ int kobo__http_metrics(kobo_http_exchange *x);
  * the done callback. On refusal (overloaded, shutting down) fills the 503
  * reply and resumes at once. Always returns KOBO_HTTP_REPLY_LATER. */
 int kobo__http_submit(kobo_http_exchange *x, uint32_t shard);
+
+/* Marks shard as touched by this write (see kobo_http_exchange.touched), and
+ * every shard a transfer of x->ops pays from or into. */
+void kobo__http_touch(kobo_http_exchange *x, uint32_t shard);
+void kobo__http_touch_ops(kobo_http_exchange *x);
 
 /* What one batch transfer's encoded reply is counted as (its entry in the
  * reply, or its slot in a split batch); the body's metadata is counted

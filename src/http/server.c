@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +64,47 @@ static void refuse(kobo_http_exchange *x, const kobo_http_error *err)
 	x->refused_at_us = kobo_monotonic_us();
 }
 
+/* Kobo-Consistency-Token (API.md): "kct1:" and, for every shard the write
+ * touched, "<shard>@<commit sequence>" read now, after the write's commit,
+ * so the token covers it. A GET that sends it back sees the write: with the
+ * embedded store every GET does, and lookups that route writes read
+ * primaries. Only writes have touched shards. */
+static void add_consistency_token(const kobo_http_exchange *x,
+                                  struct MHD_Response *response)
+{
+	char token[16 + KOBO_SHARDS_MAX * 26];
+	size_t len = (size_t)snprintf(token, sizeof token, "kct1:");
+	bool any = false;
+	for (uint32_t i = 0; i < x->server->shard_count; i++) {
+		if (!(x->touched[i / 64] & (UINT64_C(1) << (i % 64))))
+			continue;
+		uint64_t seq = kobo_shard_commit_token(x->server->shards[i]);
+		len += (size_t)snprintf(token + len, sizeof token - len,
+		                        "%s%" PRIu32 "@%" PRIu64, any ? "," : "", i, seq);
+		any = true;
+	}
+	kobo_assert(len < sizeof token);
+	if (any)
+		MHD_add_response_header(response, "Kobo-Consistency-Token", token);
+}
+
+void kobo__http_touch(kobo_http_exchange *x, uint32_t shard)
+{
+	kobo_assert(shard < x->server->shard_count);
+	x->touched[shard / 64] |= UINT64_C(1) << (shard % 64);
+}
+
+void kobo__http_touch_ops(kobo_http_exchange *x)
+{
+	for (size_t i = 0; i < x->ops.count; i++) {
+		const kobo_op *op = &x->ops.ops[i];
+		if (op->kind != KOBO_OP_CREATE_TRANSFER)
+			continue;
+		kobo__http_touch(x, kobo__http_shard_of(x, op->u.transfer.from));
+		kobo__http_touch(x, kobo__http_shard_of(x, op->u.transfer.to));
+	}
+}
+
 static enum MHD_Result queue_reply(kobo_http_exchange *x)
 {
 	kobo_http_reply *r = &x->reply;
@@ -92,6 +134,8 @@ static enum MHD_Result queue_reply(kobo_http_exchange *x)
 	}
 	if (r->allow[0])
 		MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, r->allow);
+	if (r->status >= 200 && r->status < 300)
+		add_consistency_token(x, response);
 	kobo__http_log_request(x, r->status);
 	enum MHD_Result rc = MHD_queue_response(x->connection, (unsigned)r->status,
 	                                        response);
@@ -400,6 +444,8 @@ int kobo__http_submit(kobo_http_exchange *x, uint32_t shard)
 	x->request.op_count = x->ops.count;
 	x->request.done = on_done;
 	x->request.user = x;
+	kobo__http_touch(x, shard);
+	kobo__http_touch_ops(x);
 	/* Invariant 2: suspended once, before the shard can see it. */
 	kobo_assert(atomic_load(&x->state) == KOBO_HTTP_RECEIVING);
 	atomic_store(&x->state, KOBO_HTTP_SUSPENDED);

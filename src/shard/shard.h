@@ -191,5 +191,9 @@ void kobo_shard_stop(kobo_shard *shard);
 size_t kobo_shard_queue_depth(kobo_shard *shard);
 /* true while the writer can commit (the store is healthy). Thread-safe. */
 bool kobo_shard_ready(kobo_shard *shard);
+/* The store's commit sequence after the writer's last commit (store.h,
+ * CONSISTENCY TOKEN); 0 before the first. Thread-safe. A write answered
+ * after its commit is covered by the value read at answer time. */
+uint64_t kobo_shard_commit_token(kobo_shard *shard);
 
 #endif /* KOBO_SHARD_H */

@@ -63,6 +63,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -92,7 +93,9 @@ struct kobo_shard {
 	const char **ids;              /* transfer/account ids to load */
 	char (*expired_ids)[KOBO_ID_LEN_MAX + 1];
 	int64_t next_expiry_scan_ms;   /* monotonic (mono_ms) */
-	uint64_t commit_token;         /* the store's last commit sequence */
+	/* The store's last commit sequence: written by the writer thread
+	 * after each commit, read by the edge for Kobo-Consistency-Token. */
+	_Atomic uint64_t commit_token;
 };
 
 /* Wall clock: timestamps and expiry decisions only (invariant 6). */
@@ -150,6 +153,11 @@ size_t kobo_shard_queue_depth(kobo_shard *shard)
 bool kobo_shard_ready(kobo_shard *shard)
 {
 	return kobo_store_healthy(shard->store);
+}
+
+uint64_t kobo_shard_commit_token(kobo_shard *shard)
+{
+	return atomic_load(&shard->commit_token);
 }
 
 /* ---- The writer thread. ---- */
@@ -218,8 +226,8 @@ static int writer_apply(kobo_shard *shard, size_t count, int64_t *commit_us)
 	}
 	if (rc != KOBO_OK)
 		return rc;
-	kobo_assert(token > shard->commit_token); /* invariant 8 */
-	shard->commit_token = token;
+	kobo_assert(token > atomic_load(&shard->commit_token)); /* invariant 8 */
+	atomic_store(&shard->commit_token, token);
 	if (!shard->config.saga_started)
 		return KOBO_OK;
 	const kobo_transfer_change *changes;
