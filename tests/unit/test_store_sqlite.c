@@ -33,6 +33,7 @@
 #include "../../src/ledger/ledger.h"
 #include "../../src/store/store.h"
 #include "../../src/store/sqlite/sqlite_internal.h"
+#include "store_batch.h"
 #include "test_ops.h"
 
 #define TEST_OPS_MAX 1024
@@ -82,82 +83,12 @@ static int teardown(void **state)
 
 /* ---- The store seam (store.h): records in, records out. ---- */
 
-/* Load callbacks the way src/shard/batch.c puts rows into the ledger. */
-static int put_transfer(void *ctx, const kobo_transfer *transfer, int64_t seq)
-{
-	(void)seq;
-	return kobo_ledger_put_transfer(ctx, transfer);
-}
-
-static int put_account(void *ctx, const kobo_account *account)
-{
-	return kobo_ledger_put_account(ctx, account);
-}
-
-/* write() with the ledger's change lists. */
-static int write_changes(kobo_store *store, const kobo_ledger *ledger)
-{
-	const kobo_account_change *accounts;
-	const kobo_transfer_change *transfers;
-	size_t account_count = kobo_ledger_changed_accounts(ledger, &accounts);
-	size_t transfer_count = kobo_ledger_changed_transfers(ledger, &transfers);
-	return kobo_store_write(store, accounts, account_count, transfers,
-	                        transfer_count);
-}
-
-/* commit(), keeping the consistency token in *last_token (when not NULL). */
-static uint64_t last_token;
-static int commit_batch(kobo_store *store)
-{
-	uint64_t token = 0;
-	int rc = kobo_store_commit(store, &token);
-	if (rc == KOBO_OK)
-		last_token = token;
-	return rc;
-}
-
-/* One batch the way the shard writer runs it. Returns the first failing
- * store status (after rolling back), or KOBO_OK once committed. When
- * commit is false the batch stops after write() (the transaction stays
- * open for the caller). */
+/* One batch through the store (store_batch.h). */
 static int run_batch_ex(env *e, kobo_store *store, const kobo_op *ops, size_t count,
                         int64_t now_ms, bool commit)
 {
-	static const char *transfer_ids[TEST_OPS_MAX];
-	static const char *account_ids[KOBO_LEDGER_ACCOUNT_IDS_MAX(TEST_OPS_MAX)];
-	size_t transfer_count = 0;
-	size_t account_count = 0;
-	int rc;
-
-	assert_true(count <= TEST_OPS_MAX);
-	kobo_ledger_reset(e->ledger);
-	rc = kobo_store_begin(store);
-	if (rc != KOBO_OK)
-		return rc;
-	kobo_ledger_transfer_ids(ops, count, transfer_ids, &transfer_count);
-	rc = kobo_store_load_transfers(store, transfer_ids, transfer_count,
-	                               put_transfer, e->ledger);
-	if (rc != KOBO_OK)
-		goto fail;
-	kobo_ledger_account_ids(e->ledger, ops, count, account_ids, &account_count);
-	rc = kobo_store_load_accounts(store, account_ids, account_count,
-	                              put_account, e->ledger);
-	if (rc != KOBO_OK)
-		goto fail;
-	assert_int_equal(kobo_ledger_apply(e->ledger, ops, count, now_ms, e->results),
-	                 KOBO_OK);
-	rc = write_changes(store, e->ledger);
-	if (rc != KOBO_OK)
-		goto fail;
-	if (!commit)
-		return KOBO_OK;
-	rc = commit_batch(store);
-	if (rc != KOBO_OK)
-		goto fail;
-	return KOBO_OK;
-fail:
-	kobo_store_rollback(store);
-	return rc;
+	return store_batch_run(store, e->ledger, ops, count, now_ms, e->results, commit,
+	                       NULL);
 }
 
 static int run_batch(env *e, kobo_store *store, const kobo_op *ops, size_t count,
@@ -810,9 +741,9 @@ static void commit_token_grows_and_survives_reopen(void **state)
 	kobo_op c[] = {test_op_account("t3", "NGN", false, NULL)};
 
 	assert_int_equal(run_batch(e, store, a, 1, 1000), KOBO_OK);
-	assert_int_equal(last_token, 1);
+	assert_int_equal(store_batch_last_token, 1);
 	assert_int_equal(run_batch(e, store, b, 1, 1000), KOBO_OK);
-	assert_int_equal(last_token, 2);
+	assert_int_equal(store_batch_last_token, 2);
 	/* Rolled back: not counted. */
 	assert_int_equal(run_batch_ex(e, store, c, 1, 1000, false), KOBO_OK);
 	kobo_store_rollback(store);
@@ -825,7 +756,7 @@ static void commit_token_grows_and_survives_reopen(void **state)
 
 	store = open_store(e->path);
 	assert_int_equal(run_batch(e, store, c, 1, 1000), KOBO_OK);
-	assert_int_equal(last_token, 3);
+	assert_int_equal(store_batch_last_token, 3);
 	kobo_store_close(store);
 }
 
