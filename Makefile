@@ -41,7 +41,7 @@ objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 REL := build
 SAN := build/asan
 
-.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards deps test-deps measure-libs clean
+.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards bench-postgres deps test-deps measure-libs clean
 all: $(REL)/kobod $(REL)/kobo $(REL)/kobo-bench
 
 # ---- Compilation (one pattern per build flavour). ----
@@ -138,6 +138,10 @@ bench: deps all
 
 bench-shards: deps all
 	@scripts/bench-shards.sh
+
+# Kobo over PostgreSQL (1 and 2 kobod, 2 shards) against ../shared/peers/naive_pg.sh.
+bench-postgres: deps all
+	@scripts/bench-postgres.sh
 
 # Compares the JSON library candidates on this machine (docs/benchmarks.md).
 measure-libs:
