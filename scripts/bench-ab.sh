@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A/B of two kobod builds on this machine, one after the other, same workload:
+# A/B of two kobod builds on this machine, one after the other, same workload,
+# then ../shared/peers/redis_lua.sh (uniform, 64 connections, 1 in flight):
 # 1 shard, and 2 shards with 10 % cross-shard, kobo-bench flat out for 8 s.
 #   OLD=/path/to/old/build NEW=build scripts/bench-ab.sh
 # (build OLD from another commit with: git archive REV | tar -x -C DIR; make -C DIR all)
@@ -23,3 +24,8 @@ for side in old new; do
 	run $side $K $B 1
 	run $side $K $B 2 --cross-shard 10
 done
+# The peer a user would write instead, in the same run: ratios, not absolutes.
+peers=$(cd "$(dirname "$0")/../../shared/peers" 2>/dev/null && pwd || true)
+if [ -n "$peers" ] && [ -x "$peers/redis_lua.sh" ]; then
+	"$peers/redis_lua.sh" uniform 8 64 1 10000 2>/dev/null | tail -1
+fi
