@@ -76,7 +76,17 @@ void store_auditor_destroy(store_auditor *audit);
  * The rules assume one consistent cut across the shards (nothing wrote
  * between the reads); a cut that is not one may show a discrepancy a
  * progressing saga explains, which only a re-read can tell from a loss.
- * Rejected legs moved nothing: feeding them or not changes no answer. */
+ * Rejected legs moved nothing: feeding them or not changes no answer.
+ *
+ * Memory is not bounded by a constant: the checker keeps every leg fed
+ * (about 224 bytes each, so about 450 bytes per cross-shard transfer, both
+ * legs) and one entry per clearing account and per saga in flight, until
+ * finish sorts them; an array grows by doubling (realloc), so allow up to
+ * three times that while one grows. The bound is the shards' cross-shard
+ * history: about 4.5 GB for 10 million cross-shard transfers. Past what
+ * the machine has, store_pairs_clearing / store_pairs_leg answer
+ * KOBO_ENOMEM and `kobo audit` reports the pairs as not checked, never as
+ * sound. */
 typedef struct store_pairs store_pairs;
 
 typedef struct store_pairs_totals {
