@@ -214,7 +214,10 @@ static void newer_schema_version_is_refused(void **state)
 }
 
 /* The schema as version 1 created it, kept verbatim: a released migration
- * step never changes, so this is what files in the field hold. */
+ * step never changes, so this is what files in the field hold. A copy on
+ * purpose, not a reference to store_sqlite.c's migrations[0]: shared, an
+ * edit to the released step would change this test's v1 file with it and
+ * pass unnoticed. */
 static const char v1_schema[] =
 	"CREATE TABLE accounts ("
 	"  id             TEXT    PRIMARY KEY NOT NULL,"
