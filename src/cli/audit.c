@@ -3,7 +3,7 @@
  * that history explains balances
  * (DESIGN.md invariant 6) and that nothing is in limbo between shards
  * (invariant 5), without a server. Contract in cli.h; what the per-shard
- * audit checks is in src/store/store.h.
+ * audit checks is listed at the top of src/store/auditor.c.
  *
  *   1. The shard map (DIR/shard-map.json, src/shard/map_file.c) says how many
  *      shards there are; a directory with shard-0.db and no map is data from

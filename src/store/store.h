@@ -245,7 +245,8 @@ typedef struct kobo_store_ops {
 	 * account's posted, pending_out and pending_in equal what its transfers
 	 * say (a transfer moves money between kobo_transfer_debit_account and
 	 * kobo_transfer_credit_account; PENDING and PROCESSING records hold);
-	 * no non-negative account has available < 0. Reports each
+	 * no non-negative account has available < 0; and more (ids, amounts,
+	 * legs and sagas: the full list opens src/store/auditor.c). Reports each
 	 * discrepancy through report and counts sagas in flight. May run while
 	 * the server writes. KOBO_ESTORE when the shard cannot be read. */
 	int (*audit)(kobo_store *store, kobo_store_report_fn report, void *ctx,
