@@ -52,12 +52,16 @@ static int system_id_refused(kobo_http_exchange *x, const char *field)
 
 /* Routes a new transfer: the payer's shard applies it; when the payee lives
  * on another shard it becomes the DEBIT leg of a saga through the payer
- * shard's clearing account for the payee's shard. */
+ * shard's clearing account for the payee's shard. Both shards are marked
+ * touched here, where they are hashed anyway, for the write's
+ * Kobo-Consistency-Token (kobo__http_touch). */
 static uint32_t route_transfer(kobo_http_exchange *x, kobo_op *op)
 {
 	kobo_transfer *t = &op->u.transfer;
 	uint32_t from = shard_of(x, t->from);
 	uint32_t to = shard_of(x, t->to);
+	kobo__http_touch(x, from);
+	kobo__http_touch(x, to);
 	if (from != to) {
 		t->leg = KOBO_LEG_DEBIT;
 		kobo_clearing_id(t->clearing, from, to, t->currency);

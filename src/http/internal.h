@@ -120,10 +120,11 @@ int kobo__http_metrics(kobo_http_exchange *x);
  * reply and resumes at once. Always returns KOBO_HTTP_REPLY_LATER. */
 int kobo__http_submit(kobo_http_exchange *x, uint32_t shard);
 
-/* Marks shard as touched by this write (see kobo_http_exchange.touched), and
- * every shard a transfer of x->ops pays from or into. */
+/* Marks shard as touched by this write (see kobo_http_exchange.touched).
+ * kobo__http_submit marks the shard it submits to; the handlers mark the
+ * others a write reaches: a transfer's payer and payee shards when they
+ * route it, a post or void's payee shard. */
 void kobo__http_touch(kobo_http_exchange *x, uint32_t shard);
-void kobo__http_touch_ops(kobo_http_exchange *x);
 
 /* What one batch transfer's encoded reply is counted as (its entry in the
  * reply, or its slot in a split batch); the body's metadata is counted

@@ -300,9 +300,8 @@ int kobo__http_submit_split(kobo_http_exchange *x, const uint32_t *shards)
 	split_layout(x, shards);
 	atomic_init(&split->pending, split->part_count);
 
-	kobo__http_touch_ops(x);
-	for (uint32_t p = 0; p < split->part_count; p++)
-		kobo__http_touch(x, split->parts[p].shard);
+	/* Every part's shard (a payer's) and every payee's were marked
+	 * touched when the handler routed the transfers (route_transfer). */
 	atomic_store(&x->state, KOBO_HTTP_SUSPENDED);
 	MHD_suspend_connection(x->connection);
 	/* From the first submit on, part_done may finish x on another thread:

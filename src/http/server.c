@@ -94,17 +94,6 @@ void kobo__http_touch(kobo_http_exchange *x, uint32_t shard)
 	x->touched[shard / 64] |= UINT64_C(1) << (shard % 64);
 }
 
-void kobo__http_touch_ops(kobo_http_exchange *x)
-{
-	for (size_t i = 0; i < x->ops.count; i++) {
-		const kobo_op *op = &x->ops.ops[i];
-		if (op->kind != KOBO_OP_CREATE_TRANSFER)
-			continue;
-		kobo__http_touch(x, kobo__http_shard_of(x, op->u.transfer.from));
-		kobo__http_touch(x, kobo__http_shard_of(x, op->u.transfer.to));
-	}
-}
-
 static enum MHD_Result queue_reply(kobo_http_exchange *x)
 {
 	kobo_http_reply *r = &x->reply;
@@ -445,7 +434,6 @@ int kobo__http_submit(kobo_http_exchange *x, uint32_t shard)
 	x->request.done = on_done;
 	x->request.user = x;
 	kobo__http_touch(x, shard);
-	kobo__http_touch_ops(x);
 	/* Invariant 2: suspended once, before the shard can see it. */
 	kobo_assert(atomic_load(&x->state) == KOBO_HTTP_RECEIVING);
 	atomic_store(&x->state, KOBO_HTTP_SUSPENDED);
