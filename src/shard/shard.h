@@ -119,9 +119,10 @@ struct kobo_request {
 	void *user;
 	/* Filled by the shard before done: KOBO_OK (results valid), or
 	 *   a store error kind (KOBO_EUNKNOWN: the batch may be durable;
-	 *   KOBO_ESTORE, KOBO_EFAILED, KOBO_ECONNLOST, or KOBO_ECONFLICT after
-	 *   KOBO_SHARD_CONFLICT_RERUNS_MAX re-runs: nothing was applied) — the
-	 *   edge answers 503 storage_unavailable, "retry with the same id";
+	 *   KOBO_ESTORE, KOBO_EFAILED, KOBO_ECONNLOST: nothing was applied) —
+	 *   the edge answers 503 storage_unavailable, "retry with the same id";
+	 *   KOBO_ECONFLICT after KOBO_SHARD_CONFLICT_RERUNS_MAX re-runs:
+	 *   nothing was applied — the edge answers 503 overloaded;
 	 *   KOBO_EINVAL / KOBO_EFULL: the ledger refused the batch, a
 	 *   programmer error (nothing was applied) — the edge answers 500;
 	 *   KOBO_ESHUTDOWN: nothing was applied. */

@@ -39,9 +39,11 @@
  * What a failed batch is answered (the edge maps the status, src/http):
  *
  *   status from the batch                       answer
- *   KOBO_ECONFLICT (after the re-runs),         503 storage_unavailable,
- *   KOBO_ECONNLOST, KOBO_EUNKNOWN,              "outcome unknown, retry
- *   KOBO_ESTORE, KOBO_EFAILED                   with the same id"
+ *   KOBO_ECONFLICT (after the re-runs)          503 overloaded (nothing
+ *                                               committed; Retry-After)
+ *   KOBO_ECONNLOST, KOBO_EUNKNOWN,              503 storage_unavailable,
+ *   KOBO_ESTORE, KOBO_EFAILED                   "outcome unknown, retry
+ *                                               with the same id"
  *   KOBO_EINVAL, KOBO_EFULL (the ledger)        500 internal_error, and an
  *                                               error line: a programmer
  *                                               error; the process stays up
