@@ -47,10 +47,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kobotest  # noqa: E402
 import pgcluster  # noqa: E402
 import test_shards  # noqa: E402
-from kobotest import (CLI_TIMEOUT_S, REQUEST_TIMEOUT_S, Resp, Server, balance, binary,  # noqa: E402
+from kobotest import (CLI_TIMEOUT_S, REQUEST_TIMEOUT_S, Resp, balance, binary,  # noqa: E402
                       child_env, expect_balance, expect_status, fund, get_transfer, id_on_shard,
                       make_account, parallel_map, sagas_active, shard_of, transfer_body, uid,
                       unbalanced_clearing_pairs, wait_until)
+from test_postgres import PgServer  # noqa: E402 — kobod --postgres, written once
 from test_shards import Book, CrossLoad, retry_lost, verify_ledger  # noqa: E402
 
 RACERS = 64
@@ -64,28 +65,6 @@ ORPHANS = 6                 # test 4: transfers 0 -> 1 sent to the node to kill 
 
 
 # ------------------------------------------------------------ harness ----
-
-class PgServer(Server):
-    """A kobod serving `--postgres URI` per shard (no --data)."""
-
-    def __init__(self, workdir, uris, extra_args=()):
-        super().__init__(workdir, extra_args)
-        self.uris = list(uris)
-
-    def _spawn(self, port):
-        self.port = port
-        self.generation += 1
-        self.stopped_by_us = False
-        args = [binary("kobod"), "--listen", f"127.0.0.1:{port}"]
-        for u in self.uris:
-            args += ["--postgres", u]
-        args += self.extra_args
-        with open(self.log_path, "ab") as err, open(self.out_path, "ab") as out:
-            err.write(f"### test harness: starting {' '.join(args)}\n".encode())
-            err.flush()
-            self.proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         env=child_env())
-
 
 @pytest.fixture(scope="module")
 def pg(tmp_path_factory):
