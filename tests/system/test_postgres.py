@@ -298,9 +298,11 @@ def test_kill9_under_load(pg, make_pg_server):
         make_account(srv, p)
         fund(srv, cash, p, 50_000)
     load = kobotest.Load(srv, payers, payers, uid("k9"), threads=6).start()
-    time.sleep(3.0)
-    srv.kill9()
-    load.stop()
+    try:
+        time.sleep(3.0)
+        srv.kill9()
+    finally:
+        load.stop()
     assert not load.problems, f"unexpected answers under load: {load.problems[:5]}"
     assert len(load.acked) > 0, "expected some transfers acknowledged before the kill"
     srv.start()
@@ -337,14 +339,16 @@ def test_postgres_down_and_back(tmp_path, make_pg_server):
         # Under load: a COMMIT may be cut off (503, outcome unknown), which
         # must not leave kobod unready once PostgreSQL is back.
         load = kobotest.Load(srv, payers, payers, uid("down"), threads=4).start()
-        time.sleep(1.0)
-        c.kill9()
-        down_at = time.monotonic()
-        assert kobotest.wait_until(lambda: readyz(srv) == 503, READY_FLIP_S, 0.1), (
-            f"/readyz: expected 503 within {READY_FLIP_S} s of PostgreSQL's death, "
-            f"saw {readyz(srv)}")
-        flipped = time.monotonic() - down_at
-        load.stop()
+        try:
+            time.sleep(1.0)
+            c.kill9()
+            down_at = time.monotonic()
+            assert kobotest.wait_until(lambda: readyz(srv) == 503, READY_FLIP_S, 0.1), (
+                f"/readyz: expected 503 within {READY_FLIP_S} s of PostgreSQL's death, "
+                f"saw {readyz(srv)}")
+            flipped = time.monotonic() - down_at
+        finally:
+            load.stop()
         assert not load.problems, f"unexpected answers under load: {load.problems[:5]}"
         started = time.monotonic()
         r = transfer(srv, uid("t"), cash, a, 10)
