@@ -654,8 +654,9 @@ static long take_postgres_urls(int argc, char **argv, const char **urls,
 		}
 		if (strncmp(value, "postgresql://", 13) != 0 &&
 		    strncmp(value, "postgres://", 11) != 0) {
-			fprintf(stderr, "kobo: audit: --postgres %s: expected a postgresql:// "
-			        "or postgres:// URL\n", value);
+			/* Not echoed: a mistyped URL may hold a password. */
+			fprintf(stderr, "kobo: audit: --postgres: expected a postgresql:// "
+			        "or postgres:// URL\n");
 			return -1;
 		}
 		if (count == KOBO_SHARDS_MAX) {
