@@ -49,6 +49,12 @@ int kobo_batch_run(kobo_store *store, kobo_ledger *ledger, const kobo_op *ops,
 	if (rc != KOBO_OK)
 		goto fail;
 
+	/* The batch's time: the store's clock where several nodes share the
+	 * store (PostgreSQL: the database's), else now_ms (store.h, now). */
+	rc = kobo_store_now(store, now_ms, &now_ms);
+	if (rc != KOBO_OK)
+		goto fail;
+
 	/* Pure: the only place business rules run. Aborts on a broken
 	 * invariant; KOBO_EFULL or KOBO_EINVAL would be a caller bug. */
 	rc = kobo_ledger_apply(ledger, ops, count, now_ms, results);

@@ -25,9 +25,13 @@
  *   5. After stop, everything accepted before stop is committed and answered
  *      before the thread exits; later submits get KOBO_ESHUTDOWN.
  *   6. Every wait and timer (the expiry scan's cadence, the condvar's timed
- *      wait) runs on the monotonic clock. The wall clock (config.now_ms)
- *      only stamps records and decides which holds have expired, so a step
- *      of the wall clock moves expiry with it but never stalls the scans.
+ *      wait) runs on the monotonic clock. The wall clock only stamps
+ *      records and decides which holds have expired, so a step of the wall
+ *      clock moves expiry with it but never stalls the scans. That wall
+ *      clock is the store's (kobo_store_now): the database's for a store
+ *      several nodes share (PostgreSQL), so every node stamps and expires
+ *      by one clock; this node's (config.now_ms, else kobo_now_ms) for
+ *      SQLite and mem, which answer the clock the writer passes them.
  *   7. A batch the store answers KOBO_ECONFLICT (nothing committed) runs
  *      again, at most KOBO_SHARD_CONFLICT_RERUNS_MAX more times, before its
  *      requests are answered with the conflict. Every other failure is
@@ -100,7 +104,7 @@ struct kobo_shard {
 	_Atomic uint64_t commit_token;
 };
 
-/* Wall clock: timestamps and expiry decisions only (invariant 6). */
+/* This node's wall clock, which the store may overrule (invariant 6). */
 static int64_t shard_now_ms(const kobo_shard *shard)
 {
 	return shard->config.now_ms ? shard->config.now_ms() : kobo_now_ms();
@@ -333,17 +337,23 @@ static void writer_run_batch(kobo_shard *shard, size_t requests)
  * of an already-ended hold is a harmless NOT_PENDING. */
 static void writer_expire_holds(kobo_shard *shard)
 {
-	int64_t now_ms = shard_now_ms(shard);
+	int64_t now_ms = 0;
 	int64_t scanned_at_ms = mono_ms();
 	size_t count = 0;
 
 	shard->next_expiry_scan_ms = scanned_at_ms + KOBO_SHARD_EXPIRY_INTERVAL_MS;
 	if (!kobo_store_healthy(shard->store))
 		return;
+	int rc = kobo_store_now(shard->store, shard_now_ms(shard), &now_ms);
+	if (rc != KOBO_OK) {
+		kobo_log(KOBO_LOG_ERROR, "expiry_scan_failed",
+		         "\"shard\":%u,\"status\":%d", shard->config.index, rc);
+		return;
+	}
 	size_t scan_max = KOBO_SHARD_EXPIRED_SCAN_MAX;
 	if (scan_max > shard->config.batch_ops_max)
 		scan_max = shard->config.batch_ops_max;
-	int rc = kobo_store_expired_holds(shard->store, now_ms, shard->expired_ids,
+	rc = kobo_store_expired_holds(shard->store, now_ms, shard->expired_ids,
 	                                  scan_max, &count);
 	if (rc != KOBO_OK) {
 		kobo_log(KOBO_LOG_ERROR, "expiry_scan_failed",

@@ -20,12 +20,18 @@
  *                      uses it. One batch is one transaction:
  *
  *                        begin ──▶ load_transfers ──▶ load_accounts
- *                          ──▶ (ledger applies, no I/O) ──▶ write ──▶ commit
+ *                          ──▶ now ──▶ (ledger applies, no I/O)
+ *                          ──▶ write ──▶ commit
  *                        any error ──▶ rollback
  *
  *                      begin locks what the batch touches (SQLite: BEGIN
  *                      IMMEDIATE takes the file's write lock; PostgreSQL:
- *                      SELECT … FOR UPDATE on the loaded rows in id order).
+ *                      SELECT … FOR NO KEY UPDATE on the loaded rows in id
+ *                      order, as the loads run). A backend may send its
+ *                      work late (PostgreSQL pipelines BEGIN with the first
+ *                      load and the writes with COMMIT): then a failure
+ *                      surfaces from the next call that talks to it, with
+ *                      the same kinds (write's from commit).
  *                      commit returns only once the batch is on stable
  *                      storage (fsync), so the writer may answer.
  *   kobo_store_reader  a read connection: one per reading thread, never
@@ -67,14 +73,16 @@
  *
  *   KOBO_ECONFLICT  nothing was committed and the store is healthy: re-run
  *                   the whole batch (a deadlock or serialization failure
- *                   between nodes). From begin, load_*, write, commit.
+ *                   between nodes, or, on PostgreSQL, a lock or statement
+ *                   timeout before COMMIT). From begin, load_*, now,
+ *                   write, commit.
  *                   SQLite never returns it (one writer per file); the
  *                   in-memory store does when a test asks
  *                   (kobo_store_mem_conflict_next_commits).
  *   KOBO_ECONNLOST  the connection broke before commit was asked: nothing
  *                   was committed; the store reconnects at the next begin.
- *                   From begin, load_*, write. Neither SQLite nor mem
- *                   returns it.
+ *                   From begin, load_*, now, write, commit (before COMMIT
+ *                   was sent). Neither SQLite nor mem returns it.
  *   KOBO_EUNKNOWN   commit was asked and its outcome is unknown (SQLite: a
  *                   failed COMMIT or fsync; mem: kobo_store_mem_fail_next_
  *                   commit; PostgreSQL: the link broke during COMMIT). The
@@ -161,19 +169,31 @@ typedef struct kobo_store_ops {
 	/* The same for accounts. */
 	int (*load_accounts)(kobo_store *store, const char *const *ids,
 	                     size_t count, kobo_store_account_fn each, void *ctx);
+	/* The batch's time, which the ledger stamps records and judges
+	 * expiry with (the writer passes its own clock as local_now_ms). A
+	 * store several nodes share (PostgreSQL) answers the database's
+	 * clock, so every node agrees: inside a batch the clock read when the
+	 * batch began (the same answer for every call of the batch), outside
+	 * one the clock now (for expired_holds). A store one process serves
+	 * (SQLite, mem) answers local_now_ms, so a test's injected clock
+	 * rules. KOBO_EFAILED (outside a batch), KOBO_ECONFLICT,
+	 * KOBO_ECONNLOST, KOBO_ESTORE (inside a batch: as the loads). */
+	int (*now)(kobo_store *store, int64_t local_now_ms, int64_t *now_ms);
 	/* Stages the batch's changes: inserts the records marked is_new
 	 * (transfers in array order, which fixes their seq) and updates the
 	 * others (guarantee 4). Inserting an id that exists, or updating one
-	 * that does not, fails. KOBO_ECONFLICT, KOBO_ECONNLOST, or
+	 * that does not, fails — here, or from commit on a backend that sends
+	 * the writes with COMMIT. KOBO_ECONFLICT, KOBO_ECONNLOST, or
 	 * KOBO_ESTORE (sticky). */
 	int (*write)(kobo_store *store, const kobo_account_change *accounts,
 	             size_t account_count, const kobo_transfer_change *transfers,
 	             size_t transfer_count);
 	/* Commits durably and sets *token to the shard's commit sequence after
 	 * this batch (see CONSISTENCY TOKEN). On any error *token is left
-	 * alone: KOBO_ECONFLICT (nothing applied, store healthy), KOBO_EUNKNOWN
-	 * (sticky where the backend keeps state; see above) or KOBO_ESTORE
-	 * (nothing applied, sticky). */
+	 * alone: KOBO_ECONFLICT (nothing applied, store healthy),
+	 * KOBO_ECONNLOST (nothing applied: the link broke before COMMIT was
+	 * sent), KOBO_EUNKNOWN (sticky where the backend keeps state; see
+	 * above) or KOBO_ESTORE (nothing applied, sticky). */
 	int (*commit)(kobo_store *store, uint64_t *token);
 	/* Abandons the batch. Safe to call after any failed step, and when no
 	 * batch is open. */
@@ -322,6 +342,10 @@ static inline int kobo_store_commit(kobo_store *s, uint64_t *token)
 	return s->ops->commit(s, token);
 }
 static inline void kobo_store_rollback(kobo_store *s) { s->ops->rollback(s); }
+static inline int kobo_store_now(kobo_store *s, int64_t local_now_ms, int64_t *now_ms)
+{
+	return s->ops->now(s, local_now_ms, now_ms);
+}
 static inline bool kobo_store_healthy(kobo_store *s) { return s->ops->healthy(s); }
 static inline void kobo_store_close(kobo_store *s) { s->ops->close(s); }
 static inline int kobo_store_expired_holds(kobo_store *s, int64_t now_ms,

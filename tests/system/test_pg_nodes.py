@@ -31,6 +31,7 @@ verify_ledger), run with its SHARDS set to this test's shard count.
 Every process is stopped by pid (kobod by its Popen, PostgreSQL by
 pgcluster), also on failure; every loop is bounded in time; loopback only.
 """
+import datetime
 import http.client
 import json
 import os
@@ -47,7 +48,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kobotest  # noqa: E402
 import pgcluster  # noqa: E402
 import test_shards  # noqa: E402
-from kobotest import (CLI_TIMEOUT_S, REQUEST_TIMEOUT_S, Resp, balance, binary,  # noqa: E402
+from kobotest import (CLI_TIMEOUT_S, REQUEST_TIMEOUT_S, Resp, balance, binary, transfer,  # noqa: E402
                       child_env, expect_balance, expect_status, fund, get_transfer, id_on_shard,
                       make_account, parallel_map, sagas_active, shard_of, transfer_body, uid,
                       unbalanced_clearing_pairs, wait_until)
@@ -280,6 +281,54 @@ def test_last_100_raced_by_64_withdrawals_across_two_nodes(make_nodes, shards):
     if shards > 1:
         bad = unbalanced_clearing_pairs(a, shards)
         assert not bad, f"clearing pairs must net to zero once settled, saw {bad}"
+
+
+# ------------------------------------------ hold expiry, one clock ----
+
+HOLD_EXPIRY_BOUND_S = 10.0  # a 1 s hold is voided within this, seen from the other node
+
+
+def test_hold_made_on_one_node_expires_by_the_databases_clock(pg, make_nodes):
+    """Holds expire by the database's clock (store.h, now): a hold created
+    through node a with a 1 s timeout is voided as expired, and the other
+    node sees it so; it expired no earlier than its timeout on the clock
+    that stamped it (the database's, which also stamped the void), and the
+    payer's money is back."""
+    _, (a, b) = make_nodes(1)
+    cash = make_account(a, uid("cash"), allow_negative=True)["id"]
+    payer = make_account(b, uid("payer"))["id"]
+    payee = make_account(a, uid("payee"))["id"]
+    fund(a, cash, payer, 1000)
+    hid = uid("hold")
+    r = transfer(a, hid, payer, payee, 400, pending=True, timeout_seconds=1)
+    expect_status(r, 201, "a 1 s hold through node a")
+    assert r.body["status"] == "pending", f"expected a pending hold, saw {r.body}"
+    expect_balance(b, payer, "the hold, seen from node b", posted=1000, available=600,
+                   pending_out=400)
+
+    def expired():
+        g = get_transfer(b, hid)
+        return g.body if g.status == 200 and g.body["status"] == "voided" else None
+    held = wait_until(expired, HOLD_EXPIRY_BOUND_S)
+    assert held, (f"a 1 s hold created through node a was not voided within "
+                  f"{HOLD_EXPIRY_BOUND_S} s (seen from node b: {get_transfer(b, hid).body})")
+    assert held["void_reason"] == "expired", f"expected void_reason expired, saw {held}"
+    stamp = lambda t: datetime.datetime.fromisoformat(t.replace("Z", "+00:00"))
+    lived = (stamp(held["updated_at"]) - stamp(held["created_at"])).total_seconds()
+    assert 1.0 <= lived <= HOLD_EXPIRY_BOUND_S, (
+        f"the hold lived {lived} s by its own stamps (created {held['created_at']}, voided "
+        f"{held['updated_at']}): expected at least its 1 s timeout and at most "
+        f"{HOLD_EXPIRY_BOUND_S} s")
+    # Both stamps are the database's clock: within a few seconds of its now().
+    db_now = stamp(pg.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+                           "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')").strip())
+    age = (db_now - stamp(held["updated_at"])).total_seconds()
+    assert -1.0 <= age <= HOLD_EXPIRY_BOUND_S + 5, (
+        f"the void was stamped {held['updated_at']}, the database's clock says {db_now}")
+    for n, srv in enumerate((a, b)):
+        expect_balance(srv, payer, f"after expiry, node {n}", posted=1000, available=1000,
+                       pending_out=0)
+        expect_balance(srv, payee, f"after expiry, node {n}", posted=0, pending_in=0)
 
 
 # ---------------------------------------------------- 2. retry storm ----

@@ -14,6 +14,7 @@
 #define KOBO_TESTS_UNIT_STORE_CONTRACT_H
 
 #include <dirent.h>
+#include <libpq-fe.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
@@ -27,6 +28,7 @@
 #include "../../src/ledger/ledger.h"
 #include "../../src/store/store.h"
 #include "../../src/store/mem/store_mem.h"
+#include "../../src/store/postgres/pg_internal.h"
 #include "test_ops.h"
 
 #define TEST_OPS_MAX 1024
@@ -68,7 +70,52 @@ typedef struct backend {
 	/* Several nodes may serve the store, so a saga claim keeps the other
 	 * nodes out while its lease lasts; false: every claim is granted. */
 	bool claims_exclude;
+	/* Several nodes share the store, so now() answers the store's clock,
+	 * not the caller's (store.h). */
+	bool shared_clock;
+	/* Round trips the store's write side has made so far. */
+	uint64_t (*round_trips)(kobo_store *store);
+	/* Takes a row lock on row id of table from a session of its own and
+	 * keeps it until the returned handle is released: another node in
+	 * the middle of a batch. */
+	void *(*hold_row_lock)(const char *url, uint32_t shard, const char *table,
+	                       const char *id);
+	void (*release_row_lock)(void *lock);
 } backend;
+
+static inline uint64_t pg_round_trips(kobo_store *store)
+{
+	return store_pg_round_trips(store);
+}
+
+/* A transaction on a connection of its own that locks one row FOR
+ * UPDATE; NULL when that failed (the test then fails). */
+static inline void *pg_hold_row_lock(const char *url, uint32_t shard,
+                                     const char *table, const char *id)
+{
+	char sql[512];
+	PGconn *conn = PQconnectdb(url);
+	if (PQstatus(conn) != CONNECTION_OK) {
+		PQfinish(conn);
+		return NULL;
+	}
+	snprintf(sql, sizeof sql, "BEGIN; SET LOCAL search_path = kobo_shard_%u;"
+	         " SELECT 1 FROM %s WHERE id = '%s' FOR UPDATE", shard, table, id);
+	PGresult *res = PQexec(conn, sql);
+	bool locked = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+	PQclear(res);
+	if (!locked) {
+		PQfinish(conn);
+		return NULL;
+	}
+	return conn;
+}
+
+static inline void pg_release_row_lock(void *lock)
+{
+	PQclear(PQexec(lock, "ROLLBACK"));
+	PQfinish(lock);
+}
 
 static inline bool mem_fail_next_commit(kobo_store *store, commit_fault fault)
 {
@@ -81,10 +128,12 @@ static inline bool sqlite_fail_next_commit(kobo_store *store, commit_fault fault
 
 static const backend backends[] = {
 	{"mem", "mem:", NULL, true, kobo_store_mem_restart, mem_fail_next_commit,
-	 kobo_store_mem_conflict_next_commits, false},
-	{"sqlite", "sqlite:%s", NULL, false, NULL, sqlite_fail_next_commit, NULL, false},
+	 kobo_store_mem_conflict_next_commits, false, false, NULL, NULL, NULL},
+	{"sqlite", "sqlite:%s", NULL, false, NULL, sqlite_fail_next_commit, NULL, false,
+	 false, NULL, NULL, NULL},
 	/* scripts/pg-cluster.sh sets the variable to a fresh cluster's URI. */
-	{"postgres", NULL, "KOBO_TEST_POSTGRES", false, NULL, NULL, NULL, true},
+	{"postgres", NULL, "KOBO_TEST_POSTGRES", false, NULL, NULL, NULL, true, true,
+	 pg_round_trips, pg_hold_row_lock, pg_release_row_lock},
 };
 enum { BACKEND_COUNT = sizeof backends / sizeof backends[0] };
 
@@ -534,6 +583,14 @@ static inline int run_batch_ex(env *e, const kobo_op *ops, size_t count, int64_t
 	assert_int_equal(c.rc, KOBO_OK);
 	if (rc != KOBO_OK)
 		goto fail;
+	/* As the writer does; the tests' own clock still stamps the records
+	 * (batch_clock_is_the_stores_when_nodes_share_it checks now()). */
+	int64_t batch_now_ms = 0;
+	rc = kobo_store_now(e->store, now_ms, &batch_now_ms);
+	if (rc != KOBO_OK)
+		goto fail;
+	if (!e->backend->shared_clock)
+		assert_int_equal(batch_now_ms, now_ms);
 	assert_int_equal(kobo_ledger_apply(e->ledger, ops, count, now_ms, e->results),
 	                 KOBO_OK);
 	rc = write_changes(e);

@@ -1482,7 +1482,8 @@ static void commit_fault_fires_once(void **state)
 
 /* Writing what the store's constraints refuse — a new row whose id exists
  * (the batch did not load it), an update of a row that does not exist —
- * fails the write with KOBO_ESTORE and makes the store sticky: the
+ * fails the write (or, where the writes go out with COMMIT, the commit)
+ * with KOBO_ESTORE and makes the store sticky: the
  * writer's picture of the shard was wrong. The stored rows are untouched
  * and the reopened store works. */
 static void expect_write_refused(env *e, const kobo_account_change *accounts,
@@ -1491,9 +1492,14 @@ static void expect_write_refused(env *e, const kobo_account_change *accounts,
 {
 	assert_int_equal(kobo_store_begin(e->store), KOBO_OK);
 	int rc = kobo_store_write(e->store, accounts, n, transfers, m);
+	/* A backend that sends the writes with COMMIT refuses them there. */
+	uint64_t token = 0xfeed;
+	if (rc == KOBO_OK)
+		rc = kobo_store_commit(e->store, &token);
 	if (rc != KOBO_ESTORE)
 		fail_msg("%s: writing %s answered %s, expected %s", e->backend->name,
 		         what, kobo_status_name(rc), kobo_status_name(KOBO_ESTORE));
+	assert_int_equal(token, 0xfeed);
 	assert_sticky(e);
 	reopen_store(e);
 	assert_true(kobo_store_healthy(e->store));
@@ -1593,6 +1599,125 @@ static void commit_conflict_applies_nothing_and_stays_healthy(void **state)
 	assert_int_equal(e->results[1].code, KOBO_RESULT_CREATED);
 	assert_token(e, last + 1);
 	assert_int_equal(read_account_ok(reader, "alice").posted, 9500);
+	reader_close(e, reader);
+}
+
+/* ---- The batch's clock, its round trips, and rows locked elsewhere. ---- */
+
+static int load_nothing(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	(void)transfer;
+	(void)seq;
+	(*(int *)ctx)++;
+	return 0;
+}
+
+/* now() answers the caller's clock for a store one process serves, and
+ * the store's own for one several nodes share: a node whose clock is far
+ * off still stamps and expires by the database's, with one answer for the
+ * whole batch, and outside a batch the store's clock now. */
+static void batch_clock_is_the_stores_when_nodes_share_it(void **state)
+{
+	env *e = *state;
+	const int64_t far_off = 1000; /* 1970: no real clock says that */
+	const char *ids[] = {"t-fund"};
+	int64_t first = 0, again = 0, outside = 0;
+	int loaded = 0;
+
+	seed(e, 1000);
+	int64_t before = kobo_now_ms();
+	assert_int_equal(kobo_store_begin(e->store), KOBO_OK);
+	assert_int_equal(kobo_store_load_transfers(e->store, ids, 1, load_nothing, &loaded),
+	                 KOBO_OK);
+	assert_int_equal(loaded, 1);
+	assert_int_equal(kobo_store_now(e->store, far_off, &first), KOBO_OK);
+	usleep(20 * 1000);
+	assert_int_equal(kobo_store_now(e->store, far_off + 5, &again), KOBO_OK);
+	kobo_store_rollback(e->store);
+	usleep(20 * 1000);
+	assert_int_equal(kobo_store_now(e->store, far_off, &outside), KOBO_OK);
+	int64_t after = kobo_now_ms();
+	if (!e->backend->shared_clock) {
+		assert_int_equal(first, far_off);
+		assert_int_equal(again, far_off + 5);
+		assert_int_equal(outside, far_off);
+		return;
+	}
+	/* The server runs on this machine: its clock is this one's, give or
+	 * take the tolerance. */
+	const int64_t tolerance_ms = 1000;
+	if (first < before - tolerance_ms || first > after + tolerance_ms)
+		fail_msg("%s: the batch's clock says %lld, the machine's %lld..%lld",
+		         e->backend->name, (long long)first, (long long)before,
+		         (long long)after);
+	assert_int_equal(again, first);
+	assert_true(outside >= first + 20 && outside <= after + tolerance_ms);
+}
+
+/* A batch is three round trips however much it does (PostgreSQL's
+ * pipelines: BEGIN + settings + transfers; accounts; writes + COMMIT), and
+ * a replay-only batch the same (it still bumps meta). */
+static void batch_takes_three_round_trips(void **state)
+{
+	env *e = *state;
+
+	if (e->backend->round_trips == NULL)
+		skip_because(e, "count its round trips");
+	seed(e, 1000);
+	kobo_op ops[] = {
+		test_op_account("carol", "NGN", false, NULL),
+		test_op_transfer("t-rt1", "alice", "bob", 5, false, 0),
+		test_op_transfer("t-rt2", "alice", "carol", 7, true, 60),
+		test_op_target(KOBO_OP_POST, "t-rt2", true, 7),
+	};
+	uint64_t before = e->backend->round_trips(e->store);
+	assert_int_equal(run_batch(e, ops, 4, 2000), KOBO_OK);
+	assert_int_equal(e->results[3].code, KOBO_RESULT_UPDATED);
+	assert_int_equal(e->backend->round_trips(e->store) - before, 3);
+	before = e->backend->round_trips(e->store);
+	assert_int_equal(run_batch(e, ops, 2, 3000), KOBO_OK);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_REPLAYED);
+	assert_int_equal(e->backend->round_trips(e->store) - before, 3);
+}
+
+/* A batch that needs a row another node holds locked gives up within the
+ * store's lock timeout (PostgreSQL: 1 s) with KOBO_ECONFLICT — nothing
+ * written, the store healthy, so the writer re-runs it and finally answers
+ * 503 overloaded — and the row works again once the lock is gone. */
+static void a_row_locked_elsewhere_times_the_batch_out(void **state)
+{
+	env *e = *state;
+	kobo_store_reader *reader = NULL;
+
+	if (e->backend->hold_row_lock == NULL)
+		skip_because(e, "hold a row lock from another session");
+	seed(e, 1000);
+	uint64_t last = e->token;
+	void *lock = e->backend->hold_row_lock(e->url, e->shard, "accounts", "alice");
+	assert_non_null(lock);
+	kobo_op ops[] = {
+		test_op_account("dave", "NGN", false, NULL),
+		test_op_transfer("t-locked", "alice", "bob", 5, false, 0),
+	};
+	int64_t started_us = kobo_monotonic_us();
+	int rc = run_batch(e, ops, 2, 2000);
+	int64_t waited_ms = (kobo_monotonic_us() - started_us) / 1000;
+	if (rc != KOBO_ECONFLICT || waited_ms > 3000) {
+		e->backend->release_row_lock(lock);
+		fail_msg("%s: a batch on a locked row answered %s after %lld ms, expected "
+		         "%s within 3000 ms", e->backend->name, kobo_status_name(rc),
+		         (long long)waited_ms, kobo_status_name(KOBO_ECONFLICT));
+	}
+	assert_true(kobo_store_healthy(e->store));
+	reader = reader_open_ok(e);
+	assert_account_absent(reader, "dave");
+	assert_transfer_absent(reader, "t-locked");
+	assert_int_equal(read_account_ok(reader, "alice").posted, 10000);
+	e->backend->release_row_lock(lock);
+	assert_int_equal(run_batch(e, ops, 2, 3000), KOBO_OK);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_CREATED);
+	assert_token(e, last + 1);
+	assert_int_equal(read_account_ok(reader, "alice").posted, 9995);
 	reader_close(e, reader);
 }
 
@@ -1736,6 +1861,9 @@ static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(commit_conflict_applies_nothing_and_stays_healthy),
 	CONTRACT_TEST(read_only_store_reads_but_refuses_batches),
 	CONTRACT_TEST(shards_of_one_url_are_separate),
+	CONTRACT_TEST(batch_clock_is_the_stores_when_nodes_share_it),
+	CONTRACT_TEST(batch_takes_three_round_trips),
+	CONTRACT_TEST(a_row_locked_elsewhere_times_the_batch_out),
 };
 enum { CONTRACT_TEST_COUNT = sizeof contract_tests / sizeof contract_tests[0] };
 

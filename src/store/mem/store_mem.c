@@ -634,6 +634,14 @@ static int mem_commit(kobo_store *store, uint64_t *token)
 	return KOBO_OK;
 }
 
+/* One process serves this store: its clock is the caller's (store.h). */
+static int mem_now(kobo_store *store, int64_t local_now_ms, int64_t *now_ms)
+{
+	(void)store;
+	*now_ms = local_now_ms;
+	return KOBO_OK;
+}
+
 static void mem_rollback(kobo_store *store)
 {
 	mem_store *s = to_store(store);
@@ -1085,6 +1093,7 @@ static const kobo_store_ops mem_ops = {
 	.write = mem_write,
 	.commit = mem_commit,
 	.rollback = mem_rollback,
+	.now = mem_now,
 	.expired_holds = mem_expired_holds,
 	.healthy = mem_healthy,
 	.reader_open = mem_reader_open,

@@ -102,6 +102,10 @@ int store_pg_transfer_from_row(const PGresult *res, int row, store_pg_pool *pool
  * (kobo_shard_<N>); both live as long as the store. */
 const char *store_pg_url(const kobo_store *store);
 const char *store_pg_schema(const kobo_store *store);
+/* Round trips the writer's connection has made since open (each pipeline
+ * Sync, each statement outside one): a batch is three (store_pg.c,
+ * "Round trips"). For tests and measurements. */
+uint64_t store_pg_round_trips(const kobo_store *store);
 
 /* ---- The reader half of kobo_store_ops (pg_read.c). ---- */
 

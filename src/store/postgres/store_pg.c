@@ -46,27 +46,78 @@
  *        database's clock): claim_saga / release_saga in pg_read.c. Created
  *        IF NOT EXISTS at every open, so a version-1 schema made before it
  *        gains it without a migration step.
+ *   kobo_expect_rows(got, want, what, state): raises SQLSTATE `state` when
+ *        an update changed another number of rows than the batch expects
+ *        (see "Round trips"); CREATE OR REPLACE at every open, like
+ *        saga_claims, so a version-1 schema made before it gains it.
  *   Ids are COLLATE "C": ORDER BY id is byte order, the order strcmp, the
  *   saga runner's cursor and the prefix ranges assume.
  *
  * The batch transaction (READ COMMITTED; row locks do the isolation):
  *
- *   begin()           BEGIN (after a reconnect if the connection broke)
- *   load_transfers()  SELECT … WHERE id = ANY($1) ORDER BY id
- *                     FOR NO KEY UPDATE, handed out in the caller's order:
- *                     two nodes posting the same hold serialize here, and
- *                     the second sees the first one's result
+ *   begin()           nothing sent (a reconnect if the link broke)
+ *   load_transfers()  BEGIN; batch settings and clock; SELECT … WHERE id =
+ *                     ANY($1) ORDER BY id FOR NO KEY UPDATE, handed out in
+ *                     the caller's order: two nodes posting the same hold
+ *                     serialize here, and the second sees the first's result
  *   load_accounts()   the same for accounts: the touched rows locked in one
  *                     global order (id, byte order), so no two batches
  *                     deadlock over them
- *   write()           set-based: INSERT … SELECT FROM unnest($n::type[]),
- *                     UPDATE … FROM unnest(…); meta bumped (RETURNING the
- *                     token and the first seq of the new transfers)
- *   commit()          meta bumped if write() did not; COMMIT
+ *   now()             the clock read with BEGIN (no round trip)
+ *   write()           queued, not yet sent: set-based INSERT … SELECT FROM
+ *                     unnest($n::type[]), UPDATE … FROM unnest(…) checked by
+ *                     kobo_expect_rows, meta bumped, then the transfers
+ *   commit()          meta bumped if write() did not; commit settings
+ *                     (timeouts off); COMMIT — all one pipeline with write's
  *
  *   Lock order in every batch: transfers, accounts, meta. A unique
  *   violation on a transfer id means another node inserted it first: the
  *   batch is re-run (KOBO_ECONFLICT) and then replays what that node did.
+ *
+ * Round trips. libpq pipeline mode: each of the three brackets below is
+ * one pipeline ended by one Sync, so a batch is three round trips whatever
+ * it holds (five to eight before; store_pg_round_trips counts them, the
+ * contract test asserts three):
+ *   (BEGIN, SQL_BATCH_SETTINGS, load transfers) (load accounts)
+ *   (insert/update accounts, bump meta, insert/update transfers,
+ *    SQL_COMMIT_SETTINGS, COMMIT)
+ * The ledger needs the loaded rows before it can say what to write, so two
+ * is not possible with load_transfers and load_accounts apart (the ledger
+ * asks for the accounts the transfers name). What a pipeline means for
+ * the outcome:
+ *   - a statement the server refuses aborts the transaction, and the server
+ *     skips the rest of the pipeline (PGRES_PIPELINE_ABORTED), COMMIT
+ *     included: nothing was committed, the kind is the refused statement's
+ *     (below), and the transaction is rolled back once the pipeline is
+ *     drained. Row counts are checked by the server for that reason
+ *     (kobo_expect_rows raises PG_ROWS_SQLSTATE: sticky KOBO_ESTORE, the
+ *     store's picture was wrong), never after the fact by this code;
+ *   - the link lost before COMMIT was queued: KOBO_ECONNLOST; once libpq was
+ *     asked to send COMMIT (the server runs it as soon as it arrives, Sync
+ *     or not): KOBO_EUNKNOWN, unless the server had already refused an
+ *     earlier statement of that pipeline (then nothing was committed).
+ * A batch's first pipeline that finds the connection dead (the server
+ * restarted since the last batch) reconnects and runs once more: nothing
+ * had been done. Parameters stay text arrays: binary arrays were not
+ * measured here, and a batch's cost is dominated by its round trips and
+ * the server's work, not by parsing a few kB of literals.
+ *
+ * Timeouts. SQL_BATCH_SETTINGS sets, for the transaction only (set_config
+ * …, true = SET LOCAL), lock_timeout PG_LOCK_TIMEOUT_MS and
+ * statement_timeout PG_STATEMENT_TIMEOUT_MS (Limits says why); a batch
+ * that hits either (55P03, 57014) is rolled back and answers
+ * KOBO_ECONFLICT, so the writer re-runs it and, once its re-runs are
+ * spent, answers 503 overloaded with Retry-After: nothing committed.
+ * SQL_COMMIT_SETTINGS sets both back to 0 in the COMMIT's own pipeline,
+ * right before it: COMMIT never times out (a COMMIT cancelled while it
+ * waits for a synchronous standby has already committed locally).
+ *
+ * The batch's clock. Several kobod share one database, so records are
+ * stamped and holds expire by the database's clock, not each node's:
+ * SQL_BATCH_SETTINGS also reads clock_timestamp() (milliseconds), which
+ * now() answers for the whole batch; outside a batch now() asks the server
+ * (SQL_NOW, one round trip per expiry scan) and the writer hands that to
+ * expired_holds.
  *
  * Which shard a database holds (kobo_store_open_sharded, shard_count > 0):
  * kobod is given one URL per shard, in shard order, and the shard map is
@@ -99,6 +150,7 @@
  *
  * Error kinds (store.h):
  *   40P01 deadlock, 40001 serialization failure  → KOBO_ECONFLICT
+ *   55P03 lock timeout, 57014 statement timeout   → KOBO_ECONFLICT
  *   23505 on transfers (another node won the id)  → KOBO_ECONFLICT
  *   connection lost before COMMIT was sent        → KOBO_ECONNLOST
  *   the link lost during COMMIT                   → KOBO_EUNKNOWN
@@ -127,9 +179,9 @@
  *          FAILED is sticky: begin() answers KOBO_EFAILED, healthy() false.
  *
  *   transition            performed by             what happens
- *   IDLE → IN_BATCH       store_begin              loads freed; BEGIN
- *   IN_BATCH → IN_BATCH   store_load_*, write      locked SELECT, unnest DML
- *   IN_BATCH → IDLE       store_commit             meta bump; COMMIT
+ *   IDLE → IN_BATCH       store_begin              loads freed (BEGIN later)
+ *   IN_BATCH → IN_BATCH   store_load_*, write      locked SELECT; DML queued
+ *   IN_BATCH → IDLE       store_commit             DML, meta bump, COMMIT
  *   IN_BATCH → IDLE       store_rollback, a load   ROLLBACK (if the link lives)
  *                         or write that conflicts
  *   IN_BATCH → IDLE       store_commit, link lost  KOBO_EUNKNOWN, reconnect next
@@ -145,6 +197,9 @@
  *      `metadata` pool, and their rows in `loaded`, until the next begin()
  *      (guarantee 3 of store.h).
  *   5. meta is updated exactly once per committed batch.
+ *   6. Outside a pipeline's send-and-read the connection is out of
+ *      pipeline mode, except between write() and commit()/rollback(),
+ *      when it holds the queued writes (rollback drains them).
  */
 #include <inttypes.h>
 #include <poll.h>
@@ -171,6 +226,26 @@
  * there (check_census) and the creation of a new one cannot interleave. */
 #define PG_ADVISORY_DATABASE -1
 #define PG_CENSUS_SHARDS_MAX 64    /* shard schemas one database describes */
+
+/* Timeouts inside a batch (see "Timeouts"). A batch waits at most
+ * PG_LOCK_TIMEOUT_MS for a row lock another node holds (55P03), and no
+ * statement before COMMIT runs longer than PG_STATEMENT_TIMEOUT_MS
+ * (57014); either answers KOBO_ECONFLICT, nothing committed, and the
+ * writer re-runs the batch KOBO_SHARD_CONFLICT_RERUNS_MAX times before it
+ * answers 503 overloaded: a request waits at most ~4 x 1 s on locks. 1 s
+ * is far above a healthy batch's lock wait (one other batch's commit,
+ * milliseconds) and short enough that a client's retry is still useful.
+ * The statement bound is looser: a large batch on a busy server may take
+ * a while, and it only has to stop a statement stuck behind a stalled
+ * disk from holding the shard's locks for ever. COMMIT gets neither. */
+#define PG_LOCK_TIMEOUT_MS 1000
+#define PG_STATEMENT_TIMEOUT_MS 5000
+/* The SQLSTATE kobo_expect_rows raises for an update that did not match
+ * the rows the batch loaded: the store's picture was wrong (sticky). */
+#define PG_ROWS_SQLSTATE "KB001"
+/* Statements one pipeline may hold: BEGIN, the settings, a load; or the
+ * writes (5), the commit settings and COMMIT, plus BEGIN and settings. */
+#define PG_STEPS_MAX 12
 
 /* The link probe (see "The link and /readyz"): how often it asks a healthy
  * server, how long one question may take, and the reconnect backoff of the
@@ -242,6 +317,13 @@ static const char *const schema_sql =
 	"  node  text        NOT NULL,"
 	"  until timestamptz NOT NULL"
 	");"
+	/* A row count the batch expects, checked by the server: a mismatch
+	 * raises `state` and so aborts the transaction before its pipelined
+	 * COMMIT runs. */
+	"CREATE OR REPLACE FUNCTION kobo_expect_rows(got bigint, want bigint,"
+	"  what text, state text) RETURNS bigint LANGUAGE plpgsql AS $f$ BEGIN"
+	"  IF got <> want THEN RAISE EXCEPTION 'kobo: %% changed %% rows, expected %%',"
+	"  what, got, want USING ERRCODE = state; END IF; RETURN got; END $f$;"
 	"CREATE INDEX IF NOT EXISTS transfers_from_seq ON transfers (from_id, seq);"
 	"CREATE INDEX IF NOT EXISTS transfers_to_seq ON transfers (to_id, seq);"
 	"CREATE INDEX IF NOT EXISTS transfers_clearing_seq ON transfers (clearing, seq)"
@@ -252,6 +334,9 @@ static const char *const schema_sql =
 	"  WHERE saga <> 'none';";
 
 enum {
+	SQL_BATCH_SETTINGS,
+	SQL_COMMIT_SETTINGS,
+	SQL_NOW,
 	SQL_LOAD_TRANSFERS,
 	SQL_LOAD_ACCOUNTS,
 	SQL_INSERT_ACCOUNTS,
@@ -263,10 +348,26 @@ enum {
 	SQL_WRITER_COUNT
 };
 
+#define PG_STR_(x) #x
+#define PG_STR(x) PG_STR_(x)
+/* The database's clock in milliseconds since the epoch. */
+#define PG_CLOCK_MS "floor(extract(epoch FROM clock_timestamp()) * 1000)::int8"
+
 static const struct {
 	const char *name;
 	const char *sql;
 } writer_sql[SQL_WRITER_COUNT] = {
+	/* The batch's limits and its clock, right after BEGIN (see "Timeouts"
+	 * and "The batch's clock"). */
+	[SQL_BATCH_SETTINGS] = {"kobo_batch_settings",
+		"SELECT set_config('lock_timeout', '" PG_STR(PG_LOCK_TIMEOUT_MS) "ms', true),"
+		" set_config('statement_timeout', '" PG_STR(PG_STATEMENT_TIMEOUT_MS) "ms', true),"
+		" " PG_CLOCK_MS},
+	/* Right before COMMIT, in the same pipeline: COMMIT never times out. */
+	[SQL_COMMIT_SETTINGS] = {"kobo_commit_settings",
+		"SELECT set_config('statement_timeout', '0', true),"
+		" set_config('lock_timeout', '0', true)"},
+	[SQL_NOW] = {"kobo_now", "SELECT " PG_CLOCK_MS},
 	/* Locked in id order (MATERIALIZED keeps the locking scan apart from
 	 * the join), handed out in the caller's order. */
 	[SQL_LOAD_TRANSFERS] = {"kobo_load_transfers",
@@ -285,23 +386,33 @@ static const struct {
 		"INSERT INTO accounts (" PG_ACCOUNT_COLUMNS ") "
 		"SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[],"
 		" $5::int8[], $6::int8[], $7::bytea[], $8::int8[])"},
+	/* Every update is checked by the server (kobo_expect_rows), so a
+	 * mismatch aborts the transaction before the pipelined COMMIT. */
 	[SQL_UPDATE_ACCOUNTS] = {"kobo_update_accounts",
-		"UPDATE accounts a SET posted = u.posted, pending_out = u.pending_out,"
-		" pending_in = u.pending_in "
+		"WITH w AS (UPDATE accounts a SET posted = u.posted,"
+		" pending_out = u.pending_out, pending_in = u.pending_in "
 		"FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[])"
-		" AS u(id, posted, pending_out, pending_in) WHERE a.id = u.id"},
+		" AS u(id, posted, pending_out, pending_in) WHERE a.id = u.id"
+		" RETURNING 1) "
+		"SELECT kobo_expect_rows((SELECT count(*) FROM w), $5::int8,"
+		" 'accounts', '" PG_ROWS_SQLSTATE "')"},
 	[SQL_BUMP_META] = {"kobo_bump_meta",
-		"UPDATE meta SET commit_seq = commit_seq + 1,"
+		"WITH m AS (UPDATE meta SET commit_seq = commit_seq + 1,"
 		" transfer_seq = transfer_seq + $1::int8 WHERE id = 1"
-		" RETURNING commit_seq, transfer_seq - $1::int8"},
+		" RETURNING commit_seq) "
+		"SELECT (SELECT commit_seq FROM m), kobo_expect_rows("
+		"(SELECT count(*) FROM m), 1, 'meta', '" PG_ROWS_SQLSTATE "')"},
+	/* Runs after the meta bump of the same batch: the new transfers take
+	 * the $1 seqs just reserved, in array order. */
 	[SQL_INSERT_TRANSFERS] = {"kobo_insert_transfers",
 		"INSERT INTO transfers (" PG_TRANSFER_COLUMNS ") "
-		"SELECT $1::int8 + u.ord, u.id, u.from_id, u.to_id, u.currency,"
+		"SELECT m.base + u.ord, u.id, u.from_id, u.to_id, u.currency,"
 		" u.amount, u.posted_amount, u.pending, u.timeout_seconds,"
 		" u.expires_at_ms, u.status, u.void_reason, u.error_code, u.metadata,"
 		" u.request_id, u.created_at_ms, u.updated_at_ms, u.leg, u.clearing,"
 		" u.saga, u.saga_amount, u.saga_reason "
-		"FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],"
+		"FROM (SELECT transfer_seq - $1::int8 AS base FROM meta WHERE id = 1) m,"
+		" unnest($2::text[], $3::text[], $4::text[], $5::text[],"
 		" $6::int8[], $7::int8[], $8::bool[], $9::int8[], $10::int8[],"
 		" $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[],"
 		" $16::int8[], $17::int8[], $18::text[], $19::text[], $20::text[],"
@@ -312,7 +423,7 @@ static const struct {
 		" saga, saga_amount, saga_reason, ord)"},
 	/* kobo_transfer_state, no more (store.h guarantee 4). */
 	[SQL_UPDATE_TRANSFERS] = {"kobo_update_transfers",
-		"UPDATE transfers t SET status = u.status,"
+		"WITH w AS (UPDATE transfers t SET status = u.status,"
 		" posted_amount = u.posted_amount, void_reason = u.void_reason,"
 		" error_code = u.error_code, updated_at_ms = u.updated_at_ms,"
 		" saga = u.saga, saga_amount = u.saga_amount,"
@@ -320,7 +431,10 @@ static const struct {
 		"FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[],"
 		" $5::text[], $6::int8[], $7::text[], $8::int8[], $9::text[])"
 		" AS u(id, status, posted_amount, void_reason, error_code,"
-		" updated_at_ms, saga, saga_amount, saga_reason) WHERE t.id = u.id"},
+		" updated_at_ms, saga, saga_amount, saga_reason) WHERE t.id = u.id"
+		" RETURNING 1) "
+		"SELECT kobo_expect_rows((SELECT count(*) FROM w), $10::int8,"
+		" 'transfers', '" PG_ROWS_SQLSTATE "')"},
 	[SQL_EXPIRED_HOLDS] = {"kobo_expired_holds",
 		"SELECT id FROM transfers WHERE status = 'pending'"
 		" AND expires_at_ms > 0 AND expires_at_ms <= $1::int8"
@@ -505,6 +619,15 @@ static void idset_clear(pg_idset *set)
 
 typedef enum pg_state { PG_IDLE, PG_IN_BATCH, PG_FAILED } pg_state;
 
+/* One statement of a pipeline (see "Round trips"). */
+enum { PG_STEP_BEGIN = -1, PG_STEP_COMMIT = -2 };
+typedef struct pg_step {
+	int which;               /* a writer_sql index, or PG_STEP_* */
+	ExecStatusType want;     /* the status of success */
+	bool unique_is_conflict; /* 23505 here is another node's race */
+	bool sticky;             /* any other failure here is sticky */
+} pg_step;
+
 typedef struct pg_store {
 	kobo_store base; /* first */
 	char *url;
@@ -522,8 +645,13 @@ typedef struct pg_store {
 	pthread_t probe_thread;
 	pthread_mutex_t probe_lock;
 	pthread_cond_t probe_wake;
-	bool meta_bumped;      /* this batch updated meta */
-	uint64_t token;        /* commit_seq after this batch, once bumped */
+	bool begun;            /* this batch's BEGIN has been sent */
+	bool meta_queued;      /* this batch's meta bump has been sent */
+	int64_t batch_now_ms;  /* the database's clock at the batch's start */
+	uint64_t round_trips;  /* on the writer's connection (tests, bench) */
+	pg_step steps[PG_STEPS_MAX]; /* the open pipeline's statements */
+	PGresult *step_res[PG_STEPS_MAX]; /* and their results, once synced */
+	size_t step_count;
 	PGresult *loaded[PG_LOADED_MAX]; /* this batch's load results */
 	size_t loaded_count;
 	store_pg_pool metadata; /* this batch's loaded metadata */
@@ -547,6 +675,11 @@ const char *store_pg_schema(const kobo_store *store)
 	return ((const pg_store *)store)->schema;
 }
 
+uint64_t store_pg_round_trips(const kobo_store *store)
+{
+	return ((const pg_store *)store)->round_trips;
+}
+
 /* ---- Error kinds. ---- */
 
 static bool sqlstate_is(const PGresult *res, const char *code)
@@ -561,6 +694,10 @@ static int batch_error_kind(PGconn *conn, const PGresult *res, bool unique_is_co
 	if (store_pg_connection_lost(conn, res))
 		return KOBO_ECONNLOST;
 	if (sqlstate_is(res, "40P01") || sqlstate_is(res, "40001"))
+		return KOBO_ECONFLICT;
+	/* A lock or statement timeout (see "Timeouts"): the batch gave up
+	 * waiting, nothing is committed, a re-run may find the row free. */
+	if (sqlstate_is(res, "55P03") || sqlstate_is(res, "57014"))
 		return KOBO_ECONFLICT;
 	if (unique_is_conflict && sqlstate_is(res, "23505"))
 		return KOBO_ECONFLICT;
@@ -807,6 +944,15 @@ fail:
 
 /* ---- The write side. ---- */
 
+static void clear_steps(pg_store *s)
+{
+	for (size_t i = 0; i < s->step_count; i++) {
+		PQclear(s->step_res[i]);
+		s->step_res[i] = NULL;
+	}
+	s->step_count = 0;
+}
+
 static void free_loaded(pg_store *s)
 {
 	for (size_t i = 0; i < s->loaded_count; i++)
@@ -817,26 +963,60 @@ static void free_loaded(pg_store *s)
 	idset_clear(&s->looked_up_accounts);
 }
 
+/* Drops the writer's connection after a lost link, so the next begin()
+ * connects afresh (a multi-host URL then finds the current primary). */
+static void drop_connection(pg_store *s)
+{
+	clear_steps(s);
+	PQfinish(s->conn);
+	s->conn = NULL;
+}
+
+/* Ends a pipeline whose results nobody will read (a batch abandoned after
+ * write()): Sync, read and drop everything, leave pipeline mode. A link
+ * that cannot do that is dropped. */
+static void discard_pipeline(pg_store *s)
+{
+	if (s->conn == NULL || PQpipelineStatus(s->conn) == PQ_PIPELINE_OFF) {
+		clear_steps(s);
+		return;
+	}
+	bool ok = PQstatus(s->conn) == CONNECTION_OK && PQpipelineSync(s->conn) == 1;
+	if (ok)
+		s->round_trips++;
+	while (ok) {
+		PGresult *res = PQgetResult(s->conn);
+		if (res == NULL) {
+			/* Between two statements' results; a dead link stays NULL. */
+			if (PQstatus(s->conn) != CONNECTION_OK)
+				ok = false;
+			continue;
+		}
+		bool synced = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+		PQclear(res);
+		if (synced)
+			break;
+	}
+	if (!ok || !PQexitPipelineMode(s->conn))
+		drop_connection(s);
+	clear_steps(s);
+}
+
 /* Abandons the open transaction if the link still lives. */
 static void rollback_transaction(pg_store *s)
 {
+	discard_pipeline(s);
 	if (s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK &&
-	    PQtransactionStatus(s->conn) != PQTRANS_IDLE)
+	    PQtransactionStatus(s->conn) != PQTRANS_IDLE) {
+		s->round_trips++;
 		(void)store_pg_exec(s->conn, "ROLLBACK", "store_pg_rollback_failed");
+	}
 }
 
 static void end_batch(pg_store *s, pg_state state)
 {
 	rollback_transaction(s);
 	s->state = state;
-}
-
-/* Drops the writer's connection after a lost link, so the next begin()
- * connects afresh (a multi-host URL then finds the current primary). */
-static void drop_connection(pg_store *s)
-{
-	PQfinish(s->conn);
-	s->conn = NULL;
 }
 
 /* IN_BATCH → FAILED: what this node believes and what the database holds
@@ -855,9 +1035,9 @@ static int store_fail(pg_store *s, int kind)
  * failed read: the batch is abandoned, the store stays healthy. */
 static int store_abandon(pg_store *s, int kind)
 {
-	end_batch(s, PG_IDLE);
 	if (kind == KOBO_ECONNLOST)
 		drop_connection(s);
+	end_batch(s, PG_IDLE);
 	return kind;
 }
 
@@ -873,10 +1053,8 @@ static int ensure_connection(pg_store *s)
 {
 	if (s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK)
 		return KOBO_OK;
-	if (s->conn != NULL) {
-		PQfinish(s->conn);
-		s->conn = NULL;
-	}
+	if (s->conn != NULL)
+		drop_connection(s);
 	if (mono_ms() < s->reconnect_at_ms)
 		return KOBO_ECONNLOST;
 	int rc = store_pg_connect(s->url, s->schema, &s->conn);
@@ -895,6 +1073,169 @@ static int ensure_connection(pg_store *s)
 	return KOBO_OK;
 }
 
+/* ---- Pipelines (see "Round trips"). ---- */
+
+/* Queues one statement on the open pipeline (entering pipeline mode if
+ * needed). libpq copies the parameters: the caller's buffers may go. false
+ * when libpq refused it (the link is gone, or memory). */
+static bool step_send(pg_store *s, int which, int nparams, const char *const *params,
+                      ExecStatusType want, bool unique_is_conflict, bool sticky)
+{
+	int sent;
+
+	kobo_assert(s->step_count < PG_STEPS_MAX);
+	if (PQpipelineStatus(s->conn) == PQ_PIPELINE_OFF && !PQenterPipelineMode(s->conn))
+		return false;
+	if (which == PG_STEP_BEGIN || which == PG_STEP_COMMIT)
+		sent = PQsendQueryParams(s->conn, which == PG_STEP_BEGIN ? "BEGIN" : "COMMIT",
+		                         0, NULL, NULL, NULL, NULL, 0);
+	else
+		sent = PQsendQueryPrepared(s->conn, writer_sql[which].name, nparams, params,
+		                           NULL, NULL, 0);
+	if (!sent) {
+		store_pg_log_error("store_pg_send_failed", s->conn, NULL);
+		return false;
+	}
+	s->steps[s->step_count] = (pg_step){which, want, unique_is_conflict, sticky};
+	s->step_res[s->step_count] = NULL;
+	s->step_count++;
+	return true;
+}
+
+/* Queues BEGIN and the batch's settings and clock if this batch has not
+ * sent them yet: they ride in front of its first pipeline. */
+static bool steps_begin(pg_store *s)
+{
+	if (s->begun)
+		return true;
+	s->begun = true;
+	return step_send(s, PG_STEP_BEGIN, 0, NULL, PGRES_COMMAND_OK, false, false) &&
+	       step_send(s, SQL_BATCH_SETTINGS, 0, NULL, PGRES_TUPLES_OK, false, false);
+}
+
+/* How a synced pipeline went. */
+typedef struct pg_outcome {
+	size_t failed; /* the first step the server refused; step_count if none */
+	bool lost;     /* the link broke before every result was read */
+} pg_outcome;
+
+/* Sends Sync (one round trip) and reads one result per queued step into
+ * step_res, then leaves pipeline mode. A step after a refused one reads
+ * PGRES_PIPELINE_ABORTED: the server skipped it. */
+static pg_outcome pipeline_sync(pg_store *s)
+{
+	pg_outcome out = {s->step_count, false};
+
+	if (!PQpipelineSync(s->conn)) {
+		store_pg_log_error("store_pg_send_failed", s->conn, NULL);
+		out.lost = true;
+		return out;
+	}
+	s->round_trips++;
+	for (size_t i = 0; i < s->step_count; i++) {
+		PGresult *res = PQgetResult(s->conn);
+		if (res == NULL) {
+			out.lost = true;
+			return out;
+		}
+		s->step_res[i] = res;
+		ExecStatusType st = PQresultStatus(res);
+		/* A link that broke is not a refusal: whatever was not yet
+		 * answered may or may not have run. */
+		if (st == PGRES_FATAL_ERROR && store_pg_connection_lost(s->conn, res)) {
+			out.lost = true;
+			return out;
+		}
+		if (st != s->steps[i].want && st != PGRES_PIPELINE_ABORTED &&
+		    out.failed == s->step_count)
+			out.failed = i;
+		/* Each statement's results end with a NULL. */
+		PGresult *end = PQgetResult(s->conn);
+		if (end != NULL) {
+			PQclear(end);
+			out.lost = true;
+			return out;
+		}
+	}
+	PGresult *sync = PQgetResult(s->conn);
+	bool synced = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+	PQclear(sync);
+	if (!synced || !PQexitPipelineMode(s->conn))
+		out.lost = true;
+	return out;
+}
+
+/* The outcome of a pipeline without COMMIT: KOBO_OK, or the batch ended
+ * as the failure's kind says (the link lost: ECONNLOST, nothing was
+ * committed; a sticky step: the store fails). */
+static int pipeline_result(pg_store *s, pg_outcome out)
+{
+	if (out.failed < s->step_count) {
+		const pg_step *step = &s->steps[out.failed];
+		PGresult *res = s->step_res[out.failed];
+		int kind = batch_error_kind(s->conn, res, step->unique_is_conflict);
+		/* A unique violation on an id another node inserted first, or a
+		 * lock timeout, is an expected race answered by re-running the
+		 * batch: not an error. */
+		store_pg_log_error_at(kind == KOBO_ECONFLICT ? KOBO_LOG_INFO : KOBO_LOG_ERROR,
+		                      "store_pg_statement_failed", s->conn, res);
+		if (out.lost)
+			drop_connection(s);
+		if (kind == KOBO_ESTORE && step->sticky)
+			return store_fail(s, kind);
+		return store_abandon(s, out.lost ? KOBO_ECONNLOST : kind);
+	}
+	if (out.lost) {
+		store_pg_log_error("store_pg_link_lost", s->conn, NULL);
+		return store_abandon(s, KOBO_ECONNLOST);
+	}
+	/* The batch's clock, from the settings that follow BEGIN. */
+	for (size_t i = 0; i < s->step_count; i++)
+		if (s->steps[i].which == SQL_BATCH_SETTINGS)
+			s->batch_now_ms = store_pg_col_int(s->step_res[i], 0, 2);
+	return KOBO_OK;
+}
+
+/* One round trip: BEGIN and the batch's settings if not sent yet, then
+ * statement `which` (a load; -1: none) with params, then Sync. On KOBO_OK
+ * the steps' results are in step_res for the caller to take and clear.
+ * A batch's first pipeline that finds its connection dead (the server
+ * restarted since the last batch) reconnects and runs once more: nothing
+ * had been done. */
+static int run_pipeline(pg_store *s, int which, const char *const *params)
+{
+	for (int attempt = 0;; attempt++) {
+		bool first = !s->begun;
+		bool sent = steps_begin(s) &&
+		            (which < 0 || step_send(s, which, 1, params, PGRES_TUPLES_OK,
+		                                    false, false));
+		pg_outcome out = sent ? pipeline_sync(s) : (pg_outcome){s->step_count, true};
+		if (first && attempt == 0 && out.lost && out.failed == s->step_count) {
+			drop_connection(s);
+			s->reconnect_at_ms = 0;
+			s->begun = false;
+			int rc = ensure_connection(s);
+			if (rc != KOBO_OK)
+				return store_abandon(s, rc);
+			continue;
+		}
+		int rc = pipeline_result(s, out);
+		if (rc != KOBO_OK)
+			clear_steps(s);
+		return rc;
+	}
+}
+
+/* One round trip for a batch that has sent nothing yet: BEGIN and its
+ * settings (begin() sends nothing; the first load, or now(), does). */
+static int ensure_begun(pg_store *s)
+{
+	if (s->begun)
+		return KOBO_OK;
+	int rc = run_pipeline(s, -1, NULL);
+	clear_steps(s);
+	return rc;
+}
 
 static int store_begin(kobo_store *store)
 {
@@ -906,34 +1247,18 @@ static int store_begin(kobo_store *store)
 		return KOBO_EFAILED;
 	kobo_assert(s->state == PG_IDLE);
 	free_loaded(s);
-	s->meta_bumped = false;
+	clear_steps(s);
+	s->begun = false;
+	s->meta_queued = false;
 	/* The probe says the primary is away: answer at once (503). */
 	if (atomic_load(&s->link_down))
 		return KOBO_ECONNLOST;
-	/* Twice at most: a connection that was idle while the server
-	 * restarted fails its BEGIN, and nothing had been sent on it. */
-	for (int attempt = 0;; attempt++) {
-		int rc = ensure_connection(s);
-		if (rc != KOBO_OK)
-			return rc;
-		PGresult *res = PQexec(s->conn, "BEGIN");
-		if (PQresultStatus(res) == PGRES_COMMAND_OK) {
-			PQclear(res);
-			s->state = PG_IN_BATCH;
-			return KOBO_OK;
-		}
-		rc = batch_error_kind(s->conn, res, false);
-		if (rc != KOBO_ECONNLOST || attempt > 0)
-			store_pg_log_error("store_pg_begin_failed", s->conn, res);
-		PQclear(res);
-		rollback_transaction(s);
-		if (rc != KOBO_ECONNLOST)
-			return rc;
-		drop_connection(s);
-		if (attempt > 0)
-			return rc;
-		s->reconnect_at_ms = 0;
-	}
+	int rc = ensure_connection(s);
+	if (rc != KOBO_OK)
+		return rc;
+	/* BEGIN goes out with the first load (see "Round trips"). */
+	s->state = PG_IN_BATCH;
+	return KOBO_OK;
 }
 
 /* ids as one text[] literal into cols[0]. */
@@ -947,33 +1272,8 @@ static const char *ids_array(pg_store *s, const char *const *ids, size_t count)
 	return b->oom ? NULL : b->data;
 }
 
-/* Runs a prepared statement of the batch; on failure abandons the batch or
- * fails the store (sticky) as the error kind says. */
-static PGresult *batch_exec(pg_store *s, int which, int nparams,
-                            const char *const *params, ExecStatusType want,
-                            bool unique_is_conflict, bool sticky, int *rc)
-{
-	PGresult *res = PQexecPrepared(s->conn, writer_sql[which].name, nparams,
-	                               params, NULL, NULL, 0);
-	if (PQresultStatus(res) == want) {
-		*rc = KOBO_OK;
-		return res;
-	}
-	int kind = batch_error_kind(s->conn, res, unique_is_conflict);
-	/* A unique violation on an id another node inserted first is an
-	 * expected race, answered by re-running the batch: not an error. */
-	store_pg_log_error_at(kind == KOBO_ECONFLICT && sqlstate_is(res, "23505")
-	                      ? KOBO_LOG_INFO : KOBO_LOG_ERROR,
-	                      "store_pg_statement_failed", s->conn, res);
-	PQclear(res);
-	if (kind == KOBO_ESTORE && sticky)
-		*rc = store_fail(s, kind);
-	else
-		*rc = store_abandon(s, kind);
-	return NULL;
-}
-
-/* Runs a locking load and keeps its result for the batch. */
+/* Runs a locking load (after BEGIN and the settings if this is the
+ * batch's first pipeline) and keeps its result for the batch. */
 static PGresult *load_rows(pg_store *s, int which, const char *const *ids,
                            size_t count, int *rc)
 {
@@ -992,9 +1292,13 @@ static PGresult *load_rows(pg_store *s, int which, const char *const *ids,
 	for (size_t i = 0; i < count; i++)
 		idset_add(set, ids[i]);
 	const char *params[1] = {array};
-	PGresult *res = batch_exec(s, which, 1, params, PGRES_TUPLES_OK, false, false, rc);
-	if (res != NULL)
-		s->loaded[s->loaded_count++] = res;
+	if ((*rc = run_pipeline(s, which, params)) != KOBO_OK)
+		return NULL;
+	/* The load is the last step: keep its result for the batch. */
+	PGresult *res = s->step_res[s->step_count - 1];
+	s->step_res[s->step_count - 1] = NULL;
+	clear_steps(s);
+	s->loaded[s->loaded_count++] = res;
 	return res;
 }
 
@@ -1005,7 +1309,7 @@ static int store_load_transfers(kobo_store *store, const char *const *ids,
 	int rc;
 
 	if (count == 0)
-		return KOBO_OK;
+		return ensure_begun(s);
 	PGresult *res = load_rows(s, SQL_LOAD_TRANSFERS, ids, count, &rc);
 	if (res == NULL)
 		return rc;
@@ -1031,7 +1335,7 @@ static int store_load_accounts(kobo_store *store, const char *const *ids,
 	int rc;
 
 	if (count == 0)
-		return KOBO_OK;
+		return ensure_begun(s);
 	PGresult *res = load_rows(s, SQL_LOAD_ACCOUNTS, ids, count, &rc);
 	if (res == NULL)
 		return rc;
@@ -1046,6 +1350,37 @@ static int store_load_accounts(kobo_store *store, const char *const *ids,
 		if (rc != 0)
 			return rc;
 	}
+	return KOBO_OK;
+}
+
+/* The batch's time: the database's clock read with BEGIN (see "The
+ * batch's clock"); outside a batch, the database's clock now. */
+static int store_now(kobo_store *store, int64_t local_now_ms, int64_t *now_ms)
+{
+	pg_store *s = to_store(store);
+	int rc;
+
+	(void)local_now_ms;
+	if (s->state == PG_IN_BATCH) {
+		if ((rc = ensure_begun(s)) != KOBO_OK)
+			return rc;
+		*now_ms = s->batch_now_ms;
+		return KOBO_OK;
+	}
+	if (atomic_load(&s->failed))
+		return KOBO_EFAILED;
+	if (s->read_only || ensure_connection(s) != KOBO_OK)
+		return KOBO_ESTORE;
+	s->round_trips++;
+	PGresult *res = PQexecPrepared(s->conn, writer_sql[SQL_NOW].name, 0, NULL, NULL,
+	                               NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		store_pg_log_error("store_pg_now_failed", s->conn, res);
+		PQclear(res);
+		return KOBO_ESTORE;
+	}
+	*now_ms = store_pg_col_int(res, 0, 0);
+	PQclear(res);
 	return KOBO_OK;
 }
 
@@ -1067,21 +1402,22 @@ static void reset_arrays(pg_store *s, size_t columns)
 		buf_reset(&s->cols[i]);
 }
 
-/* Checks that an UPDATE matched exactly `want` rows: an update of a row
- * the database does not have means memory believed in a row that is not
- * there. */
-static bool updated_rows(PGresult *res, size_t want)
+/* The write steps below queue their statement and return KOBO_OK, or
+ * KOBO_ECONNLOST when libpq refused it, or KOBO_ENOMEM; the server's
+ * answers are read with COMMIT's (store_commit). */
+static int send_step(pg_store *s, int which, int nparams, const char *const *params,
+                     bool unique_is_conflict)
 {
-	const char *tuples = PQcmdTuples(res);
-	return tuples != NULL && strtoull(tuples, NULL, 10) == (unsigned long long)want;
+	return step_send(s, which, nparams, params, PGRES_COMMAND_OK, unique_is_conflict,
+	                 true) ? KOBO_OK : KOBO_ECONNLOST;
 }
 
 static int write_accounts(pg_store *s, const kobo_account_change *changes,
                           size_t count, bool is_new)
 {
-	const char *params[8];
+	const char *params[9];
+	char rows_text[32];
 	size_t rows = 0;
-	int rc;
 
 	reset_arrays(s, is_new ? 8 : 4);
 	for (size_t i = 0; i < count; i++) {
@@ -1108,66 +1444,51 @@ static int write_accounts(pg_store *s, const kobo_account_change *changes,
 	if (rows == 0)
 		return KOBO_OK;
 	if (finish_arrays(s, is_new ? 8 : 4, params) != KOBO_OK)
-		return store_fail(s, KOBO_ESTORE);
-	bool race_possible = is_new;
+		return KOBO_ENOMEM;
+	if (!is_new) {
+		snprintf(rows_text, sizeof rows_text, "%zu", rows);
+		params[4] = rows_text;
+		return step_send(s, SQL_UPDATE_ACCOUNTS, 5, params, PGRES_TUPLES_OK, false,
+		                 true) ? KOBO_OK : KOBO_ECONNLOST;
+	}
+	/* A unique violation is a race only if the batch looked every new id
+	 * up and found nothing (see "The ids a batch asked to load"). */
+	bool race_possible = true;
 	for (size_t i = 0; race_possible && i < count; i++) {
 		if (changes[i].is_new &&
 		    !idset_has(&s->looked_up_accounts, changes[i].account->id))
 			race_possible = false;
 	}
-	PGresult *res = batch_exec(s, is_new ? SQL_INSERT_ACCOUNTS : SQL_UPDATE_ACCOUNTS,
-	                           is_new ? 8 : 4, params, PGRES_COMMAND_OK,
-	                           race_possible, true, &rc);
-	if (res == NULL)
-		return rc;
-	bool matched = updated_rows(res, rows);
-	PQclear(res);
-	if (!matched) {
-		kobo_log(KOBO_LOG_ERROR, "store_pg_write_mismatch",
-		         "\"table\":\"accounts\",\"shard\":%" PRIu32, s->shard);
-		return store_fail(s, KOBO_ESTORE);
-	}
-	return KOBO_OK;
+	return send_step(s, SQL_INSERT_ACCOUNTS, 8, params, race_possible);
 }
 
 /* Bumps meta: the commit sequence (the token) and room for `new_transfers`
- * seqs; *first_seq is the last seq before them. */
-static int bump_meta(pg_store *s, size_t new_transfers, int64_t *first_seq, bool sticky)
+ * seqs, which the transfer insert after it takes. sticky: a failure here
+ * fails the store (write) or only the batch (a replay-only commit). */
+static int send_bump_meta(pg_store *s, size_t new_transfers, bool sticky)
 {
 	char count[32];
 	const char *params[1] = {count};
-	int rc;
 
-	kobo_assert(!s->meta_bumped);
+	kobo_assert(!s->meta_queued);
 	snprintf(count, sizeof count, "%zu", new_transfers);
-	PGresult *res = batch_exec(s, SQL_BUMP_META, 1, params, PGRES_TUPLES_OK,
-	                           false, sticky, &rc);
-	if (res == NULL)
-		return rc;
-	if (PQntuples(res) != 1) {
-		PQclear(res);
-		kobo_log(KOBO_LOG_ERROR, "store_pg_meta_missing", "\"shard\":%" PRIu32, s->shard);
-		return sticky ? store_fail(s, KOBO_ESTORE) : store_abandon(s, KOBO_ESTORE);
-	}
-	s->token = (uint64_t)store_pg_col_int(res, 0, 0);
-	*first_seq = store_pg_col_int(res, 0, 1);
-	PQclear(res);
-	s->meta_bumped = true;
+	if (!step_send(s, SQL_BUMP_META, 1, params, PGRES_TUPLES_OK, false, sticky))
+		return KOBO_ECONNLOST;
+	s->meta_queued = true;
 	return KOBO_OK;
 }
 
 static int insert_transfers(pg_store *s, const kobo_transfer_change *changes,
-                            size_t count, size_t rows, int64_t first_seq)
+                            size_t count, size_t rows)
 {
 	const char *params[PG_ARRAY_COLUMNS_MAX];
-	char seq_text[32];
-	int rc;
+	char rows_text[32];
 
 	if (rows == 0)
 		return KOBO_OK;
-	snprintf(seq_text, sizeof seq_text, "%" PRId64, first_seq);
+	snprintf(rows_text, sizeof rows_text, "%zu", rows);
 	reset_arrays(s, PG_ARRAY_COLUMNS_MAX - 1);
-	/* In array order: ordinality + first_seq fixes each one's seq. */
+	/* In array order: ordinality fixes each one's seq. */
 	for (size_t i = 0; i < count; i++) {
 		const kobo_transfer *t = changes[i].transfer;
 		if (!changes[i].is_new)
@@ -1196,9 +1517,9 @@ static int insert_transfers(pg_store *s, const kobo_transfer_change *changes,
 		arr_int(&c[19], t->saga_amount);
 		arr_str(&c[20], kobo_void_reason_name(t->saga_reason));
 	}
-	params[0] = seq_text;
+	params[0] = rows_text;
 	if (finish_arrays(s, PG_ARRAY_COLUMNS_MAX - 1, params + 1) != KOBO_OK)
-		return store_fail(s, KOBO_ESTORE);
+		return KOBO_ENOMEM;
 	/* A unique violation here is another node's insert of an id this
 	 * batch looked up and did not find: re-run the batch, which then
 	 * replays it (see "The ids a batch asked to load"). */
@@ -1208,23 +1529,16 @@ static int insert_transfers(pg_store *s, const kobo_transfer_change *changes,
 		    !idset_has(&s->looked_up_transfers, changes[i].transfer->id))
 			race_possible = false;
 	}
-	PGresult *res = batch_exec(s, SQL_INSERT_TRANSFERS, PG_ARRAY_COLUMNS_MAX,
-	                           params, PGRES_COMMAND_OK, race_possible, true, &rc);
-	if (res == NULL)
-		return rc;
-	bool matched = updated_rows(res, rows);
-	PQclear(res);
-	if (!matched)
-		return store_fail(s, KOBO_ESTORE);
-	return KOBO_OK;
+	return send_step(s, SQL_INSERT_TRANSFERS, PG_ARRAY_COLUMNS_MAX, params,
+	                 race_possible);
 }
 
 static int update_transfers(pg_store *s, const kobo_transfer_change *changes,
                             size_t count)
 {
-	const char *params[9];
+	const char *params[10];
+	char rows_text[32];
 	size_t rows = 0;
-	int rc;
 
 	reset_arrays(s, 9);
 	for (size_t i = 0; i < count; i++) {
@@ -1247,81 +1561,103 @@ static int update_transfers(pg_store *s, const kobo_transfer_change *changes,
 	if (rows == 0)
 		return KOBO_OK;
 	if (finish_arrays(s, 9, params) != KOBO_OK)
-		return store_fail(s, KOBO_ESTORE);
-	PGresult *res = batch_exec(s, SQL_UPDATE_TRANSFERS, 9, params,
-	                           PGRES_COMMAND_OK, false, true, &rc);
-	if (res == NULL)
-		return rc;
-	bool matched = updated_rows(res, rows);
-	PQclear(res);
-	if (!matched) {
-		kobo_log(KOBO_LOG_ERROR, "store_pg_write_mismatch",
-		         "\"table\":\"transfers\",\"shard\":%" PRIu32, s->shard);
-		return store_fail(s, KOBO_ESTORE);
-	}
-	return KOBO_OK;
+		return KOBO_ENOMEM;
+	snprintf(rows_text, sizeof rows_text, "%zu", rows);
+	params[9] = rows_text;
+	return step_send(s, SQL_UPDATE_TRANSFERS, 10, params, PGRES_TUPLES_OK, false,
+	                 true) ? KOBO_OK : KOBO_ECONNLOST;
 }
 
+/* Queues the batch's writes on the pipeline COMMIT will close: nothing
+ * is read back here, so a refusal by the server surfaces from commit(). */
 static int store_write(kobo_store *store, const kobo_account_change *accounts,
                        size_t account_count, const kobo_transfer_change *transfers,
                        size_t transfer_count)
 {
 	pg_store *s = to_store(store);
 	size_t new_transfers = 0;
-	int64_t first_seq = 0;
 	int rc;
 
 	kobo_assert(s->state == PG_IN_BATCH);
 	for (size_t i = 0; i < transfer_count; i++)
 		new_transfers += transfers[i].is_new ? 1 : 0;
-	if ((rc = write_accounts(s, accounts, account_count, true)) != KOBO_OK ||
-	    (rc = write_accounts(s, accounts, account_count, false)) != KOBO_OK)
-		return rc;
-	if (!s->meta_bumped) {
-		if ((rc = bump_meta(s, new_transfers, &first_seq, true)) != KOBO_OK)
-			return rc;
-	} else if (new_transfers > 0) {
-		/* A second write() in one batch: seqs were handed out already. */
+	if (s->meta_queued && new_transfers > 0) {
+		/* A second write() in one batch: seqs went out with the first. */
 		return store_fail(s, KOBO_EINVAL);
 	}
-	if ((rc = insert_transfers(s, transfers, transfer_count, new_transfers,
-	                           first_seq)) != KOBO_OK ||
-	    (rc = update_transfers(s, transfers, transfer_count)) != KOBO_OK)
-		return rc;
+	if (!steps_begin(s))
+		return store_abandon(s, KOBO_ECONNLOST);
+	if (s->step_count + 5 > PG_STEPS_MAX)
+		return store_fail(s, KOBO_EINVAL);
+	if ((rc = write_accounts(s, accounts, account_count, true)) != KOBO_OK ||
+	    (rc = write_accounts(s, accounts, account_count, false)) != KOBO_OK ||
+	    (!s->meta_queued &&
+	     (rc = send_bump_meta(s, new_transfers, true)) != KOBO_OK) ||
+	    (rc = insert_transfers(s, transfers, transfer_count, new_transfers)) != KOBO_OK ||
+	    (rc = update_transfers(s, transfers, transfer_count)) != KOBO_OK) {
+		if (rc == KOBO_ECONNLOST)
+			return store_abandon(s, rc);
+		return store_fail(s, KOBO_ESTORE);
+	}
 	return KOBO_OK;
 }
 
+/* Closes the batch's last pipeline with the commit settings and COMMIT,
+ * and reads every answer (see "Round trips" for the outcome rules). */
 static int store_commit(kobo_store *store, uint64_t *token)
 {
 	pg_store *s = to_store(store);
-	int64_t first_seq;
 	int rc;
 
 	kobo_assert(s->state == PG_IN_BATCH);
+	if (!steps_begin(s))
+		return store_abandon(s, KOBO_ECONNLOST);
 	/* A batch that only replays writes meta too: its COMMIT then waits for
 	 * the synchronous standby like any other. */
-	if (!s->meta_bumped && (rc = bump_meta(s, 0, &first_seq, false)) != KOBO_OK)
+	if (!s->meta_queued && (rc = send_bump_meta(s, 0, false)) != KOBO_OK)
+		return store_abandon(s, rc);
+	/* No timeout on COMMIT, ever: a COMMIT cancelled while it waits for
+	 * the standby has committed locally. */
+	if (!step_send(s, SQL_COMMIT_SETTINGS, 0, NULL, PGRES_TUPLES_OK, false, false))
+		return store_abandon(s, KOBO_ECONNLOST);
+	/* From here on the outcome may be unknown: the server may run COMMIT
+	 * as soon as it arrives, Sync or not. */
+	if (!step_send(s, PG_STEP_COMMIT, 0, NULL, PGRES_COMMAND_OK, false, false)) {
+		/* libpq may have written part of the pipeline, COMMIT perhaps
+		 * included, before the link failed: unknown. */
+		s->state = PG_IDLE;
+		drop_connection(s);
+		return KOBO_EUNKNOWN;
+	}
+	pg_outcome out = pipeline_sync(s);
+	size_t commit_at = s->step_count - 1;
+	if (out.failed < commit_at) {
+		/* The server refused a statement before COMMIT, and so skipped
+		 * COMMIT: nothing was committed. */
+		rc = pipeline_result(s, out);
+		clear_steps(s);
 		return rc;
-	/* No timeout here, ever: a COMMIT cancelled while it waits for the
-	 * standby has committed locally. */
-	PGresult *res = PQexec(s->conn, "COMMIT");
-	bool committed = PQresultStatus(res) == PGRES_COMMAND_OK &&
-	                 strcmp(PQcmdStatus(res), "COMMIT") == 0;
-	if (!committed) {
+	}
+	if (out.lost) {
+		/* Not sticky (see "Error kinds" above): reconnect next. */
+		store_pg_log_error("store_pg_commit_failed", s->conn, s->step_res[commit_at]);
+		s->state = PG_IDLE;
+		drop_connection(s);
+		return KOBO_EUNKNOWN;
+	}
+	PGresult *res = s->step_res[commit_at];
+	if (out.failed == commit_at || strcmp(PQcmdStatus(res), "COMMIT") != 0) {
 		store_pg_log_error("store_pg_commit_failed", s->conn, res);
-		bool link_lost = store_pg_connection_lost(s->conn, res);
-		PQclear(res);
-		if (link_lost) {
-			/* Not sticky (see "Error kinds" above): reconnect next. */
-			s->state = PG_IDLE;
-			drop_connection(s);
-			return KOBO_EUNKNOWN;
-		}
+		clear_steps(s);
 		return store_fail(s, KOBO_EUNKNOWN);
 	}
-	PQclear(res);
+	uint64_t committed = 0;
+	for (size_t i = 0; i < commit_at; i++)
+		if (s->steps[i].which == SQL_BUMP_META)
+			committed = (uint64_t)store_pg_col_int(s->step_res[i], 0, 0);
+	clear_steps(s);
 	s->state = PG_IDLE;
-	*token = s->token;
+	*token = committed;
 	return KOBO_OK;
 }
 
@@ -1353,6 +1689,7 @@ static int store_expired_holds(kobo_store *store, int64_t now_ms,
 		return KOBO_ESTORE;
 	snprintf(now_text, sizeof now_text, "%" PRId64, now_ms);
 	snprintf(max_text, sizeof max_text, "%zu", max);
+	s->round_trips++;
 	PGresult *res = PQexecPrepared(s->conn, writer_sql[SQL_EXPIRED_HOLDS].name,
 	                               2, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -1531,6 +1868,7 @@ static const kobo_store_ops pg_ops = {
 	.write = store_write,
 	.commit = store_commit,
 	.rollback = store_rollback,
+	.now = store_now,
 	.expired_holds = store_expired_holds,
 	.healthy = store_healthy,
 	.reader_open = store_pg_reader_open,

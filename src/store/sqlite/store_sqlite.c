@@ -738,6 +738,14 @@ static int read_commit_seq(sqlite_store *s)
 	return KOBO_OK;
 }
 
+/* One process serves this store: its clock is the caller's (store.h). */
+static int store_now(kobo_store *store, int64_t local_now_ms, int64_t *now_ms)
+{
+	(void)store;
+	*now_ms = local_now_ms;
+	return KOBO_OK;
+}
+
 static void store_rollback(kobo_store *store)
 {
 	sqlite_store *s = to_store(store);
@@ -981,6 +989,7 @@ static const kobo_store_ops sqlite_ops = {
 	.write = store_write,
 	.commit = store_commit,
 	.rollback = store_rollback,
+	.now = store_now,
 	.expired_holds = store_expired_holds,
 	.healthy = store_healthy,
 	.reader_open = store_sqlite_reader_open,
