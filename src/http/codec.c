@@ -11,6 +11,7 @@
 #include "codec.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -271,6 +272,88 @@ bool kobo_http_traceparent_parse(const char *value, size_t len, char *trace_id)
 		memcpy(trace_id, value + 3, KOBO_HTTP_TRACE_ID_LEN);
 		trace_id[KOBO_HTTP_TRACE_ID_LEN] = '\0';
 	}
+	return true;
+}
+
+/* ---- Kobo-Consistency-Token. ---- */
+
+static int token_fail(kobo_http_error *err, const char *fmt, const char *detail)
+{
+	return kobo_http_error_set(err, 400, "invalid_consistency_token",
+	                           "Kobo-Consistency-Token: %s%s", fmt, detail);
+}
+
+/* A plain decimal number (no sign, no leading zero unless it is "0") of
+ * s[0..len) into *out; false when malformed or above max. */
+static bool token_number(const char *s, size_t len, uint64_t max, uint64_t *out)
+{
+	if (len == 0 || len > 20 || (len > 1 && s[0] == '0'))
+		return false;
+	uint64_t n = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		uint64_t digit = (uint64_t)(s[i] - '0');
+		if (n > (max - digit) / 10)
+			return false;
+		n = n * 10 + digit;
+	}
+	*out = n;
+	return true;
+}
+
+int kobo_http_token_parse(const char *value, size_t len, uint32_t shard_count,
+                          kobo_http_token *out, kobo_http_error *err)
+{
+	memset(out, 0, sizeof *out);
+	if (len > KOBO_HTTP_TOKEN_LEN_MAX)
+		return token_fail(err, "too long (a token is at most a few bytes per shard)", "");
+	if (len < 5 || memcmp(value, "kct", 3) != 0 || memchr(value, ':', len) == NULL)
+		return token_fail(err, "not a consistency token (send back the header a "
+		                  "write answered, as it was)", "");
+	if (memcmp(value, "kct1:", 5) != 0)
+		return token_fail(err, "unknown token version (this server reads kct1)", "");
+	size_t pos = 5;
+	if (pos == len)
+		return token_fail(err, "names no shard", "");
+	while (pos <= len) {
+		size_t end = pos;
+		while (end < len && value[end] != ',')
+			end++;
+		const char *at = memchr(value + pos, '@', end - pos);
+		uint64_t shard, seq;
+		if (at == NULL ||
+		    !token_number(value + pos, (size_t)(at - (value + pos)), UINT32_MAX, &shard) ||
+		    !token_number(at + 1, (size_t)(value + end - (at + 1)), UINT64_MAX, &seq))
+			return token_fail(err, "malformed entry (expected <shard>@<sequence>, "
+			                  "decimal, joined by commas)", "");
+		if (shard >= shard_count || shard >= KOBO_HTTP_TOKEN_SHARDS_MAX) {
+			char detail[48];
+			snprintf(detail, sizeof detail, " (this server has %" PRIu32 ")", shard_count);
+			return token_fail(err, "names a shard out of range", detail);
+		}
+		uint64_t bit = UINT64_C(1) << (shard % 64);
+		if (out->named[shard / 64] & bit)
+			return token_fail(err, "names a shard twice", "");
+		out->named[shard / 64] |= bit;
+		out->seq[shard] = seq;
+		out->count++;
+		if (end == len)
+			break;
+		pos = end + 1;
+		if (pos == len)
+			return token_fail(err, "malformed entry (a trailing comma)", "");
+	}
+	return KOBO_OK;
+}
+
+bool kobo_http_token_names(const kobo_http_token *token, uint32_t shard, uint64_t *seq)
+{
+	*seq = 0;
+	if (shard >= KOBO_HTTP_TOKEN_SHARDS_MAX ||
+	    !(token->named[shard / 64] & (UINT64_C(1) << (shard % 64))))
+		return false;
+	*seq = token->seq[shard];
 	return true;
 }
 

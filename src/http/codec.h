@@ -93,6 +93,38 @@ bool kobo_http_request_id_valid(const char *request_id, size_t len);
  * trace_id when it is not NULL. */
 bool kobo_http_traceparent_parse(const char *value, size_t len, char *trace_id);
 
+/* ---- Kobo-Consistency-Token (API.md "Consistency token"). ----
+ *
+ * What a 2xx write answers (server.c add_consistency_token) and a GET may
+ * send back: "kct1:" then, for each shard the write touched,
+ * "<shard>@<seq>" joined by ",": shard a decimal index below the server's
+ * shard count, seq the shard's commit sequence (store.h "CONSISTENCY
+ * TOKEN") once the write had committed; both plain decimal (no sign, no
+ * leading zeros, seq at most 2^64 - 1), each shard at most once, nothing
+ * else (no spaces). Clients treat it as opaque and send it back as they
+ * got it. */
+#define KOBO_HTTP_TOKEN_SHARDS_MAX 256 /* = KOBO_SHARDS_MAX (shard.h) */
+/* The longest token a server of KOBO_HTTP_TOKEN_SHARDS_MAX shards writes:
+ * "kct1:" and per shard "255@18446744073709551615," (25 bytes). A longer
+ * header is refused without being read further. */
+#define KOBO_HTTP_TOKEN_LEN_MAX (5 + KOBO_HTTP_TOKEN_SHARDS_MAX * 25)
+
+typedef struct kobo_http_token {
+	uint32_t count; /* shards named */
+	uint64_t named[(KOBO_HTTP_TOKEN_SHARDS_MAX + 63) / 64]; /* bit i: shard i named */
+	uint64_t seq[KOBO_HTTP_TOKEN_SHARDS_MAX]; /* per named shard; 0 otherwise */
+} kobo_http_token;
+
+/* Parses value[0..len) (not NUL-terminated) for a server of shard_count
+ * (1..KOBO_HTTP_TOKEN_SHARDS_MAX) shards into out. KOBO_OK, or KOBO_EINVAL
+ * with err: 400 invalid_consistency_token and a sentence saying what is
+ * wrong (too long, unknown version, malformed entry, shard out of range,
+ * a shard named twice). */
+int kobo_http_token_parse(const char *value, size_t len, uint32_t shard_count,
+                          kobo_http_token *out, kobo_http_error *err);
+/* true when the token names shard; *seq is its position (0 if not named). */
+bool kobo_http_token_names(const kobo_http_token *token, uint32_t shard, uint64_t *seq);
+
 /* ---- Request bodies. ---- */
 
 /* The ops one request asks for. ops points at inline_op for single-op

@@ -7,7 +7,8 @@
  *   0 account body   1 transfer body   2 batch body   3 post body
  *   4 void body      5 "METHOD PATH" to the router
  *   6 "key=value&…" to the history query validator
- *   7 X-Request-Id and traceparent validators
+ *   7 X-Request-Id and traceparent validators, and the
+ *     Kobo-Consistency-Token parser (for 1..256 shards)
  * Whatever a parser accepts is encoded back (metadata must be a JSON object
  * of at most 4 KiB) so the encoder runs on fuzzed data too. Must never
  * crash, leak or trip a sanitizer.
@@ -133,6 +134,31 @@ static void fuzz_query(char *text)
 		abort();
 }
 
+/* A token accepted names only shards in range, each once, and no more
+ * than the header can hold; a refusal is a 400 invalid_consistency_token. */
+static void fuzz_token(const char *text, size_t len)
+{
+	static kobo_http_token token;
+	kobo_http_error err;
+	uint32_t shards = len ? (uint32_t)(unsigned char)text[len - 1] + 1 : 1;
+	if (kobo_http_token_parse(text, len, shards, &token, &err) != KOBO_OK) {
+		if (err.status != 400 || strcmp(err.code, "invalid_consistency_token") != 0)
+			abort();
+		return;
+	}
+	uint32_t named = 0;
+	for (uint32_t i = 0; i < KOBO_HTTP_TOKEN_SHARDS_MAX; i++) {
+		uint64_t seq;
+		if (kobo_http_token_names(&token, i, &seq)) {
+			if (i >= shards)
+				abort();
+			named++;
+		}
+	}
+	if (named != token.count || named == 0 || len > KOBO_HTTP_TOKEN_LEN_MAX)
+		abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1)
@@ -168,6 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		if (kobo_http_traceparent_parse(input, n, trace) && strlen(trace) != 32)
 			abort();
+		fuzz_token(input, n);
 	}
 	free(input);
 	return 0;

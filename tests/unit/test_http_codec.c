@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -825,6 +826,182 @@ static void routes_match(void **state)
 	assert_int_equal(m.error.status, 400);
 }
 
+/* ---- Kobo-Consistency-Token. ---- */
+
+static void expect_token_refused(const char *value, size_t len, uint32_t shards,
+                                 const char *why)
+{
+	kobo_http_token token;
+	kobo_http_error err;
+	int rc = kobo_http_token_parse(value, len, shards, &token, &err);
+	if (rc != KOBO_EINVAL || err.status != 400 ||
+	    strcmp(err.code, "invalid_consistency_token") != 0 ||
+	    strstr(err.message, why) == NULL)
+		fail_msg("token '%.80s' (%zu bytes, %u shards): expected 400 "
+		         "invalid_consistency_token saying '%s', saw rc %d message '%s'",
+		         value, len, shards, why, rc, rc ? err.message : "");
+}
+
+#define TOKEN_REFUSED(value, shards, why) \
+	expect_token_refused(value, strlen(value), shards, why)
+
+static void consistency_token_parses(void **state)
+{
+	(void)state;
+	kobo_http_token t;
+	kobo_http_error err;
+	uint64_t seq;
+
+	assert_int_equal(kobo_http_token_parse("kct1:0@1", 8, 1, &t, &err), KOBO_OK);
+	assert_int_equal(t.count, 1);
+	assert_true(kobo_http_token_names(&t, 0, &seq));
+	assert_int_equal(seq, 1);
+	assert_false(kobo_http_token_names(&t, 1, &seq));
+	assert_int_equal(seq, 0);
+
+	const char *two = "kct1:1@42,0@0";
+	assert_int_equal(kobo_http_token_parse(two, strlen(two), 2, &t, &err), KOBO_OK);
+	assert_int_equal(t.count, 2);
+	assert_true(kobo_http_token_names(&t, 0, &seq));
+	assert_int_equal(seq, 0);
+	assert_true(kobo_http_token_names(&t, 1, &seq));
+	assert_int_equal(seq, 42);
+
+	const char *max = "kct1:255@18446744073709551615";
+	assert_int_equal(kobo_http_token_parse(max, strlen(max), 256, &t, &err), KOBO_OK);
+	assert_true(kobo_http_token_names(&t, 255, &seq));
+	assert_true(seq == UINT64_MAX);
+
+	/* Not NUL-terminated: only len bytes are read. */
+	char exact[8];
+	memcpy(exact, "kct1:3@9", 8);
+	assert_int_equal(kobo_http_token_parse(exact, 8, 4, &t, &err), KOBO_OK);
+	assert_true(kobo_http_token_names(&t, 3, &seq));
+	assert_int_equal(seq, 9);
+
+	/* The longest token a 256-shard server writes parses. */
+	static char longest[KOBO_HTTP_TOKEN_LEN_MAX + 2];
+	size_t n = (size_t)snprintf(longest, sizeof longest, "kct1:");
+	for (uint32_t i = 0; i < 256; i++)
+		n += (size_t)snprintf(longest + n, sizeof longest - n, "%s%u@%" PRIu64,
+		                      i ? "," : "", i, UINT64_MAX);
+	assert_true(n <= KOBO_HTTP_TOKEN_LEN_MAX);
+	assert_int_equal(kobo_http_token_parse(longest, n, 256, &t, &err), KOBO_OK);
+	assert_int_equal(t.count, 256);
+}
+
+static void consistency_token_refusals(void **state)
+{
+	(void)state;
+	TOKEN_REFUSED("", 1, "not a consistency token");
+	TOKEN_REFUSED("kct", 1, "not a consistency token");
+	TOKEN_REFUSED("0@1", 1, "not a consistency token");
+	TOKEN_REFUSED("hello world", 1, "not a consistency token");
+	TOKEN_REFUSED("kct2:0@1", 1, "unknown token version");
+	TOKEN_REFUSED("kct0:0@1", 1, "unknown token version");
+	TOKEN_REFUSED("KCT1:0@1", 1, "not a consistency token");
+	TOKEN_REFUSED("kct1:", 1, "names no shard");
+	TOKEN_REFUSED("kct1:0", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:@1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@1,", 1, "trailing comma");
+	TOKEN_REFUSED("kct1:,0@1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@1,,1@2", 2, "malformed entry");
+	TOKEN_REFUSED("kct1:0@@1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@1@2", 1, "malformed entry");
+	TOKEN_REFUSED("kct1: 0@1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@1 ", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@-1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:-0@1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:+0@1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:00@1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@01", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0x0@1", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@1e3", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@18446744073709551616", 1, "malformed entry"); /* 2^64 */
+	TOKEN_REFUSED("kct1:0@99999999999999999999", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:0@000000000000000000001", 1, "malformed entry");
+	TOKEN_REFUSED("kct1:4294967296@1", 1, "malformed entry"); /* 2^32 */
+	TOKEN_REFUSED("kct1:1@1", 1, "out of range");
+	TOKEN_REFUSED("kct1:0@1,2@1", 2, "out of range");
+	TOKEN_REFUSED("kct1:256@1", 256, "out of range");
+	TOKEN_REFUSED("kct1:0@1,0@2", 2, "names a shard twice");
+	TOKEN_REFUSED("kct1:1@1,0@2,1@1", 2, "names a shard twice");
+	expect_token_refused("kct1:0@1\0", 9, 1, "malformed entry");
+	expect_token_refused("kct1:0\0@1", 9, 1, "malformed entry");
+
+	/* Over-long: refused before being read entry by entry. */
+	static char big[KOBO_HTTP_TOKEN_LEN_MAX + 2];
+	memcpy(big, "kct1:", 5);
+	memset(big + 5, '0', sizeof big - 5);
+	expect_token_refused(big, sizeof big - 1, 256, "too long");
+}
+
+/* Fuzz-style: random mutations of valid tokens and random bytes. Whatever
+ * is accepted names only shards in range, each once, and writes back (in
+ * the parser's canonical form) to the very bytes it came from; whatever is
+ * refused is a 400 invalid_consistency_token. */
+static void consistency_token_random_inputs(void **state)
+{
+	(void)state;
+	static const char alphabet[] = "kct1:0123456789@,-+ x\xff";
+	uint64_t rng = 0x9e3779b97f4a7c15u;
+	char input[96], again[KOBO_HTTP_TOKEN_LEN_MAX + 1];
+	size_t accepted = 0;
+	for (int round = 0; round < 200000; round++) {
+		rng ^= rng << 13;
+		rng ^= rng >> 7;
+		rng ^= rng << 17;
+		uint32_t shards = (uint32_t)(rng % 8) + 1;
+		size_t len = (size_t)snprintf(input, sizeof input, "kct1:%u@%u,%u@%llu",
+		                              (unsigned)((rng >> 8) % 9),
+		                              (unsigned)((rng >> 16) % 1000),
+		                              (unsigned)((rng >> 24) % 9),
+		                              (unsigned long long)(rng >> 32));
+		int mutations = (int)((rng >> 40) % 4);
+		uint64_t r = rng;
+		for (int m = 0; m < mutations; m++) {
+			r = r * 6364136223846793005u + 1442695040888963407u;
+			size_t at = (size_t)(r >> 33) % (len + 1);
+			char c = alphabet[(r >> 20) % (sizeof alphabet - 1)];
+			switch ((r >> 10) % 3) {
+			case 0: if (at < len) input[at] = c; break;            /* replace */
+			case 1: if (at < len) { memmove(input + at, input + at + 1, len - at - 1); len--; } break;
+			default: if (len + 1 < sizeof input) { memmove(input + at + 1, input + at, len - at); input[at] = c; len++; }
+			}
+		}
+		kobo_http_token t;
+		kobo_http_error err;
+		int rc = kobo_http_token_parse(input, len, shards, &t, &err);
+		if (rc != KOBO_OK) {
+			assert_int_equal(rc, KOBO_EINVAL);
+			assert_int_equal(err.status, 400);
+			assert_string_equal(err.code, "invalid_consistency_token");
+			continue;
+		}
+		accepted++;
+		assert_true(t.count >= 1 && t.count <= shards);
+		/* Re-serialize in the order of the input's entries. */
+		size_t n = (size_t)snprintf(again, sizeof again, "kct1:");
+		uint32_t named = 0;
+		for (const char *p = input + 5; p < input + len;) {
+			uint32_t shard = (uint32_t)strtoul(p, NULL, 10);
+			uint64_t seq;
+			assert_true(shard < shards);
+			assert_true(kobo_http_token_names(&t, shard, &seq));
+			n += (size_t)snprintf(again + n, sizeof again - n, "%s%u@%" PRIu64,
+			                      named ? "," : "", shard, seq);
+			named++;
+			const char *comma = memchr(p, ',', (size_t)(input + len - p));
+			p = comma ? comma + 1 : input + len;
+		}
+		assert_int_equal(named, t.count);
+		assert_int_equal(n, len);
+		assert_memory_equal(again, input, len);
+	}
+	assert_true(accepted > 1000); /* the valid share was exercised too */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -848,6 +1025,9 @@ int main(void)
 		cmocka_unit_test(write_failures_map_to_statuses),
 		cmocka_unit_test(batch_reply_lists_results_in_order),
 		cmocka_unit_test(routes_match),
+		cmocka_unit_test(consistency_token_parses),
+		cmocka_unit_test(consistency_token_refusals),
+		cmocka_unit_test(consistency_token_random_inputs),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
