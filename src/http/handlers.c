@@ -223,18 +223,30 @@ static int read_failed(kobo_http_exchange *x, int rc);
  * legs exist *out is always the DEBIT leg, whichever shard was read first.
  * Only when the payer's shard holds no record of the id (it always does
  * once a CREDIT leg exists, short of a damaged store) is *out a CREDIT
- * leg: fine to show, never a record to post or void (target()). */
-static int find_transfer(kobo_http_exchange *x, const char *id, kobo_transfer *out,
-                         uint32_t *shard_out)
+ * leg: fine to show, never a record to post or void (target()). routing:
+ * the lookup decides where a write goes, so it reads primaries only (a
+ * replica could miss a record a write must find); a GET may read
+ * replicas (replicas.c). */
+static int read_transfer_on(kobo_http_exchange *x, uint32_t shard, bool routing,
+                            const char *id, kobo_transfer *out)
+{
+	kobo_http_read read;
+	int rc = kobo__http_read_begin(x, shard, routing, &read);
+	do {
+		if (rc == KOBO_OK)
+			rc = kobo_store_read_transfer(read.reader, id, out);
+	} while (kobo__http_read_retry(x, &read, &rc));
+	return rc;
+}
+
+static int find_transfer(kobo_http_exchange *x, const char *id, bool routing,
+                         kobo_transfer *out, uint32_t *shard_out)
 {
 	uint32_t count = x->server->shard_count;
 	uint32_t first = shard_of(x, id);
 	for (uint32_t n = 0; n < count; n++) {
 		uint32_t shard = (first + n) % count;
-		kobo_store_reader *reader;
-		int rc = kobo__http_reader(x->server, shard, &reader);
-		if (rc == KOBO_OK)
-			rc = kobo_store_read_transfer(reader, id, out);
+		int rc = read_transfer_on(x, shard, routing, id, out);
 		if (rc == KOBO_ENOTFOUND)
 			continue;
 		if (rc != KOBO_OK)
@@ -244,9 +256,7 @@ static int find_transfer(kobo_http_exchange *x, const char *id, kobo_transfer *o
 			return KOBO_OK;
 		uint32_t payer = shard_of(x, out->from);
 		kobo_transfer debit;
-		rc = kobo__http_reader(x->server, payer, &reader);
-		if (rc == KOBO_OK)
-			rc = kobo_store_read_transfer(reader, id, &debit);
+		rc = read_transfer_on(x, payer, routing, id, &debit);
 		if (rc == KOBO_OK) {
 			*out = debit;
 			*shard_out = payer;
@@ -274,7 +284,7 @@ static int target(kobo_http_exchange *x, bool post)
 	uint32_t shard = 0;
 	if (x->server->shard_count > 1) {
 		kobo_transfer found;
-		rc = find_transfer(x, x->match.id, &found, &shard);
+		rc = find_transfer(x, x->match.id, true, &found, &shard);
 		if (rc == KOBO_OK && found.leg == KOBO_LEG_CREDIT)
 			rc = KOBO_ENOTFOUND; /* its DEBIT leg was not found */
 		if (rc == KOBO_ENOTFOUND)
@@ -308,11 +318,13 @@ static int read_failed(kobo_http_exchange *x, int rc)
 
 int kobo__http_get_account(kobo_http_exchange *x)
 {
-	kobo_store_reader *reader;
+	kobo_http_read read;
 	kobo_account account;
-	int rc = kobo__http_reader(x->server, shard_of(x, x->match.id), &reader);
-	if (rc == KOBO_OK)
-		rc = kobo_store_read_account(reader, x->match.id, &account);
+	int rc = kobo__http_read_begin(x, shard_of(x, x->match.id), false, &read);
+	do {
+		if (rc == KOBO_OK)
+			rc = kobo_store_read_account(read.reader, x->match.id, &account);
+	} while (kobo__http_read_retry(x, &read, &rc));
 	if (rc == KOBO_ENOTFOUND)
 		return kobo__http_fail(x, 404, "account_not_found", NULL);
 	if (rc != KOBO_OK)
@@ -326,7 +338,7 @@ int kobo__http_get_transfer(kobo_http_exchange *x)
 {
 	kobo_transfer transfer;
 	uint32_t shard;
-	int rc = find_transfer(x, x->match.id, &transfer, &shard);
+	int rc = find_transfer(x, x->match.id, false, &transfer, &shard);
 	if (rc == KOBO_ENOTFOUND)
 		return kobo__http_fail(x, 404, "transfer_not_found", NULL);
 	if (rc != KOBO_OK)
@@ -359,27 +371,40 @@ static int history_row(void *ctx, const kobo_transfer *transfer, int64_t seq)
 	return 0;
 }
 
+/* The account, then a page of its history, on one reader: a replica
+ * answers both from its replay position, as the primary would. */
+static int read_history_page(kobo_http_exchange *x, kobo_store_reader *reader,
+                             kobo_account *account, history_page *page)
+{
+	int rc = kobo_store_read_account(reader, x->match.id, account);
+	if (rc != KOBO_OK)
+		return rc;
+	page->rows = 0;
+	page->more = false;
+	page->last_seq = 0;
+	page->buf->len = 0;
+	kobo_http_buf_puts(page->buf, "{\"data\":[");
+	return kobo_store_read_history(reader, x->match.id, x->query.after_seq,
+	                               x->query.limit + 1, history_row, page);
+}
+
 int kobo__http_get_history(kobo_http_exchange *x)
 {
-	kobo_store_reader *reader;
+	kobo_http_read read;
 	kobo_account account;
-	int rc = kobo__http_reader(x->server, shard_of(x, x->match.id), &reader);
-	if (rc == KOBO_OK)
-		rc = kobo_store_read_account(reader, x->match.id, &account);
+	kobo_http_buf *buf = &x->reply.body;
+	history_page page = { .buf = buf, .limit = x->query.limit };
+	int rc = kobo__http_read_begin(x, shard_of(x, x->match.id), false, &read);
+	do {
+		if (rc == KOBO_OK)
+			rc = read_history_page(x, read.reader, &account, &page);
+	} while (kobo__http_read_retry(x, &read, &rc));
+	if (rc != KOBO_OK)
+		buf->len = 0;
 	if (rc == KOBO_ENOTFOUND)
 		return kobo__http_fail(x, 404, "account_not_found", NULL);
 	if (rc != KOBO_OK)
 		return read_failed(x, rc);
-
-	kobo_http_buf *buf = &x->reply.body;
-	history_page page = { .buf = buf, .limit = x->query.limit };
-	kobo_http_buf_puts(buf, "{\"data\":[");
-	rc = kobo_store_read_history(reader, x->match.id, x->query.after_seq,
-	                             x->query.limit + 1, history_row, &page);
-	if (rc != KOBO_OK) {
-		buf->len = 0;
-		return read_failed(x, rc);
-	}
 	if (page.more)
 		kobo_http_buf_printf(buf, "],\"next\":\"%" PRId64 "\"}", page.last_seq);
 	else

@@ -28,6 +28,7 @@
 
 typedef struct http_reader_set http_reader_set;
 typedef struct http_split http_split;
+typedef struct http_replicas http_replicas;
 
 struct kobo_http_server {
 	struct MHD_Daemon *daemon;
@@ -51,6 +52,8 @@ struct kobo_http_server {
 	/* Per-thread read connections, closed at stop. */
 	pthread_mutex_t readers_lock;
 	http_reader_set *readers;
+	/* Read replicas (replicas.c); NULL without --postgres-read. */
+	http_replicas *replicas;
 };
 
 enum {
@@ -93,6 +96,12 @@ struct kobo_http_exchange {
 
 	kobo_http_reply reply;
 	atomic_int state;
+
+	/* A GET's Kobo-Consistency-Token (replicas.c), parsed in arrive(),
+	 * and when its wait for replicas to replay it ends (0: not begun). */
+	bool has_token;
+	kobo_http_token token;
+	int64_t token_deadline_us;
 
 	/* Shards this write touched (bit i: shard i), for its
 	 * Kobo-Consistency-Token; set before the write is submitted. */
@@ -174,6 +183,50 @@ bool kobo__http_shards_ready(kobo_http_server *server);
  * KOBO_OK with *reader, or a store error. */
 int kobo__http_reader(kobo_http_server *server, uint32_t shard,
                       kobo_store_reader **reader);
+
+/* ---- Read replicas (replicas.c). ---- */
+
+/* Starts the replica monitor for shard_count shards; urls[i] is shard i's
+ * replica URL or NULL. Samples each once before returning (a replica that
+ * cannot be reached now is retried in the background). KOBO_ENOMEM. */
+int kobo__http_replicas_start(const char *const *urls, uint32_t shard_count,
+                              http_replicas **out);
+/* Stops the monitor thread (GETs read primaries from now on). */
+void kobo__http_replicas_stop(http_replicas *replicas);
+/* Closes the replica stores; every reader on them must be closed. */
+void kobo__http_replicas_free(http_replicas *replicas);
+
+/* One HTTP thread's reader on one shard's replica (in its reader set). */
+typedef struct http_thread_replica {
+	kobo_store_reader *reader; /* NULL: none open */
+	int64_t retry_at_us;       /* after a failure: no reopen before */
+	int backoff_ms;
+} http_thread_replica;
+
+/* The calling thread's replica slot for shard (server.c); NULL when out of
+ * memory. */
+http_thread_replica *kobo__http_thread_replica(kobo_http_server *server, uint32_t shard);
+
+/* Where one GET read of one shard goes (see replicas.c). */
+typedef struct kobo_http_read {
+	uint32_t shard;
+	kobo_store_reader *reader;
+	bool replica; /* reader is the thread's replica reader */
+	bool counted; /* counted in kobo_replica_reads_total */
+} kobo_http_read;
+
+/* Picks the reader for a read of shard: routing lookups (a write finding
+ * its shard) always read the primary; other GETs read the replica when
+ * there is a usable one that has replayed x's token for shard (waiting a
+ * bounded time), else the primary. KOBO_OK with read->reader, or the
+ * primary reader's open error. */
+int kobo__http_read_begin(kobo_http_exchange *x, uint32_t shard, bool routing,
+                          kobo_http_read *read);
+/* Call after each attempt with its result in *rc: true when the attempt
+ * ran on a replica and failed, and read now holds the primary's reader
+ * (or *rc its open error and false): do the read again. Counts the read
+ * once it is final. */
+bool kobo__http_read_retry(kobo_http_exchange *x, kobo_http_read *read, int *rc);
 
 /* The one map from a failed write's status (kobo_request.status, shard.h)
  * to its answer: KOBO_ESHUTDOWN 503 shutting_down; the ledger's

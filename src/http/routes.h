@@ -30,6 +30,9 @@ typedef struct kobo_http_route {
 	kobo_http_handler handler;
 	size_t body_max;     /* bytes; larger bodies answer 413 */
 	const char *name;    /* "GET /v1/accounts/{id}": logs and metrics */
+	/* A GET that reads accounts or transfers: it takes a
+	 * Kobo-Consistency-Token and may read a replica (replicas.c). */
+	bool reads_ledger;
 } kobo_http_route;
 
 /* The table, in match order (literal segments before {id} where both could

@@ -43,6 +43,7 @@
 struct http_reader_set {
 	kobo_http_server *server;
 	kobo_store_reader *readers[KOBO_SHARDS_MAX];
+	http_thread_replica replicas[KOBO_SHARDS_MAX]; /* used with --postgres-read */
 	http_reader_set *next;
 };
 
@@ -214,6 +215,20 @@ static void arrive(kobo_http_exchange *x, const char *url)
 	}
 	x->route = x->match.route;
 	x->body_max = kobo_http_routes[x->route].body_max;
+	if (kobo_http_routes[x->route].reads_ledger) {
+		/* Read-your-writes (replicas.c): validated in every mode, so a
+		 * client learns of a bad token before it matters. */
+		const char *token = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+		                                                "Kobo-Consistency-Token");
+		if (token) {
+			if (kobo_http_token_parse(token, strlen(token), x->server->shard_count,
+			                          &x->token, &err) != KOBO_OK) {
+				refuse(x, &err);
+				return;
+			}
+			x->has_token = true;
+		}
+	}
 	kobo_http_history_query_init(&x->query);
 	MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, x);
 	if (x->refused)
@@ -470,14 +485,14 @@ bool kobo__http_shards_ready(kobo_http_server *server)
 
 /* ---- Reads: one connection per HTTP thread and shard. ---- */
 
-int kobo__http_reader(kobo_http_server *server, uint32_t shard,
-                      kobo_store_reader **reader)
+/* The calling thread's reader set on server, made on first use. */
+static http_reader_set *thread_set(kobo_http_server *server)
 {
 	http_reader_set *set = thread_readers;
 	if (!set || set->server != server) {
 		set = calloc(1, sizeof(*set));
 		if (!set)
-			return KOBO_ENOMEM;
+			return NULL;
 		set->server = server;
 		pthread_mutex_lock(&server->readers_lock);
 		set->next = server->readers;
@@ -485,6 +500,21 @@ int kobo__http_reader(kobo_http_server *server, uint32_t shard,
 		pthread_mutex_unlock(&server->readers_lock);
 		thread_readers = set;
 	}
+	return set;
+}
+
+http_thread_replica *kobo__http_thread_replica(kobo_http_server *server, uint32_t shard)
+{
+	http_reader_set *set = thread_set(server);
+	return set ? &set->replicas[shard] : NULL;
+}
+
+int kobo__http_reader(kobo_http_server *server, uint32_t shard,
+                      kobo_store_reader **reader)
+{
+	http_reader_set *set = thread_set(server);
+	if (!set)
+		return KOBO_ENOMEM;
 	if (!set->readers[shard]) {
 		int rc = kobo_store_reader_open(server->stores[shard], &set->readers[shard]);
 		if (rc != KOBO_OK) {
@@ -544,6 +574,12 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 	server->runner = config->runner;
 	server->saga_wait_ms = config->saga_wait_ms ? config->saga_wait_ms
 	                                            : KOBO_HTTP_SAGA_WAIT_MS_DEFAULT;
+	if (config->replica_urls &&
+	    kobo__http_replicas_start(config->replica_urls, config->shard_count,
+	                              &server->replicas) != KOBO_OK) {
+		free(server);
+		return KOBO_ENOMEM;
+	}
 	for (uint32_t i = 0; i < config->shard_count; i++) {
 		server->shards[i] = config->shards[i];
 		server->stores[i] = config->stores[i];
@@ -585,6 +621,8 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 		         "\"port\":%u", (unsigned)config->port);
 		pthread_rwlock_destroy(&server->submit_lock);
 		pthread_mutex_destroy(&server->readers_lock);
+		kobo__http_replicas_stop(server->replicas);
+		kobo__http_replicas_free(server->replicas);
 		free(server);
 		return KOBO_ESTORE;
 	}
@@ -624,13 +662,18 @@ void kobo_http_server_stop(kobo_http_server *server, unsigned wait_ms)
 	MHD_stop_daemon(server->daemon);
 	if (server->listen_fd != MHD_INVALID_SOCKET)
 		close(server->listen_fd);
+	kobo__http_replicas_stop(server->replicas);
 	for (http_reader_set *set = server->readers, *next; set; set = next) {
 		next = set->next;
-		for (uint32_t i = 0; i < server->shard_count; i++)
+		for (uint32_t i = 0; i < server->shard_count; i++) {
 			if (set->readers[i])
 				kobo_store_reader_close(set->readers[i]);
+			if (set->replicas[i].reader)
+				kobo_store_reader_close(set->replicas[i].reader);
+		}
 		free(set);
 	}
+	kobo__http_replicas_free(server->replicas);
 	pthread_rwlock_destroy(&server->submit_lock);
 	pthread_mutex_destroy(&server->readers_lock);
 	free(server);

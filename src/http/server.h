@@ -55,6 +55,10 @@ typedef struct kobo_http_config {
 	kobo_store *const *stores;
 	uint32_t shard_count;                  /* 1..KOBO_SHARDS_MAX */
 	const kobo_shard_map *map;             /* borrowed; shard_count shards */
+	/* Read replicas (kobod --postgres-read): NULL, or shard_count URLs
+	 * (an entry NULL: that shard has none). GETs read them (replicas.c);
+	 * the server opens and closes them. */
+	const char *const *replica_urls;
 	/* Drives cross-shard sagas; borrowed. NULL: one shard, no sagas. */
 	kobo_saga_runner *runner;
 	unsigned saga_wait_ms;                 /* 0: default 5,000 */

@@ -51,6 +51,13 @@ typedef struct kobod_config {
 	bool postgres_from_flags;
 	bool postgres_too_many;
 	char *postgres_env;      /* KOBO_POSTGRES, split in place; freed at exit */
+	/* --postgres-read URL, read replicas, one per shard or none (or
+	 * KOBO_POSTGRES_READ): as the --postgres list. */
+	const char *postgres_read[KOBO_SHARDS_MAX];
+	size_t postgres_read_count;
+	bool postgres_read_from_flags;
+	bool postgres_read_too_many;
+	char *postgres_read_env;
 	const char *log_level;
 	unsigned long connection_timeout_s;
 	unsigned long connections_max;
@@ -66,6 +73,7 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 	        "usage: kobod [--listen HOST:PORT] [--data DIR | --postgres URL ...] [--shards N]\n"
+	        "             [--postgres-read URL ...]\n"
 	        "             [--log-level debug|info|warn|error]\n"
 	        "             [--connection-timeout SECONDS] [--connections-max N]\n"
 	        "             [--http-threads N] [--queue-ops N] [--batch-ops N]\n"
@@ -74,6 +82,9 @@ static void usage(FILE *out)
 	        "--postgres URL (repeatable): shards live in PostgreSQL, one postgresql://\n"
 	        "  URL per shard in shard order (their number is the shard count);\n"
 	        "  not with --data. KOBO_POSTGRES: the URLs separated by whitespace.\n"
+	        "--postgres-read URL (repeatable): read replicas (PostgreSQL standbys),\n"
+	        "  one per shard in shard order, or none; GETs read them.\n"
+	        "  KOBO_POSTGRES_READ: the URLs separated by whitespace.\n"
 	        "\n"
 	        "Every flag also comes from the environment (the flag wins):\n"
 	        "  KOBO_LISTEN (127.0.0.1:8080)  KOBO_DATA (./var)  KOBO_SHARDS (1)\n"
@@ -131,6 +142,7 @@ enum {
 	OPT_LOG_LEVEL = 256, OPT_CONNECTION_TIMEOUT, OPT_CONNECTIONS_MAX,
 	OPT_HTTP_THREADS, OPT_QUEUE_OPS, OPT_BATCH_OPS, OPT_SAGA_WAIT_MS,
 	OPT_SAGA_DEADLINE_MS, OPT_SAGA_STUCK_MS, OPT_POSTGRES,
+	OPT_POSTGRES_READ,
 };
 
 static bool postgres_url(const char *value)
@@ -150,6 +162,36 @@ static bool add_postgres(kobod_config *config, const char *value)
 	}
 	config->postgres[config->postgres_count++] = value;
 	return true;
+}
+
+/* One --postgres-read URL after the others; false when it is not a URL. */
+static bool add_postgres_read(kobod_config *config, const char *value)
+{
+	if (!postgres_url(value))
+		return false;
+	if (config->postgres_read_count == KOBO_SHARDS_MAX) {
+		config->postgres_read_too_many = true;
+		return true;
+	}
+	config->postgres_read[config->postgres_read_count++] = value;
+	return true;
+}
+
+/* KOBO_POSTGRES_READ, as KOBO_POSTGRES. */
+static bool apply_postgres_read_env(kobod_config *config, const char *value)
+{
+	free(config->postgres_read_env);
+	config->postgres_read_env = strdup(value);
+	config->postgres_read_count = 0;
+	if (config->postgres_read_env == NULL)
+		return false;
+	char *save = NULL;
+	for (char *url = strtok_r(config->postgres_read_env, " \t\r\n", &save); url != NULL;
+	     url = strtok_r(NULL, " \t\r\n", &save)) {
+		if (!add_postgres_read(config, url))
+			return false;
+	}
+	return config->postgres_read_count > 0;
 }
 
 /* KOBO_POSTGRES: URLs separated by whitespace, kept in a copy split in
@@ -189,6 +231,12 @@ static bool apply(kobod_config *config, int option, const char *value)
 			config->postgres_count = 0;
 		}
 		return add_postgres(config, value);
+	case OPT_POSTGRES_READ:
+		if (!config->postgres_read_from_flags) {
+			config->postgres_read_from_flags = true;
+			config->postgres_read_count = 0;
+		}
+		return add_postgres_read(config, value);
 	case OPT_LOG_LEVEL: config->log_level = value; return true;
 	case OPT_CONNECTION_TIMEOUT:
 		return parse_count(value, 1, 86400, &config->connection_timeout_s);
@@ -224,6 +272,7 @@ static const struct option long_options[] = {
 	{ "saga-deadline-ms", required_argument, NULL, OPT_SAGA_DEADLINE_MS },
 	{ "saga-stuck-ms", required_argument, NULL, OPT_SAGA_STUCK_MS },
 	{ "postgres", required_argument, NULL, OPT_POSTGRES },
+	{ "postgres-read", required_argument, NULL, OPT_POSTGRES_READ },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -245,6 +294,7 @@ static const struct {
 	{ "KOBO_SAGA_DEADLINE_MS", OPT_SAGA_DEADLINE_MS },
 	{ "KOBO_SAGA_STUCK_MS", OPT_SAGA_STUCK_MS },
 	{ "KOBO_POSTGRES", OPT_POSTGRES },
+	{ "KOBO_POSTGRES_READ", OPT_POSTGRES_READ },
 };
 
 /* Environment first, then flags over it. Returns 0, or 2 after usage. */
@@ -256,6 +306,8 @@ static int configure(int argc, char **argv, kobod_config *config)
 		const char *value = getenv(env_options[i].name);
 		bool ok = value == NULL ? true
 			: env_options[i].option == OPT_POSTGRES ? apply_postgres_env(config, value)
+			: env_options[i].option == OPT_POSTGRES_READ
+				? apply_postgres_read_env(config, value)
 			: apply(config, env_options[i].option, value);
 		if (!ok) {
 			fprintf(stderr, "kobod: bad value for %s: '%s'\n", env_options[i].name, value);
@@ -279,7 +331,8 @@ static int configure(int argc, char **argv, kobod_config *config)
 				if (o->val == option)
 					name = o->name;
 			fprintf(stderr, "kobod: bad value for --%s: '%s'%s\n", name, optarg,
-			        option == OPT_POSTGRES ? " (expected a postgresql:// or "
+			        option == OPT_POSTGRES || option == OPT_POSTGRES_READ
+			        ? " (expected a postgresql:// or "
 			        "postgres:// URL)" : "");
 			usage(stderr);
 			return 2;
@@ -315,6 +368,23 @@ static int configure(int argc, char **argv, kobod_config *config)
 			return 2;
 		}
 		config->shards = config->postgres_count;
+	}
+	if (config->postgres_read_count > 0) {
+		if (config->postgres_count == 0) {
+			fprintf(stderr, "kobod: --postgres-read (or KOBO_POSTGRES_READ) needs "
+			        "--postgres: read replicas are standbys of PostgreSQL shards\n");
+			return 2;
+		}
+		if (config->postgres_read_too_many ||
+		    config->postgres_read_count != config->postgres_count) {
+			fprintf(stderr, "kobod: %s%zu --postgres-read URL%s for %zu shard%s: give "
+			        "one read replica per shard, in shard order, or none\n",
+			        config->postgres_read_too_many ? "more than " : "",
+			        config->postgres_read_count,
+			        config->postgres_read_count == 1 ? "" : "s",
+			        config->postgres_count, config->postgres_count == 1 ? "" : "s");
+			return 2;
+		}
 	}
 	return 0;
 }
@@ -396,6 +466,7 @@ int main(int argc, char **argv)
 	if (rc == 0)
 		rc = run(&config);
 	free(config.postgres_env);
+	free(config.postgres_read_env);
 	return rc;
 }
 
@@ -503,6 +574,29 @@ static int run(kobod_config *config_in)
 			goto out;
 		}
 	}
+	/* Read replicas: one that answers must hold the shard it is given
+	 * for (refused like a --postgres list in the wrong order); one that
+	 * does not answer yet is retried while kobod serves from the primary. */
+	for (uint32_t i = 0; i < config.postgres_read_count; i++) {
+		kobo_store *replica = NULL;
+		rc = kobo_store_open_replica(config.postgres_read[i], i, shard_count, &replica);
+		if (rc == KOBO_OK) {
+			kobo_store_close(replica);
+			continue;
+		}
+		snprintf(path, sizeof(path), "PostgreSQL read replica of shard %u", i);
+		if (rc == KOBO_EINVAL) {
+			log_failure("startup_failed", path, "refused: not the shard this position names");
+			fprintf(stderr, "kobod: --postgres-read URL %u is not a replica of shard %u "
+			        "(see above)\n", i + 1, i);
+			exit_code = 2;
+			goto out;
+		}
+		kobo_log(KOBO_LOG_WARN, "replica_unavailable",
+		         "\"shard\":%u,\"message\":\"the read replica cannot be opened now: "
+		         "GETs read the primary until it answers\"", i);
+	}
+
 	if (runner && kobo_saga_runner_start(runner) != KOBO_OK) {
 		log_failure("startup_failed", "saga runner", "cannot start the thread");
 		goto out;
@@ -515,6 +609,7 @@ static int run(kobod_config *config_in)
 		.stores = stores,
 		.shard_count = shard_count,
 		.map = &map,
+		.replica_urls = config.postgres_read_count ? config.postgres_read : NULL,
 		.runner = runner,
 		.saga_wait_ms = (unsigned)config.saga_wait_ms,
 		.connection_timeout_s = (unsigned)config.connection_timeout_s,

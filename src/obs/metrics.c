@@ -21,6 +21,9 @@
  *   kobo_sagas_finished_total{outcome}              pending, posted, voided,
  *                                                   compensated
  *   kobo_sagas_active{state}, kobo_sagas_stuck      sampled by the runner
+ *   kobo_replica_up{shard}                          shards with a replica
+ *   kobo_replica_lag_seconds{shard}                 shards with a replica
+ *   kobo_replica_reads_total{shard,served}          shards with a replica
  *
  * kobo_metrics_render() follows snprintf's convention with one refinement:
  * it returns the full length n of the text; min(n, cap) bytes are written;
@@ -102,6 +105,11 @@ static _Atomic uint64_t saga_steps_failed[KOBO_SAGA_STEP_KINDS];
 static _Atomic uint64_t sagas_finished[SAGA_OUTCOMES];
 static _Atomic uint64_t sagas_active[3]; /* reserved, posting, voiding */
 static _Atomic uint64_t sagas_stuck;
+
+static _Atomic uint32_t replica_shards;
+static _Atomic uint64_t replica_up[KOBO_METRICS_SHARDS_MAX];
+static _Atomic uint64_t replica_lag_us[KOBO_METRICS_SHARDS_MAX];
+static _Atomic uint64_t replica_reads[KOBO_METRICS_SHARDS_MAX][2]; /* primary, replica */
 
 /* ---- Recording. ---- */
 
@@ -236,6 +244,27 @@ void kobo_metrics_sagas_active(size_t reserved, size_t posting, size_t voiding,
 	set(&sagas_active[1], posting);
 	set(&sagas_active[2], voiding);
 	set(&sagas_stuck, stuck);
+}
+
+void kobo_metrics_replicas(uint32_t count)
+{
+	atomic_store_explicit(&replica_shards,
+	                      count < KOBO_METRICS_SHARDS_MAX ? count : KOBO_METRICS_SHARDS_MAX,
+	                      memory_order_relaxed);
+}
+
+void kobo_metrics_replica_state(uint32_t shard, bool up, int64_t lag_us)
+{
+	if (shard >= KOBO_METRICS_SHARDS_MAX)
+		return;
+	set(&replica_up[shard], up ? 1 : 0);
+	set(&replica_lag_us[shard], lag_us > 0 ? (uint64_t)lag_us : 0);
+}
+
+void kobo_metrics_replica_read(uint32_t shard, bool replica)
+{
+	if (shard < KOBO_METRICS_SHARDS_MAX)
+		add(&replica_reads[shard][replica ? 1 : 0], 1);
 }
 
 /* ---- Rendering. ---- */
@@ -455,6 +484,30 @@ size_t kobo_metrics_render(char *buf, size_t cap)
 	emit_header(&o, "kobo_sagas_stuck", "gauge",
 	            "Sagas unfinished longer than --saga-stuck-ms (each also logged).");
 	emit(&o, "kobo_sagas_stuck %" PRIu64 "\n", load(&sagas_stuck));
+
+	uint32_t replicas = atomic_load_explicit(&replica_shards, memory_order_relaxed);
+	if (replicas > 0) {
+		emit_header(&o, "kobo_replica_up", "gauge",
+		            "1 while the shard's read replica answers as that shard.");
+		for (uint32_t s = 0; s < replicas; s++)
+			emit(&o, "kobo_replica_up{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
+			     load(&replica_up[s]));
+		emit_header(&o, "kobo_replica_lag_seconds", "gauge",
+		            "How far the read replica's replay trails, as last sampled.");
+		for (uint32_t s = 0; s < replicas; s++) {
+			uint64_t us = load(&replica_lag_us[s]);
+			emit(&o, "kobo_replica_lag_seconds{shard=\"%" PRIu32 "\"} %" PRIu64
+			     ".%06" PRIu64 "\n", s, us / 1000000, us % 1000000);
+		}
+		emit_header(&o, "kobo_replica_reads_total", "counter",
+		            "GET reads of shards that have a replica, by who served them.");
+		for (uint32_t s = 0; s < replicas; s++) {
+			emit(&o, "kobo_replica_reads_total{shard=\"%" PRIu32 "\",served=\"replica\"} %"
+			     PRIu64 "\n", s, load(&replica_reads[s][1]));
+			emit(&o, "kobo_replica_reads_total{shard=\"%" PRIu32 "\",served=\"primary\"} %"
+			     PRIu64 "\n", s, load(&replica_reads[s][0]));
+		}
+	}
 
 	if (o.len < cap)
 		buf[o.len] = '\0';

@@ -109,6 +109,18 @@ void kobo_metrics_saga_finished(kobo_transfer_status status, bool compensated);
 void kobo_metrics_sagas_active(size_t reserved, size_t posting, size_t voiding,
                                size_t stuck);
 
+/* Read replicas (kobod --postgres-read): shards 0..count-1 have one; the
+ * replica metrics are rendered for those shards only. Called once at
+ * start-up. */
+void kobo_metrics_replicas(uint32_t count);
+/* A replica's state as last sampled: whether it answers as the right
+ * shard, and how far its replay trails (store.h kobo_store_position). */
+void kobo_metrics_replica_state(uint32_t shard, bool up, int64_t lag_us);
+/* A GET read of a shard that has a replica: served by the replica, or by
+ * the primary (no usable replica, or it had not replayed the request's
+ * token in time). */
+void kobo_metrics_replica_read(uint32_t shard, bool replica);
+
 /* Renders every metric in Prometheus text exposition format 0.0.4 into
  * buf. Returns the length written, or the length needed if buf is too small
  * (then buf holds a truncated prefix). */

@@ -91,3 +91,19 @@ int kobo_store_open_sharded(const char *url, uint32_t shard,
 	                "only\n", url);
 	return KOBO_EINVAL;
 }
+
+int kobo_store_open_replica(const char *url, uint32_t shard, uint32_t shard_count,
+                            kobo_store **out)
+{
+	*out = NULL;
+	if (strncmp(url, "postgresql:", 11) != 0 && strncmp(url, "postgres:", 9) != 0) {
+		fprintf(stderr, "kobo: a read replica is a PostgreSQL standby: expected a "
+		                "postgresql:// or postgres:// URL\n");
+		return KOBO_EINVAL;
+	}
+	if (shard_count == 0) {
+		fprintf(stderr, "kobo: a read replica needs the deployment's shard count\n");
+		return KOBO_EINVAL;
+	}
+	return kobo_store_open_sharded(url, shard, shard_count, true, out);
+}

@@ -117,6 +117,13 @@
  * so survives restarts. A client that saw token T can later ask for "at
  * least T" (the HTTP header comes later). A fresh shard's first commit
  * returns 1.
+ *
+ * A reader tells how far its view reaches with read_position: the commit
+ * sequence it sees. A read replica (kobod --postgres-read, a PostgreSQL
+ * standby opened read_only) sees a batch exactly when it has replayed the
+ * batch's transaction, which carries the meta row's bump with the data, so
+ * "position >= T" means every batch up to T is visible to the next read on
+ * that reader (replay only moves forward).
  */
 #ifndef KOBO_STORE_H
 #define KOBO_STORE_H
@@ -152,6 +159,25 @@ typedef struct kobo_audit_totals {
 	size_t problems; /* discrepancies reported; 0 means the shard is sound */
 	size_t sagas_in_flight; /* DEBIT legs with saga != KOBO_SAGA_NONE */
 } kobo_audit_totals;
+
+/* Where a reader's view of its shard stands (read_position). */
+typedef struct kobo_store_position {
+	uint64_t commit_seq;  /* the last committed batch this reader sees */
+	/* What the shard records of itself (PostgreSQL's meta row), so that a
+	 * replica can be checked to hold the shard it was given for: recorded
+	 * false for mem and SQLite, which keep no such row (the data
+	 * directory's shard map checks them). */
+	bool recorded;
+	uint32_t shard_index;
+	uint32_t shard_count; /* 0: not recorded yet */
+	/* A read-only standby replaying a primary's log (PostgreSQL in
+	 * recovery), and then how far its replay trails: 0 when it has
+	 * replayed everything it received, else the time since the last
+	 * transaction it replayed committed (a paused replica's lag grows).
+	 * false and 0 for a primary, mem and SQLite. */
+	bool standby;
+	int64_t lag_us;
+} kobo_store_position;
 
 typedef struct kobo_store_ops {
 	/* Starts the batch transaction and takes the write lock. Memory handed
@@ -235,6 +261,11 @@ typedef struct kobo_store_ops {
 	 * lists clearing accounts with it). KOBO_ESTORE. */
 	int (*read_accounts_prefix)(kobo_store_reader *reader, const char *prefix,
 	                            kobo_store_account_fn each, void *ctx);
+	/* Fills *out on this reader's own connection (see CONSISTENCY TOKEN):
+	 * a read that follows on this reader sees at least out->commit_seq.
+	 * KOBO_ESTORE (the reader could not ask; PostgreSQL re-opens a broken
+	 * link once, as every read does). */
+	int (*read_position)(kobo_store_reader *reader, kobo_store_position *out);
 
 	/* Saga claims: which node drives the saga of A's record `id` (issue 9,
 	 * "many nodes": one driver per saga at a time). Claims live in the
@@ -313,6 +344,19 @@ int kobo_store_open(const char *url, uint32_t shard, bool read_only,
  * returns as kobo_store_open. */
 int kobo_store_open_sharded(const char *url, uint32_t shard,
                             uint32_t shard_count, bool read_only,
+                            kobo_store **out);
+
+/* Opens a read replica of shard `shard` of a deployment of shard_count
+ * (> 0) shards: a PostgreSQL standby streaming from that shard's primary
+ * (kobod --postgres-read). Only "postgresql://…" / "postgres://…" URLs
+ * (any other scheme: KOBO_EINVAL with a sentence on stderr). The store is
+ * read_only (begin() answers KOBO_EINVAL: nothing is ever written through
+ * it, and a standby would refuse anyway); opening it checks, as for a
+ * primary, that the database records this shard index and shard count
+ * (else KOBO_EINVAL, explained on stderr). KOBO_ESTORE when it cannot be
+ * reached (logged). Readers opened on it read the replica; their
+ * read_position says how far its replay has come. */
+int kobo_store_open_replica(const char *url, uint32_t shard, uint32_t shard_count,
                             kobo_store **out);
 
 /* Thin wrappers so callers read as prose. */
@@ -397,6 +441,12 @@ static inline int kobo_store_read_accounts_prefix(kobo_store_reader *r,
                                                   void *ctx)
 {
 	return r->store->ops->read_accounts_prefix(r, prefix, each, ctx);
+}
+
+static inline int kobo_store_read_position(kobo_store_reader *r,
+                                           kobo_store_position *out)
+{
+	return r->store->ops->read_position(r, out);
 }
 
 static inline int kobo_store_claim_saga(kobo_store_reader *r, const char *id,

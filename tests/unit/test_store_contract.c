@@ -1217,6 +1217,34 @@ static void commit_token_counts_committed_batches(void **state)
 	assert_token(e, 8);
 }
 
+/* read_position (store.h): a reader sees the commit sequence of the last
+ * committed batch — the same number commit() answered — and, on a
+ * primary, is no standby and does not lag. */
+static void reader_position_is_the_commit_sequence(void **state)
+{
+	env *e = *state;
+	kobo_store_position pos;
+
+	kobo_store_reader *reader = reader_open_ok(e);
+	assert_int_equal(kobo_store_read_position(reader, &pos), KOBO_OK);
+	assert_int_equal(pos.commit_seq, 0);
+	seed(e, 1000);
+	for (int i = 0; i < 3; i++) {
+		char id[32];
+		snprintf(id, sizeof id, "pos-%d", i);
+		kobo_op ops[] = {test_op_transfer(id, "cash", "bob", 1, false, 0)};
+		assert_int_equal(run_batch(e, ops, 1, 2000 + i), KOBO_OK);
+		assert_int_equal(kobo_store_read_position(reader, &pos), KOBO_OK);
+		if (pos.commit_seq != e->token)
+			fail_msg("%s: reader position %llu after commit token %llu",
+			         e->backend->name, (unsigned long long)pos.commit_seq,
+			         (unsigned long long)e->token);
+		assert_false(pos.standby);
+		assert_int_equal(pos.lag_us, 0);
+	}
+	reader_close(e, reader);
+}
+
 /* What was committed survives a reopen (SQLite: close and open the same
  * URL; mem: a restart), and so does the commit sequence: the first commit
  * after the reopen gets a larger token than any before it. */
@@ -1851,6 +1879,7 @@ static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(audit_passes_sound_data),
 	CONTRACT_TEST(audit_reports_a_batch_built_on_a_lie),
 	CONTRACT_TEST(commit_token_counts_committed_batches),
+	CONTRACT_TEST(reader_position_is_the_commit_sequence),
 	CONTRACT_TEST(reopen_keeps_data_and_commit_sequence),
 	CONTRACT_TEST(reopen_drops_an_open_batch),
 	CONTRACT_TEST(failed_commit_lost_is_sticky_until_reopen),

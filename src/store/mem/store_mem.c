@@ -966,6 +966,17 @@ static int mem_release_saga(kobo_store_reader *reader, const char *id,
 	return KOBO_OK;
 }
 
+static int mem_read_position(kobo_store_reader *reader, kobo_store_position *out)
+{
+	mem_store *s = to_store(reader->store);
+
+	memset(out, 0, sizeof *out);
+	pthread_mutex_lock(&s->mutex);
+	out->commit_seq = s->commit_seq;
+	pthread_mutex_unlock(&s->mutex);
+	return KOBO_OK;
+}
+
 static int mem_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,
                                     kobo_store_account_fn each, void *ctx)
 {
@@ -1103,6 +1114,7 @@ static const kobo_store_ops mem_ops = {
 	.read_history = mem_read_history,
 	.read_sagas = mem_read_sagas,
 	.read_accounts_prefix = mem_read_accounts_prefix,
+	.read_position = mem_read_position,
 	.claim_saga = mem_claim_saga,
 	.release_saga = mem_release_saga,
 	.audit = mem_audit,

@@ -122,6 +122,7 @@ int store_pg_read_sagas(kobo_store_reader *reader, const char *after_id,
                         size_t limit, kobo_store_transfer_fn each, void *ctx);
 int store_pg_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,
                                   kobo_store_account_fn each, void *ctx);
+int store_pg_read_position(kobo_store_reader *reader, kobo_store_position *out);
 int store_pg_claim_saga(kobo_store_reader *reader, const char *id,
                         const char *node, int64_t lease_ms, bool *claimed);
 int store_pg_release_saga(kobo_store_reader *reader, const char *id,

@@ -33,6 +33,7 @@ enum {
 	SQL_CLAIM_SAGA,
 	SQL_RELEASE_SAGA,
 	SQL_PURGE_CLAIMS,
+	SQL_READ_POSITION,
 	SQL_READER_COUNT
 };
 
@@ -88,6 +89,23 @@ static const struct {
 	[SQL_PURGE_CLAIMS] = {"kobo_purge_claims",
 		"WITH gone AS (DELETE FROM saga_claims WHERE until < now() RETURNING id)"
 		" SELECT count(*) FROM gone"},
+	/* read_position (store.h). The position is meta.commit_seq, not an
+	 * LSN: the batch's transaction bumps it with its data (store_pg.c),
+	 * so a standby whose snapshot shows commit_seq >= T shows every batch
+	 * up to T, exactly; an LSN taken inside the batch would precede its
+	 * commit record and say nothing about whether the commit is replayed,
+	 * and pg_current_wal_lsn() after it would cost the writer a round trip
+	 * per batch. Lag: 0 once the standby replayed all it received, else the
+	 * age of the last replayed commit (grows while replay is paused). These
+	 * functions are executable by any role (no pg_monitor needed); on a
+	 * primary pg_is_in_recovery() is false and the lag 0. */
+	[SQL_READ_POSITION] = {"kobo_read_position",
+		"SELECT commit_seq, shard_index, shard_count, pg_is_in_recovery(),"
+		" CASE WHEN NOT pg_is_in_recovery()"
+		"        OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+		"      ELSE greatest(0, coalesce((extract(epoch FROM clock_timestamp()"
+		"        - pg_last_xact_replay_timestamp()) * 1000000)::bigint, 0)) END"
+		" FROM meta WHERE id = 1"},
 };
 
 typedef struct pg_reader {
@@ -582,6 +600,31 @@ int store_pg_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,
 	return result;
 }
 
+
+int store_pg_read_position(kobo_store_reader *reader, kobo_store_position *out)
+{
+	pg_reader *r = to_reader(reader);
+
+	memset(out, 0, sizeof *out);
+	PGresult *res = reader_exec(r, SQL_READ_POSITION, 0, NULL);
+	if (res == NULL)
+		return KOBO_ESTORE;
+	int result = KOBO_ESTORE;
+	if (PQntuples(res) == 1) {
+		int64_t seq = store_pg_col_int(res, 0, 0);
+		int64_t index = store_pg_col_int(res, 0, 1);
+		int64_t count = store_pg_col_int(res, 0, 2);
+		out->commit_seq = seq > 0 ? (uint64_t)seq : 0;
+		out->recorded = true;
+		out->shard_index = index >= 0 && index <= UINT32_MAX ? (uint32_t)index : UINT32_MAX;
+		out->shard_count = count >= 0 && count <= UINT32_MAX ? (uint32_t)count : UINT32_MAX;
+		out->standby = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+		out->lag_us = store_pg_col_int(res, 0, 4);
+		result = KOBO_OK;
+	}
+	PQclear(res);
+	return result;
+}
 
 /* ---- Saga claims (store.h: claim_saga, release_saga). ---- */
 

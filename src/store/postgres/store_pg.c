@@ -1878,6 +1878,7 @@ static const kobo_store_ops pg_ops = {
 	.read_history = store_pg_read_history,
 	.read_sagas = store_pg_read_sagas,
 	.read_accounts_prefix = store_pg_read_accounts_prefix,
+	.read_position = store_pg_read_position,
 	.claim_saga = store_pg_claim_saga,
 	.release_saga = store_pg_release_saga,
 	.audit = store_audit,

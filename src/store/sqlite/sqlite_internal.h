@@ -107,6 +107,7 @@ int store_sqlite_read_sagas(kobo_store_reader *reader, const char *after_id,
 int store_sqlite_read_accounts_prefix(kobo_store_reader *reader,
                                       const char *prefix,
                                       kobo_store_account_fn each, void *ctx);
+int store_sqlite_read_position(kobo_store_reader *reader, kobo_store_position *out);
 int store_sqlite_claim_saga(kobo_store_reader *reader, const char *id,
                             const char *node, int64_t lease_ms, bool *claimed);
 int store_sqlite_release_saga(kobo_store_reader *reader, const char *id,

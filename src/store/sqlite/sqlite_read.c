@@ -72,6 +72,7 @@ typedef struct sqlite_reader {
 	kobo_store_reader base; /* first */
 	sqlite3 *db;
 	sqlite3_stmt *stmt[SQL_READER_COUNT];
+	sqlite3_stmt *position; /* read_position's, prepared on first use */
 	char *buffer; /* metadata of the last read, grown as needed */
 	size_t buffer_size;
 } sqlite_reader;
@@ -312,6 +313,7 @@ void store_sqlite_reader_close(kobo_store_reader *reader)
 	if (r == NULL)
 		return;
 	store_sqlite_finalize_all(r->stmt, SQL_READER_COUNT);
+	sqlite3_finalize(r->position);
 	sqlite3_close(r->db);
 	free(r->buffer);
 	free(r);
@@ -555,5 +557,26 @@ int store_sqlite_read_accounts_prefix(kobo_store_reader *reader,
 		result = reader_error(r, "store_read_accounts_prefix_failed");
 	sqlite3_reset(stmt);
 	sqlite3_clear_bindings(stmt);
+	return result;
+}
+
+/* Prepared on first use, not at open: a read-only store (the audit) may
+ * open a file older than the meta table (schema version 3). */
+int store_sqlite_read_position(kobo_store_reader *reader, kobo_store_position *out)
+{
+	sqlite_reader *r = to_reader(reader);
+
+	memset(out, 0, sizeof *out);
+	if (r->position == NULL &&
+	    sqlite3_prepare_v2(r->db, "SELECT commit_seq FROM meta WHERE id = 1", -1,
+	                       &r->position, NULL) != SQLITE_OK)
+		return reader_error(r, "store_read_position_failed");
+	int rc = sqlite3_step(r->position);
+	int result = KOBO_OK;
+	if (rc == SQLITE_ROW)
+		out->commit_seq = (uint64_t)sqlite3_column_int64(r->position, 0);
+	else
+		result = reader_error(r, "store_read_position_failed");
+	sqlite3_reset(r->position);
 	return result;
 }

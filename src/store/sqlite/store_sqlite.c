@@ -999,6 +999,7 @@ static const kobo_store_ops sqlite_ops = {
 	.read_history = store_sqlite_read_history,
 	.read_sagas = store_sqlite_read_sagas,
 	.read_accounts_prefix = store_sqlite_read_accounts_prefix,
+	.read_position = store_sqlite_read_position,
 	.claim_saga = store_sqlite_claim_saga,
 	.release_saga = store_sqlite_release_saga,
 	.audit = store_audit,
