@@ -150,3 +150,10 @@ measure-libs:
 
 clean:
 	rm -rf build
+
+# ---- The local fleet: HAProxy ×2 + keepalived, N kobod, pg_auto_failover
+# per shard, Prometheus, in network namespaces (scripts/fleet.sh; needs root;
+# installs its Debian packages when missing). `scripts/fleet.sh down` ends it.
+.PHONY: fleet
+fleet:
+	@scripts/fleet.sh up
