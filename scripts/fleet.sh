@@ -133,7 +133,11 @@ pg_do() { # pg_do COMPONENT CMD… — pg_autoctl (or psql) as postgres in COMPO
 }
 
 # kill_group PID SIGNAL — the process group PID leads, and PID itself.
-kill_group() { [ -n "$1" ] && { kill "-$2" -- "-$1" 2>/dev/null || true; kill "-$2" "$1" 2>/dev/null || true; }; }
+kill_group() {
+	[ -n "$1" ] || return 0
+	kill "-$2" -- "-$1" 2>/dev/null || true
+	kill "-$2" "$1" 2>/dev/null || true
+}
 
 # The processes of a component (pid-file names).
 procs_of() {
@@ -458,6 +462,7 @@ cmd_up() {
 }
 
 cmd_down() {
+	set +e # tear down whatever is there, past any error
 	load_env
 	local c p pid
 	# Processes first (TERM, then KILL after 5 s), by pid and process group.
