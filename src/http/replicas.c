@@ -28,7 +28,10 @@
  * the other; replay only moves forward, so the read sees at least what the
  * check saw. A replica read that fails is read again from the primary
  * (kobo__http_read_retry): a GET the primary can serve never fails because
- * of a replica. Every GET read of a shard that has a replica is counted in
+ * of a replica. A read on a replica waits at most PG_REPLICA_READ_TIMEOUT_MS
+ * (1 s, pg_read.c) for its answer, so a frozen replica costs one GET that
+ * second, once: the failure marks the replica unusable for every thread
+ * until the monitor's next sample finds it answering. Every GET read of a shard that has a replica is counted in
  * kobo_replica_reads_total{shard,served}.
  *
  * Threads: the monitor alone touches its readers and opens the stores;
@@ -305,9 +308,12 @@ static kobo_store_reader *replica_reader(kobo_http_exchange *x, uint32_t shard)
 }
 
 /* Drops this thread's replica reader of shard (it failed): the thread
- * reads the primary until its backoff ends. */
+ * reads the primary until its backoff ends, and every thread does until
+ * the monitor's next sample finds the replica answering again (so no other
+ * thread stalls on it meanwhile). */
 static void replica_reader_failed(kobo_http_exchange *x, uint32_t shard, const char *why)
 {
+	atomic_store(&x->server->replicas->shard[shard].usable, false);
 	http_thread_replica *mine = kobo__http_thread_replica(x->server, shard);
 	if (mine == NULL)
 		return;

@@ -22,6 +22,7 @@ kobod's role here has no pg_monitor: replica positions need none.
 """
 import os
 import re
+import signal
 import sys
 import time
 
@@ -276,6 +277,51 @@ def test_replica_stopped_reads_fall_back_to_the_primary(pair, make_pg_server):
             break
         assert time.monotonic() < deadline, "the replica is read again once it is back"
         time.sleep(0.2)
+
+
+def _signal_tree(cluster, sig):
+    pid = cluster.pid
+    victims = [pid] + pgcluster._children(pid)
+    for p in victims:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def test_frozen_replica_costs_at_most_a_bounded_wait(pair, make_pg_server):
+    """A replica that stops answering (every process SIGSTOPped: a hung
+    host) holds no GET for long: a read on it gives up after 1 s and is
+    answered by the primary, and the next reads go to the primary at once."""
+    primary, standby = pair
+    uri, replica_uri = new_shard_db(primary, standby)
+    srv = make_pg_server([uri], [replica_uri])
+    wait_replica_up(srv)
+    cash, a = uid("cash"), uid("ada")
+    make_account(srv, cash, allow_negative=True)
+    make_account(srv, a)
+    caught_up(primary, standby)
+    expect_status(get(srv, f"/v1/accounts/{a}"), 200)
+
+    _signal_tree(standby, signal.SIGSTOP)
+    try:
+        w = transfer(srv, uid("t"), cash, a, 400)
+        expect_status(w, 201)
+        slowest = 0.0
+        for i in range(20):
+            tok = w.header(TOKEN) if i % 2 else None
+            started = time.monotonic()
+            r = get(srv, f"/v1/accounts/{a}", tok)
+            slowest = max(slowest, time.monotonic() - started)
+            expect_status(r, 200, f"GET #{i} while the replica is frozen")
+        assert slowest < 3.0, f"a GET waited {slowest:.2f} s on a frozen replica"
+        r = get(srv, f"/v1/accounts/{a}", w.header(TOKEN))
+        assert balance_of(r) == 400, r.body
+        expect_status(srv.get("/readyz"), 200, "a frozen replica does not make kobod unready")
+    finally:
+        _signal_tree(standby, signal.SIGCONT)
+    caught_up(primary, standby)
+    wait_replica_up(srv)
 
 
 def test_two_shards_each_with_a_replica(pair, make_pg_server):

@@ -12,6 +12,7 @@
  * its link once if the server went away. Design notes: store_pg.c.
  */
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,14 @@ enum {
 	SQL_READ_POSITION,
 	SQL_READER_COUNT
 };
+
+/* How long one read on a standby (a read replica) may take, client side.
+ * A replica that stops answering (frozen, cut off by the network) must not
+ * hold the HTTP thread that reads it: the read fails, the reader is dropped
+ * and the caller reads the primary (src/http/replicas.c). A replica serves
+ * point reads and pages of at most 1,001 rows, far below this. Reads on a
+ * primary get no such bound: nothing could serve them instead. */
+#define PG_REPLICA_READ_TIMEOUT_MS 1000
 
 /* How often a reader that claims sagas deletes the claims whose lease ran
  * out (a node that died holding them, a release that failed): a lapsed
@@ -114,6 +123,7 @@ typedef struct pg_reader {
 	PGresult *last; /* the record of the last read_account/read_transfer */
 	store_pg_pool metadata; /* its metadata (or the current callback row's) */
 	int64_t next_purge_ms;  /* monotonic: when claim_saga next purges */
+	int timeout_ms;         /* per read; 0: none (see PG_REPLICA_READ_TIMEOUT_MS) */
 } pg_reader;
 
 static pg_reader *to_reader(kobo_store_reader *reader)
@@ -401,6 +411,15 @@ int store_pg_reader_open(kobo_store *store, kobo_store_reader **out)
 	int rc = store_pg_connect(store_pg_url(store), store_pg_schema(store), &r->conn);
 	if (rc == KOBO_OK)
 		rc = prepare_reader(r->conn);
+	if (rc == KOBO_OK) {
+		/* A standby's reads get a time bound. */
+		PGresult *res = PQexec(r->conn, "SELECT pg_is_in_recovery()");
+		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+			rc = KOBO_ESTORE;
+		else if (strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+			r->timeout_ms = PG_REPLICA_READ_TIMEOUT_MS;
+		PQclear(res);
+	}
 	if (rc != KOBO_OK) {
 		PQfinish(r->conn);
 		free(r);
@@ -420,14 +439,57 @@ void store_pg_reader_close(kobo_store_reader *reader)
 	free(r);
 }
 
+static int64_t mono_ms(void)
+{
+	return kobo_monotonic_us() / 1000;
+}
+
+/* PQexecPrepared within r->timeout_ms. NULL when the answer did not come
+ * in time: the connection is then closed (r->conn NULL), since a statement
+ * may still be running on it, and the reader answers every later call
+ * with a failure (its owner closes it and opens another). */
+static PGresult *exec_bounded(pg_reader *r, const char *name, int nparams,
+                              const char *const *params)
+{
+	if (r->timeout_ms == 0)
+		return PQexecPrepared(r->conn, name, nparams, params, NULL, NULL, 0);
+	if (!PQsendQueryPrepared(r->conn, name, nparams, params, NULL, NULL, 0))
+		return NULL;
+	int64_t deadline = mono_ms() + r->timeout_ms;
+	while (PQisBusy(r->conn)) {
+		int64_t left = deadline - mono_ms();
+		struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
+		int ready = left > 0 && pfd.fd >= 0 ? poll(&pfd, 1, (int)left) : 0;
+		if (ready == 0) {
+			kobo_log(KOBO_LOG_ERROR, "store_pg_read_timeout",
+			         "\"timeout_ms\":%d,\"message\":\"a standby did not answer a "
+			         "read in time: its connection is dropped\"", r->timeout_ms);
+			PQfinish(r->conn);
+			r->conn = NULL;
+			return NULL;
+		}
+		if (ready < 0 || !PQconsumeInput(r->conn))
+			break;
+	}
+	PGresult *last = NULL, *res;
+	while ((res = PQgetResult(r->conn)) != NULL) {
+		PQclear(last);
+		last = res;
+	}
+	return last;
+}
+
 /* Runs a reader statement; NULL (logged) on failure. A broken link is
  * re-opened once, so a reader survives a server restart. */
 static PGresult *reader_exec(pg_reader *r, int which, int nparams,
                              const char *const *params)
 {
 	for (int attempt = 0; attempt < 2; attempt++) {
-		PGresult *res = PQexecPrepared(r->conn, reader_sql[which].name, nparams,
-		                               params, NULL, NULL, 0);
+		if (r->conn == NULL)
+			return NULL; /* timed out before: see exec_bounded */
+		PGresult *res = exec_bounded(r, reader_sql[which].name, nparams, params);
+		if (r->conn == NULL)
+			return NULL;
 		if (PQresultStatus(res) == PGRES_TUPLES_OK)
 			return res;
 		store_pg_log_error("store_pg_read_failed", r->conn, res);
