@@ -97,10 +97,10 @@ struct kobo_http_exchange {
 	kobo_http_reply reply;
 	atomic_int state;
 
-	/* A GET's Kobo-Consistency-Token (replicas.c), parsed in arrive(),
+	/* A GET's Kobo-Consistency-Token (replicas.c), parsed in arrive()
+	 * (allocated only when sent: it is 2 KB, most requests have none),
 	 * and when its wait for replicas to replay it ends (0: not begun). */
-	bool has_token;
-	kobo_http_token token;
+	kobo_http_token *token;
 	int64_t token_deadline_us;
 
 	/* Shards this write touched (bit i: shard i), for its

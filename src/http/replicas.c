@@ -366,7 +366,7 @@ int kobo__http_read_begin(kobo_http_exchange *x, uint32_t shard, bool routing,
 	if (read->counted) {
 		kobo_store_reader *reader = replica_reader(x, shard);
 		uint64_t seq = 0;
-		if (reader != NULL && x->has_token && kobo_http_token_names(&x->token, shard, &seq) &&
+		if (reader != NULL && x->token && kobo_http_token_names(x->token, shard, &seq) &&
 		    seq > 0 && !replica_caught_up(x, shard, reader, seq))
 			reader = NULL; /* read the primary: it has the token's batches */
 		if (reader != NULL) {

@@ -221,12 +221,18 @@ static void arrive(kobo_http_exchange *x, const char *url)
 		const char *token = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
 		                                                "Kobo-Consistency-Token");
 		if (token) {
+			x->token = malloc(sizeof(*x->token));
+			if (!x->token) {
+				kobo_http_error_set(&err, 503, "overloaded", "out of memory");
+				refuse(x, &err);
+				x->reply.retry_after_s = 1;
+				return;
+			}
 			if (kobo_http_token_parse(token, strlen(token), x->server->shard_count,
-			                          &x->token, &err) != KOBO_OK) {
+			                          x->token, &err) != KOBO_OK) {
 				refuse(x, &err);
 				return;
 			}
-			x->has_token = true;
 		}
 	}
 	kobo_http_history_query_init(&x->query);
@@ -297,6 +303,7 @@ static void exchange_free(kobo_http_exchange *x)
 		free(x->results);
 	kobo_http_ops_free(&x->ops);
 	kobo_http_buf_free(&x->body);
+	free(x->token);
 	kobo_http_reply_free(&x->reply);
 	size_t charged_before = atomic_fetch_sub(&server->body_bytes, x->body_charged);
 	kobo_assert(charged_before >= x->body_charged); /* never below zero */
