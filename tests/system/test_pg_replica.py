@@ -392,6 +392,51 @@ def two_shards(primary, standby, make_pg_server):
     assert r.body["status"] == "posted", r.body
 
 
+def test_a_replica_that_records_another_shard_is_not_used(pair, tmp_path):
+    """Checked at every sample, not only at start: when the replica's meta
+    row stops saying "shard 0 of 1" (here the primary's row is changed and
+    replicated, standing for a URL that now reaches another database), GETs
+    read the primary; once it matches again the replica serves again. The
+    replica list comes from KOBO_POSTGRES_READ here."""
+    primary, standby = pair
+    uri, replica_uri = new_shard_db(primary, standby)
+    srv = PgServer(tmp_path, [uri])
+    srv.env_extra = {"KOBO_POSTGRES_READ": f"  {replica_uri}\n"}
+    kobotest.ACTIVE.append(srv)
+    try:
+        srv.start()
+        wait_replica_up(srv)
+        cash, a = uid("cash"), uid("ada")
+        make_account(srv, cash, allow_negative=True)
+        make_account(srv, a)
+        caught_up(primary, standby)
+        db = uri.rsplit("/", 1)[1]
+        primary.psql("UPDATE kobo_shard_0.meta SET shard_count = 7", dbname=db)
+        caught_up(primary, standby)
+        wait_metric(srv, 'kobo_replica_up{shard="0"}', lambda v: v == 0,
+                    "a replica recording another shard count is dropped")
+        assert "replica_wrong_shard" in srv.log_text()
+        before = reads(srv, 0)
+        expect_status(get(srv, f"/v1/accounts/{a}"), 200)
+        after = reads(srv, 0)
+        assert after[1] == before[1] + 1, f"the primary serves: {before} -> {after}"
+        primary.psql("UPDATE kobo_shard_0.meta SET shard_count = 1", dbname=db)
+        caught_up(primary, standby)
+        wait_replica_up(srv)
+        deadline = time.monotonic() + 10
+        while True:
+            before = reads(srv, 0)
+            expect_status(get(srv, f"/v1/accounts/{a}"), 200)
+            if reads(srv, 0)[0] == before[0] + 1:
+                break
+            assert time.monotonic() < deadline, "the replica serves again once it matches"
+            time.sleep(0.2)
+    finally:
+        problems = srv.finish()
+        kobotest.ACTIVE.remove(srv)
+        assert not problems, problems
+
+
 def test_replica_list_is_checked(pair, tmp_path):
     primary, standby = pair
     dbs = [new_shard_db(primary, standby) for _ in range(2)]
