@@ -67,9 +67,13 @@ static void refuse(kobo_http_exchange *x, const kobo_http_error *err)
 
 /* Kobo-Consistency-Token (API.md): "kct1:" and, for every shard the write
  * touched, "<shard>@<commit sequence>" read now, after the write's commit,
- * so the token covers it. A GET that sends it back sees the write: with the
- * embedded store every GET does, and lookups that route writes read
- * primaries. Only writes have touched shards. */
+ * so the token covers it (with several nodes the shard's sequence is the
+ * database's meta.commit_seq, so any node's is comparable). A GET that
+ * sends it back sees the write: with the embedded store every GET does; a
+ * read replica serves it only once its own meta.commit_seq has reached the
+ * token's (replicas.c), else the primary does; lookups that route writes
+ * read primaries. Only writes have touched shards. Parsed back by
+ * kobo_http_token_parse (codec.c). */
 static void add_consistency_token(const kobo_http_exchange *x,
                                   struct MHD_Response *response)
 {
