@@ -67,6 +67,7 @@ typedef struct kobod_config {
 	unsigned long saga_wait_ms;
 	unsigned long saga_deadline_ms;
 	unsigned long saga_stuck_ms;
+	kobo_store_concurrency concurrency; /* --concurrency, PostgreSQL only */
 } kobod_config;
 
 static void usage(FILE *out)
@@ -78,6 +79,7 @@ static void usage(FILE *out)
 	        "             [--connection-timeout SECONDS] [--connections-max N]\n"
 	        "             [--http-threads N] [--queue-ops N] [--batch-ops N]\n"
 	        "             [--saga-wait-ms MS] [--saga-deadline-ms MS] [--saga-stuck-ms MS]\n"
+	        "             [--concurrency pessimistic|optimistic]\n"
 	        "\n"
 	        "--postgres URL (repeatable): shards live in PostgreSQL, one postgresql://\n"
 	        "  URL per shard in shard order (their number is the shard count);\n"
@@ -85,6 +87,11 @@ static void usage(FILE *out)
 	        "--postgres-read URL (repeatable): read replicas (PostgreSQL standbys),\n"
 	        "  one per shard in shard order, or none; GETs read them.\n"
 	        "  KOBO_POSTGRES_READ: the URLs separated by whitespace.\n"
+	        "--concurrency (with --postgres; KOBO_CONCURRENCY): how batches of several\n"
+	        "  kobod on one database are kept apart. pessimistic (default): a batch\n"
+	        "  locks the rows it reads. optimistic: no locks; a batch whose rows\n"
+	        "  another node changed meanwhile is re-run (a few times, then 503\n"
+	        "  overloaded). The embedded store has one writer per shard: pessimistic.\n"
 	        "\n"
 	        "Every flag also comes from the environment (the flag wins):\n"
 	        "  KOBO_LISTEN (127.0.0.1:8080)  KOBO_DATA (./var)  KOBO_SHARDS (1)\n"
@@ -142,7 +149,7 @@ enum {
 	OPT_LOG_LEVEL = 256, OPT_CONNECTION_TIMEOUT, OPT_CONNECTIONS_MAX,
 	OPT_HTTP_THREADS, OPT_QUEUE_OPS, OPT_BATCH_OPS, OPT_SAGA_WAIT_MS,
 	OPT_SAGA_DEADLINE_MS, OPT_SAGA_STUCK_MS, OPT_POSTGRES,
-	OPT_POSTGRES_READ,
+	OPT_POSTGRES_READ, OPT_CONCURRENCY,
 };
 
 static bool postgres_url(const char *value)
@@ -237,6 +244,14 @@ static bool apply(kobod_config *config, int option, const char *value)
 			config->postgres_read_count = 0;
 		}
 		return add_postgres_read(config, value);
+	case OPT_CONCURRENCY:
+		if (strcmp(value, "pessimistic") == 0)
+			config->concurrency = KOBO_STORE_PESSIMISTIC;
+		else if (strcmp(value, "optimistic") == 0)
+			config->concurrency = KOBO_STORE_OPTIMISTIC;
+		else
+			return false;
+		return true;
 	case OPT_LOG_LEVEL: config->log_level = value; return true;
 	case OPT_CONNECTION_TIMEOUT:
 		return parse_count(value, 1, 86400, &config->connection_timeout_s);
@@ -273,6 +288,7 @@ static const struct option long_options[] = {
 	{ "saga-stuck-ms", required_argument, NULL, OPT_SAGA_STUCK_MS },
 	{ "postgres", required_argument, NULL, OPT_POSTGRES },
 	{ "postgres-read", required_argument, NULL, OPT_POSTGRES_READ },
+	{ "concurrency", required_argument, NULL, OPT_CONCURRENCY },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -295,6 +311,7 @@ static const struct {
 	{ "KOBO_SAGA_STUCK_MS", OPT_SAGA_STUCK_MS },
 	{ "KOBO_POSTGRES", OPT_POSTGRES },
 	{ "KOBO_POSTGRES_READ", OPT_POSTGRES_READ },
+	{ "KOBO_CONCURRENCY", OPT_CONCURRENCY },
 };
 
 /* Environment first, then flags over it. Returns 0, or 2 after usage. */
@@ -333,7 +350,8 @@ static int configure(int argc, char **argv, kobod_config *config)
 			fprintf(stderr, "kobod: bad value for --%s: '%s'%s\n", name, optarg,
 			        option == OPT_POSTGRES || option == OPT_POSTGRES_READ
 			        ? " (expected a postgresql:// or "
-			        "postgres:// URL)" : "");
+			        "postgres:// URL)" : option == OPT_CONCURRENCY
+			        ? " (expected pessimistic or optimistic)" : "");
 			usage(stderr);
 			return 2;
 		}
@@ -346,6 +364,13 @@ static int configure(int argc, char **argv, kobod_config *config)
 	if (config->log_level && kobo_log_set_level_name(config->log_level) != KOBO_OK) {
 		fprintf(stderr, "kobod: bad log level '%s'\n", config->log_level);
 		usage(stderr);
+		return 2;
+	}
+	if (config->concurrency == KOBO_STORE_OPTIMISTIC && config->postgres_count == 0) {
+		fprintf(stderr, "kobod: --concurrency optimistic (or KOBO_CONCURRENCY) needs "
+		        "--postgres: the embedded SQLite store has one writer per shard, so "
+		        "there is no other node to be optimistic about; use pessimistic "
+		        "(the default)\n");
 		return 2;
 	}
 	if (config->postgres_count > 0) {
@@ -559,6 +584,14 @@ static int run(kobod_config *config_in)
 			stores[i] = NULL;
 			if (rc == KOBO_EINVAL)
 				exit_code = 2;
+			goto out;
+		}
+		rc = kobo_store_set_concurrency(stores[i], config.concurrency);
+		if (rc != KOBO_OK) {
+			/* configure() refused this already; a store that still
+			 * refuses is a store without the choice. */
+			log_failure("startup_failed", path, "refused --concurrency");
+			exit_code = 2;
 			goto out;
 		}
 		kobo_shard_config shard_config = {

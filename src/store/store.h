@@ -178,6 +178,12 @@ typedef struct kobo_store_position {
 	bool standby;
 	int64_t lag_us;
 } kobo_store_position;
+/* How batches of several nodes on one store are kept apart (kobod
+ * --concurrency; set_concurrency below). */
+typedef enum kobo_store_concurrency {
+	KOBO_STORE_PESSIMISTIC, /* loads lock the rows they read (the default) */
+	KOBO_STORE_OPTIMISTIC,  /* no locks; a changed row is a conflict */
+} kobo_store_concurrency;
 
 typedef struct kobo_store_ops {
 	/* Starts the batch transaction and takes the write lock. Memory handed
@@ -205,6 +211,14 @@ typedef struct kobo_store_ops {
 	 * rules. KOBO_EFAILED (outside a batch), KOBO_ECONFLICT,
 	 * KOBO_ECONNLOST, KOBO_ESTORE (inside a batch: as the loads). */
 	int (*now)(kobo_store *store, int64_t local_now_ms, int64_t *now_ms);
+	/* Chooses the concurrency control, outside a batch. PESSIMISTIC (the
+	 * default): the loads lock the rows they read until commit.
+	 * OPTIMISTIC: the loads lock nothing; a row the batch writes, or read
+	 * and keeps, that another node changed since it was read makes commit
+	 * answer KOBO_ECONFLICT (nothing applied), and the writer re-runs the
+	 * batch. Only a store several nodes share has the choice: SQLite and
+	 * mem answer KOBO_EINVAL to OPTIMISTIC (one writer per shard). */
+	int (*set_concurrency)(kobo_store *store, kobo_store_concurrency mode);
 	/* Stages the batch's changes: inserts the records marked is_new
 	 * (transfers in array order, which fixes their seq) and updates the
 	 * others (guarantee 4). Inserting an id that exists, or updating one
@@ -389,6 +403,10 @@ static inline void kobo_store_rollback(kobo_store *s) { s->ops->rollback(s); }
 static inline int kobo_store_now(kobo_store *s, int64_t local_now_ms, int64_t *now_ms)
 {
 	return s->ops->now(s, local_now_ms, now_ms);
+}
+static inline int kobo_store_set_concurrency(kobo_store *s, kobo_store_concurrency mode)
+{
+	return s->ops->set_concurrency(s, mode);
 }
 static inline bool kobo_store_healthy(kobo_store *s) { return s->ops->healthy(s); }
 static inline void kobo_store_close(kobo_store *s) { s->ops->close(s); }

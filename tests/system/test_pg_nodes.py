@@ -11,7 +11,8 @@ and checks from the outside:
 
   1. 64 withdrawals of an account's last 100, alternating between the two
      nodes: exactly one succeeds, 63 x 422 insufficient_funds, balance 0
-     (1 shard, and 2 shards with the payee on the other shard);
+     (1 shard, and 2 shards with the payee on the other shard); this and
+     test 2 run with both nodes --concurrency pessimistic and optimistic;
   2. the same id sent 64 times, alternating between the nodes: applied
      once, every answer the same transfer (one 201, the rest 200 with
      Idempotent-Replayed: true; 202 processing allowed across shards);
@@ -104,13 +105,13 @@ def make_nodes(pg, tmp_path):
     exit 0 expected; SIGKILL if it hangs) and checks for sanitizer reports."""
     servers = []
 
-    def make(shards, count=2):
+    def make(shards, count=2, concurrency="pessimistic"):
         uris = new_databases(pg, shards)
         nodes = []
         for _ in range(count):
             workdir = tmp_path / f"kobod{len(servers)}"
             workdir.mkdir()
-            srv = PgServer(workdir, uris)
+            srv = PgServer(workdir, uris, ("--concurrency", concurrency))
             servers.append(srv)
             kobotest.ACTIVE.append(srv)
             nodes.append(srv)
@@ -243,9 +244,10 @@ def place(srv, prefix, shard, shards, currency="NGN", allow_negative=False):
 
 # ------------------------------------------------- 1. the double spend ----
 
+@pytest.mark.parametrize("concurrency", ["pessimistic", "optimistic"])
 @pytest.mark.parametrize("shards", [1, 2])
-def test_last_100_raced_by_64_withdrawals_across_two_nodes(make_nodes, shards):
-    _, (a, b) = make_nodes(shards)
+def test_last_100_raced_by_64_withdrawals_across_two_nodes(make_nodes, shards, concurrency):
+    _, (a, b) = make_nodes(shards, concurrency=concurrency)
     nodes = (a, b)
     cash = place(a, "cash", 0, shards, allow_negative=True)
     shop = place(b, "shop", shards - 1, shards)       # on the other shard when there are two
@@ -333,9 +335,10 @@ def test_hold_made_on_one_node_expires_by_the_databases_clock(pg, make_nodes):
 
 # ---------------------------------------------------- 2. retry storm ----
 
+@pytest.mark.parametrize("concurrency", ["pessimistic", "optimistic"])
 @pytest.mark.parametrize("shards", [1, 2])
-def test_same_id_sent_64_times_across_two_nodes_applies_once(make_nodes, shards):
-    _, (a, b) = make_nodes(shards)
+def test_same_id_sent_64_times_across_two_nodes_applies_once(make_nodes, shards, concurrency):
+    _, (a, b) = make_nodes(shards, concurrency=concurrency)
     nodes = (a, b)
     cash = place(a, "cash", 0, shards, allow_negative=True)
     payer = place(a, "payer", 0, shards)

@@ -81,6 +81,11 @@ typedef struct backend {
 	void *(*hold_row_lock)(const char *url, uint32_t shard, const char *table,
 	                       const char *id);
 	void (*release_row_lock)(void *lock);
+	/* Runs sql in the shard's schema on a session of its own, committed:
+	 * another node, or an operator. false when it failed. */
+	bool (*exec_elsewhere)(const char *url, uint32_t shard, const char *sql);
+	/* Opened with --concurrency optimistic. */
+	bool optimistic;
 } backend;
 
 static inline uint64_t pg_round_trips(kobo_store *store)
@@ -117,6 +122,24 @@ static inline void pg_release_row_lock(void *lock)
 	PQfinish(lock);
 }
 
+static inline bool pg_exec_elsewhere(const char *url, uint32_t shard, const char *sql)
+{
+	char all[2048];
+	PGconn *conn = PQconnectdb(url);
+	bool ok = PQstatus(conn) == CONNECTION_OK;
+	snprintf(all, sizeof all, "BEGIN; SET LOCAL search_path = kobo_shard_%u; %s; COMMIT",
+	         shard, sql);
+	if (ok) {
+		PGresult *res = PQexec(conn, all);
+		ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+		if (!ok)
+			fprintf(stderr, "pg_exec_elsewhere: %s: %s", sql, PQresultErrorMessage(res));
+		PQclear(res);
+	}
+	PQfinish(conn);
+	return ok;
+}
+
 static inline bool mem_fail_next_commit(kobo_store *store, commit_fault fault)
 {
 	/* Either outcome is allowed for UNKNOWN; landing is the harder one. */
@@ -128,12 +151,16 @@ static inline bool sqlite_fail_next_commit(kobo_store *store, commit_fault fault
 
 static const backend backends[] = {
 	{"mem", "mem:", NULL, true, kobo_store_mem_restart, mem_fail_next_commit,
-	 kobo_store_mem_conflict_next_commits, false, false, NULL, NULL, NULL},
+	 kobo_store_mem_conflict_next_commits, false, false, NULL, NULL, NULL, NULL, false},
 	{"sqlite", "sqlite:%s", NULL, false, NULL, sqlite_fail_next_commit, NULL, false,
-	 false, NULL, NULL, NULL},
+	 false, NULL, NULL, NULL, NULL, false},
 	/* scripts/pg-cluster.sh sets the variable to a fresh cluster's URI. */
 	{"postgres", NULL, "KOBO_TEST_POSTGRES", false, NULL, NULL, NULL, true, true,
-	 pg_round_trips, pg_hold_row_lock, pg_release_row_lock},
+	 pg_round_trips, pg_hold_row_lock, pg_release_row_lock, pg_exec_elsewhere, false},
+	/* The same, --concurrency optimistic: the whole suite again. */
+	{"postgres-optimistic", NULL, "KOBO_TEST_POSTGRES", false, NULL, NULL, NULL, true,
+	 true, pg_round_trips, pg_hold_row_lock, pg_release_row_lock, pg_exec_elsewhere,
+	 true},
 };
 enum { BACKEND_COUNT = sizeof backends / sizeof backends[0] };
 
@@ -370,6 +397,9 @@ static inline kobo_store *open_url(const env *e, bool read_only)
 		fail_msg("%s: kobo_store_open(\"%s\", %u) answered %s, expected ok",
 		         e->backend->name, e->url, e->shard, kobo_status_name(rc));
 	assert_non_null(store);
+	if (e->backend->optimistic && !read_only)
+		assert_int_equal(kobo_store_set_concurrency(store, KOBO_STORE_OPTIMISTIC),
+		                 KOBO_OK);
 	return store;
 }
 

@@ -1749,6 +1749,103 @@ static void a_row_locked_elsewhere_times_the_batch_out(void **state)
 	reader_close(e, reader);
 }
 
+/* ---- Concurrency control and the schema's version. ---- */
+
+/* Optimistic: a row another node changed between this batch's load and its
+ * commit — one it writes, or one it only read — makes commit answer
+ * KOBO_ECONFLICT with nothing applied and the store healthy; the re-run
+ * sees the change. Pessimistic stores refuse to be optimistic when one
+ * writer owns the shard (SQLite, mem), and keep working. */
+static void optimistic_batches_conflict_on_rows_changed_since_read(void **state)
+{
+	env *e = *state;
+	kobo_store_reader *reader = NULL;
+	char sql[256];
+
+	seed(e, 1000);
+	if (!e->backend->optimistic) {
+		int rc = kobo_store_set_concurrency(e->store, KOBO_STORE_OPTIMISTIC);
+		if (e->backend->exec_elsewhere == NULL)
+			assert_int_equal(rc, KOBO_EINVAL);
+		else
+			assert_int_equal(kobo_store_set_concurrency(e->store,
+			                                            KOBO_STORE_PESSIMISTIC), KOBO_OK);
+		assert_int_equal(kobo_store_set_concurrency(e->store, KOBO_STORE_PESSIMISTIC),
+		                 KOBO_OK);
+		kobo_op ops[] = {test_op_transfer("t-still", "alice", "bob", 5, false, 0)};
+		assert_int_equal(run_batch(e, ops, 1, 2000), KOBO_OK);
+		assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+		skip_because(e, "run optimistic batches (pessimistic mode checked)");
+	}
+	uint64_t last = e->token;
+	reader = reader_open_ok(e);
+	/* A written row: alice pays; another node moves alice's balance first. */
+	kobo_op pay[] = {test_op_transfer("t-opt", "alice", "bob", 100, false, 0)};
+	assert_int_equal(run_batch_ex(e, pay, 1, 2000, false, NULL), KOBO_OK);
+	/* (Moved and moved back, so the audit still balances.) */
+	snprintf(sql, sizeof sql, "UPDATE accounts SET posted = posted - 1, version = version + 1"
+	         " WHERE id = 'alice'; UPDATE accounts SET posted = posted + 1,"
+	         " version = version + 1 WHERE id = 'alice'");
+	assert_true(e->backend->exec_elsewhere(e->url, e->shard, sql));
+	uint64_t token = 0xfeed;
+	assert_int_equal(kobo_store_commit(e->store, &token), KOBO_ECONFLICT);
+	assert_int_equal(token, 0xfeed);
+	kobo_store_rollback(e->store);
+	assert_true(kobo_store_healthy(e->store));
+	assert_transfer_absent(reader, "t-opt");
+	assert_int_equal(read_account_ok(reader, "alice").posted, 10000);
+	assert_int_equal(run_batch(e, pay, 1, 3000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+	assert_token(e, last + 1);
+	assert_int_equal(read_account_ok(reader, "alice").posted, 9900);
+
+	/* A row only read: a replay of t-fund reads the transfer and writes
+	 * nothing of it; another node's change to it is a conflict too. */
+	kobo_op replay[] = {test_op_transfer("t-fund", "cash", "alice", 10000, false, 0)};
+	assert_int_equal(run_batch_ex(e, replay, 1, 4000, false, NULL), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_true(e->backend->exec_elsewhere(e->url, e->shard,
+	            "UPDATE transfers SET version = version + 1 WHERE id = 't-fund'"));
+	token = 0xfeed;
+	assert_int_equal(kobo_store_commit(e->store, &token), KOBO_ECONFLICT);
+	kobo_store_rollback(e->store);
+	assert_true(kobo_store_healthy(e->store));
+	assert_int_equal(run_batch(e, replay, 1, 5000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_token(e, last + 2);
+	reader_close(e, reader);
+	kobo_audit_totals totals;
+	assert_audit_clean(e, &totals);
+}
+
+/* A shard made by the previous schema version (1: no row versions) is
+ * migrated at open, keeps its rows and works in either mode. */
+static void a_version_1_shard_is_migrated_at_open(void **state)
+{
+	env *e = *state;
+	kobo_store_reader *reader = NULL;
+
+	if (e->backend->exec_elsewhere == NULL)
+		skip_because(e, "be given a version-1 schema");
+	seed(e, 1000);
+	kobo_store_close(e->store);
+	e->store = NULL;
+	assert_true(e->backend->exec_elsewhere(e->url, e->shard,
+	            "ALTER TABLE accounts DROP COLUMN version;"
+	            " ALTER TABLE transfers DROP COLUMN version;"
+	            " UPDATE meta SET schema_version = 1"));
+	e->store = open_url(e, false);
+	reader = reader_open_ok(e);
+	assert_int_equal(read_account_ok(reader, "alice").posted, 10000);
+	kobo_op ops[] = {test_op_transfer("t-migrated", "alice", "bob", 5, false, 0)};
+	assert_int_equal(run_batch(e, ops, 1, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+	assert_int_equal(read_account_ok(reader, "alice").posted, 9995);
+	reader_close(e, reader);
+	kobo_audit_totals totals;
+	assert_audit_clean(e, &totals);
+}
+
 /* ---- Opening by URL. ---- */
 
 /* A read-only store refuses a batch (KOBO_EINVAL) without going sticky,
@@ -1893,6 +1990,8 @@ static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(batch_clock_is_the_stores_when_nodes_share_it),
 	CONTRACT_TEST(batch_takes_three_round_trips),
 	CONTRACT_TEST(a_row_locked_elsewhere_times_the_batch_out),
+	CONTRACT_TEST(optimistic_batches_conflict_on_rows_changed_since_read),
+	CONTRACT_TEST(a_version_1_shard_is_migrated_at_open),
 };
 enum { CONTRACT_TEST_COUNT = sizeof contract_tests / sizeof contract_tests[0] };
 

@@ -634,6 +634,14 @@ static int mem_commit(kobo_store *store, uint64_t *token)
 	return KOBO_OK;
 }
 
+/* One writer per shard: the rows need no guarding against other nodes,
+ * so there is nothing to be optimistic about (store.h). */
+static int mem_set_concurrency(kobo_store *store, kobo_store_concurrency mode)
+{
+	(void)store;
+	return mode == KOBO_STORE_PESSIMISTIC ? KOBO_OK : KOBO_EINVAL;
+}
+
 /* One process serves this store: its clock is the caller's (store.h). */
 static int mem_now(kobo_store *store, int64_t local_now_ms, int64_t *now_ms)
 {
@@ -1105,6 +1113,7 @@ static const kobo_store_ops mem_ops = {
 	.commit = mem_commit,
 	.rollback = mem_rollback,
 	.now = mem_now,
+	.set_concurrency = mem_set_concurrency,
 	.expired_holds = mem_expired_holds,
 	.healthy = mem_healthy,
 	.reader_open = mem_reader_open,

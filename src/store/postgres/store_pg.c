@@ -12,7 +12,8 @@
  *
  * NOTES ON THE DESIGN
  *
- * Schema (version 1), in schema kobo_shard_<N> of the database the URL
+ * Schema (version 2; version 1 lacked the rows' version columns and is
+ * migrated at open, see migrate()), in schema kobo_shard_<N> of the database the URL
  * names, created at open under pg_advisory_xact_lock(KOBO, N) with CREATE
  * … IF NOT EXISTS, so several nodes starting at once are safe:
  *
@@ -31,8 +32,8 @@
  *        to their commit, whichever node runs them, so seq grows in commit
  *        order and the history cursor never skips a row that commits late.
  *   accounts(id text COLLATE "C" PRIMARY KEY, currency, allow_negative,
- *        posted, pending_out, pending_in, metadata, created_at_ms)
- *        WITH (fillfactor = 80) and no index on the balances: a balance
+ *        posted, pending_out, pending_in, metadata, created_at_ms,
+ *        version) WITH (fillfactor = 80) and no index on the balances: a balance
  *        update is a HOT update (no index entry written).
  *   transfers(seq bigint PRIMARY KEY, id text COLLATE "C" UNIQUE, … the
  *        columns of the SQLite store, same words: status, legs, saga states
@@ -40,7 +41,7 @@
  *        error_code CREATED), with the SQLite store's indexes: (from_id,
  *        seq), (to_id, seq), (clearing, seq) WHERE clearing <> '',
  *        (expires_at_ms, seq) WHERE status = 'pending' AND expires_at_ms >
- *        0, (id) WHERE saga <> 'none'.
+ *        0, (id) WHERE saga <> 'none'; and version (see "Concurrency").
  *   saga_claims(id text COLLATE "C" PRIMARY KEY, node, until timestamptz)
  *        which node drives the saga of transfer id, until when (the
  *        database's clock): claim_saga / release_saga in pg_read.c. Created
@@ -118,6 +119,26 @@
  * now() answers for the whole batch; outside a batch now() asks the server
  * (SQL_NOW, one round trip per expiry scan) and the writer hands that to
  * expired_holds.
+ *
+ * Concurrency (kobo_store_ops.set_concurrency, kobod --concurrency). Every
+ * accounts and transfers row has a version (schema 2), bumped by every
+ * update, and every load returns it; an update names the version its batch
+ * read (NULL for a row the batch did not load) and the server checks both
+ * counts: rows missing → PG_ROWS_SQLSTATE (sticky), rows whose version
+ * moved on → the mode's SQLSTATE.
+ *   pessimistic  the loads lock (FOR NO KEY UPDATE): a version cannot move
+ *                under the lock, so a mismatch is PG_ROWS_SQLSTATE too.
+ *   optimistic   the loads (SQL_PEEK_*) lock nothing; a moved version is
+ *                40001 → KOBO_ECONFLICT and the writer re-runs the batch.
+ *                Rows read and not written (a replay's transfer, a payer
+ *                whose transfer was refused) are checked by
+ *                SQL_CHECK_READS in the COMMIT's pipeline and share-locked
+ *                until COMMIT, so what the batch answered from them is
+ *                still true when it commits (40001 otherwise).
+ *                Updates may then wait on a row another batch writes: the
+ *                lock timeout bounds it, and a deadlock between two writers
+ *                (they lock in join order) is 40P01: re-run as well.
+ *   Nodes of either mode may share a database: both bump versions.
  *
  * Which shard a database holds (kobo_store_open_sharded, shard_count > 0):
  * kobod is given one URL per shard, in shard order, and the shard map is
@@ -215,7 +236,10 @@
 
 /* ---- Limits. ---- */
 
-#define PG_SCHEMA_VERSION 1
+#define PG_SCHEMA_VERSION 2
+/* The oldest schema a read-only open (readers, the audit) accepts: version
+ * 2 only added columns the readers do not read. */
+#define PG_SCHEMA_VERSION_READABLE 1
 #define PG_ADVISORY_KEY 0x6b6f626f /* "kobo": first half of the schema lock */
 #define PG_SCHEMA_NAME_BYTES 32
 #define PG_ARRAY_COLUMNS_MAX 22    /* the transfer insert's parameters */
@@ -282,7 +306,8 @@ static const char *const schema_sql =
 	"  pending_out    bigint  NOT NULL CHECK (pending_out >= 0),"
 	"  pending_in     bigint  NOT NULL CHECK (pending_in >= 0),"
 	"  metadata       bytea   NOT NULL,"
-	"  created_at_ms  bigint  NOT NULL"
+	"  created_at_ms  bigint  NOT NULL,"
+	"  version        bigint  NOT NULL DEFAULT 0"
 	") WITH (fillfactor = 80);"
 	"CREATE TABLE IF NOT EXISTS transfers ("
 	"  seq             bigint  PRIMARY KEY,"
@@ -310,7 +335,8 @@ static const char *const schema_sql =
 	"                    ('none', 'reserved', 'posting', 'voiding')),"
 	"  saga_amount     bigint  NOT NULL,"
 	"  saga_reason     text    NULL CHECK (saga_reason IN"
-	"                    ('voided', 'expired', 'compensated'))"
+	"                    ('voided', 'expired', 'compensated')),"
+	"  version         bigint  NOT NULL DEFAULT 0"
 	");"
 	"CREATE TABLE IF NOT EXISTS saga_claims ("
 	"  id    text        COLLATE \"C\" PRIMARY KEY,"
@@ -333,12 +359,23 @@ static const char *const schema_sql =
 	"CREATE INDEX IF NOT EXISTS transfers_sagas ON transfers (id)"
 	"  WHERE saga <> 'none';";
 
+/* Version 1 → 2, under the same lock, run only when meta says 1: every
+ * row gains a version (0) that every update from now on bumps. Adding a
+ * column with a constant default rewrites nothing (PostgreSQL ≥ 11). */
+static const char *const migrate_v2_sql =
+	"ALTER TABLE accounts ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;"
+	"ALTER TABLE transfers ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;"
+	"UPDATE meta SET schema_version = 2 WHERE id = 1 AND schema_version = 1";
+
 enum {
 	SQL_BATCH_SETTINGS,
 	SQL_COMMIT_SETTINGS,
 	SQL_NOW,
 	SQL_LOAD_TRANSFERS,
 	SQL_LOAD_ACCOUNTS,
+	SQL_PEEK_TRANSFERS,
+	SQL_PEEK_ACCOUNTS,
+	SQL_CHECK_READS,
 	SQL_INSERT_ACCOUNTS,
 	SQL_UPDATE_ACCOUNTS,
 	SQL_BUMP_META,
@@ -368,34 +405,60 @@ static const struct {
 		"SELECT set_config('statement_timeout', '0', true),"
 		" set_config('lock_timeout', '0', true)"},
 	[SQL_NOW] = {"kobo_now", "SELECT " PG_CLOCK_MS},
-	/* Locked in id order (MATERIALIZED keeps the locking scan apart from
-	 * the join), handed out in the caller's order. */
+	/* Pessimistic: locked in id order (MATERIALIZED keeps the locking
+	 * scan apart from the join), handed out in the caller's order. Every
+	 * load ends with the row's version (see "Concurrency"). */
 	[SQL_LOAD_TRANSFERS] = {"kobo_load_transfers",
 		"WITH locked AS MATERIALIZED ("
-		"  SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
+		"  SELECT " PG_TRANSFER_COLUMNS ", version FROM transfers"
 		"  WHERE id = ANY ($1::text[]) ORDER BY id FOR NO KEY UPDATE) "
 		"SELECT l.* FROM unnest($1::text[]) WITH ORDINALITY AS q(id, ord)"
 		" JOIN locked l ON l.id = q.id ORDER BY q.ord"},
 	[SQL_LOAD_ACCOUNTS] = {"kobo_load_accounts",
 		"WITH locked AS MATERIALIZED ("
-		"  SELECT " PG_ACCOUNT_COLUMNS " FROM accounts"
+		"  SELECT " PG_ACCOUNT_COLUMNS ", version FROM accounts"
 		"  WHERE id = ANY ($1::text[]) ORDER BY id FOR NO KEY UPDATE) "
 		"SELECT l.* FROM unnest($1::text[]) WITH ORDINALITY AS q(id, ord)"
 		" JOIN locked l ON l.id = q.id ORDER BY q.ord"},
+	/* Optimistic: the same rows, no lock. */
+	[SQL_PEEK_TRANSFERS] = {"kobo_peek_transfers",
+		"SELECT l.* FROM unnest($1::text[]) WITH ORDINALITY AS q(id, ord)"
+		" JOIN LATERAL (SELECT " PG_TRANSFER_COLUMNS ", version FROM transfers t"
+		"  WHERE t.id = q.id) l ON true ORDER BY q.ord"},
+	[SQL_PEEK_ACCOUNTS] = {"kobo_peek_accounts",
+		"SELECT l.* FROM unnest($1::text[]) WITH ORDINALITY AS q(id, ord)"
+		" JOIN LATERAL (SELECT " PG_ACCOUNT_COLUMNS ", version FROM accounts a"
+		"  WHERE a.id = q.id) l ON true ORDER BY q.ord"},
+	/* Optimistic: the rows the batch read and does not write still have
+	 * the versions it read, and stay so until COMMIT (FOR SHARE). */
+	[SQL_CHECK_READS] = {"kobo_check_reads",
+		"WITH ra AS (SELECT 1 FROM unnest($1::text[], $2::int8[]) AS u(id, version)"
+		"  JOIN accounts a ON a.id = u.id AND a.version = u.version"
+		"  ORDER BY a.id FOR SHARE OF a),"
+		" rt AS (SELECT 1 FROM unnest($3::text[], $4::int8[]) AS u(id, version)"
+		"  JOIN transfers t ON t.id = u.id AND t.version = u.version"
+		"  ORDER BY t.id FOR SHARE OF t) "
+		"SELECT kobo_expect_rows((SELECT count(*) FROM ra) + (SELECT count(*) FROM rt),"
+		" $5::int8, 'rows read', '40001')"},
 	[SQL_INSERT_ACCOUNTS] = {"kobo_insert_accounts",
 		"INSERT INTO accounts (" PG_ACCOUNT_COLUMNS ") "
 		"SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[],"
 		" $5::int8[], $6::int8[], $7::bytea[], $8::int8[])"},
 	/* Every update is checked by the server (kobo_expect_rows), so a
 	 * mismatch aborts the transaction before the pipelined COMMIT. */
+	/* $6: the version the batch read (NULL: not read); $7: the SQLSTATE
+	 * of a version that moved on (see "Concurrency"). A row that is not
+	 * there at all is PG_ROWS_SQLSTATE either way. */
 	[SQL_UPDATE_ACCOUNTS] = {"kobo_update_accounts",
 		"WITH w AS (UPDATE accounts a SET posted = u.posted,"
-		" pending_out = u.pending_out, pending_in = u.pending_in "
-		"FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[])"
-		" AS u(id, posted, pending_out, pending_in) WHERE a.id = u.id"
-		" RETURNING 1) "
-		"SELECT kobo_expect_rows((SELECT count(*) FROM w), $5::int8,"
-		" 'accounts', '" PG_ROWS_SQLSTATE "')"},
+		" pending_out = u.pending_out, pending_in = u.pending_in,"
+		" version = a.version + 1 "
+		"FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $6::int8[])"
+		" AS u(id, posted, pending_out, pending_in, version) WHERE a.id = u.id"
+		" AND (u.version IS NULL OR a.version = u.version) RETURNING 1) "
+		"SELECT kobo_expect_rows((SELECT count(*) FROM accounts"
+		" WHERE id = ANY ($1::text[])), $5::int8, 'accounts', '" PG_ROWS_SQLSTATE "'),"
+		" kobo_expect_rows((SELECT count(*) FROM w), $5::int8, 'accounts', $7)"},
 	[SQL_BUMP_META] = {"kobo_bump_meta",
 		"WITH m AS (UPDATE meta SET commit_seq = commit_seq + 1,"
 		" transfer_seq = transfer_seq + $1::int8 WHERE id = 1"
@@ -427,14 +490,15 @@ static const struct {
 		" posted_amount = u.posted_amount, void_reason = u.void_reason,"
 		" error_code = u.error_code, updated_at_ms = u.updated_at_ms,"
 		" saga = u.saga, saga_amount = u.saga_amount,"
-		" saga_reason = u.saga_reason "
+		" saga_reason = u.saga_reason, version = t.version + 1 "
 		"FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[],"
-		" $5::text[], $6::int8[], $7::text[], $8::int8[], $9::text[])"
+		" $5::text[], $6::int8[], $7::text[], $8::int8[], $9::text[], $11::int8[])"
 		" AS u(id, status, posted_amount, void_reason, error_code,"
-		" updated_at_ms, saga, saga_amount, saga_reason) WHERE t.id = u.id"
-		" RETURNING 1) "
-		"SELECT kobo_expect_rows((SELECT count(*) FROM w), $10::int8,"
-		" 'transfers', '" PG_ROWS_SQLSTATE "')"},
+		" updated_at_ms, saga, saga_amount, saga_reason, version) WHERE t.id = u.id"
+		" AND (u.version IS NULL OR t.version = u.version) RETURNING 1) "
+		"SELECT kobo_expect_rows((SELECT count(*) FROM transfers"
+		" WHERE id = ANY ($1::text[])), $10::int8, 'transfers', '" PG_ROWS_SQLSTATE "'),"
+		" kobo_expect_rows((SELECT count(*) FROM w), $10::int8, 'transfers', $12)"},
 	[SQL_EXPIRED_HOLDS] = {"kobo_expired_holds",
 		"SELECT id FROM transfers WHERE status = 'pending'"
 		" AND expires_at_ms > 0 AND expires_at_ms <= $1::int8"
@@ -615,6 +679,57 @@ static void idset_clear(pg_idset *set)
 	set->sorted = true;
 }
 
+/* ---- The versions a batch read (see "Concurrency"). ----
+ *
+ * Every load returns each row's version; an update names the version it
+ * read, and in optimistic mode the rows read but not written are checked
+ * at the end. The ids point into the batch's load results. */
+
+typedef struct pg_version {
+	const char *id;
+	int64_t version;
+	bool written;
+} pg_version;
+
+typedef struct pg_versions {
+	pg_version *rows;
+	size_t count;
+	size_t cap;
+	bool sorted;
+} pg_versions;
+
+static int versions_add(pg_versions *v, const char *id, int64_t version)
+{
+	if (v->count == v->cap) {
+		size_t cap = v->cap ? 2 * v->cap : 256;
+		void *rows = realloc(v->rows, cap * sizeof *v->rows);
+		if (rows == NULL)
+			return KOBO_ENOMEM;
+		v->rows = rows;
+		v->cap = cap;
+	}
+	v->rows[v->count++] = (pg_version){id, version, false};
+	v->sorted = false;
+	return KOBO_OK;
+}
+
+static int version_compare(const void *a, const void *b)
+{
+	return strcmp(((const pg_version *)a)->id, ((const pg_version *)b)->id);
+}
+
+static pg_version *versions_find(pg_versions *v, const char *id)
+{
+	if (v->count == 0)
+		return NULL;
+	if (!v->sorted) {
+		qsort(v->rows, v->count, sizeof *v->rows, version_compare);
+		v->sorted = true;
+	}
+	pg_version key = {id, 0, false};
+	return bsearch(&key, v->rows, v->count, sizeof *v->rows, version_compare);
+}
+
 /* ---- Handles. ---- */
 
 typedef enum pg_state { PG_IDLE, PG_IN_BATCH, PG_FAILED } pg_state;
@@ -657,6 +772,9 @@ typedef struct pg_store {
 	store_pg_pool metadata; /* this batch's loaded metadata */
 	pg_idset looked_up_transfers; /* ids this batch's loads asked for */
 	pg_idset looked_up_accounts;
+	pg_versions read_transfers; /* versions this batch's loads found */
+	pg_versions read_accounts;
+	bool optimistic;       /* kobo_store_ops.concurrency */
 	pg_buf cols[PG_ARRAY_COLUMNS_MAX];
 } pg_store;
 
@@ -758,7 +876,8 @@ static int refuse(PGconn *conn, uint32_t shard, const char *format, ...)
 /* Reads meta and checks it belongs to this build and this shard, and, when
  * shard_count > 0, to a deployment of that many shards (0 recorded: not yet
  * known, accepted). */
-static int check_meta(PGconn *conn, uint32_t shard, uint32_t shard_count)
+static int check_meta(PGconn *conn, uint32_t shard, uint32_t shard_count,
+                      long oldest_version)
 {
 	PGresult *res = PQexec(conn, "SELECT schema_version, shard_index, shard_count"
 	                             " FROM meta WHERE id = 1");
@@ -771,10 +890,11 @@ static int check_meta(PGconn *conn, uint32_t shard, uint32_t shard_count)
 	long index = strtol(PQgetvalue(res, 0, 1), NULL, 10);
 	long count = strtol(PQgetvalue(res, 0, 2), NULL, 10);
 	PQclear(res);
-	if (version != PG_SCHEMA_VERSION) {
+	if (version < oldest_version || version > PG_SCHEMA_VERSION) {
 		kobo_log(KOBO_LOG_ERROR, "store_pg_schema_version",
 		         "\"message\":\"the shard's schema version is %ld; this build "
-		         "reads version %d only\"", version, PG_SCHEMA_VERSION);
+		         "reads versions %ld to %d\"", version, oldest_version,
+		         PG_SCHEMA_VERSION);
 		return KOBO_ESTORE;
 	}
 	if (index != (long)shard)
@@ -899,6 +1019,28 @@ static int check_census(PGconn *conn, uint32_t shard, uint32_t shard_count,
 	return KOBO_OK;
 }
 
+/* Brings an older schema to PG_SCHEMA_VERSION (inside create_schema's
+ * transaction, under its lock). */
+static int migrate(PGconn *conn)
+{
+	PGresult *res = PQexec(conn, "SELECT schema_version FROM meta WHERE id = 1");
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		store_pg_log_error("store_pg_meta_unreadable", conn, res);
+		PQclear(res);
+		return KOBO_ESTORE;
+	}
+	int64_t version = store_pg_col_int(res, 0, 0);
+	PQclear(res);
+	if (version != 1)
+		return KOBO_OK;
+	if (store_pg_exec(conn, migrate_v2_sql, "store_pg_migration_failed") != KOBO_OK)
+		return KOBO_ESTORE;
+	kobo_log(KOBO_LOG_WARN, "store_pg_migrated",
+	         "\"from\":1,\"to\":2,\"message\":\"accounts and transfers gained "
+	         "a version column\"");
+	return KOBO_OK;
+}
+
 /* Creates the shard's schema if needed, under a transaction-scoped
  * advisory lock on the whole database, so that nodes starting together
  * create it once and the census check cannot race a creation. */
@@ -926,7 +1068,8 @@ static int create_schema(PGconn *conn, const char *schema, uint32_t shard,
 	             shard_count);
 	if (store_pg_exec(conn, sql, "store_pg_meta_failed") != KOBO_OK)
 		goto fail;
-	if ((rc = check_meta(conn, shard, shard_count)) != KOBO_OK)
+	if ((rc = migrate(conn)) != KOBO_OK ||
+	    (rc = check_meta(conn, shard, shard_count, PG_SCHEMA_VERSION)) != KOBO_OK)
 		goto fail;
 	rc = KOBO_ESTORE;
 	/* A shard created by kobo_store_open (no count) learns it now. */
@@ -961,6 +1104,8 @@ static void free_loaded(pg_store *s)
 	store_pg_pool_free(&s->metadata);
 	idset_clear(&s->looked_up_transfers);
 	idset_clear(&s->looked_up_accounts);
+	s->read_transfers.count = 0;
+	s->read_accounts.count = 0;
 }
 
 /* Drops the writer's connection after a lost link, so the next begin()
@@ -1292,6 +1437,9 @@ static PGresult *load_rows(pg_store *s, int which, const char *const *ids,
 	for (size_t i = 0; i < count; i++)
 		idset_add(set, ids[i]);
 	const char *params[1] = {array};
+	bool transfers = which == SQL_LOAD_TRANSFERS;
+	if (s->optimistic)
+		which = transfers ? SQL_PEEK_TRANSFERS : SQL_PEEK_ACCOUNTS;
 	if ((*rc = run_pipeline(s, which, params)) != KOBO_OK)
 		return NULL;
 	/* The load is the last step: keep its result for the batch. */
@@ -1299,6 +1447,16 @@ static PGresult *load_rows(pg_store *s, int which, const char *const *ids,
 	s->step_res[s->step_count - 1] = NULL;
 	clear_steps(s);
 	s->loaded[s->loaded_count++] = res;
+	/* The row's id and, last, its version. */
+	pg_versions *read = transfers ? &s->read_transfers : &s->read_accounts;
+	int id_col = transfers ? 1 : 0, version_col = PQnfields(res) - 1;
+	for (int row = 0; row < PQntuples(res); row++) {
+		if (versions_add(read, PQgetvalue(res, row, id_col),
+		                 store_pg_col_int(res, row, version_col)) != KOBO_OK) {
+			*rc = store_abandon(s, KOBO_ENOMEM);
+			return NULL;
+		}
+	}
 	return res;
 }
 
@@ -1412,6 +1570,56 @@ static int send_step(pg_store *s, int which, int nparams, const char *const *par
 	                 true) ? KOBO_OK : KOBO_ECONNLOST;
 }
 
+/* The version an update expects: the one the batch read (and that row is
+ * now written), or NULL when the batch did not read the row. */
+static void arr_version(pg_buf *b, pg_version *read)
+{
+	if (read == NULL) {
+		arr_str(b, NULL);
+		return;
+	}
+	read->written = true;
+	arr_int(b, read->version);
+}
+
+/* What an update whose row moved on since the batch read it raises: a
+ * conflict to re-run in optimistic mode; under the pessimistic row locks
+ * it cannot happen, so there it means the store's picture is wrong. */
+static const char *conflict_state(const pg_store *s)
+{
+	return s->optimistic ? "40001" : PG_ROWS_SQLSTATE;
+}
+
+/* Optimistic mode: queues the check that every row the batch read and
+ * does not write is as it was read (see "Concurrency"). */
+static int check_reads(pg_store *s)
+{
+	const char *params[5];
+	char rows_text[32];
+	size_t rows = 0;
+	pg_versions *sets[2] = {&s->read_accounts, &s->read_transfers};
+
+	reset_arrays(s, 4);
+	for (size_t k = 0; k < 2; k++) {
+		for (size_t i = 0; i < sets[k]->count; i++) {
+			const pg_version *v = &sets[k]->rows[i];
+			if (v->written)
+				continue;
+			rows++;
+			arr_str(&s->cols[2 * k], v->id);
+			arr_int(&s->cols[2 * k + 1], v->version);
+		}
+	}
+	if (rows == 0)
+		return KOBO_OK;
+	if (finish_arrays(s, 4, params) != KOBO_OK)
+		return KOBO_ENOMEM;
+	snprintf(rows_text, sizeof rows_text, "%zu", rows);
+	params[4] = rows_text;
+	return step_send(s, SQL_CHECK_READS, 5, params, PGRES_TUPLES_OK, false, false)
+		? KOBO_OK : KOBO_ECONNLOST;
+}
+
 static int write_accounts(pg_store *s, const kobo_account_change *changes,
                           size_t count, bool is_new)
 {
@@ -1419,7 +1627,7 @@ static int write_accounts(pg_store *s, const kobo_account_change *changes,
 	char rows_text[32];
 	size_t rows = 0;
 
-	reset_arrays(s, is_new ? 8 : 4);
+	reset_arrays(s, is_new ? 8 : 5);
 	for (size_t i = 0; i < count; i++) {
 		const kobo_account *a = changes[i].account;
 		if (changes[i].is_new != is_new)
@@ -1439,16 +1647,20 @@ static int write_accounts(pg_store *s, const kobo_account_change *changes,
 			arr_int(&s->cols[1], a->posted);
 			arr_int(&s->cols[2], a->pending_out);
 			arr_int(&s->cols[3], a->pending_in);
+			arr_version(&s->cols[4], versions_find(&s->read_accounts, a->id));
 		}
 	}
 	if (rows == 0)
 		return KOBO_OK;
-	if (finish_arrays(s, is_new ? 8 : 4, params) != KOBO_OK)
+	if (finish_arrays(s, is_new ? 8 : 5, is_new ? params : params + 1) != KOBO_OK)
 		return KOBO_ENOMEM;
 	if (!is_new) {
+		/* $1..$4 the rows, $5 how many, $6 their versions, $7 the SQLSTATE
+		 * of a version that moved on. */
+		const char *args[7] = {params[1], params[2], params[3], params[4], rows_text,
+		                       params[5], conflict_state(s)};
 		snprintf(rows_text, sizeof rows_text, "%zu", rows);
-		params[4] = rows_text;
-		return step_send(s, SQL_UPDATE_ACCOUNTS, 5, params, PGRES_TUPLES_OK, false,
+		return step_send(s, SQL_UPDATE_ACCOUNTS, 7, args, PGRES_TUPLES_OK, false,
 		                 true) ? KOBO_OK : KOBO_ECONNLOST;
 	}
 	/* A unique violation is a race only if the batch looked every new id
@@ -1536,11 +1748,11 @@ static int insert_transfers(pg_store *s, const kobo_transfer_change *changes,
 static int update_transfers(pg_store *s, const kobo_transfer_change *changes,
                             size_t count)
 {
-	const char *params[10];
+	const char *params[12];
 	char rows_text[32];
 	size_t rows = 0;
 
-	reset_arrays(s, 9);
+	reset_arrays(s, 10);
 	for (size_t i = 0; i < count; i++) {
 		const kobo_transfer *t = changes[i].transfer;
 		if (changes[i].is_new)
@@ -1557,14 +1769,20 @@ static int update_transfers(pg_store *s, const kobo_transfer_change *changes,
 		arr_str(&c[6], kobo_saga_state_name(t->saga));
 		arr_int(&c[7], t->saga_amount);
 		arr_str(&c[8], kobo_void_reason_name(t->saga_reason));
+		arr_version(&c[9], versions_find(&s->read_transfers, t->id));
 	}
 	if (rows == 0)
 		return KOBO_OK;
-	if (finish_arrays(s, 9, params) != KOBO_OK)
+	if (finish_arrays(s, 10, params) != KOBO_OK)
 		return KOBO_ENOMEM;
+	/* $1..$9 the rows, $10 how many, $11 their versions, $12 the SQLSTATE
+	 * of a version that moved on. */
+	const char *version_array = params[9];
 	snprintf(rows_text, sizeof rows_text, "%zu", rows);
 	params[9] = rows_text;
-	return step_send(s, SQL_UPDATE_TRANSFERS, 10, params, PGRES_TUPLES_OK, false,
+	params[10] = version_array;
+	params[11] = conflict_state(s);
+	return step_send(s, SQL_UPDATE_TRANSFERS, 12, params, PGRES_TUPLES_OK, false,
 	                 true) ? KOBO_OK : KOBO_ECONNLOST;
 }
 
@@ -1616,6 +1834,8 @@ static int store_commit(kobo_store *store, uint64_t *token)
 	 * the synchronous standby like any other. */
 	if (!s->meta_queued && (rc = send_bump_meta(s, 0, false)) != KOBO_OK)
 		return store_abandon(s, rc);
+	if (s->optimistic && (rc = check_reads(s)) != KOBO_OK)
+		return store_abandon(s, KOBO_ECONNLOST);
 	/* No timeout on COMMIT, ever: a COMMIT cancelled while it waits for
 	 * the standby has committed locally. */
 	if (!step_send(s, SQL_COMMIT_SETTINGS, 0, NULL, PGRES_TUPLES_OK, false, false))
@@ -1658,6 +1878,15 @@ static int store_commit(kobo_store *store, uint64_t *token)
 	clear_steps(s);
 	s->state = PG_IDLE;
 	*token = committed;
+	return KOBO_OK;
+}
+
+static int store_set_concurrency(kobo_store *store, kobo_store_concurrency mode)
+{
+	pg_store *s = to_store(store);
+
+	kobo_assert(s->state != PG_IN_BATCH);
+	s->optimistic = mode == KOBO_STORE_OPTIMISTIC;
 	return KOBO_OK;
 }
 
@@ -1854,6 +2083,8 @@ static void store_close(kobo_store *store)
 	store_pg_pool_destroy(&s->metadata);
 	free(s->looked_up_transfers.ids);
 	free(s->looked_up_accounts.ids);
+	free(s->read_transfers.rows);
+	free(s->read_accounts.rows);
 	PQfinish(s->conn);
 	for (size_t i = 0; i < PG_ARRAY_COLUMNS_MAX; i++)
 		free(s->cols[i].data);
@@ -1869,6 +2100,7 @@ static const kobo_store_ops pg_ops = {
 	.commit = store_commit,
 	.rollback = store_rollback,
 	.now = store_now,
+	.set_concurrency = store_set_concurrency,
 	.expired_holds = store_expired_holds,
 	.healthy = store_healthy,
 	.reader_open = store_pg_reader_open,
@@ -1914,7 +2146,7 @@ int store_pg_open(const char *url, uint32_t shard, uint32_t shard_count,
 	if (read_only) {
 		rc = shard_count > 0 ? check_census(conn, shard, shard_count, true) : KOBO_OK;
 		if (rc == KOBO_OK)
-			rc = check_meta(conn, shard, shard_count);
+			rc = check_meta(conn, shard, shard_count, PG_SCHEMA_VERSION_READABLE);
 	} else {
 		rc = create_schema(conn, s->schema, shard, shard_count);
 	}

@@ -738,6 +738,14 @@ static int read_commit_seq(sqlite_store *s)
 	return KOBO_OK;
 }
 
+/* One writer per shard: the rows need no guarding against other nodes,
+ * so there is nothing to be optimistic about (store.h). */
+static int store_set_concurrency(kobo_store *store, kobo_store_concurrency mode)
+{
+	(void)store;
+	return mode == KOBO_STORE_PESSIMISTIC ? KOBO_OK : KOBO_EINVAL;
+}
+
 /* One process serves this store: its clock is the caller's (store.h). */
 static int store_now(kobo_store *store, int64_t local_now_ms, int64_t *now_ms)
 {
@@ -990,6 +998,7 @@ static const kobo_store_ops sqlite_ops = {
 	.commit = store_commit,
 	.rollback = store_rollback,
 	.now = store_now,
+	.set_concurrency = store_set_concurrency,
 	.expired_holds = store_expired_holds,
 	.healthy = store_healthy,
 	.reader_open = store_sqlite_reader_open,
