@@ -178,6 +178,7 @@ typedef struct kobo_store_position {
 	bool standby;
 	int64_t lag_us;
 } kobo_store_position;
+
 /* How batches of several nodes on one store are kept apart (kobod
  * --concurrency; set_concurrency below). */
 typedef enum kobo_store_concurrency {
