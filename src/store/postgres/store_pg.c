@@ -132,13 +132,21 @@
  *                40001 → KOBO_ECONFLICT and the writer re-runs the batch.
  *                Rows read and not written (a replay's transfer, a payer
  *                whose transfer was refused) are checked by
- *                SQL_CHECK_READS in the COMMIT's pipeline and share-locked
- *                until COMMIT, so what the batch answered from them is
- *                still true when it commits (40001 otherwise).
- *                Updates may then wait on a row another batch writes: the
- *                lock timeout bounds it, and a deadlock between two writers
- *                (they lock in join order) is 40P01: re-run as well.
- *   Nodes of either mode may share a database: both bump versions.
+ *                SQL_CHECK_READS in the COMMIT's pipeline, right before
+ *                COMMIT (40001 if one moved on). They are not locked:
+ *                share locks taken after the updates' row locks let two
+ *                batches deadlock (each updates what the other read). The
+ *                window left (another node's commit between that check and
+ *                this COMMIT, microseconds) can only make a refusal or a
+ *                replay's answer that stale; money only moves through rows
+ *                this batch updates, and those are checked by the UPDATE
+ *                itself under its row lock, so nothing is spent twice.
+ *                Updates lock in id order (pg_order), so two optimistic
+ *                writers of the same rows wait rather than deadlock; a wait
+ *                is bounded by the lock timeout.
+ *   Nodes of either mode may share a database (both bump versions); a
+ *   pessimistic and an optimistic batch lock in different orders
+ *   (transfers first, accounts first) and may deadlock: 40P01, re-run.
  *
  * Which shard a database holds (kobo_store_open_sharded, shard_count > 0):
  * kobod is given one URL per shard, in shard order, and the shard map is
@@ -430,14 +438,13 @@ static const struct {
 		" JOIN LATERAL (SELECT " PG_ACCOUNT_COLUMNS ", version FROM accounts a"
 		"  WHERE a.id = q.id) l ON true ORDER BY q.ord"},
 	/* Optimistic: the rows the batch read and does not write still have
-	 * the versions it read, and stay so until COMMIT (FOR SHARE). */
+	 * the versions it read, right before COMMIT (no lock: see
+	 * "Concurrency"). */
 	[SQL_CHECK_READS] = {"kobo_check_reads",
 		"WITH ra AS (SELECT 1 FROM unnest($1::text[], $2::int8[]) AS u(id, version)"
-		"  JOIN accounts a ON a.id = u.id AND a.version = u.version"
-		"  ORDER BY a.id FOR SHARE OF a),"
+		"  JOIN accounts a ON a.id = u.id AND a.version = u.version),"
 		" rt AS (SELECT 1 FROM unnest($3::text[], $4::int8[]) AS u(id, version)"
-		"  JOIN transfers t ON t.id = u.id AND t.version = u.version"
-		"  ORDER BY t.id FOR SHARE OF t) "
+		"  JOIN transfers t ON t.id = u.id AND t.version = u.version) "
 		"SELECT kobo_expect_rows((SELECT count(*) FROM ra) + (SELECT count(*) FROM rt),"
 		" $5::int8, 'rows read', '40001')"},
 	[SQL_INSERT_ACCOUNTS] = {"kobo_insert_accounts",
@@ -730,6 +737,22 @@ static pg_version *versions_find(pg_versions *v, const char *id)
 	return bsearch(&key, v->rows, v->count, sizeof *v->rows, version_compare);
 }
 
+/* ---- Updates in id order. ----
+ *
+ * An UPDATE … FROM unnest locks its rows in the array's order (a nested
+ * loop over it): sorted by id, two optimistic batches that update the same
+ * rows wait for each other instead of deadlocking (see "Concurrency"). */
+
+typedef struct pg_order {
+	const char *id;
+	size_t at; /* the change's index in the caller's array */
+} pg_order;
+
+static int order_compare(const void *a, const void *b)
+{
+	return strcmp(((const pg_order *)a)->id, ((const pg_order *)b)->id);
+}
+
 /* ---- Handles. ---- */
 
 typedef enum pg_state { PG_IDLE, PG_IN_BATCH, PG_FAILED } pg_state;
@@ -775,6 +798,8 @@ typedef struct pg_store {
 	pg_versions read_transfers; /* versions this batch's loads found */
 	pg_versions read_accounts;
 	bool optimistic;       /* kobo_store_ops.concurrency */
+	struct pg_order *order; /* scratch: updates in id order */
+	size_t order_cap;
 	pg_buf cols[PG_ARRAY_COLUMNS_MAX];
 } pg_store;
 
@@ -1620,15 +1645,54 @@ static int check_reads(pg_store *s)
 		? KOBO_OK : KOBO_ECONNLOST;
 }
 
+/* The updates (not is_new) among n changes, sorted by id into s->order;
+ * how many, or SIZE_MAX when memory ran out. */
+static size_t order_updates(pg_store *s, size_t n, const char *(*id_of)(const void *, size_t),
+                            const void *changes)
+{
+	if (n > s->order_cap) {
+		void *order = realloc(s->order, n * sizeof *s->order);
+		if (order == NULL)
+			return SIZE_MAX;
+		s->order = order;
+		s->order_cap = n;
+	}
+	size_t count = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *id = id_of(changes, i);
+		if (id != NULL)
+			s->order[count++] = (pg_order){id, i};
+	}
+	if (count > 1)
+		qsort(s->order, count, sizeof *s->order, order_compare);
+	return count;
+}
+
+static const char *updated_account_id(const void *changes, size_t i)
+{
+	const kobo_account_change *c = &((const kobo_account_change *)changes)[i];
+	return c->is_new ? NULL : c->account->id;
+}
+
+static const char *updated_transfer_id(const void *changes, size_t i)
+{
+	const kobo_transfer_change *c = &((const kobo_transfer_change *)changes)[i];
+	return c->is_new ? NULL : c->transfer->id;
+}
+
 static int write_accounts(pg_store *s, const kobo_account_change *changes,
                           size_t count, bool is_new)
 {
 	const char *params[9];
 	char rows_text[32];
 	size_t rows = 0;
+	size_t updates = 0;
 
+	if (!is_new && (updates = order_updates(s, count, updated_account_id, changes)) == SIZE_MAX)
+		return KOBO_ENOMEM;
 	reset_arrays(s, is_new ? 8 : 5);
-	for (size_t i = 0; i < count; i++) {
+	for (size_t k = 0; k < (is_new ? count : updates); k++) {
+		size_t i = is_new ? k : s->order[k].at;
 		const kobo_account *a = changes[i].account;
 		if (changes[i].is_new != is_new)
 			continue;
@@ -1751,12 +1815,14 @@ static int update_transfers(pg_store *s, const kobo_transfer_change *changes,
 	const char *params[12];
 	char rows_text[32];
 	size_t rows = 0;
+	size_t updates = order_updates(s, count, updated_transfer_id, changes);
 
+	if (updates == SIZE_MAX)
+		return KOBO_ENOMEM;
 	reset_arrays(s, 10);
-	for (size_t i = 0; i < count; i++) {
+	for (size_t k = 0; k < updates; k++) {
+		size_t i = s->order[k].at;
 		const kobo_transfer *t = changes[i].transfer;
-		if (changes[i].is_new)
-			continue;
 		rows++;
 		pg_buf *c = s->cols;
 		arr_str(&c[0], t->id);
@@ -2085,6 +2151,7 @@ static void store_close(kobo_store *store)
 	free(s->looked_up_accounts.ids);
 	free(s->read_transfers.rows);
 	free(s->read_accounts.rows);
+	free(s->order);
 	PQfinish(s->conn);
 	for (size_t i = 0; i < PG_ARRAY_COLUMNS_MAX; i++)
 		free(s->cols[i].data);
