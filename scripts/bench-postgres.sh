@@ -13,7 +13,11 @@
 #         --merchant, CONNECTIONS connections;
 #       - 2 kobod on the same database, one kobo-bench per node with half the
 #         connections each, run at once (kobo-bench takes one --url);
-#       - 2 shards (two databases), uniform, local-only and shard-blind.
+#       - 2 shards (two databases), uniform, local-only and shard-blind;
+#       - the 1- and 2-kobod rows again with --concurrency optimistic;
+#       - 1 kobod, uniform, with a synchronous standby (pg_basebackup -R of
+#         this cluster, synchronous_standby_names = '*' while the row runs):
+#         what waiting for the standby's flush costs.
 #  For every row, over the middle of the load (DURATION-2 s): CPU used by
 #  kobod, by the PostgreSQL server and by the load generator (from
 #  /proc/PID/stat), write transactions (xids consumed), xact_commit
@@ -23,6 +27,9 @@
 #  Prints a table and appends a dated section to docs/benchmarks.md.
 #
 #   DURATION=10 ACCOUNTS=100000 CONNECTIONS=64 PERF=1 scripts/bench-postgres.sh
+#
+# ROWS=REGEX runs only the Kobo rows whose name matches (a quick check; the
+# naive rows still run first, see NAIVE_PATTERNS).
 #
 # Everything started here (PostgreSQL, kobod, kobo-bench, perf) is stopped by
 # pid on exit, failure or interrupt; every wait is bounded.
@@ -42,6 +49,7 @@ OVERLAP=${OVERLAP:-15}                # extra load time of each bench in the 2-k
 # rate sagas run on PostgreSQL today that setup takes > 60 s and its batches
 # failed in a first run (2026-12-02), so the 2-shard rows use fewer accounts.
 SHARD_ACCOUNTS=${SHARD_ACCOUNTS:-10000}
+ROWS=${ROWS:-.}                       # a regex on the Kobo rows' names
 [[ $DURATION -ge 5 ]] || { echo "bench-postgres: DURATION must be >= 5" >&2; exit 2; }
 [[ -f $NAIVE ]] || { echo "bench-postgres: $NAIVE not found" >&2; exit 2; }
 
@@ -66,6 +74,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/kobo-bench-pg.XXXXXX")
 pgbase=$(mktemp -d "${TMPDIR:-/tmp}/kobo-bench-pgdata.XXXXXX")
 pids=()        # kobod, kobo-bench, perf, naive_pg.sh: stopped by pid
 pg_pid=""
+standby_pid=""
 uptime_start=$(uptime)
 
 # ---- helper: /proc CPU accounting, counters, metrics, rows ----
@@ -306,9 +315,22 @@ stop_pg() {
 	pg_pid=""
 }
 # shellcheck disable=SC2317
+stop_standby() {
+	[[ -n $standby_pid ]] || return 0
+	if kill -0 "$standby_pid" 2>/dev/null; then
+		kill -INT "$standby_pid" 2>/dev/null || true
+		for _ in $(seq 300); do kill -0 "$standby_pid" 2>/dev/null || break; sleep 0.1; done
+		if kill -0 "$standby_pid" 2>/dev/null; then
+			for p in $(h pids "$standby_pid" | tr , ' '); do kill -KILL "$p" 2>/dev/null || true; done
+		fi
+	fi
+	standby_pid=""
+}
+# shellcheck disable=SC2317
 cleanup() {
 	local i
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[$i]}"; done
+	stop_standby
 	stop_pg
 	rm -rf "$tmp" "$pgbase"
 }
@@ -380,10 +402,12 @@ psql -X -q -d postgres -c "CREATE ROLE kobo LOGIN" -c "GRANT pg_monitor TO kobo"
 echo "bench-postgres: PostgreSQL (pid $pg_pid) on 127.0.0.1:$pgport" >&2
 
 kobods=(); urls=()
+kobod_args=()   # extra kobod flags of the current row
 start_kobod() {   # start_kobod URL... : one more kobod on a free port
 	local port args=() u
 	port=$(free_port)
 	for u in "$@"; do args+=(--postgres "$u"); done
+	args+=("${kobod_args[@]}")
 	local n=${#kobods[@]}
 	build/kobod --listen "127.0.0.1:$port" "${args[@]}" --log-level warn \
 		>"$tmp/kobod-$n.out" 2>>"$tmp/kobod-$n.log" &
@@ -402,10 +426,13 @@ stop_kobods() {
 	kobods=(); urls=()
 }
 
-# kobo_row NAME DBS NODES SHARDS "BENCH ARGS"
+# kobo_row NAME DBS NODES SHARDS "BENCH ARGS" ["KOBOD ARGS"]
 kobo_row() {
 	local name=$1 dbs=$2 nodes=$3 shards=$4 extra=$5 db u
 	local db_urls=()
+	[[ $name =~ $ROWS ]] || return 0
+	# shellcheck disable=SC2206
+	kobod_args=(${6:-})
 	for db in ${dbs//,/ }; do
 		psql -X -q -d postgres -c "CREATE DATABASE $db OWNER kobo"
 		db_urls+=("postgresql://kobo@127.0.0.1:$pgport/$db")
@@ -421,7 +448,7 @@ kobo_row() {
 	local shard_args="" shown="" u
 	if [[ $shards -gt 1 ]]; then shard_args="--shards $shards"; fi
 	for u in "${db_urls[@]}"; do shown+=" --postgres $u"; done
-	shown="${nodes} × build/kobod --listen 127.0.0.1:PORT$shown --log-level warn"
+	shown="${nodes} × build/kobod --listen 127.0.0.1:PORT$shown ${kobod_args[*]} --log-level warn"
 	for i in $(seq 0 $((nodes - 1))); do
 		# shellcheck disable=SC2206
 		local cmd=(build/kobo-bench --url "${urls[$i]}" --json --duration "$dur" --accounts "$accounts"
@@ -506,6 +533,35 @@ kobo_row "kobod ×2, one db:hot10" k2h 2 1 "--hot 10"
 kobo_row "kobod ×2, one db:merchant" k2m 2 1 "--merchant"
 kobo_row "kobod ×1, 2 shards:uniform (local only)" s2l0,s2l1 1 2 "--cross-shard 0"
 kobo_row "kobod ×1, 2 shards:uniform (shard-blind)" s2b0,s2b1 1 2 ""
+opt="--concurrency optimistic"
+kobo_row "kobod ×1 optimistic:uniform" o1u 1 1 "" "$opt"
+kobo_row "kobod ×1 optimistic:hot10" o1h 1 1 "--hot 10" "$opt"
+kobo_row "kobod ×1 optimistic:merchant" o1m 1 1 "--merchant" "$opt"
+kobo_row "kobod ×2 optimistic, one db:uniform" o2u 2 1 "" "$opt"
+kobo_row "kobod ×2 optimistic, one db:hot10" o2h 2 1 "--hot 10" "$opt"
+kobo_row "kobod ×2 optimistic, one db:merchant" o2m 2 1 "--merchant" "$opt"
+
+# A synchronous standby: every COMMIT waits for its flush.
+if [[ "kobod ×1, sync standby:uniform" =~ $ROWS ]]; then
+	sbport=$(free_port)
+	runuser -u postgres -- timeout 300 "$pgbin/pg_basebackup" -h 127.0.0.1 -p "$pgport" -U postgres \
+		-D "$pgbase/standby" -R -X stream -c fast >/dev/null
+	cat >>"$pgbase/standby/postgresql.conf" <<CONF
+port = $sbport
+unix_socket_directories = '$pgbase/sock'
+CONF
+	runuser -u postgres -- timeout 90 "$pgbin/pg_ctl" -D "$pgbase/standby" -l "$pgbase/standby.log" -w -t 60 start >/dev/null
+	standby_pid=$(head -1 "$pgbase/standby/postmaster.pid")
+	psql -X -q -d postgres -c "ALTER SYSTEM SET synchronous_standby_names = '*'" -c "SELECT pg_reload_conf()" >/dev/null
+	for _ in $(seq 300); do   # ≤ 30 s for the standby to become synchronous
+		[[ $(psql -X -qAt -d postgres -c "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") == 1 ]] && break
+		sleep 0.1
+	done
+	echo "bench-postgres: synchronous standby (pid $standby_pid) on 127.0.0.1:$sbport: $(psql -X -qAt -d postgres -c "SELECT application_name, sync_state FROM pg_stat_replication")" >&2
+	kobo_row "kobod ×1, sync standby:uniform" ssu 1 1 ""
+	psql -X -q -d postgres -c "ALTER SYSTEM RESET synchronous_standby_names" -c "SELECT pg_reload_conf()" >/dev/null
+	stop_standby
+fi
 stop_pg
 
 # ---- report ----
@@ -519,6 +575,8 @@ pgver=$("$pgbin/postgres" --version)
 	echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM,"
 	echo "$(uname -sr), $pgver. Everything on this machine (load generators, kobod, PostgreSQL)."
 	echo "Load at start: \`$uptime_start\`; at the end: \`$(uptime)\`."
+	echo "Rows marked optimistic run kobod --concurrency optimistic; the sync standby row runs with a"
+	echo "streaming standby of Kobo's cluster on this machine (pg_basebackup -R) as synchronous_standby_names = '*'."
 	echo "Both PostgreSQL clusters: fresh initdb, fsync on, synchronous_commit on, shared_buffers 1GB,"
 	echo "max_wal_size 8GB, max_connections 200 (naive_pg.sh's settings); Kobo: one fresh database per"
 	echo "row, owned by a non-superuser role. $DURATION s per row; kobo-bench: $ACCOUNTS fresh accounts"
