@@ -71,7 +71,8 @@
  *   commit()          meta bumped if write() did not; commit settings
  *                     (timeouts off); COMMIT — all one pipeline with write's
  *
- *   Lock order in every batch: transfers, accounts, meta. A unique
+ *   Lock order in every pessimistic batch: transfers, accounts, meta (an
+ *   optimistic one: accounts, meta, transfers, see "Concurrency"). A unique
  *   violation on a transfer id means another node inserted it first: the
  *   batch is re-run (KOBO_ECONFLICT) and then replays what that node did.
  *
@@ -1901,7 +1902,7 @@ static int store_commit(kobo_store *store, uint64_t *token)
 	if (!s->meta_queued && (rc = send_bump_meta(s, 0, false)) != KOBO_OK)
 		return store_abandon(s, rc);
 	if (s->optimistic && (rc = check_reads(s)) != KOBO_OK)
-		return store_abandon(s, KOBO_ECONNLOST);
+		return store_abandon(s, rc == KOBO_ENOMEM ? KOBO_ESTORE : rc);
 	/* No timeout on COMMIT, ever: a COMMIT cancelled while it waits for
 	 * the standby has committed locally. */
 	if (!step_send(s, SQL_COMMIT_SETTINGS, 0, NULL, PGRES_TUPLES_OK, false, false))
