@@ -111,10 +111,14 @@ test: test-deps
 unit: $(UNIT_BINS)
 	@scripts/pg-cluster.sh scripts/run-unit-tests.sh $(UNIT_BINS)
 
+# The system suite runs once per store backend (tests/system/conftest.py):
+# sqlite (--data), pg1 and pg2 (--postgres, 1 and 2 databases on a throw-away
+# PostgreSQL cluster). KOBO_TEST_BACKENDS=sqlite make system runs one.
+KOBO_TEST_BACKENDS ?= sqlite,pg1,pg2
 system: $(SAN)/kobod $(SAN)/kobo $(SAN)/kobo-bench
 	$(SAN)/kobo-bench --self-test
 	KOBOD=$(CURDIR)/$(SAN)/kobod KOBO=$(CURDIR)/$(SAN)/kobo \
-	KOBO_BENCH=$(CURDIR)/$(SAN)/kobo-bench \
+	KOBO_BENCH=$(CURDIR)/$(SAN)/kobo-bench KOBO_TEST_BACKENDS=$(KOBO_TEST_BACKENDS) \
 	/usr/bin/python3 -m pytest -q tests/system
 
 # libFuzzer needs clang; the fuzzers compile the core sources themselves.

@@ -233,15 +233,32 @@ def read_response(sock, timeout):
 
 # -------------------------------------------------------------- server ----
 
+def shards_in_args(args, default=1):
+    """The value of `--shards N` in a kobod argument list, else default."""
+    args = list(args)
+    for i, a in enumerate(args):
+        if a == "--shards" and i + 1 < len(args):
+            return int(args[i + 1])
+        if a.startswith("--shards="):
+            return int(a.split("=", 1)[1])
+    return default
+
+
 class Server:
-    """One kobod process on a free port with its own data directory.
+    """One kobod process on a free port with its own store: a data directory
+    (`--data`, the embedded SQLite store) or, with postgres=[URI, ...], one
+    PostgreSQL database per shard (`--postgres URI` each, in shard order).
+    A restart reuses the same store.
 
-    url, port, data (the data dir), log_path (stderr, JSON lines), client
-    (a Client), and start(), restart(), kill9(), sigterm(), stop()."""
+    url, port, data (the data dir; None on PostgreSQL), postgres (the URIs;
+    None on SQLite), shards, log_path (stderr, JSON lines), client (a
+    Client), store_args() (what `kobo audit` needs to find the store), and
+    start(), restart(), kill9(), sigterm(), stop()."""
 
-    def __init__(self, workdir, extra_args=()):
+    def __init__(self, workdir, extra_args=(), postgres=None):
         self.workdir = str(workdir)
-        self.data = os.path.join(self.workdir, "data")
+        self.postgres = list(postgres) if postgres else None
+        self.data = None if self.postgres else os.path.join(self.workdir, "data")
         self.log_path = os.path.join(self.workdir, "kobod.stderr.log")
         self.out_path = os.path.join(self.workdir, "kobod.stdout.log")
         self.extra_args = list(extra_args)
@@ -251,6 +268,17 @@ class Server:
         self.client = Client(self)
         self.exit_codes = []
         self.stopped_by_us = False
+        self.shards = len(self.postgres) if self.postgres else shards_in_args(self.extra_args)
+
+    def store_args(self):
+        """The store flags of kobod and `kobo audit`: --data DIR, or
+        --postgres URI once per shard."""
+        if self.postgres:
+            out = []
+            for uri in self.postgres:
+                out += ["--postgres", uri]
+            return out
+        return ["--data", self.data]
 
     # -- lifecycle --
 
@@ -266,7 +294,7 @@ class Server:
         self.port = port
         self.generation += 1
         self.stopped_by_us = False
-        args = [binary("kobod"), "--listen", f"127.0.0.1:{port}", "--data", self.data]
+        args = [binary("kobod"), "--listen", f"127.0.0.1:{port}"] + self.store_args()
         args += self.extra_args
         with open(self.log_path, "ab") as err, open(self.out_path, "ab") as out:
             err.write(f"### test harness: starting {' '.join(args)}\n".encode())
@@ -503,14 +531,24 @@ def expect_balance(srv, acct_id, what="", **want):
     return bal
 
 
-def audit(data_dir, timeout=CLI_TIMEOUT_S):
-    return subprocess.run([binary("kobo"), "audit", "--data", data_dir], capture_output=True,
-                          text=True, timeout=timeout, env=child_env())
+def _store_args(store):
+    """store: a Server (its --data or --postgres flags) or a data dir path."""
+    if isinstance(store, Server):
+        return store.store_args()
+    return ["--data", str(store)]
 
 
-def expect_audit_ok(data_dir, what=""):
-    p = audit(data_dir)
-    assert p.returncode == 0, (f"{what + ': ' if what else ''}`kobo audit --data {data_dir}`: "
+def audit(store, *extra, timeout=CLI_TIMEOUT_S):
+    """`kobo audit` of a Server's store (SQLite or PostgreSQL) or of a data
+    dir given by path."""
+    return subprocess.run([binary("kobo"), "audit", *_store_args(store), *extra],
+                          capture_output=True, text=True, timeout=timeout, env=child_env())
+
+
+def expect_audit_ok(store, what=""):
+    p = audit(store)
+    assert p.returncode == 0, (f"{what + ': ' if what else ''}`kobo audit "
+                               f"{' '.join(_store_args(store))}`: "
                                f"expected exit 0, saw {p.returncode}\nstdout:\n{p.stdout[-3000:]}"
                                f"\nstderr:\n{p.stderr[-3000:]}")
     return p

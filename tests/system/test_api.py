@@ -50,6 +50,7 @@ def test_ready_line_printed_on_stdout(srv):
                   f"saw {srv.stdout_text()[-500:]!r}")
 
 
+@pytest.mark.embedded_only("checks the SQLite file in the --data dir")
 def test_data_dir_holds_shard_0_db(srv):
     path = os.path.join(srv.data, "shard-0.db")
     assert os.path.isfile(path), (f"expected the SQLite store at {path}, saw directory "

@@ -20,6 +20,8 @@ import sqlite3
 import subprocess
 import time
 
+import pytest
+
 from kobotest import Load, audit, binary, child_env, cli, wait_until
 
 EXIT_UNSOUND = 1
@@ -53,13 +55,14 @@ def ids_on_shards(prefix, shards, want, per_shard=1):
     return found
 
 
-def audit_json(data_dir):
-    p = subprocess.run([binary("kobo"), "--json", "audit", "--data", data_dir], capture_output=True,
-                       text=True, timeout=120, env=child_env())
+def audit_json(srv):
+    """`kobo --json audit` of srv's store (--data or --postgres)."""
+    args = [binary("kobo"), "--json", "audit", *srv.store_args()]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120, env=child_env())
     try:
         return p, json.loads(p.stdout)
     except ValueError:
-        raise AssertionError(f"`kobo --json audit --data {data_dir}`: expected JSON on stdout, "
+        raise AssertionError(f"`{' '.join(args[1:])}`: expected JSON on stdout, "
                              f"saw {p.stdout[-1500:]!r}, stderr {p.stderr[-1500:]!r}")
 
 
@@ -118,17 +121,18 @@ def rewind_hold_to_reserved(data_dir, hold_id, payee):
             ("kobo:clearing:1:0:NGN",), 1))
 
 
+@pytest.mark.embedded_only("rewinds a saga by editing the SQLite shard files")
 def test_audit_checks_pairs_with_a_saga_in_flight(make_server):
     srv, payer, payee = two_shard_book(make_server, "ain")
     srv.sigterm()
     rewind_hold_to_reserved(srv.data, "ain:h", payee)
 
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == 0, f"a saga caught after step 1 is sound: {show(p)}"
     expect_in(p, "sagas in flight: 1", "the saga is counted")
     expect_in(p, "clearing pairs: 1 checked", "the pairs are checked with the saga in flight")
     expect_in(p, "1 in flight", "the in-flight transfer is accounted for")
-    p, report = audit_json(srv.data)
+    p, report = audit_json(srv)
     assert p.returncode == 0 and report["verdict"] == "sound", f"--json: expected sound, saw {report}"
     pairs = report["clearing_pairs"]
     assert pairs["status"] == "checked" and pairs["in_flight"] == 1 and pairs["problems"] == [], (
@@ -141,7 +145,7 @@ def test_audit_checks_pairs_with_a_saga_in_flight(make_server):
             "WHERE id = 'ain:x' AND leg = 'credit'", (), 1),
            ("UPDATE accounts SET posted = posted + 99 WHERE id = ?", (payee,), 1),
            ("UPDATE accounts SET posted = posted - 99 WHERE id = ?", ("kobo:clearing:1:0:NGN",), 1))
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == EXIT_UNSOUND, f"a pair off by 99 beside a saga in flight is unsound: {show(p)}"
     expect_in(p, "clearing pairs: problem:", "the pair problem is reported")
     expect_in(p, "ain:x", "the problem names the transfer")
@@ -150,6 +154,7 @@ def test_audit_checks_pairs_with_a_saga_in_flight(make_server):
     expect_in(p, "unsound", "the verdict")
 
 
+@pytest.mark.embedded_only("edits the SQLite shard files to stage a saga state")
 def test_audit_accepts_a_credit_leg_one_step_ahead(make_server):
     srv, payer, payee = two_shard_book(make_server, "aos")
     srv.sigterm()
@@ -163,7 +168,7 @@ def test_audit_accepts_a_credit_leg_one_step_ahead(make_server):
             (payer,), 1),
            ("UPDATE accounts SET posted = posted - 300, pending_in = pending_in + 300 WHERE id = ?",
             ("kobo:clearing:0:1:NGN",), 1))
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == 0, f"a credit leg one step ahead of its reserved debit leg is sound: {show(p)}"
     expect_in(p, "clearing pairs: 1 checked", "pairs checked")
 
@@ -177,20 +182,22 @@ def test_audit_accepts_a_credit_leg_one_step_ahead(make_server):
     tamper(srv.data, 0,
            ("UPDATE transfers SET status = 'processing', saga = 'reserved' "
             "WHERE id = 'aos:h' AND leg = 'debit'", (), 1))
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == EXIT_UNSOUND, f"a credit leg voided under a reserved debit leg: {show(p)}"
     expect_in(p, "aos:h", "the problem names the transfer")
 
 
+@pytest.mark.own_shards
 def test_audit_checks_pairs_while_kobod_runs(make_server):
     srv, payer, payee = two_shard_book(make_server, "arn")
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == 0, f"audit of a sound idle 2-shard kobod: {show(p)}"
     expect_in(p, "clearing pairs: 1 checked", "the pairs are checked while kobod runs")
-    p, report = audit_json(srv.data)
+    p, report = audit_json(srv)
     assert report["clearing_pairs"]["status"] == "checked", f"--json: {report['clearing_pairs']}"
 
 
+@pytest.mark.embedded_only("removes a leg by editing a SQLite shard file")
 def test_audit_answers_unknown_when_running_pairs_disagree(make_server):
     srv, payer, payee = two_shard_book(make_server, "aun")
     srv.sigterm()
@@ -201,23 +208,24 @@ def test_audit_answers_unknown_when_running_pairs_disagree(make_server):
            ("DELETE FROM transfers WHERE id = 'aun:x' AND leg = 'credit'", (), 1),
            ("UPDATE accounts SET posted = posted - 300 WHERE id = ?", (payee,), 1),
            ("UPDATE accounts SET posted = posted + 300 WHERE id = ?", ("kobo:clearing:1:0:NGN",), 1))
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == EXIT_UNSOUND, f"stopped: the loss is definite: {show(p)}"
     srv.start(port=srv.port)
     started = time.monotonic()
-    p = audit(srv.data)
+    p = audit(srv)
     took = time.monotonic() - started
     assert p.returncode == EXIT_UNKNOWN, f"running: a discrepancy that stays is unknown, not sound: {show(p)}"
     expect_in(p, "clearing pairs: unknown", "the pairs' verdict")
     expect_in(p, "aun:x", "the discrepancy seen is shown")
     expect_in(p, ": unknown", "the total's verdict")
     assert took < 30, f"the re-reads are bounded: the audit took {took:.1f} s"
-    p, report = audit_json(srv.data)
+    p, report = audit_json(srv)
     assert p.returncode == EXIT_UNKNOWN and report["verdict"] == "unknown", f"--json: {report}"
     assert report["clearing_pairs"]["status"] == "unknown" and report["clearing_pairs"]["attempts"] > 1, (
         f"--json: expected several attempts, saw {report['clearing_pairs']}")
 
 
+@pytest.mark.own_shards
 def test_audit_after_kill9_mid_traffic_checks_pairs(make_server):
     srv = make_server("--shards", "2")
     ids = ids_on_shards("akl", 2, {0, 1}, per_shard=4)
@@ -235,7 +243,7 @@ def test_audit_after_kill9_mid_traffic_checks_pairs(make_server):
         srv.kill9()
         load.stop()
         assert got, f"round {rnd}: expected 40 acknowledged transfers before the kill, saw {len(load.acked)}"
-        p = audit(srv.data)
+        p = audit(srv)
         assert p.returncode == 0, f"round {rnd}: audit right after kill -9 must be sound: {show(p)}"
         expect_in(p, "clearing pairs: ", "pairs line")
         assert "checked" in p.stdout and "not checked" not in p.stdout, f"round {rnd}: pairs checked: {show(p)}"

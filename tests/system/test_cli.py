@@ -3,6 +3,7 @@ test_cli.py — the kobo command-line client end to end against a real kobod
 (human and --json output, exit codes, error codes on stderr), and `kobo audit`
 on a sound and on a tampered store.
 """
+import pytest
 import json
 import os
 import sqlite3
@@ -127,6 +128,7 @@ def test_cli_unreachable_server_fails(server):
     assert p.returncode != 0, f"kobo against a stopped server ({url}): expected non-zero exit, saw 0"
 
 
+@pytest.mark.embedded_only("tampers the SQLite shard file that kobo audit --data reads")
 def test_audit_sound_then_tampered(server):
     run_ok(server, "account", "create", "aud:cash", "--currency", "NGN", "--allow-negative")
     run_ok(server, "account", "create", "aud:ada", "--currency", "NGN")
@@ -135,9 +137,9 @@ def test_audit_sound_then_tampered(server):
            "--amount", 900, "--currency", "NGN")
     run_ok(server, "transfer", "--id", "aud:2", "--from", "aud:ada", "--to", "aud:bola",
            "--amount", 300, "--currency", "NGN", "--pending")
-    expect_audit_ok(server.data, "audit of a sound store while kobod runs")
+    expect_audit_ok(server, "audit of a sound store while kobod runs")
     server.sigterm()
-    expect_audit_ok(server.data, "audit of a sound stopped store")
+    expect_audit_ok(server, "audit of a sound stopped store")
 
     db = os.path.join(server.data, "shard-0.db")
     con = sqlite3.connect(db)
@@ -149,7 +151,7 @@ def test_audit_sound_then_tampered(server):
     finally:
         con.close()
     assert n == 1, f"tamper: expected to update 1 row of accounts for aud:bola, updated {n}"
-    p = audit(server.data)
+    p = audit(server)
     assert p.returncode == 1, (f"`kobo audit` on a tampered store: expected exit 1, saw {p.returncode}\n"
                                f"stdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
     assert "aud:bola" in p.stdout + p.stderr, (
@@ -178,13 +180,14 @@ def ids_on_shards(prefix, shards, want):
     return found
 
 
-def audit_json(data_dir):
-    p = subprocess.run([binary("kobo"), "--json", "audit", "--data", data_dir], capture_output=True,
-                       text=True, timeout=60, env=child_env())
+def audit_json(srv):
+    """`kobo --json audit` of srv's store (--data or --postgres)."""
+    args = [binary("kobo"), "--json", "audit", *srv.store_args()]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=60, env=child_env())
     try:
         return p, json.loads(p.stdout)
     except ValueError:
-        raise AssertionError(f"`kobo audit --data {data_dir} --json`: expected JSON on stdout, "
+        raise AssertionError(f"`{' '.join(args[1:])}`: expected JSON on stdout, "
                              f"saw {p.stdout[-1500:]!r}, stderr {p.stderr[-1500:]!r}")
 
 
@@ -193,6 +196,7 @@ def expect_in_audit(p, text, what):
                               f"stdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-1500:]}")
 
 
+@pytest.mark.embedded_only("tampers a SQLite shard file that kobo audit --data reads")
 def test_audit_two_shards_checks_clearing_pairs_when_stopped(make_server):
     srv = make_server("--shards", "2")
     ids = ids_on_shards("aud2", 2, {0, 1})
@@ -207,20 +211,20 @@ def test_audit_two_shards_checks_clearing_pairs_when_stopped(make_server):
     run_ok(srv, "transfer", "--id", "aud2:hold", "--from", payer, "--to", payee,
            "--amount", 120, "--currency", "NGN", "--pending")
 
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == 0, (f"audit of a sound 2-shard store while kobod runs: expected exit 0, "
                                f"saw {p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
     expect_in_audit(p, "clearing pairs: 1 checked", "kobod running: the pairs are read until they agree")
     expect_in_audit(p, "shard 1:", "both shards are audited")
 
     srv.sigterm()
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == 0, (f"audit of a sound stopped 2-shard store: expected exit 0, saw "
                                f"{p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
     expect_in_audit(p, "sagas in flight: 0", "stopped, nothing in flight")
     expect_in_audit(p, "clearing pairs: 1 checked (", "stopped: the pairs are checked")
     expect_in_audit(p, "in flight), 0 problems", "stopped: the pairs are sound")
-    p, report = audit_json(srv.data)
+    p, report = audit_json(srv)
     assert p.returncode == 0 and report["verdict"] == "sound", f"--json audit: expected sound, saw {report}"
     assert report["shard_map"]["shards"] == 2 and len(report["shards"]) == 2, (
         f"--json audit: expected 2 shards from the shard map, saw {report}")
@@ -240,7 +244,7 @@ def test_audit_two_shards_checks_clearing_pairs_when_stopped(make_server):
     finally:
         con.close()
     assert n == 1, f"tamper: expected to delete the credit leg of aud2:x on shard 1, deleted {n}"
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == 1, (f"audit with a clearing pair off by 300: expected exit 1, saw {p.returncode}\n"
                                f"stdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
     expect_in_audit(p, "clearing pairs: problem:", "pair off by 300")
@@ -249,6 +253,7 @@ def test_audit_two_shards_checks_clearing_pairs_when_stopped(make_server):
         f"the tamper keeps shard 1 consistent on its own; saw {p.stdout[-1500:]}")
 
 
+@pytest.mark.embedded_only("rewinds a saga by editing a SQLite shard file")
 def test_audit_lists_sagas_in_flight_and_checks_pairs(make_server):
     srv = make_server("--shards", "2")
     ids = ids_on_shards("aud3", 2, {0, 1})
@@ -273,14 +278,14 @@ def test_audit_lists_sagas_in_flight_and_checks_pairs(make_server):
     finally:
         con.close()
     assert n == 1, f"tamper: expected to update the debit leg of aud3:hold on shard 0, updated {n}"
-    p = audit(srv.data)
+    p = audit(srv)
     assert p.returncode == 0, (f"audit with a saga in flight: expected exit 0 (not a problem), saw "
                                f"{p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-1500:]}")
     expect_in_audit(p, "sagas in flight: 1", "one saga in flight")
     expect_in_audit(p, "aud3:hold reserved (request_id req-aud3-hold)", "the saga is listed")
     expect_in_audit(p, " in flight), 0 problems",
                     "pairs checked with the saga in flight accounted for")
-    p, report = audit_json(srv.data)
+    p, report = audit_json(srv)
     assert report["sagas_in_flight"] == 1 and report["sagas"][0]["id"] == "aud3:hold", (
         f"--json audit: expected the saga listed, saw {report}")
     assert report["clearing_pairs"]["status"] == "checked" and report["clearing_pairs"]["in_flight"] == 1, (

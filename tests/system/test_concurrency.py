@@ -75,7 +75,7 @@ def test_last_100_raced_by_64_withdrawals(server):
             f"round {round_no}: stored statuses: expected 1 posted, 63 rejected, saw {dict(statuses)} "
             f"(winner {winner})")
     expect_balance(server, "shop", posted=300)
-    expect_audit_ok(server.data)
+    expect_audit_ok(server)
 
 
 def test_hold_race_for_the_last_100(server):
@@ -180,4 +180,4 @@ def test_random_transfers_conserve_money(server):
     assert not negative, f"no non-negative account may go below 0, saw {negative}"
     held = {a: b for a, b in bals.items() if b["pending_out"] or b["pending_in"]}
     assert not held, f"every hold was posted or voided, expected no pending amounts, saw {held}"
-    expect_audit_ok(server.data, "audit after random load")
+    expect_audit_ok(server, "audit after random load")

@@ -9,6 +9,8 @@ token back sees the write.
 """
 import re
 
+import pytest
+
 from kobotest import (expect_status, fund, get_transfer, id_on_shard, make_account, transfer,
                       transfer_body, uid)
 
@@ -31,6 +33,7 @@ def place(srv, prefix, shard, allow_negative=False):
     return acct
 
 
+@pytest.mark.own_shards
 def test_writes_carry_a_token_covering_their_shards(make_server):
     srv = make_server("--shards", str(SHARDS))
     cash0 = place(srv, "cash", 0, allow_negative=True)

@@ -101,7 +101,7 @@ def test_kill9_under_load_repeatedly(server):
                                         f"{dict(expected)} (from stored transfers), saw {seen}")
         negative = {a: b for a, b in bals.items() if a != "cash" and b["available"] < 0}
         assert not negative, f"round {rnd}: non-negative accounts went below 0: {negative}"
-        expect_audit_ok(server.data, f"round {rnd}: audit after kill -9")
+        expect_audit_ok(server, f"round {rnd}: audit after kill -9")
     print(f"kill -9 rounds: {dict(totals)}")
 
 
@@ -149,4 +149,4 @@ def test_holds_and_batches_survive_kill9(server):
     expect_status(server.post("/v1/transfers/open/post"), 200, "post a hold made before the crash")
     total, _ = conservation(server, ["cash", "a", "b"])
     assert total == 0, f"conservation: expected 0, saw {total}"
-    expect_audit_ok(server.data)
+    expect_audit_ok(server)

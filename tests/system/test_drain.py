@@ -28,7 +28,7 @@ def test_sigterm_under_load_drains_and_keeps_acknowledged(server):
         load.stop()
     assert got, f"expected at least 30 acknowledged transfers before SIGTERM, saw {len(load.acked)}"
     assert not load.problems, f"unexpected answers under load: {load.problems[:5]}"
-    expect_audit_ok(server.data, "audit of the drained store")
+    expect_audit_ok(server, "audit of the drained store")
 
     server.start(port=server.port)
     lost = [t for t in load.acked if get_transfer(server, t).status != 200]
@@ -51,7 +51,7 @@ def test_sigterm_under_load_drains_and_keeps_acknowledged(server):
     assert total == 0, f"conservation: expected sum of posted 0, saw {total}"
     seen = {a: b["posted"] for a, b in bals.items()}
     assert seen == dict(expected), f"balances: expected {dict(expected)} (from stored transfers), saw {seen}"
-    expect_audit_ok(server.data, "audit after restart")
+    expect_audit_ok(server, "audit after restart")
 
 
 def test_sigterm_answers_an_in_flight_batch(server):
@@ -86,4 +86,4 @@ def test_sigterm_answers_an_in_flight_batch(server):
         bal = balance(server, "dst")
         assert bal["posted"] in (0, len(ids)), (
             f"unanswered batch ({answer}): expected all or nothing stored, saw posted {bal['posted']}")
-    expect_audit_ok(server.data)
+    expect_audit_ok(server)

@@ -20,6 +20,7 @@ test_edge_money.py — the HTTP edge's part of the money path (issue 7,
     413 is sent, so a client that writes the whole body reads the 413
     instead of a reset.
 """
+import pytest
 import http.client
 import json
 import socket
@@ -60,6 +61,7 @@ def batches_committed(srv):
 
 # ---------------------------------------------- 1. routing of post/void ----
 
+@pytest.mark.own_shards
 def test_post_and_void_of_an_unknown_id_answer_404_at_the_edge(make_server):
     srv = make_server("--shards", str(SHARDS))
     payer, payee = funded_pair(srv, 0, 1)
@@ -81,6 +83,7 @@ def test_post_and_void_of_an_unknown_id_answer_404_at_the_edge(make_server):
     expect_balance(srv, payee, "payee after unknown post/void", **before_payee)
 
 
+@pytest.mark.own_shards
 def test_cross_shard_hold_posted_right_after_creation_is_posted_on_the_payer_shard(make_server):
     srv = make_server("--shards", str(SHARDS))
     payer, payee = funded_pair(srv, 0, 1, amount=100_000)
@@ -120,7 +123,7 @@ def test_cross_shard_hold_posted_right_after_creation_is_posted_on_the_payer_sha
     expect_balance(srv, payee, "payee after 8 posted holds of 1000", posted=8000, pending_in=0,
                    pending_out=0)
     srv.sigterm()
-    expect_audit_ok(srv.data, "after holds posted right after creation")
+    expect_audit_ok(srv, "after holds posted right after creation")
 
 
 # ------------------------------------------- 2. 409 transfer_in_progress ----
@@ -129,6 +132,7 @@ def rejections(srv, code):
     return metrics(srv).get(f'kobo_rejections_total{{code="{code}"}}', 0.0)
 
 
+@pytest.mark.own_shards
 def test_post_or_void_during_a_saga_step_is_409_transfer_in_progress(make_server):
     srv = make_server("--shards", str(SHARDS))
     payer, payee = funded_pair(srv, 0, 1, amount=1_000_000)
@@ -189,11 +193,12 @@ def test_post_or_void_during_a_saga_step_is_409_transfer_in_progress(make_server
     expect_balance(srv, payer, "payer after the races", posted=1_000_000 - spent, pending_out=0)
     expect_balance(srv, payee, "payee after the races", posted=spent, pending_in=0)
     srv.sigterm()
-    expect_audit_ok(srv.data, "after post/void races")
+    expect_audit_ok(srv, "after post/void races")
 
 
 # --------------------------------------------- 3. duplicate ids in a batch ----
 
+@pytest.mark.own_shards
 def test_batch_spanning_shards_refuses_a_repeated_id(make_server):
     srv = make_server("--shards", str(SHARDS))
     payer0, payee0 = funded_pair(srv, 0, 0)
@@ -250,6 +255,7 @@ def full_batch(tag):
     return {"transfers": items}
 
 
+@pytest.mark.own_shards
 def test_batch_items_count_against_the_request_memory_budget(make_server):
     for shards in (1, SHARDS):
         srv = make_server("--shards", str(shards))

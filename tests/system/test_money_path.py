@@ -12,6 +12,8 @@ ledger's rules, tried from the outside over real kobod as a new user would:
   - item 6: a retried atomic batch that names one id twice answers exactly
     what the first attempt answered.
 """
+import pytest
+
 from kobotest import (balance, expect_audit_ok, expect_status, fund, get_transfer, id_on_shard,
                       make_account, transfer, transfer_body, uid, wait_until)
 
@@ -41,9 +43,10 @@ def settled(srv, tid):
 
 def stop_and_audit(srv):
     srv.sigterm()
-    expect_audit_ok(srv.data, "kobo audit after the test")
+    expect_audit_ok(srv, "kobo audit after the test")
 
 
+@pytest.mark.own_shards
 def test_sagas_near_the_clearing_limit_all_settle(make_server):
     srv = make_server("--shards", str(SHARDS))
     cash = place(srv, "cash", 0, allow_negative=True)
@@ -62,6 +65,7 @@ def test_sagas_near_the_clearing_limit_all_settle(make_server):
     stop_and_audit(srv)
 
 
+@pytest.mark.own_shards
 def test_one_clients_huge_hold_does_not_block_others(make_server):
     srv = make_server("--shards", str(SHARDS))
     bank = place(srv, "bank", 0, allow_negative=True)

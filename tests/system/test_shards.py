@@ -370,6 +370,7 @@ def data_snapshot(data_dir):
     return out
 
 
+@pytest.mark.embedded_only("a --data dir made with --shards 4 refuses another count (test_postgres covers the database list)")
 def test_reopen_with_another_shard_count_is_refused(make_server):
     srv = make_server("--shards", "4")
     cash = place(srv, "cash", 0, allow_negative=True)
@@ -396,7 +397,7 @@ def test_reopen_with_another_shard_count_is_refused(make_server):
     srv.start(port=srv.port)
     expect_balance(srv, payee, "after the refused starts, a restart with --shards 4", posted=700)
     srv.sigterm()
-    expect_audit_ok(srv.data, "audit after the refused starts")
+    expect_audit_ok(srv, "audit after the refused starts")
 
 
 # --------------------------------------------------------------- races ----
@@ -779,16 +780,17 @@ KILL_ROUNDS = 5
 KILL_THREADS = 16
 
 
-def sagas_in_flight_on_disk(data_dir):
-    """`kobo audit` of a stopped kobod's data dir: its "sagas in flight: N"."""
-    p = audit(data_dir)
+def sagas_in_flight_on_disk(srv):
+    """`kobo audit` of a stopped kobod's store: its "sagas in flight: N"."""
+    p = audit(srv)
     for line in p.stdout.splitlines():
         if line.startswith("sagas in flight:"):
             return int(line.split(":")[1])
-    raise AssertionError(f"`kobo audit --data {data_dir}`: expected a 'sagas in flight: N' line, "
+    raise AssertionError(f"`kobo audit {' '.join(srv.store_args())}`: expected a 'sagas in flight: N' line, "
                          f"saw exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
 
 
+@pytest.mark.own_shards
 def test_concurrent_cross_shard_load_conserves_money(make_server):
     srv = make_server("--shards", str(SHARDS))
     book = Book(srv, {"NGN": 160, "USD": 40}, 5000)
@@ -807,7 +809,7 @@ def test_concurrent_cross_shard_load_conserves_money(make_server):
     assert ok, f"sagas still in flight {SETTLE_TIMEOUT_S} s after the load (first look: {first})"
     verify_ledger(srv, [load], book, "after concurrent cross-shard load")
     srv.sigterm()
-    p = expect_audit_ok(srv.data, "audit after concurrent cross-shard load")
+    p = expect_audit_ok(srv, "audit after concurrent cross-shard load")
     assert "sagas in flight: 0" in p.stdout and "clearing pairs: " in p.stdout and " 0 problems" in p.stdout, (
         f"audit with kobod stopped: expected no saga in flight and the clearing pairs checked, saw\n{p.stdout}")
     print(f"\ncross-shard load: {len(load.params)} transfers sent in {LOAD_S:.0f} s by 16 threads "
@@ -815,6 +817,7 @@ def test_concurrent_cross_shard_load_conserves_money(make_server):
           f"settled {secs:.2f} s after the load")
 
 
+@pytest.mark.own_shards
 def test_kill9_under_cross_shard_load_settles_every_saga(make_server, capsys):
     srv = make_server("--shards", str(SHARDS))
     book = Book(srv, {"NGN": 40}, 3000)
@@ -828,7 +831,7 @@ def test_kill9_under_cross_shard_load_settles_every_saga(make_server, capsys):
         load.stop()
         assert got, f"round {rnd}: expected at least 30 acknowledged transfers before the kill, saw {load.acked()}"
         assert not load.problems, f"round {rnd}: unexpected answers under load: {load.problems[:5]}"
-        on_disk = sagas_in_flight_on_disk(srv.data)
+        on_disk = sagas_in_flight_on_disk(srv)
 
         spawned = time.monotonic()
         srv.start(port=srv.port)   # returns once GET /readyz answers 200
@@ -845,7 +848,7 @@ def test_kill9_under_cross_shard_load_settles_every_saga(make_server, capsys):
 
     verify_ledger(srv, loads, book, f"after {KILL_ROUNDS} x kill -9 under cross-shard load")
     srv.sigterm()
-    p = expect_audit_ok(srv.data, "audit after kill -9 rounds")
+    p = expect_audit_ok(srv, "audit after kill -9 rounds")
     assert "sagas in flight: 0" in p.stdout, f"audit: expected no saga in flight, saw\n{p.stdout}"
     # Shown even when pytest captures output: docs/benchmarks.md quotes it.
     with capsys.disabled():
