@@ -63,6 +63,7 @@
 #define BENCH_REQUEST_TIMEOUT_US (30 * 1000000ll)
 #define BENCH_DRAIN_TIMEOUT_US (10 * 1000000ll)  /* after --duration */
 #define BENCH_SETUP_TIMEOUT_US (300 * 1000000ll)
+#define BENCH_SETUP_UNCONNECTED_US (10 * 1000000ll) /* setup: server gone */
 #define BENCH_RECONNECT_DELAY_US (100 * 1000ll)
 #define BENCH_SETUP_ATTEMPTS_MAX 5
 #define BENCH_SETUP_PROCESSING_ATTEMPTS_MAX 240 /* × 0.5 s: sagas settling */
@@ -243,6 +244,7 @@ typedef struct bench_conn {
 	bool response_done;
 	bool response_too_large;
 	bool keep_alive;
+	bool on_idle_stack;      /* has an entry on worker->idle (conn.c) */
 	int64_t sent_us;         /* when the request was handed to the socket */
 	int64_t start_us;        /* latency origin: scheduled time, or sent_us */
 	/* Set by the job for its own use. */
@@ -271,6 +273,10 @@ struct bench_job {
 	               const char *body, size_t body_len, int64_t now_us);
 	int64_t stop_sending_us;   /* no new requests from then on */
 	int64_t abandon_us;        /* requests still in flight then fail (status 0) */
+	/* > 0: when none of the worker's connections has been open (connected,
+	 * idle or busy) for this long, the worker gives up at once (sets
+	 * worker->gave_up) instead of reconnecting until stop_sending_us. */
+	int64_t give_up_unconnected_us;
 	void *ctx;
 };
 
@@ -303,6 +309,7 @@ struct bench_worker {
 	int64_t job_last_answer_us;
 	bench_buf scratch;
 	bool sweep_now;          /* a connection wants reconnecting at once */
+	bool gave_up;            /* the last job ended by give_up_unconnected_us */
 };
 
 /* Creates the worker's epoll set and `conn_count` connections (connected

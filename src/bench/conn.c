@@ -14,8 +14,8 @@
  *
  * Every failure of a BUSY connection reaches the job as finish(status 0): the
  * job decides whether the outcome is unknown (a transfer) or worth a retry (an
- * idempotent setup request). Idle connections wait on a stack; a connection
- * closed while on it is skipped when popped.
+ * idempotent setup request). Idle connections wait on a stack, one entry per
+ * connection at most; a connection closed while on it is skipped when popped.
  *
  * The loop always ends: at job->abandon_us whatever is still in flight fails.
  */
@@ -150,8 +150,16 @@ static void epoll_set(bench_worker *worker, bench_conn *conn, int op, uint32_t e
 		fprintf(stderr, "kobo-bench: epoll_ctl: %s\n", strerror(errno));
 }
 
+/* At most one entry per connection (conn->on_idle_stack), so the stack
+ * never holds more than conn_count entries. A connection closed while on it
+ * keeps its entry: reopened and idle again, it is not pushed a second time
+ * (pushing it again overflowed the stack when a server kept closing idle
+ * keep-alive connections while a job waited to retry). */
 static void idle_push(bench_worker *worker, bench_conn *conn)
 {
+	if (conn->on_idle_stack)
+		return;
+	conn->on_idle_stack = true;
 	worker->idle[worker->idle_len++] = conn->index;
 }
 
@@ -362,7 +370,7 @@ int bench_worker_init(bench_worker *worker, uint32_t index, const bench_config *
 	worker->conn_count = conn_count;
 	worker->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	worker->conns = calloc(conn_count, sizeof(*worker->conns));
-	worker->idle = calloc((size_t)conn_count * 2 + 1, sizeof(*worker->idle));
+	worker->idle = calloc((size_t)conn_count + 1, sizeof(*worker->idle)); /* see idle_push() */
 	worker->read_buf = malloc(BENCH_READ_CHUNK_BYTES);
 	if (worker->epoll_fd < 0 || !worker->conns || !worker->idle || !worker->read_buf)
 		return KOBO_ENOMEM;
@@ -396,13 +404,13 @@ void bench_worker_close(bench_worker *worker)
 	pthread_mutex_destroy(&worker->interval_lock);
 }
 
-/* Pops an idle connection, skipping ones closed while they waited; NULL if
- * none. Idle entries are unique because a connection enters the stack only
- * on becoming IDLE and leaves it only by being popped. */
+/* Pops an idle connection, skipping ones closed while they waited (their
+ * entry leaves with them); NULL if none. */
 static bench_conn *idle_pop(bench_worker *worker)
 {
 	while (worker->idle_len > 0) {
 		bench_conn *conn = &worker->conns[worker->idle[--worker->idle_len]];
+		conn->on_idle_stack = false;
 		if (conn->state == BENCH_CONN_IDLE)
 			return conn;
 	}
@@ -426,10 +434,14 @@ void bench_worker_run(bench_worker *worker, bench_job *job)
 	worker->job = job;
 	worker->idle_len = 0;
 	for (uint32_t i = 0; i < worker->conn_count; i++)
+		worker->conns[i].on_idle_stack = false;
+	for (uint32_t i = 0; i < worker->conn_count; i++)
 		if (worker->conns[i].state == BENCH_CONN_IDLE)
 			idle_push(worker, &worker->conns[i]);
 	bool job_done = false;
 	int64_t last_sweep_us = 0;
+	int64_t last_connected_us = kobo_monotonic_us();
+	worker->gave_up = false;
 
 	for (;;) {
 		int64_t now_us = kobo_monotonic_us();
@@ -437,10 +449,13 @@ void bench_worker_run(bench_worker *worker, bench_job *job)
 		                atomic_load_explicit(&bench_stop_requested, memory_order_relaxed);
 		if (stopping && worker->busy == 0)
 			break;
-		if (now_us >= job->abandon_us) {
+		bool give_up = job->give_up_unconnected_us > 0 &&
+		               now_us - last_connected_us >= job->give_up_unconnected_us;
+		if (now_us >= job->abandon_us || give_up) {
 			for (uint32_t i = 0; i < worker->conn_count; i++)
 				if (worker->conns[i].state == BENCH_CONN_BUSY)
 					conn_close(worker, &worker->conns[i], now_us, 0);
+			worker->gave_up = give_up;
 			break;
 		}
 		int64_t wake_us = now_us + 1000000;
@@ -455,6 +470,8 @@ void bench_worker_run(bench_worker *worker, bench_job *job)
 			last_sweep_us = now_us;
 			for (uint32_t i = 0; i < worker->conn_count; i++) {
 				bench_conn *conn = &worker->conns[i];
+				if (conn->state == BENCH_CONN_IDLE || conn->state == BENCH_CONN_BUSY)
+					last_connected_us = now_us;
 				if (conn->state == BENCH_CONN_CLOSED && !stopping && conn->retry_at_us <= now_us)
 					conn_connect(worker, conn, now_us);
 				else if ((conn->state == BENCH_CONN_BUSY || conn->state == BENCH_CONN_CONNECTING) &&

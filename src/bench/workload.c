@@ -258,7 +258,10 @@ typedef struct setup_ctx {
 	bench_run *run;
 	int kind;
 	uint64_t items;
-	_Atomic uint64_t failures_printed;
+	/* The first failure, written once by whichever worker saw it first and
+	 * read after the workers are joined: the one message says what it was. */
+	atomic_flag first_taken;
+	char first_failure[400];
 } setup_ctx;
 
 #define RETRY_ATTEMPT_SHIFT 40
@@ -373,17 +376,25 @@ static void setup_failure(setup_ctx *ctx, const char *what, uint64_t item, int s
                           size_t body_len)
 {
 	atomic_fetch_add(&ctx->run->items_failed, 1);
-	if (atomic_fetch_add(&ctx->failures_printed, 1) < 5)
-		fprintf(stderr, "kobo-bench: setup %s %llu failed: %s %d %.*s\n", what,
-		        (unsigned long long)item, status ? "HTTP" : "transport error", status,
-		        (int)(body_len > 300 ? 300 : body_len), body ? body : "");
+	if (atomic_flag_test_and_set(&ctx->first_taken))
+		return;
+	/* One line: the body's control characters (newlines) become spaces. */
+	int len = snprintf(ctx->first_failure, sizeof(ctx->first_failure), "%s %llu: %s%d%s%.*s", what,
+	                   (unsigned long long)item, status ? "HTTP " : "", status,
+	                   status ? " " : " (no answer: connection lost or timed out)",
+	                   (int)(body_len > 300 ? 300 : body_len), body ? body : "");
+	for (int i = 0; i < len && i < (int)sizeof(ctx->first_failure) - 1; i++)
+		if ((unsigned char)ctx->first_failure[i] < 0x20)
+			ctx->first_failure[i] = ' ';
 }
 
 static void setup_finish(bench_job *job, bench_worker *worker, bench_conn *conn, int status,
                          const char *body, size_t body_len, int64_t now_us)
 {
 	setup_ctx *ctx = job->ctx;
-	const char *what = ctx->kind == SETUP_ACCOUNTS ? "account" : "funding";
+	const char *what = ctx->kind == SETUP_ACCOUNTS              ? "account"
+	                   : ctx->run->config->setup_batch == 0 ? "funding transfer"
+	                                                         : "funding batch";
 	bool transient = status_is_transient(status);
 	bool processing = status == 202;
 	bool ok = false;
@@ -446,7 +457,7 @@ static void setup_progress(bench_run *run, const char *what, uint64_t items, uin
 static int run_setup_job(bench_run *run, int kind)
 {
 	const bench_config *config = run->config;
-	setup_ctx ctx = {.run = run, .kind = kind};
+	setup_ctx ctx = {.run = run, .kind = kind, .first_taken = ATOMIC_FLAG_INIT};
 	uint64_t per_item = 1;
 	if (kind == SETUP_ACCOUNTS) {
 		ctx.items = (uint64_t)config->accounts + 1;
@@ -464,6 +475,7 @@ static int run_setup_job(bench_run *run, int kind)
 		.finish = setup_finish,
 		.stop_sending_us = now_us + BENCH_SETUP_TIMEOUT_US,
 		.abandon_us = now_us + BENCH_SETUP_TIMEOUT_US + BENCH_DRAIN_TIMEOUT_US,
+		.give_up_unconnected_us = BENCH_SETUP_UNCONNECTED_US,
 		.ctx = &ctx,
 	};
 	bench_job_start(run->workers, run->worker_count, &job);
@@ -472,11 +484,37 @@ static int run_setup_job(bench_run *run, int kind)
 	bench_job_wait(run->workers, run->worker_count);
 	uint64_t failed = atomic_load(&run->items_failed);
 	uint64_t reached = atomic_load(&run->items_next);
-	if (failed > 0 || reached < ctx.items || atomic_load(&bench_stop_requested)) {
-		fprintf(stderr, "kobo-bench: setup of %s failed (%llu failed, %llu of %llu started)\n",
-		        kind == SETUP_ACCOUNTS ? "accounts" : "funding", (unsigned long long)failed,
-		        (unsigned long long)(reached < ctx.items ? reached : ctx.items),
-		        (unsigned long long)ctx.items);
+	/* Items still waiting for a retry when the workers stopped were never
+	 * done: a setup that left them is a failed one. */
+	uint64_t pending = 0;
+	bool gave_up = false;
+	for (uint32_t i = 0; i < run->worker_count; i++) {
+		pending += run->workers[i].retry_len / 2;
+		gave_up |= run->workers[i].gave_up;
+		run->workers[i].retry_len = 0;
+	}
+	if (gave_up) {
+		fprintf(stderr, "kobo-bench: setup failed: %s: no connection to %s for %.0f s (the server "
+		        "went away?); nothing measured\n", kind == SETUP_ACCOUNTS ? "accounts" : "funding",
+		        config->url, BENCH_SETUP_UNCONNECTED_US / 1e6);
+		return BENCH_EXIT_UNREACHABLE;
+	}
+	if (failed > 0 || reached < ctx.items || pending > 0 || atomic_load(&bench_stop_requested)) {
+		/* The one message of a failed setup; nothing is measured after it. */
+		const char *what = kind == SETUP_ACCOUNTS ? "accounts" : "funding";
+		const char *unit = kind == SETUP_ACCOUNTS ? "requests"
+		                   : config->setup_batch == 0 ? "transfers" : "batches";
+		if (reached > ctx.items)
+			reached = ctx.items;
+		if (failed > 0)
+			fprintf(stderr, "kobo-bench: setup failed: %llu of %llu %s %s refused after retries "
+			        "(first: %s); nothing measured\n", (unsigned long long)failed,
+			        (unsigned long long)ctx.items, what, unit, ctx.first_failure);
+		else
+			fprintf(stderr, "kobo-bench: setup failed: %s %s: %llu of %llu done (%s); nothing "
+			        "measured\n", what, unit, (unsigned long long)(reached - pending),
+			        (unsigned long long)ctx.items,
+			        atomic_load(&bench_stop_requested) ? "interrupted" : "setup time limit reached");
 		return BENCH_EXIT_UNREACHABLE;
 	}
 	return BENCH_EXIT_OK;
