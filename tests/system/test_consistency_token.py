@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from kobotest import (expect_status, fund, get_transfer, id_on_shard, make_account, transfer,
-                      transfer_body, uid)
+from kobotest import (expect_status, fund, get_transfer, id_on_shard, make_account, shard_of,
+                      transfer, transfer_body, uid)
 
 SHARDS = 2
 TOKEN = re.compile(r"^kct1:(\d+@\d+)(,\d+@\d+)*$")
@@ -80,6 +80,7 @@ def test_refusals_reads_and_errors_carry_none(server):
     assert read.header("Kobo-Consistency-Token") is None
     bad = srv.post("/v1/transfers", {"id": "x"})
     assert bad.status == 400 and bad.header("Kobo-Consistency-Token") is None
-    created = expect_status(srv.post("/v1/accounts", {"id": uid("c"), "currency": "NGN"}), 201,
+    cid = uid("c")
+    created = expect_status(srv.post("/v1/accounts", {"id": cid, "currency": "NGN"}), 201,
                             "account create")
-    assert set(parse(created.header("Kobo-Consistency-Token"))) == {0}
+    assert set(parse(created.header("Kobo-Consistency-Token"))) == {shard_of(cid, srv.shards)}
