@@ -9,14 +9,16 @@
  *   kobo_http_server_drain()   stop accepting connections, answer new writes
  *                              503 and /readyz 503; after it returns no
  *                              thread is inside kobo_shard_submit, so the
- *                              caller may now kobo_shard_stop() every shard
- *                              (which answers everything queued)
+ *                              caller may now kobo_shard_quiesce() every
+ *                              shard (which answers everything queued)
  *   kobo_http_server_stop()    wait (bounded) until every answered request
  *                              has been sent, then close connections, read
  *                              connections and free the server
  *
- * The server borrows the shards and stores; they must outlive it, except
- * that shards may be stopped between drain and stop.
+ * The server borrows the shards and stores; they must outlive it (a shard
+ * is freed, kobo_shard_stop, only after kobo_http_server_stop: the answers
+ * the shards give while quiescing are sent by HTTP threads that read the
+ * shard's commit token for their Kobo-Consistency-Token header).
  */
 #ifndef KOBO_HTTP_SERVER_H
 #define KOBO_HTTP_SERVER_H

@@ -686,18 +686,23 @@ out:
 	/* Order matters: no new writes; the runner answers its waiters and
 	 * collects the steps it has out; the shards commit and answer what is
 	 * queued (their doorbells are ignored now: the next start's scan
-	 * resumes those sagas); then the connections, the runner, the stores. */
+	 * resumes those sagas); then the connections (their answers read the
+	 * shards' commit tokens, so the shards are freed only after), the
+	 * runner, the shards, the stores. */
 	if (server)
 		kobo_http_server_drain(server);
 	if (runner)
 		kobo_saga_runner_stop(runner);
 	for (uint32_t i = 0; i < shard_count; i++)
 		if (shards[i])
-			kobo_shard_stop(shards[i]);
+			kobo_shard_quiesce(shards[i]);
 	if (server)
 		kobo_http_server_stop(server, DRAIN_WAIT_MS);
 	if (runner)
 		kobo_saga_runner_destroy(runner);
+	for (uint32_t i = 0; i < shard_count; i++)
+		if (shards[i])
+			kobo_shard_stop(shards[i]);
 	for (uint32_t i = 0; i < shard_count; i++)
 		if (stores[i])
 			kobo_store_close(stores[i]);

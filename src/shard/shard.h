@@ -185,7 +185,13 @@ int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
 int kobo_shard_submit(kobo_shard *shard, kobo_request *request);
 
 /* Stops accepting, commits and answers everything already queued, then
- * joins the writer and frees the shard. The store stays open. */
+ * joins the writer; the shard stays readable (kobo_shard_ready,
+ * kobo_shard_commit_token, kobo_shard_queue_depth), since the answers just
+ * given may still be on their way out through threads that read it (the
+ * HTTP server adds the commit token to each 2xx). Idempotent. */
+void kobo_shard_quiesce(kobo_shard *shard);
+/* kobo_shard_quiesce() if not done yet, then frees the shard: nothing may
+ * read it any more. The store stays open. */
 void kobo_shard_stop(kobo_shard *shard);
 
 /* Ops waiting in the queue now. Thread-safe. */

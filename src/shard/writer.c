@@ -89,6 +89,7 @@ struct kobo_shard {
 	kobo_request *tail;
 	size_t queued_ops;
 	bool stopping;
+	bool joined;              /* kobo_shard_quiesce() joined the writer */
 
 	pthread_t thread;
 
@@ -468,16 +469,23 @@ int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
 	return KOBO_OK;
 }
 
-void kobo_shard_stop(kobo_shard *shard)
+void kobo_shard_quiesce(kobo_shard *shard)
 {
+	if (shard->joined)
+		return;
 	pthread_mutex_lock(&shard->lock);
 	shard->stopping = true;
 	pthread_cond_signal(&shard->wake);
 	pthread_mutex_unlock(&shard->lock);
 	pthread_join(shard->thread, NULL);
+	shard->joined = true;
 	/* Invariant 5: everything accepted was answered. */
 	kobo_assert(shard->head == NULL && shard->queued_ops == 0);
+}
 
+void kobo_shard_stop(kobo_shard *shard)
+{
+	kobo_shard_quiesce(shard);
 	pthread_cond_destroy(&shard->wake);
 	pthread_mutex_destroy(&shard->lock);
 	shard_free(shard);
