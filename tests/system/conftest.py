@@ -115,8 +115,8 @@ def pytest_collection_modifyitems(config, items):
 
 class PgDatabases:
     """The session's PostgreSQL cluster and the databases made on it: one
-    login role per server (not superuser, plus pg_monitor as kobod needs
-    for replica positions), owning one database per shard."""
+    login role per server (not superuser, no other rights), owning one
+    database per shard."""
 
     def __init__(self, cluster):
         self.cluster = cluster
@@ -125,7 +125,6 @@ class PgDatabases:
     def create(self, shards):
         name = f"kobo_{os.getpid()}_{next(self.counter)}"
         self.cluster.psql(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
-        self.cluster.psql(f'GRANT pg_monitor TO "{name}"')
         uris = []
         for s in range(shards):
             db = f"{name}_s{s}"

@@ -12,8 +12,8 @@ import pytest
 
 from kobotest import (INT64_MAX, REQUEST_ID_RE, TIME_RE, account, balance, create_account,
                       expect_balance, expect_error, expect_not_replayed, expect_replayed,
-                      expect_status, fund, get_transfer, make_account, read_response, transfer,
-                      transfer_body, uid, wait_readable, wait_until)
+                      expect_status, fund, get_transfer, id_on_shard, make_account, read_response,
+                      transfer, transfer_body, uid, wait_readable, wait_until)
 
 TRANSFER_FIELDS = {"id", "from", "to", "amount", "currency", "status", "posted_amount",
                    "void_reason", "timeout_seconds", "metadata", "request_id", "created_at",
@@ -513,8 +513,12 @@ def test_batch_atomic_all_or_nothing(srv, cash):
 
 
 def test_batch_8190_over_1_mib_accepted(srv):
-    a = wallet(srv, allow_negative=True)
-    b = wallet(srv)
+    # Both on shard 0: 8190 local transfers, each answered 201 (on 2 shards,
+    # 8190 sagas may outlast --saga-wait-ms and answer 202; test_shards).
+    a = id_on_shard("wallet", 0, srv.shards)
+    b = id_on_shard("wallet", 0, srv.shards)
+    make_account(srv, a, allow_negative=True)
+    make_account(srv, b)
     base = uid("big")
     note = "n" * 80
     body = {"transfers": [transfer_body(f"{base}.{i}", a, b, 1, metadata={"note": note})

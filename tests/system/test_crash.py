@@ -9,7 +9,7 @@ import time
 from collections import Counter
 
 from kobotest import (Load, conservation, expect_audit_ok, expect_status, fund, get_transfer,
-                      make_account, wait_until)
+                      id_on_shard, make_account, wait_until)
 
 ROUNDS = 5
 PAYEES = [f"w{i}" for i in range(8)]
@@ -107,19 +107,22 @@ def test_kill9_under_load_repeatedly(server):
 
 def test_holds_and_batches_survive_kill9(server):
     """Open holds, a posted hold, a voided hold and an acknowledged batch all
-    come back after kill -9; an expiring hold still expires after restart."""
-    make_account(server, "cash", allow_negative=True)
-    make_account(server, "a")
-    make_account(server, "b")
-    fund(server, "cash", "a", 10_000)
+    come back after kill -9; an expiring hold still expires after restart.
+    Every account on shard 0: local holds and batches are the subject
+    (test_shards kills kobod under sagas)."""
+    cash, a, b = (id_on_shard(name, 0, server.shards) for name in ("cash", "a", "b"))
+    make_account(server, cash, allow_negative=True)
+    make_account(server, a)
+    make_account(server, b)
+    fund(server, cash, a, 10_000)
     for tid, amount, extra in (("open", 1000, {}), ("topost", 2000, {}), ("tovoid", 3000, {}),
                                ("expiring", 500, {"timeout_seconds": 2})):
-        r = server.post("/v1/transfers", {"id": tid, "from": "a", "to": "b", "amount": amount,
+        r = server.post("/v1/transfers", {"id": tid, "from": a, "to": b, "amount": amount,
                                           "currency": "NGN", "pending": True, **extra})
         expect_status(r, 201, f"hold {tid}")
     expect_status(server.post("/v1/transfers/topost/post", {"amount": 1500}), 200)
     expect_status(server.post("/v1/transfers/tovoid/void"), 200)
-    batch = {"transfers": [{"id": f"kb.{i}", "from": "cash", "to": "b", "amount": 1,
+    batch = {"transfers": [{"id": f"kb.{i}", "from": cash, "to": b, "amount": 1,
                             "currency": "NGN"} for i in range(500)]}
     r = expect_status(server.post("/v1/transfers/batch", batch), 200, "batch")
     assert all(x["status"] == 201 for x in r.body["results"]), "every batch transfer applied"
@@ -131,8 +134,8 @@ def test_holds_and_batches_survive_kill9(server):
         t = get_transfer(server, tid).body
         assert (t["status"], t["posted_amount"]) == (status, posted), (
             f"{tid} after kill -9: expected status {status} posted_amount {posted}, saw {t}")
-    bal_a = server.get("/v1/accounts/a").body["balance"]
-    bal_b = server.get("/v1/accounts/b").body["balance"]
+    bal_a = server.get(f"/v1/accounts/{a}").body["balance"]
+    bal_b = server.get(f"/v1/accounts/{b}").body["balance"]
     # a: 10000 - 1500 posted; holds open: open 1000 (+ expiring 500 unless it already expired).
     assert bal_a["posted"] == 8500 and bal_a["pending_out"] in (1500, 1000), f"a after kill -9: {bal_a}"
     assert bal_b["posted"] == 1500 + 500, f"b after kill -9: expected posted 2000 (hold + batch), saw {bal_b}"
@@ -143,10 +146,10 @@ def test_holds_and_batches_survive_kill9(server):
         f"a hold with timeout_seconds 2 must still expire after a restart, saw "
         f"{get_transfer(server, 'expiring').body}")
     assert get_transfer(server, "expiring").body["void_reason"] == "expired"
-    bal_a = server.get("/v1/accounts/a").body["balance"]
+    bal_a = server.get(f"/v1/accounts/{a}").body["balance"]
     assert bal_a == {"posted": 8500, "pending_out": 1000, "pending_in": 0, "available": 7500}, (
         f"a after expiry: expected posted 8500 pending_out 1000 available 7500, saw {bal_a}")
     expect_status(server.post("/v1/transfers/open/post"), 200, "post a hold made before the crash")
-    total, _ = conservation(server, ["cash", "a", "b"])
+    total, _ = conservation(server, [cash, a, b])
     assert total == 0, f"conservation: expected 0, saw {total}"
     expect_audit_ok(server)
