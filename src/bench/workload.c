@@ -379,10 +379,15 @@ static void setup_failure(setup_ctx *ctx, const char *what, uint64_t item, int s
 	if (atomic_flag_test_and_set(&ctx->first_taken))
 		return;
 	/* One line: the body's control characters (newlines) become spaces. */
-	int len = snprintf(ctx->first_failure, sizeof(ctx->first_failure), "%s %llu: %s%d%s%.*s", what,
-	                   (unsigned long long)item, status ? "HTTP " : "", status,
-	                   status ? " " : " (no answer: connection lost or timed out)",
-	                   (int)(body_len > 300 ? 300 : body_len), body ? body : "");
+	int len;
+	if (status)
+		len = snprintf(ctx->first_failure, sizeof(ctx->first_failure), "%s %llu: HTTP %d %.*s", what,
+		               (unsigned long long)item, status, (int)(body_len > 300 ? 300 : body_len),
+		               body ? body : "");
+	else
+		len = snprintf(ctx->first_failure, sizeof(ctx->first_failure),
+		               "%s %llu: no answer (connection lost or timed out)", what,
+		               (unsigned long long)item);
 	for (int i = 0; i < len && i < (int)sizeof(ctx->first_failure) - 1; i++)
 		if ((unsigned char)ctx->first_failure[i] < 0x20)
 			ctx->first_failure[i] = ' ';

@@ -195,8 +195,11 @@ def test_bench_setup_refused_exits_with_one_clear_message():
     assert fake.counts["idle_closed"] > 0, f"{what}: expected idle connections closed, saw {fake.counts}"
     assert p.returncode == 3, f"{what}: expected exit 3, saw {p.returncode}\nstderr:\n{p.stderr[-3000:]}"
     failed = [ln for ln in p.stderr.splitlines() if "fail" in ln.lower()]
-    assert len(failed) == 1 and "setup" in failed[0] and "503" in failed[0], (
-        f"{what}: expected exactly one line saying setup failed (with the HTTP status seen), "
+    # The first failure it names is a 503, or a request the server's idle
+    # close cut off as it arrived (a keep-alive race a client must expect).
+    assert len(failed) == 1 and "setup failed" in failed[0] and (
+        "HTTP 503" in failed[0] or "no answer" in failed[0]), (
+        f"{what}: expected exactly one line saying setup failed (with what the server answered), "
         f"saw:\n{p.stderr[-3000:]}")
     assert "verify" not in p.stderr and "running" not in p.stderr, (
         f"{what}: nothing may be measured after a failed setup, saw:\n{p.stderr[-3000:]}")
