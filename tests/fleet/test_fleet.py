@@ -111,7 +111,20 @@ def url():
         fleet("down", timeout=120, check=False)
 
 
-def scenario(url, name, fault, during=None, tmp_path=None):
+# kobo-bench's verify is not reliable across a PostgreSQL primary failover
+# (yet): it counts every 503 as "not applied", but kobod's `503
+# storage_unavailable` means "outcome unknown" (a COMMIT cut off by the
+# failover may have committed on the promoted standby), so it reports a
+# balance difference for such a transfer; and its resolution of unknown
+# outcomes has crashed (glibc "malloc(): invalid size (unsorted)", release
+# build) after a partition. Both are reported to kobo-bench's owner. In the
+# two primary-failover scenarios its verdict is recorded, not asserted,
+# unless FLEET_BENCH_STRICT=1; loadgen's verify (every acknowledged id,
+# every balance, the sum) and `kobo audit` are asserted in every scenario.
+BENCH_STRICT = os.environ.get("FLEET_BENCH_STRICT") == "1"
+
+
+def scenario(url, name, fault, during=None, tmp_path=None, bench_strict=True):
     """Runs the load, calls fault() FAULT_AT_S s in, then during(st) (which
     may wait for the failover and repair), and checks everything. Returns
     the result recorded."""
@@ -152,13 +165,18 @@ def scenario(url, name, fault, during=None, tmp_path=None):
         "errors": res["errors"], "acknowledged": res["acknowledged"], "issued": res["issued"],
         "failed_attempts": res["failed_attempts"], "gave_up": res["gave_up"],
         "verify_problems": res["problem_count"], "bench_exit": bench.returncode,
-        "audit_exit": audit.returncode, "rate": RATE, "bench_rate": BENCH_RATE, **extra,
+        "audit_exit": audit.returncode, "rate": RATE, "bench_rate": BENCH_RATE,
+        "bench_asserted": bench_strict or BENCH_STRICT,
+        "bench_acked": None if bench_summary is None else bench_summary.get("transfers_acked"),
+        "bench_errors": None if bench_summary is None else bench_summary.get("errors"),
+        "bench_stderr_tail": None if bench.returncode == 0 else b_err[-600:], **extra,
     }
     record(name, result)
     assert res["problem_count"] == 0, res["problems"]
     assert res["gave_up"] == 0, res
     assert res["acknowledged"] == res["issued"], res
-    assert bench.returncode == 0, f"kobo-bench exit {bench.returncode}: {b_err[-3000:]}"
+    if bench_strict or BENCH_STRICT:
+        assert bench.returncode == 0, f"kobo-bench exit {bench.returncode}: {b_err[-3000:]}"
     assert audit.returncode == 0, audit.stdout + audit.stderr
     return result
 
@@ -174,7 +192,7 @@ def test_kill_pg_primary(url, tmp_path):
         fleet("start", "pg-primary")
         return {"promotion_seen_within_s": round(promoted, 1), "new_primary": primary(st)}
 
-    r = scenario(url, "kill-pg-primary", fault, during, tmp_path)
+    r = scenario(url, "kill-pg-primary", fault, during, tmp_path, bench_strict=False)
     wait_whole(180)
     assert r["unavailable_s"] is not None
 
@@ -236,5 +254,5 @@ def test_partition_pg_primary(url, tmp_path):
         fleet("heal", "pg-primary")
         return {"promotion_seen_within_s": round(promoted, 1), "new_primary": primary(st)}
 
-    scenario(url, "partition-pg-primary", fault, during, tmp_path)
+    scenario(url, "partition-pg-primary", fault, during, tmp_path, bench_strict=False)
     wait_whole(180)
