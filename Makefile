@@ -104,7 +104,7 @@ run: deps
 # ---- Tests. ----
 
 test: test-deps
-	@$(MAKE) --no-print-directory unit system fuzz-smoke
+	@$(MAKE) --no-print-directory unit system fuzz-smoke test-fleet-smoke
 
 # The unit tests run with a throw-away PostgreSQL cluster (scripts/pg-cluster.sh
 # sets KOBO_TEST_POSTGRES), so the store contract suite runs on PostgreSQL too.

@@ -273,7 +273,7 @@ pg_node_start() { spawn_pg "pg-$1-$2" keeper pg_autoctl run --pgdata "$(dir "pg-
 # pg_states SHARD — "name reported assigned" per node, from the monitor.
 pg_states() {
 	local s=$1
-	in_ns client env PGCONNECT_TIMEOUT=2 "$PGBIN/psql" -X -qAt -F' ' -v ON_ERROR_STOP=1 \
+	in_ns client timeout 10 env PGCONNECT_TIMEOUT=2 "$PGBIN/psql" -X -qAt -F' ' -v ON_ERROR_STOP=1 \
 		"$(monitor_uri "$s")" \
 		-c "select nodename, reportedstate, goalstate from pgautofailover.node order by nodeid" 2>/dev/null
 }
@@ -302,7 +302,7 @@ pg_role_setup() { # the login role kobod uses (deploy/postgres/kobo-role.sql), o
 	local s=$1 p
 	p=$(pg_node_with_role "$s" primary)
 	[ -n "$p" ] || return 1
-	in_ns client env PGCONNECT_TIMEOUT=3 "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 \
+	in_ns client timeout 20 env PGCONNECT_TIMEOUT=3 "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 \
 		"postgresql://postgres@$(comp_ip "$p"):$((5000 + $(comp_ip "$p" | sed 's/.*\.//')))/kobo?sslmode=disable" \
 		-f "$ROOT/deploy/postgres/kobo-role.sql" >/dev/null
 }
