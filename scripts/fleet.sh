@@ -340,10 +340,36 @@ lb_start() {
 		-p "$d/run/keepalived.pid" -r "$d/run/vrrp.pid" -c "$d/run/checkers.pid"
 }
 
-kobod_start() {
+kobod_spawn() {
 	local i=$1 c="kobod-$1" args=() s
 	for ((s = 0; s < SHARDS; s++)); do args+=(--postgres "$(kobo_uri "$s")"); done
 	spawn "$c" kobod "$KOBOD" --listen "$(kobod_ip "$i"):$PORT" --log-level warn "${args[@]}"
+}
+
+# kobod_start I — starts kobod-I and waits (30 s at most) until it is ready.
+# A kobod that exits while starting is started again, up to 5 times, as
+# deploy/systemd/kobod.service's Restart=on-failure would; each restart is
+# reported on stderr ("kobod-I exited while starting") and counted in
+# $(dir kobod-I)/restarts.
+kobod_start() {
+	local i=$1 c="kobod-$1" attempt t0
+	for ((attempt = 1; attempt <= 5; attempt++)); do
+		kobod_spawn "$i"
+		t0=$SECONDS
+		while ((SECONDS - t0 < 30)); do
+			http_ok "http://$(kobod_ip "$i"):$PORT/readyz" && return 0
+			alive "$(pid_of "$c" kobod)" || break
+			sleep 0.2
+		done
+		if alive "$(pid_of "$c" kobod)"; then
+			log "timed out after 30s waiting for $c ready"
+			return 1
+		fi
+		echo $attempt >>"$(dir "$c")/restarts"
+		log "$c exited while starting (attempt $attempt/5): $(tail -n 2 "$(dir "$c")/kobod.log" | head -c 400)"
+		sleep 1
+	done
+	return 1
 }
 
 # One postgres-exporter per PostgreSQL node (one exporter with several
@@ -451,7 +477,6 @@ cmd_up() {
 	done
 	log "kobod ×$NODES, load balancers, Prometheus"
 	for ((i = 1; i <= NODES; i++)); do kobod_start "$i"; done
-	for ((i = 1; i <= NODES; i++)); do wait_for 30 "kobod-$i ready" http_ok "http://$(kobod_ip "$i"):$PORT/readyz"; done
 	lb_start 1
 	lb_start 2
 	wait_for 20 "the VIP" http_ok "http://$VIP:$PORT/readyz"

@@ -208,8 +208,10 @@ def windows(attempts):
         while i < len(oks) and oks[i] < t_end:
             i += 1
         nxt = oks[i] if i < len(oks) else None
-        if out and out[-1][1] == nxt:
+        if out and (out[-1][1] == nxt or (out[-1][1] is not None and t_start <= out[-1][1])):
+            # the same outage (several attempts failing at once)
             out[-1][0] = min(out[-1][0], t_start)
+            out[-1][1] = None if nxt is None or out[-1][1] is None else max(out[-1][1], nxt)
         else:
             out.append([t_start, nxt])
     return out

@@ -38,9 +38,23 @@ def extra(r):
     keys = [("new_primary", "promoted: {}"), ("vip_to", "VIP to {}"),
             ("primary_state_while_standby_down", "primary {} (asynchronous) while the standby was down")]
     notes = [f.format(r[k]) for k, f in keys if k in r]
+    if r.get("kobod_start_restarts"):
+        notes.append(f"`start kobod-1`: kobod exited while starting {r['kobod_start_restarts']}× and was "
+                     "started again (see below)")
     if not r.get("bench_asserted", True) and r["bench_exit"] != 0:
         notes.append(f"kobo-bench verify exit {r['bench_exit']} not asserted (see below)")
     return "; ".join(notes)
+
+
+def merged(windows):
+    """Overlapping windows (several attempts failing at once) as one."""
+    out = []
+    for s, e in sorted(windows, key=lambda w: w[0]):
+        if out and out[-1][1] is not None and s <= out[-1][1]:
+            out[-1][1] = None if e is None else max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
 
 
 def section(results):
@@ -66,7 +80,7 @@ def section(results):
     ]
     for name, r in results.items():
         errs = ", ".join(f"{k} ×{v}" for k, v in sorted(r["errors"].items())) or "none"
-        spans = [f"{e - s:.1f} s" if e is not None else "never closed" for s, e in r["windows"]]
+        spans = [f"{e - s:.1f} s" if e is not None else "never closed" for s, e in merged(r["windows"])]
         win = "0 (no failed write)" if not spans else spans[0] if len(spans) == 1 else \
             f"{r['unavailable_s']:.1f} s (windows: {', '.join(spans)})"
         lost = "0" if r["verify_problems"] == 0 else f"{r['verify_problems']} problems"
@@ -81,6 +95,14 @@ def section(results):
         "synchronous again). Errors are what the retrying client saw per attempt; every write was "
         "eventually acknowledged and verified.",
     ]
+    if any(r.get("kobod_start_restarts") for r in results.values()):
+        lines += [
+            "",
+            "A kobod starting while another one writes can fail to open its shard: its open's "
+            "`INSERT INTO meta … ON CONFLICT DO NOTHING` deadlocks (40P01) with the running node's "
+            "batch (`INSERT INTO transfers … FROM meta`), and kobod exits (\"cannot open the store\"). "
+            "fleet.sh starts it again as systemd's `Restart=on-failure` would.",
+        ]
     if any(not r.get("bench_asserted", True) and r["bench_exit"] != 0 for r in results.values()):
         lines += [
             "",

@@ -219,7 +219,11 @@ def test_kill_kobod_1(url, tmp_path):
 
     def during(st0, t_fault):
         time.sleep(15)
-        fleet("start", "kobod-1")
+        # fleet.sh restarts a kobod that exits while starting (as systemd's
+        # Restart=on-failure would): counted, recorded, reported.
+        r = fleet("start", "kobod-1", timeout=240)
+        return {"kobod_start_restarts": r.stderr.count("exited while starting"),
+                "kobod_start_log": r.stderr.strip()[-600:]}
 
     scenario(url, "kill-kobod-1", fault, during, tmp_path)
     wait_whole(60)
