@@ -116,8 +116,8 @@ def url():
 # storage_unavailable` means "outcome unknown" (a COMMIT cut off by the
 # failover may have committed on the promoted standby), so it reports a
 # balance difference for such a transfer; and its resolution of unknown
-# outcomes has crashed (glibc "malloc(): invalid size (unsorted)", release
-# build) after a partition. Both are reported to kobo-bench's owner. In the
+# outcomes crashed (glibc "malloc(): invalid size (unsorted)") after a
+# partition before kobo-bench's idle-stack fix 7176e85. In the
 # two primary-failover scenarios its verdict is recorded, not asserted,
 # unless FLEET_BENCH_STRICT=1; loadgen's verify (every acknowledged id,
 # every balance, the sum) and `kobo audit` are asserted in every scenario.
