@@ -9,7 +9,7 @@
 #   make bench-shards  shards 1/2/4 × 0/10/100 % cross-shard, backlog after kill -9
 #
 # Sources are found by folder, so a new .c file needs no Makefile change:
-#   src/{core,ledger,store,shard,saga,http,obs}/*.c  the core library (libkobo),
+#   src/{core,limit,ledger,store,shard,saga,http,obs}/*.c  the core library (libkobo),
 #   and src/store/<backend>/*.c
 #   src/kobod/*.c, src/cli/*.c, src/bench/*.c  the three programs
 #   tests/unit/test_*.c                      one cmocka binary per file
@@ -27,7 +27,7 @@ RELEASE_FLAGS := -O2 -g
 SAN_FLAGS     := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
                  -fno-omit-frame-pointer
 
-CORE_SRC  := $(wildcard src/core/*.c src/ledger/*.c src/store/*.c src/store/*/*.c \
+CORE_SRC  := $(wildcard src/core/*.c src/limit/*.c src/ledger/*.c src/store/*.c src/store/*/*.c \
                        src/shard/*.c src/saga/*.c src/http/*.c src/obs/*.c)
 KOBOD_SRC := $(wildcard src/kobod/*.c)
 CLI_SRC   := $(wildcard src/cli/*.c)
@@ -72,12 +72,13 @@ $(eval $(call programs,$(SAN),$(SAN_FLAGS)))
 # A unit test links only the layers its subject needs, named by its prefix
 # (test_ledger* links src/ledger only), so layers build and test alone.
 test_layers = $(strip \
+  $(if $(filter test_limit%,$(1)),core limit, \
   $(if $(filter test_ledger%,$(1)),core ledger, \
   $(if $(filter test_obs%,$(1)),core ledger obs, \
   $(if $(filter test_store%,$(1)),core ledger obs store, \
   $(if $(filter test_shard%,$(1)),core ledger obs store shard, \
   $(if $(filter test_saga%,$(1)),core ledger obs store shard saga, \
-  core ledger obs store shard saga http))))))
+  core limit ledger obs store shard saga http)))))))
 layer_src = $(foreach l,$(1),$(wildcard src/$(l)/*.c src/$(l)/*/*.c))
 
 UNIT_BINS := $(patsubst tests/unit/%.c,$(SAN)/tests/%,$(UNIT_SRC))
