@@ -151,6 +151,12 @@ int kobo__http_create_batch(kobo_http_exchange *x)
 	int rc = kobo_http_parse_batch(body_of(x), x->body.len, &x->ops, &err);
 	if (rc != KOBO_OK)
 		return parse_failed(x, rc, &err);
+	/* The rest of the batch's rate-limit cost, now that its size is
+	 * known: over the limit it is refused 429 before anything is queued. */
+	if (kobo__http_limit_batch(x, x->ops.count) != KOBO_OK) {
+		kobo_http_ops_free(&x->ops);
+		return KOBO_HTTP_REPLY_READY;
+	}
 	/* A small body expands into ~1.3 KB of state a transfer: count it
 	 * with the body, or 1,024 such batches would hold ~10 GB. The ops
 	 * were allocated by the parse: one request's worth at most per HTTP

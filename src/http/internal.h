@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "../limit/gcra.h"
 #include "../obs/obs.h"
 #include "codec.h"
 #include "routes.h"
@@ -54,6 +55,10 @@ struct kobo_http_server {
 	http_reader_set *readers;
 	/* Read replicas (replicas.c); NULL without --postgres-read. */
 	http_replicas *replicas;
+	/* Per-client-IP limit (limits.c); NULL: off. */
+	kobo_gcra *ip_limit;
+	kobo_http_cidr trusted[KOBO_HTTP_TRUSTED_PROXIES_MAX];
+	size_t trusted_count;
 };
 
 enum {
@@ -106,6 +111,12 @@ struct kobo_http_exchange {
 	/* Shards this write touched (bit i: shard i), for its
 	 * Kobo-Consistency-Token; set before the write is submitted. */
 	uint64_t touched[(KOBO_SHARDS_MAX + 63) / 64];
+
+	/* The rate limit's client IP and latest decision (limits.c);
+	 * limit_on: a limit applied, the reply carries RateLimit-*. */
+	char client_ip[46]; /* INET6_ADDRSTRLEN */
+	bool limit_on;
+	kobo_gcra_decision limit;
 };
 
 /* ---- Handlers (handlers.c), named by the route table. ---- */
@@ -239,6 +250,22 @@ int kobo__http_write_failed(int status, const char **code);
 /* Fills x->reply with the error and returns KOBO_HTTP_REPLY_READY. */
 int kobo__http_fail(kobo_http_exchange *x, int status, const char *code,
                     const char *message);
+
+/* ---- Rate limits (limits.c). ---- */
+
+/* Copies the trusted proxies and creates the per-IP table when
+ * config->ip_rate > 0. KOBO_OK, KOBO_EINVAL (bad rate, burst or proxy
+ * count), KOBO_ENOMEM. */
+int kobo__http_limits_init(kobo_http_server *server, const kobo_http_config *config);
+void kobo__http_limits_free(kobo_http_server *server);
+/* Charges one request to x's client IP (x->route matched). true: go on;
+ * false: x->reply holds the 429 (counted in metrics). */
+bool kobo__http_limit_arrive(kobo_http_exchange *x);
+/* Charges the rest of a parsed batch's cost (kobo_gcra_batch_cost − 1).
+ * KOBO_OK: go on; else x->reply holds the 429: answer it, queue nothing. */
+int kobo__http_limit_batch(kobo_http_exchange *x, size_t transfers);
+/* Adds RateLimit-Limit, -Remaining, -Reset when a limit applied to x. */
+void kobo__http_limit_headers(const kobo_http_exchange *x, struct MHD_Response *response);
 
 /* ---- Edge (edge.c). ---- */
 

@@ -128,6 +128,7 @@ static enum MHD_Result queue_reply(kobo_http_exchange *x)
 	}
 	if (r->allow[0])
 		MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, r->allow);
+	kobo__http_limit_headers(x, response);
 	if (r->status >= 200 && r->status < 300)
 		add_consistency_token(x, response);
 	kobo__http_log_request(x, r->status);
@@ -219,6 +220,12 @@ static void arrive(kobo_http_exchange *x, const char *url)
 	}
 	x->route = x->match.route;
 	x->body_max = kobo_http_routes[x->route].body_max;
+	if (!kobo__http_limit_arrive(x)) {
+		/* 429: the body (if any) is read and dropped, then answered. */
+		x->refused = true;
+		x->refused_at_us = kobo_monotonic_us();
+		return;
+	}
 	if (kobo_http_routes[x->route].reads_ledger) {
 		/* Read-your-writes (replicas.c): validated in every mode, so a
 		 * client learns of a bad token before it matters. */
@@ -579,6 +586,11 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 	kobo_http_server *server = calloc(1, sizeof(*server));
 	if (!server)
 		return KOBO_ENOMEM;
+	int limits_rc = kobo__http_limits_init(server, config);
+	if (limits_rc != KOBO_OK) {
+		free(server);
+		return limits_rc;
+	}
 	server->listen_fd = MHD_INVALID_SOCKET;
 	server->shard_count = config->shard_count;
 	server->map = config->map;
@@ -588,6 +600,7 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 	if (config->replica_urls &&
 	    kobo__http_replicas_start(config->replica_urls, config->shard_count,
 	                              &server->replicas) != KOBO_OK) {
+		kobo__http_limits_free(server);
 		free(server);
 		return KOBO_ENOMEM;
 	}
@@ -634,6 +647,7 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 		pthread_mutex_destroy(&server->readers_lock);
 		kobo__http_replicas_stop(server->replicas);
 		kobo__http_replicas_free(server->replicas);
+		kobo__http_limits_free(server);
 		free(server);
 		return KOBO_ESTORE;
 	}
@@ -687,5 +701,6 @@ void kobo_http_server_stop(kobo_http_server *server, unsigned wait_ms)
 	kobo__http_replicas_free(server->replicas);
 	pthread_rwlock_destroy(&server->submit_lock);
 	pthread_mutex_destroy(&server->readers_lock);
+	kobo__http_limits_free(server);
 	free(server);
 }

@@ -46,6 +46,19 @@
 /* How long a write waits for its cross-shard saga before answering 202. */
 #define KOBO_HTTP_SAGA_WAIT_MS_DEFAULT 5000
 
+/* A trusted proxy's network (--trusted-proxy): IPv4 or IPv6 and a prefix
+ * length. Parsed by kobo_http_cidr_parse (limits.c). */
+#define KOBO_HTTP_TRUSTED_PROXIES_MAX 64
+typedef struct kobo_http_cidr {
+	int family;        /* AF_INET or AF_INET6 */
+	uint8_t addr[16];  /* network order; the first 4 bytes for IPv4 */
+	unsigned prefix;   /* 0..32 or 0..128 */
+} kobo_http_cidr;
+
+/* "10.0.0.0/8", "::1/128", or an address alone (all its bits). Host bits
+ * past the prefix must be zero. Returns KOBO_OK with *out, or KOBO_EINVAL. */
+int kobo_http_cidr_parse(const char *text, kobo_http_cidr *out);
+
 typedef struct kobo_http_server kobo_http_server;
 
 typedef struct kobo_http_config {
@@ -68,6 +81,13 @@ typedef struct kobo_http_config {
 	unsigned connections_max;              /* 0: default 1024 */
 	size_t connection_memory_bytes;        /* 0: default 64 KiB */
 	unsigned threads;                      /* 0: default 1 */
+	/* Per-client-IP rate limit (limits.c): ip_rate requests/s sustained,
+	 * ip_burst at once; ip_rate 0: off. The client IP is the peer, or the
+	 * last X-Forwarded-For hop when the peer is in trusted_proxies. */
+	double ip_rate;
+	uint32_t ip_burst;
+	const kobo_http_cidr *trusted_proxies; /* copied at start */
+	size_t trusted_proxy_count;            /* <= KOBO_HTTP_TRUSTED_PROXIES_MAX */
 } kobo_http_config;
 
 /* Binds and starts serving. Returns KOBO_OK with *out (owned by the caller

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include <unistd.h>
 
 #include "../http/server.h"
+#include "../limit/gcra.h"
 #include "../obs/obs.h"
 #include "../saga/saga.h"
 #include "../shard/shard.h"
@@ -68,6 +70,15 @@ typedef struct kobod_config {
 	unsigned long saga_deadline_ms;
 	unsigned long saga_stuck_ms;
 	kobo_store_concurrency concurrency; /* --concurrency, PostgreSQL only */
+	/* --ip-rate-limit R (0: off), --ip-rate-burst B (0: not given: R
+	 * rounded up), --trusted-proxy CIDR (repeatable; KOBO_TRUSTED_PROXY
+	 * whitespace separated, replaced as a whole by the flags). */
+	double ip_rate;
+	unsigned long ip_burst;
+	kobo_http_cidr trusted[KOBO_HTTP_TRUSTED_PROXIES_MAX];
+	size_t trusted_count;
+	bool trusted_from_flags;
+	bool trusted_too_many;
 } kobod_config;
 
 static void usage(FILE *out)
@@ -80,6 +91,7 @@ static void usage(FILE *out)
 	        "             [--http-threads N] [--queue-ops N] [--batch-ops N]\n"
 	        "             [--saga-wait-ms MS] [--saga-deadline-ms MS] [--saga-stuck-ms MS]\n"
 	        "             [--concurrency pessimistic|optimistic]\n"
+	        "             [--ip-rate-limit R [--ip-rate-burst B]] [--trusted-proxy CIDR ...]\n"
 	        "\n"
 	        "--postgres URL (repeatable): shards live in PostgreSQL, one postgresql://\n"
 	        "  URL per shard in shard order (their number is the shard count);\n"
@@ -92,13 +104,22 @@ static void usage(FILE *out)
 	        "  locks the rows it reads. optimistic: no locks; a batch whose rows\n"
 	        "  another node changed meanwhile is re-run (a few times, then 503\n"
 	        "  overloaded). The embedded store has one writer per shard: pessimistic.\n"
+	        "--ip-rate-limit R (requests/s, 0.001..1000000) and --ip-rate-burst B\n"
+	        "  (1..1000000, default R rounded up): a GCRA limit per client IP; off\n"
+	        "  unless given.\n"
+	        "  Over it: 429 rate_limited with Retry-After and RateLimit-* headers.\n"
+	        "--trusted-proxy CIDR (repeatable, at most %d; KOBO_TRUSTED_PROXY: whitespace\n"
+	        "  separated): a peer in it is a proxy, and the client IP is the last\n"
+	        "  X-Forwarded-For hop it sent. Per-API-key limits come with API keys.\n"
 	        "\n"
 	        "Every flag also comes from the environment (the flag wins):\n"
 	        "  KOBO_LISTEN (127.0.0.1:8080)  KOBO_DATA (./var)  KOBO_SHARDS (1)\n"
 	        "  KOBO_LOG_LEVEL (info)  KOBO_CONNECTION_TIMEOUT (%d)\n"
 	        "  KOBO_CONNECTIONS_MAX (%d)  KOBO_HTTP_THREADS (%d)\n"
 	        "  KOBO_QUEUE_OPS (%d)  KOBO_BATCH_OPS (%d)\n"
-	        "  KOBO_SAGA_WAIT_MS (%d)  KOBO_SAGA_DEADLINE_MS (%d)  KOBO_SAGA_STUCK_MS (%d)\n",
+	        "  KOBO_SAGA_WAIT_MS (%d)  KOBO_SAGA_DEADLINE_MS (%d)  KOBO_SAGA_STUCK_MS (%d)\n"
+	        "  KOBO_IP_RATE_LIMIT  KOBO_IP_RATE_BURST  KOBO_TRUSTED_PROXY\n",
+	        KOBO_HTTP_TRUSTED_PROXIES_MAX,
 	        KOBO_HTTP_CONNECTION_TIMEOUT_S_DEFAULT, KOBO_HTTP_CONNECTIONS_MAX_DEFAULT,
 	        KOBO_HTTP_THREADS_DEFAULT, KOBO_SHARD_QUEUE_OPS_DEFAULT,
 	        KOBO_SHARD_BATCH_OPS_DEFAULT, KOBO_HTTP_SAGA_WAIT_MS_DEFAULT,
@@ -149,8 +170,53 @@ enum {
 	OPT_LOG_LEVEL = 256, OPT_CONNECTION_TIMEOUT, OPT_CONNECTIONS_MAX,
 	OPT_HTTP_THREADS, OPT_QUEUE_OPS, OPT_BATCH_OPS, OPT_SAGA_WAIT_MS,
 	OPT_SAGA_DEADLINE_MS, OPT_SAGA_STUCK_MS, OPT_POSTGRES,
-	OPT_POSTGRES_READ, OPT_CONCURRENCY,
+	OPT_POSTGRES_READ, OPT_CONCURRENCY, OPT_IP_RATE_LIMIT, OPT_IP_RATE_BURST,
+	OPT_TRUSTED_PROXY,
 };
+
+/* A rate in requests per second: a plain decimal number in range. */
+static bool parse_rate(const char *text, double *out)
+{
+	if (!text || !*text || strspn(text, "0123456789.") != strlen(text))
+		return false;
+	char *end;
+	errno = 0;
+	double r = strtod(text, &end);
+	if (errno || *end || !isfinite(r) || r < KOBO_GCRA_RATE_MIN || r > KOBO_GCRA_RATE_MAX)
+		return false;
+	*out = r;
+	return true;
+}
+
+/* One --trusted-proxy CIDR after the others; false when it is not one. */
+static bool add_trusted(kobod_config *config, const char *value)
+{
+	kobo_http_cidr cidr;
+	if (kobo_http_cidr_parse(value, &cidr) != KOBO_OK)
+		return false;
+	if (config->trusted_count == KOBO_HTTP_TRUSTED_PROXIES_MAX) {
+		config->trusted_too_many = true;
+		return true;
+	}
+	config->trusted[config->trusted_count++] = cidr;
+	return true;
+}
+
+/* KOBO_TRUSTED_PROXY: CIDRs separated by whitespace (empty: none). */
+static bool apply_trusted_env(kobod_config *config, const char *value)
+{
+	char *copy = strdup(value);
+	if (!copy)
+		return false;
+	config->trusted_count = 0;
+	bool ok = true;
+	char *save = NULL;
+	for (char *c = strtok_r(copy, " \t\r\n", &save); c != NULL && ok;
+	     c = strtok_r(NULL, " \t\r\n", &save))
+		ok = add_trusted(config, c);
+	free(copy);
+	return ok;
+}
 
 static bool postgres_url(const char *value)
 {
@@ -269,6 +335,16 @@ static bool apply(kobod_config *config, int option, const char *value)
 		return parse_count(value, 1, 86400000, &config->saga_deadline_ms);
 	case OPT_SAGA_STUCK_MS:
 		return parse_count(value, 1, 86400000, &config->saga_stuck_ms);
+	case OPT_IP_RATE_LIMIT:
+		return parse_rate(value, &config->ip_rate);
+	case OPT_IP_RATE_BURST:
+		return parse_count(value, 1, KOBO_GCRA_BURST_MAX, &config->ip_burst);
+	case OPT_TRUSTED_PROXY:
+		if (!config->trusted_from_flags) {
+			config->trusted_from_flags = true;
+			config->trusted_count = 0;
+		}
+		return add_trusted(config, value);
 	}
 	return false;
 }
@@ -289,6 +365,9 @@ static const struct option long_options[] = {
 	{ "postgres", required_argument, NULL, OPT_POSTGRES },
 	{ "postgres-read", required_argument, NULL, OPT_POSTGRES_READ },
 	{ "concurrency", required_argument, NULL, OPT_CONCURRENCY },
+	{ "ip-rate-limit", required_argument, NULL, OPT_IP_RATE_LIMIT },
+	{ "ip-rate-burst", required_argument, NULL, OPT_IP_RATE_BURST },
+	{ "trusted-proxy", required_argument, NULL, OPT_TRUSTED_PROXY },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -312,6 +391,9 @@ static const struct {
 	{ "KOBO_POSTGRES", OPT_POSTGRES },
 	{ "KOBO_POSTGRES_READ", OPT_POSTGRES_READ },
 	{ "KOBO_CONCURRENCY", OPT_CONCURRENCY },
+	{ "KOBO_IP_RATE_LIMIT", OPT_IP_RATE_LIMIT },
+	{ "KOBO_IP_RATE_BURST", OPT_IP_RATE_BURST },
+	{ "KOBO_TRUSTED_PROXY", OPT_TRUSTED_PROXY },
 };
 
 /* Environment first, then flags over it. Returns 0, or 2 after usage. */
@@ -325,6 +407,8 @@ static int configure(int argc, char **argv, kobod_config *config)
 			: env_options[i].option == OPT_POSTGRES ? apply_postgres_env(config, value)
 			: env_options[i].option == OPT_POSTGRES_READ
 				? apply_postgres_read_env(config, value)
+			: env_options[i].option == OPT_TRUSTED_PROXY
+				? apply_trusted_env(config, value)
 			: apply(config, env_options[i].option, value);
 		if (!ok) {
 			fprintf(stderr, "kobod: bad value for %s: '%s'\n", env_options[i].name, value);
@@ -351,7 +435,15 @@ static int configure(int argc, char **argv, kobod_config *config)
 			        option == OPT_POSTGRES || option == OPT_POSTGRES_READ
 			        ? " (expected a postgresql:// or "
 			        "postgres:// URL)" : option == OPT_CONCURRENCY
-			        ? " (expected pessimistic or optimistic)" : "");
+			        ? " (expected pessimistic or optimistic)"
+			        : option == OPT_IP_RATE_LIMIT
+			        ? " (expected requests per second, a positive number from 0.001 "
+			        "to 1000000)"
+			        : option == OPT_IP_RATE_BURST
+			        ? " (expected a whole number of requests from 1 to 1000000)"
+			        : option == OPT_TRUSTED_PROXY
+			        ? " (expected an IPv4 or IPv6 address or CIDR such as 10.0.0.0/8, "
+			        "host bits zero)" : "");
 			usage(stderr);
 			return 2;
 		}
@@ -364,6 +456,19 @@ static int configure(int argc, char **argv, kobod_config *config)
 	if (config->log_level && kobo_log_set_level_name(config->log_level) != KOBO_OK) {
 		fprintf(stderr, "kobod: bad log level '%s'\n", config->log_level);
 		usage(stderr);
+		return 2;
+	}
+	if (config->ip_burst && config->ip_rate == 0) {
+		fprintf(stderr, "kobod: --ip-rate-burst (or KOBO_IP_RATE_BURST) needs "
+		        "--ip-rate-limit R: the burst is the size of the per-IP limit's "
+		        "bucket\n");
+		return 2;
+	}
+	if (config->ip_rate > 0 && config->ip_burst == 0)
+		config->ip_burst = (unsigned long)ceil(config->ip_rate);
+	if (config->trusted_too_many) {
+		fprintf(stderr, "kobod: more than %d --trusted-proxy networks\n",
+		        KOBO_HTTP_TRUSTED_PROXIES_MAX);
 		return 2;
 	}
 	if (config->concurrency == KOBO_STORE_OPTIMISTIC && config->postgres_count == 0) {
@@ -648,6 +753,10 @@ static int run(kobod_config *config_in)
 		.connection_timeout_s = (unsigned)config.connection_timeout_s,
 		.connections_max = (unsigned)config.connections_max,
 		.threads = (unsigned)config.http_threads,
+		.ip_rate = config.ip_rate,
+		.ip_burst = (uint32_t)config.ip_burst,
+		.trusted_proxies = config.trusted,
+		.trusted_proxy_count = config.trusted_count,
 	};
 	if (kobo_http_server_start(&http, &server) != KOBO_OK) {
 		log_failure("startup_failed", "http", "cannot listen on the address");

@@ -15,6 +15,7 @@
  *   kobo_shard_queue_depth{shard}                   shards 0..highest seen
  *   kobo_rejections_total{code}                     every rejection code
  *   kobo_overloaded_total{shard}                    shards 0..highest seen
+ *   kobo_rate_limited_total{by="ip"}                per-client-IP 429s
  *   kobo_holds_expired_total{shard}                 shards 0..highest seen
  *   kobo_saga_step_duration_seconds{step}           every saga step kind
  *   kobo_saga_steps_failed_total{step}              every saga step kind
@@ -92,6 +93,7 @@ static batch_histogram batch_ops[KOBO_METRICS_SHARDS_MAX];
 static latency_histogram batch_commit[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t queue_depth[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t overloaded_total[KOBO_METRICS_SHARDS_MAX];
+static _Atomic uint64_t rate_limited_ip_total;
 static _Atomic uint64_t holds_expired_total[KOBO_METRICS_SHARDS_MAX];
 
 static _Atomic uint64_t rejections_total[KOBO_RESULT_CODE_COUNT];
@@ -208,6 +210,11 @@ void kobo_metrics_overloaded(uint32_t shard)
 {
 	if (shard_use(shard))
 		add(&overloaded_total[shard], 1);
+}
+
+void kobo_metrics_rate_limited_ip(void)
+{
+	add(&rate_limited_ip_total, 1);
 }
 
 void kobo_metrics_expired(uint32_t shard, size_t count)
@@ -453,6 +460,11 @@ size_t kobo_metrics_render(char *buf, size_t cap)
 	for (uint32_t s = 0; s < shards; s++)
 		emit(&o, "kobo_overloaded_total{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
 		     load(&overloaded_total[s]));
+
+	emit_header(&o, "kobo_rate_limited_total", "counter",
+	            "Requests refused with 429 by a rate limit, by what was limited.");
+	emit(&o, "kobo_rate_limited_total{by=\"ip\"} %" PRIu64 "\n",
+	     load(&rate_limited_ip_total));
 
 	emit_header(&o, "kobo_holds_expired_total", "counter", "Holds voided by expiry.");
 	for (uint32_t s = 0; s < shards; s++)

@@ -87,6 +87,8 @@ void kobo_metrics_queue_depth(uint32_t shard, size_t ops);
 void kobo_metrics_rejected(kobo_result_code code);
 /* A request refused with 503 because a shard queue was full. */
 void kobo_metrics_overloaded(uint32_t shard);
+/* A request refused 429 by the per-client-IP limit (kobo_rate_limited_total{by="ip"}). */
+void kobo_metrics_rate_limited_ip(void);
 /* A hold voided by expiry. */
 void kobo_metrics_expired(uint32_t shard, size_t count);
 
