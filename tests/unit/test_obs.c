@@ -302,6 +302,9 @@ static void test_metrics_series_and_counts(void **state)
 	kobo_metrics_rejected(KOBO_RESULT_INSUFFICIENT_FUNDS);
 	kobo_metrics_rejected(KOBO_RESULT_ID_CONFLICT);
 	kobo_metrics_batch(KOBO_METRICS_SHARDS_MAX, 1, 1); /* ignored */
+	kobo_metrics_rate_limited_ip();
+	kobo_metrics_rate_limited_ip();
+	kobo_metrics_rate_limited_ip();
 
 	char *text = render_all();
 	static const char *const headers[] = {
@@ -312,6 +315,7 @@ static void test_metrics_series_and_counts(void **state)
 		"kobo_shard_queue_depth gauge",
 		"kobo_rejections_total counter",
 		"kobo_overloaded_total counter",
+		"kobo_rate_limited_total counter",
 		"kobo_holds_expired_total counter",
 	};
 	for (size_t i = 0; i < sizeof headers / sizeof headers[0]; i++) {
@@ -345,6 +349,7 @@ static void test_metrics_series_and_counts(void **state)
 	assert_series(text, "kobo_overloaded_total{shard=\"1\"}", 2);
 	assert_series(text, "kobo_overloaded_total{shard=\"0\"}", 0);
 	assert_series(text, "kobo_holds_expired_total{shard=\"0\"}", 5);
+	assert_series(text, "kobo_rate_limited_total{by=\"ip\"}", 3);
 	/* Shards past the highest one used are not rendered. */
 	assert_null(strstr(text, "shard=\"3\""));
 	assert_null(strstr(text, "shard=\"256\""));
