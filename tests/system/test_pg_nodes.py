@@ -646,3 +646,97 @@ def test_kill9_one_node_under_load_the_other_finishes_its_sagas(pg, make_nodes, 
               f"every saga settled {took:.2f} s after it")
     b.sigterm()
     expect_pg_audit_ok(uris, "audit after kill -9 of one node")
+
+
+def test_a_node_starts_while_another_writes(make_nodes, tmp_path):
+    """A kobod joining a running deployment opens its shards while the
+    running node commits batches. The open must not take locks a batch
+    waits behind: it once ran the schema DDL (CREATE … IF NOT EXISTS) and
+    `INSERT INTO meta … ON CONFLICT DO NOTHING` on every start, which
+    deadlocked (40P01) with a batch's meta bump, and the new node exited
+    "cannot open the store" (found by the fleet's kill/start kobod-1)."""
+    uris, (a,) = make_nodes(1, count=1)
+    cash = uid("cash")
+    make_account(a, cash, allow_negative=True)
+    payers = [uid("p") for _ in range(6)]
+    for p in payers:
+        make_account(a, p)
+        fund(a, cash, p, 1_000_000)
+    load = kobotest.Load(a, payers, payers, uid("join"), threads=6).start()
+    made, joined, problems = [], [], []
+    try:
+        time.sleep(0.5)
+        for i in range(5):
+            workdir = tmp_path / f"joiner{i}"
+            workdir.mkdir()
+            b = PgServer(workdir, uris, ("--concurrency", "pessimistic"))
+            made.append(b)
+            kobotest.ACTIVE.append(b)
+            b.start()   # fails the test if b exits or never becomes ready
+            joined.append(b)
+            expect_status(b.get(f"/v1/accounts/{cash}"), 200, f"joiner {i} serves")
+            b.sigterm()
+    finally:
+        load.stop()
+        for b in made:
+            try:
+                problems += b.finish()   # stops it by pid if still running
+            finally:
+                if b in kobotest.ACTIVE:
+                    kobotest.ACTIVE.remove(b)
+    assert not problems, "\n\n".join(problems)
+    assert not load.problems, f"unexpected answers under load: {load.problems[:5]}"
+    assert len(load.acked) > 0, "the running node kept acknowledging transfers"
+    assert len(joined) == 5, f"only {len(joined)} of 5 joining nodes started"
+
+
+def test_a_node_opens_its_shards_beside_a_batch_in_flight(pg, make_nodes, tmp_path):
+    """The deterministic form of the race above: another session holds what
+    a batch holds between its meta bump and its COMMIT (the meta row's lock
+    and ROW EXCLUSIVE on transfers). A kobod starting now must open its
+    shard without waiting on that transaction: an open of an existing,
+    current schema only reads (no DDL, no write to meta)."""
+    uris, (a,) = make_nodes(1, count=1)
+    make_account(a, uid("warm"))
+    holder = subprocess.Popen(
+        [pgcluster._bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", uris[0]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    b = None
+    problems = []
+    try:
+        holder.stdin.write("BEGIN;\n"
+                           "UPDATE kobo_shard_0.meta SET commit_seq = commit_seq WHERE id = 1;\n"
+                           "LOCK TABLE kobo_shard_0.transfers IN ROW EXCLUSIVE MODE;\n"
+                           "SELECT 'held';\n")
+        holder.stdin.flush()
+        line = holder.stdout.readline().strip()
+        assert line == "held", f"psql did not take the locks: {line!r}"
+        workdir = tmp_path / "joiner"
+        workdir.mkdir()
+        b = PgServer(workdir, uris, ("--concurrency", "pessimistic"))
+        kobotest.ACTIVE.append(b)
+        started = time.monotonic()
+        b.start(timeout=15)   # fails the test if b never becomes ready
+        took = time.monotonic() - started
+        print(f"opened beside a batch in flight in {took:.2f} s")
+    finally:
+        try:
+            holder.stdin.write("ROLLBACK;\n")
+            holder.stdin.close()
+            holder.wait(10)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(10)
+        if b is not None:
+            try:
+                problems += b.finish()
+            finally:
+                if b in kobotest.ACTIVE:
+                    kobotest.ACTIVE.remove(b)
+    assert not problems, "\n\n".join(problems)
+    # Both nodes serve once the other transaction ended.
+    cash, payee = uid("cash"), uid("payee")
+    make_account(a, cash, allow_negative=True)
+    make_account(a, payee)
+    expect_status(transfer(a, uid("t"), cash, payee, 1), 201, "a write after the holder ended")

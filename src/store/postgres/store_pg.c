@@ -15,7 +15,10 @@
  * Schema (version 2; version 1 lacked the rows' version columns and is
  * migrated at open, see migrate()), in schema kobo_shard_<N> of the database the URL
  * names, created at open under pg_advisory_xact_lock(KOBO, N) with CREATE
- * … IF NOT EXISTS, so several nodes starting at once are safe:
+ * … IF NOT EXISTS, so several nodes starting at once are safe. A schema
+ * already current is only read at open (schema_is_current): no DDL, no
+ * write, so a node joining a running deployment never waits on, or
+ * deadlocks with, the batches of the nodes already serving:
  *
  *   meta(id = 1, schema_version, shard_index, shard_count, commit_seq,
  *        transfer_seq)
@@ -1065,6 +1068,25 @@ static int migrate(PGconn *conn)
 	         "\"from\":1,\"to\":2,\"message\":\"accounts and transfers gained "
 	         "a version column\"");
 	return KOBO_OK;
+}
+
+/* true when the shard's schema exists at this build's version and records
+ * everything create_schema would write (its index, and the shard count
+ * when one is given): the open then only reads. It must: the DDL's IF NOT
+ * EXISTS still takes table locks, and the meta insert waits on the meta
+ * row, so an open that ran them while another node's batch held the meta
+ * row and then asked for its table locks deadlocked (40P01), and the
+ * starting kobod exited. Read without a transaction, outside the
+ * advisory lock: a schema that is current stays current. */
+static bool schema_is_current(PGconn *conn, uint32_t shard_count)
+{
+	PGresult *res = PQexec(conn, "SELECT schema_version, shard_count FROM meta"
+	                             " WHERE id = 1");
+	bool current = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+	               store_pg_col_int(res, 0, 0) == PG_SCHEMA_VERSION &&
+	               (shard_count == 0 || store_pg_col_int(res, 0, 1) != 0);
+	PQclear(res);
+	return current;
 }
 
 /* Creates the shard's schema if needed, under a transaction-scoped
@@ -2215,6 +2237,10 @@ int store_pg_open(const char *url, uint32_t shard, uint32_t shard_count,
 		rc = shard_count > 0 ? check_census(conn, shard, shard_count, true) : KOBO_OK;
 		if (rc == KOBO_OK)
 			rc = check_meta(conn, shard, shard_count, PG_SCHEMA_VERSION_READABLE);
+	} else if (schema_is_current(conn, shard_count)) {
+		rc = shard_count > 0 ? check_census(conn, shard, shard_count, true) : KOBO_OK;
+		if (rc == KOBO_OK)
+			rc = check_meta(conn, shard, shard_count, PG_SCHEMA_VERSION);
 	} else {
 		rc = create_schema(conn, s->schema, shard, shard_count);
 	}
