@@ -6,8 +6,9 @@
  * as the request line and headers have matched a route, before the body is
  * read into memory, parsed or anything is queued. A limited request is
  * answered 429 rate_limited (Retry-After, RateLimit-*); its body is read
- * and dropped (the lingering close of server.c), so nothing of it reaches
- * a handler or a shard. /healthz, /readyz and /metrics are never limited.
+ * and dropped (the lingering close of server.c) or, awaiting 100-continue
+ * or announced past the lingering bound, answered at once; nothing of it
+ * reaches a handler or a shard. /healthz, /readyz and /metrics are never limited.
  * A batch is charged 1 on arrival and, once its body is parsed and its size
  * known, the rest of its cost (kobo_gcra_batch_cost) before it is queued
  * (kobo__http_limit_batch).

@@ -221,9 +221,22 @@ static void arrive(kobo_http_exchange *x, const char *url)
 	x->route = x->match.route;
 	x->body_max = kobo_http_routes[x->route].body_max;
 	if (!kobo__http_limit_arrive(x)) {
-		/* 429: the body (if any) is read and dropped, then answered. */
+		/* 429 (limits.c): a body within the lingering bounds is read
+		 * and dropped, then answered; one announced longer, or awaiting
+		 * "100-continue", is answered at once (on_request). */
 		x->refused = true;
 		x->refused_at_us = kobo_monotonic_us();
+		const char *length = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+		                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+		const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+		                                                 MHD_HTTP_HEADER_EXPECT);
+		x->lingering = !(expect && strcasecmp(expect, "100-continue") == 0);
+		if (length) {
+			char *end;
+			errno = 0;
+			unsigned long long n = strtoull(length, &end, 10);
+			x->lingering &= !errno && !*end && n <= x->body_max + LINGER_BYTES_MAX;
+		}
 		return;
 	}
 	if (kobo_http_routes[x->route].reads_ledger) {
@@ -365,14 +378,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection,
 		if (!x)
 			return MHD_NO;
 		*con_cls = x;
-		/* Too large for the route (413) or for the server's memory
-		 * budget (503): say so now rather than read megabytes to drop
+		/* Too large for the route (413), over a rate limit (429) or
+		 * for the server's memory budget (503): say so now rather than read megabytes to drop
 		 * them (libmicrohttpd then closes the connection), unless the
 		 * body is within the lingering bounds: then it is read and
 		 * dropped and the 413 follows it (receive). A 503 is said at
 		 * once: an overloaded server reads no more than it must. */
 		if (x->refused && !x->lingering &&
-		    (x->reply.status == 413 || x->reply.status == 503))
+		    (x->reply.status == 413 || x->reply.status == 429 ||
+		     x->reply.status == 503))
 			return queue_reply(x);
 		return MHD_YES;
 	}

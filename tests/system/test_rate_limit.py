@@ -18,8 +18,15 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from kobotest import (binary, child_env, expect_error, expect_status, free_port,
-                      make_account, transfer_body, uid)
+                      raw_exchange, transfer_body, uid)
+
+# The limit acts at the HTTP edge, before any store is touched: one backend
+# is enough (it passes on pg1 and pg2 too: KOBO_TEST_BACKENDS).
+pytestmark = pytest.mark.embedded_only("the limit acts at the HTTP edge before any store; "
+                                       "one backend is enough")
 
 RATE = 2    # requests per second, sustained
 BURST = 5
@@ -159,6 +166,29 @@ def test_forwarded_for_ignored_unless_the_peer_is_trusted(make_server):
     statuses = [srv2.get("/v1/accounts/nobody", headers=xff(f"192.0.2.{i + 1}")).status
                 for i in range(4)]
     assert statuses == [404, 404, 429, 429], statuses
+
+
+def test_limited_body_is_dropped_or_answered_at_once(make_server):
+    srv = make_server("--ip-rate-limit", "0.01", "--ip-rate-burst", "1")
+    r = srv.get("/v1/accounts/nobody")
+    expect_status(r, 404, "the burst of 1")
+    body = b'{"id":"x","currency":"NGN"}'
+    head = (b"POST /v1/accounts HTTP/1.1\r\nHost: k\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n" % len(body))
+    # A small body sent whole: read and dropped, then the 429.
+    status, headers, _ = raw_exchange(srv.port, head + b"\r\n" + body)
+    assert status == 429 and int(headers["retry-after"]) >= 1, (status, headers)
+    # Expect: 100-continue, body not sent: the 429 comes at once (no 100).
+    status, headers, _ = raw_exchange(srv.port, head + b"Expect: 100-continue\r\n\r\n",
+                                      read_timeout=5)
+    assert status == 429, f"expected 429 at once without the body, saw {status} {headers}"
+    # A body announced far past the route's limit: answered at once too.
+    big = (b"POST /v1/accounts HTTP/1.1\r\nHost: k\r\nContent-Length: %d\r\n\r\n"
+           % (64 << 20))
+    status, headers, _ = raw_exchange(srv.port, big, read_timeout=5)
+    assert status == 429, f"expected 429 at once for a 64 MiB announced body, saw {status}"
+    r = srv.get("/v1/accounts/x", headers={})
+    assert r.status == 429
 
 
 def test_limit_off_by_default_has_no_headers(make_server):
