@@ -424,6 +424,10 @@ int bench_self_test(bench_config *config);
 
 /* Finds the error code in a 422 body ("code":"…"). */
 bench_reject bench_reject_in_body(const char *body, size_t len);
+/* true when an error answer's code is "overloaded": kobod refused the
+ * request before anything was committed (a full queue, or a batch whose
+ * conflict re-runs ran out). Any other 503 may follow a commit. */
+bool bench_body_says_overloaded(const char *body, size_t len);
 /* Scans a batch answer for the per-item integer "status" values (and the
  * reject code of each 422). Returns the number of items found, at most cap. */
 size_t bench_scan_batch(const char *body, size_t len, uint16_t *statuses,

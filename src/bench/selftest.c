@@ -56,6 +56,19 @@ int bench_self_test(bench_config *config)
 	}
 	const char *single = "{\"error\":{\"code\":\"same_account\",\"message\":\"…\"}}";
 	CHECK(bench_reject_in_body(single, strlen(single)) == BENCH_REJECT_SAME_ACCOUNT, "single reject code");
+	/* Which 503 proves nothing moved: only kobod's "overloaded". */
+	static const struct { const char *body; bool overloaded; } busy[] = {
+		{"{\"error\":{\"code\":\"overloaded\",\"message\":\"retry\"}}", true},
+		{"{\"error\": {\"code\" : \"overloaded\"}}", true},
+		{"{\"error\":{\"code\":\"storage_unavailable\",\"message\":\"overloaded\"}}", false},
+		{"{\"error\":{\"code\":\"overloadedx\"}}", false},
+		{"{\"error\":{\"code\":\"overloaded", false},
+		{"<html><body><h1>503 Service Unavailable</h1></body></html>", false},
+		{"", false},
+	};
+	for (size_t i = 0; i < sizeof busy / sizeof busy[0]; i++)
+		CHECK(bench_body_says_overloaded(busy[i].body, strlen(busy[i].body)) == busy[i].overloaded,
+		      "503 body %zu: overloaded should be %d", i, busy[i].overloaded);
 
 	/* Transfer model: valid, deterministic, shaped by the workload. */
 	config->accounts = 1000;

@@ -12,9 +12,14 @@
  *                                             still running: verify.c waits
  *                                             until it settles
  *   422                          REJECTED     a business rule refused it
- *   other 4xx, 429, 503          NOT_APPLIED  refused whole, moved nothing
+ *   other 4xx, 429,              NOT_APPLIED  refused whole, moved nothing
+ *   503 overloaded
  *   200 to a new id, other 5xx,  UNKNOWN      may or may not have moved;
- *   transport error                           verify.c resolves these
+ *   503 storage_unavailable or   verify.c resolves these. kobod's
+ *   without kobod's code,        storage_unavailable may follow a COMMIT
+ *   transport error              cut off by a failover (its outcome is
+ *                                unknown), and a load balancer's own 503
+ *                                may follow an attempt that reached a node
  *
  * Open loop (--rate): request j of a worker is due at start + j * interval.
  * When no connection is free it simply stays due; its latency is measured
@@ -217,6 +222,17 @@ static bench_reject reject_at(const char *p, const char *end)
 	if (!q)
 		return BENCH_REJECT_OTHER;
 	return bench_reject_from_code(p + 1, (size_t)(q - p - 1));
+}
+
+bool bench_body_says_overloaded(const char *body, size_t len)
+{
+	static const char code[] = "overloaded";
+	if (len < 2)
+		return false;
+	const char *end = body + len;
+	const char *p = find_key(body + 1, end, "\"code\"");
+	return p && (size_t)(end - p) > sizeof code && *p == '"' &&
+	       memcmp(p + 1, code, sizeof code - 1) == 0 && p[sizeof code] == '"';
 }
 
 bench_reject bench_reject_in_body(const char *body, size_t len)
@@ -604,7 +620,8 @@ static int workload_next(bench_job *job, bench_worker *worker, bench_conn *conn,
 }
 
 /* Classifies one transfer's answer; returns its outcome and counts it. */
-static bench_outcome classify(bench_counts *counts, bench_interval *interval, int status, bench_reject reject)
+static bench_outcome classify(bench_counts *counts, bench_interval *interval, int status, bench_reject reject,
+                              bool overloaded)
 {
 	counts->status[status >= 0 && status < 600 ? status : 0]++;
 	if (status == 201) {
@@ -627,7 +644,7 @@ static bench_outcome classify(bench_counts *counts, bench_interval *interval, in
 	} else {
 		counts->errors_http++;
 	}
-	if (status == 0 || status == 200 || (status >= 500 && status != 503)) {
+	if (status == 0 || status == 200 || (status >= 500 && !(status == 503 && overloaded))) {
 		counts->transfers_unknown++;
 		return BENCH_OUTCOME_UNKNOWN;
 	}
@@ -663,7 +680,8 @@ static void workload_finish(bench_job *job, bench_worker *worker, bench_conn *co
 	}
 	if (run->config->batch == 0) {
 		bench_reject reject = status == 422 ? bench_reject_in_body(body, body_len) : BENCH_REJECT_OTHER;
-		run->outcomes[k] = (uint8_t)classify(counts, &delta, status, reject);
+		bool overloaded = status == 503 && bench_body_says_overloaded(body, body_len);
+		run->outcomes[k] = (uint8_t)classify(counts, &delta, status, reject, overloaded);
 	} else {
 		static _Thread_local uint16_t statuses[BENCH_BATCH_MAX];
 		static _Thread_local uint8_t rejects[BENCH_BATCH_MAX];
@@ -671,7 +689,7 @@ static void workload_finish(bench_job *job, bench_worker *worker, bench_conn *co
 		if (status == 200 && found == n) {
 			for (uint64_t i = 0; i < n; i++)
 				run->outcomes[k + i] = (uint8_t)classify(counts, &delta, statuses[i],
-				                                         (bench_reject)rejects[i]);
+				                                         (bench_reject)rejects[i], false);
 		} else {
 			/* The whole request failed: one error, n transfers with that fate. */
 			if (status == 200) {
@@ -679,7 +697,8 @@ static void workload_finish(bench_job *job, bench_worker *worker, bench_conn *co
 				        found, (unsigned long long)n);
 				status = 500; /* unreadable: the outcome of each is unknown */
 			}
-			bench_outcome outcome = classify(counts, &delta, status, BENCH_REJECT_OTHER);
+			bool overloaded = status == 503 && bench_body_says_overloaded(body, body_len);
+			bench_outcome outcome = classify(counts, &delta, status, BENCH_REJECT_OTHER, overloaded);
 			for (uint64_t i = 0; i < n; i++)
 				run->outcomes[k + i] = (uint8_t)outcome;
 			if (outcome == BENCH_OUTCOME_UNKNOWN)
