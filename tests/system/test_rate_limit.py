@@ -168,6 +168,26 @@ def test_forwarded_for_ignored_unless_the_peer_is_trusted(make_server):
     assert statuses == [404, 404, 429, 429], statuses
 
 
+def test_forwarded_ipv6_is_one_key_per_address_and_garbage_counts_as_the_proxy(make_server):
+    srv = make_server("--ip-rate-limit", "0.01", "--ip-rate-burst", "2",
+                      "--trusted-proxy", "127.0.0.0/8")
+
+    def status(hop):
+        return srv.get("/v1/accounts/nobody", headers={"X-Forwarded-For": hop}).status
+
+    # Two spellings of one IPv6 address share a bucket; another address has its own.
+    assert [status("2001:db8::1"), status("2001:DB8:0:0::1"), status("2001:db8::1")] == \
+        [404, 404, 429]
+    assert [status("2001:db8::2"), status("2001:db8::2")] == [404, 404]
+    # An IPv4-mapped IPv6 hop is its IPv4 address.
+    assert [status("192.0.2.7"), status("::ffff:192.0.2.7"), status("192.0.2.7")] == \
+        [404, 404, 429]
+    # A last hop that is not an address leaves the peer (127.0.0.1) as the client.
+    assert [status("not-an-ip"), status("10.0.0.1:8080"), status("")] == [404, 404, 429]
+    r = srv.get("/v1/accounts/nobody")  # no header: the peer too
+    expect_error(r, 429, "rate_limited", "the peer's bucket is empty")
+
+
 def test_limited_body_is_dropped_or_answered_at_once(make_server):
     srv = make_server("--ip-rate-limit", "0.01", "--ip-rate-burst", "1")
     r = srv.get("/v1/accounts/nobody")
