@@ -432,23 +432,37 @@ static const struct {
 		"  WHERE id = ANY ($1::text[]) ORDER BY id FOR NO KEY UPDATE) "
 		"SELECT l.* FROM unnest($1::text[]) WITH ORDINALITY AS q(id, ord)"
 		" JOIN locked l ON l.id = q.id ORDER BY q.ord"},
-	/* Optimistic: the same rows, no lock. */
+	/* Optimistic: the same rows, no lock. Every optimistic statement finds
+	 * its rows with `id = ANY ($n)`, as the pessimistic loads do: written
+	 * as a join of unnest() and the table, the planner's custom plan for
+	 * a batch of ~60 ids chose a hash join over a sequential scan of
+	 * accounts, once per batch (1,924 sequential scans of accounts in 4 s
+	 * of --hot 10 load against 13 pessimistic; 2,019 against 8,620
+	 * transfers/s in make bench-postgres, 2026-12-02). */
 	[SQL_PEEK_TRANSFERS] = {"kobo_peek_transfers",
+		"WITH found AS MATERIALIZED ("
+		"  SELECT " PG_TRANSFER_COLUMNS ", version FROM transfers"
+		"  WHERE id = ANY ($1::text[])) "
 		"SELECT l.* FROM unnest($1::text[]) WITH ORDINALITY AS q(id, ord)"
-		" JOIN LATERAL (SELECT " PG_TRANSFER_COLUMNS ", version FROM transfers t"
-		"  WHERE t.id = q.id) l ON true ORDER BY q.ord"},
+		" JOIN found l ON l.id = q.id ORDER BY q.ord"},
 	[SQL_PEEK_ACCOUNTS] = {"kobo_peek_accounts",
+		"WITH found AS MATERIALIZED ("
+		"  SELECT " PG_ACCOUNT_COLUMNS ", version FROM accounts"
+		"  WHERE id = ANY ($1::text[])) "
 		"SELECT l.* FROM unnest($1::text[]) WITH ORDINALITY AS q(id, ord)"
-		" JOIN LATERAL (SELECT " PG_ACCOUNT_COLUMNS ", version FROM accounts a"
-		"  WHERE a.id = q.id) l ON true ORDER BY q.ord"},
+		" JOIN found l ON l.id = q.id ORDER BY q.ord"},
 	/* Optimistic: the rows the batch read and does not write still have
 	 * the versions it read, right before COMMIT (no lock: see
 	 * "Concurrency"). */
 	[SQL_CHECK_READS] = {"kobo_check_reads",
-		"WITH ra AS (SELECT 1 FROM unnest($1::text[], $2::int8[]) AS u(id, version)"
-		"  JOIN accounts a ON a.id = u.id AND a.version = u.version),"
+		"WITH fa AS MATERIALIZED (SELECT id, version FROM accounts"
+		"  WHERE id = ANY ($1::text[])),"
+		" ft AS MATERIALIZED (SELECT id, version FROM transfers"
+		"  WHERE id = ANY ($3::text[])),"
+		" ra AS (SELECT 1 FROM unnest($1::text[], $2::int8[]) AS u(id, version)"
+		"  JOIN fa a ON a.id = u.id AND a.version = u.version),"
 		" rt AS (SELECT 1 FROM unnest($3::text[], $4::int8[]) AS u(id, version)"
-		"  JOIN transfers t ON t.id = u.id AND t.version = u.version) "
+		"  JOIN ft t ON t.id = u.id AND t.version = u.version) "
 		"SELECT kobo_expect_rows((SELECT count(*) FROM ra) + (SELECT count(*) FROM rt),"
 		" $5::int8, 'rows read', '40001')"},
 	[SQL_INSERT_ACCOUNTS] = {"kobo_insert_accounts",
