@@ -178,16 +178,6 @@ def backend(request):
 
 # ------------------------------------------------------------- servers ----
 
-def _finish(servers):
-    problems = []
-    for s in servers:
-        problems += s.finish()
-        if s in kobotest.ACTIVE:
-            kobotest.ACTIVE.remove(s)
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
-
-
 @pytest.fixture
 def make_server(tmp_path, backend):
     servers = []
@@ -203,7 +193,7 @@ def make_server(tmp_path, backend):
         return srv
 
     yield make
-    _finish(servers)
+    kobotest.finish_servers(servers)
 
 
 @pytest.fixture
@@ -218,7 +208,7 @@ def shared_server(tmp_path_factory, backend):
     kobotest.ACTIVE.append(srv)
     srv.start()
     yield srv
-    _finish([srv])
+    kobotest.finish_servers([srv])
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +218,7 @@ def shared_sharded_server(tmp_path_factory, backend):
     kobotest.ACTIVE.append(srv)
     srv.start()
     yield srv
-    _finish([srv])
+    kobotest.finish_servers([srv])
 
 
 @pytest.hookimpl(hookwrapper=True)

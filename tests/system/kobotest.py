@@ -432,6 +432,25 @@ class Server:
 
 # ------------------------------------------------------------- asserts ----
 
+def finish_servers(servers):
+    """Teardown of the kobod a test or fixture started: each stopped by pid
+    (Server.finish: SIGTERM, exit 0 expected, no sanitizer report; SIGKILL
+    if it is still running after that, also when finish raised), taken off
+    ACTIVE; the test fails with every problem found."""
+    problems = []
+    for srv in servers:
+        try:
+            problems += srv.finish()
+        finally:
+            if srv.proc is not None and srv.proc.poll() is None:   # belt and braces
+                srv.proc.kill()
+                srv.proc.wait(10)
+            if srv in ACTIVE:
+                ACTIVE.remove(srv)
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
 def expect_status(resp, status, what=""):
     statuses = status if isinstance(status, (tuple, list, set)) else (status,)
     assert resp.status in statuses, (

@@ -134,18 +134,7 @@ def make_nodes(pg, tmp_path):
         return uris, nodes
 
     yield make
-    problems = []
-    for srv in servers:
-        try:
-            problems += srv.finish()
-        finally:
-            if srv.proc is not None and srv.proc.poll() is None:   # belt and braces
-                srv.proc.kill()
-                srv.proc.wait(10)
-            if srv in kobotest.ACTIVE:
-                kobotest.ACTIVE.remove(srv)
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    kobotest.finish_servers(servers)
 
 
 @pytest.fixture
@@ -663,7 +652,7 @@ def test_a_node_starts_while_another_writes(make_nodes, tmp_path):
         make_account(a, p)
         fund(a, cash, p, 1_000_000)
     load = kobotest.Load(a, payers, payers, uid("join"), threads=6).start()
-    made, joined, problems = [], [], []
+    made, joined = [], []
     try:
         time.sleep(0.5)
         for i in range(5):
@@ -678,13 +667,7 @@ def test_a_node_starts_while_another_writes(make_nodes, tmp_path):
             b.sigterm()
     finally:
         load.stop()
-        for b in made:
-            try:
-                problems += b.finish()   # stops it by pid if still running
-            finally:
-                if b in kobotest.ACTIVE:
-                    kobotest.ACTIVE.remove(b)
-    assert not problems, "\n\n".join(problems)
+        kobotest.finish_servers(made)   # each stopped by pid, sanitizer logs checked
     assert not load.problems, f"unexpected answers under load: {load.problems[:5]}"
     assert len(load.acked) > 0, "the running node kept acknowledging transfers"
     assert len(joined) == 5, f"only {len(joined)} of 5 joining nodes started"
@@ -702,7 +685,6 @@ def test_a_node_opens_its_shards_beside_a_batch_in_flight(pg, make_nodes, tmp_pa
         [pgcluster._bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", uris[0]],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     b = None
-    problems = []
     try:
         holder.stdin.write("BEGIN;\n"
                            "UPDATE kobo_shard_0.meta SET commit_seq = commit_seq WHERE id = 1;\n"
@@ -729,12 +711,7 @@ def test_a_node_opens_its_shards_beside_a_batch_in_flight(pg, make_nodes, tmp_pa
                 holder.kill()
                 holder.wait(10)
         if b is not None:
-            try:
-                problems += b.finish()
-            finally:
-                if b in kobotest.ACTIVE:
-                    kobotest.ACTIVE.remove(b)
-    assert not problems, "\n\n".join(problems)
+            kobotest.finish_servers([b])
     # Both nodes serve once the other transaction ended.
     cash, payee = uid("cash"), uid("payee")
     make_account(a, cash, allow_negative=True)

@@ -87,13 +87,7 @@ def make_pg_server(tmp_path):
         return srv
 
     yield make
-    problems = []
-    for s in servers:
-        problems += s.finish()
-        if s in kobotest.ACTIVE:
-            kobotest.ACTIVE.remove(s)
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    kobotest.finish_servers(servers)
 
 
 def reads(srv, shard):
