@@ -134,6 +134,9 @@ typedef struct kobo_account {
 	const char *metadata;
 	uint32_t metadata_len;
 	int64_t created_at_ms; /* Unix epoch milliseconds, UTC */
+	/* The id of the API key whose request created the account, "" when
+	 * none did (auth off, or created by Kobo itself: clearing accounts). */
+	char created_by[KOBO_KEY_ID_LEN + 1];
 } kobo_account;
 
 typedef struct kobo_transfer {
@@ -142,6 +145,8 @@ typedef struct kobo_transfer {
 	char to[KOBO_ID_LEN_MAX + 1];
 	char currency[KOBO_CURRENCY_LEN_MAX + 1];
 	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1];
+	/* As kobo_account.created_by; a CREDIT leg carries its DEBIT leg's. */
+	char created_by[KOBO_KEY_ID_LEN + 1];
 	int64_t amount;        /* as requested, 1..INT64_MAX */
 	int64_t posted_amount; /* what moved: 0 unless POSTED */
 	bool pending;          /* requested as a hold */
@@ -277,6 +282,9 @@ typedef struct kobo_op {
 	 * none; they must be contiguous in the batch. */
 	uint32_t atomic_group;
 	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1];
+	/* The API key id of the request ("" when none): recorded as
+	 * created_by on the account or transfer the op creates. */
+	char created_by[KOBO_KEY_ID_LEN + 1];
 	union {
 		/* CREATE_ACCOUNT: id, currency, allow_negative, metadata. */
 		kobo_account account;
@@ -361,8 +369,8 @@ int kobo_ledger_put_account(kobo_ledger *ledger, const kobo_account *account);
 int kobo_ledger_put_transfer(kobo_ledger *ledger, const kobo_transfer *transfer);
 
 /* Applies ops[0..ops_count) in order against what was put, writing one result
- * per op. New records get created_at/updated_at = now_ms; request_id is taken
- * from the op. ops_count must not exceed ops_max; ops must have passed the
+ * per op. New records get created_at/updated_at = now_ms; request_id and
+ * created_by are taken from the op (a SAGA_CREDIT op carries the DEBIT leg's). ops_count must not exceed ops_max; ops must have passed the
  * edge validation (ids, currency syntax, amount >= 1). Returns KOBO_OK, or
  * KOBO_EFULL if the ops need more accounts or transfers than were sized (a
  * caller bug: nothing is applied then), or KOBO_EINVAL if an op breaks a

@@ -131,6 +131,7 @@
 #include <stdbool.h>
 
 #include "../ledger/ledger.h" /* the record types only: never kobo_ledger */
+#include "../core/apikey.h"
 
 /* The longest node name a saga claim takes (claim_saga). */
 #define KOBO_STORE_NODE_LEN_MAX 127
@@ -149,6 +150,10 @@ typedef int (*kobo_store_transfer_fn)(void *ctx, const kobo_transfer *transfer,
 /* Called once per account found by load_accounts and by
  * read_accounts_prefix; return values as for kobo_store_transfer_fn. */
 typedef int (*kobo_store_account_fn)(void *ctx, const kobo_account *account);
+
+/* Called once per API key read by read_keys; valid only during the call.
+ * A non-zero return stops the read, which then returns KOBO_OK. */
+typedef int (*kobo_store_key_fn)(void *ctx, const kobo_api_key *key);
 
 /* Called once per discrepancy found by audit, with a readable sentence. */
 typedef void (*kobo_store_report_fn)(void *ctx, const char *line);
@@ -305,6 +310,28 @@ typedef struct kobo_store_ops {
 	                  const char *node, int64_t lease_ms, bool *claimed);
 	int (*release_saga)(kobo_store_reader *reader, const char *id,
 	                    const char *node);
+
+	/* API keys (src/core/apikey.h): they live in shard 0's store, which
+	 * every node reads; the `kobo key` commands write them through a store
+	 * of their own, whether or not kobod runs on it. Outside any batch;
+	 * each call commits by itself (durably, as commit does).
+	 *
+	 * key_insert stores a new live key. KOBO_ECONFLICT when a key with
+	 * key->id exists (the caller draws another id), KOBO_EFULL when
+	 * KOBO_KEYS_MAX live keys exist, KOBO_EINVAL on a read-only store,
+	 * KOBO_ESTORE.
+	 *
+	 * key_revoke sets revoked_at_ms of key id to at_ms if it is live; a
+	 * revoked key stays revoked (the first time is kept). KOBO_ENOTFOUND
+	 * when no key has that id, KOBO_EINVAL on a read-only store,
+	 * KOBO_ESTORE.
+	 *
+	 * read_keys calls each for every key (live ones only unless
+	 * include_revoked), in id order. KOBO_ESTORE. */
+	int (*key_insert)(kobo_store *store, const kobo_api_key *key);
+	int (*key_revoke)(kobo_store *store, const char *id, int64_t at_ms);
+	int (*read_keys)(kobo_store_reader *reader, bool include_revoked,
+	                 kobo_store_key_fn each, void *ctx);
 
 	/* Checks the whole shard on a consistent snapshot: per currency posted
 	 * balances sum to 0 and pending_out sums equal pending_in sums; every
@@ -478,6 +505,20 @@ static inline int kobo_store_release_saga(kobo_store_reader *r, const char *id,
                                           const char *node)
 {
 	return r->store->ops->release_saga(r, id, node);
+}
+
+static inline int kobo_store_key_insert(kobo_store *s, const kobo_api_key *key)
+{
+	return s->ops->key_insert(s, key);
+}
+static inline int kobo_store_key_revoke(kobo_store *s, const char *id, int64_t at_ms)
+{
+	return s->ops->key_revoke(s, id, at_ms);
+}
+static inline int kobo_store_read_keys(kobo_store_reader *r, bool include_revoked,
+                                       kobo_store_key_fn each, void *ctx)
+{
+	return r->store->ops->read_keys(r, include_revoked, each, ctx);
 }
 
 #endif /* KOBO_STORE_H */
