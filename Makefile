@@ -9,14 +9,14 @@
 #   make bench-shards  shards 1/2/4 × 0/10/100 % cross-shard, backlog after kill -9
 #
 # Sources are found by folder, so a new .c file needs no Makefile change:
-#   src/{core,limit,ledger,store,shard,saga,http,obs}/*.c  the core library (libkobo),
+#   src/{core,limit,ledger,store,auth,shard,saga,http,obs}/*.c  the core library (libkobo),
 #   and src/store/<backend>/*.c
 #   src/kobod/*.c, src/cli/*.c, src/bench/*.c  the three programs
 #   tests/unit/test_*.c                      one cmocka binary per file
 #   tests/fuzz/fuzz_*.c                      one libFuzzer binary per file
 
 CC      ?= cc
-PKGS    := libmicrohttpd jansson sqlite3 libcurl libpq
+PKGS    := libmicrohttpd jansson sqlite3 libcurl libpq libsodium
 CSTD    := -std=c11 -D_GNU_SOURCE
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wvla
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -28,7 +28,7 @@ SAN_FLAGS     := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
                  -fno-omit-frame-pointer
 
 CORE_SRC  := $(wildcard src/core/*.c src/limit/*.c src/ledger/*.c src/store/*.c src/store/*/*.c \
-                       src/shard/*.c src/saga/*.c src/http/*.c src/obs/*.c)
+                       src/auth/*.c src/shard/*.c src/saga/*.c src/http/*.c src/obs/*.c)
 KOBOD_SRC := $(wildcard src/kobod/*.c)
 CLI_SRC   := $(wildcard src/cli/*.c)
 BENCH_SRC := $(wildcard src/bench/*.c)
@@ -76,9 +76,10 @@ test_layers = $(strip \
   $(if $(filter test_ledger%,$(1)),core ledger, \
   $(if $(filter test_obs%,$(1)),core ledger obs, \
   $(if $(filter test_store%,$(1)),core ledger obs store, \
+  $(if $(filter test_auth%,$(1)),core ledger obs store auth, \
   $(if $(filter test_shard%,$(1)),core ledger obs store shard, \
   $(if $(filter test_saga%,$(1)),core ledger obs store shard saga, \
-  core limit ledger obs store shard saga http)))))))
+  core limit ledger obs store auth shard saga http))))))))
 layer_src = $(foreach l,$(1),$(wildcard src/$(l)/*.c src/$(l)/*/*.c))
 
 UNIT_BINS := $(patsubst tests/unit/%.c,$(SAN)/tests/%,$(UNIT_SRC))

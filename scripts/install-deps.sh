@@ -12,6 +12,7 @@ build_pkgs=(gcc make pkg-config
 	libcurl4-openssl-dev # HTTP client in the kobo CLI
 	libhttp-parser-dev  # response parsing in kobo-bench
 	libpq-dev           # PostgreSQL store (client library only: `make run` needs no server)
+	libsodium-dev       # API keys: random keys, keyed BLAKE2b hash, constant-time compare
 )
 test_pkgs=(
 	libcmocka-dev       # unit tests
