@@ -3,7 +3,8 @@
 #
 #   fleet.sh up [--nodes N] [--shards S]   start it (N kobod 1–9, default 2;
 #                                          S shards 1–8, default 1); prints
-#                                          `url: http://VIP:PORT` when ready
+#                                          `url: http://VIP:PORT` when ready,
+#                                          then `tls-url: https://VIP:TLS_PORT`
 #   fleet.sh exec CMD…                     run CMD in the client namespace
 #   fleet.sh status                        one JSON object: every component
 #   fleet.sh kill C | start C              C: lb-active lb-standby lb-1 lb-2
@@ -37,6 +38,11 @@
 # Every wait is bounded; a failing `up` tears everything down, as does an
 # interrupt.
 #
+# TLS. HAProxy terminates HTTPS on VIP:$TLS_PORT with a self-signed ECDSA
+# certificate that `up` generates ($FLEET_DIR/tls/cert.pem, the one file a
+# client needs: `curl --cacert`); `down` removes it with the rest. kobod
+# stays plain HTTP behind the load balancers.
+#
 # FAULTS. kill = kill -9 of the component's process groups (pg nodes: the
 # pg_autoctl keeper AND the postmaster, so it fails over instead of being
 # restarted in place; a load balancer: HAProxy and keepalived, and its VIP
@@ -50,10 +56,11 @@ NSP=${FLEET_NS_PREFIX:-kf}          # namespace names: $NSP-hub, $NSP-lb-1, …
 NET=10.77.0
 VIP=$NET.10
 PORT=8080
+TLS_PORT=8443
 PGBIN=/usr/lib/postgresql/15/bin
 KOBOD=${FLEET_KOBOD:-$ROOT/build/kobod}
 PACKAGES=(haproxy keepalived postgresql-15 postgresql-15-auto-failover pg-auto-failover-cli
-          prometheus prometheus-postgres-exporter iproute2 curl)
+          prometheus prometheus-postgres-exporter iproute2 curl openssl)
 
 log() { printf 'fleet: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -307,6 +314,23 @@ pg_role_setup() { # the login role kobod uses (deploy/postgres/kobo-role.sql), o
 		-f "$ROOT/deploy/postgres/kobo-role.sql" >/dev/null
 }
 
+# ---- TLS: a self-signed certificate for the VIP, new on every `up`. ----
+
+# tls_cert — $FLEET_DIR/tls/cert.pem (the certificate, what clients trust),
+# key.pem (its P-256 private key, 0600) and haproxy.pem (both, as HAProxy's
+# `crt` wants them). Valid 30 days, for the VIP's address.
+tls_cert() {
+	local d=$FLEET_DIR/tls
+	mkdir -p "$d"
+	chmod 0755 "$d"
+	(umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+		-days 30 -subj "/O=Kobo local fleet/CN=$VIP" \
+		-addext "subjectAltName=IP:$VIP" -addext "extendedKeyUsage=serverAuth" \
+		-keyout "$d/key.pem" -out "$d/cert.pem" 2>"$d/openssl.log" &&
+		cat "$d/cert.pem" "$d/key.pem" >"$d/haproxy.pem") || { cat "$d/openssl.log" >&2; return 1; }
+	chmod 0644 "$d/cert.pem"
+}
+
 # ---- Load balancers, kobod, Prometheus. ----
 
 lb_start() {
@@ -333,7 +357,8 @@ lb_start() {
 	# HAProxy binds the VIP on both hosts, also where keepalived has not put it.
 	in_ns "$c" sysctl -qw net.ipv4.ip_nonlocal_bind=1
 	spawn "$c" haproxy env LB_NAME="$c" LB_ADDR="$(lb_ip "$i")" LB1_ADDR="$(lb_ip 1)" LB2_ADDR="$(lb_ip 2)" \
-		KOBO_VIP="$VIP" KOBO_PORT="$PORT" LB_RUN_DIR="$d/run" LB_ERRORS_DIR="$d/errors" \
+		KOBO_VIP="$VIP" KOBO_PORT="$PORT" KOBO_TLS_PORT="$TLS_PORT" LB_TLS_CERT="$FLEET_DIR/tls/haproxy.pem" \
+		LB_RUN_DIR="$d/run" LB_ERRORS_DIR="$d/errors" \
 		haproxy -db -f "$d/haproxy.cfg"
 	cp "$d/haproxy.pid" "$d/run/haproxy.pid"
 	spawn "$c" keepalived keepalived --dont-fork --log-console --vrrp -f "$d/keepalived.conf" \
@@ -414,7 +439,10 @@ vip_holder() { # lb-1, lb-2 or nothing
 	return 0
 }
 
-print_lines() { echo "url: http://$VIP:$PORT"; }
+print_lines() {
+	echo "url: http://$VIP:$PORT"
+	echo "tls-url: https://$VIP:$TLS_PORT"
+}
 
 # ---- up / down. ----
 
@@ -458,6 +486,7 @@ cmd_up() {
 	chmod 0755 "$FLEET_DIR"
 	printf 'NODES=%s\nSHARDS=%s\n' "$NODES" "$SHARDS" >"$FLEET_DIR/fleet.env"
 	net_up
+	tls_cert
 	local s i
 	log "PostgreSQL: $SHARDS formation(s)"
 	for ((s = 0; s < SHARDS; s++)); do pg_monitor_start "$s"; done
@@ -636,8 +665,9 @@ cmd_status() {
 			pgstate[$name]="$reported/$assigned"
 		done < <(pg_states "$s" || true)
 	done
-	printf '{"url":"http://%s:%s","vip":"%s","vip_holder":%s,"nodes":%s,"shards":%s,"components":[' \
-		"$VIP" "$PORT" "$VIP" "$([ -n "$holder" ] && json_str "$holder" || echo null)" "$NODES" "$SHARDS"
+	printf '{"url":"http://%s:%s","tls_url":"https://%s:%s","tls_cert":"%s","vip":"%s","vip_holder":%s,"nodes":%s,"shards":%s,"components":[' \
+		"$VIP" "$PORT" "$VIP" "$TLS_PORT" "$FLEET_DIR/tls/cert.pem" "$VIP" \
+		"$([ -n "$holder" ] && json_str "$holder" || echo null)" "$NODES" "$SHARDS"
 	for c in $(components); do
 		[ "$c" = client ] && continue
 		local role state pid link extra=""
