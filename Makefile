@@ -7,6 +7,7 @@
 #   make fuzz       longer fuzz run (FUZZ_SECONDS, default 300)
 #   make bench      standard benchmark set; appends results to docs/benchmarks.md
 #   make bench-shards  shards 1/2/4 × 0/10/100 % cross-shard, backlog after kill -9
+#   make bench-compare Kobo vs the Redis + Lua and naive PostgreSQL peers, ratios
 #
 # Sources are found by folder, so a new .c file needs no Makefile change:
 #   src/{core,limit,ledger,store,auth,shard,saga,http,obs}/*.c  the core library (libkobo),
@@ -41,7 +42,7 @@ objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 REL := build
 SAN := build/asan
 
-.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards bench-postgres deps test-deps measure-libs clean
+.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards bench-compare bench-postgres deps test-deps measure-libs clean
 all: $(REL)/kobod $(REL)/kobo $(REL)/kobo-bench
 
 # ---- Compilation (one pattern per build flavour). ----
@@ -144,6 +145,11 @@ bench: deps all
 
 bench-shards: deps all
 	@scripts/bench-shards.sh
+
+# Kobo against ../shared/peers (Redis + Lua, naive PostgreSQL) in one run, with
+# the ratios against issue 12's targets; QUICK=1 for 3 s rows.
+bench-compare: deps all
+	@scripts/bench-compare.sh
 
 # Kobo over PostgreSQL (1 and 2 kobod, 2 shards) against ../shared/peers/naive_pg.sh.
 bench-postgres: deps all
