@@ -441,6 +441,11 @@ int kobo__http_metrics(kobo_http_exchange *x)
 {
 	kobo_http_buf *buf = &x->reply.body;
 	size_t cap = 64 * 1024;
+	/* kobo_shard_ready{shard}: sampled now, under the lock /readyz takes. */
+	pthread_rwlock_rdlock(&x->server->submit_lock);
+	for (uint32_t i = 0; i < x->server->shard_count; i++)
+		kobo_metrics_shard_ready(i, kobo_shard_ready(x->server->shards[i]));
+	pthread_rwlock_unlock(&x->server->submit_lock);
 	for (int attempt = 0; attempt < 4; attempt++) {
 		if (!kobo_http_buf_reserve(buf, cap))
 			break;

@@ -13,6 +13,8 @@
  *   kobo_batch_ops{shard}                           shards 0..highest seen
  *   kobo_batch_commit_duration_seconds{shard}       shards 0..highest seen
  *   kobo_shard_queue_depth{shard}                   shards 0..highest seen
+ *   kobo_shard_queue_capacity{shard}                shards 0..highest seen
+ *   kobo_shard_ready{shard}                         shards 0..highest seen
  *   kobo_rejections_total{code}                     every rejection code
  *   kobo_overloaded_total{shard}                    shards 0..highest seen
  *   kobo_rate_limited_total{by="ip"}                per-client-IP 429s
@@ -92,6 +94,8 @@ static _Atomic uint32_t shards_seen;
 static batch_histogram batch_ops[KOBO_METRICS_SHARDS_MAX];
 static latency_histogram batch_commit[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t queue_depth[KOBO_METRICS_SHARDS_MAX];
+static _Atomic uint64_t queue_capacity[KOBO_METRICS_SHARDS_MAX];
+static _Atomic uint64_t shard_ready[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t overloaded_total[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t rate_limited_ip_total;
 static _Atomic uint64_t holds_expired_total[KOBO_METRICS_SHARDS_MAX];
@@ -198,6 +202,18 @@ void kobo_metrics_queue_depth(uint32_t shard, size_t ops)
 {
 	if (shard_use(shard))
 		atomic_store_explicit(&queue_depth[shard], ops, memory_order_relaxed);
+}
+
+void kobo_metrics_queue_capacity(uint32_t shard, size_t ops)
+{
+	if (shard_use(shard))
+		set(&queue_capacity[shard], ops);
+}
+
+void kobo_metrics_shard_ready(uint32_t shard, bool ready)
+{
+	if (shard_use(shard))
+		set(&shard_ready[shard], ready ? 1 : 0);
 }
 
 void kobo_metrics_rejected(kobo_result_code code)
@@ -442,6 +458,18 @@ size_t kobo_metrics_render(char *buf, size_t cap)
 	for (uint32_t s = 0; s < shards; s++)
 		emit(&o, "kobo_shard_queue_depth{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
 		     load(&queue_depth[s]));
+
+	emit_header(&o, "kobo_shard_queue_capacity", "gauge",
+	            "Ops the shard queue holds at most (--queue-ops); past it, 503 overloaded.");
+	for (uint32_t s = 0; s < shards; s++)
+		emit(&o, "kobo_shard_queue_capacity{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
+		     load(&queue_capacity[s]));
+
+	emit_header(&o, "kobo_shard_ready", "gauge",
+	            "1 while the shard's store can commit (sampled at each scrape).");
+	for (uint32_t s = 0; s < shards; s++)
+		emit(&o, "kobo_shard_ready{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
+		     load(&shard_ready[s]));
 
 	emit_header(&o, "kobo_rejections_total", "counter",
 	            "Business rejections and conflicts, by result code.");

@@ -83,6 +83,12 @@ void kobo_metrics_request(size_t route, int status, int64_t latency_us);
 void kobo_metrics_batch(uint32_t shard, size_t ops, int64_t commit_us);
 /* The shard's queue depth in ops, sampled by the writer. */
 void kobo_metrics_queue_depth(uint32_t shard, size_t ops);
+/* The most ops the shard's queue holds (--queue-ops), set at shard start:
+ * depth / capacity is the queue's saturation. */
+void kobo_metrics_queue_capacity(uint32_t shard, size_t ops);
+/* Whether the shard's store can commit now (what /readyz asks of every
+ * shard), sampled by GET /metrics before it renders. */
+void kobo_metrics_shard_ready(uint32_t shard, bool ready);
 /* A business rejection or conflict, by result code. */
 void kobo_metrics_rejected(kobo_result_code code);
 /* A request refused with 503 because a shard queue was full. */

@@ -457,6 +457,7 @@ int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
 		shard_free(shard);
 		return KOBO_ENOMEM;
 	}
+	kobo_metrics_queue_capacity(shard->config.index, shard->config.queue_ops_max);
 	shard->next_expiry_scan_ms = 0; /* scan once at start: holds may have
 	                                   expired while the process was down */
 	if (pthread_create(&shard->thread, NULL, writer_main, shard) != 0) {

@@ -295,6 +295,11 @@ static void test_metrics_series_and_counts(void **state)
 	kobo_metrics_batch(2, 7, 1500);
 	kobo_metrics_queue_depth(2, 33);
 	kobo_metrics_queue_depth(2, 12); /* a gauge: last sample wins */
+	kobo_metrics_queue_capacity(2, 65536);
+	kobo_metrics_shard_ready(0, true);
+	kobo_metrics_shard_ready(2, true);
+	kobo_metrics_shard_ready(2, false); /* a gauge: last sample wins */
+	kobo_metrics_shard_ready(KOBO_METRICS_SHARDS_MAX, true); /* ignored */
 	kobo_metrics_overloaded(1);
 	kobo_metrics_overloaded(1);
 	kobo_metrics_expired(0, 5);
@@ -313,6 +318,8 @@ static void test_metrics_series_and_counts(void **state)
 		"kobo_batch_ops histogram",
 		"kobo_batch_commit_duration_seconds histogram",
 		"kobo_shard_queue_depth gauge",
+		"kobo_shard_queue_capacity gauge",
+		"kobo_shard_ready gauge",
 		"kobo_rejections_total counter",
 		"kobo_overloaded_total counter",
 		"kobo_rate_limited_total counter",
@@ -346,6 +353,10 @@ static void test_metrics_series_and_counts(void **state)
 	assert_series(text, "kobo_batch_commit_duration_seconds_bucket{shard=\"2\",le=\"0.0025\"}", 1);
 	assert_series(text, "kobo_shard_queue_depth{shard=\"2\"}", 12);
 	assert_series(text, "kobo_shard_queue_depth{shard=\"0\"}", 0);
+	assert_series(text, "kobo_shard_queue_capacity{shard=\"2\"}", 65536);
+	assert_series(text, "kobo_shard_queue_capacity{shard=\"1\"}", 0); /* never set */
+	assert_series(text, "kobo_shard_ready{shard=\"2\"}", 0);
+	assert_series(text, "kobo_shard_ready{shard=\"0\"}", 1);
 	assert_series(text, "kobo_overloaded_total{shard=\"1\"}", 2);
 	assert_series(text, "kobo_overloaded_total{shard=\"0\"}", 0);
 	assert_series(text, "kobo_holds_expired_total{shard=\"0\"}", 5);
