@@ -3,7 +3,7 @@
 #   make            release build: build/kobod, build/kobo, build/kobo-bench
 #   make run        install build deps if missing, build, start kobod on :8080
 #   make test       install test deps, ASan+UBSan build, unit + system tests,
-#                   a short fuzz run
+#                   the alert rules' tests (test-rules), a short fuzz run
 #   make fuzz       longer fuzz run (FUZZ_SECONDS, default 300)
 #   make bench      standard benchmark set; appends results to docs/benchmarks.md
 #   make bench-shards  shards 1/2/4 × 0/10/100 % cross-shard, backlog after kill -9
@@ -107,7 +107,7 @@ run: deps
 # ---- Tests. ----
 
 test: test-deps
-	@$(MAKE) --no-print-directory unit system fuzz-smoke test-fleet-smoke
+	@$(MAKE) --no-print-directory unit system test-rules fuzz-smoke test-fleet-smoke
 
 # The unit tests run with a throw-away PostgreSQL cluster (scripts/pg-cluster.sh
 # sets KOBO_TEST_POSTGRES), so the store contract suite runs on PostgreSQL too.
@@ -123,6 +123,17 @@ system: $(SAN)/kobod $(SAN)/kobo $(SAN)/kobo-bench
 	KOBOD=$(CURDIR)/$(SAN)/kobod KOBO=$(CURDIR)/$(SAN)/kobo \
 	KOBO_BENCH=$(CURDIR)/$(SAN)/kobo-bench KOBO_TEST_BACKENDS=$(KOBO_TEST_BACKENDS) \
 	/usr/bin/python3 -m pytest -q tests/system
+
+# The monitoring: promtool checks prometheus.yml and the rules and runs the
+# alert unit tests (deploy/prometheus/tests); tests/deploy checks that every
+# PromQL expression of the rules and of deploy/grafana/kobo.json parses and
+# names metrics a real kobod (and HAProxy) exports.
+.PHONY: test-rules
+test-rules: $(SAN)/kobod $(SAN)/kobo
+	promtool check config deploy/prometheus/prometheus.yml
+	cd deploy/prometheus/tests && promtool test rules *.test.yml
+	KOBOD=$(CURDIR)/$(SAN)/kobod KOBO=$(CURDIR)/$(SAN)/kobo \
+	/usr/bin/python3 -m pytest -q tests/deploy
 
 # libFuzzer needs clang; the fuzzers compile the core sources themselves.
 FUZZ_CC    := clang

@@ -407,6 +407,9 @@ prometheus_start() {
 	d=$(dir prometheus)
 	mkdir -p "$d/tsdb"
 	chown -R prometheus: "$d/tsdb"
+	mkdir -p "$d/rules"
+	cp "$ROOT"/deploy/prometheus/rules/*.yml "$d/rules/"
+	cp "$ROOT/deploy/prometheus/postgres-exporter-queries.yml" "$d/"
 	for ((k = 1; k <= NODES; k++)); do t_k+="${t_k:+, }'$(kobod_ip "$k"):$PORT'"; done
 	for ((s = 0; s < SHARDS; s++)); do
 		for x in a b; do t_pg+="${t_pg:+, }'$PROM_IP:$(exporter_port "$s" "$x")'"; done
@@ -426,7 +429,8 @@ prometheus_start() {
 			alive "$(pid_of prometheus "exporter-pg-$s-$x")" && continue
 			spawn prometheus "exporter-pg-$s-$x" setpriv --reuid=prometheus --regid=prometheus --init-groups \
 				env DATA_SOURCE_NAME="postgresql://kobo@$(pg_addr "$s" "$x")/kobo?sslmode=disable&connect_timeout=2" \
-				prometheus-postgres-exporter --web.listen-address="$PROM_IP:$(exporter_port "$s" "$x")"
+				prometheus-postgres-exporter --web.listen-address="$PROM_IP:$(exporter_port "$s" "$x")" \
+				--extend.query-path="$d/postgres-exporter-queries.yml"
 		done
 	done
 }

@@ -19,6 +19,9 @@ test_pkgs=(
 	clang libclang-rt-14-dev # libFuzzer + sanitizers for fuzz targets
 	python3 python3-pytest   # system tests drive real kobod processes
 	postgresql          # the server: tests start their own clusters (initdb, pg_basebackup)
+	prometheus          # promtool: make test-rules checks the config and unit-tests the alerts
+	python3-yaml        # tests/deploy reads the rules and the alert tests
+	haproxy             # tests/deploy scrapes a real HAProxy's exporter for the names the alerts use
 )
 
 measure_pkgs=(
