@@ -17,7 +17,10 @@
  *   kobo_shard_ready{shard}                         shards 0..highest seen
  *   kobo_rejections_total{code}                     every rejection code
  *   kobo_overloaded_total{shard}                    shards 0..highest seen
- *   kobo_rate_limited_total{by="ip"}                per-client-IP 429s
+ *   kobo_rate_limited_total{by="ip"|"key"}          per-client-IP and per-key 429s
+ *   kobo_auth_failures_total{reason}                every reason (401 and 403)
+ *   kobo_auth_refresh_failures_total                key ring refreshes that failed
+ *   kobo_auth_keys                                  live keys in the key ring
  *   kobo_holds_expired_total{shard}                 shards 0..highest seen
  *   kobo_saga_step_duration_seconds{step}           every saga step kind
  *   kobo_saga_steps_failed_total{step}              every saga step kind
@@ -98,6 +101,10 @@ static _Atomic uint64_t queue_capacity[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t shard_ready[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t overloaded_total[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t rate_limited_ip_total;
+static _Atomic uint64_t rate_limited_key_total;
+static _Atomic uint64_t auth_failures_total[KOBO_AUTH_FAILURE_REASONS];
+static _Atomic uint64_t auth_refresh_failures_total;
+static _Atomic uint64_t auth_keys;
 static _Atomic uint64_t holds_expired_total[KOBO_METRICS_SHARDS_MAX];
 
 static _Atomic uint64_t rejections_total[KOBO_RESULT_CODE_COUNT];
@@ -231,6 +238,35 @@ void kobo_metrics_overloaded(uint32_t shard)
 void kobo_metrics_rate_limited_ip(void)
 {
 	add(&rate_limited_ip_total, 1);
+}
+
+void kobo_metrics_rate_limited_key(void)
+{
+	add(&rate_limited_key_total, 1);
+}
+
+const char *kobo_auth_failure_name(kobo_auth_failure reason)
+{
+	static const char *const names[KOBO_AUTH_FAILURE_REASONS] = {
+		"missing", "malformed", "unknown_key", "wrong_secret", "scope",
+	};
+	return (unsigned)reason < KOBO_AUTH_FAILURE_REASONS ? names[reason] : "unknown";
+}
+
+void kobo_metrics_auth_failure(kobo_auth_failure reason)
+{
+	if ((unsigned)reason < KOBO_AUTH_FAILURE_REASONS)
+		add(&auth_failures_total[reason], 1);
+}
+
+void kobo_metrics_auth_refresh_failure(void)
+{
+	add(&auth_refresh_failures_total, 1);
+}
+
+void kobo_metrics_auth_keys(size_t live)
+{
+	atomic_store_explicit(&auth_keys, live, memory_order_relaxed);
 }
 
 void kobo_metrics_expired(uint32_t shard, size_t count)
@@ -493,6 +529,20 @@ size_t kobo_metrics_render(char *buf, size_t cap)
 	            "Requests refused with 429 by a rate limit, by what was limited.");
 	emit(&o, "kobo_rate_limited_total{by=\"ip\"} %" PRIu64 "\n",
 	     load(&rate_limited_ip_total));
+	emit(&o, "kobo_rate_limited_total{by=\"key\"} %" PRIu64 "\n",
+	     load(&rate_limited_key_total));
+
+	emit_header(&o, "kobo_auth_failures_total", "counter",
+	            "Requests refused 401 (no, bad, unknown or revoked key) or 403 (scope), by reason.");
+	for (int r = 0; r < KOBO_AUTH_FAILURE_REASONS; r++)
+		emit(&o, "kobo_auth_failures_total{reason=\"%s\"} %" PRIu64 "\n",
+		     kobo_auth_failure_name((kobo_auth_failure)r), load(&auth_failures_total[r]));
+	emit_header(&o, "kobo_auth_refresh_failures_total", "counter",
+	            "Key ring refreshes from shard 0's store that failed (the last view was kept).");
+	emit(&o, "kobo_auth_refresh_failures_total %" PRIu64 "\n",
+	     load(&auth_refresh_failures_total));
+	emit_header(&o, "kobo_auth_keys", "gauge", "Live API keys in the key ring.");
+	emit(&o, "kobo_auth_keys %" PRIu64 "\n", load(&auth_keys));
 
 	emit_header(&o, "kobo_holds_expired_total", "counter", "Holds voided by expiry.");
 	for (uint32_t s = 0; s < shards; s++)

@@ -95,6 +95,25 @@ void kobo_metrics_rejected(kobo_result_code code);
 void kobo_metrics_overloaded(uint32_t shard);
 /* A request refused 429 by the per-client-IP limit (kobo_rate_limited_total{by="ip"}). */
 void kobo_metrics_rate_limited_ip(void);
+/* A request refused 429 by the per-key limit (kobo_rate_limited_total{by="key"}). */
+void kobo_metrics_rate_limited_key(void);
+
+/* API keys (src/auth). Why a request was refused 401 or 403
+ * (kobo_auth_failures_total{reason}). */
+typedef enum kobo_auth_failure {
+	KOBO_AUTH_FAILURE_MISSING = 0, /* 401: no Authorization header */
+	KOBO_AUTH_FAILURE_MALFORMED,   /* 401: not exactly "Bearer <key text>" */
+	KOBO_AUTH_FAILURE_UNKNOWN,     /* 401: no live key has that id (or revoked) */
+	KOBO_AUTH_FAILURE_SECRET,      /* 401: the id is live, the secret is wrong */
+	KOBO_AUTH_FAILURE_SCOPE,       /* 403: the key lacks the route's scope */
+	KOBO_AUTH_FAILURE_REASONS
+} kobo_auth_failure;
+const char *kobo_auth_failure_name(kobo_auth_failure reason); /* "missing", … */
+void kobo_metrics_auth_failure(kobo_auth_failure reason);
+/* The key ring's refresh from the store failed (kobo_auth_refresh_failures_total). */
+void kobo_metrics_auth_refresh_failure(void);
+/* Live keys in the key ring after a refresh (kobo_auth_keys). */
+void kobo_metrics_auth_keys(size_t live);
 /* A hold voided by expiry. */
 void kobo_metrics_expired(uint32_t shard, size_t count);
 
