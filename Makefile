@@ -17,7 +17,7 @@
 #   tests/fuzz/fuzz_*.c                      one libFuzzer binary per file
 
 CC      ?= cc
-PKGS    := libmicrohttpd jansson sqlite3 libcurl libpq libsodium
+PKGS    := libmicrohttpd jansson sqlite3 libcurl libpq libsodium libxxhash
 CSTD    := -std=c11 -D_GNU_SOURCE
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wvla
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -73,6 +73,7 @@ $(eval $(call programs,$(SAN),$(SAN_FLAGS)))
 # A unit test links only the layers its subject needs, named by its prefix
 # (test_ledger* links src/ledger only), so layers build and test alone.
 test_layers = $(strip \
+  $(if $(filter test_journal%,$(1)),core store/journal, \
   $(if $(filter test_limit%,$(1)),core limit, \
   $(if $(filter test_ledger%,$(1)),core ledger, \
   $(if $(filter test_obs%,$(1)),core ledger obs, \
@@ -80,7 +81,7 @@ test_layers = $(strip \
   $(if $(filter test_auth%,$(1)),core ledger obs store auth, \
   $(if $(filter test_shard%,$(1)),core ledger obs store shard, \
   $(if $(filter test_saga%,$(1)),core ledger obs store shard saga, \
-  core limit ledger obs store auth shard saga http))))))))
+  core limit ledger obs store auth shard saga http)))))))))
 layer_src = $(foreach l,$(1),$(wildcard src/$(l)/*.c src/$(l)/*/*.c))
 
 UNIT_BINS := $(patsubst tests/unit/%.c,$(SAN)/tests/%,$(UNIT_SRC))
@@ -134,6 +135,12 @@ test-rules: $(SAN)/kobod $(SAN)/kobo
 	cd deploy/prometheus/tests && promtool test rules *.test.yml
 	KOBOD=$(CURDIR)/$(SAN)/kobod KOBO=$(CURDIR)/$(SAN)/kobo \
 	/usr/bin/python3 -m pytest -q tests/deploy
+
+# The journal's bit-flip test at every byte and bit of the earlier frames
+# (make unit samples every 5th byte), and more kill -9 rounds.
+.PHONY: test-journal-exhaustive
+test-journal-exhaustive: $(SAN)/tests/test_journal
+	KOBO_JOURNAL_EXHAUSTIVE=1 KOBO_JOURNAL_KILL_ROUNDS=30 $(SAN)/tests/test_journal
 
 # libFuzzer needs clang; the fuzzers compile the core sources themselves.
 FUZZ_CC    := clang

@@ -13,6 +13,7 @@ build_pkgs=(gcc make pkg-config
 	libhttp-parser-dev  # response parsing in kobo-bench
 	libpq-dev           # PostgreSQL store (client library only: `make run` needs no server)
 	libsodium-dev       # API keys: random keys, keyed BLAKE2b hash, constant-time compare
+	libxxhash-dev       # XXH3-128 frame checksums of the journal (src/store/journal)
 )
 test_pkgs=(
 	libcmocka-dev       # unit tests
