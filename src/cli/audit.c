@@ -45,6 +45,15 @@
  * "unknown" if still unexplained), and each shard's own audit runs on a
  * REPEATABLE READ snapshot.
  *
+ * --metrics-file FILE also leaves the verdict for Prometheus (node_exporter's
+ * textfile collector reads FILE; alerts KoboAudit* in
+ * deploy/prometheus/rules/kobo-alerts.yml): kobo_audit_verdict{verdict} (1
+ * for the verdict reached, 0 for the others), kobo_audit_problems,
+ * kobo_audit_sagas_in_flight, kobo_audit_last_run_timestamp_seconds. Written
+ * to FILE.tmp and renamed, so a scrape never reads half a file; written
+ * whenever the audit ran (bad usage writes nothing, so the timestamp goes
+ * stale). A file that cannot be written turns exit 0 into 2.
+ *
  * Exit: 0 everything was checked and is sound (sagas in flight included);
  * 1 any problem (including a missing shard file, a shard file outside the
  * map, or a malformed map); 2 bad usage, or, when no problem was found, a
@@ -669,6 +678,51 @@ static long take_postgres_urls(int argc, char **argv, const char **urls,
 	return count;
 }
 
+/* ---- --metrics-file: the verdict for Prometheus. ---- */
+
+/* Writes path.tmp, then renames it over path. false (with a message on
+ * stderr) when it cannot. */
+static bool write_metrics_file(const char *path, const char *verdict, size_t problems,
+                               size_t sagas)
+{
+	static const char *const verdicts[] = {"sound", "unsound", "unknown", "incomplete"};
+	char tmp[PATH_MAX];
+	if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
+		fprintf(stderr, "kobo: audit: --metrics-file: path too long\n");
+		return false;
+	}
+	FILE *f = fopen(tmp, "w");
+	if (f == NULL) {
+		fprintf(stderr, "kobo: audit: --metrics-file: cannot write %s: %s\n", tmp,
+		        strerror(errno));
+		return false;
+	}
+	fprintf(f, "# HELP kobo_audit_verdict The last kobo audit's verdict: 1 for the one it reached.\n"
+	           "# TYPE kobo_audit_verdict gauge\n");
+	for (size_t i = 0; i < sizeof verdicts / sizeof verdicts[0]; i++)
+		fprintf(f, "kobo_audit_verdict{verdict=\"%s\"} %d\n", verdicts[i],
+		        strcmp(verdict, verdicts[i]) == 0);
+	fprintf(f, "# HELP kobo_audit_problems Discrepancies the last kobo audit found.\n"
+	           "# TYPE kobo_audit_problems gauge\n"
+	           "kobo_audit_problems %zu\n"
+	           "# HELP kobo_audit_sagas_in_flight Cross-shard sagas under way at the last kobo audit.\n"
+	           "# TYPE kobo_audit_sagas_in_flight gauge\n"
+	           "kobo_audit_sagas_in_flight %zu\n"
+	           "# HELP kobo_audit_last_run_timestamp_seconds When the last kobo audit finished.\n"
+	           "# TYPE kobo_audit_last_run_timestamp_seconds gauge\n"
+	           "kobo_audit_last_run_timestamp_seconds %lld\n",
+	        problems, sagas, (long long)time(NULL));
+	bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+	ok = fclose(f) == 0 && ok;
+	if (!ok || rename(tmp, path) != 0) {
+		fprintf(stderr, "kobo: audit: --metrics-file: cannot write %s: %s\n", path,
+		        strerror(errno));
+		unlink(tmp);
+		return false;
+	}
+	return true;
+}
+
 int kobo_cli_cmd_audit(kobo_cli *cli, int argc_in, char **argv_in)
 {
 	static const char *urls[KOBO_SHARDS_MAX];
@@ -679,20 +733,23 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc_in, char **argv_in)
 		return KOBO_CLI_EXIT_USAGE;
 	}
 	long url_count = take_postgres_urls(argc_in, argv_in, urls, argv, &argc);
-	kobo_cli_option options[] = {{.name = "data", .takes_value = true}};
+	kobo_cli_option options[] = {{.name = "data", .takes_value = true},
+	                             {.name = "metrics-file", .takes_value = true}};
 	const char *positional[1];
 	size_t positional_count;
 	int rc = url_count < 0 ? KOBO_CLI_EXIT_USAGE
-		: kobo_cli_parse_args(cli, argc, argv, 1, options, 1, positional, 0,
+		: kobo_cli_parse_args(cli, argc, argv, 1, options, 2, positional, 0,
 		                      &positional_count);
 	free(argv);
 	if (rc != 0)
 		return rc;
 	bool postgres = url_count > 0;
 	if (postgres == options[0].present ||
-	    (options[0].present && options[0].value[0] == '\0')) {
-		fprintf(stderr, "kobo: usage: kobo audit --data DIR [--json]\n"
-		                "       kobo audit --postgres URL [--postgres URL ...] [--json]\n"
+	    (options[0].present && options[0].value[0] == '\0') ||
+	    (options[1].present && options[1].value[0] == '\0')) {
+		fprintf(stderr, "kobo: usage: kobo audit --data DIR [--json] [--metrics-file FILE]\n"
+		                "       kobo audit --postgres URL [--postgres URL ...] [--json]"
+		                " [--metrics-file FILE]\n"
 		                "       (one of --data and --postgres)\n");
 		return KOBO_CLI_EXIT_USAGE;
 	}
@@ -845,13 +902,15 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc_in, char **argv_in)
 	size_t problems = run->problems;
 	bool cannot_read = run->cannot_read;
 	bool pairs_unknown = run->pairs_unknown;
+	bool written = !options[1].present ||
+		write_metrics_file(options[1].value, verdict, problems, run->sagas);
 	free(run);
 	free(files);
 	/* A problem found is a definite answer even if another shard could
 	 * not be read; an unreadable shard alone leaves the question open. */
 	if (problems > 0)
 		return KOBO_CLI_EXIT_FAILED;
-	if (cannot_read)
+	if (cannot_read || !written)
 		return KOBO_CLI_EXIT_USAGE;
 	return pairs_unknown ? KOBO_CLI_EXIT_UNKNOWN : KOBO_CLI_EXIT_OK;
 }

@@ -251,3 +251,60 @@ def test_audit_after_kill9_mid_traffic_checks_pairs(make_server):
         srv.start(port=srv.port)
     srv.sigterm()
     print(f"\nkill -9 rounds, sagas in flight on disk: {seen}")
+
+
+def metrics_file_values(path):
+    """The samples of a Prometheus text file: {series: value}."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            series, value = line.rsplit(" ", 1)
+            values[series] = float(value)
+    return values
+
+
+@pytest.mark.embedded_only("makes the shard unsound by editing the SQLite shard file")
+def test_audit_metrics_file(make_server, tmp_path):
+    """`kobo audit --metrics-file FILE` leaves the verdict for Prometheus
+    (node_exporter's textfile collector; alerts KoboAudit*): one
+    kobo_audit_verdict series per verdict (1 for the one reached), the
+    problems found, the sagas in flight and when it ran. Bad usage writes
+    nothing."""
+    srv, payer, _ = two_shard_book(make_server, "amf")
+    srv.sigterm()
+    path = tmp_path / "kobo-audit.prom"
+    before = time.time()
+    p = audit(srv, "--metrics-file", str(path))
+    assert p.returncode == 0, f"audit of a sound book: {show(p)}"
+    v = metrics_file_values(path)
+    assert v['kobo_audit_verdict{verdict="sound"}'] == 1, v
+    for other in ("unsound", "unknown", "incomplete"):
+        assert v[f'kobo_audit_verdict{{verdict="{other}"}}'] == 0, v
+    assert v["kobo_audit_problems"] == 0, v
+    assert v["kobo_audit_sagas_in_flight"] == 0, v
+    assert before - 1 <= v["kobo_audit_last_run_timestamp_seconds"] <= time.time() + 1, v
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("kobo-audit.prom.")], \
+        f"a temporary file was left beside the metrics file: {os.listdir(tmp_path)}"
+
+    # A sound audit whose file cannot be written does not say sound (exit 2).
+    p = audit(srv, "--metrics-file", str(tmp_path / "no-such-dir" / "x.prom"))
+    assert p.returncode == 2 and "metrics-file" in p.stderr, \
+        f"an unwritable metrics file: expected exit 2 and a message naming --metrics-file, saw {show(p)}"
+
+    # Money from nowhere: the payer's balance no longer matches its history.
+    tamper(srv.data, 0, ("UPDATE accounts SET posted = posted + 7 WHERE id = ?", (payer,), 1))
+    p = audit(srv, "--metrics-file", str(path))
+    assert p.returncode == EXIT_UNSOUND, f"audit of a tampered book: {show(p)}"
+    v = metrics_file_values(path)
+    assert v['kobo_audit_verdict{verdict="unsound"}'] == 1, v
+    assert v['kobo_audit_verdict{verdict="sound"}'] == 0, v
+    assert v["kobo_audit_problems"] >= 1, v
+
+    # Bad usage: nothing is written (the file keeps the last real verdict).
+    bad = tmp_path / "bad.prom"
+    p = subprocess.run([binary("kobo"), "audit", "--metrics-file", str(bad)],
+                       capture_output=True, text=True, timeout=60, env=child_env())
+    assert p.returncode == 2, f"audit without a store: expected exit 2, saw {show(p)}"
+    assert not bad.exists(), "bad usage wrote a metrics file"
