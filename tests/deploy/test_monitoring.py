@@ -6,7 +6,8 @@ test_monitoring.py — the monitoring in deploy/ against the real programs.
    temporary rules file as recording rules and `promtool check rules` reads it.
 2. Every metric name they use exists: kobo_* names in the /metrics of a real
    kobod (build/asan/kobod, 2 shards, after a few requests including a
-   cross-shard transfer), haproxy_* names in a real HAProxy's exporter
+   cross-shard transfer) or in the file `kobo audit --metrics-file` writes
+   on its data, haproxy_* names in a real HAProxy's exporter
    (loopback, in front of that kobod), pg_* names in postgres-exporter with
    deploy/prometheus/postgres-exporter-queries.yml on a throw-away cluster;
    recorded names (level:metric:op) are defined by a recording rule. A name
@@ -192,6 +193,14 @@ def kobod_names(tmp_path):
         haproxy = haproxy_names(tmp_path, srv.port)
     finally:
         kobotest.finish_servers([srv])
+    # kobo audit's verdict for Prometheus (alerts KoboAudit*).
+    prom = tmp_path / "kobo-audit.prom"
+    p = subprocess.run([kobotest.binary("kobo"), "audit", *srv.store_args(), "--metrics-file", str(prom)],
+                       capture_output=True, text=True, timeout=120, env=kobotest.child_env())
+    assert p.returncode == 0, f"kobo audit --metrics-file: expected exit 0, saw {p.returncode}\n{p.stdout}{p.stderr}"
+    for line in prom.read_text().splitlines():
+        if line and not line.startswith("#"):
+            names.add(re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", line).group(0))
     return names, haproxy
 
 
