@@ -594,6 +594,7 @@ static kobo_result_code apply_create_account(kobo_ledger *ledger,
 	account.metadata = wanted->metadata;
 	account.metadata_len = wanted->metadata_len;
 	account.created_at_ms = now_ms;
+	memcpy(account.created_by, op->created_by, sizeof(account.created_by));
 	slot = ledger_account_insert(ledger, &account, true);
 	ledger_account_change_note(ledger, (uint32_t)slot);
 	snapshot_account(ledger, slot, result);
@@ -645,6 +646,7 @@ static uint32_t record_leg(kobo_ledger *ledger, const kobo_op *op,
 	memcpy(transfer.to, wanted->to, sizeof(transfer.to));
 	memcpy(transfer.currency, wanted->currency, sizeof(transfer.currency));
 	memcpy(transfer.request_id, op->request_id, sizeof(transfer.request_id));
+	memcpy(transfer.created_by, op->created_by, sizeof(transfer.created_by));
 	transfer.amount = wanted->amount;
 	transfer.pending = wanted->pending;
 	transfer.timeout_seconds = wanted->timeout_seconds;

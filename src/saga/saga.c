@@ -15,6 +15,8 @@ bool kobo_saga_remote_op(const kobo_transfer *a_record, const char *b_clearing,
 		return false;
 	memset(op, 0, sizeof(*op));
 	memcpy(op->request_id, a_record->request_id, sizeof(op->request_id));
+	/* Both legs name the key whose request created the DEBIT leg. */
+	memcpy(op->created_by, a_record->created_by, sizeof(op->created_by));
 	switch (a_record->saga) {
 	case KOBO_SAGA_RESERVED: {
 		op->kind = abort ? KOBO_OP_SAGA_ABORT : KOBO_OP_SAGA_CREDIT;

@@ -1227,6 +1227,57 @@ static void test_end_to_end_compensated(void **state)
 	expect_clearing_nets_to_zero();
 }
 
+/* created_by comes from the op: an account and a local transfer name their
+ * op's key, a DEBIT leg its op's, the CREDIT and ABORT legs on B the key
+ * their op carries (the saga runner copies the DEBIT leg's: test_saga.c),
+ * and the clearing accounts Kobo creates name none. A replay by another
+ * key keeps the first key. */
+static void test_created_by_comes_from_the_op(void **state)
+{
+	(void)state;
+	kobo_op account = test_op_account("fresh", "NGN", false, NULL);
+	snprintf(account.created_by, sizeof(account.created_by), "aaaaaaaaaaaaaaaa");
+	EXPECT_CODE(apply(&shard_a, account), KOBO_RESULT_CREATED);
+	check_name("fresh.created_by", account_of(&shard_a, "fresh").created_by,
+	           "aaaaaaaaaaaaaaaa", __FILE__, __LINE__);
+
+	kobo_op local = op_transfer("t-local", "payer", "cash", 5);
+	snprintf(local.created_by, sizeof(local.created_by), "bbbbbbbbbbbbbbbb");
+	kobo_result r = apply(&shard_a, local);
+	EXPECT_CODE(r, KOBO_RESULT_CREATED);
+	check_name("result.created_by", r.transfer.created_by, "bbbbbbbbbbbbbbbb",
+	           __FILE__, __LINE__);
+	check_name("t-local.created_by", transfer_of(&shard_a, "t-local").created_by,
+	           "bbbbbbbbbbbbbbbb", __FILE__, __LINE__);
+	snprintf(local.created_by, sizeof(local.created_by), "cccccccccccccccc");
+	EXPECT_CODE(apply(&shard_a, local), KOBO_RESULT_REPLAYED);
+	check_name("t-local.created_by after a replay",
+	           transfer_of(&shard_a, "t-local").created_by, "bbbbbbbbbbbbbbbb",
+	           __FILE__, __LINE__);
+
+	kobo_op debit = op_debit("t-x", 300, false, 0);
+	snprintf(debit.created_by, sizeof(debit.created_by), "dddddddddddddddd");
+	EXPECT_CODE(apply(&shard_a, debit), KOBO_RESULT_CREATED);
+	check_name("A t-x.created_by", transfer_of(&shard_a, "t-x").created_by,
+	           "dddddddddddddddd", __FILE__, __LINE__);
+	check_name("clearing:B.created_by", account_of(&shard_a, "clearing:B").created_by,
+	           "", __FILE__, __LINE__);
+	EXPECT_CODE(apply(&shard_b, op_credit_for(debit, KOBO_OP_SAGA_CREDIT)),
+	            KOBO_RESULT_CREATED);
+	check_name("B t-x.created_by", transfer_of(&shard_b, "t-x").created_by,
+	           "dddddddddddddddd", __FILE__, __LINE__);
+	check_name("clearing:A.created_by", account_of(&shard_b, "clearing:A").created_by,
+	           "", __FILE__, __LINE__);
+
+	kobo_op aborted = op_debit("t-y", 300, false, 0);
+	snprintf(aborted.created_by, sizeof(aborted.created_by), "eeeeeeeeeeeeeeee");
+	EXPECT_CODE(apply(&shard_b, op_credit_for(aborted, KOBO_OP_SAGA_ABORT)),
+	            KOBO_RESULT_CREATED);
+	EXPECT_STATUS(transfer_of(&shard_b, "t-y"), KOBO_STATUS_REJECTED);
+	check_name("B t-y.created_by", transfer_of(&shard_b, "t-y").created_by,
+	           "eeeeeeeeeeeeeeee", __FILE__, __LINE__);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -1268,6 +1319,7 @@ int main(void)
 		T(test_end_to_end_pending_post_partial),
 		T(test_end_to_end_pending_void),
 		T(test_end_to_end_compensated),
+		T(test_created_by_comes_from_the_op),
 	};
 #undef T
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -35,6 +35,7 @@ static kobo_transfer debit_record(kobo_saga_state saga, bool pending)
 	snprintf(t.to, sizeof(t.to), "payee");
 	snprintf(t.currency, sizeof(t.currency), "NGN");
 	snprintf(t.request_id, sizeof(t.request_id), "req-1");
+	snprintf(t.created_by, sizeof(t.created_by), "00c0ffee00c0ffee");
 	snprintf(t.clearing, sizeof(t.clearing), "kobo:clearing:0:1:NGN");
 	t.amount = 500;
 	t.pending = pending;
@@ -68,10 +69,13 @@ static void remote_op_follows_the_state(void **state)
 	assert_int_equal(op.u.transfer.timeout_seconds, 60);
 	assert_int_equal(op.u.transfer.metadata_len, 7);
 	assert_string_equal(op.request_id, "req-1");
+	/* Both legs name the key that created the DEBIT leg. */
+	assert_string_equal(op.created_by, "00c0ffee00c0ffee");
 	assert_int_equal(op.atomic_group, 0);
 
 	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", true, &op));
 	assert_int_equal(op.kind, KOBO_OP_SAGA_ABORT);
+	assert_string_equal(op.created_by, "00c0ffee00c0ffee");
 
 	t = debit_record(KOBO_SAGA_POSTING, true);
 	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", true, &op));
