@@ -742,6 +742,7 @@ static inline void assert_account_equal(const kobo_account *want, const kobo_acc
 	assert_int_equal(got->metadata_len, want->metadata_len);
 	assert_memory_equal(got->metadata, want->metadata, want->metadata_len);
 	assert_int_equal(got->created_at_ms, want->created_at_ms);
+	assert_string_equal(got->created_by, want->created_by);
 }
 
 static inline void assert_transfer_equal(const kobo_transfer *want, const kobo_transfer *got)
@@ -768,6 +769,7 @@ static inline void assert_transfer_equal(const kobo_transfer *want, const kobo_t
 	assert_int_equal(got->saga, want->saga);
 	assert_int_equal(got->saga_amount, want->saga_amount);
 	assert_int_equal(got->saga_reason, want->saga_reason);
+	assert_string_equal(got->created_by, want->created_by);
 }
 
 typedef struct seen {

@@ -46,6 +46,8 @@
 
 #include "../../src/ledger/ledger.h"
 #include "../../src/store/store.h"
+#include "../../src/obs/obs.h"
+#include "../../src/store/layout.h"
 #include "../../src/store/mem/store_mem.h"
 #include "store_contract.h"
 #include "test_ops.h"
@@ -1818,6 +1820,460 @@ static void optimistic_batches_conflict_on_rows_changed_since_read(void **state)
 	assert_audit_clean(e, &totals);
 }
 
+/* ---- created_by: the key that made a record, through every read. ---- */
+
+typedef struct by_id {
+	char ids[16][KOBO_ID_LEN_MAX + 1];
+	char by[16][KOBO_KEY_ID_LEN + 1];
+	size_t count;
+} by_id;
+
+static int note_transfer_by(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	by_id *b = ctx;
+	(void)seq;
+	assert_true(b->count < 16);
+	snprintf(b->ids[b->count], sizeof b->ids[0], "%s", transfer->id);
+	snprintf(b->by[b->count++], sizeof b->by[0], "%s", transfer->created_by);
+	return 0;
+}
+
+static int note_account_by(void *ctx, const kobo_account *account)
+{
+	by_id *b = ctx;
+	assert_true(b->count < 16);
+	snprintf(b->ids[b->count], sizeof b->ids[0], "%s", account->id);
+	snprintf(b->by[b->count++], sizeof b->by[0], "%s", account->created_by);
+	return 0;
+}
+
+static kobo_op by_key(kobo_op op, const char *key_id)
+{
+	snprintf(op.created_by, sizeof op.created_by, "%s", key_id);
+	return op;
+}
+
+#define KEY_A "0123456789abcdef"
+#define KEY_B "fedcba9876543210"
+#define KEY_C "00000000000000ff"
+
+/* created_by is written with each new account and transfer and comes back
+ * from every read: read_account/transfer, history, sagas, prefix reads,
+ * and the next batch's loads (a replay answers the stored key, not the
+ * replaying request's); an update never changes it; a reopen keeps it. */
+static void created_by_round_trips_through_every_read(void **state)
+{
+	env *e = *state;
+	kobo_store_reader *reader = NULL;
+	by_id b;
+
+	kobo_op first[] = {
+		by_key(test_op_account("cash", "NGN", true, NULL), KEY_A),
+		by_key(test_op_account("alice", "NGN", false, NULL), KEY_B),
+		test_op_account("bob", "NGN", false, NULL),
+		by_key(test_op_transfer("t1", "cash", "alice", 1000, false, 0), KEY_A),
+		by_key(test_op_debit("x1", "alice", "zed", "clr:B", 300, false, 0), KEY_B),
+		by_key(test_op_credit("y1", "yan", "bob", "clr:C", 400, false), KEY_C),
+	};
+	assert_int_equal(run_batch(e, first, 6, 1000), KOBO_OK);
+	for (size_t i = 3; i < 6; i++)
+		assert_int_equal(e->results[i].code, KOBO_RESULT_CREATED);
+	reader = reader_open_ok(e);
+	assert_string_equal(read_account_ok(reader, "cash").created_by, KEY_A);
+	assert_string_equal(read_account_ok(reader, "alice").created_by, KEY_B);
+	assert_string_equal(read_account_ok(reader, "bob").created_by, "");
+	/* Clearing accounts are Kobo's own. */
+	assert_string_equal(read_account_ok(reader, "clr:B").created_by, "");
+	assert_string_equal(read_account_ok(reader, "clr:C").created_by, "");
+	assert_string_equal(read_transfer_ok(reader, "t1").created_by, KEY_A);
+	assert_string_equal(read_transfer_ok(reader, "x1").created_by, KEY_B);
+	assert_string_equal(read_transfer_ok(reader, "y1").created_by, KEY_C);
+
+	memset(&b, 0, sizeof b);
+	assert_int_equal(kobo_store_read_history(reader, "alice", 0, 10, note_transfer_by, &b),
+	                 KOBO_OK);
+	assert_int_equal(b.count, 2);
+	assert_string_equal(b.ids[0], "t1");
+	assert_string_equal(b.by[0], KEY_A);
+	assert_string_equal(b.ids[1], "x1");
+	assert_string_equal(b.by[1], KEY_B);
+	memset(&b, 0, sizeof b);
+	assert_int_equal(kobo_store_read_sagas(reader, "", 10, note_transfer_by, &b), KOBO_OK);
+	assert_int_equal(b.count, 1);
+	assert_string_equal(b.ids[0], "x1");
+	assert_string_equal(b.by[0], KEY_B);
+	memset(&b, 0, sizeof b);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "", note_account_by, &b),
+	                 KOBO_OK);
+	assert_int_equal(b.count, 5); /* alice bob cash clr:B clr:C */
+	assert_string_equal(b.ids[0], "alice");
+	assert_string_equal(b.by[0], KEY_B);
+	assert_string_equal(b.ids[1], "bob");
+	assert_string_equal(b.by[1], "");
+	assert_string_equal(b.ids[2], "cash");
+	assert_string_equal(b.by[2], KEY_A);
+
+	/* Loads: replays by another key answer the stored records; an update
+	 * of alice's balance and of t1's state leaves their keys alone. */
+	kobo_op second[] = {
+		by_key(test_op_account("alice", "NGN", false, NULL), KEY_C),
+		by_key(test_op_transfer("t1", "cash", "alice", 1000, false, 0), KEY_C),
+		by_key(test_op_transfer("t2", "alice", "bob", 10, true, 60), KEY_C),
+	};
+	assert_int_equal(run_batch(e, second, 3, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_string_equal(e->results[0].account.created_by, KEY_B);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_REPLAYED);
+	assert_string_equal(e->results[1].transfer.created_by, KEY_A);
+	assert_int_equal(e->results[2].code, KOBO_RESULT_CREATED);
+	kobo_op third[] = {by_key(test_op_target(KOBO_OP_POST, "t2", false, 0), KEY_A)};
+	assert_int_equal(run_batch(e, third, 1, 3000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
+	assert_string_equal(e->results[0].transfer.created_by, KEY_C);
+	reader_close(e, reader);
+
+	reopen_store(e);
+	reader = reader_open_ok(e);
+	assert_string_equal(read_transfer_ok(reader, "t2").created_by, KEY_C);
+	assert_int_equal(read_transfer_ok(reader, "t2").status, KOBO_STATUS_POSTED);
+	assert_string_equal(read_account_ok(reader, "alice").created_by, KEY_B);
+	assert_int_equal(read_account_ok(reader, "alice").posted, 1000 - 10); /* x1 holds */
+	reader_close(e, reader);
+}
+
+/* ---- API keys (store.h: key_insert, key_revoke, read_keys). ---- */
+
+static kobo_api_key make_key(const char *id, const char *name, uint32_t scopes,
+                             uint8_t fill, int64_t created_at_ms)
+{
+	kobo_api_key key;
+	memset(&key, 0, sizeof key);
+	snprintf(key.id, sizeof key.id, "%s", id);
+	snprintf(key.name, sizeof key.name, "%s", name);
+	key.scopes = scopes;
+	for (size_t i = 0; i < sizeof key.salt; i++)
+		key.salt[i] = (uint8_t)(fill + i);
+	for (size_t i = 0; i < sizeof key.hash; i++)
+		key.hash[i] = (uint8_t)(0xff - fill - i); /* 0x00 and 0xff bytes too */
+	key.created_at_ms = created_at_ms;
+	return key;
+}
+
+static void assert_key_equal(const kobo_api_key *want, const kobo_api_key *got)
+{
+	assert_string_equal(got->id, want->id);
+	assert_string_equal(got->name, want->name);
+	assert_int_equal(got->scopes, want->scopes);
+	assert_memory_equal(got->salt, want->salt, sizeof want->salt);
+	assert_memory_equal(got->hash, want->hash, sizeof want->hash);
+	assert_int_equal(got->created_at_ms, want->created_at_ms);
+	assert_int_equal(got->revoked_at_ms, want->revoked_at_ms);
+}
+
+typedef struct keys_seen {
+	kobo_api_key keys[8];
+	size_t count; /* every key delivered; the first 8 are kept */
+	size_t stop_after;
+} keys_seen;
+
+static int collect_key(void *ctx, const kobo_api_key *key)
+{
+	keys_seen *k = ctx;
+	if (k->count < 8)
+		k->keys[k->count] = *key;
+	k->count++;
+	return k->stop_after != 0 && k->count >= k->stop_after;
+}
+
+static keys_seen read_keys_ok(env *e, bool include_revoked)
+{
+	keys_seen k;
+	memset(&k, 0, sizeof k);
+	kobo_store_reader *reader = reader_open_ok(e);
+	assert_int_equal(kobo_store_read_keys(reader, include_revoked, collect_key, &k), KOBO_OK);
+	reader_close(e, reader);
+	return k;
+}
+
+/* Every field comes back as inserted, in id order whatever the insert
+ * order; a taken id is KOBO_ECONFLICT and leaves the stored key alone;
+ * keys survive a reopen. */
+static void keys_round_trip_in_id_order(void **state)
+{
+	env *e = *state;
+	kobo_api_key keys[3] = {
+		make_key("00000000000000c3", "ci deploy", KOBO_SCOPE_ADMIN, 0x00, 1000),
+		make_key("00000000000000a1", "reader \"quoted\" \\ name",
+		         KOBO_SCOPE_ACCOUNTS_READ | KOBO_SCOPE_TRANSFERS_READ, 0x10, 2000),
+		make_key("00000000000000b2", "x", KOBO_SCOPES_ALL, 0xf0, INT64_MAX),
+	};
+	char longest[KOBO_KEY_NAME_LEN_MAX + 1];
+	memset(longest, '~', KOBO_KEY_NAME_LEN_MAX);
+	longest[KOBO_KEY_NAME_LEN_MAX] = '\0';
+	snprintf(keys[2].name, sizeof keys[2].name, "%s", longest);
+
+	keys_seen k = read_keys_ok(e, true);
+	assert_int_equal(k.count, 0);
+	for (size_t i = 0; i < 3; i++)
+		assert_int_equal(kobo_store_key_insert(e->store, &keys[i]), KOBO_OK);
+	kobo_api_key clash = make_key("00000000000000a1", "other", KOBO_SCOPE_ADMIN, 0x77, 9);
+	assert_int_equal(kobo_store_key_insert(e->store, &clash), KOBO_ECONFLICT);
+
+	for (int pass = 0; pass < 2; pass++) {
+		k = read_keys_ok(e, false);
+		assert_int_equal(k.count, 3);
+		assert_key_equal(&keys[1], &k.keys[0]);
+		assert_key_equal(&keys[2], &k.keys[1]);
+		assert_key_equal(&keys[0], &k.keys[2]);
+		reopen_store(e);
+	}
+	/* A non-zero return stops the read, which still succeeds. */
+	memset(&k, 0, sizeof k);
+	k.stop_after = 1;
+	kobo_store_reader *reader = reader_open_ok(e);
+	assert_int_equal(kobo_store_read_keys(reader, false, collect_key, &k), KOBO_OK);
+	assert_int_equal(k.count, 1);
+	reader_close(e, reader);
+}
+
+/* A revoked key leaves the live list, stays in the full one with the time
+ * of its first revocation; unknown ids are KOBO_ENOTFOUND. */
+static void revoked_keys_leave_the_live_list(void **state)
+{
+	env *e = *state;
+	kobo_api_key a = make_key("aaaaaaaaaaaaaaaa", "a", KOBO_SCOPE_ADMIN, 1, 1000);
+	kobo_api_key b = make_key("bbbbbbbbbbbbbbbb", "b", KOBO_SCOPE_ACCOUNTS_READ, 2, 1000);
+
+	assert_int_equal(kobo_store_key_insert(e->store, &a), KOBO_OK);
+	assert_int_equal(kobo_store_key_insert(e->store, &b), KOBO_OK);
+	assert_int_equal(kobo_store_key_revoke(e->store, "aaaaaaaaaaaaaaaa", 5000), KOBO_OK);
+	keys_seen k = read_keys_ok(e, false);
+	assert_int_equal(k.count, 1);
+	assert_key_equal(&b, &k.keys[0]);
+	/* Revoking again succeeds and keeps the first time. */
+	assert_int_equal(kobo_store_key_revoke(e->store, "aaaaaaaaaaaaaaaa", 9000), KOBO_OK);
+	reopen_store(e);
+	k = read_keys_ok(e, true);
+	assert_int_equal(k.count, 2);
+	a.revoked_at_ms = 5000;
+	assert_key_equal(&a, &k.keys[0]);
+	assert_key_equal(&b, &k.keys[1]);
+	assert_int_equal(kobo_store_key_revoke(e->store, "cccccccccccccccc", 5000), KOBO_ENOTFOUND);
+	assert_int_equal(kobo_store_key_revoke(e->store, "", 5000), KOBO_ENOTFOUND);
+	/* A revoked id stays taken. */
+	assert_int_equal(kobo_store_key_insert(e->store, &a), KOBO_ECONFLICT);
+	k = read_keys_ok(e, true);
+	assert_int_equal(k.count, 2);
+}
+
+/* Inserts count live keys "f" + 15 hex digits, 1.. count, the fast way
+ * each backend allows: one SQL statement for a store behind a server or
+ * in a file, the API for mem (no I/O). */
+static void fill_keys(env *e, size_t count)
+{
+	char sql[1024];
+	if (e->backend->exec_elsewhere != NULL) {
+		snprintf(sql, sizeof sql,
+		         "INSERT INTO api_keys (id, name, scopes, salt, hash, created_at_ms)"
+		         " SELECT 'f' || lpad(to_hex(g), 15, '0'), 'bulk', 1,"
+		         " decode(repeat('00', 16), 'hex'), decode(repeat('00', 32), 'hex'), 1"
+		         " FROM generate_series(1, %zu) g", count);
+		assert_true(e->backend->exec_elsewhere(e->url, e->shard, sql));
+	} else if (e->dir[0] != '\0') {
+		char path[PATH_MAX];
+		sqlite3 *db = NULL;
+		assert_true(kobo_layout_shard_path(path, sizeof path, e->dir, e->shard));
+		assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+		sqlite3_busy_timeout(db, 5000);
+		snprintf(sql, sizeof sql,
+		         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+		         " WHERE i < %zu) INSERT INTO api_keys (id, name, scopes, salt, hash,"
+		         " created_at_ms) SELECT printf('f%%015x', i), 'bulk', 1,"
+		         " zeroblob(16), zeroblob(32), 1 FROM n", count);
+		int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+		if (rc != SQLITE_OK)
+			fail_msg("fill_keys: %s", sqlite3_errmsg(db));
+		sqlite3_close(db);
+	} else {
+		for (size_t i = 1; i <= count; i++) {
+			char id[KOBO_KEY_ID_LEN + 1];
+			snprintf(id, sizeof id, "f%015zx", i);
+			kobo_api_key key = make_key(id, "bulk", 1, 0, 1);
+			assert_int_equal(kobo_store_key_insert(e->store, &key), KOBO_OK);
+		}
+	}
+}
+
+/* KOBO_KEYS_MAX live keys at most: one more is KOBO_EFULL; revoked keys
+ * do not count, so a revocation frees a slot. */
+static void live_keys_are_bounded(void **state)
+{
+	env *e = *state;
+	char id[KOBO_KEY_ID_LEN + 1];
+
+	fill_keys(e, KOBO_KEYS_MAX - 2);
+	kobo_api_key one = make_key("0000000000000001", "one", KOBO_SCOPE_ADMIN, 1, 1);
+	kobo_api_key two = make_key("0000000000000002", "two", KOBO_SCOPE_ADMIN, 2, 1);
+	kobo_api_key three = make_key("0000000000000003", "three", KOBO_SCOPE_ADMIN, 3, 1);
+	assert_int_equal(kobo_store_key_insert(e->store, &one), KOBO_OK);
+	assert_int_equal(kobo_store_key_insert(e->store, &two), KOBO_OK);
+	assert_int_equal(kobo_store_key_insert(e->store, &three), KOBO_EFULL);
+	keys_seen k = read_keys_ok(e, false);
+	assert_int_equal(k.count, KOBO_KEYS_MAX);
+	assert_string_equal(k.keys[0].id, "0000000000000001");
+	snprintf(id, sizeof id, "f%015x", 7u);
+	assert_int_equal(kobo_store_key_revoke(e->store, id, 10), KOBO_OK);
+	assert_int_equal(kobo_store_key_insert(e->store, &three), KOBO_OK);
+	kobo_api_key four = make_key("0000000000000004", "four", KOBO_SCOPE_ADMIN, 4, 1);
+	assert_int_equal(kobo_store_key_insert(e->store, &four), KOBO_EFULL);
+	k = read_keys_ok(e, false);
+	assert_int_equal(k.count, KOBO_KEYS_MAX);
+	k = read_keys_ok(e, true);
+	assert_int_equal(k.count, KOBO_KEYS_MAX + 1);
+}
+
+typedef struct key_racer {
+	kobo_store *store;
+	kobo_api_key key;
+	pthread_barrier_t *start;
+	int rc;
+} key_racer;
+
+static void *race_key_insert(void *arg)
+{
+	key_racer *r = arg;
+	pthread_barrier_wait(r->start);
+	r->rc = kobo_store_key_insert(r->store, &r->key);
+	return NULL;
+}
+
+/* Two writers (two handles on the same data, as `kobo key` on two hosts)
+ * race for the last free slot: exactly one wins, every round. */
+static void two_writers_cannot_pass_the_key_limit(void **state)
+{
+	env *e = *state;
+	kobo_store *second = e->backend->fresh_per_open ? e->store : open_url(e, false);
+	pthread_barrier_t start;
+
+	fill_keys(e, KOBO_KEYS_MAX - 1);
+	for (unsigned round = 0; round < 4; round++) {
+		key_racer racers[2];
+		pthread_t threads[2];
+		pthread_barrier_init(&start, NULL, 2);
+		for (int i = 0; i < 2; i++) {
+			char id[KOBO_KEY_ID_LEN + 1];
+			snprintf(id, sizeof id, "%015x%c", round, i == 0 ? 'a' : 'b');
+			racers[i] = (key_racer){i == 0 ? e->store : second,
+			                        make_key(id, "racer", KOBO_SCOPE_ADMIN, 5, 1),
+			                        &start, -1};
+			assert_int_equal(pthread_create(&threads[i], NULL, race_key_insert,
+			                                &racers[i]), 0);
+		}
+		for (int i = 0; i < 2; i++)
+			pthread_join(threads[i], NULL);
+		pthread_barrier_destroy(&start);
+		int winner = racers[0].rc == KOBO_OK ? 0 : 1;
+		assert_int_equal(racers[winner].rc, KOBO_OK);
+		assert_int_equal(racers[1 - winner].rc, KOBO_EFULL);
+		assert_int_equal(read_keys_ok(e, false).count, KOBO_KEYS_MAX);
+		/* Free the slot for the next round. */
+		assert_int_equal(kobo_store_key_revoke(e->store, racers[winner].key.id, 2),
+		                 KOBO_OK);
+	}
+	if (second != e->store)
+		kobo_store_close(second);
+}
+
+/* A read-only store refuses key writes and reads the keys the writable
+ * one wrote (where a second open reaches the same data). */
+static void read_only_store_refuses_key_writes(void **state)
+{
+	env *e = *state;
+	kobo_store *read_only = NULL;
+	kobo_api_key key = make_key("1111111111111111", "k", KOBO_SCOPE_ADMIN, 1, 1);
+
+	assert_int_equal(kobo_store_key_insert(e->store, &key), KOBO_OK);
+	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_OK);
+	kobo_api_key other = make_key("2222222222222222", "k", KOBO_SCOPE_ADMIN, 1, 1);
+	assert_int_equal(kobo_store_key_insert(read_only, &other), KOBO_EINVAL);
+	assert_int_equal(kobo_store_key_revoke(read_only, key.id, 5), KOBO_EINVAL);
+	if (!e->backend->fresh_per_open) {
+		kobo_store_reader *reader = NULL;
+		keys_seen k;
+		memset(&k, 0, sizeof k);
+		assert_int_equal(kobo_store_reader_open(read_only, &reader), KOBO_OK);
+		assert_int_equal(kobo_store_read_keys(reader, true, collect_key, &k), KOBO_OK);
+		kobo_store_reader_close(reader);
+		assert_int_equal(k.count, 1);
+		assert_key_equal(&key, &k.keys[0]);
+	}
+	kobo_store_close(read_only);
+	assert_int_equal(read_keys_ok(e, true).count, 1);
+}
+
+static int load_nothing_account(void *ctx, const kobo_account *account)
+{
+	(void)ctx;
+	(void)account;
+	return 0;
+}
+
+typedef struct late_insert {
+	kobo_store *store;
+	kobo_api_key key;
+	int rc;
+} late_insert;
+
+static void *insert_key_thread(void *arg)
+{
+	late_insert *l = arg;
+	l->rc = kobo_store_key_insert(l->store, &l->key);
+	return NULL;
+}
+
+/* `kobo key` opens its own writable store while kobod runs on the same
+ * data, possibly in the middle of a batch: the open does not wait for the
+ * batch, the key write waits for it at most, and the running store goes on
+ * untouched (its commit sequence included). */
+static void a_second_writable_open_writes_keys_beside_a_running_writer(void **state)
+{
+	env *e = *state;
+	kobo_store *second = NULL;
+	const char *ids[1] = {"alice"};
+
+	if (e->backend->fresh_per_open)
+		skip_because(e, "be opened twice on the same data");
+	seed(e, 1000);
+	uint64_t token = e->token;
+	/* The running writer, mid-batch (SQLite: holding the write lock). */
+	assert_int_equal(kobo_store_begin(e->store), KOBO_OK);
+	assert_int_equal(kobo_store_load_accounts(e->store, ids, 1, load_nothing_account, NULL),
+	                 KOBO_OK);
+	int64_t opened_at = kobo_monotonic_us();
+	assert_int_equal(kobo_store_open(e->url, e->shard, false, &second), KOBO_OK);
+	assert_true(kobo_monotonic_us() - opened_at < 1000000);
+	late_insert l = {second, make_key("3333333333333333", "cli", KOBO_SCOPE_ADMIN, 3, 1), -1};
+	pthread_t thread;
+	assert_int_equal(pthread_create(&thread, NULL, insert_key_thread, &l), 0);
+	struct timespec pause = {0, 200 * 1000000L};
+	nanosleep(&pause, NULL);
+	kobo_store_rollback(e->store);
+	pthread_join(thread, NULL);
+	assert_int_equal(l.rc, KOBO_OK);
+	assert_int_equal(kobo_store_key_revoke(second, l.key.id, 7), KOBO_OK);
+	kobo_store_close(second);
+
+	kobo_op ops[] = {test_op_transfer("t-after", "alice", "bob", 5, false, 0)};
+	assert_int_equal(run_batch(e, ops, 1, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+	assert_int_equal(e->token, token + 1);
+	keys_seen k = read_keys_ok(e, true);
+	assert_int_equal(k.count, 1);
+	assert_int_equal(k.keys[0].revoked_at_ms, 7);
+	kobo_audit_totals totals;
+	assert_audit_clean(e, &totals);
+}
+
 /* A shard made by the previous schema version (1: no row versions) is
  * migrated at open, keeps its rows and works in either mode. */
 static void a_version_1_shard_is_migrated_at_open(void **state)
@@ -1833,6 +2289,9 @@ static void a_version_1_shard_is_migrated_at_open(void **state)
 	assert_true(e->backend->exec_elsewhere(e->url, e->shard,
 	            "ALTER TABLE accounts DROP COLUMN version;"
 	            " ALTER TABLE transfers DROP COLUMN version;"
+	            " ALTER TABLE accounts DROP COLUMN created_by;"
+	            " ALTER TABLE transfers DROP COLUMN created_by;"
+	            " DROP TABLE api_keys;"
 	            " UPDATE meta SET schema_version = 1"));
 	e->store = open_url(e, false);
 	reader = reader_open_ok(e);
@@ -1842,6 +2301,50 @@ static void a_version_1_shard_is_migrated_at_open(void **state)
 	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
 	assert_int_equal(read_account_ok(reader, "alice").posted, 9995);
 	reader_close(e, reader);
+	kobo_audit_totals totals;
+	assert_audit_clean(e, &totals);
+}
+
+/* A shard of schema version 2 (no created_by, no api_keys) is refused by a
+ * read-only open (which never migrates) and migrated by a writable one: its
+ * rows keep everything and name no key, new rows name theirs, keys work. */
+static void a_version_2_shard_is_migrated_at_open(void **state)
+{
+	env *e = *state;
+	kobo_store *read_only = NULL;
+
+	if (e->backend->exec_elsewhere == NULL)
+		skip_because(e, "be given a version-2 schema");
+	seed(e, 1000);
+	kobo_store_close(e->store);
+	e->store = NULL;
+	assert_true(e->backend->exec_elsewhere(e->url, e->shard,
+	            "ALTER TABLE accounts DROP COLUMN created_by;"
+	            " ALTER TABLE transfers DROP COLUMN created_by;"
+	            " DROP TABLE api_keys;"
+	            " UPDATE meta SET schema_version = 2"));
+	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_ESTORE);
+	e->store = open_url(e, false);
+	kobo_store_reader *reader = reader_open_ok(e);
+	kobo_account alice = read_account_ok(reader, "alice");
+	assert_int_equal(alice.posted, 10000);
+	assert_memory_equal(alice.metadata, "{\"owner\":\"ada\"}", alice.metadata_len);
+	assert_string_equal(alice.created_by, "");
+	kobo_transfer fund = read_transfer_ok(reader, "t-fund");
+	assert_int_equal(fund.amount, 10000);
+	assert_string_equal(fund.request_id, "req-t-fund");
+	assert_string_equal(fund.created_by, "");
+	kobo_op ops[] = {by_key(test_op_transfer("t-v3", "alice", "bob", 5, false, 0), KEY_A)};
+	assert_int_equal(run_batch(e, ops, 1, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+	assert_string_equal(read_transfer_ok(reader, "t-v3").created_by, KEY_A);
+	reader_close(e, reader);
+	kobo_api_key key = make_key("4444444444444444", "after", KOBO_SCOPE_ADMIN, 4, 1);
+	assert_int_equal(kobo_store_key_insert(e->store, &key), KOBO_OK);
+	assert_int_equal(read_keys_ok(e, false).count, 1);
+	/* Migrated now: a read-only open reads it. */
+	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_OK);
+	kobo_store_close(read_only);
 	kobo_audit_totals totals;
 	assert_audit_clean(e, &totals);
 }
@@ -1992,6 +2495,14 @@ static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(a_row_locked_elsewhere_times_the_batch_out),
 	CONTRACT_TEST(optimistic_batches_conflict_on_rows_changed_since_read),
 	CONTRACT_TEST(a_version_1_shard_is_migrated_at_open),
+	CONTRACT_TEST(a_version_2_shard_is_migrated_at_open),
+	CONTRACT_TEST(created_by_round_trips_through_every_read),
+	CONTRACT_TEST(keys_round_trip_in_id_order),
+	CONTRACT_TEST(revoked_keys_leave_the_live_list),
+	CONTRACT_TEST(live_keys_are_bounded),
+	CONTRACT_TEST(two_writers_cannot_pass_the_key_limit),
+	CONTRACT_TEST(read_only_store_refuses_key_writes),
+	CONTRACT_TEST(a_second_writable_open_writes_keys_beside_a_running_writer),
 };
 enum { CONTRACT_TEST_COUNT = sizeof contract_tests / sizeof contract_tests[0] };
 

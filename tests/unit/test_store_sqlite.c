@@ -6,8 +6,8 @@
  * begin → load transfers → load accounts → apply → write → commit.
  *
  * What only SQLite has (the behaviours every backend shares are in
- * test_store_contract.c): creating, migrating (v1 -> v2 -> v3 keeps its
- * data) and reopening a file; refusing a schema newer than the code;
+ * test_store_contract.c): creating, migrating (v1 -> ... -> v4 and v3 ->
+ * v4 keep their data) and reopening a file; refusing a schema newer than the code;
  * read-only opens of an unmigrated file; a busy file lock; the history
  * query plan; the audit of a file tampered with through raw SQL, local and
  * through clearing accounts; the metadata arena giving memory back; the WAL
@@ -325,6 +325,10 @@ static void v1_file_migrates_to_v2_keeping_its_data(void **state)
 	                         " AND saga_amount = 0 AND saga_reason IS NULL"), 4);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'index'"
 	                         " AND name IN ('transfers_clearing_seq', 'transfers_sagas')"), 2);
+	/* v4: no row names a key, and the key table is there, empty. */
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE created_by = ''"), 4);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM accounts WHERE created_by = ''"), 3);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM api_keys"), 0);
 	sqlite3_close(db);
 
 	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
@@ -380,6 +384,61 @@ static void v1_file_migrates_to_v2_keeping_its_data(void **state)
 	assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_SQLITE_SCHEMA_VERSION);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers"), 4);
 	sqlite3_close(db);
+}
+
+/* A version-3 file (before API keys): made here from a current one by
+ * undoing migration 4 with raw SQL. A read-only open refuses it, a writable
+ * one migrates it: the rows keep every field and name no key, new rows
+ * name theirs, and keys can be written. */
+static void v3_file_migrates_to_v4_keeping_its_data(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	kobo_account account;
+	kobo_transfer transfer;
+	kobo_audit_totals totals;
+
+	seed(e, store, 1000);
+	kobo_store_close(store);
+	raw_exec(e->path, "DROP TABLE api_keys;"
+	                  " ALTER TABLE accounts DROP COLUMN created_by;"
+	                  " ALTER TABLE transfers DROP COLUMN created_by;"
+	                  " PRAGMA user_version = 3");
+	assert_int_equal(open_path(e->path, true, &store), KOBO_ESTORE);
+	store = open_store(e->path);
+	sqlite3 *db = raw_open(e->path);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_SQLITE_SCHEMA_VERSION);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM api_keys"), 0);
+	sqlite3_close(db);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_account(reader, "alice", &account), KOBO_OK);
+	assert_int_equal(account.posted, 10000);
+	assert_int_equal(account.created_at_ms, 1000);
+	assert_string_equal(account.created_by, "");
+	assert_int_equal(kobo_store_read_transfer(reader, "t-fund", &transfer), KOBO_OK);
+	assert_int_equal(transfer.amount, 10000);
+	assert_string_equal(transfer.created_by, "");
+
+	kobo_op ops[] = {test_op_transfer("t-v4", "alice", "bob", 5, false, 0)};
+	snprintf(ops[0].created_by, sizeof ops[0].created_by, "0123456789abcdef");
+	assert_int_equal(run_batch(e, store, ops, 1, 2000), KOBO_OK);
+	assert_int_equal(kobo_store_read_transfer(reader, "t-v4", &transfer), KOBO_OK);
+	assert_string_equal(transfer.created_by, "0123456789abcdef");
+	kobo_api_key key;
+	memset(&key, 0, sizeof key);
+	snprintf(key.id, sizeof key.id, "00000000000000aa");
+	snprintf(key.name, sizeof key.name, "after migration");
+	key.scopes = KOBO_SCOPE_ADMIN;
+	key.created_at_ms = 1;
+	assert_int_equal(kobo_store_key_insert(store, &key), KOBO_OK);
+	kobo_store_reader_close(reader);
+	assert_int_equal(kobo_store_audit(store, NULL, NULL, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+	kobo_store_close(store);
+	/* Migrated now: a read-only open takes it. */
+	assert_int_equal(open_path(e->path, true, &store), KOBO_OK);
+	kobo_store_close(store);
 }
 
 static void read_only_refuses_unmigrated_file_and_begin(void **state)
@@ -770,6 +829,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(open_migrates_and_reopen_keeps_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(newer_schema_version_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(v1_file_migrates_to_v2_keeping_its_data, setup, teardown),
+		cmocka_unit_test_setup_teardown(v3_file_migrates_to_v4_keeping_its_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(read_only_refuses_unmigrated_file_and_begin, setup, teardown),
 		cmocka_unit_test_setup_teardown(busy_begin_fails_without_going_sticky, setup, teardown),
 		cmocka_unit_test_setup_teardown(arena_shrinks_after_a_large_batch, setup, teardown),

@@ -312,6 +312,10 @@ typedef struct mem_store {
 	bool fault_applied;
 	unsigned conflicts_armed;
 	uint64_t commit_seq; /* committed batches: the consistency token */
+	kobo_api_key *keys;  /* API keys, in id order (key_insert keeps it so) */
+	size_t key_count;
+	size_t key_cap;
+	size_t keys_live;    /* keys with revoked_at_ms == 0 */
 	/* Writer thread only. */
 	mem_state state;
 	bool read_only;
@@ -1088,6 +1092,107 @@ static int mem_audit(kobo_store *store, kobo_store_report_fn report, void *ctx,
 	return result;
 }
 
+/* ---- API keys: a sorted array under the mutex, any thread. ---- */
+
+/* The index of key id, or where it would go (*found false). */
+static size_t key_position(const mem_store *s, const char *id, bool *found)
+{
+	size_t lo = 0, hi = s->key_count;
+	*found = false;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int cmp = strcmp(s->keys[mid].id, id);
+		if (cmp == 0) {
+			*found = true;
+			return mid;
+		}
+		if (cmp < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int mem_key_insert(kobo_store *store, const kobo_api_key *key)
+{
+	mem_store *s = to_store(store);
+	bool found;
+	int rc = KOBO_OK;
+
+	if (s->read_only)
+		return KOBO_EINVAL;
+	pthread_mutex_lock(&s->mutex);
+	size_t at = key_position(s, key->id, &found);
+	if (found) {
+		rc = KOBO_ECONFLICT;
+	} else if (s->keys_live >= KOBO_KEYS_MAX) {
+		rc = KOBO_EFULL;
+	} else if (s->key_count == s->key_cap) {
+		size_t cap = s->key_cap ? 2 * s->key_cap : 16;
+		kobo_api_key *keys = realloc(s->keys, cap * sizeof *keys);
+		if (keys == NULL)
+			rc = KOBO_ENOMEM;
+		else {
+			s->keys = keys;
+			s->key_cap = cap;
+		}
+	}
+	if (rc == KOBO_OK) {
+		memmove(&s->keys[at + 1], &s->keys[at], (s->key_count - at) * sizeof *s->keys);
+		s->keys[at] = *key;
+		s->keys[at].revoked_at_ms = 0;
+		s->key_count++;
+		s->keys_live++;
+	}
+	pthread_mutex_unlock(&s->mutex);
+	return rc;
+}
+
+static int mem_key_revoke(kobo_store *store, const char *id, int64_t at_ms)
+{
+	mem_store *s = to_store(store);
+	bool found;
+
+	if (s->read_only || at_ms <= 0)
+		return KOBO_EINVAL;
+	pthread_mutex_lock(&s->mutex);
+	size_t at = key_position(s, id, &found);
+	if (found && s->keys[at].revoked_at_ms == 0) {
+		s->keys[at].revoked_at_ms = at_ms; /* the first time is kept */
+		s->keys_live--;
+	}
+	pthread_mutex_unlock(&s->mutex);
+	return found ? KOBO_OK : KOBO_ENOTFOUND;
+}
+
+static int mem_read_keys(kobo_store_reader *reader, bool include_revoked,
+                         kobo_store_key_fn each, void *ctx)
+{
+	mem_store *s = to_store(reader->store);
+	kobo_api_key *copy = NULL;
+	size_t count = 0;
+
+	/* A snapshot under the mutex, delivered without it (invariant 5). */
+	pthread_mutex_lock(&s->mutex);
+	if (s->key_count > 0) {
+		copy = malloc(s->key_count * sizeof *copy);
+		if (copy == NULL) {
+			pthread_mutex_unlock(&s->mutex);
+			return KOBO_ENOMEM;
+		}
+		for (size_t i = 0; i < s->key_count; i++)
+			if (include_revoked || s->keys[i].revoked_at_ms == 0)
+				copy[count++] = s->keys[i];
+	}
+	pthread_mutex_unlock(&s->mutex);
+	for (size_t i = 0; i < count; i++)
+		if (each(ctx, &copy[i]) != 0)
+			break;
+	free(copy);
+	return KOBO_OK;
+}
+
 static void mem_close(kobo_store *store)
 {
 	mem_store *s = to_store(store);
@@ -1101,6 +1206,7 @@ static void mem_close(kobo_store *store)
 	transfers_free(&s->staged_transfers);
 	accounts_free(&s->accounts);
 	transfers_free(&s->transfers);
+	free(s->keys);
 	pthread_mutex_destroy(&s->mutex);
 	free(s);
 }
@@ -1126,6 +1232,9 @@ static const kobo_store_ops mem_ops = {
 	.read_position = mem_read_position,
 	.claim_saga = mem_claim_saga,
 	.release_saga = mem_release_saga,
+	.key_insert = mem_key_insert,
+	.key_revoke = mem_key_revoke,
+	.read_keys = mem_read_keys,
 	.audit = mem_audit,
 	.close = mem_close,
 };

@@ -22,12 +22,16 @@
  * store_pg_account_from_row / store_pg_transfer_from_row. */
 #define PG_ACCOUNT_COLUMNS \
 	"id, currency, allow_negative, posted, pending_out, pending_in, " \
-	"metadata, created_at_ms"
+	"metadata, created_at_ms, created_by"
 #define PG_TRANSFER_COLUMNS \
 	"seq, id, from_id, to_id, currency, amount, posted_amount, pending, " \
 	"timeout_seconds, expires_at_ms, status, void_reason, error_code, " \
 	"metadata, request_id, created_at_ms, updated_at_ms, leg, clearing, " \
-	"saga, saga_amount, saga_reason"
+	"saga, saga_amount, saga_reason, created_by"
+
+/* The api_keys columns store_pg_key_from_row decodes. */
+#define PG_KEY_COLUMNS \
+	"id, name, scopes, salt, hash, created_at_ms, revoked_at_ms"
 
 /* ---- Connections and errors (pg_read.c). ---- */
 
@@ -96,6 +100,10 @@ int store_pg_account_from_row(const PGresult *res, int row, store_pg_pool *pool,
 int store_pg_transfer_from_row(const PGresult *res, int row, store_pg_pool *pool,
                                kobo_transfer *out, int64_t *seq);
 
+/* A row of PG_KEY_COLUMNS; KOBO_ESTORE for a value this code could not
+ * have written. */
+int store_pg_key_from_row(const PGresult *res, int row, kobo_api_key *out);
+
 /* ---- The handle (store_pg.c). ---- */
 
 /* The URL a store was opened with, and its shard's schema name
@@ -127,6 +135,8 @@ int store_pg_claim_saga(kobo_store_reader *reader, const char *id,
                         const char *node, int64_t lease_ms, bool *claimed);
 int store_pg_release_saga(kobo_store_reader *reader, const char *id,
                           const char *node);
+int store_pg_read_keys(kobo_store_reader *reader, bool include_revoked,
+                       kobo_store_key_fn each, void *ctx);
 
 /* ---- The audit (pg_audit.c). ---- */
 

@@ -35,6 +35,8 @@ enum {
 	SQL_RELEASE_SAGA,
 	SQL_PURGE_CLAIMS,
 	SQL_READ_POSITION,
+	SQL_READ_KEYS,
+	SQL_READ_KEYS_ALL,
 	SQL_READER_COUNT
 };
 
@@ -115,6 +117,12 @@ static const struct {
 		"      ELSE greatest(0, coalesce((extract(epoch FROM clock_timestamp()"
 		"        - pg_last_xact_replay_timestamp()) * 1000000)::bigint, 0)) END"
 		" FROM meta WHERE id = 1"},
+	/* read_keys: at most KOBO_KEYS_MAX live ones (key_insert's bound);
+	 * with the revoked ones, as many as were ever made. */
+	[SQL_READ_KEYS] = {"kobo_read_keys",
+		"SELECT " PG_KEY_COLUMNS " FROM api_keys WHERE revoked_at_ms = 0 ORDER BY id"},
+	[SQL_READ_KEYS_ALL] = {"kobo_read_keys_all",
+		"SELECT " PG_KEY_COLUMNS " FROM api_keys ORDER BY id"},
 };
 
 typedef struct pg_reader {
@@ -352,7 +360,7 @@ int store_pg_account_from_row(const PGresult *res, int row, store_pg_pool *pool,
 	if (pool_metadata(pool, res, row, 6, &out->metadata, &out->metadata_len) != KOBO_OK)
 		return KOBO_ESTORE;
 	out->created_at_ms = store_pg_col_int(res, row, 7);
-	return KOBO_OK;
+	return store_pg_col_copy(res, row, 8, out->created_by, sizeof out->created_by);
 }
 
 int store_pg_transfer_from_row(const PGresult *res, int row, store_pg_pool *pool,
@@ -396,7 +404,7 @@ int store_pg_transfer_from_row(const PGresult *res, int row, store_pg_pool *pool
 	out->saga_amount = store_pg_col_int(res, row, 20);
 	if (!kobo_void_reason_parse(store_pg_col_word(res, row, 21), &out->saga_reason))
 		return KOBO_ESTORE;
-	return KOBO_OK;
+	return store_pg_col_copy(res, row, 22, out->created_by, sizeof out->created_by);
 }
 
 /* ---- Readers. ---- */
@@ -726,4 +734,62 @@ int store_pg_release_saga(kobo_store_reader *reader, const char *id,
 		return KOBO_ESTORE;
 	PQclear(res);
 	return KOBO_OK;
+}
+
+/* ---- API keys (store.h: read_keys). ---- */
+
+/* Decodes a bytea column of exactly len bytes ("\x" + hex). */
+static int col_bytes(const PGresult *res, int row, int col, uint8_t *out, size_t len)
+{
+	const char *text = PQgetvalue(res, row, col);
+	if (PQgetisnull(res, row, col) || (size_t)PQgetlength(res, row, col) != 2 + 2 * len ||
+	    text[0] != '\\' || text[1] != 'x')
+		return KOBO_ESTORE;
+	for (size_t i = 0; i < len; i++) {
+		int hi = hex_value(text[2 + 2 * i]);
+		int lo = hex_value(text[3 + 2 * i]);
+		if (hi < 0 || lo < 0)
+			return KOBO_ESTORE;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return KOBO_OK;
+}
+
+int store_pg_key_from_row(const PGresult *res, int row, kobo_api_key *out)
+{
+	memset(out, 0, sizeof *out);
+	int64_t scopes = store_pg_col_int(res, row, 2);
+	if (store_pg_col_copy(res, row, 0, out->id, sizeof out->id) != KOBO_OK ||
+	    store_pg_col_copy(res, row, 1, out->name, sizeof out->name) != KOBO_OK ||
+	    scopes <= 0 || scopes > (int64_t)KOBO_SCOPES_ALL ||
+	    col_bytes(res, row, 3, out->salt, sizeof out->salt) != KOBO_OK ||
+	    col_bytes(res, row, 4, out->hash, sizeof out->hash) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->scopes = (uint32_t)scopes;
+	out->created_at_ms = store_pg_col_int(res, row, 5);
+	out->revoked_at_ms = store_pg_col_int(res, row, 6);
+	return KOBO_OK;
+}
+
+int store_pg_read_keys(kobo_store_reader *reader, bool include_revoked,
+                       kobo_store_key_fn each, void *ctx)
+{
+	pg_reader *r = to_reader(reader);
+	int result = KOBO_OK;
+
+	PGresult *res = reader_exec(r, include_revoked ? SQL_READ_KEYS_ALL : SQL_READ_KEYS,
+	                            0, NULL);
+	if (res == NULL)
+		return KOBO_ESTORE;
+	for (int row = 0; row < PQntuples(res); row++) {
+		kobo_api_key key;
+		if (store_pg_key_from_row(res, row, &key) != KOBO_OK) {
+			result = KOBO_ESTORE;
+			break;
+		}
+		if (each(ctx, &key) != 0)
+			break;
+	}
+	PQclear(res);
+	return result;
 }

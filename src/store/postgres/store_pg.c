@@ -12,8 +12,9 @@
  *
  * NOTES ON THE DESIGN
  *
- * Schema (version 2; version 1 lacked the rows' version columns and is
- * migrated at open, see migrate()), in schema kobo_shard_<N> of the database the URL
+ * Schema (version 3; version 1 lacked the rows' version columns, version 2
+ * created_by and api_keys; both are migrated at open, see migrate(); a
+ * read-only open takes version 3 only), in schema kobo_shard_<N> of the database the URL
  * names, created at open under pg_advisory_xact_lock(KOBO, N) with CREATE
  * … IF NOT EXISTS, so several nodes starting at once are safe. A schema
  * already current is only read at open (schema_is_current): no DDL, no
@@ -36,8 +37,10 @@
  *        order and the history cursor never skips a row that commits late.
  *   accounts(id text COLLATE "C" PRIMARY KEY, currency, allow_negative,
  *        posted, pending_out, pending_in, metadata, created_at_ms,
- *        version) WITH (fillfactor = 80) and no index on the balances: a balance
- *        update is a HOT update (no index entry written).
+ *        version, created_by) WITH (fillfactor = 80) and no index on the
+ *        balances: a balance update is a HOT update (no index entry
+ *        written). created_by (v3, transfers too): the id of the API key
+ *        whose request made the row, '' for none and for older rows.
  *   transfers(seq bigint PRIMARY KEY, id text COLLATE "C" UNIQUE, … the
  *        columns of the SQLite store, same words: status, legs, saga states
  *        and reasons as their wire names, NULL for a NONE reason and for
@@ -45,6 +48,11 @@
  *        seq), (to_id, seq), (clearing, seq) WHERE clearing <> '',
  *        (expires_at_ms, seq) WHERE status = 'pending' AND expires_at_ms >
  *        0, (id) WHERE saga <> 'none'; and version (see "Concurrency").
+ *   api_keys(id text COLLATE "C" PRIMARY KEY, name, scopes, salt bytea,
+ *        hash bytea, created_at_ms, revoked_at_ms DEFAULT 0) (v3): the API
+ *        keys (apikey.h); only shard 0's schema holds any. Written by
+ *        key_insert / key_revoke on connections of their own under a table
+ *        lock (see "API keys" below), read by read_keys.
  *   saga_claims(id text COLLATE "C" PRIMARY KEY, node, until timestamptz)
  *        which node drives the saga of transfer id, until when (the
  *        database's clock): claim_saga / release_saga in pg_read.c. Created
@@ -248,13 +256,14 @@
 
 /* ---- Limits. ---- */
 
-#define PG_SCHEMA_VERSION 2
-/* The oldest schema a read-only open (readers, the audit) accepts: version
- * 2 only added columns the readers do not read. */
-#define PG_SCHEMA_VERSION_READABLE 1
+#define PG_SCHEMA_VERSION 3
+/* The oldest schema a read-only open (readers, the audit) accepts: the
+ * readers read created_by and api_keys, which version 3 added (a read-only
+ * open never migrates: open the store writable once, as kobod does). */
+#define PG_SCHEMA_VERSION_READABLE 3
 #define PG_ADVISORY_KEY 0x6b6f626f /* "kobo": first half of the schema lock */
 #define PG_SCHEMA_NAME_BYTES 32
-#define PG_ARRAY_COLUMNS_MAX 22    /* the transfer insert's parameters */
+#define PG_ARRAY_COLUMNS_MAX 23    /* the transfer insert's parameters */
 #define PG_LOADED_MAX 64           /* load calls one batch may make */
 #define PG_SQL_BYTES_MAX 4096
 /* The whole database's key, second half of the schema lock: every shard of
@@ -319,7 +328,8 @@ static const char *const schema_sql =
 	"  pending_in     bigint  NOT NULL CHECK (pending_in >= 0),"
 	"  metadata       bytea   NOT NULL,"
 	"  created_at_ms  bigint  NOT NULL,"
-	"  version        bigint  NOT NULL DEFAULT 0"
+	"  version        bigint  NOT NULL DEFAULT 0,"
+	"  created_by     text    NOT NULL DEFAULT ''"
 	") WITH (fillfactor = 80);"
 	"CREATE TABLE IF NOT EXISTS transfers ("
 	"  seq             bigint  PRIMARY KEY,"
@@ -348,12 +358,24 @@ static const char *const schema_sql =
 	"  saga_amount     bigint  NOT NULL,"
 	"  saga_reason     text    NULL CHECK (saga_reason IN"
 	"                    ('voided', 'expired', 'compensated')),"
-	"  version         bigint  NOT NULL DEFAULT 0"
+	"  version         bigint  NOT NULL DEFAULT 0,"
+	"  created_by      text    NOT NULL DEFAULT ''"
 	");"
 	"CREATE TABLE IF NOT EXISTS saga_claims ("
 	"  id    text        COLLATE \"C\" PRIMARY KEY,"
 	"  node  text        NOT NULL,"
 	"  until timestamptz NOT NULL"
+	");"
+	/* API keys (apikey.h): only shard 0's rows are used. IF NOT EXISTS at
+	 * every open that is not current, so a v1 or v2 schema gains it. */
+	"CREATE TABLE IF NOT EXISTS api_keys ("
+	"  id            text    COLLATE \"C\" PRIMARY KEY,"
+	"  name          text    NOT NULL,"
+	"  scopes        integer NOT NULL CHECK (scopes > 0),"
+	"  salt          bytea   NOT NULL,"
+	"  hash          bytea   NOT NULL,"
+	"  created_at_ms bigint  NOT NULL,"
+	"  revoked_at_ms bigint  NOT NULL DEFAULT 0"
 	");"
 	/* A row count the batch expects, checked by the server: a mismatch
 	 * raises `state` and so aborts the transaction before its pipelined
@@ -378,6 +400,13 @@ static const char *const migrate_v2_sql =
 	"ALTER TABLE accounts ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;"
 	"ALTER TABLE transfers ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;"
 	"UPDATE meta SET schema_version = 2 WHERE id = 1 AND schema_version = 1";
+
+/* Version 2 → 3: the key id that created each account and transfer ('' for
+ * every row made before keys; api_keys itself comes with schema_sql). */
+static const char *const migrate_v3_sql =
+	"ALTER TABLE accounts ADD COLUMN IF NOT EXISTS created_by text NOT NULL DEFAULT '';"
+	"ALTER TABLE transfers ADD COLUMN IF NOT EXISTS created_by text NOT NULL DEFAULT '';"
+	"UPDATE meta SET schema_version = 3 WHERE id = 1 AND schema_version = 2";
 
 enum {
 	SQL_BATCH_SETTINGS,
@@ -468,7 +497,7 @@ static const struct {
 	[SQL_INSERT_ACCOUNTS] = {"kobo_insert_accounts",
 		"INSERT INTO accounts (" PG_ACCOUNT_COLUMNS ") "
 		"SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[],"
-		" $5::int8[], $6::int8[], $7::bytea[], $8::int8[])"},
+		" $5::int8[], $6::int8[], $7::bytea[], $8::int8[], $9::text[])"},
 	/* Every update is checked by the server (kobo_expect_rows), so a
 	 * mismatch aborts the transaction before the pipelined COMMIT. */
 	/* $6: the version the batch read (NULL: not read); $7: the SQLSTATE
@@ -498,17 +527,17 @@ static const struct {
 		" u.amount, u.posted_amount, u.pending, u.timeout_seconds,"
 		" u.expires_at_ms, u.status, u.void_reason, u.error_code, u.metadata,"
 		" u.request_id, u.created_at_ms, u.updated_at_ms, u.leg, u.clearing,"
-		" u.saga, u.saga_amount, u.saga_reason "
+		" u.saga, u.saga_amount, u.saga_reason, u.created_by "
 		"FROM (SELECT transfer_seq - $1::int8 AS base FROM meta WHERE id = 1) m,"
 		" unnest($2::text[], $3::text[], $4::text[], $5::text[],"
 		" $6::int8[], $7::int8[], $8::bool[], $9::int8[], $10::int8[],"
 		" $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[],"
 		" $16::int8[], $17::int8[], $18::text[], $19::text[], $20::text[],"
-		" $21::int8[], $22::text[]) WITH ORDINALITY"
+		" $21::int8[], $22::text[], $23::text[]) WITH ORDINALITY"
 		" AS u(id, from_id, to_id, currency, amount, posted_amount, pending,"
 		" timeout_seconds, expires_at_ms, status, void_reason, error_code,"
 		" metadata, request_id, created_at_ms, updated_at_ms, leg, clearing,"
-		" saga, saga_amount, saga_reason, ord)"},
+		" saga, saga_amount, saga_reason, created_by, ord)"},
 	/* kobo_transfer_state, no more (store.h guarantee 4). */
 	[SQL_UPDATE_TRANSFERS] = {"kobo_update_transfers",
 		"WITH w AS (UPDATE transfers t SET status = u.status,"
@@ -1074,13 +1103,21 @@ static int migrate(PGconn *conn)
 	}
 	int64_t version = store_pg_col_int(res, 0, 0);
 	PQclear(res);
-	if (version != 1)
-		return KOBO_OK;
-	if (store_pg_exec(conn, migrate_v2_sql, "store_pg_migration_failed") != KOBO_OK)
-		return KOBO_ESTORE;
-	kobo_log(KOBO_LOG_WARN, "store_pg_migrated",
-	         "\"from\":1,\"to\":2,\"message\":\"accounts and transfers gained "
-	         "a version column\"");
+	if (version == 1) {
+		if (store_pg_exec(conn, migrate_v2_sql, "store_pg_migration_failed") != KOBO_OK)
+			return KOBO_ESTORE;
+		kobo_log(KOBO_LOG_WARN, "store_pg_migrated",
+		         "\"from\":1,\"to\":2,\"message\":\"accounts and transfers gained "
+		         "a version column\"");
+		version = 2;
+	}
+	if (version == 2) {
+		if (store_pg_exec(conn, migrate_v3_sql, "store_pg_migration_failed") != KOBO_OK)
+			return KOBO_ESTORE;
+		kobo_log(KOBO_LOG_WARN, "store_pg_migrated",
+		         "\"from\":2,\"to\":3,\"message\":\"accounts and transfers gained "
+		         "created_by (''), api_keys is new\"");
+	}
 	return KOBO_OK;
 }
 
@@ -1720,14 +1757,14 @@ static const char *updated_transfer_id(const void *changes, size_t i)
 static int write_accounts(pg_store *s, const kobo_account_change *changes,
                           size_t count, bool is_new)
 {
-	const char *params[9];
+	const char *params[10];
 	char rows_text[32];
 	size_t rows = 0;
 	size_t updates = 0;
 
 	if (!is_new && (updates = order_updates(s, count, updated_account_id, changes)) == SIZE_MAX)
 		return KOBO_ENOMEM;
-	reset_arrays(s, is_new ? 8 : 5);
+	reset_arrays(s, is_new ? 9 : 5);
 	for (size_t k = 0; k < (is_new ? count : updates); k++) {
 		size_t i = is_new ? k : s->order[k].at;
 		const kobo_account *a = changes[i].account;
@@ -1743,6 +1780,7 @@ static int write_accounts(pg_store *s, const kobo_account_change *changes,
 			arr_int(&s->cols[5], a->pending_in);
 			arr_metadata(&s->cols[6], a->metadata, a->metadata_len);
 			arr_int(&s->cols[7], a->created_at_ms);
+			arr_str(&s->cols[8], a->created_by);
 		} else {
 			arr_str(&s->cols[0], a->id);
 			arr_int(&s->cols[1], a->posted);
@@ -1753,7 +1791,7 @@ static int write_accounts(pg_store *s, const kobo_account_change *changes,
 	}
 	if (rows == 0)
 		return KOBO_OK;
-	if (finish_arrays(s, is_new ? 8 : 5, is_new ? params : params + 1) != KOBO_OK)
+	if (finish_arrays(s, is_new ? 9 : 5, is_new ? params : params + 1) != KOBO_OK)
 		return KOBO_ENOMEM;
 	if (!is_new) {
 		/* $1..$4 the rows, $5 how many, $6 their versions, $7 the SQLSTATE
@@ -1772,7 +1810,7 @@ static int write_accounts(pg_store *s, const kobo_account_change *changes,
 		    !idset_has(&s->looked_up_accounts, changes[i].account->id))
 			race_possible = false;
 	}
-	return send_step(s, SQL_INSERT_ACCOUNTS, 8, params, race_possible);
+	return send_step(s, SQL_INSERT_ACCOUNTS, 9, params, race_possible);
 }
 
 /* Bumps meta: the commit sequence (the token) and room for `new_transfers`
@@ -1829,6 +1867,7 @@ static int insert_transfers(pg_store *s, const kobo_transfer_change *changes,
 		arr_str(&c[18], kobo_saga_state_name(t->saga));
 		arr_int(&c[19], t->saga_amount);
 		arr_str(&c[20], kobo_void_reason_name(t->saga_reason));
+		arr_str(&c[21], t->created_by);
 	}
 	params[0] = rows_text;
 	if (finish_arrays(s, PG_ARRAY_COLUMNS_MAX - 1, params + 1) != KOBO_OK)
@@ -2165,6 +2204,117 @@ static void probe_stop(pg_store *s)
 	s->probe_started = false;
 }
 
+/* ---- API keys (store.h: key_insert, key_revoke). ----
+ *
+ * Each call runs on a connection of its own, opened for it and closed
+ * after: keys change rarely (`kobo key`), and the writer's connection and
+ * its pipeline stay the shard writer's alone (invariant 1). The live-key
+ * bound holds with any number of writers: key_insert counts and inserts
+ * under LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE, which two such
+ * transactions cannot hold at once. Every statement but COMMIT waits at
+ * most PG_KEY_TIMEOUT_MS (lock and statement timeouts). */
+
+#define PG_KEY_TIMEOUT_MS 5000
+
+static const char *const key_begin_sql =
+	"BEGIN;"
+	" SELECT set_config('lock_timeout', '" PG_STR(PG_KEY_TIMEOUT_MS) "ms', true),"
+	" set_config('statement_timeout', '" PG_STR(PG_KEY_TIMEOUT_MS) "ms', true);"
+	" LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE";
+static const char *const key_commit_sql =
+	"SELECT set_config('statement_timeout', '0', true),"
+	" set_config('lock_timeout', '0', true); COMMIT";
+
+/* bytes as a bytea input literal: \x + hex. */
+static void bytea_text(char *out, const uint8_t *bytes, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	*out++ = '\\';
+	*out++ = 'x';
+	for (size_t i = 0; i < len; i++) {
+		*out++ = hex[bytes[i] >> 4];
+		*out++ = hex[bytes[i] & 15];
+	}
+	*out = '\0';
+}
+
+/* Runs one key statement between key_begin_sql and key_commit_sql on a
+ * connection of its own. *rows: the rows it returned. */
+static int key_transaction(pg_store *s, const char *sql, int nparams,
+                           const char *const *params, int *rows)
+{
+	PGconn *conn = NULL;
+	int rc = store_pg_connect(s->url, s->schema, &conn);
+	if (rc != KOBO_OK)
+		return rc == KOBO_ENOMEM ? rc : KOBO_ESTORE;
+	rc = KOBO_ESTORE;
+	if (store_pg_exec(conn, key_begin_sql, "store_pg_key_failed") != KOBO_OK)
+		goto done;
+	PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		bool taken = sqlstate_is(res, "23505");
+		store_pg_log_error_at(taken ? KOBO_LOG_INFO : KOBO_LOG_ERROR,
+		                      "store_pg_key_failed", conn, res);
+		PQclear(res);
+		rc = taken ? KOBO_ECONFLICT : KOBO_ESTORE;
+		goto done;
+	}
+	*rows = PQntuples(res);
+	PQclear(res);
+	if (store_pg_exec(conn, key_commit_sql, "store_pg_key_commit_failed") == KOBO_OK)
+		rc = KOBO_OK;
+done:
+	PQfinish(conn); /* an open transaction is rolled back by the server */
+	return rc;
+}
+
+static int store_key_insert(kobo_store *store, const kobo_api_key *key)
+{
+	pg_store *s = to_store(store);
+	char scopes[16], created[32], limit[32];
+	char salt[2 * KOBO_KEY_SALT_LEN + 3], hash[2 * KOBO_KEY_HASH_LEN + 3];
+	const char *params[7] = {key->id, key->name, scopes, salt, hash, created, limit};
+	int rows = 0;
+
+	if (s->read_only)
+		return KOBO_EINVAL;
+	snprintf(scopes, sizeof scopes, "%" PRIu32, key->scopes);
+	snprintf(created, sizeof created, "%" PRId64, key->created_at_ms);
+	snprintf(limit, sizeof limit, "%d", KOBO_KEYS_MAX);
+	bytea_text(salt, key->salt, sizeof key->salt);
+	bytea_text(hash, key->hash, sizeof key->hash);
+	/* No row back: the live keys are at the limit (counted under the
+	 * table lock). A taken id is 23505: KOBO_ECONFLICT. */
+	int rc = key_transaction(s,
+		"INSERT INTO api_keys (id, name, scopes, salt, hash, created_at_ms)"
+		" SELECT $1, $2, $3::integer, $4::bytea, $5::bytea, $6::int8"
+		" WHERE (SELECT count(*) FROM api_keys WHERE revoked_at_ms = 0) < $7::int8"
+		" RETURNING 1", 7, params, &rows);
+	if (rc == KOBO_OK && rows == 0)
+		rc = KOBO_EFULL;
+	return rc;
+}
+
+static int store_key_revoke(kobo_store *store, const char *id, int64_t at_ms)
+{
+	pg_store *s = to_store(store);
+	char at[32];
+	const char *params[2] = {id, at};
+	int rows = 0;
+
+	if (s->read_only || at_ms <= 0)
+		return KOBO_EINVAL;
+	snprintf(at, sizeof at, "%" PRId64, at_ms);
+	/* A revoked key keeps its first revocation time. */
+	int rc = key_transaction(s,
+		"UPDATE api_keys SET revoked_at_ms = CASE WHEN revoked_at_ms = 0"
+		" THEN $2::int8 ELSE revoked_at_ms END WHERE id = $1 RETURNING 1",
+		2, params, &rows);
+	if (rc == KOBO_OK && rows == 0)
+		rc = KOBO_ENOTFOUND;
+	return rc;
+}
+
 /* ---- Open, audit, close. ---- */
 
 static int store_audit(kobo_store *store, kobo_store_report_fn report, void *ctx,
@@ -2217,6 +2367,9 @@ static const kobo_store_ops pg_ops = {
 	.read_position = store_pg_read_position,
 	.claim_saga = store_pg_claim_saga,
 	.release_saga = store_pg_release_saga,
+	.key_insert = store_key_insert,
+	.key_revoke = store_key_revoke,
+	.read_keys = store_pg_read_keys,
 	.audit = store_audit,
 	.close = store_close,
 };

@@ -24,7 +24,7 @@
 size_t store_sqlite_arena_bytes(const kobo_store *store);
 
 /* The schema version this build writes and reads (PRAGMA user_version). */
-#define STORE_SQLITE_SCHEMA_VERSION 3
+#define STORE_SQLITE_SCHEMA_VERSION 4
 
 /* How long a connection waits for a lock held by another connection before
  * giving up with SQLITE_BUSY. The writer and readers wait long enough to ride
@@ -32,17 +32,24 @@ size_t store_sqlite_arena_bytes(const kobo_store *store);
  * up the writer (see store_sqlite.c, "Checkpoints"). */
 #define STORE_SQLITE_BUSY_TIMEOUT_MS 2000
 #define STORE_SQLITE_CHECKPOINT_BUSY_TIMEOUT_MS 50
+/* The API key writes (key_insert, key_revoke) wait this long for the write
+ * lock: `kobo key` writes while kobod may be running on the file, and
+ * kobod's batches and checkpoints hold that lock for milliseconds. */
+#define STORE_SQLITE_KEY_BUSY_TIMEOUT_MS 10000
 
 /* Column lists shared by every statement that decodes a row with
  * store_sqlite_account_from_row / store_sqlite_transfer_from_row. */
 #define ACCOUNT_COLUMNS \
 	"id, currency, allow_negative, posted, pending_out, pending_in, " \
-	"metadata, created_at_ms"
+	"metadata, created_at_ms, created_by"
 #define TRANSFER_COLUMNS \
 	"seq, id, from_id, to_id, currency, amount, posted_amount, pending, " \
 	"timeout_seconds, expires_at_ms, status, void_reason, error_code, " \
 	"metadata, request_id, created_at_ms, updated_at_ms, leg, clearing, " \
-	"saga, saga_amount, saga_reason"
+	"saga, saga_amount, saga_reason, created_by"
+/* The api_keys columns store_sqlite_key_from_row decodes. */
+#define KEY_COLUMNS \
+	"id, name, scopes, salt, hash, created_at_ms, revoked_at_ms"
 
 /* Text forms of the statuses, legs, saga states and void reasons as stored
  * (their wire names), so that `sqlite3 shard.db` shows 'posted' rather than
@@ -88,6 +95,7 @@ int store_sqlite_copy_text(sqlite3_stmt *stmt, int column, char *dst,
 int store_sqlite_account_from_row(sqlite3_stmt *stmt, kobo_account *out);
 int store_sqlite_transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out,
                                    int64_t *seq);
+int store_sqlite_key_from_row(sqlite3_stmt *stmt, kobo_api_key *out);
 
 /* The shard file path (or URI) a store was opened with. */
 const char *store_sqlite_path(const kobo_store *store);
@@ -112,6 +120,8 @@ int store_sqlite_claim_saga(kobo_store_reader *reader, const char *id,
                             const char *node, int64_t lease_ms, bool *claimed);
 int store_sqlite_release_saga(kobo_store_reader *reader, const char *id,
                               const char *node);
+int store_sqlite_read_keys(kobo_store_reader *reader, bool include_revoked,
+                           kobo_store_key_fn each, void *ctx);
 
 /* The audit of the shard file at path on a snapshot of its own
  * (sqlite_audit.c); see kobo_store_ops.audit. */

@@ -23,6 +23,8 @@ enum {
 	SQL_READ_SAGAS,
 	SQL_READ_ACCOUNTS_FROM,
 	SQL_READ_ACCOUNTS_RANGE,
+	SQL_READ_KEYS,
+	SQL_READ_KEYS_ALL,
 	SQL_READER_COUNT
 };
 
@@ -66,6 +68,10 @@ static const char *const reader_sql[SQL_READER_COUNT] = {
 	[SQL_READ_ACCOUNTS_RANGE] =
 		"SELECT " ACCOUNT_COLUMNS " FROM accounts WHERE id >= ?1 AND id < ?2"
 		" ORDER BY id",
+	/* read_keys: at most KOBO_KEYS_MAX live ones (key_insert's bound). */
+	[SQL_READ_KEYS] =
+		"SELECT " KEY_COLUMNS " FROM api_keys WHERE revoked_at_ms = 0 ORDER BY id",
+	[SQL_READ_KEYS_ALL] = "SELECT " KEY_COLUMNS " FROM api_keys ORDER BY id",
 };
 
 typedef struct sqlite_reader {
@@ -229,7 +235,7 @@ int store_sqlite_account_from_row(sqlite3_stmt *stmt, kobo_account *out)
 	if (column_metadata(stmt, 6, &out->metadata, &out->metadata_len) != KOBO_OK)
 		return KOBO_ESTORE;
 	out->created_at_ms = sqlite3_column_int64(stmt, 7);
-	return KOBO_OK;
+	return store_sqlite_copy_text(stmt, 8, out->created_by, sizeof out->created_by);
 }
 
 /* Fills *out and *seq from a row of TRANSFER_COLUMNS; metadata points into
@@ -280,6 +286,34 @@ int store_sqlite_transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out, int64
 	if (!kobo_void_reason_parse((const char *)sqlite3_column_text(stmt, 21),
 	                                   &out->saga_reason))
 		return KOBO_ESTORE;
+	return store_sqlite_copy_text(stmt, 22, out->created_by, sizeof out->created_by);
+}
+
+/* Copies a blob column of exactly len bytes. */
+static int copy_blob(sqlite3_stmt *stmt, int column, uint8_t *dst, size_t len)
+{
+	const void *bytes = sqlite3_column_blob(stmt, column);
+	if (sqlite3_column_type(stmt, column) != SQLITE_BLOB || bytes == NULL ||
+	    (size_t)sqlite3_column_bytes(stmt, column) != len)
+		return KOBO_ESTORE;
+	memcpy(dst, bytes, len);
+	return KOBO_OK;
+}
+
+/* Fills *out from a row of KEY_COLUMNS. */
+int store_sqlite_key_from_row(sqlite3_stmt *stmt, kobo_api_key *out)
+{
+	memset(out, 0, sizeof *out);
+	int64_t scopes = sqlite3_column_int64(stmt, 2);
+	if (store_sqlite_copy_text(stmt, 0, out->id, sizeof out->id) != KOBO_OK ||
+	    store_sqlite_copy_text(stmt, 1, out->name, sizeof out->name) != KOBO_OK ||
+	    scopes <= 0 || scopes > (int64_t)KOBO_SCOPES_ALL ||
+	    copy_blob(stmt, 3, out->salt, sizeof out->salt) != KOBO_OK ||
+	    copy_blob(stmt, 4, out->hash, sizeof out->hash) != KOBO_OK)
+		return KOBO_ESTORE;
+	out->scopes = (uint32_t)scopes;
+	out->created_at_ms = sqlite3_column_int64(stmt, 5);
+	out->revoked_at_ms = sqlite3_column_int64(stmt, 6);
 	return KOBO_OK;
 }
 
@@ -578,5 +612,32 @@ int store_sqlite_read_position(kobo_store_reader *reader, kobo_store_position *o
 	else
 		result = reader_error(r, "store_read_position_failed");
 	sqlite3_reset(r->position);
+	return result;
+}
+
+/* ---- API keys (store.h: read_keys). ---- */
+
+int store_sqlite_read_keys(kobo_store_reader *reader, bool include_revoked,
+                           kobo_store_key_fn each, void *ctx)
+{
+	sqlite_reader *r = to_reader(reader);
+	sqlite3_stmt *stmt = r->stmt[include_revoked ? SQL_READ_KEYS_ALL : SQL_READ_KEYS];
+	int result = KOBO_OK;
+	int rc;
+
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		kobo_api_key key;
+		if (store_sqlite_key_from_row(stmt, &key) != KOBO_OK) {
+			rc = SQLITE_CORRUPT;
+			break;
+		}
+		if (each(ctx, &key) != 0) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		result = reader_error(r, "store_read_keys_failed");
+	sqlite3_reset(stmt);
 	return result;
 }

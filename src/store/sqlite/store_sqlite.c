@@ -9,11 +9,12 @@
  *
  * NOTES ON THE DESIGN
  *
- * Schema (version 3, see `migrations` below; PRAGMA user_version says which
+ * Schema (version 4, see `migrations` below; PRAGMA user_version says which
  * migrations a file has had):
  *
  *   accounts(id TEXT PRIMARY KEY, currency, allow_negative, posted,
- *            pending_out, pending_in, metadata TEXT, created_at_ms)
+ *            pending_out, pending_in, metadata TEXT, created_at_ms,
+ *            created_by TEXT                                     (v4))
  *            WITHOUT ROWID: every lookup is by id, so the id b-tree is the
  *            table and there is no second index to keep in step.
  *   transfers(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, from_id,
@@ -23,6 +24,7 @@
  *            created_at_ms, updated_at_ms,
  *            leg TEXT, clearing TEXT, saga TEXT, saga_amount,
  *            saga_reason TEXT)                                  (v2 columns)
+ *            created_by TEXT                                    (v4)
  *            seq is the rowid: rows are never deleted, so a new row's seq is
  *            one more than the largest, and seq orders a shard's transfers
  *            by insertion (the history cursor). Statuses, legs, saga
@@ -53,13 +55,24 @@
  *            of store.h. commit() sets it to one more in the batch's own
  *            transaction, so it is exactly as durable as the batch; the
  *            writer keeps the committed value in memory (it is the only
- *            writer of the file) and rereads it at open.
+ *            writer of the batches) and rereads it at open.
+ *   api_keys(id TEXT PRIMARY KEY, name, scopes, salt BLOB, hash BLOB,
+ *            created_at_ms, revoked_at_ms DEFAULT 0) WITHOUT ROWID  (v4)
+ *            the API keys (apikey.h); only shard 0's file holds any.
+ *            created_by on accounts and transfers is the id of the key
+ *            whose request made the row, '' for none (and for every row
+ *            older than v4). Keys are written on connections of their own
+ *            (see "API keys" below), so `kobo key` may write them while
+ *            kobod runs on the file; they never touch meta.commit_seq.
  *
  * Migrations run one step per transaction at open (migrate()): a new file
- * goes 0 -> 1 -> 2 -> 3, a v1 file 1 -> 2 -> 3 (ALTER TABLE ADD COLUMN with
- * constant defaults rewrites no row; the two new indexes are built once;
- * v3 adds the meta row at commit_seq 0). A file newer than this build is
- * refused, read-only opens never migrate.
+ * goes 0 -> 1 -> 2 -> 3 -> 4, a v1 file 1 -> 2 -> 3 -> 4 (ALTER TABLE ADD
+ * COLUMN with constant defaults rewrites no row; the two new indexes are
+ * built once; v3 adds the meta row at commit_seq 0; v4 adds api_keys and
+ * created_by ''). A file newer than this build is refused, read-only opens
+ * never migrate, and an open of a current file only reads user_version (no
+ * write lock: a second writable open beside a running kobod neither waits
+ * for its batches nor holds them up).
  *
  * Durability: journal_mode=WAL with synchronous=FULL. In WAL mode a commit
  * appends the batch's pages to the -wal file and fsyncs it once; FULL makes
@@ -245,6 +258,19 @@ static const char *const migrations[] = {
 	"  commit_seq INTEGER NOT NULL CHECK (commit_seq >= 0)"
 	");"
 	"INSERT INTO meta (id, commit_seq) VALUES (1, 0);",
+	/* 4: API keys (apikey.h; only shard 0's rows are used), and the key
+	 * id that created each account and transfer ('' for the rows before). */
+	"CREATE TABLE api_keys ("
+	"  id            TEXT    PRIMARY KEY NOT NULL,"
+	"  name          TEXT    NOT NULL,"
+	"  scopes        INTEGER NOT NULL CHECK (scopes > 0),"
+	"  salt          BLOB    NOT NULL,"
+	"  hash          BLOB    NOT NULL,"
+	"  created_at_ms INTEGER NOT NULL,"
+	"  revoked_at_ms INTEGER NOT NULL DEFAULT 0"
+	") WITHOUT ROWID;"
+	"ALTER TABLE accounts ADD COLUMN created_by TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE transfers ADD COLUMN created_by TEXT NOT NULL DEFAULT '';",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SQLITE_SCHEMA_VERSION,
@@ -276,7 +302,7 @@ static const char *const writer_sql[SQL_WRITER_COUNT] = {
 	[SQL_SELECT_TRANSFER] = "SELECT " TRANSFER_COLUMNS " FROM transfers WHERE id = ?1",
 	[SQL_INSERT_ACCOUNT] =
 		"INSERT INTO accounts (" ACCOUNT_COLUMNS ") "
-		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
 	[SQL_UPDATE_ACCOUNT] =
 		"UPDATE accounts SET posted = ?2, pending_out = ?3, pending_in = ?4 "
 		"WHERE id = ?1",
@@ -284,9 +310,10 @@ static const char *const writer_sql[SQL_WRITER_COUNT] = {
 		"INSERT INTO transfers (id, from_id, to_id, currency, amount, "
 		"posted_amount, pending, timeout_seconds, expires_at_ms, status, "
 		"void_reason, error_code, metadata, request_id, created_at_ms, "
-		"updated_at_ms, leg, clearing, saga, saga_amount, saga_reason) "
+		"updated_at_ms, leg, clearing, saga, saga_amount, saga_reason, "
+		"created_by) "
 		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-		"?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+		"?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
 	/* kobo_transfer_state, no more (see the notes above). */
 	[SQL_UPDATE_TRANSFER] =
 		"UPDATE transfers SET status = ?2, posted_amount = ?3, "
@@ -599,6 +626,7 @@ static int write_account(sqlite_store *s, const kobo_account_change *change)
 		sqlite3_bind_int64(stmt, 6, a->pending_in);
 		bind_metadata(stmt, 7, a->metadata, a->metadata_len);
 		sqlite3_bind_int64(stmt, 8, a->created_at_ms);
+		sqlite3_bind_text(stmt, 9, a->created_by, -1, SQLITE_STATIC);
 		return step_done(stmt);
 	}
 	stmt = s->stmt[SQL_UPDATE_ACCOUNT];
@@ -657,6 +685,7 @@ static int write_transfer(sqlite_store *s, const kobo_transfer_change *change)
 		                  SQLITE_STATIC);
 		sqlite3_bind_int64(stmt, 20, t->saga_amount);
 		bind_word(stmt, 21, saga_reason);
+		sqlite3_bind_text(stmt, 22, t->created_by, -1, SQLITE_STATIC);
 		return step_done(stmt);
 	}
 	/* An update binds kobo_transfer_state and nothing else: the one list
@@ -958,6 +987,122 @@ static void checkpointer_stop(sqlite_store *s)
 	c->db = NULL;
 }
 
+/* ---- API keys (store.h: key_insert, key_revoke). ----
+ *
+ * Each call runs on a connection of its own, opened for it and closed
+ * after: `kobo key` writes keys while kobod may be running on the same
+ * file, and kobod's writer connection belongs to its shard writer thread
+ * (invariant 1). That connection waits up to
+ * STORE_SQLITE_KEY_BUSY_TIMEOUT_MS for the write lock, never checkpoints
+ * (wal_autocheckpoint=0: the checkpointer of the kobod that runs on the
+ * file does that; the last connection to close checkpoints as always), and
+ * commits with synchronous=FULL like a batch. BEGIN IMMEDIATE takes the
+ * write lock before counting the live keys, so two writers cannot both
+ * take the last slot. */
+
+static int key_connect(sqlite_store *s, sqlite3 **db)
+{
+	if (store_sqlite_connect(s->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+	                         STORE_SQLITE_KEY_BUSY_TIMEOUT_MS, db) != KOBO_OK)
+		return KOBO_ESTORE;
+	if (store_sqlite_exec(*db, "PRAGMA wal_autocheckpoint = 0", s->path) != KOBO_OK ||
+	    store_sqlite_exec(*db, "PRAGMA synchronous = FULL", s->path) != KOBO_OK ||
+	    store_sqlite_exec(*db, "BEGIN IMMEDIATE", s->path) != KOBO_OK) {
+		sqlite3_close(*db);
+		*db = NULL;
+		return KOBO_ESTORE;
+	}
+	return KOBO_OK;
+}
+
+/* Commits (rc KOBO_OK) or rolls back the key transaction and closes db. */
+static int key_finish(sqlite_store *s, sqlite3 *db, int rc)
+{
+	if (rc == KOBO_OK && store_sqlite_exec(db, "COMMIT", s->path) != KOBO_OK)
+		rc = KOBO_ESTORE;
+	if (!sqlite3_get_autocommit(db))
+		(void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	sqlite3_close(db);
+	return rc;
+}
+
+static int store_key_insert(kobo_store *store, const kobo_api_key *key)
+{
+	sqlite_store *s = to_store(store);
+	sqlite3 *db = NULL;
+	sqlite3_stmt *stmt = NULL;
+	int rc;
+
+	if (s->read_only)
+		return KOBO_EINVAL;
+	if (key_connect(s, &db) != KOBO_OK)
+		return KOBO_ESTORE;
+	rc = KOBO_ESTORE;
+	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM api_keys WHERE revoked_at_ms = 0",
+	                       -1, &stmt, NULL) != SQLITE_OK ||
+	    sqlite3_step(stmt) != SQLITE_ROW) {
+		store_sqlite_log_error(db, "store_key_insert_failed", s->path);
+		goto done;
+	}
+	if (sqlite3_column_int64(stmt, 0) >= KOBO_KEYS_MAX) {
+		rc = KOBO_EFULL;
+		goto done;
+	}
+	sqlite3_finalize(stmt);
+	stmt = NULL;
+	if (sqlite3_prepare_v2(db, "INSERT INTO api_keys (" KEY_COLUMNS ") "
+	                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)", -1, &stmt,
+	                       NULL) != SQLITE_OK) {
+		store_sqlite_log_error(db, "store_key_insert_failed", s->path);
+		goto done;
+	}
+	sqlite3_bind_text(stmt, 1, key->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(stmt, 2, key->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 3, key->scopes);
+	sqlite3_bind_blob(stmt, 4, key->salt, sizeof key->salt, SQLITE_STATIC);
+	sqlite3_bind_blob(stmt, 5, key->hash, sizeof key->hash, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 6, key->created_at_ms);
+	int step = sqlite3_step(stmt);
+	if (step == SQLITE_DONE) {
+		rc = KOBO_OK;
+	} else if (sqlite3_extended_errcode(db) == SQLITE_CONSTRAINT_PRIMARYKEY) {
+		rc = KOBO_ECONFLICT; /* the id is taken */
+	} else {
+		store_sqlite_log_error(db, "store_key_insert_failed", s->path);
+	}
+done:
+	sqlite3_finalize(stmt);
+	return key_finish(s, db, rc);
+}
+
+static int store_key_revoke(kobo_store *store, const char *id, int64_t at_ms)
+{
+	sqlite_store *s = to_store(store);
+	sqlite3 *db = NULL;
+	sqlite3_stmt *stmt = NULL;
+	int rc = KOBO_ESTORE;
+
+	if (s->read_only || at_ms <= 0)
+		return KOBO_EINVAL;
+	if (key_connect(s, &db) != KOBO_OK)
+		return KOBO_ESTORE;
+	/* A revoked key keeps its first revocation time. */
+	if (sqlite3_prepare_v2(db, "UPDATE api_keys SET revoked_at_ms = CASE WHEN "
+	                       "revoked_at_ms = 0 THEN ?2 ELSE revoked_at_ms END "
+	                       "WHERE id = ?1", -1, &stmt, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 2, at_ms);
+		if (sqlite3_step(stmt) == SQLITE_DONE)
+			rc = sqlite3_changes(db) == 1 ? KOBO_OK : KOBO_ENOTFOUND;
+	}
+	if (rc == KOBO_ESTORE)
+		store_sqlite_log_error(db, "store_key_revoke_failed", s->path);
+	sqlite3_finalize(stmt);
+	/* ENOTFOUND changed nothing: key_finish rolls back. */
+	int finished = key_finish(s, db, rc);
+	return rc == KOBO_ENOTFOUND ? rc : finished;
+}
+
 /* ---- Open, audit, close. ---- */
 
 static int store_audit(kobo_store *store, kobo_store_report_fn report, void *ctx,
@@ -1011,6 +1156,9 @@ static const kobo_store_ops sqlite_ops = {
 	.read_position = store_sqlite_read_position,
 	.claim_saga = store_sqlite_claim_saga,
 	.release_saga = store_sqlite_release_saga,
+	.key_insert = store_key_insert,
+	.key_revoke = store_key_revoke,
+	.read_keys = store_sqlite_read_keys,
 	.audit = store_audit,
 	.close = store_close,
 };
@@ -1020,6 +1168,14 @@ static const kobo_store_ops sqlite_ops = {
  * processes opening the same new file do not both run a step. */
 static int migrate(sqlite3 *db, const char *path)
 {
+	int current = 0;
+
+	/* A current file is only read: no write lock, so a second writable
+	 * open of a live file (`kobo key` next to a running kobod) never waits
+	 * on, or holds up, the running writer. */
+	if (store_sqlite_pragma_int(db, "PRAGMA user_version", &current) == KOBO_OK &&
+	    current == STORE_SQLITE_SCHEMA_VERSION)
+		return KOBO_OK;
 	for (;;) {
 		int version = 0;
 		char set_version[64];
