@@ -173,6 +173,15 @@ bench-compare: deps all
 bench-postgres: deps all
 	@scripts/bench-postgres.sh
 
+# The journal alone: appends/s and MB/s with one fdatasync per append, against
+# SQLite committing the same bytes (tools/journal-bench; docs/benchmarks.md).
+JOURNAL_BENCH_DIR ?= build/journal-bench-data
+.PHONY: bench-journal
+$(REL)/journal-bench: $(call objs,$(REL),tools/journal-bench/journal_bench.c $(wildcard src/core/*.c src/store/journal/*.c))
+	$(CC) $(RELEASE_FLAGS) $^ -o $@ $(PKG_LIBS)
+bench-journal: deps $(REL)/journal-bench
+	$(REL)/journal-bench $(JOURNAL_BENCH_DIR) 3
+
 # Compares the JSON library candidates on this machine (docs/benchmarks.md).
 measure-libs:
 	@scripts/install-deps.sh measure
