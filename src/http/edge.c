@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -79,15 +80,19 @@ void kobo__http_log_request(const kobo_http_exchange *x, int status)
 	                    ? kobo_http_routes[x->route].name : "unmatched";
 	char method[40];
 	kobo_json_escape(method, sizeof(method), x->method ? x->method : "");
+	/* key_id: the API key's id (validated hex) once authenticated. */
+	char key_field[16 + KOBO_KEY_ID_LEN] = "";
+	if (x->key_id[0])
+		snprintf(key_field, sizeof(key_field), ",\"key_id\":\"%s\"", x->key_id);
 	if (x->trace_id[0])
 		kobo_log(KOBO_LOG_INFO, "http_request",
 		         "\"request_id\":\"%s\",\"trace_id\":\"%s\",\"method\":\"%s\","
-		         "\"route\":\"%s\",\"status\":%d,\"latency_us\":%lld",
+		         "\"route\":\"%s\",\"status\":%d,\"latency_us\":%lld%s",
 		         x->request_id, x->trace_id, method, route, status,
-		         (long long)latency_us);
+		         (long long)latency_us, key_field);
 	else
 		kobo_log(KOBO_LOG_INFO, "http_request",
 		         "\"request_id\":\"%s\",\"method\":\"%s\",\"route\":\"%s\","
-		         "\"status\":%d,\"latency_us\":%lld",
-		         x->request_id, method, route, status, (long long)latency_us);
+		         "\"status\":%d,\"latency_us\":%lld%s",
+		         x->request_id, method, route, status, (long long)latency_us, key_field);
 }

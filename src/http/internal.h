@@ -57,6 +57,11 @@ struct kobo_http_server {
 	http_replicas *replicas;
 	/* Per-client-IP limit (limits.c); NULL: off. */
 	kobo_gcra *ip_limit;
+	/* API keys (auth.c): NULL keyring: --auth off. Per-key limit
+	 * (limits.c); NULL: off. */
+	kobo_keyring *keyring;
+	bool metrics_auth;
+	kobo_gcra *key_limit;
 	kobo_http_cidr trusted[KOBO_HTTP_TRUSTED_PROXIES_MAX];
 	size_t trusted_count;
 };
@@ -117,6 +122,17 @@ struct kobo_http_exchange {
 	char client_ip[46]; /* INET6_ADDRSTRLEN */
 	bool limit_on;
 	kobo_gcra_decision limit;
+	/* The per-key limit's latest decision (limits.c). */
+	bool key_limit_on;
+	kobo_gcra_decision key_limit;
+
+	/* The request's API key once authenticated (auth.c): its id ("" when
+	 * auth is off or the route is public) goes into every op's
+	 * created_by and the request's log line. */
+	char key_id[KOBO_KEY_ID_LEN + 1];
+	uint32_t key_scopes;
+	/* A 401/403's WWW-Authenticate value (static), or NULL. */
+	const char *www_authenticate;
 };
 
 /* ---- Handlers (handlers.c), named by the route table. ---- */
@@ -266,6 +282,19 @@ bool kobo__http_limit_arrive(kobo_http_exchange *x);
 int kobo__http_limit_batch(kobo_http_exchange *x, size_t transfers);
 /* Adds RateLimit-Limit, -Remaining, -Reset when a limit applied to x. */
 void kobo__http_limit_headers(const kobo_http_exchange *x, struct MHD_Response *response);
+
+/* Charges one request to x's API key (x->key_id set). true: go on;
+ * false: x->reply holds the 429 (counted, by="key"). */
+bool kobo__http_limit_key(kobo_http_exchange *x);
+
+/* ---- API keys (auth.c). ---- */
+
+/* After the route matched and the IP limit passed: when the server has a
+ * key ring and the route is not public, checks the Authorization header,
+ * the key and its scope, then the per-key limit. true: go on (x->key_id
+ * set when a key was checked); false: x->reply holds the 401, 403 or 429
+ * (counted) and nothing of the request may run. */
+bool kobo__http_auth_arrive(kobo_http_exchange *x);
 
 /* ---- Edge (edge.c). ---- */
 

@@ -23,6 +23,15 @@
  *
  * Allowed requests carry RateLimit-Limit / -Remaining / -Reset too when
  * the limit is on (kobo__http_limit_headers).
+ *
+ * The per-key limit (--rate-limit R --rate-burst B) works the same way,
+ * keyed by the API key's id, once auth.c has authenticated the request
+ * (kobo__http_limit_key): so an unauthenticated flood is met by the per-IP
+ * limit alone, before any key is checked. A request passes only when both
+ * limits that apply let it through; each charges its own table (a request
+ * the key limit refuses has still been charged to its IP: it arrived). A
+ * batch's extra cost is charged to both. The RateLimit-* headers describe
+ * the limit closer to refusing (fewer remaining), or the one that refused.
  */
 #include "internal.h"
 
@@ -101,16 +110,29 @@ int kobo__http_limits_init(kobo_http_server *server, const kobo_http_config *con
 	for (size_t i = 0; i < config->trusted_proxy_count; i++)
 		server->trusted[i] = config->trusted_proxies[i];
 	server->trusted_count = config->trusted_proxy_count;
-	if (config->ip_rate == 0)
-		return KOBO_OK;
-	return kobo_gcra_create(config->ip_rate, config->ip_burst, KOBO_GCRA_KEYS_DEFAULT,
-	                        &server->ip_limit);
+	if (config->key_rate > 0 && !config->keyring)
+		return KOBO_EINVAL; /* a per-key limit needs keys */
+	int rc = KOBO_OK;
+	if (config->ip_rate > 0)
+		rc = kobo_gcra_create(config->ip_rate, config->ip_burst, KOBO_GCRA_KEYS_DEFAULT,
+		                      &server->ip_limit);
+	/* A table a little larger than the live keys: a live key is never
+	 * evicted for lack of room (set-associative sets may still collide,
+	 * gcra.h: then the key closest to idle restarts with a full burst). */
+	if (rc == KOBO_OK && config->key_rate > 0)
+		rc = kobo_gcra_create(config->key_rate, config->key_burst,
+		                      KOBO_HTTP_KEY_LIMIT_SLOTS, &server->key_limit);
+	if (rc != KOBO_OK)
+		kobo__http_limits_free(server);
+	return rc;
 }
 
 void kobo__http_limits_free(kobo_http_server *server)
 {
 	kobo_gcra_destroy(server->ip_limit);
 	server->ip_limit = NULL;
+	kobo_gcra_destroy(server->key_limit);
+	server->key_limit = NULL;
 }
 
 static enum MHD_Result last_forwarded(void *cls, enum MHD_ValueKind kind,
@@ -195,13 +217,21 @@ static bool client_address(kobo_http_exchange *x, int *family, uint8_t *addr)
 	return true;
 }
 
-/* Fills x's 429 from its decision; returns KOBO_HTTP_REPLY_READY. */
-static int limited(kobo_http_exchange *x)
+/* Fills x's 429 from the decision that refused it (the IP's, or the
+ * key's when by_key); returns KOBO_HTTP_REPLY_READY. */
+static int limited(kobo_http_exchange *x, bool by_key)
 {
-	kobo_metrics_rate_limited_ip();
+	const kobo_gcra_decision *d = by_key ? &x->key_limit : &x->limit;
+	if (by_key)
+		kobo_metrics_rate_limited_key();
+	else
+		kobo_metrics_rate_limited_ip();
 	kobo__http_fail(x, 429, "rate_limited",
-	                "too many requests from this client IP; retry after Retry-After seconds");
-	int64_t seconds = kobo_gcra_seconds_up(x->limit.retry_after_us);
+	                by_key ? "too many requests with this API key; retry after "
+	                         "Retry-After seconds"
+	                       : "too many requests from this client IP; retry after "
+	                         "Retry-After seconds");
+	int64_t seconds = kobo_gcra_seconds_up(d->retry_after_us);
 	x->reply.retry_after_s = seconds < 1 ? 1u
 	                       : seconds > 86400 * 365 ? 86400u * 365 : (unsigned)seconds;
 	return KOBO_HTTP_REPLY_READY;
@@ -230,31 +260,62 @@ bool kobo__http_limit_arrive(kobo_http_exchange *x)
 	x->limit_on = true;
 	if (x->limit.allowed)
 		return true;
-	limited(x);
+	limited(x, false);
+	return false;
+}
+
+bool kobo__http_limit_key(kobo_http_exchange *x)
+{
+	kobo_http_server *server = x->server;
+	if (!server->key_limit || !x->key_id[0] || exempt(x))
+		return true;
+	if (kobo_gcra_take(server->key_limit, x->key_id, strlen(x->key_id), 1,
+	                   kobo_monotonic_us(), &x->key_limit) != KOBO_OK)
+		return true;
+	x->key_limit_on = true;
+	if (x->key_limit.allowed)
+		return true;
+	limited(x, true);
 	return false;
 }
 
 int kobo__http_limit_batch(kobo_http_exchange *x, size_t transfers)
 {
 	uint32_t extra = kobo_gcra_batch_cost(transfers) - 1;
-	if (!x->limit_on || extra == 0)
+	if (extra == 0)
 		return KOBO_OK;
-	if (kobo_gcra_take(x->server->ip_limit, x->client_ip, strlen(x->client_ip), extra,
-	                   kobo_monotonic_us(), &x->limit) != KOBO_OK || x->limit.allowed)
-		return KOBO_OK;
-	limited(x);
-	return KOBO_EOVERLOADED;
+	int64_t now_us = kobo_monotonic_us();
+	if (x->limit_on &&
+	    kobo_gcra_take(x->server->ip_limit, x->client_ip, strlen(x->client_ip), extra,
+	                   now_us, &x->limit) == KOBO_OK && !x->limit.allowed) {
+		limited(x, false);
+		return KOBO_EOVERLOADED;
+	}
+	if (x->key_limit_on &&
+	    kobo_gcra_take(x->server->key_limit, x->key_id, strlen(x->key_id), extra,
+	                   now_us, &x->key_limit) == KOBO_OK && !x->key_limit.allowed) {
+		limited(x, true);
+		return KOBO_EOVERLOADED;
+	}
+	return KOBO_OK;
 }
 
 void kobo__http_limit_headers(const kobo_http_exchange *x, struct MHD_Response *response)
 {
-	if (!x->limit_on)
+	const kobo_gcra_decision *d = NULL;
+	if (x->limit_on)
+		d = &x->limit;
+	if (x->key_limit_on &&
+	    (!d || (d->allowed && (!x->key_limit.allowed ||
+	                           x->key_limit.remaining < d->remaining))))
+		d = &x->key_limit;
+	if (!d)
 		return;
 	char value[32];
-	snprintf(value, sizeof(value), "%" PRIu32, x->limit.limit);
+	snprintf(value, sizeof(value), "%" PRIu32, d->limit);
 	MHD_add_response_header(response, "RateLimit-Limit", value);
-	snprintf(value, sizeof(value), "%" PRIu32, x->limit.remaining);
+	snprintf(value, sizeof(value), "%" PRIu32, d->remaining);
 	MHD_add_response_header(response, "RateLimit-Remaining", value);
-	snprintf(value, sizeof(value), "%" PRId64, kobo_gcra_seconds_up(x->limit.reset_us));
+	snprintf(value, sizeof(value), "%" PRId64, kobo_gcra_seconds_up(d->reset_us));
 	MHD_add_response_header(response, "RateLimit-Reset", value);
 }

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 
+#include "../core/apikey.h"
 #include "codec.h"
 
 typedef struct kobo_http_exchange kobo_http_exchange;
@@ -33,7 +34,17 @@ typedef struct kobo_http_route {
 	/* A GET that reads accounts or transfers: it takes a
 	 * Kobo-Consistency-Token and may read a replica (replicas.c). */
 	bool reads_ledger;
+	/* What a request's API key must grant (auth.c): one kobo_scope bit
+	 * (src/core/apikey.h; KOBO_SCOPE_ADMIN grants all), or
+	 * KOBO_HTTP_SCOPE_PUBLIC / KOBO_HTTP_SCOPE_METRICS. Never 0: every
+	 * route names its scope (a unit test checks the table). */
+	uint32_t scope;
 } kobo_http_route;
+
+/* No key needed (/healthz, /readyz), whatever --auth says. */
+#define KOBO_HTTP_SCOPE_PUBLIC (1u << 30)
+/* /metrics: public, or admin with kobod --metrics-auth required. */
+#define KOBO_HTTP_SCOPE_METRICS (1u << 31)
 
 /* The table, in match order (literal segments before {id} where both could
  * match), and its length. Static for the life of the process. */

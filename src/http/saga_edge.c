@@ -262,6 +262,7 @@ static void split_layout(kobo_http_exchange *x, const uint32_t *shards)
 		size_t to = offsets[shards[i]]++;
 		split->ops[to] = x->ops.ops[i];
 		memcpy(split->ops[to].request_id, x->request_id, sizeof(x->request_id));
+		memcpy(split->ops[to].created_by, x->key_id, sizeof(x->key_id));
 		split->index[to] = i;
 	}
 }

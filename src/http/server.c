@@ -128,6 +128,9 @@ static enum MHD_Result queue_reply(kobo_http_exchange *x)
 	}
 	if (r->allow[0])
 		MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, r->allow);
+	if (x->www_authenticate && (r->status == 401 || r->status == 403))
+		MHD_add_response_header(response, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+		                        x->www_authenticate);
 	kobo__http_limit_headers(x, response);
 	if (r->status >= 200 && r->status < 300)
 		add_consistency_token(x, response);
@@ -220,10 +223,11 @@ static void arrive(kobo_http_exchange *x, const char *url)
 	}
 	x->route = x->match.route;
 	x->body_max = kobo_http_routes[x->route].body_max;
-	if (!kobo__http_limit_arrive(x)) {
-		/* 429 (limits.c): a body within the lingering bounds is read
-		 * and dropped, then answered; one announced longer, or awaiting
-		 * "100-continue", is answered at once (on_request). */
+	if (!kobo__http_limit_arrive(x) || !kobo__http_auth_arrive(x)) {
+		/* 429 (limits.c), 401 or 403 (auth.c): a body within the
+		 * lingering bounds is read and dropped, then answered; one
+		 * announced longer, or awaiting "100-continue", is answered at
+		 * once (on_request). */
 		x->refused = true;
 		x->refused_at_us = kobo_monotonic_us();
 		const char *length = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
@@ -378,14 +382,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection,
 		if (!x)
 			return MHD_NO;
 		*con_cls = x;
-		/* Too large for the route (413), over a rate limit (429) or
-		 * for the server's memory budget (503): say so now rather than read megabytes to drop
-		 * them (libmicrohttpd then closes the connection), unless the
-		 * body is within the lingering bounds: then it is read and
-		 * dropped and the 413 follows it (receive). A 503 is said at
+		/* Too large for the route (413), over a rate limit (429),
+		 * without a valid key or scope (401, 403) or for the server's
+		 * memory budget (503): say so now rather than read megabytes to
+		 * drop them (libmicrohttpd then closes the connection), unless
+		 * the body is within the lingering bounds: then it is read and
+		 * dropped and the answer follows it (receive). A 503 is said at
 		 * once: an overloaded server reads no more than it must. */
 		if (x->refused && !x->lingering &&
 		    (x->reply.status == 413 || x->reply.status == 429 ||
+		     x->reply.status == 401 || x->reply.status == 403 ||
 		     x->reply.status == 503))
 			return queue_reply(x);
 		return MHD_YES;
@@ -473,8 +479,10 @@ int kobo__http_submit(kobo_http_exchange *x, uint32_t shard)
 {
 	kobo_http_server *server = x->server;
 	x->shard = shard;
-	for (size_t i = 0; i < x->ops.count; i++)
+	for (size_t i = 0; i < x->ops.count; i++) {
 		memcpy(x->ops.ops[i].request_id, x->request_id, sizeof(x->request_id));
+		memcpy(x->ops.ops[i].created_by, x->key_id, sizeof(x->key_id));
+	}
 	x->request.ops = x->ops.ops;
 	x->request.results = x->results;
 	x->request.op_count = x->ops.count;
@@ -597,9 +605,13 @@ int kobo_http_server_start(const kobo_http_config *config, kobo_http_server **ou
 	else
 		((struct sockaddr_in *)&address)->sin_port = htons(config->port);
 
+	if (!config->keyring && (config->metrics_auth || config->key_rate > 0))
+		return KOBO_EINVAL; /* both need keys */
 	kobo_http_server *server = calloc(1, sizeof(*server));
 	if (!server)
 		return KOBO_ENOMEM;
+	server->keyring = config->keyring;
+	server->metrics_auth = config->metrics_auth;
 	int limits_rc = kobo__http_limits_init(server, config);
 	if (limits_rc != KOBO_OK) {
 		free(server);

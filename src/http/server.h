@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../auth/keyring.h"
 #include "../saga/saga.h"
 #include "../shard/shard.h"
 #include "../store/store.h"
@@ -49,6 +50,10 @@
 /* A trusted proxy's network (--trusted-proxy): IPv4 or IPv6 and a prefix
  * length. Parsed by kobo_http_cidr_parse (limits.c). */
 #define KOBO_HTTP_TRUSTED_PROXIES_MAX 64
+/* Keys the per-key limit tracks: a power of two above KOBO_KEYS_MAX. */
+#define KOBO_HTTP_KEY_LIMIT_SLOTS 16384u
+_Static_assert(KOBO_HTTP_KEY_LIMIT_SLOTS >= KOBO_KEYS_MAX,
+               "the per-key limit has a slot for every live key");
 typedef struct kobo_http_cidr {
 	int family;        /* AF_INET or AF_INET6 */
 	uint8_t addr[16];  /* network order; the first 4 bytes for IPv4 */
@@ -88,7 +93,26 @@ typedef struct kobo_http_config {
 	uint32_t ip_burst;
 	const kobo_http_cidr *trusted_proxies; /* copied at start */
 	size_t trusted_proxy_count;            /* <= KOBO_HTTP_TRUSTED_PROXIES_MAX */
+	/* API keys (auth.c): the live keys to check requests against
+	 * (borrowed; it must outlive the server). NULL: --auth off, no
+	 * request needs a key, and the two fields below must be unset. */
+	kobo_keyring *keyring;
+	bool metrics_auth;      /* /metrics needs an admin key */
+	/* Per-key rate limit: key_rate requests/s sustained, key_burst at
+	 * once, keyed by the key id; key_rate 0: off. */
+	double key_rate;
+	uint32_t key_burst;
 } kobo_http_config;
+
+/* Reads an Authorization header's value: "Bearer" (any case), exactly one
+ * space, then a token of 1 or more visible ASCII characters (0x21..0x7e),
+ * nothing else, at most KOBO_HTTP_AUTHORIZATION_LEN_MAX bytes in all.
+ * KOBO_OK with *token / *token_len locating the token inside value, or
+ * KOBO_EINVAL (another scheme, no or two spaces, an empty token, two
+ * tokens, a control or non-ASCII byte, too long). Pure (auth.c). */
+#define KOBO_HTTP_AUTHORIZATION_LEN_MAX 1024
+int kobo_http_bearer_parse(const char *value, size_t len, const char **token,
+                           size_t *token_len);
 
 /* Binds and starts serving. Returns KOBO_OK with *out (owned by the caller
  * until kobo_http_server_stop), KOBO_EINVAL for a bad config or an address

@@ -2,7 +2,8 @@
  * kobod — the Kobo server. Only wiring: flags and environment, the data
  * directory, its lock and its shard map (or, with --postgres, one
  * PostgreSQL URL per shard and the fixed map for their count: map_file.c),
- * one store and one shard writer per shard, the saga runner (more than one shard), the HTTP server, and a
+ * one store and one shard writer per shard, the saga runner (more than one shard), the key ring
+ * (with --auth required: shard 0's live API keys), the HTTP server, and a
  * graceful drain on SIGTERM/SIGINT:
  *
  *   1. stop accepting connections, refuse new writes (kobo_http_server_drain)
@@ -24,11 +25,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../auth/keyring.h"
 #include "../http/server.h"
 #include "../limit/gcra.h"
 #include "../obs/obs.h"
@@ -79,7 +82,18 @@ typedef struct kobod_config {
 	size_t trusted_count;
 	bool trusted_from_flags;
 	bool trusted_too_many;
+	/* --auth required|off (AUTH_DEFAULT: not given: required unless
+	 * --listen is a loopback address), --insecure-no-auth,
+	 * --metrics-auth required|off, --rate-limit R / --rate-burst B (per
+	 * API key; 0: off / not given: R rounded up). */
+	int auth;
+	bool insecure_no_auth;
+	bool metrics_auth;
+	double key_rate;
+	unsigned long key_burst;
 } kobod_config;
+
+enum { AUTH_DEFAULT = 0, AUTH_REQUIRED, AUTH_OFF };
 
 static void usage(FILE *out)
 {
@@ -92,6 +106,18 @@ static void usage(FILE *out)
 	        "             [--saga-wait-ms MS] [--saga-deadline-ms MS] [--saga-stuck-ms MS]\n"
 	        "             [--concurrency pessimistic|optimistic]\n"
 	        "             [--ip-rate-limit R [--ip-rate-burst B]] [--trusted-proxy CIDR ...]\n"
+	        "             [--auth required|off] [--insecure-no-auth]\n"
+	        "             [--metrics-auth required|off] [--rate-limit R [--rate-burst B]]\n"
+	        "\n"
+	        "--auth required|off (KOBO_AUTH): whether /v1 routes need an API key\n"
+	        "  (Authorization: Bearer KEY; keys: `kobo key create`). Default: required,\n"
+	        "  except off when --listen is a loopback address. --auth off on any other\n"
+	        "  address also needs --insecure-no-auth (KOBO_INSECURE_NO_AUTH=1).\n"
+	        "--metrics-auth required|off (KOBO_METRICS_AUTH): /metrics needs an admin\n"
+	        "  key (default off: public). Needs --auth required.\n"
+	        "--rate-limit R (requests/s, 0.001..1000000) and --rate-burst B (1..1000000,\n"
+	        "  default R rounded up): a GCRA limit per API key (KOBO_RATE_LIMIT,\n"
+	        "  KOBO_RATE_BURST); off unless given. Needs --auth required.\n"
 	        "\n"
 	        "--postgres URL (repeatable): shards live in PostgreSQL, one postgresql://\n"
 	        "  URL per shard in shard order (their number is the shard count);\n"
@@ -110,7 +136,7 @@ static void usage(FILE *out)
 	        "  Over it: 429 rate_limited with Retry-After and RateLimit-* headers.\n"
 	        "--trusted-proxy CIDR (repeatable, at most %d; KOBO_TRUSTED_PROXY: whitespace\n"
 	        "  separated): a peer in it is a proxy, and the client IP is the last\n"
-	        "  X-Forwarded-For hop it sent. Per-API-key limits come with API keys.\n"
+	        "  X-Forwarded-For hop it sent.\n"
 	        "\n"
 	        "Every flag also comes from the environment (the flag wins):\n"
 	        "  KOBO_LISTEN (127.0.0.1:8080)  KOBO_DATA (./var)  KOBO_SHARDS (1)\n"
@@ -118,7 +144,9 @@ static void usage(FILE *out)
 	        "  KOBO_CONNECTIONS_MAX (%d)  KOBO_HTTP_THREADS (%d)\n"
 	        "  KOBO_QUEUE_OPS (%d)  KOBO_BATCH_OPS (%d)\n"
 	        "  KOBO_SAGA_WAIT_MS (%d)  KOBO_SAGA_DEADLINE_MS (%d)  KOBO_SAGA_STUCK_MS (%d)\n"
-	        "  KOBO_IP_RATE_LIMIT  KOBO_IP_RATE_BURST  KOBO_TRUSTED_PROXY\n",
+	        "  KOBO_IP_RATE_LIMIT  KOBO_IP_RATE_BURST  KOBO_TRUSTED_PROXY\n"
+	        "  KOBO_AUTH  KOBO_INSECURE_NO_AUTH  KOBO_METRICS_AUTH\n"
+	        "  KOBO_RATE_LIMIT  KOBO_RATE_BURST\n",
 	        KOBO_HTTP_TRUSTED_PROXIES_MAX,
 	        KOBO_HTTP_CONNECTION_TIMEOUT_S_DEFAULT, KOBO_HTTP_CONNECTIONS_MAX_DEFAULT,
 	        KOBO_HTTP_THREADS_DEFAULT, KOBO_SHARD_QUEUE_OPS_DEFAULT,
@@ -171,7 +199,8 @@ enum {
 	OPT_HTTP_THREADS, OPT_QUEUE_OPS, OPT_BATCH_OPS, OPT_SAGA_WAIT_MS,
 	OPT_SAGA_DEADLINE_MS, OPT_SAGA_STUCK_MS, OPT_POSTGRES,
 	OPT_POSTGRES_READ, OPT_CONCURRENCY, OPT_IP_RATE_LIMIT, OPT_IP_RATE_BURST,
-	OPT_TRUSTED_PROXY,
+	OPT_TRUSTED_PROXY, OPT_AUTH, OPT_INSECURE_NO_AUTH, OPT_METRICS_AUTH,
+	OPT_RATE_LIMIT, OPT_RATE_BURST,
 };
 
 /* A rate in requests per second: a plain decimal number in range. */
@@ -339,6 +368,35 @@ static bool apply(kobod_config *config, int option, const char *value)
 		return parse_rate(value, &config->ip_rate);
 	case OPT_IP_RATE_BURST:
 		return parse_count(value, 1, KOBO_GCRA_BURST_MAX, &config->ip_burst);
+	case OPT_AUTH:
+		if (strcmp(value, "required") == 0)
+			config->auth = AUTH_REQUIRED;
+		else if (strcmp(value, "off") == 0)
+			config->auth = AUTH_OFF;
+		else
+			return false;
+		return true;
+	case OPT_INSECURE_NO_AUTH:
+		/* The flag takes no value; the variable says 1/true or 0/false. */
+		if (!value || strcmp(value, "1") == 0 || strcmp(value, "true") == 0)
+			config->insecure_no_auth = true;
+		else if (strcmp(value, "0") == 0 || strcmp(value, "false") == 0 || !*value)
+			config->insecure_no_auth = false;
+		else
+			return false;
+		return true;
+	case OPT_METRICS_AUTH:
+		if (strcmp(value, "required") == 0)
+			config->metrics_auth = true;
+		else if (strcmp(value, "off") == 0)
+			config->metrics_auth = false;
+		else
+			return false;
+		return true;
+	case OPT_RATE_LIMIT:
+		return parse_rate(value, &config->key_rate);
+	case OPT_RATE_BURST:
+		return parse_count(value, 1, KOBO_GCRA_BURST_MAX, &config->key_burst);
 	case OPT_TRUSTED_PROXY:
 		if (!config->trusted_from_flags) {
 			config->trusted_from_flags = true;
@@ -368,6 +426,11 @@ static const struct option long_options[] = {
 	{ "ip-rate-limit", required_argument, NULL, OPT_IP_RATE_LIMIT },
 	{ "ip-rate-burst", required_argument, NULL, OPT_IP_RATE_BURST },
 	{ "trusted-proxy", required_argument, NULL, OPT_TRUSTED_PROXY },
+	{ "auth", required_argument, NULL, OPT_AUTH },
+	{ "insecure-no-auth", no_argument, NULL, OPT_INSECURE_NO_AUTH },
+	{ "metrics-auth", required_argument, NULL, OPT_METRICS_AUTH },
+	{ "rate-limit", required_argument, NULL, OPT_RATE_LIMIT },
+	{ "rate-burst", required_argument, NULL, OPT_RATE_BURST },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -394,7 +457,70 @@ static const struct {
 	{ "KOBO_IP_RATE_LIMIT", OPT_IP_RATE_LIMIT },
 	{ "KOBO_IP_RATE_BURST", OPT_IP_RATE_BURST },
 	{ "KOBO_TRUSTED_PROXY", OPT_TRUSTED_PROXY },
+	{ "KOBO_AUTH", OPT_AUTH },
+	{ "KOBO_INSECURE_NO_AUTH", OPT_INSECURE_NO_AUTH },
+	{ "KOBO_METRICS_AUTH", OPT_METRICS_AUTH },
+	{ "KOBO_RATE_LIMIT", OPT_RATE_LIMIT },
+	{ "KOBO_RATE_BURST", OPT_RATE_BURST },
 };
+
+/* true when host (as given to --listen) can only be reached from this
+ * machine: 127.0.0.0/8, ::1, an IPv4-mapped 127/8, or "localhost". A name
+ * other than localhost, 0.0.0.0 and :: are not loopback. */
+static bool loopback_host(const char *host)
+{
+	uint8_t addr[16];
+	if (strcmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, addr) == 1)
+		return addr[0] == 127;
+	if (inet_pton(AF_INET6, host, addr) == 1) {
+		static const uint8_t one[16] = { [15] = 1 };
+		static const uint8_t mapped[12] = { [10] = 0xff, [11] = 0xff };
+		return memcmp(addr, one, 16) == 0 ||
+		       (memcmp(addr, mapped, 12) == 0 && addr[12] == 127);
+	}
+	return false;
+}
+
+/* The start-up rules of --auth (README "API keys"): fills config->auth,
+ * says which mode and why on stderr (a JSON log line: stdout keeps only
+ * the ready line). Returns 0, or 2 after saying why it refuses. */
+static int resolve_auth(kobod_config *config)
+{
+	bool loopback = loopback_host(config->host);
+	char host[300];
+	kobo_json_escape(host, sizeof(host), config->host);
+	if (config->auth == AUTH_OFF && !loopback && !config->insecure_no_auth) {
+		fprintf(stderr, "kobod: --auth off on %s, which is not a loopback address, "
+		        "would let anyone who reaches the port move money; add "
+		        "--insecure-no-auth (KOBO_INSECURE_NO_AUTH=1) if that is really "
+		        "meant, or use API keys (kobo key create)\n", config->host);
+		return 2;
+	}
+	const char *why;
+	if (config->auth == AUTH_DEFAULT) {
+		config->auth = loopback ? AUTH_OFF : AUTH_REQUIRED;
+		why = loopback ? "the default on a loopback address; --auth required to need keys"
+		               : "the default on a non-loopback address";
+	} else {
+		why = config->auth == AUTH_REQUIRED ? "--auth required"
+		    : loopback ? "--auth off on a loopback address"
+		               : "--auth off --insecure-no-auth: anyone who reaches the port "
+		                 "can move money";
+	}
+	if (config->auth == AUTH_OFF && (config->metrics_auth || config->key_rate > 0)) {
+		fprintf(stderr, "kobod: %s needs API keys, but auth is off (%s): use --auth "
+		        "required\n", config->metrics_auth ? "--metrics-auth required"
+		                                         : "--rate-limit (per key)", why);
+		return 2;
+	}
+	kobo_log(config->auth == AUTH_OFF ? KOBO_LOG_WARN : KOBO_LOG_INFO, "auth_mode",
+	         "\"auth\":\"%s\",\"why\":\"%s\",\"listen\":\"%s\",\"metrics_auth\":%s",
+	         config->auth == AUTH_OFF ? "off" : "required", why, host,
+	         config->metrics_auth ? "true" : "false");
+	return 0;
+}
 
 /* Environment first, then flags over it. Returns 0, or 2 after usage. */
 static int configure(int argc, char **argv, kobod_config *config)
@@ -436,10 +562,12 @@ static int configure(int argc, char **argv, kobod_config *config)
 			        ? " (expected a postgresql:// or "
 			        "postgres:// URL)" : option == OPT_CONCURRENCY
 			        ? " (expected pessimistic or optimistic)"
-			        : option == OPT_IP_RATE_LIMIT
+			        : option == OPT_IP_RATE_LIMIT || option == OPT_RATE_LIMIT
 			        ? " (expected requests per second, a positive number from 0.001 "
 			        "to 1000000)"
-			        : option == OPT_IP_RATE_BURST
+			        : option == OPT_AUTH || option == OPT_METRICS_AUTH
+			        ? " (expected required or off)"
+			        : option == OPT_IP_RATE_BURST || option == OPT_RATE_BURST
 			        ? " (expected a whole number of requests from 1 to 1000000)"
 			        : option == OPT_TRUSTED_PROXY
 			        ? " (expected an IPv4 or IPv6 address or CIDR such as 10.0.0.0/8, "
@@ -466,6 +594,13 @@ static int configure(int argc, char **argv, kobod_config *config)
 	}
 	if (config->ip_rate > 0 && config->ip_burst == 0)
 		config->ip_burst = (unsigned long)ceil(config->ip_rate);
+	if (config->key_burst && config->key_rate == 0) {
+		fprintf(stderr, "kobod: --rate-burst (or KOBO_RATE_BURST) needs --rate-limit R: "
+		        "the burst is the size of the per-key limit's bucket\n");
+		return 2;
+	}
+	if (config->key_rate > 0 && config->key_burst == 0)
+		config->key_burst = (unsigned long)ceil(config->key_rate);
 	if (config->trusted_too_many) {
 		fprintf(stderr, "kobod: more than %d --trusted-proxy networks\n",
 		        KOBO_HTTP_TRUSTED_PROXIES_MAX);
@@ -516,7 +651,7 @@ static int configure(int argc, char **argv, kobod_config *config)
 			return 2;
 		}
 	}
-	return 0;
+	return resolve_auth(config);
 }
 
 /* mkdir -p */
@@ -657,6 +792,7 @@ static int run(kobod_config *config_in)
 	kobo_shard *shards[KOBO_SHARDS_MAX] = { 0 };
 	kobo_saga_runner *runner = NULL;
 	kobo_http_server *server = NULL;
+	kobo_keyring *keyring = NULL;
 	int exit_code = 1;
 	if (shard_count > 1) {
 		kobo_saga_config saga = {
@@ -735,6 +871,18 @@ static int run(kobod_config *config_in)
 		         "GETs read the primary until it answers\"", i);
 	}
 
+	/* API keys live in shard 0's store; a node that cannot read them
+	 * would refuse every request: better not to start. */
+	if (config.auth == AUTH_REQUIRED) {
+		rc = kobo_keyring_start(stores[0], 0, &keyring);
+		if (rc != KOBO_OK) {
+			log_failure("startup_failed", "API keys", kobo_status_name(rc));
+			fprintf(stderr, "kobod: --auth required, but the API keys in shard 0's "
+			        "store cannot be read (%s); not starting\n", kobo_status_name(rc));
+			goto out;
+		}
+	}
+
 	if (runner && kobo_saga_runner_start(runner) != KOBO_OK) {
 		log_failure("startup_failed", "saga runner", "cannot start the thread");
 		goto out;
@@ -757,6 +905,10 @@ static int run(kobod_config *config_in)
 		.ip_burst = (uint32_t)config.ip_burst,
 		.trusted_proxies = config.trusted,
 		.trusted_proxy_count = config.trusted_count,
+		.keyring = keyring,
+		.metrics_auth = config.metrics_auth,
+		.key_rate = config.key_rate,
+		.key_burst = (uint32_t)config.key_burst,
 	};
 	if (kobo_http_server_start(&http, &server) != KOBO_OK) {
 		log_failure("startup_failed", "http", "cannot listen on the address");
@@ -809,6 +961,7 @@ out:
 		kobo_http_server_stop(server, DRAIN_WAIT_MS);
 	if (runner)
 		kobo_saga_runner_destroy(runner);
+	kobo_keyring_stop(keyring); /* its reader before the store closes */
 	for (uint32_t i = 0; i < shard_count; i++)
 		if (shards[i])
 			kobo_shard_stop(shards[i]);
