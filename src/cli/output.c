@@ -331,6 +331,7 @@ void kobo_cli_print_account(const json_t *account)
 	char text[FIELD_TEXT_MAX];
 	printf("allow_negative: %s", field_text(account, "allow_negative", text, sizeof text));
 	printf("  created_at: %s", field_text(account, "created_at", text, sizeof text));
+	printf("  created_by: %s", field_text(account, "created_by", text, sizeof text));
 	printf("  metadata: %s\n", field_text(account, "metadata", text, sizeof text));
 }
 
@@ -339,7 +340,7 @@ void kobo_cli_print_transfer(const json_t *transfer)
 	static const char *const keys[] = {
 		"id", "status", "from", "to", "amount", "posted_amount", "currency",
 		"void_reason", "timeout_seconds", "request_id", "created_at", "updated_at",
-		"metadata",
+		"created_by", "metadata",
 	};
 	char text[FIELD_TEXT_MAX];
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)

@@ -54,6 +54,17 @@ static void metadata(kobo_http_buf *buf, const char *text, uint32_t len)
 		kobo_http_buf_puts(buf, "{}");
 }
 
+/* ,"created_by": the key id, or null when no key made the record (auth
+ * off, Kobo's own clearing accounts, records older than keys). */
+static void created_by(kobo_http_buf *buf, const char *key_id)
+{
+	kobo_http_buf_puts(buf, ",\"created_by\":");
+	if (key_id[0] == '\0')
+		kobo_http_buf_puts(buf, "null");
+	else
+		json_str(buf, key_id);
+}
+
 static void time_field(kobo_http_buf *buf, const char *name, int64_t epoch_ms)
 {
 	char text[32];
@@ -76,6 +87,7 @@ void kobo_http_encode_account(kobo_http_buf *buf, const kobo_account *account)
 	                     account->posted, account->pending_out, account->pending_in,
 	                     kobo_account_available(account));
 	time_field(buf, "created_at", account->created_at_ms);
+	created_by(buf, account->created_by);
 	kobo_http_buf_puts(buf, "}");
 }
 
@@ -106,6 +118,7 @@ void kobo_http_encode_transfer(kobo_http_buf *buf, const kobo_transfer *transfer
 	json_str(buf, transfer->request_id);
 	time_field(buf, "created_at", transfer->created_at_ms);
 	time_field(buf, "updated_at", transfer->updated_at_ms);
+	created_by(buf, transfer->created_by);
 	if (transfer->status == KOBO_STATUS_REJECTED ||
 	    (transfer->status == KOBO_STATUS_VOIDED &&
 	     transfer->void_reason == KOBO_VOID_COMPENSATED &&

@@ -17,7 +17,7 @@ from kobotest import (INT64_MAX, REQUEST_ID_RE, TIME_RE, account, balance, creat
 
 TRANSFER_FIELDS = {"id", "from", "to", "amount", "currency", "status", "posted_amount",
                    "void_reason", "timeout_seconds", "metadata", "request_id", "created_at",
-                   "updated_at"}
+                   "updated_at", "created_by"}
 
 
 @pytest.fixture
@@ -86,6 +86,8 @@ def test_account_create_201_then_replay_200(srv):
     assert b["balance"] == {"posted": 0, "pending_out": 0, "pending_in": 0, "available": 0}, (
         f"expected a zero balance, saw {b.get('balance')}")
     assert TIME_RE.match(b.get("created_at") or ""), f"created_at must be RFC 3339 ms UTC, saw {b}"
+    # The shared server listens on loopback with auth off: no key made it.
+    assert "created_by" in b and b["created_by"] is None, f"expected created_by null, saw {b}"
 
     again = create_account(srv, aid, "NGN", metadata={"owner": "ada"})
     expect_replayed(again, 200, "replayed create")
@@ -165,6 +167,8 @@ def test_transfer_201_posted_with_all_fields(srv, cash):
     assert seen == want, f"expected {want}, saw {seen}"
     assert TIME_RE.match(t["created_at"]) and TIME_RE.match(t["updated_at"]), t
     assert REQUEST_ID_RE.match(t["request_id"]), f"request_id must be set, saw {t['request_id']!r}"
+    # Auth off (loopback): no key made it.
+    assert t["created_by"] is None, f"expected created_by null, saw {t['created_by']!r}"
     assert t["request_id"] == r.header("X-Request-Id"), (
         f"stored request_id must equal the response's X-Request-Id {r.header('X-Request-Id')!r}, "
         f"saw {t['request_id']!r}")
