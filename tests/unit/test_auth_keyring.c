@@ -7,8 +7,10 @@
  * skipped, lookups from many threads while the view is swapped, and stop
  * joining the thread (its reader closed).
  *
- * The store here is a small fake (the store.h contract's key reads, with a
- * switch that makes them fail): the in-memory backend has no read faults.
+ * Most tests use a small fake store (the store.h contract's key reads,
+ * with a switch that makes them fail: the in-memory backend has no read
+ * faults); mem_store_insert_and_revoke runs the same cycle on the real
+ * in-memory backend through key_insert / key_revoke.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -424,6 +426,46 @@ static void stop_joins_the_thread(void **state)
 	fake_free(f);
 }
 
+/* The in-memory backend: keys written through the store's own key_insert
+ * and key_revoke are seen and refused after a refresh. */
+static void mem_store_insert_and_revoke(void **state)
+{
+	(void)state;
+	kobo_store *store;
+	assert_int_equal(kobo_store_open("mem:", 0, false, &store), KOBO_OK);
+	kobo_api_key first = { .scopes = KOBO_SCOPE_ADMIN, .created_at_ms = 1 };
+	strcpy(first.name, "first");
+	char first_text[KOBO_KEY_TEXT_LEN + 1];
+	assert_int_equal(kobo_key_generate(&first, first_text), KOBO_OK);
+	assert_int_equal(kobo_store_key_insert(store, &first), KOBO_OK);
+
+	kobo_keyring *ring;
+	assert_int_equal(kobo_keyring_start(store, 60000, &ring), KOBO_OK);
+	kobo_api_key k;
+	assert_int_equal(kobo_keyring_authenticate(ring, first_text, KOBO_KEY_TEXT_LEN, &k),
+	                 KOBO_KEYRING_OK);
+	assert_string_equal(k.name, "first");
+	assert_int_equal(k.scopes, KOBO_SCOPE_ADMIN);
+
+	kobo_api_key second = { .scopes = KOBO_SCOPE_TRANSFERS_READ, .created_at_ms = 2 };
+	strcpy(second.name, "second");
+	char second_text[KOBO_KEY_TEXT_LEN + 1];
+	assert_int_equal(kobo_key_generate(&second, second_text), KOBO_OK);
+	assert_int_equal(kobo_store_key_insert(store, &second), KOBO_OK);
+	assert_int_equal(check(ring, second_text), KOBO_KEYRING_UNKNOWN);
+	assert_int_equal(kobo_keyring_refresh_wait(ring, 5000), KOBO_OK);
+	assert_int_equal(check(ring, second_text), KOBO_KEYRING_OK);
+
+	assert_int_equal(kobo_store_key_revoke(store, first.id, 3), KOBO_OK);
+	assert_int_equal(check(ring, first_text), KOBO_KEYRING_OK);
+	assert_int_equal(kobo_keyring_refresh_wait(ring, 5000), KOBO_OK);
+	assert_int_equal(check(ring, first_text), KOBO_KEYRING_UNKNOWN);
+	assert_int_equal(check(ring, second_text), KOBO_KEYRING_OK);
+	assert_int_equal(kobo_keyring_count(ring), 1);
+	kobo_keyring_stop(ring); /* closes its reader: the store may close now */
+	kobo_store_close(store);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -435,6 +477,7 @@ int main(void)
 		cmocka_unit_test(bounded_and_valid_rows_only),
 		cmocka_unit_test(many_threads_while_swapping),
 		cmocka_unit_test(stop_joins_the_thread),
+		cmocka_unit_test(mem_store_insert_and_revoke),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
