@@ -420,7 +420,7 @@ static void stop_joins_the_thread(void **state)
 	pthread_mutex_unlock(&f->mutex);
 	int64_t t0 = kobo_monotonic_us();
 	kobo_keyring_stop(ring);
-	assert_true(kobo_monotonic_us() - t0 < 2 * 1000 * 1000);
+	assert_true(kobo_monotonic_us() - t0 < 10 * 1000 * 1000); /* far below the period */
 	assert_int_equal(f->readers_open, 0);
 	kobo_keyring_stop(NULL);
 	fake_free(f);
