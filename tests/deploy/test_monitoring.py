@@ -6,13 +6,14 @@ test_monitoring.py — the monitoring in deploy/ against the real programs.
    temporary rules file as recording rules and `promtool check rules` reads it.
 2. Every metric name they use exists: kobo_* names in the /metrics of a real
    kobod (build/asan/kobod, 2 shards, after a few requests including a
-   cross-shard transfer) or in the file `kobo audit --metrics-file` writes
-   on its data, haproxy_* names in a real HAProxy's exporter
-   (loopback, in front of that kobod), pg_* names in postgres-exporter with
-   deploy/prometheus/postgres-exporter-queries.yml on a throw-away cluster;
-   recorded names (level:metric:op) are defined by a recording rule. A name
-   that only appears under a condition this test does not create is in
-   ALLOWED_ABSENT with the reason.
+   cross-shard transfer; and a kobod on PostgreSQL with --postgres-read, for
+   the replica metrics) or in the file `kobo audit --metrics-file` writes
+   on its data, haproxy_* names in a real HAProxy's exporter (loopback, in
+   front of that kobod), pg_* names in postgres-exporter with
+   deploy/prometheus/postgres-exporter-queries.yml on a throw-away primary
+   and its streaming standby (pg_replication_is_replica 0 and 1); recorded
+   names (level:metric:op) are defined by a recording rule. No allow-list:
+   every name is seen exported.
 3. Every alert has severity, summary and a runbook of at most two lines, and
    deploy/prometheus/tests/ has a case where it fires and one where it is
    silent (the unit tests themselves run in `make test-rules`).
@@ -45,13 +46,6 @@ TEST_FILES = [os.path.join(PROM, "tests", f) for f in sorted(os.listdir(os.path.
 DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "kobo.json")
 EXPORTER_QUERIES = os.path.join(PROM, "postgres-exporter-queries.yml")
 
-ALLOWED_ABSENT = {
-    # Rendered only when kobod runs with --postgres-read (read replicas):
-    # src/obs/metrics.c renders the replica metrics for shards with one.
-    "kobo_replica_up": "only with --postgres-read",
-    "kobo_replica_lag_seconds": "only with --postgres-read",
-    "kobo_replica_reads_total": "only with --postgres-read",
-}
 
 TIMEOUT_S = 30.0
 
@@ -251,29 +245,54 @@ def haproxy_names(tmp_path, kobod_port):
         stop(proc)
 
 
-def postgres_exporter_names(tmp_path):
+def exporter_names(tmp_path, name, uri, is_replica):
     """The series names of prometheus-postgres-exporter (the fleet's) with our
-    extra queries, on a throw-away PostgreSQL cluster."""
-    with pgcluster.Cluster(tmp_path, "pg") as pg:
-        pg.start()
-        uri = pg.create_role_and_db("kobo")
-        port = kobotest.free_port()
-        env = dict(os.environ, DATA_SOURCE_NAME=uri + ("&" if "?" in uri else "?") + "sslmode=disable")
-        proc = subprocess.Popen(["prometheus-postgres-exporter",
-                                 f"--web.listen-address=127.0.0.1:{port}",
-                                 f"--extend.query-path={EXPORTER_QUERIES}"],
-                                env=env, stdout=subprocess.DEVNULL,
-                                stderr=open(tmp_path / "exporter.log", "wb"))
+    extra queries on one node; checks pg_replication_is_replica says what
+    the node is."""
+    port = kobotest.free_port()
+    log = tmp_path / f"exporter-{name}.log"
+    env = dict(os.environ, DATA_SOURCE_NAME=uri + ("&" if "?" in uri else "?") + "sslmode=disable")
+    proc = subprocess.Popen(["prometheus-postgres-exporter",
+                             f"--web.listen-address=127.0.0.1:{port}",
+                             f"--extend.query-path={EXPORTER_QUERIES}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    try:
+        names, text = wait_scrape(f"http://127.0.0.1:{port}/metrics", proc, "postgres-exporter")
+        assert re.search(r"^pg_up 1$", text, re.M), \
+            f"postgres-exporter cannot reach the {name}:\n" + log.read_text()[-2000:]
+        assert re.search(r"^pg_replication_is_replica\{[^}]*\} %d$" % is_replica, text, re.M), (
+            f"expected pg_replication_is_replica {is_replica} on the {name}; saw:\n" +
+            "\n".join(l for l in text.splitlines() if "pg_replication" in l))
+        return names
+    finally:
+        stop(proc)
+
+
+def postgres_names(tmp_path):
+    """A PostgreSQL primary and a streaming standby: the names of a kobod
+    reading the standby (--postgres-read: the replica metrics) and of
+    postgres-exporter on each node."""
+    with pgcluster.Cluster(tmp_path, "primary") as primary, \
+            pgcluster.Cluster(tmp_path, "standby") as standby:
+        primary.start()
+        uri = primary.create_role_and_db("kobo")
+        standby.replica(primary, sync=False)
+        standby.wait_replayed(primary.current_lsn(), timeout=TIMEOUT_S)
+        replica_uri = uri.replace(f":{primary.port}/", f":{standby.port}/")
+        (tmp_path / "kobod-pg").mkdir()
+        srv = kobotest.Server(tmp_path / "kobod-pg", ["--postgres-read", replica_uri], postgres=[uri])
+        kobotest.ACTIVE.append(srv)
         try:
-            names, text = wait_scrape(f"http://127.0.0.1:{port}/metrics", proc, "postgres-exporter")
-            assert re.search(r"^pg_up 1$", text, re.M), "postgres-exporter cannot reach the cluster:\n" + \
-                (tmp_path / "exporter.log").read_text()[-2000:]
-            assert re.search(r"^pg_replication_is_replica\{[^}]*\} 0$", text, re.M), (
-                "expected pg_replication_is_replica 0 on a primary from the extra queries; saw:\n" +
-                "\n".join(l for l in text.splitlines() if "pg_replication" in l))
-            return names
+            srv.start()
+            kobotest.expect_status(srv.client.get("/v1/accounts/" + kobotest.uid("none")), 404)
+            kobo, text = scrape(srv.url + "/metrics")
+            assert re.search(r'^kobo_replica_reads_total\{shard="0",served="\w+"\} 1$', text, re.M), (
+                "expected the GET counted as a read of shard 0, which has a replica; saw:\n" +
+                "\n".join(l for l in text.splitlines() if "replica" in l))
         finally:
-            stop(proc)
+            kobotest.finish_servers([srv])
+        pg = exporter_names(tmp_path, "primary", uri, 0) | exporter_names(tmp_path, "standby", replica_uri, 1)
+    return kobo, pg
 
 
 def test_every_metric_name_is_exported(tmp_path):
@@ -285,14 +304,15 @@ def test_every_metric_name_is_exported(tmp_path):
 
     recorded = {r["record"] for _, r in rules() if "record" in r}
     kobo, haproxy = kobod_names(tmp_path)
-    pg = postgres_exporter_names(tmp_path)
+    kobo_pg, pg = postgres_names(tmp_path)
+    kobo |= kobo_pg
 
     missing = []
     for name, where in sorted(used.items()):
         if ":" in name:
             ok = name in recorded
         elif name.startswith("kobo_"):
-            ok = name in kobo or name in ALLOWED_ABSENT
+            ok = name in kobo
         elif name.startswith("haproxy_"):
             ok = name in haproxy
         else:
@@ -300,8 +320,6 @@ def test_every_metric_name_is_exported(tmp_path):
         if not ok:
             missing.append(f"  {name} (used by {', '.join(where[:3])})")
     assert not missing, "metric names used but not exported (or not recorded):\n" + "\n".join(missing)
-    for name in ALLOWED_ABSENT:
-        assert name not in kobo, f"{name} is allow-listed as absent but kobod exports it: drop it from the list"
 
 
 # ---------------------------------------------------------------- 3. alerts --
