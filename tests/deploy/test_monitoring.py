@@ -350,3 +350,46 @@ def test_every_alert_has_annotations_and_tests():
         if name not in silent:
             problems.append(f"{name}: no unit test where it stays silent")
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- 4. dashboard --
+
+def test_dashboard_is_importable():
+    """What Grafana needs to import kobo.json without questions: a uid and a
+    title, the `datasource` variable every query names, unique panel ids and
+    refIds, panels inside the 24-column grid and not on top of each other."""
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    assert dash.get("uid") and dash.get("title") and dash.get("schemaVersion"), dash.keys()
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables.get("datasource", {}).get("type") == "datasource" and \
+        variables["datasource"].get("query") == "prometheus", variables
+    ids, cells, problems = set(), {}, []
+    for p in dash["panels"]:
+        if p["id"] in ids:
+            problems.append(f"panel id {p['id']} twice")
+        ids.add(p["id"])
+        g = p["gridPos"]
+        if g["x"] < 0 or g["w"] <= 0 or g["x"] + g["w"] > 24 or g["h"] <= 0:
+            problems.append(f"{p['title']!r} outside the grid: {g}")
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                if (x, y) in cells:
+                    problems.append(f"{p['title']!r} overlaps {cells[(x, y)]!r}")
+                    break
+                cells[(x, y)] = p["title"]
+            else:
+                continue
+            break
+        if p["type"] == "row":
+            continue
+        if p.get("datasource", {}).get("uid") != "${datasource}":
+            problems.append(f"{p['title']!r}: datasource is not the variable")
+        refs = [t["refId"] for t in p.get("targets", [])]
+        if not refs or len(refs) != len(set(refs)):
+            problems.append(f"{p['title']!r}: no targets or a refId twice: {refs}")
+    assert not problems, "\n".join(problems)
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for want in ("throughput", "latency", "batch sizes", "queue depth", "sagas by state",
+                 "replica lag", "4xx / 5xx", "rate-limited", "commit latency"):
+        assert want in titles, f"the dashboard has no {want!r} panel (issue 13)"
