@@ -23,6 +23,7 @@ test_pkgs=(
 	prometheus          # promtool: make test-rules checks the config and unit-tests the alerts
 	python3-yaml        # tests/deploy reads the rules and the alert tests
 	haproxy             # tests/deploy scrapes a real HAProxy's exporter for the names the alerts use
+	prometheus-postgres-exporter # ... and postgres-exporter's, with deploy/prometheus's extra queries
 )
 
 measure_pkgs=(
