@@ -58,6 +58,10 @@
  *                                                   applied, applied first)
  *   FAILED → IDLE         kobo_store_mem_restart    failed flag cleared
  *
+ * API keys. A sorted array of kobo_api_key under the same mutex, written
+ * by key_insert / key_revoke at once (no batch) and copied out by
+ * read_keys before its callbacks run; a restart keeps them.
+ *
  * Faults. kobo_store_mem_fail_next_commit arms one fault for the next
  * commit: applied = false drops the batch (a failed fsync), applied = true
  * applies it and still answers KOBO_EUNKNOWN (a crash after the fsync,
