@@ -8,7 +8,8 @@
  * KOBO_JOURNAL_EXHAUSTIVE=1, `make test-journal-exhaustive`), frames moved,
  * swapped or duplicated refused, a missing segment refused, the FAILED state
  * after an injected write / fdatasync / create error, and kill -9 of a
- * child appending as fast as it can (KOBO_JOURNAL_KILL_ROUNDS rounds,
+ * reader thread following appends and releases (the projection's use), and
+ * kill -9 of a child appending as fast as it can (KOBO_JOURNAL_KILL_ROUNDS rounds,
  * default 5): every acknowledged batch is there, intact, with no gap.
  */
 #include <setjmp.h>
@@ -18,7 +19,10 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,11 +46,17 @@ static void fresh_dir(char out[512])
 	assert_int_equal(mkdir(out, 0700), 0);
 }
 
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
 static void remove_tree(const char *dir)
 {
-	char cmd[600];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	assert_int_equal(system(cmd), 0);
+	assert_int_equal(nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
 }
 
 /* The payload of a batch: deterministic from its number, so any reader can
@@ -612,6 +622,94 @@ static void failed_after_create_error(void **state)
 	failed_state_after(KOBO_JOURNAL_IO_CREATE, 0);
 }
 
+/* ---- A reader following the appender (the projection's use). ---- */
+
+typedef struct follower {
+	kobo_journal *journal;
+	uint64_t until;           /* stop once this batch is read */
+	_Atomic uint64_t read_upto; /* last batch read and checked */
+	int status;
+	char message[KOBO_JOURNAL_MESSAGE_BYTES];
+} follower;
+
+static void *follow(void *arg)
+{
+	follower *f = arg;
+	kobo_journal_reader *rd;
+	f->status = kobo_journal_reader_open(f->journal, 1, &rd);
+	if (f->status != KOBO_OK)
+		return NULL;
+	uint64_t expect = 1, batch;
+	const void *payload;
+	size_t len;
+	uint8_t want[4096];
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	while (expect <= f->until) {
+		int status = kobo_journal_reader_next(rd, &batch, &payload, &len);
+		if (status == KOBO_ENOTFOUND) {
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			if (now.tv_sec - start.tv_sec > 60) {
+				f->status = KOBO_ESHUTDOWN; /* bounded: never hang the suite */
+				break;
+			}
+			struct timespec tick = {0, 100000L};
+			nanosleep(&tick, NULL);
+			continue;
+		}
+		if (status != KOBO_OK || batch != expect || len != fill(batch, want, 1500) ||
+		    memcmp(payload, want, len) != 0) {
+			f->status = status != KOBO_OK ? status : KOBO_EINVAL;
+			snprintf(f->message, sizeof f->message, "batch %llu (expected %llu): %s",
+			         (unsigned long long)batch, (unsigned long long)expect,
+			         kobo_journal_reader_message(rd));
+			break;
+		}
+		f->read_upto = expect++;
+	}
+	kobo_journal_reader_close(rd);
+	return NULL;
+}
+
+static void reader_follows_appends_and_releases(void **state)
+{
+	(void)state;
+	char dir[512];
+	fresh_dir(dir);
+	kobo_journal_config c = small_config(8192, 3);
+	kobo_journal *j;
+	assert_int_equal(kobo_journal_open(dir, &c, NULL, &j), KOBO_OK);
+	follower f = {.journal = j, .until = 800};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, follow, &f), 0);
+	uint64_t efull = 0;
+	while (kobo_journal_last_batch(j) < f.until) {
+		/* Release what the reader has, as the projection will; when the
+		 * segment limit answers EFULL, wait for the reader. */
+		assert_int_equal(kobo_journal_release(j, f.read_upto, NULL), KOBO_OK);
+		uint8_t buf[2048];
+		uint64_t next = kobo_journal_last_batch(j) + 1;
+		kobo_journal_payload p = {buf, fill(next, buf, 1500)};
+		int status = kobo_journal_append(j, &p, 1, NULL);
+		if (status == KOBO_EFULL) {
+			efull++;
+			struct timespec tick = {0, 200000L};
+			nanosleep(&tick, NULL);
+			continue;
+		}
+		assert_int_equal(status, KOBO_OK);
+		assert_true(kobo_journal_segments(j) <= 3);
+	}
+	assert_int_equal(pthread_join(t, NULL), 0);
+	if (f.status != KOBO_OK)
+		fail_msg("reader: %d %s", f.status, f.message);
+	assert_int_equal(f.read_upto, f.until);
+	print_message("reader followed %llu batches; %llu appends waited on the segment limit\n",
+	              (unsigned long long)f.until, (unsigned long long)efull);
+	kobo_journal_close(j);
+	remove_tree(dir);
+}
+
 /* ---- kill -9. ---- */
 
 static void child_append_forever(const char *dir, int report_fd)
@@ -657,20 +755,28 @@ static void kill9_keeps_every_acknowledged_batch(void **state)
 			child_append_forever(dir, fds[1]);
 		}
 		close(fds[1]);
-		struct timespec nap = {0, (20 + rand() % 280) * 1000000L};
-		/* Read acknowledgements while the child runs, then kill it. */
-		struct timespec start, now;
-		clock_gettime(CLOCK_MONOTONIC, &start);
+		/* Once the child acknowledged its first append of the round (at
+		 * most 20 s), let it run 0..200 ms more, reading acknowledgements,
+		 * then kill it. */
+		long nap_ns = (rand() % 200) * 1000000L;
 		int flags = fcntl(fds[0], F_GETFL);
 		fcntl(fds[0], F_SETFL, flags | O_NONBLOCK);
-		uint64_t acked;
+		uint64_t acked, round_floor = max_acked;
+		struct timespec start, now;
+		bool started = false;
+		clock_gettime(CLOCK_MONOTONIC, &start);
 		for (;;) {
 			while (read(fds[0], &acked, sizeof acked) == sizeof acked)
 				max_acked = acked > max_acked ? acked : max_acked;
 			clock_gettime(CLOCK_MONOTONIC, &now);
 			long elapsed_ns = (now.tv_sec - start.tv_sec) * 1000000000L +
 			                  (now.tv_nsec - start.tv_nsec);
-			if (elapsed_ns >= nap.tv_nsec)
+			if (!started && (max_acked > round_floor || elapsed_ns > 20000000000L)) {
+				started = true;
+				start = now;
+				continue;
+			}
+			if (started && elapsed_ns >= nap_ns)
 				break;
 			struct timespec tick = {0, 1000000L};
 			nanosleep(&tick, NULL);
@@ -733,6 +839,7 @@ int main(void)
 		cmocka_unit_test(failed_after_torn_write_error),
 		cmocka_unit_test(failed_after_write_error_nothing_written),
 		cmocka_unit_test(failed_after_create_error),
+		cmocka_unit_test(reader_follows_appends_and_releases),
 		cmocka_unit_test(kill9_keeps_every_acknowledged_batch),
 	};
 	return cmocka_run_group_tests(tests, setup_root, teardown_root);
