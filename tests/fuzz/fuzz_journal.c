@@ -3,9 +3,9 @@
  * (kobo__journal_scan, src/store/journal/journal.h), the code that decides
  * what of a segment file is kept, cut as torn, or refused as corrupt.
  *
- * The first byte picks the mode, the rest is its input:
- *   even  the bytes ARE a segment image (first batch 1, no anchor check).
- *   odd   a recipe, so the fuzzer reaches states past valid frames (it
+ * The first byte picks the mode, the rest is its input. Bit 0:
+ *   0     the bytes ARE a segment image (first batch 1, no anchor check).
+ *   1     a recipe, so the fuzzer reaches states past valid frames (it
  *         cannot forge an XXH3-128): one byte n (frames, 0..15), then for
  *         each frame one length byte and that many payload bytes; this
  *         harness encodes the frames itself (its own encoder, not
@@ -14,22 +14,36 @@
  *         0 flip a bit, 1 set a byte, 2 zero from offset to the end,
  *         3 truncate the image at offset.
  *
+ * Bit 1 set: the image is also written as segment 1 of a journal directory
+ * on tmpfs (/dev/shm, so fsync costs nothing) and opened with
+ * kobo_journal_open — the whole recovery: it must agree with the scan
+ * (refused exactly when the scan says corrupt, else the same last batch), a
+ * reader must then read exactly the recovered frames, one more append must
+ * take the next batch number, and a second open must find it with nothing
+ * torn (recovery is idempotent).
+ *
  * Must never crash or trip a sanitizer, and: every frame the scan accepts
  * carries the right XXH3-128 (recomputed here with libxxhash directly) and
  * the expected batch number; in recipe mode every accepted frame is byte for
  * byte the frame built at that offset, and with no mutation all built frames
  * are accepted and nothing is torn or corrupt.
  */
+#include <dirent.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <xxhash.h>
 
 #include "../../src/store/journal/journal.h"
 
 #define IMAGE_BYTES 4096u
-#define PAYLOAD_MAX 2048u
+/* Recovery accepts any payload length a config may allow (journal.c). */
+#define PAYLOAD_MAX KOBO_JOURNAL_PAYLOAD_BYTES_MAX
 
 typedef struct check {
 	const uint8_t *original; /* recipe mode: the image before mutation */
@@ -79,7 +93,92 @@ static size_t encode(uint8_t *out, uint64_t batch, const uint8_t *payload, size_
 	return 56 + len;
 }
 
-static void recipe(const uint8_t *data, size_t size)
+static char dir[128], jdir[160];
+
+/* Empties the journal directory (and at exit removes it). */
+static void clear_journal_dir(void)
+{
+	DIR *d = opendir(jdir);
+	if (!d)
+		return;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		char path[512];
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof path, "%s/%s", jdir, e->d_name);
+		unlink(path);
+	}
+	closedir(d);
+}
+
+static void remove_dirs(void)
+{
+	clear_journal_dir();
+	rmdir(jdir);
+	rmdir(dir);
+}
+
+/* Writes image as segment 1 of a fresh journal on tmpfs and runs the whole
+ * recovery on it; checks it against the scan's verdict. */
+static void open_check(const uint8_t *image, uint64_t size, int scan_status,
+                       const kobo_journal_scan *scan)
+{
+	static char seg[200];
+	if (!dir[0]) {
+		snprintf(dir, sizeof dir, "/dev/shm/kobo-fuzz-journal-%d", (int)getpid());
+		snprintf(jdir, sizeof jdir, "%s/journal", dir);
+		snprintf(seg, sizeof seg, "%s/0000000000000001.seg", jdir);
+		mkdir(dir, 0700);
+		atexit(remove_dirs);
+	}
+	mkdir(jdir, 0700);
+	clear_journal_dir();
+	FILE *f = fopen(seg, "wb");
+	if (!f || (size && fwrite(image, 1, size, f) != size) || fclose(f) != 0)
+		abort();
+
+	kobo_journal_config c;
+	kobo_journal_config_default(&c);
+	c.segment_bytes = 4096;
+	c.payload_bytes_max = 2048;
+	kobo_journal_recovery r;
+	kobo_journal *j;
+	int status = kobo_journal_open(dir, &c, &r, &j);
+	if (scan_status != KOBO_OK) {
+		if (status != KOBO_ESTORE || !r.corrupt)
+			abort(); /* the scan refused it: so must open */
+		return;
+	}
+	if (status != KOBO_OK || r.last_batch != scan->last_batch ||
+	    r.torn_bytes != scan->torn_end - scan->end)
+		abort();
+	kobo_journal_reader *rd;
+	if (kobo_journal_reader_open(j, 1, &rd) != KOBO_OK)
+		abort();
+	uint64_t batch, n = 0;
+	const void *payload;
+	size_t len;
+	int rs;
+	while ((rs = kobo_journal_reader_next(rd, &batch, &payload, &len)) == KOBO_OK)
+		if (batch != ++n)
+			abort();
+	if (rs != KOBO_ENOTFOUND || n != r.last_batch)
+		abort();
+	kobo_journal_reader_close(rd);
+	kobo_journal_payload one = {"x", 1};
+	uint64_t first;
+	if (kobo_journal_append(j, &one, 1, &first) != KOBO_OK || first != r.last_batch + 1)
+		abort();
+	kobo_journal_close(j);
+	kobo_journal_recovery again;
+	if (kobo_journal_open(dir, &c, &again, &j) != KOBO_OK ||
+	    again.last_batch != r.last_batch + 1 || again.torn_bytes != 0)
+		abort();
+	kobo_journal_close(j);
+}
+
+static void recipe(const uint8_t *data, size_t size, bool also_open)
 {
 	static uint8_t image[IMAGE_BYTES], original[IMAGE_BYTES];
 	memset(image, 0, sizeof image);
@@ -119,6 +218,8 @@ static void recipe(const uint8_t *data, size_t size)
 	if (mutations == 0 && (status != KOBO_OK || scan.frames != built ||
 	                       scan.torn_end != scan.end || scan.end != used))
 		abort();
+	if (also_open)
+		open_check(image, image_size, status, &scan);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -126,7 +227,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	if (data[0] & 1) {
-		recipe(data + 1, size - 1);
+		recipe(data + 1, size - 1, data[0] & 2);
 		return 0;
 	}
 	/* A copy, so reading past the image is caught by ASan. */
@@ -142,6 +243,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    scan.end > size - 1 || scan.torn_end > size - 1 ||
 	    (status != KOBO_OK && status != KOBO_ESTORE))
 		abort();
+	if (data[0] & 2)
+		open_check(image, size - 1, status, &scan);
 	free(image);
 	return 0;
 }

@@ -29,7 +29,7 @@
 #define SUM KOBO_JOURNAL_CHECKSUM_BYTES
 static const uint8_t journal_magic[4] = {'K', 'b', 'J', 'l'};
 #define JOURNAL_VERSION 1u
-#define ZERO_CHUNK_BYTES (1u << 20)
+#define ZERO_CHUNK_BYTES (64u << 10)
 #define SEGMENT_NAME_DIGITS 16
 
 /* ---- Frame encoding. ---- */
