@@ -33,7 +33,12 @@
 
 #define KOBO_HTTP_CONNECTION_TIMEOUT_S_DEFAULT 30
 #define KOBO_HTTP_CONNECTIONS_MAX_DEFAULT 1024
-#define KOBO_HTTP_CONNECTION_MEMORY_DEFAULT (64u * 1024) /* request line + headers */
+/* libmicrohttpd's per-connection pool: request line, headers (API.md: up to
+ * 16 KiB are read; tests/system/test_limits.py) and the body's read buffer.
+ * It zeroes the whole pool after every request (MHD_pool_reset), so its size
+ * is paid per request: 64 KiB was 20 % of the HTTP thread's CPU
+ * (docs/benchmarks.md, 2026-12-02 HTTP front end). */
+#define KOBO_HTTP_CONNECTION_MEMORY_DEFAULT (32u * 1024)
 #define KOBO_HTTP_THREADS_DEFAULT 1
 #define KOBO_HTTP_THREADS_MAX 64
 /* Request memory all connections may hold at once: bodies (announced by
@@ -84,7 +89,7 @@ typedef struct kobo_http_config {
 	unsigned saga_wait_ms;                 /* 0: default 5,000 */
 	unsigned connection_timeout_s;         /* idle timeout; 0: default 30 */
 	unsigned connections_max;              /* 0: default 1024 */
-	size_t connection_memory_bytes;        /* 0: default 64 KiB */
+	size_t connection_memory_bytes;        /* 0: default 32 KiB */
 	unsigned threads;                      /* 0: default 1 */
 	/* Per-client-IP rate limit (limits.c): ip_rate requests/s sustained,
 	 * ip_burst at once; ip_rate 0: off. The client IP is the peer, or the
