@@ -606,78 +606,6 @@ static json_t *pairs_check(audit_run *run, audit_lock lock, const char *lock_rea
 	return NULL;
 }
 
-/* user:password@ → user:***@, and password=… → password=***, so a report
- * never prints a secret. */
-static void redact_url(const char *url, char *out, size_t size)
-{
-	snprintf(out, size, "%s", url);
-	char *start = strstr(out, "://");
-	if (start != NULL) {
-		start += 3;
-		char *at = strchr(start, '@');
-		char *slash = strchr(start, '/');
-		char *colon = strchr(start, ':');
-		if (at != NULL && (slash == NULL || at < slash) && colon != NULL &&
-		    colon < at && at - colon >= 4) {
-			memcpy(colon, ":***", 4);
-			memmove(colon + 4, at, strlen(at) + 1);
-		}
-	}
-	for (char *p = strstr(out, "password="); p != NULL; p = strstr(p + 1, "password=")) {
-		char *value = p + 9;
-		size_t len = strcspn(value, "& ");
-		if (len >= 3) {
-			memcpy(value, "***", 3);
-			memmove(value + 3, value + len, strlen(value + len) + 1);
-		}
-	}
-}
-
-/* Takes every --postgres URL (repeatable, so not kobo_cli_parse_args's)
- * out of argv[1..argc) into urls and the other arguments into rest.
- * Returns the number of URLs, or -1 after saying why. */
-static long take_postgres_urls(int argc, char **argv, const char **urls,
-                               char **rest, int *rest_count)
-{
-	long count = 0;
-	*rest_count = 0;
-	rest[(*rest_count)++] = argv[0];
-	for (int i = 1; i < argc; i++) {
-		const char *value = NULL;
-		if (strcmp(argv[i], "--") == 0) {
-			while (i < argc)
-				rest[(*rest_count)++] = argv[i++];
-			break;
-		}
-		if (strcmp(argv[i], "--postgres") == 0) {
-			if (i + 1 == argc) {
-				fprintf(stderr, "kobo: audit: --postgres needs a URL\n");
-				return -1;
-			}
-			value = argv[++i];
-		} else if (strncmp(argv[i], "--postgres=", 11) == 0) {
-			value = argv[i] + 11;
-		} else {
-			rest[(*rest_count)++] = argv[i];
-			continue;
-		}
-		if (strncmp(value, "postgresql://", 13) != 0 &&
-		    strncmp(value, "postgres://", 11) != 0) {
-			/* Not echoed: a mistyped URL may hold a password. */
-			fprintf(stderr, "kobo: audit: --postgres: expected a postgresql:// "
-			        "or postgres:// URL\n");
-			return -1;
-		}
-		if (count == KOBO_SHARDS_MAX) {
-			fprintf(stderr, "kobo: audit: more than %d --postgres URLs\n",
-			        KOBO_SHARDS_MAX);
-			return -1;
-		}
-		urls[count++] = value;
-	}
-	return count;
-}
-
 /* ---- --metrics-file: the verdict for Prometheus. ---- */
 
 /* Writes path.tmp, then renames it over path. false (with a message on
@@ -732,7 +660,7 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc_in, char **argv_in)
 		fprintf(stderr, "kobo: out of memory\n");
 		return KOBO_CLI_EXIT_USAGE;
 	}
-	long url_count = take_postgres_urls(argc_in, argv_in, urls, argv, &argc);
+	long url_count = kobo_cli_take_postgres_urls("audit", argc_in, argv_in, urls, argv, &argc);
 	kobo_cli_option options[] = {{.name = "data", .takes_value = true},
 	                             {.name = "metrics-file", .takes_value = true}};
 	const char *positional[1];
@@ -765,7 +693,7 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc_in, char **argv_in)
 		for (long i = 0; i < url_count; i++) {
 			files[i].index = i;
 			files[i].url = urls[i];
-			redact_url(urls[i], files[i].path, sizeof files[i].path);
+			kobo_cli_redact_url(urls[i], files[i].path, sizeof files[i].path);
 		}
 		count = url_count;
 	} else {

@@ -4,6 +4,11 @@
  *   main.c         global options, dispatch to a command
  *   commands.c     account, transfer, post, void, history: build a request,
  *                  send it, print the answer
+ *   key.c          `kobo key create|list|revoke`: API keys in shard 0's
+ *                  store, written directly (no server needed)
+ *   target.c       which store a local command works on (--data DIR,
+ *                  --postgres URL …, KOBO_DATA / KOBO_POSTGRES), opening
+ *                  shard 0 without ever creating a store
  *   audit.c        `kobo audit`: reads the shard map, opens every
  *                  DIR/shard-N.db (or, with --postgres URL …, every
  *                  PostgreSQL shard, the map fixed by their count)
@@ -51,6 +56,8 @@ enum {
 #define KOBO_CLI_TIMEOUT_MS 60000L
 #define KOBO_CLI_CONNECT_TIMEOUT_MS 10000L
 #define KOBO_CLI_DEFAULT_URL "http://127.0.0.1:8080"
+/* kobod's default data directory (its KOBO_DATA default). */
+#define KOBO_CLI_DEFAULT_DATA "./var"
 #define KOBO_CLI_URL_MAX 2048
 
 /* ---- HTTP (http_client.c). ---- */
@@ -113,6 +120,53 @@ int kobo_cli_cmd_post(kobo_cli *cli, int argc, char **argv);
 int kobo_cli_cmd_void(kobo_cli *cli, int argc, char **argv);
 int kobo_cli_cmd_history(kobo_cli *cli, int argc, char **argv);
 int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv);
+int kobo_cli_cmd_key(kobo_cli *cli, int argc, char **argv);
+
+/* ---- The store a local command works on (target.c). ---- */
+
+struct kobo_store;
+
+/* user:password@ → user:***@, and password=… → password=***, into out
+ * (size bytes, cut to fit), so nothing printed shows a secret. */
+void kobo_cli_redact_url(const char *url, char *out, size_t size);
+
+/* Takes every --postgres URL (repeatable, so not kobo_cli_parse_args's)
+ * out of argv[1..argc) into urls (room for KOBO_SHARDS_MAX) and the other
+ * arguments, argv[0] first, into rest (room for argc). Returns the number
+ * of URLs, or -1 after printing "kobo: CMD: …" (a missing value, a value
+ * that is not a postgresql:// or postgres:// URL, too many). */
+long kobo_cli_take_postgres_urls(const char *cmd, int argc, char **argv,
+                                 const char **urls, char **rest, int *rest_count);
+
+/* Where a local command's store is: a data directory, or PostgreSQL URLs
+ * in shard order (the first is shard 0; their number, the shard count). */
+typedef struct kobo_cli_target {
+	const char *dir;        /* SQLite data directory, or NULL */
+	const char **urls;      /* the caller's array (KOBO_SHARDS_MAX) */
+	size_t url_count;       /* > 0 with PostgreSQL */
+	char *env_copy;         /* KOBO_POSTGRES, split in place */
+	char where[512];        /* for messages, any password redacted */
+} kobo_cli_target;
+
+/* Fills target from --data (data_flag, or NULL) and the --postgres URLs
+ * (urls[0..url_count)), else from the environment as kobod reads it:
+ * KOBO_POSTGRES (whitespace-separated URLs, put into urls), KOBO_DATA,
+ * else KOBO_CLI_DEFAULT_DATA. Flags win over the environment. Returns 0,
+ * or KOBO_CLI_EXIT_USAGE after printing why (both kinds given, a bad
+ * URL). kobo_cli_target_free releases it either way. */
+int kobo_cli_target_resolve(const char *cmd, const char *data_flag,
+                            const char **urls, long url_count,
+                            kobo_cli_target *target);
+void kobo_cli_target_free(kobo_cli_target *target);
+
+/* Opens shard 0's store of target (read_only or writable) into *out,
+ * never creating one: a data directory must be one kobod created
+ * (DIR/shard-0.db, a readable shard map if it has one), a PostgreSQL
+ * database must hold Kobo's shard 0 of url_count shards. Returns KOBO_OK,
+ * or a store error after printing "kobo: CMD: …" why. Close with
+ * kobo_store_close. */
+int kobo_cli_target_open_shard0(const char *cmd, const kobo_cli_target *target,
+                                bool read_only, struct kobo_store **out);
 
 /* ---- Argument parsing (output.c). ---- */
 

@@ -1,7 +1,7 @@
 /*
  * main.c — `kobo`, the command-line client: reads the global options and
- * hands the rest to a command. The commands live in commands.c (HTTP) and
- * audit.c (offline); the internal contract is cli.h.
+ * hands the rest to a command. The commands live in commands.c (HTTP),
+ * audit.c and key.c (offline); the internal contract is cli.h.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +22,11 @@ void kobo_cli_usage(FILE *stream)
 	      "  kobo history ACCOUNT [--limit N] [--all]\n"
 	      "  kobo audit --data DIR [--json] [--metrics-file FILE]\n"
 	      "  kobo audit --postgres URL [--postgres URL ...] [--json] [--metrics-file FILE]\n"
+	      "  kobo key create --name NAME --scopes S1,S2 [STORE]   (prints the key once)\n"
+	      "  kobo key list [--all] [STORE]\n"
+	      "  kobo key revoke ID [STORE]\n"
+	      "    STORE: --data DIR | --postgres URL ... (shard order); else KOBO_POSTGRES,\n"
+	      "    KOBO_DATA, ./var. Keys live in shard 0's store; no server needed.\n"
 	      "\n"
 	      "The server is $KOBO_URL, else " KOBO_CLI_DEFAULT_URL ". Amounts are integers in\n"
 	      "minor units. --json prints the server's JSON answer on one line.\n"
@@ -54,6 +59,7 @@ static const command commands[] = {
 	{"void", kobo_cli_cmd_void},
 	{"history", kobo_cli_cmd_history},
 	{"audit", kobo_cli_cmd_audit},
+	{"key", kobo_cli_cmd_key},
 };
 
 /* Takes the value of a global option at argv[*i] ("--name V" or
