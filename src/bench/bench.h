@@ -57,6 +57,8 @@
 #define BENCH_ACCOUNTS_MAX 10000000u
 #define BENCH_BATCH_MAX KOBO_BATCH_OPS_MAX     /* transfers per batch request */
 #define BENCH_PREFIX_LEN_MAX 40                /* leaves room for "t" + 20 digits */
+/* Longest --key accepted (a Kobo key is 86 characters). */
+#define BENCH_KEY_LEN_MAX 512
 #define BENCH_TRANSFERS_MAX (1ull << 28)       /* outcome bytes, reserved lazily */
 #define BENCH_RESPONSE_BYTES_MAX (64u << 20)   /* a batch of 8,190 answers fits */
 #define BENCH_READ_CHUNK_BYTES (256u << 10)
@@ -96,6 +98,8 @@ typedef enum bench_mode {
 typedef struct bench_config {
 	char url[256];
 	char host_header[280];
+	/* "Authorization: Bearer KEY\r\n" (--key or KOBO_API_KEY), or "". */
+	char auth_header[BENCH_KEY_LEN_MAX + 32];
 	struct sockaddr_storage addr;
 	socklen_t addr_len;
 	uint32_t connections;

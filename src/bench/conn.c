@@ -132,10 +132,11 @@ int bench_conn_request(bench_conn *conn, const char *method, const char *path,
 	const bench_config *config = conn->worker->config;
 	conn->out.len = 0;
 	int rc = bench_buf_printf(&conn->out,
-	                          "%s %s HTTP/1.1\r\nHost: %s\r\n"
+	                          "%s %s HTTP/1.1\r\nHost: %s\r\n%s"
 	                          "Content-Type: application/json\r\n"
 	                          "Content-Length: %zu\r\n\r\n",
-	                          method, path, config->host_header, body ? body_len : 0);
+	                          method, path, config->host_header, config->auth_header,
+	                          body ? body_len : 0);
 	if (rc == KOBO_OK && body && body_len)
 		rc = bench_buf_append(&conn->out, body, body_len);
 	return rc;

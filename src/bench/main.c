@@ -28,6 +28,10 @@ static void usage(FILE *out)
 	      "verifies the ledger invariants against what the server acknowledged.\n"
 	      "\n"
 	      "  --url URL             server (default http://127.0.0.1:8080)\n"
+	      "  --key KEY             API key, sent as Authorization: Bearer KEY on every\n"
+	      "                        request (default $KOBO_API_KEY; none: no header). The\n"
+	      "                        run needs accounts:write, transfers:write and, to\n"
+	      "                        verify, accounts:read and transfers:read (or admin)\n"
 	      "  --connections N       keep-alive connections, one request in flight each (64)\n"
 	      "  --threads N           worker threads sharing the connections (1)\n"
 	      "  --duration S          seconds of load (10)\n"
@@ -152,7 +156,24 @@ enum {
 	OPT_URL = 256, OPT_CONNECTIONS, OPT_THREADS, OPT_DURATION, OPT_RATE, OPT_ACCOUNTS, OPT_HOT,
 	OPT_MERCHANT, OPT_BATCH, OPT_SETUP_BATCH, OPT_SEED, OPT_PREFIX, OPT_JSON, OPT_NO_VERIFY,
 	OPT_VERIFY_TIMEOUT, OPT_SETUP_ONLY, OPT_SELF_TEST, OPT_HELP, OPT_SHARDS, OPT_CROSS_SHARD,
+	OPT_KEY,
 };
+
+/* An API key as a header value: 1..BENCH_KEY_LEN_MAX visible ASCII
+ * characters (no space, no control character: nothing can end the header
+ * early). The server judges the rest. */
+static bool set_key(bench_config *config, const char *key)
+{
+	size_t len = strlen(key);
+	if (len == 0 || len > BENCH_KEY_LEN_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (key[i] < 0x21 || key[i] > 0x7e)
+			return false;
+	snprintf(config->auth_header, sizeof(config->auth_header),
+	         "Authorization: Bearer %s\r\n", key);
+	return true;
+}
 
 /* Returns -1 to go on, or an exit code. */
 static int parse_options(bench_config *config, int argc, char **argv, bool *self_test)
@@ -178,9 +199,11 @@ static int parse_options(bench_config *config, int argc, char **argv, bool *self
 		{"help", no_argument, NULL, OPT_HELP},
 		{"shards", required_argument, NULL, OPT_SHARDS},
 		{"cross-shard", required_argument, NULL, OPT_CROSS_SHARD},
+		{"key", required_argument, NULL, OPT_KEY},
 		{NULL, 0, NULL, 0},
 	};
 	const char *url = "http://127.0.0.1:8080";
+	const char *key = getenv("KOBO_API_KEY");
 	bool seed_given = false, prefix_given = false, merchant_given = false, cross_given = false;
 	uint64_t value;
 	int opt;
@@ -188,6 +211,13 @@ static int parse_options(bench_config *config, int argc, char **argv, bool *self
 		bool ok = true;
 		switch (opt) {
 		case OPT_URL: url = optarg; break;
+		case OPT_KEY:
+			key = optarg;
+			if (key[0] == '\0') {
+				fprintf(stderr, "kobo-bench: bad value for --key: empty\n");
+				return BENCH_EXIT_USAGE;
+			}
+			break;
 		case OPT_CONNECTIONS:
 			ok = parse_u64(optarg, 1, BENCH_CONNECTIONS_MAX, &value);
 			config->connections = (uint32_t)value;
@@ -253,6 +283,12 @@ static int parse_options(bench_config *config, int argc, char **argv, bool *self
 	}
 	if (optind < argc) {
 		fprintf(stderr, "kobo-bench: unexpected argument %s\n", argv[optind]);
+		return BENCH_EXIT_USAGE;
+	}
+	/* Not echoed: it is a secret. */
+	if (key != NULL && key[0] != '\0' && !set_key(config, key)) {
+		fprintf(stderr, "kobo-bench: bad API key (--key or KOBO_API_KEY): 1..%d visible "
+		        "ASCII characters, no spaces\n", BENCH_KEY_LEN_MAX);
 		return BENCH_EXIT_USAGE;
 	}
 	if (config->mode == BENCH_MODE_HOT && config->hot >= config->accounts) {

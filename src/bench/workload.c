@@ -278,6 +278,7 @@ typedef struct setup_ctx {
 	 * read after the workers are joined: the one message says what it was. */
 	atomic_flag first_taken;
 	char first_failure[400];
+	int first_status;
 } setup_ctx;
 
 #define RETRY_ATTEMPT_SHIFT 40
@@ -394,6 +395,7 @@ static void setup_failure(setup_ctx *ctx, const char *what, uint64_t item, int s
 	atomic_fetch_add(&ctx->run->items_failed, 1);
 	if (atomic_flag_test_and_set(&ctx->first_taken))
 		return;
+	ctx->first_status = status;
 	/* One line: the body's control characters (newlines) become spaces. */
 	int len;
 	if (status)
@@ -527,10 +529,18 @@ static int run_setup_job(bench_run *run, int kind)
 		                   : config->setup_batch == 0 ? "transfers" : "batches";
 		if (reached > ctx.items)
 			reached = ctx.items;
+		/* 401/403: the key, not the server. */
+		const char *hint = ctx.first_status == 401
+			? (config->auth_header[0] != '\0' ? " (the API key was refused: unknown, "
+			   "revoked or malformed)" : " (the server requires an API key: --key KEY "
+			   "or KOBO_API_KEY)")
+			: ctx.first_status == 403 ? " (the API key lacks a scope: the run needs "
+			  "accounts:write and transfers:write, verify the read scopes; admin has all)"
+			: "";
 		if (failed > 0)
 			fprintf(stderr, "kobo-bench: setup failed: %llu of %llu %s %s refused after retries "
-			        "(first: %s); nothing measured\n", (unsigned long long)failed,
-			        (unsigned long long)ctx.items, what, unit, ctx.first_failure);
+			        "(first: %s)%s; nothing measured\n", (unsigned long long)failed,
+			        (unsigned long long)ctx.items, what, unit, ctx.first_failure, hint);
 		else
 			fprintf(stderr, "kobo-bench: setup failed: %s %s: %llu of %llu done (%s); nothing "
 			        "measured\n", what, unit, (unsigned long long)(reached - pending),

@@ -75,10 +75,12 @@ typedef struct kobo_cli_response {
 } kobo_cli_response;
 
 /* Creates a client for base_url ("http://host:port", trailing '/' ignored).
- * request_id, when not NULL, is sent as X-Request-Id on every request; it
- * must hold no control characters. Returns NULL when libcurl cannot be
- * initialized or memory runs out. Owned by the caller; kobo_cli_http_close. */
-kobo_cli_http *kobo_cli_http_open(const char *base_url, const char *request_id);
+ * request_id, when not NULL, is sent as X-Request-Id on every request;
+ * api_key, when not NULL, as "Authorization: Bearer KEY"; neither may hold
+ * control characters. Returns NULL when libcurl cannot be initialized or
+ * memory runs out. Owned by the caller; kobo_cli_http_close. */
+kobo_cli_http *kobo_cli_http_open(const char *base_url, const char *request_id,
+                                  const char *api_key);
 void kobo_cli_http_close(kobo_cli_http *http);
 
 /* Sends method ("GET" or "POST") to base_url + path (path starts with '/',
@@ -100,6 +102,7 @@ char *kobo_cli_http_escape(kobo_cli_http *http, const char *text);
 typedef struct kobo_cli {
 	const char *server_url; /* --server, $KOBO_URL or the default */
 	const char *request_id; /* --request-id, or NULL */
+	const char *api_key;    /* --key, else $KOBO_API_KEY, or NULL */
 	bool json;              /* --json: print the server's body as-is */
 	kobo_cli_http *http;    /* opened on first use by kobo_cli_connect */
 } kobo_cli;
@@ -182,9 +185,9 @@ typedef struct kobo_cli_option {
 
 /* Splits argv[first..argc) into options (from options[0..count)) and
  * positional arguments (into positional[0..*positional_count), at most
- * positional_max; borrowed from argv). The global options --json, --server
- * and --request-id are accepted anywhere and applied to cli. "--" ends the
- * options. An unknown option, a --request-id with control characters, a missing value, a repeated option or too many
+ * positional_max; borrowed from argv). The global options --json, --server,
+ * --request-id and --key are accepted anywhere and applied to cli. "--" ends the
+ * options. An unknown option, a --request-id or --key with control characters, a missing value, a repeated option or too many
  * positional arguments prints "kobo: …" to stderr and returns
  * KOBO_CLI_EXIT_USAGE; otherwise returns 0. */
 int kobo_cli_parse_args(kobo_cli *cli, int argc, char **argv, int first,

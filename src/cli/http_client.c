@@ -1,7 +1,8 @@
 /*
  * http_client.c — the CLI's HTTP transport: one libcurl easy handle reused
  * for every request of a run (so `history --all` keeps one connection
- * alive), a bounded growable response buffer, and the two response headers
+ * alive), the API key as Authorization: Bearer on every request when one
+ * is given, a bounded growable response buffer, and the two response headers
  * the CLI reads (X-Request-Id, Idempotent-Replayed). Contract in cli.h.
  */
 #include <ctype.h>
@@ -24,7 +25,8 @@ struct kobo_cli_http {
 	kobo_cli_response *current; /* the response being filled */
 };
 
-kobo_cli_http *kobo_cli_http_open(const char *base_url, const char *request_id)
+kobo_cli_http *kobo_cli_http_open(const char *base_url, const char *request_id,
+                                  const char *api_key)
 {
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		return NULL;
@@ -52,6 +54,18 @@ kobo_cli_http *kobo_cli_http_open(const char *base_url, const char *request_id)
 		if (asprintf(&header, "X-Request-Id: %s", request_id) < 0)
 			goto fail;
 		struct curl_slist *appended = curl_slist_append(http->headers, header);
+		free(header);
+		if (appended == NULL)
+			goto fail;
+		http->headers = appended;
+	}
+	if (http->headers != NULL && api_key != NULL) {
+		char *header = NULL;
+		if (asprintf(&header, "Authorization: Bearer %s", api_key) < 0)
+			goto fail;
+		struct curl_slist *appended = curl_slist_append(http->headers, header);
+		/* The key is a secret: no copy left behind in freed memory. */
+		memset(header, 0, strlen(header));
 		free(header);
 		if (appended == NULL)
 			goto fail;

@@ -10,7 +10,7 @@
 
 void kobo_cli_usage(FILE *stream)
 {
-	fputs("usage: kobo [--server URL] [--json] [--request-id ID] COMMAND ...\n"
+	fputs("usage: kobo [--server URL] [--key KEY] [--json] [--request-id ID] COMMAND ...\n"
 	      "\n"
 	      "  kobo account create ID --currency CUR [--allow-negative] [--metadata JSON]\n"
 	      "  kobo account get ID\n"
@@ -28,8 +28,10 @@ void kobo_cli_usage(FILE *stream)
 	      "    STORE: --data DIR | --postgres URL ... (shard order); else KOBO_POSTGRES,\n"
 	      "    KOBO_DATA, ./var. Keys live in shard 0's store; no server needed.\n"
 	      "\n"
-	      "The server is $KOBO_URL, else " KOBO_CLI_DEFAULT_URL ". Amounts are integers in\n"
-	      "minor units. --json prints the server's JSON answer on one line.\n"
+	      "The server is $KOBO_URL, else " KOBO_CLI_DEFAULT_URL ". The API key (sent as\n"
+	      "Authorization: Bearer) is --key, else $KOBO_API_KEY (preferred: a flag shows in ps).\n"
+	      "Amounts are integers in minor units. --json prints the server's JSON answer\n"
+	      "on one line.\n"
 	      "A transfer without --id gets a random id \"cli:<32 hex>\", printed first,\n"
 	      "so it can be retried safely with --id.\n"
 	      "Exit status: 0 success, 1 refused / unreachable / audit problem, 2 usage,\n"
@@ -41,7 +43,7 @@ kobo_cli_http *kobo_cli_connect(kobo_cli *cli)
 {
 	if (cli->http != NULL)
 		return cli->http;
-	cli->http = kobo_cli_http_open(cli->server_url, cli->request_id);
+	cli->http = kobo_cli_http_open(cli->server_url, cli->request_id, cli->api_key);
 	if (cli->http == NULL)
 		fprintf(stderr, "kobo: cannot set up an HTTP client (libcurl)\n");
 	return cli->http;
@@ -99,6 +101,13 @@ int main(int argc, char **argv)
 		} else if (is_option(arg, "--server")) {
 			if ((cli.server_url = global_value(argc, argv, &i, "--server")) == NULL)
 				return KOBO_CLI_EXIT_USAGE;
+		} else if (is_option(arg, "--key")) {
+			if ((cli.api_key = global_value(argc, argv, &i, "--key")) == NULL)
+				return KOBO_CLI_EXIT_USAGE;
+			if (!kobo_cli_header_safe(cli.api_key)) {
+				fprintf(stderr, "kobo: --key: control characters are not allowed\n");
+				return KOBO_CLI_EXIT_USAGE;
+			}
 		} else if (is_option(arg, "--request-id")) {
 			if ((cli.request_id = global_value(argc, argv, &i, "--request-id")) == NULL)
 				return KOBO_CLI_EXIT_USAGE;
@@ -110,6 +119,16 @@ int main(int argc, char **argv)
 			fprintf(stderr, "kobo: unknown option: %s\n", arg);
 			kobo_cli_usage(stderr);
 			return KOBO_CLI_EXIT_USAGE;
+		}
+	}
+	if (cli.api_key == NULL) {
+		const char *env_key = getenv("KOBO_API_KEY");
+		if (env_key != NULL && env_key[0] != '\0') {
+			if (!kobo_cli_header_safe(env_key)) {
+				fprintf(stderr, "kobo: KOBO_API_KEY: control characters are not allowed\n");
+				return KOBO_CLI_EXIT_USAGE;
+			}
+			cli.api_key = env_key;
 		}
 	}
 	if (i >= argc) {

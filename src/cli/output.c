@@ -65,6 +65,8 @@ int kobo_cli_parse_args(kobo_cli *cli, int argc, char **argv, int first,
 			global = &cli->server_url;
 		else if (option_matches(arg, "request-id", &inline_value))
 			global = &cli->request_id;
+		else if (option_matches(arg, "key", &inline_value))
+			global = &cli->api_key;
 		if (global != NULL) {
 			if (inline_value == NULL) {
 				if (i + 1 >= argc) {
@@ -73,8 +75,9 @@ int kobo_cli_parse_args(kobo_cli *cli, int argc, char **argv, int first,
 				}
 				inline_value = argv[++i];
 			}
-			if (global == &cli->request_id && !kobo_cli_header_safe(inline_value)) {
-				fprintf(stderr, "kobo: --request-id: control characters are not allowed\n");
+			if (global != &cli->server_url && !kobo_cli_header_safe(inline_value)) {
+				fprintf(stderr, "kobo: %s: control characters are not allowed\n",
+				        global == &cli->api_key ? "--key" : "--request-id");
 				return KOBO_CLI_EXIT_USAGE;
 			}
 			*global = inline_value;
