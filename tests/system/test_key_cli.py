@@ -298,3 +298,53 @@ def test_bench_sends_the_key_and_reports_401(recorder):
         p, seen = run(["--key", bad])
         assert p.returncode == 2 and seen == [], (bad, p.stderr, seen)
         assert bad == "" or bad not in p.stderr     # a secret is not echoed
+
+
+# ---- Against kobod --auth required. ----
+
+def wait_status(url, key, want, timeout=12.0):
+    """Polls `kobo account get` with key until its exit/answer says want
+    ("ok": 404 account_not_found, i.e. authenticated; "401"); returns the
+    seconds it took."""
+    import time
+    t0 = time.monotonic()
+    while True:
+        env = dict(child_env(), KOBO_API_KEY=key)
+        p = subprocess.run([binary("kobo"), "--server", url, "account", "get", "probe:none"],
+                           capture_output=True, text=True, timeout=CLI_TIMEOUT_S, env=env)
+        seen = "401" if "HTTP 401" in p.stderr else "ok" if "account_not_found" in p.stderr else p.stderr
+        if seen == want:
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < timeout, f"key not {want} after {timeout}s: {seen}"
+        time.sleep(0.2)
+
+
+def test_keys_on_a_running_kobod_with_auth_required(make_server):
+    """A key made by `kobo key create` beside a running kobod --auth
+    required is honoured within 10 s; kobo-bench runs with it and reports
+    the 401s without it; `kobo key revoke` stops it within 10 s."""
+    srv = make_server("--auth", "required")
+    store = srv.store_args()
+    made = ok_json(key_cmd(store, "create", "--name", "bench", "--scopes",
+                           "accounts:read,accounts:write,transfers:read,transfers:write"), "create")
+    assert wait_status(srv.url, made["key"], "ok") < 10.5
+    bench = [binary("kobo-bench"), "--url", srv.url, "--duration", "2", "--accounts", "50",
+             "--connections", "4", "--json"]
+    p = subprocess.run(bench + ["--key", made["key"]], capture_output=True, text=True, timeout=300,
+                       env=child_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["transfers_acked"] > 0 and summary["verify"]["ok"], summary
+    assert not any(code in ("401", "403") for code in summary.get("status", {})), summary
+    p = subprocess.run(bench, capture_output=True, text=True, timeout=300, env=child_env())
+    assert p.returncode == 3 and "HTTP 401" in p.stderr and "requires an API key" in p.stderr, p.stderr
+    # A key without the write scopes: 403, said so.
+    ro = ok_json(key_cmd(store, "create", "--name", "ro", "--scopes", "accounts:read"), "create ro")
+    wait_status(srv.url, ro["key"], "ok")
+    p = subprocess.run(bench + ["--key", ro["key"]], capture_output=True, text=True, timeout=300,
+                       env=child_env())
+    assert p.returncode == 3 and "HTTP 403" in p.stderr and "lacks a scope" in p.stderr, p.stderr
+
+    ok_json(key_cmd(store, "revoke", made["id"]), "revoke")
+    assert wait_status(srv.url, made["key"], "401") < 10.5
+    wait_status(srv.url, ro["key"], "ok")     # the other key still works
