@@ -42,7 +42,7 @@ objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 REL := build
 SAN := build/asan
 
-.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards bench-compare bench-postgres deps test-deps measure-libs clean
+.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards bench-compare bench-auth bench-postgres deps test-deps measure-libs clean
 all: $(REL)/kobod $(REL)/kobo $(REL)/kobo-bench
 
 # ---- Compilation (one pattern per build flavour). ----
@@ -168,6 +168,11 @@ bench-shards: deps all
 # the ratios against issue 12's targets; QUICK=1 for 3 s rows.
 bench-compare: deps all
 	@scripts/bench-compare.sh
+
+# API keys and rate limits: kobod --auth off vs required (+ per-key, + per-IP
+# limits that never trip), same workload, alternating (scripts/bench-auth.sh).
+bench-auth: deps all
+	@scripts/bench-auth.sh
 
 # Kobo over PostgreSQL (1 and 2 kobod, 2 shards) against ../shared/peers/naive_pg.sh.
 bench-postgres: deps all
