@@ -5,6 +5,8 @@
 #                                          S shards 1–8, default 1); prints
 #                                          `url: http://VIP:PORT` when ready,
 #                                          then `tls-url: https://VIP:TLS_PORT`
+#                                          and `key: KEY` (an API key with
+#                                          every scope; kobod --auth required)
 #   fleet.sh exec CMD…                     run CMD in the client namespace
 #   fleet.sh status                        one JSON object: every component
 #   fleet.sh kill C | start C              C: lb-active lb-standby lb-1 lb-2
@@ -59,6 +61,7 @@ PORT=8080
 TLS_PORT=8443
 PGBIN=/usr/lib/postgresql/15/bin
 KOBOD=${FLEET_KOBOD:-$ROOT/build/kobod}
+KOBO_CLI=${FLEET_KOBO:-$ROOT/build/kobo}
 PACKAGES=(haproxy keepalived postgresql-15 postgresql-15-auto-failover pg-auto-failover-cli
           prometheus prometheus-postgres-exporter iproute2 curl openssl)
 
@@ -368,7 +371,36 @@ lb_start() {
 kobod_spawn() {
 	local i=$1 c="kobod-$1" args=() s
 	for ((s = 0; s < SHARDS; s++)); do args+=(--postgres "$(kobo_uri "$s")"); done
-	spawn "$c" kobod "$KOBOD" --listen "$(kobod_ip "$i"):$PORT" --log-level warn "${args[@]}"
+	# --auth required: the default on a non-loopback address, said anyway.
+	# /readyz (HAProxy's check) and /metrics (Prometheus) need no key.
+	spawn "$c" kobod "$KOBOD" --listen "$(kobod_ip "$i"):$PORT" --log-level warn --auth required \
+		"${args[@]}"
+}
+
+# ---- The fleet's API key. ----
+
+ALL_SCOPES=accounts:read,accounts:write,transfers:read,transfers:write,admin
+
+# fleet_key — one key with every scope, made by `kobo key create` in shard
+# 0's database (after the first kobod created the schema: the command never
+# does), kept in $FLEET_DIR/key (0600) so `up` on a running fleet prints it
+# again; `down` removes it with the rest.
+fleet_key() {
+	local args=() s out
+	for ((s = 0; s < SHARDS; s++)); do args+=(--postgres "$(kobo_uri "$s")"); done
+	out=$(in_ns client timeout 60 "$KOBO_CLI" key create --name fleet --scopes "$ALL_SCOPES" \
+		"${args[@]}" --json 2>"$FLEET_DIR/key.log") || { cat "$FLEET_DIR/key.log" >&2; return 1; }
+	(umask 077 && sed -n 's/.*"key":"\(kobo_[0-9a-f_]*\)".*/\1/p' <<<"$out" >"$FLEET_DIR/key")
+	[ -s "$FLEET_DIR/key" ] || { log "kobo key create printed no key"; return 1; }
+}
+fleet_key_text() { [ -r "$FLEET_DIR/key" ] && cat "$FLEET_DIR/key" || true; }
+# key_ok — the key works through the VIP (a GET of an unknown account is a
+# 404, not a 401): every kobod's keyring has it.
+key_ok() {
+	local code
+	code=$(in_ns client curl -s -o /dev/null -m 1 -w '%{http_code}' \
+		-H "Authorization: Bearer $(fleet_key_text)" "http://$VIP:$PORT/v1/accounts/fleet:key-probe" 2>/dev/null || true)
+	[ "$code" = 404 ]
 }
 
 # kobod_start I — starts kobod-I and waits (30 s at most) until it is ready.
@@ -446,6 +478,7 @@ vip_holder() { # lb-1, lb-2 or nothing
 print_lines() {
 	echo "url: http://$VIP:$PORT"
 	echo "tls-url: https://$VIP:$TLS_PORT"
+	echo "key: $(fleet_key_text)"
 }
 
 # ---- up / down. ----
@@ -510,9 +543,12 @@ cmd_up() {
 	done
 	log "kobod ×$NODES, load balancers, Prometheus"
 	for ((i = 1; i <= NODES; i++)); do kobod_start "$i"; done
+	fleet_key
 	lb_start 1
 	lb_start 2
 	wait_for 20 "the VIP" http_ok "http://$VIP:$PORT/readyz"
+	# Every kobod's keyring refreshes within seconds (README "API keys").
+	wait_for 20 "the key accepted through the VIP" key_ok
 	prometheus_start
 	wait_for 30 "prometheus" http_ok "http://$PROM_IP:9090/-/ready"
 	trap - ERR INT TERM

@@ -13,6 +13,10 @@ it.
 
   loadgen.py --url http://VIP:PORT --rate 100 --duration 40 --out result.json
 
+With --key KEY (default $KOBO_API_KEY) every request carries
+`Authorization: Bearer KEY`; the key needs accounts and transfers read and
+write (scripts/fleet.sh up prints one with every scope).
+
 Phases: setup (accounts, funding; retried like writes), load (every
 1/rate s a new transfer id is due; a worker picks it up, retrying it until
 acknowledged or --give-up seconds), verify (GET every acknowledged transfer:
@@ -26,6 +30,7 @@ run duration + give-up + verify timeout.
 import argparse
 import http.client
 import json
+import os
 import random
 import sys
 import threading
@@ -38,10 +43,11 @@ FUNDING = 10**12
 class Client:
     """One keep-alive connection; reconnects after any error."""
 
-    def __init__(self, url, timeout):
+    def __init__(self, url, timeout, key=None):
         u = urllib.parse.urlsplit(url)
         self.host, self.port = u.hostname, u.port or 80
         self.timeout = timeout
+        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.conn = None
 
     def request(self, method, path, body=None):
@@ -50,6 +56,7 @@ class Client:
             self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers.update(self.auth)
         try:
             self.conn.request(method, path, body=data, headers=headers)
             resp = self.conn.getresponse()
@@ -136,7 +143,7 @@ def setup(run, client):
 
 def worker(run, queue, qlock):
     a = run.args
-    client = Client(a.url, a.request_timeout)
+    client = Client(a.url, a.request_timeout, a.key)
     rng = random.Random()
     while True:
         with qlock:
@@ -269,11 +276,13 @@ def main():
     p.add_argument("--request-timeout", type=float, default=3)
     p.add_argument("--verify-timeout", type=float, default=60)
     p.add_argument("--out", help="write the JSON result here (else stdout)")
+    p.add_argument("--key", default=os.environ.get("KOBO_API_KEY") or None,
+                   help="API key sent as Authorization: Bearer (default $KOBO_API_KEY)")
     a = p.parse_args()
     if a.rate <= 0 or a.duration <= 0 or a.workers < 1 or a.accounts < 2:
         p.error("rate, duration > 0; workers >= 1; accounts >= 2")
     run = Run(a)
-    client = Client(a.url, a.request_timeout)
+    client = Client(a.url, a.request_timeout, a.key)
     setup(run, client)
     load(run)
     problems = verify(run, client)

@@ -96,17 +96,39 @@ def record(name, result):
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def up_lines(stdout):
+    """`fleet.sh up`'s `name: value` lines as a dict: url, tls-url, key."""
+    out = {}
+    for line in stdout.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and name in ("url", "tls-url", "key"):
+            out[name] = value
+    return out
+
+
+# The fleet's API key (every scope; its kobod run --auth required), from
+# `up`: loadgen and kobo-bench get it as KOBO_API_KEY.
+API_KEY = {}
+
+
+def client_env():
+    return dict(os.environ, KOBO_API_KEY=API_KEY["key"])
+
+
 @pytest.fixture(scope="module")
 def url():
     if os.environ.get("FLEET_REUSE") == "1":  # a fleet already up (iterating on a test)
-        yield json.loads(fleet("status").stdout)["url"]
+        lines = up_lines(fleet("up", timeout=120).stdout)  # idempotent: prints the lines again
+        API_KEY["key"] = lines["key"]
+        yield lines["url"]
         return
     fleet("down", timeout=120, check=False)
     r = fleet("up", timeout=900)
-    lines = [l for l in r.stdout.splitlines() if l.startswith("url: ")]
-    assert lines, r.stdout + r.stderr
+    lines = up_lines(r.stdout)
+    assert "url" in lines and lines.get("key", "").startswith("kobo_"), r.stdout + r.stderr
+    API_KEY["key"] = lines["key"]
     try:
-        yield lines[0][5:]
+        yield lines["url"]
     finally:
         fleet("down", timeout=120, check=False)
 
@@ -129,11 +151,11 @@ def scenario(url, name, fault, during=None, tmp_path=None):
     prefix = f"{name.replace('-', '')}{int(time.time()) % 100000}"
     lg = subprocess.Popen([FLEET, "exec", "/usr/bin/python3", LOADGEN, "--url", url, "--rate", str(RATE),
                            "--duration", str(LOAD_S), "--give-up", "90", "--prefix", prefix, "--out", str(out)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env())
     bench = subprocess.Popen([FLEET, "exec", KOBO_BENCH, "--url", url, "--rate", str(BENCH_RATE),
                               "--duration", str(LOAD_S), "--connections", "8", "--accounts", "200",
                               "--prefix", "b" + prefix, "--json", "--verify-timeout", "120"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env())
     extra = {}
     try:
         time.sleep(FAULT_AT_S)
