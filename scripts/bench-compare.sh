@@ -121,7 +121,8 @@ verdict = "skipped" if v is None else ("ok" if v["ok"] and v["complete"] else
           ("ok (partial)" if v["ok"] else f"FAILED ({v['violations']})"))
 errors = r["errors"]["http"] + r["errors"]["transport"]
 if errors:
-    verdict += f", {errors} errors"
+    other = {k: v for k, v in r.get("status", {}).items() if k not in ("200", "201", "202")}
+    verdict += f", {errors} errors" + (f" (HTTP {other})" if other else " (transport)")
 print(f"{pattern}\t{side}\t{label}\t{r['transfers_per_s']:.0f}\t{lat['p50'] / 1000:.2f}\t"
       f"{lat['p99'] / 1000:.2f}\t{verdict}\t{cmd}")
 PY
