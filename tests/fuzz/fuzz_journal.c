@@ -142,6 +142,7 @@ static void open_check(const uint8_t *image, uint64_t size, int scan_status,
 	kobo_journal_config_default(&c);
 	c.segment_bytes = 4096;
 	c.payload_bytes_max = 2048;
+	c.spare_segment = false; /* a thread per input would slow the fuzzer down */
 	kobo_journal_recovery r;
 	kobo_journal *j;
 	int status = kobo_journal_open(dir, &c, &r, &j);

@@ -531,6 +531,47 @@ static void missing_segment_refused(void **state)
 	remove_tree(dir);
 }
 
+/* Roll-overs take the spare the journal's thread made ahead; close removes
+ * an unused spare; a leftover spare (a crash) is deleted at open. */
+static void spare_segment_serves_rollovers(void **state)
+{
+	(void)state;
+	char dir[512];
+	fresh_dir(dir);
+	kobo_journal_config c = small_config(65536, 100);
+	assert_true(c.spare_segment);
+	kobo_journal *j;
+	assert_int_equal(kobo_journal_open(dir, &c, NULL, &j), KOBO_OK);
+	uint8_t buf[2048];
+	for (int i = 0; i < 400; i++) {
+		uint64_t next = kobo_journal_last_batch(j) + 1;
+		kobo_journal_payload p = {buf, fill(next, buf, 1500)};
+		assert_int_equal(kobo_journal_append(j, &p, 1, NULL), KOBO_OK);
+		struct timespec tick = {0, 2000000L}; /* time for the spare thread */
+		nanosleep(&tick, NULL);
+	}
+	uint32_t segments = kobo_journal_segments(j);
+	uint64_t used = kobo_journal_spares_used(j);
+	print_message("%u segments, %llu roll-overs served by a spare\n", segments,
+	              (unsigned long long)used);
+	assert_true(segments >= 4);
+	assert_true(used >= 1 && used <= segments - 1);
+	verify_from(j, 1, 1500);
+	kobo_journal_close(j);
+
+	char spare[600];
+	snprintf(spare, sizeof spare, "%s/journal/0000000000000000.seg.tmp", dir);
+	struct stat st;
+	assert_int_equal(stat(spare, &st), -1); /* close removed it */
+	write_file(spare, (const uint8_t *)"leftover", 8);
+	kobo_journal_recovery r;
+	assert_int_equal(kobo_journal_open(dir, &c, &r, &j), KOBO_OK);
+	assert_int_equal(r.last_batch, 400);
+	kobo_journal_close(j);
+	assert_int_equal(stat(spare, &st), -1);
+	remove_tree(dir);
+}
+
 /* ---- Injected I/O errors. ---- */
 
 typedef struct fault_plan {
@@ -558,6 +599,7 @@ static void failed_state_after(kobo_journal_io io, size_t keep_bytes)
 	fresh_dir(dir);
 	fault_plan f = {io, 0, keep_bytes, io == KOBO_JOURNAL_IO_WRITE ? ENOSPC : EIO, 0};
 	kobo_journal_config c = small_config(16384, 4);
+	c.spare_segment = false; /* the hook counts I/O of this thread only */
 	c.fault = fault_hook;
 	c.fault_ctx = &f;
 	kobo_journal *j;
@@ -835,6 +877,7 @@ int main(void)
 		cmocka_unit_test(bit_flip_in_earlier_frame_refused),
 		cmocka_unit_test(moved_frames_refused),
 		cmocka_unit_test(missing_segment_refused),
+		cmocka_unit_test(spare_segment_serves_rollovers),
 		cmocka_unit_test(failed_after_fdatasync_error),
 		cmocka_unit_test(failed_after_torn_write_error),
 		cmocka_unit_test(failed_after_write_error_nothing_written),

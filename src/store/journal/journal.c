@@ -31,6 +31,9 @@ static const uint8_t journal_magic[4] = {'K', 'b', 'J', 'l'};
 #define JOURNAL_VERSION 1u
 #define ZERO_CHUNK_BYTES (64u << 10)
 #define SEGMENT_NAME_DIGITS 16
+/* The spare segment: a temporary name (batch 0 is never a segment), so an
+ * open deletes a leftover one like any interrupted creation. */
+#define SPARE_NAME "0000000000000000.seg.tmp"
 
 /* ---- Frame encoding. ---- */
 
@@ -233,7 +236,17 @@ struct kobo_journal {
 	uint8_t last_checksum[SUM];
 	uint8_t *headers;        /* APPEND_FRAMES_MAX × (HDR + SUM) scratch */
 	struct iovec *iov;       /* IOV_MAX scratch */
-	uint8_t *zeros;          /* ZERO_CHUNK_BYTES of zeros */
+	uint8_t *zeros;          /* ZERO_CHUNK_BYTES of zeros (read-only) */
+
+	/* The spare segment (config.spare_segment). */
+	pthread_mutex_t spare_lock; /* guards the fields below */
+	pthread_cond_t spare_wake;
+	pthread_t spare_thread;
+	bool spare_started;
+	bool spare_stop;
+	bool spare_failed;
+	int spare_fd;            /* a ready spare, or -1 */
+	uint64_t spares_used;
 };
 
 void kobo_journal_config_default(kobo_journal_config *config)
@@ -242,6 +255,7 @@ void kobo_journal_config_default(kobo_journal_config *config)
 	config->segment_bytes = KOBO_JOURNAL_SEGMENT_BYTES_DEFAULT;
 	config->payload_bytes_max = KOBO_JOURNAL_PAYLOAD_BYTES_DEFAULT;
 	config->segments_max = KOBO_JOURNAL_SEGMENTS_DEFAULT;
+	config->spare_segment = true;
 }
 
 static int fault(kobo_journal *j, kobo_journal_io io, size_t *bytes)
@@ -350,14 +364,10 @@ static int sync_fd(kobo_journal *j, int fd, kobo_journal_io io)
 	return fdatasync(fd) == 0 ? KOBO_OK : KOBO_EUNKNOWN;
 }
 
-/* Creates segment first_batch at the configured size: a temporary file,
- * written full of zeros and fsynced, renamed, the directory fsynced (an
- * existing empty segment of that name is replaced). Returns its fd. */
-static int segment_create(kobo_journal *j, uint64_t first_batch, int *fd_out)
+/* Creates tmp (a name in DIR/journal) at the configured size, written full
+ * of zeros and fsynced. Returns its fd in *fd_out. */
+static int create_zeroed(kobo_journal *j, const char *tmp, int *fd_out)
 {
-	char tmp[SEGMENT_NAME_DIGITS + 9], name[SEGMENT_NAME_DIGITS + 9];
-	segment_name(tmp, first_batch, true);
-	segment_name(name, first_batch, false);
 	size_t none = 0;
 	int injected = fault(j, KOBO_JOURNAL_IO_CREATE, &none);
 	if (injected) {
@@ -379,8 +389,7 @@ static int segment_create(kobo_journal *j, uint64_t first_batch, int *fd_out)
 		if (write_all(j, fd, &v, 1, off, KOBO_JOURNAL_IO_CREATE) != KOBO_OK)
 			goto fail;
 	}
-	if (fsync(fd) != 0 || renameat(j->dir_fd, tmp, j->dir_fd, name) != 0 ||
-	    fsync(j->dir_fd) != 0)
+	if (fsync(fd) != 0)
 		goto fail;
 	*fd_out = fd;
 	return KOBO_OK;
@@ -390,6 +399,75 @@ fail:
 	unlinkat(j->dir_fd, tmp, 0);
 	errno = err;
 	return KOBO_EUNKNOWN;
+}
+
+/* Creates segment first_batch: the spare if the spare thread has one ready
+ * (renamed: no zeroing in the append path), else a temporary file made now;
+ * renamed, the directory fsynced (an existing empty segment of that name is
+ * replaced). Returns its fd. */
+static int segment_create(kobo_journal *j, uint64_t first_batch, int *fd_out)
+{
+	char tmp[SEGMENT_NAME_DIGITS + 9], name[SEGMENT_NAME_DIGITS + 9];
+	segment_name(tmp, first_batch, true);
+	segment_name(name, first_batch, false);
+	int fd = -1;
+	if (j->spare_started) {
+		/* Renamed under spare_lock: the spare thread only makes the next
+		 * spare (same file name) once it is gone. */
+		pthread_mutex_lock(&j->spare_lock);
+		if (j->spare_fd >= 0) {
+			if (renameat(j->dir_fd, SPARE_NAME, j->dir_fd, name) == 0) {
+				fd = j->spare_fd;
+				j->spares_used++;
+			} else {
+				close(j->spare_fd);
+			}
+			j->spare_fd = -1;
+			pthread_cond_signal(&j->spare_wake);
+		}
+		pthread_mutex_unlock(&j->spare_lock);
+	}
+	if (fd < 0) {
+		int status = create_zeroed(j, tmp, &fd);
+		if (status != KOBO_OK)
+			return status;
+		if (renameat(j->dir_fd, tmp, j->dir_fd, name) != 0)
+			goto fail;
+	}
+	if (fsync(j->dir_fd) != 0)
+		goto fail;
+	*fd_out = fd;
+	return KOBO_OK;
+fail:;
+	int err = errno;
+	close(fd);
+	errno = err;
+	return KOBO_EUNKNOWN;
+}
+
+/* The spare thread: keeps one zeroed segment ready under SPARE_NAME so that
+ * a roll-over only renames it. A failure stops it for good (rolls then
+ * create their segment themselves, and report their own errors). */
+static void *spare_main(void *arg)
+{
+	kobo_journal *j = arg;
+	pthread_mutex_lock(&j->spare_lock);
+	for (;;) {
+		while (!j->spare_stop && (j->spare_fd >= 0 || j->spare_failed))
+			pthread_cond_wait(&j->spare_wake, &j->spare_lock);
+		if (j->spare_stop)
+			break;
+		pthread_mutex_unlock(&j->spare_lock);
+		int fd;
+		int status = create_zeroed(j, SPARE_NAME, &fd);
+		pthread_mutex_lock(&j->spare_lock);
+		if (status == KOBO_OK)
+			j->spare_fd = fd;
+		else
+			j->spare_failed = true;
+	}
+	pthread_mutex_unlock(&j->spare_lock);
+	return NULL;
 }
 
 /* ---- Open and recover. ---- */
@@ -580,7 +658,10 @@ int kobo_journal_open(const char *dir, const kobo_journal_config *config,
 	j->config = *config;
 	j->dir_fd = -1;
 	j->fd = -1;
+	j->spare_fd = -1;
 	pthread_mutex_init(&j->lock, NULL);
+	pthread_mutex_init(&j->spare_lock, NULL);
+	pthread_cond_init(&j->spare_wake, NULL);
 	int status = KOBO_ENOMEM;
 	j->headers = malloc((size_t)KOBO_JOURNAL_APPEND_FRAMES_MAX * (HDR + SUM));
 	j->iov = malloc(IOV_MAX * sizeof *j->iov);
@@ -639,6 +720,10 @@ int kobo_journal_open(const char *dir, const kobo_journal_config *config,
 	r->segments = j->seg_count;
 	r->last_batch = j->last_batch;
 	r->first_batch = j->seg_count ? j->segs[0].first_batch : j->last_batch + 1;
+	/* Without the thread (it could not start) rolls create segments
+	 * themselves: slower, not wrong. */
+	if (config->spare_segment)
+		j->spare_started = pthread_create(&j->spare_thread, NULL, spare_main, j) == 0;
 	*out = j;
 	return KOBO_OK;
 fail:
@@ -650,6 +735,19 @@ void kobo_journal_close(kobo_journal *j)
 {
 	if (!j)
 		return;
+	if (j->spare_started) {
+		pthread_mutex_lock(&j->spare_lock);
+		j->spare_stop = true;
+		pthread_cond_signal(&j->spare_wake);
+		pthread_mutex_unlock(&j->spare_lock);
+		pthread_join(j->spare_thread, NULL);
+		if (j->spare_fd >= 0) {
+			close(j->spare_fd);
+			unlinkat(j->dir_fd, SPARE_NAME, 0);
+		}
+	}
+	pthread_cond_destroy(&j->spare_wake);
+	pthread_mutex_destroy(&j->spare_lock);
 	if (j->fd >= 0)
 		close(j->fd);
 	if (j->dir_fd >= 0)
@@ -852,6 +950,14 @@ uint32_t kobo_journal_segments(kobo_journal *j)
 	pthread_mutex_lock(&j->lock);
 	uint32_t v = j->seg_count;
 	pthread_mutex_unlock(&j->lock);
+	return v;
+}
+
+uint64_t kobo_journal_spares_used(kobo_journal *j)
+{
+	pthread_mutex_lock(&j->spare_lock);
+	uint64_t v = j->spares_used;
+	pthread_mutex_unlock(&j->spare_lock);
 	return v;
 }
 

@@ -82,6 +82,17 @@
  * a later frame reached the disk but an earlier one did not is refused as
  * corruption (an operator decides) rather than guessed at.
  *
+ * Spare segment: a thread of the journal keeps one zeroed, fsynced segment
+ * ready under a temporary name (0000000000000000.seg.tmp); a roll-over
+ * renames it (then fsyncs the directory) instead of writing 64 MiB of zeros
+ * inside an append. If making a spare fails, the thread stops and rolls
+ * create their segment themselves (and report that error). An open deletes
+ * a leftover spare like any interrupted creation.
+ *
+ * An append that rolls over syncs and publishes the frames it wrote into the
+ * segment it leaves before it creates the next one; if it then fails, those
+ * frames are durable (the KOBO_EUNKNOWN it answers covers that).
+ *
  * Threads: one thread appends and releases. Readers (kobo_journal_reader_*)
  * may run on other threads at the same time: they see frames up to the last
  * acknowledged batch, open segment files themselves, and a segment released
@@ -140,7 +151,13 @@ typedef struct kobo_journal_config {
 	uint32_t payload_bytes_max; /* 0..PAYLOAD_BYTES_MAX, and a frame of it
 	                               must fit in segment_bytes */
 	uint32_t segments_max;      /* live segments; 2..SEGMENTS_MAX */
-	kobo_journal_fault_fn fault; /* NULL in production */
+	bool spare_segment;         /* keep one zeroed segment ready (default
+	                               true): a thread of the journal makes it,
+	                               so the append that rolls over only
+	                               renames it; costs one more segment of
+	                               disk (segments_max + 1 files) */
+	kobo_journal_fault_fn fault; /* NULL in production; with spare_segment
+	                               it is called from the spare thread too */
 	void *fault_ctx;
 } kobo_journal_config;
 
@@ -212,6 +229,8 @@ uint64_t kobo_journal_last_batch(kobo_journal *journal);
 uint64_t kobo_journal_first_batch(kobo_journal *journal);
 uint32_t kobo_journal_segments(kobo_journal *journal);
 bool kobo_journal_failed(kobo_journal *journal);
+/* Roll-overs served by a ready spare segment (config.spare_segment). */
+uint64_t kobo_journal_spares_used(kobo_journal *journal);
 
 /* Opens a reader at from_batch: first_batch <= from_batch <= last + 1.
  * Returns KOBO_OK, KOBO_EINVAL (out of that range, or NULL arguments),
