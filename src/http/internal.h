@@ -133,7 +133,28 @@ struct kobo_http_exchange {
 	uint32_t key_scopes;
 	/* A 401/403's WWW-Authenticate value (static), or NULL. */
 	const char *www_authenticate;
+
+	/* The request's server span (trace.c), only while OTLP export is on
+	 * (span.on): its trace and span ids, the caller's span id (all zero:
+	 * a new trace), the sampler's decision, its wall-clock start. */
+	struct {
+		bool on, sampled, ended;
+		uint8_t trace_id[16], span_id[8], parent_id[8];
+		int64_t start_ns;
+		char path[201]; /* url.path, cut (KOBO_OTLP_ATTR_STR_MAX) */
+	} span;
 };
+
+/* ---- Traces (trace.c). ---- */
+
+/* After arrive(): when OTLP export is on, continues the caller's trace (or
+ * starts one), draws the server span's id and rewrites x->traceparent to
+ * carry it, so the answer's traceparent names kobod's span. No-op when
+ * export is off (x->traceparent stays the caller's, echoed). */
+void kobo__http_span_begin(kobo_http_exchange *x, const char *url);
+/* When the reply is queued: ends the server span with the status and hands
+ * it to the exporter if sampled. Once per exchange; no-op when off. */
+void kobo__http_span_end(kobo_http_exchange *x, int status);
 
 /* ---- Handlers (handlers.c), named by the route table. ---- */
 

@@ -135,6 +135,7 @@ static enum MHD_Result queue_reply(kobo_http_exchange *x)
 	if (r->status >= 200 && r->status < 300)
 		add_consistency_token(x, response);
 	kobo__http_log_request(x, r->status);
+	kobo__http_span_end(x, r->status);
 	enum MHD_Result rc = MHD_queue_response(x->connection, (unsigned)r->status,
 	                                        response);
 	MHD_destroy_response(response);
@@ -316,6 +317,7 @@ static kobo_http_exchange *exchange_new(kobo_http_server *server,
 	kobo_http_reply_init(&x->reply);
 	atomic_init(&x->state, KOBO_HTTP_RECEIVING);
 	arrive(x, url);
+	kobo__http_span_begin(x, url);
 	return x;
 }
 

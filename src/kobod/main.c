@@ -35,6 +35,7 @@
 #include "../http/server.h"
 #include "../limit/gcra.h"
 #include "../obs/obs.h"
+#include "../obs/otlp.h"
 #include "../saga/saga.h"
 #include "../shard/shard.h"
 #include "../store/layout.h"
@@ -724,6 +725,9 @@ static int open_data_dir(const kobod_config *config, uint32_t shard_count,
 
 static int run(kobod_config *config_in);
 
+/* How long the exporter may take at exit to send the spans still queued. */
+#define OTLP_STOP_MS 5000
+
 int main(int argc, char **argv)
 {
 	kobod_config config;
@@ -888,6 +892,15 @@ static int run(kobod_config *config_in)
 		goto out;
 	}
 
+	/* Traces (OTEL_* environment): the exporter thread starts before the
+	 * first request and stops after the last answer (below). */
+	char otlp_error[512];
+	if (kobo_otlp_start(otlp_error, sizeof(otlp_error)) != 0) {
+		log_failure("startup_failed", "otlp", otlp_error);
+		fprintf(stderr, "kobod: %s\n", otlp_error);
+		goto out;
+	}
+
 	kobo_http_config http = {
 		.host = config.host,
 		.port = config.port,
@@ -959,6 +972,7 @@ out:
 			kobo_shard_quiesce(shards[i]);
 	if (server)
 		kobo_http_server_stop(server, DRAIN_WAIT_MS);
+	kobo_otlp_stop(OTLP_STOP_MS); /* the spans of the last answers */
 	if (runner)
 		kobo_saga_runner_destroy(runner);
 	kobo_keyring_stop(keyring); /* its reader before the store closes */

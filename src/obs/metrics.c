@@ -30,6 +30,8 @@
  *   kobo_replica_up{shard}                          shards with a replica
  *   kobo_replica_lag_seconds{shard}                 shards with a replica
  *   kobo_replica_reads_total{shard,served}          shards with a replica
+ *   kobo_otlp_spans_exported_total                  spans a collector accepted
+ *   kobo_otlp_spans_dropped_total{reason}           every drop reason
  *
  * kobo_metrics_render() follows snprintf's convention with one refinement:
  * it returns the full length n of the text; min(n, cap) bytes are written;
@@ -102,6 +104,8 @@ static _Atomic uint64_t shard_ready[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t overloaded_total[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t rate_limited_ip_total;
 static _Atomic uint64_t rate_limited_key_total;
+static _Atomic uint64_t otlp_exported_total;
+static _Atomic uint64_t otlp_dropped_total[KOBO_OTLP_DROP_REASONS];
 static _Atomic uint64_t auth_failures_total[KOBO_AUTH_FAILURE_REASONS];
 static _Atomic uint64_t auth_refresh_failures_total;
 static _Atomic uint64_t auth_keys;
@@ -243,6 +247,25 @@ void kobo_metrics_rate_limited_ip(void)
 void kobo_metrics_rate_limited_key(void)
 {
 	add(&rate_limited_key_total, 1);
+}
+
+const char *kobo_otlp_drop_name(kobo_otlp_drop reason)
+{
+	static const char *const names[KOBO_OTLP_DROP_REASONS] = {
+		"queue_full", "export_failed", "shutdown",
+	};
+	return (unsigned)reason < KOBO_OTLP_DROP_REASONS ? names[reason] : "unknown";
+}
+
+void kobo_metrics_otlp_exported(size_t spans)
+{
+	add(&otlp_exported_total, spans);
+}
+
+void kobo_metrics_otlp_dropped(kobo_otlp_drop reason, size_t spans)
+{
+	if ((unsigned)reason < KOBO_OTLP_DROP_REASONS)
+		add(&otlp_dropped_total[reason], spans);
 }
 
 const char *kobo_auth_failure_name(kobo_auth_failure reason)
@@ -531,6 +554,15 @@ size_t kobo_metrics_render(char *buf, size_t cap)
 	     load(&rate_limited_ip_total));
 	emit(&o, "kobo_rate_limited_total{by=\"key\"} %" PRIu64 "\n",
 	     load(&rate_limited_key_total));
+
+	emit_header(&o, "kobo_otlp_spans_exported_total", "counter",
+	            "Trace spans an OTLP collector accepted.");
+	emit(&o, "kobo_otlp_spans_exported_total %" PRIu64 "\n", load(&otlp_exported_total));
+	emit_header(&o, "kobo_otlp_spans_dropped_total", "counter",
+	            "Trace spans not exported, by reason (queue_full, export_failed, shutdown).");
+	for (int r = 0; r < KOBO_OTLP_DROP_REASONS; r++)
+		emit(&o, "kobo_otlp_spans_dropped_total{reason=\"%s\"} %" PRIu64 "\n",
+		     kobo_otlp_drop_name((kobo_otlp_drop)r), load(&otlp_dropped_total[r]));
 
 	emit_header(&o, "kobo_auth_failures_total", "counter",
 	            "Requests refused 401 (no, bad, unknown or revoked key) or 403 (scope), by reason.");

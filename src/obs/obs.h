@@ -148,6 +148,19 @@ void kobo_metrics_replica_state(uint32_t shard, bool up, int64_t lag_us);
  * token in time). */
 void kobo_metrics_replica_read(uint32_t shard, bool replica);
 
+/* OTLP span export (otlp.c): spans a collector accepted, and spans dropped
+ * by reason (kobo_otlp_spans_exported_total,
+ * kobo_otlp_spans_dropped_total{reason}). */
+typedef enum kobo_otlp_drop {
+	KOBO_OTLP_DROP_QUEUE_FULL = 0, /* the ring was full: the exporter is behind */
+	KOBO_OTLP_DROP_EXPORT_FAILED,  /* the collector refused or stayed unreachable */
+	KOBO_OTLP_DROP_SHUTDOWN,       /* still queued at the stop deadline */
+	KOBO_OTLP_DROP_REASONS
+} kobo_otlp_drop;
+const char *kobo_otlp_drop_name(kobo_otlp_drop reason); /* "queue_full", … */
+void kobo_metrics_otlp_exported(size_t spans);
+void kobo_metrics_otlp_dropped(kobo_otlp_drop reason, size_t spans);
+
 /* Renders every metric in Prometheus text exposition format 0.0.4 into
  * buf. Returns the length written, or the length needed if buf is too small
  * (then buf holds a truncated prefix). */

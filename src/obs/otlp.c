@@ -1,0 +1,632 @@
+/*
+ * otlp.c — the OTLP/HTTP span exporter. Contract and data flow in otlp.h.
+ *
+ * Invariants:
+ *   1. A request thread only takes `lock` to copy one span into the ring
+ *      (or count a drop); encoding and HTTP happen on the exporter thread
+ *      with the lock released.
+ *   2. Every span handed to kobo_otlp_export is counted exactly once: as
+ *      exported (the collector answered 2xx), or dropped by reason
+ *      (queue_full, export_failed, shutdown).
+ *   3. Every wait is bounded: the batch delay, the POST's connect and total
+ *      timeouts, the retry backoff (interrupted by stop), the stop deadline.
+ */
+#include "otlp.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "obs.h"
+
+#define CONNECT_TIMEOUT_MS_MAX 2000
+
+/* ---- Small helpers. ---- */
+
+void kobo_otlp_hex(char *out, const uint8_t *bytes, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[bytes[i] >> 4];
+		out[2 * i + 1] = digits[bytes[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+bool kobo_otlp_unhex(uint8_t *bytes, const char *hex, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		int hi = hex_value(hex[2 * i]), lo = hex[2 * i] ? hex_value(hex[2 * i + 1]) : -1;
+		if (hi < 0 || lo < 0)
+			return false;
+		bytes[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return true;
+}
+
+void kobo_otlp_random_id(uint8_t *out, size_t n)
+{
+	for (;;) {
+		randombytes_buf(out, n);
+		for (size_t i = 0; i < n; i++)
+			if (out[i])
+				return;
+	}
+}
+
+int64_t kobo_otlp_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Copies src into dst (size bytes), cut, with every byte that is not
+ * printable ASCII replaced by '?'. */
+static void copy_clean(char *dst, size_t size, const char *src)
+{
+	size_t i = 0;
+	for (; src && src[i] && i + 1 < size; i++) {
+		unsigned char ch = (unsigned char)src[i];
+		dst[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+	}
+	dst[i] = '\0';
+}
+
+void kobo_otlp_attr_str(kobo_otlp_span *s, const char *key, const char *value)
+{
+	if (s->attr_count >= KOBO_OTLP_ATTRS_MAX)
+		return;
+	kobo_otlp_attr *a = &s->attrs[s->attr_count++];
+	a->key = key;
+	a->is_int = false;
+	copy_clean(a->s, sizeof a->s, value);
+}
+
+void kobo_otlp_attr_int(kobo_otlp_span *s, const char *key, int64_t value)
+{
+	if (s->attr_count >= KOBO_OTLP_ATTRS_MAX)
+		return;
+	kobo_otlp_attr *a = &s->attrs[s->attr_count++];
+	a->key = key;
+	a->is_int = true;
+	a->i = value;
+	a->s[0] = '\0';
+}
+
+/* ---- Configuration. ---- */
+
+static int config_fail(char *err, size_t err_size, const char *name, const char *why)
+{
+	snprintf(err, err_size, "%s: %s", name, why);
+	return -1;
+}
+
+static bool parse_long(const char *text, long min, long max, long *out)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(text, &end, 10);
+	if (errno || end == text || *end || v < min || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* Percent-decodes src into dst (W3C Baggage octets, as the spec asks of
+ * OTEL_RESOURCE_ATTRIBUTES values), trimming spaces. */
+static void percent_decode(char *dst, size_t size, const char *src, size_t len)
+{
+	while (len && *src == ' ')
+		src++, len--;
+	while (len && src[len - 1] == ' ')
+		len--;
+	size_t o = 0;
+	for (size_t i = 0; i < len && o + 1 < size; i++) {
+		int hi, lo;
+		if (src[i] == '%' && i + 2 < len && (hi = hex_value(src[i + 1])) >= 0 &&
+		    (lo = hex_value(src[i + 2])) >= 0) {
+			dst[o++] = (char)(hi << 4 | lo);
+			i += 2;
+		} else {
+			dst[o++] = src[i];
+		}
+	}
+	dst[o] = '\0';
+	char clean[KOBO_OTLP_RESOURCE_STR_MAX + 1];
+	copy_clean(clean, sizeof clean < size ? sizeof clean : size, dst);
+	memcpy(dst, clean, strlen(clean) + 1);
+}
+
+int kobo_otlp_config_read(kobo_otlp_config *c, const char *(*get)(const char *name),
+                          char *err, size_t err_size)
+{
+	memset(c, 0, sizeof *c);
+	c->timeout_ms = 10000;
+	c->sampler = KOBO_OTLP_PARENT_ALWAYS_ON;
+	c->ratio = 1.0;
+	c->queue_max = 2048;
+	c->batch_max = 512;
+	c->delay_ms = 5000;
+
+	const char *v;
+	if ((v = get("OTEL_SDK_DISABLED")) && strcasecmp(v, "true") == 0)
+		return 0;
+	const char *traces = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+	const char *base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+	if (traces && *traces) {
+		if (strlen(traces) > KOBO_OTLP_URL_MAX)
+			return config_fail(err, err_size, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "too long");
+		memcpy(c->url, traces, strlen(traces) + 1);
+	} else if (base && *base) {
+		size_t len = strlen(base);
+		while (len && base[len - 1] == '/')
+			len--;
+		if (len + strlen("/v1/traces") > KOBO_OTLP_URL_MAX)
+			return config_fail(err, err_size, "OTEL_EXPORTER_OTLP_ENDPOINT", "too long");
+		snprintf(c->url, sizeof c->url, "%.*s/v1/traces", (int)len, base);
+	}
+	if (c->url[0] && strncmp(c->url, "http://", 7) != 0 && strncmp(c->url, "https://", 8) != 0)
+		return config_fail(err, err_size, "OTEL_EXPORTER_OTLP_ENDPOINT",
+		                   "must start with http:// or https://");
+
+	if ((v = get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")) || (v = get("OTEL_EXPORTER_OTLP_TIMEOUT")))
+		if (!parse_long(v, 1, 600000, &c->timeout_ms))
+			return config_fail(err, err_size, "OTEL_EXPORTER_OTLP_TIMEOUT",
+			                   "milliseconds, 1..600000");
+	long n;
+	if ((v = get("OTEL_BSP_MAX_QUEUE_SIZE"))) {
+		if (!parse_long(v, 1, KOBO_OTLP_QUEUE_MAX, &n))
+			return config_fail(err, err_size, "OTEL_BSP_MAX_QUEUE_SIZE", "1..65536");
+		c->queue_max = (size_t)n;
+	}
+	if ((v = get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"))) {
+		if (!parse_long(v, 1, KOBO_OTLP_QUEUE_MAX, &n))
+			return config_fail(err, err_size, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1..65536");
+		c->batch_max = (size_t)n;
+	}
+	if (c->batch_max > c->queue_max)
+		c->batch_max = c->queue_max;
+	if ((v = get("OTEL_BSP_SCHEDULE_DELAY")) && !parse_long(v, 1, 600000, &c->delay_ms))
+		return config_fail(err, err_size, "OTEL_BSP_SCHEDULE_DELAY", "milliseconds, 1..600000");
+
+	if ((v = get("OTEL_TRACES_SAMPLER")) && *v) {
+		static const struct { const char *name; kobo_otlp_sampler s; } samplers[] = {
+			{"always_on", KOBO_OTLP_ALWAYS_ON},
+			{"always_off", KOBO_OTLP_ALWAYS_OFF},
+			{"traceidratio", KOBO_OTLP_RATIO},
+			{"parentbased_always_on", KOBO_OTLP_PARENT_ALWAYS_ON},
+			{"parentbased_always_off", KOBO_OTLP_PARENT_ALWAYS_OFF},
+			{"parentbased_traceidratio", KOBO_OTLP_PARENT_RATIO},
+		};
+		size_t i = 0;
+		while (i < sizeof samplers / sizeof samplers[0] && strcmp(samplers[i].name, v) != 0)
+			i++;
+		if (i == sizeof samplers / sizeof samplers[0])
+			return config_fail(err, err_size, "OTEL_TRACES_SAMPLER",
+			                   "always_on, always_off, traceidratio, parentbased_always_on, "
+			                   "parentbased_always_off or parentbased_traceidratio");
+		c->sampler = samplers[i].s;
+	}
+	if ((c->sampler == KOBO_OTLP_RATIO || c->sampler == KOBO_OTLP_PARENT_RATIO) &&
+	    (v = get("OTEL_TRACES_SAMPLER_ARG")) && *v) {
+		char *end;
+		errno = 0;
+		double r = strtod(v, &end);
+		if (errno || end == v || *end || !(r >= 0.0 && r <= 1.0))
+			return config_fail(err, err_size, "OTEL_TRACES_SAMPLER_ARG", "a ratio in 0..1");
+		c->ratio = r;
+	}
+
+	/* service.name: OTEL_SERVICE_NAME, else the resource attributes' own,
+	 * else "kobod"; always resource[0]. */
+	memcpy(c->resource[0].key, "service.name", sizeof "service.name");
+	memcpy(c->resource[0].value, "kobod", sizeof "kobod");
+	c->resource_count = 1;
+	if ((v = get("OTEL_RESOURCE_ATTRIBUTES"))) {
+		const char *p = v;
+		while (*p) {
+			const char *comma = strchr(p, ',');
+			size_t len = comma ? (size_t)(comma - p) : strlen(p);
+			const char *eq = memchr(p, '=', len);
+			if (!eq || eq == p)
+				return config_fail(err, err_size, "OTEL_RESOURCE_ATTRIBUTES",
+				                   "key=value pairs separated by commas");
+			kobo_otlp_kv kv;
+			percent_decode(kv.key, sizeof kv.key, p, (size_t)(eq - p));
+			percent_decode(kv.value, sizeof kv.value, eq + 1, len - (size_t)(eq - p) - 1);
+			if (strcmp(kv.key, "service.name") == 0) {
+				c->resource[0] = kv;
+			} else {
+				if (c->resource_count == KOBO_OTLP_RESOURCE_ATTRS_MAX)
+					return config_fail(err, err_size, "OTEL_RESOURCE_ATTRIBUTES",
+					                   "at most 16 attributes");
+				c->resource[c->resource_count++] = kv;
+			}
+			p += len + (comma ? 1 : 0);
+		}
+	}
+	if ((v = get("OTEL_SERVICE_NAME")) && *v)
+		copy_clean(c->resource[0].value, sizeof c->resource[0].value, v);
+	return 0;
+}
+
+/* ---- Sampling. ---- */
+
+bool kobo_otlp_should_sample(const kobo_otlp_config *c, const uint8_t trace_id[16],
+                             bool has_parent, bool parent_sampled)
+{
+	kobo_otlp_sampler s = c->sampler;
+	if (s >= KOBO_OTLP_PARENT_ALWAYS_ON && has_parent)
+		return parent_sampled;
+	switch (s) {
+	case KOBO_OTLP_ALWAYS_ON:
+	case KOBO_OTLP_PARENT_ALWAYS_ON:
+		return true;
+	case KOBO_OTLP_ALWAYS_OFF:
+	case KOBO_OTLP_PARENT_ALWAYS_OFF:
+		return false;
+	case KOBO_OTLP_RATIO:
+	case KOBO_OTLP_PARENT_RATIO:
+		break;
+	}
+	/* As the reference SDKs: the trace id's last 8 bytes, big-endian,
+	 * shifted to 63 bits, against ratio × 2^63. */
+	uint64_t x = 0;
+	for (int i = 8; i < 16; i++)
+		x = x << 8 | trace_id[i];
+	x >>= 1;
+	if (c->ratio >= 1.0)
+		return true;
+	return (double)x < c->ratio * 9223372036854775808.0;
+}
+
+/* ---- Encoding. ---- */
+
+static json_t *string_value(const char *s)
+{
+	return json_pack("{s:s}", "stringValue", s);
+}
+
+static json_t *int_value(int64_t i)
+{
+	char text[24];
+	snprintf(text, sizeof text, "%lld", (long long)i); /* int64 as a JSON string */
+	return json_pack("{s:s}", "intValue", text);
+}
+
+static json_t *encode_span(const kobo_otlp_span *s)
+{
+	char trace[33], span[17], parent[17], start[24], end[24];
+	kobo_otlp_hex(trace, s->trace_id, 16);
+	kobo_otlp_hex(span, s->span_id, 8);
+	kobo_otlp_hex(parent, s->parent_id, 8);
+	snprintf(start, sizeof start, "%lld", (long long)s->start_ns);
+	snprintf(end, sizeof end, "%lld", (long long)(s->end_ns < s->start_ns ? s->start_ns
+	                                                                          : s->end_ns));
+	json_t *attrs = json_array();
+	json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:o,s:{s:i}}",
+	                      "traceId", trace, "spanId", span, "name", s->name,
+	                      "kind", (int)s->kind, "startTimeUnixNano", start,
+	                      "endTimeUnixNano", end, "attributes", attrs,
+	                      "status", "code", s->error ? 2 : 0);
+	if (!o)
+		return NULL;
+	bool root = true;
+	for (int i = 0; i < 8; i++)
+		root &= s->parent_id[i] == 0;
+	if (!root && json_object_set_new(o, "parentSpanId", json_string(parent)) != 0)
+		goto fail;
+	for (size_t i = 0; i < s->attr_count; i++) {
+		const kobo_otlp_attr *a = &s->attrs[i];
+		json_t *v = a->is_int ? int_value(a->i) : string_value(a->s);
+		if (!v || json_array_append_new(attrs, json_pack("{s:s,s:o}", "key", a->key, "value", v)))
+			goto fail;
+	}
+	return o;
+fail:
+	json_decref(o);
+	return NULL;
+}
+
+char *kobo_otlp_encode(const kobo_otlp_config *c, const kobo_otlp_span *spans, size_t n)
+{
+	json_t *resource_attrs = json_array();
+	json_t *list = json_array();
+	json_t *root = json_pack("{s:[{s:{s:o},s:[{s:{s:s},s:o}]}]}", "resourceSpans",
+	                         "resource", "attributes", resource_attrs,
+	                         "scopeSpans", "scope", "name", "kobod", "spans", list);
+	if (!root)
+		return NULL;
+	char *text = NULL;
+	for (size_t i = 0; i < c->resource_count; i++)
+		if (json_array_append_new(resource_attrs,
+		                          json_pack("{s:s,s:o}", "key", c->resource[i].key, "value",
+		                                    string_value(c->resource[i].value))))
+			goto out;
+	for (size_t i = 0; i < n; i++)
+		if (json_array_append_new(list, encode_span(&spans[i])))
+			goto out;
+	text = json_dumps(root, JSON_COMPACT);
+out:
+	json_decref(root);
+	return text;
+}
+
+/* ---- The ring. ---- */
+
+int kobo_otlp_ring_init(kobo_otlp_ring *r, size_t cap)
+{
+	r->slots = calloc(cap, sizeof *r->slots);
+	r->cap = r->slots ? cap : 0;
+	r->head = r->count = 0;
+	return r->slots ? 0 : -1;
+}
+
+void kobo_otlp_ring_free(kobo_otlp_ring *r)
+{
+	free(r->slots);
+	r->slots = NULL;
+	r->cap = r->count = r->head = 0;
+}
+
+bool kobo_otlp_ring_push(kobo_otlp_ring *r, const kobo_otlp_span *span)
+{
+	if (r->count == r->cap)
+		return false;
+	r->slots[(r->head + r->count) % r->cap] = *span;
+	r->count++;
+	return true;
+}
+
+size_t kobo_otlp_ring_pop(kobo_otlp_ring *r, kobo_otlp_span *out, size_t max)
+{
+	size_t n = 0;
+	while (n < max && r->count) {
+		out[n++] = r->slots[r->head];
+		r->head = (r->head + 1) % r->cap;
+		r->count--;
+	}
+	return n;
+}
+
+/* ---- The exporter. ---- */
+
+static struct {
+	atomic_bool enabled;
+	kobo_otlp_config config;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;      /* ring reached a batch, or stop */
+	kobo_otlp_ring ring;
+	kobo_otlp_span *batch;    /* exporter thread's, batch_max slots */
+	bool stopping;
+	int64_t stop_deadline_us; /* monotonic, set by stop */
+	pthread_t thread;
+	CURL *curl;
+	struct curl_slist *headers;
+} ex = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+bool kobo_otlp_enabled(void)
+{
+	return atomic_load_explicit(&ex.enabled, memory_order_relaxed);
+}
+
+bool kobo_otlp_sample(const uint8_t trace_id[16], bool has_parent, bool parent_sampled)
+{
+	return kobo_otlp_should_sample(&ex.config, trace_id, has_parent, parent_sampled);
+}
+
+void kobo_otlp_export(const kobo_otlp_span *span)
+{
+	if (!kobo_otlp_enabled())
+		return;
+	pthread_mutex_lock(&ex.lock);
+	bool stopping = ex.stopping;
+	bool ok = !stopping && kobo_otlp_ring_push(&ex.ring, span);
+	bool full_batch = ex.ring.count >= ex.config.batch_max;
+	pthread_mutex_unlock(&ex.lock);
+	if (!ok)
+		kobo_metrics_otlp_dropped(stopping ? KOBO_OTLP_DROP_SHUTDOWN
+		                                   : KOBO_OTLP_DROP_QUEUE_FULL, 1);
+	else if (full_batch)
+		pthread_cond_signal(&ex.wake);
+}
+
+static size_t discard_body(char *data, size_t size, size_t n, void *user)
+{
+	(void)data;
+	(void)user;
+	return size * n;
+}
+
+/* One POST. Returns 2 (accepted), 1 (retryable: 429, 502, 503, 504, no
+ * connection, timeout) or 0 (refused for good). */
+static int post(const char *body, long timeout_ms)
+{
+	CURL *h = ex.curl;
+	curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+	                 timeout_ms < CONNECT_TIMEOUT_MS_MAX ? timeout_ms : CONNECT_TIMEOUT_MS_MAX);
+	CURLcode rc = curl_easy_perform(h);
+	if (rc != CURLE_OK)
+		return 1;
+	long status = 0;
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+	if (status >= 200 && status < 300)
+		return 2;
+	return status == 429 || status == 502 || status == 503 || status == 504 ? 1 : 0;
+}
+
+/* Waits until ms have passed or stop is asked; lock held. Returns whether
+ * stop was asked. */
+static bool wait_ms_locked(long ms)
+{
+	struct timespec until = kobo_deadline_after_ms(ms);
+	while (!ex.stopping)
+		if (pthread_cond_timedwait(&ex.wake, &ex.lock, &until) == ETIMEDOUT)
+			break;
+	return ex.stopping;
+}
+
+/* Exports batch[0..n) with retries; lock not held. */
+static void export_batch(size_t n)
+{
+	char *body = kobo_otlp_encode(&ex.config, ex.batch, n);
+	if (!body) {
+		kobo_metrics_otlp_dropped(KOBO_OTLP_DROP_EXPORT_FAILED, n);
+		return;
+	}
+	long backoff = KOBO_OTLP_BACKOFF_MS;
+	int outcome = 0;
+	for (int attempt = 0;; attempt++) {
+		long timeout = ex.config.timeout_ms;
+		pthread_mutex_lock(&ex.lock);
+		bool stopping = ex.stopping;
+		int64_t left_ms = (ex.stop_deadline_us - kobo_monotonic_us()) / 1000;
+		pthread_mutex_unlock(&ex.lock);
+		if (stopping) {
+			if (left_ms <= 0) {
+				kobo_metrics_otlp_dropped(KOBO_OTLP_DROP_SHUTDOWN, n);
+				free(body);
+				return;
+			}
+			if (timeout > left_ms)
+				timeout = (long)left_ms;
+		}
+		outcome = post(body, timeout);
+		if (outcome != 1 || attempt == KOBO_OTLP_RETRIES)
+			break;
+		pthread_mutex_lock(&ex.lock);
+		bool stop = wait_ms_locked(backoff);
+		pthread_mutex_unlock(&ex.lock);
+		backoff *= 2;
+		if (stop && kobo_monotonic_us() >= ex.stop_deadline_us)
+			break;
+	}
+	free(body);
+	if (outcome == 2)
+		kobo_metrics_otlp_exported(n);
+	else
+		kobo_metrics_otlp_dropped(KOBO_OTLP_DROP_EXPORT_FAILED, n);
+}
+
+static void *exporter_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&ex.lock);
+	for (;;) {
+		if (!ex.stopping && ex.ring.count < ex.config.batch_max) {
+			/* A partial batch waits for the delay, or a full one, or stop. */
+			struct timespec until = kobo_deadline_after_ms(ex.config.delay_ms);
+			while (!ex.stopping && ex.ring.count < ex.config.batch_max)
+				if (pthread_cond_timedwait(&ex.wake, &ex.lock, &until) == ETIMEDOUT)
+					break;
+		}
+		if (ex.stopping && (ex.ring.count == 0 || kobo_monotonic_us() >= ex.stop_deadline_us))
+			break;
+		size_t n = kobo_otlp_ring_pop(&ex.ring, ex.batch, ex.config.batch_max);
+		pthread_mutex_unlock(&ex.lock);
+		if (n)
+			export_batch(n);
+		pthread_mutex_lock(&ex.lock);
+	}
+	size_t left = ex.ring.count;
+	ex.ring.count = 0;
+	pthread_mutex_unlock(&ex.lock);
+	if (left)
+		kobo_metrics_otlp_dropped(KOBO_OTLP_DROP_SHUTDOWN, left);
+	return NULL;
+}
+
+static const char *env_get(const char *name)
+{
+	return getenv(name);
+}
+
+int kobo_otlp_start(char *err, size_t err_size)
+{
+	if (kobo_otlp_config_read(&ex.config, env_get, err, err_size) != 0)
+		return -1;
+	if (!ex.config.url[0])
+		return 0;
+	if (sodium_init() < 0) {
+		snprintf(err, err_size, "libsodium: cannot initialize");
+		return -1;
+	}
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(ex.curl = curl_easy_init())) {
+		snprintf(err, err_size, "libcurl: cannot initialize");
+		return -1;
+	}
+	ex.headers = curl_slist_append(NULL, "Content-Type: application/json");
+	ex.batch = calloc(ex.config.batch_max, sizeof *ex.batch);
+	if (!ex.headers || !ex.batch || kobo_otlp_ring_init(&ex.ring, ex.config.queue_max) != 0 ||
+	    kobo_cond_init_monotonic(&ex.wake) != 0) {
+		snprintf(err, err_size, "out of memory");
+		goto fail;
+	}
+	curl_easy_setopt(ex.curl, CURLOPT_URL, ex.config.url);
+	curl_easy_setopt(ex.curl, CURLOPT_HTTPHEADER, ex.headers);
+	curl_easy_setopt(ex.curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(ex.curl, CURLOPT_WRITEFUNCTION, discard_body);
+	curl_easy_setopt(ex.curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	ex.stopping = false;
+	if (pthread_create(&ex.thread, NULL, exporter_main, NULL) != 0) {
+		pthread_cond_destroy(&ex.wake);
+		snprintf(err, err_size, "cannot start the exporter thread");
+		goto fail;
+	}
+	atomic_store(&ex.enabled, true);
+	return 0;
+fail:
+	kobo_otlp_ring_free(&ex.ring);
+	free(ex.batch);
+	ex.batch = NULL;
+	curl_slist_free_all(ex.headers);
+	ex.headers = NULL;
+	curl_easy_cleanup(ex.curl);
+	ex.curl = NULL;
+	return -1;
+}
+
+void kobo_otlp_stop(long deadline_ms)
+{
+	if (!kobo_otlp_enabled())
+		return;
+	pthread_mutex_lock(&ex.lock);
+	ex.stopping = true;
+	ex.stop_deadline_us = kobo_monotonic_us() + (int64_t)deadline_ms * 1000;
+	pthread_cond_broadcast(&ex.wake);
+	pthread_mutex_unlock(&ex.lock);
+	pthread_join(ex.thread, NULL);
+	atomic_store(&ex.enabled, false);
+	pthread_cond_destroy(&ex.wake);
+	kobo_otlp_ring_free(&ex.ring);
+	free(ex.batch);
+	ex.batch = NULL;
+	curl_slist_free_all(ex.headers);
+	ex.headers = NULL;
+	curl_easy_cleanup(ex.curl);
+	ex.curl = NULL;
+}

@@ -1,0 +1,271 @@
+"""
+test_otlp.py — kobod's traces over OTLP/HTTP (API.md "The journey of a
+payment": OTEL_EXPORTER_OTLP_ENDPOINT; a request's traceparent trace id is
+the trace id of its spans), against our own spec-checking receiver
+(otlp_receiver.py).
+
+Tracing does not touch the store, so these run on the embedded store only.
+"""
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kobotest  # noqa: E402
+from kobotest import expect_status, metrics, uid, wait_until  # noqa: E402
+from otlp_receiver import OtlpReceiver  # noqa: E402
+
+pytestmark = pytest.mark.embedded_only("tracing is the HTTP edge's; the store plays no part")
+
+TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])$")
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def receiver():
+    r = OtlpReceiver().start()
+    yield r
+    r.stop()
+    assert not r.errors, f"the receiver saw payloads that break the OTLP spec: {r.errors}"
+
+
+@pytest.fixture
+def traced(monkeypatch, make_server):
+    """make a kobod with the given OTEL_* environment."""
+    def make(**env):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        try:
+            return make_server()
+        finally:
+            for k in env:
+                monkeypatch.delenv(k)
+    return make
+
+
+def answer_traceparent(resp):
+    tp = resp.header("traceparent")
+    assert tp, f"no traceparent in the answer: {resp!r}"
+    m = TRACEPARENT_RE.match(tp)
+    assert m, f"answer traceparent {tp!r} is not 00-<32 hex>-<16 hex>-<flags>"
+    return m.group(1), m.group(2), m.group(3)
+
+
+def wait_span(receiver, span_id, timeout=15):
+    s = wait_until(lambda: receiver.span(span_id), timeout)
+    assert s, (f"span {span_id} never reached the receiver in {timeout} s; "
+               f"it has {len(receiver.snapshot())} spans, errors {receiver.errors}")
+    return s
+
+
+def dropped(srv, reason):
+    return metrics(srv).get(f'kobo_otlp_spans_dropped_total{{reason="{reason}"}}', 0)
+
+
+def test_traceparent_continues_the_callers_trace(receiver, traced):
+    srv = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="100",
+                 OTEL_SERVICE_NAME="kobo-test",
+                 OTEL_RESOURCE_ATTRIBUTES="deployment.environment=ci,team=pay%20ments")
+    acct = uid("otlp")
+    before = time.time_ns()
+    r = srv.post("/v1/accounts", {"id": acct, "currency": "NGN"},
+                 headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+                          "X-Request-Id": "otlp-req-1"})
+    after = time.time_ns()
+    expect_status(r, 201, "create account with traceparent")
+    trace, span_id, flags = answer_traceparent(r)
+    assert trace == CALLER_TRACE, f"the answer left the caller's trace: {trace}"
+    assert span_id != CALLER_SPAN, "the answer's traceparent must carry kobod's span id"
+    assert flags == "01"
+
+    s = wait_span(receiver, span_id)
+    assert s["trace_id"] == CALLER_TRACE
+    assert s["parent_id"] == CALLER_SPAN, f"parent is the caller's span: {s}"
+    assert s["kind"] == 2, f"kind SERVER (2): {s}"
+    assert s["name"] == "POST /v1/accounts"
+    assert before - 1_000_000 <= s["start_ns"] <= s["end_ns"] <= after + 1_000_000, s
+    assert s["status"] == 0
+    a = s["attrs"]
+    assert a["http.request.method"] == "POST"
+    assert a["http.route"] == "/v1/accounts"
+    assert a["http.response.status_code"] == 201
+    assert a["url.path"] == "/v1/accounts"
+    assert a["server.address"] == "127.0.0.1"
+    assert a["server.port"] == srv.port
+    assert a["client.address"] == "127.0.0.1"
+    assert a["kobo.request_id"] == "otlp-req-1"
+    assert s["resource"]["service.name"] == "kobo-test"
+    assert s["resource"]["deployment.environment"] == "ci"
+    assert s["resource"]["team"] == "pay ments"
+
+    # A path with an id: the route is the pattern, url.path the real path;
+    # a 404 is not an error, and the log line carries the trace id.
+    r = srv.get(f"/v1/accounts/{acct}x",
+                headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+    expect_status(r, 404)
+    _, span_id, _ = answer_traceparent(r)
+    s = wait_span(receiver, span_id)
+    assert s["name"] == "GET /v1/accounts/{id}"
+    assert s["attrs"]["http.route"] == "/v1/accounts/{id}"
+    assert s["attrs"]["url.path"] == f"/v1/accounts/{acct}x"
+    assert s["attrs"]["http.response.status_code"] == 404
+    assert s["status"] == 0
+    assert CALLER_TRACE in srv.log_text()
+    assert wait_until(lambda: metrics(srv).get("kobo_otlp_spans_exported_total", 0) >= 2, 10)
+
+
+def test_without_traceparent_a_new_trace(receiver, traced):
+    srv = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url + "/", OTEL_BSP_SCHEDULE_DELAY="100")
+    seen = set()
+    for _ in range(3):
+        r = srv.post("/v1/accounts", {"id": uid("otlp"), "currency": "NGN"})
+        expect_status(r, 201)
+        trace, span_id, flags = answer_traceparent(r)
+        assert flags == "01"
+        s = wait_span(receiver, span_id)
+        assert s["trace_id"] == trace
+        assert s["parent_id"] == "", f"a new trace's server span is a root: {s}"
+        assert s["resource"]["service.name"] == "kobod"
+        # The request's log line names the new trace.
+        assert wait_until(lambda: trace in srv.log_text(), 5)
+        seen.add(trace)
+    assert len(seen) == 3, "every request without traceparent starts its own trace"
+
+    # An unmatched route: the span is named by the method alone.
+    r = srv.get("/nowhere")
+    expect_status(r, 404)
+    _, span_id, _ = answer_traceparent(r)
+    s = wait_span(receiver, span_id)
+    assert s["name"] == "GET" and "http.route" not in s["attrs"]
+
+
+def test_samplers(receiver, traced):
+    # always_off: nothing is exported, the answer says "not sampled".
+    off = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="50",
+                 OTEL_TRACES_SAMPLER="always_off")
+    for i in range(5):
+        hdrs = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"} if i % 2 else {}
+        r = off.post("/v1/accounts", {"id": uid("otlp"), "currency": "NGN"}, headers=hdrs)
+        expect_status(r, 201)
+        _, _, flags = answer_traceparent(r)
+        assert flags == "00"
+    off.sigterm()  # its exporter flushes at exit: still nothing
+    assert receiver.snapshot() == [], "always_off exported spans"
+    assert receiver.posts == 0
+
+    # The default, parentbased_always_on: a caller's "not sampled" is obeyed,
+    # "sampled" and no parent are sampled.
+    pb = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="50")
+    r = pb.get("/healthz", headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"})
+    expect_status(r, 200)
+    trace, unsampled, flags = answer_traceparent(r)
+    assert (trace, flags) == (CALLER_TRACE, "00")
+    r = pb.get("/healthz", headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+    _, sampled, flags = answer_traceparent(r)
+    assert flags == "01"
+    wait_span(receiver, sampled)
+    time.sleep(0.3)
+    assert receiver.span(unsampled) is None, "an unsampled parent's child was exported"
+
+    # traceidratio 0: nothing, even with a sampled parent (not parent-based).
+    ratio = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="50",
+                   OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0")
+    r = ratio.get("/healthz", headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+    _, _, flags = answer_traceparent(r)
+    assert flags == "00"
+
+
+def test_bad_sampler_refuses_to_start(monkeypatch, make_server):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+    srv = make_server(start=False)
+    srv._spawn(kobotest.free_port())
+    try:
+        rc = srv.proc.wait(30)
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
+    srv.exit_codes.append(rc)
+    srv.stopped_by_us = True
+    assert rc != 0
+    assert "OTEL_TRACES_SAMPLER" in srv.log_text()
+
+
+def p50_latency(srv, n):
+    times = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        r = srv.post("/v1/accounts", {"id": uid("otlp"), "currency": "NGN"})
+        times.append(time.monotonic() - t0)
+        expect_status(r, 201)
+    return statistics.median(times), max(times)
+
+
+def dead_port():
+    """A port on 127.0.0.1 nobody listens on (bound, never listened)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
+def test_dead_collector_costs_requests_nothing(traced):
+    N = 60
+    plain = traced()
+    holder, port = dead_port()
+    try:
+        dead = traced(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+                      OTEL_BSP_SCHEDULE_DELAY="20", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="8")
+        p50_dead, max_dead = p50_latency(dead, N)
+        p50_plain, max_plain = p50_latency(plain, N)
+        assert p50_dead <= 2 * p50_plain + 0.020, (
+            f"p50 with a dead collector {p50_dead * 1e3:.2f} ms vs without tracing "
+            f"{p50_plain * 1e3:.2f} ms")
+        # Every span is counted: export_failed after the bounded retries.
+        assert wait_until(lambda: dropped(dead, "export_failed") > 0, 15), (
+            "spans to a dead collector must be counted as dropped")
+        m = metrics(dead)
+        assert m.get("kobo_otlp_spans_exported_total", 0) == 0
+    finally:
+        holder.close()
+
+
+def test_slow_collector_never_blocks_requests(receiver, traced):
+    receiver.delay_s = 3.0
+    srv = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+                 OTEL_BSP_SCHEDULE_DELAY="10", OTEL_BSP_MAX_QUEUE_SIZE="8",
+                 OTEL_BSP_MAX_EXPORT_BATCH_SIZE="4")
+    p50, worst = p50_latency(srv, 60)
+    assert worst < 1.0, f"a request waited {worst:.2f} s behind a slow collector"
+    assert wait_until(lambda: dropped(srv, "queue_full") > 0, 10), (
+        "a full ring must drop and count, not wait")
+    receiver.delay_s = 0.0
+
+
+def test_shutdown_flushes_queued_spans(receiver, traced):
+    # A long batch delay: the spans are still queued when SIGTERM comes.
+    srv = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="60000")
+    ids = []
+    for _ in range(5):
+        r = srv.post("/v1/accounts", {"id": uid("otlp"), "currency": "NGN"})
+        expect_status(r, 201)
+        ids.append(answer_traceparent(r)[1])
+    time.sleep(0.2)
+    assert receiver.snapshot() == []
+    srv.sigterm()
+    got = {s["span_id"] for s in receiver.snapshot()}
+    assert set(ids) <= got, f"spans lost at shutdown: {set(ids) - got}"
+
+
+def test_disabled_echoes_traceparent(server):
+    tp = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    r = server.get("/healthz", headers={"traceparent": tp})
+    assert r.header("traceparent") == tp, "without an endpoint the caller's header is echoed"
+    r = server.get("/healthz")
+    assert r.header("traceparent") is None
