@@ -598,6 +598,37 @@ def wait_until(predicate, timeout, interval=0.05):
     return value
 
 
+# ------------------------------------------------------------ API keys ----
+
+def create_key(store, scopes, name=None):
+    """`kobo key create --json` on a Server's store (or a data dir): returns
+    the created key's object ({"id", "key", "name", "scopes", …})."""
+    name = name or uid("key")
+    p = subprocess.run([binary("kobo"), "key", "create", "--name", name, "--scopes", scopes,
+                        "--json", *_store_args(store)],
+                       capture_output=True, text=True, timeout=CLI_TIMEOUT_S, env=child_env())
+    assert p.returncode == 0, (f"kobo key create --scopes {scopes}: exit {p.returncode}\n"
+                               f"stdout:\n{p.stdout[-2000:]}\nstderr:\n{p.stderr[-2000:]}")
+    key = json.loads(p.stdout)
+    assert key["key"].startswith("kobo_" + key["id"] + "_"), key
+    return key
+
+
+def revoke_key(store, key_id):
+    """`kobo key revoke ID` on a Server's store (or a data dir)."""
+    p = subprocess.run([binary("kobo"), "key", "revoke", key_id, "--json", *_store_args(store)],
+                       capture_output=True, text=True, timeout=CLI_TIMEOUT_S, env=child_env())
+    assert p.returncode == 0, (f"kobo key revoke {key_id}: exit {p.returncode}\n"
+                               f"stdout:\n{p.stdout[-2000:]}\nstderr:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout)
+
+
+def bearer(key):
+    """The Authorization header of a key object or key text."""
+    text = key["key"] if isinstance(key, dict) else key
+    return {"Authorization": f"Bearer {text}"}
+
+
 def wait_readable(sock, timeout):
     r, _, _ = select.select([sock], [], [], timeout)
     return bool(r)

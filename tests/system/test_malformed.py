@@ -4,12 +4,19 @@ with a 4xx JSON error (400 invalid_request, naming the field where there is
 one) and must change nothing: the balances of every account the test uses, the
 hold it uses and the existence of every id the request names are snapshotted
 before and after and compared.
+
+The auth cases (AUTH_CASES) run against a kobod with --auth required: a
+malformed Authorization header on an otherwise valid request is 401
+unauthenticated (WWW-Authenticate: Bearer … error="invalid_token") and
+changes nothing either.
 """
 import json
 
 import pytest
 
-from kobotest import expect_error, expect_status, fund, make_account, transfer
+import kobotest
+from kobotest import (bearer, create_key, expect_error, expect_status, fund, make_account,
+                      transfer, wait_until)
 
 A, B, CASH, HOLD = "m:a", "m:b", "m:cash", "m:hold"
 NEW_ACCOUNT = "m:newacct"
@@ -210,3 +217,65 @@ def test_invalid_request_id_with_valid_body_changes_nothing(world, header):
     expect_error(r, 400, "invalid_request", f"X-Request-Id {header!r}")
     after = snapshot(srv, [tid])
     assert before == after, f"expected no change, before {before}, after {after}"
+
+
+# (name, Authorization value(s)): each a valid transfer otherwise.
+AUTH_CASES = [
+    ("two_tokens", lambda key: f"Bearer {key} {key}"),
+    ("two_headers", lambda key: [f"Bearer {key}", f"Bearer {key}"]),
+    ("empty_bearer", lambda key: "Bearer "),
+    ("key_10kb", lambda key: "Bearer " + key + "a" * 10240),
+    ("non_ascii", lambda key: ("Bearer " + key[:-1]).encode() + b"\xc3\xa9"),
+]
+
+
+@pytest.fixture(scope="module")
+def auth_world(tmp_path_factory, backend):
+    srv = backend.server(tmp_path_factory.mktemp("kobod-auth"), ["--auth", "required"])
+    kobotest.ACTIVE.append(srv)
+    srv.start()
+    admin = create_key(srv, "admin")
+    assert wait_until(lambda: srv.get(f"/v1/accounts/{A}", headers=bearer(admin)).status != 401,
+                      10, 0.1), "the admin key was not honoured within 10 s"
+    h = bearer(admin)
+    for acct, neg in ((CASH, True), (A, False), (B, False)):
+        r = srv.post(ACCOUNTS, {"id": acct, "currency": "NGN", "allow_negative": neg}, headers=h)
+        expect_status(r, 201, f"create {acct}")
+    expect_status(srv.post(TRANSFERS, {"id": "m:fund", "from": CASH, "to": A, "amount": 1000,
+                                       "currency": "NGN"}, headers=h), 201, "fund")
+    yield srv, admin
+    kobotest.finish_servers([srv])
+
+
+def raw_post(srv, path, body, authorization):
+    """POST with the Authorization header(s) sent byte for byte."""
+    values = authorization if isinstance(authorization, list) else [authorization]
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n"
+    data = head.encode()
+    for v in values:
+        data += b"Authorization: " + (v if isinstance(v, bytes) else v.encode()) + b"\r\n"
+    return kobotest.raw_exchange(srv.port, data + b"\r\n" + body)
+
+
+@pytest.mark.parametrize("name,value", AUTH_CASES, ids=[c[0] for c in AUTH_CASES])
+def test_malformed_authorization_rejected_without_effect(auth_world, name, value):
+    srv, admin = auth_world
+    tid = f"m:auth:{name}"
+    h = bearer(admin)
+
+    def snap():
+        out = {a: srv.get(f"/v1/accounts/{a}", headers=h).body for a in (CASH, A, B)}
+        out[tid] = srv.get(f"/v1/transfers/{tid}", headers=h).status
+        return out
+    before = snap()
+    status, headers, raw = raw_post(srv, TRANSFERS, valid_tx_bytes(tid), value(admin["key"]))
+    assert status == 401, f"{name}: expected 401, saw {status} {raw[:300]!r}"
+    body = json.loads(raw)
+    assert body["error"]["code"] == "unauthenticated", body
+    www = headers.get("www-authenticate", "")
+    assert www.startswith('Bearer realm="kobo"') and 'error="invalid_token"' in www, headers
+    after = snap()
+    assert before == after, f"{name}: a refused request changed state: {before} -> {after}"
+    assert after[tid] == 404, after
+    expect_status(srv.get("/healthz"), 200, f"server still serves after {name}")
