@@ -173,6 +173,10 @@ bench-compare: deps all
 # limits that never trip), same workload, alternating (scripts/bench-auth.sh).
 bench-auth: deps all
 	@scripts/bench-auth.sh
+# The key check alone (tools/measure/auth-path.sh runs it).
+$(REL)/measure/auth-path: tools/measure/auth_path.c $(call objs,$(REL),$(CORE_SRC))
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(PKG_CFLAGS) $^ -o $@ $(PKG_LIBS)
 
 # Kobo over PostgreSQL (1 and 2 kobod, 2 shards) against ../shared/peers/naive_pg.sh.
 bench-postgres: deps all

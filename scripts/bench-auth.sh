@@ -16,7 +16,11 @@
 # port (the key is made with `kobo key create --data DIR` while kobod runs,
 # and used once kobod's keyring has it). Prints each run, the mean per
 # configuration, the spread between rounds of one configuration (the
-# machine's noise) and the ratios key/off and key+ip/off; appends a dated
+# machine's noise) and the ratios key/off and key+ip/off, for throughput and
+# for kobod's CPU time per HTTP request (utime + stime from /proc over the
+# whole kobo-bench run, setup included, divided by every request it sent:
+# far less sensitive than throughput to other work on a shared machine, as
+# time spent waiting for a core is not counted); appends a dated
 # section to docs/benchmarks.md (BENCH_OUT). kobod is stopped by pid on
 # exit, whatever happens.
 #
@@ -49,6 +53,11 @@ stop_kobod() {
 cleanup() { stop_kobod; rm -rf "$tmp"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# kobod's CPU time so far, in clock ticks (utime + stime, /proc/PID/stat).
+kobod_cpu_ticks() {
+	awk '{ print $14 + $15 }' "/proc/$kobod_pid/stat"
+}
 
 free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -109,24 +118,33 @@ for ((round = 1; round <= ROUNDS; round++)); do
 				{ echo "bench-auth: kobod --auth required answered without a key" >&2; exit 3; }
 		fi
 		echo "bench-auth: round $round, $c: kobod ${config_args[$c]}" >&2
+		cpu0=$(kobod_cpu_ticks)
 		rc=0
 		# The key through the environment: not on a command line.
 		# shellcheck disable=SC2086
 		KOBO_API_KEY=$key build/kobo-bench --url "$url" --json $bench_args >"$dir/bench.json" 2>"$dir/bench.err" || rc=$?
+		cpu1=$(kobod_cpu_ticks)
 		stop_kobod
 		if [[ $rc -ne 0 ]]; then
 			echo "bench-auth: kobo-bench failed (exit $rc):" >&2
 			tail -5 "$dir/bench.err" >&2
 			exit "$rc"
 		fi
-		line=$(python3 - "$dir/bench.json" "$c" "$round" <<'PY'
-import json, sys
+		line=$(python3 - "$dir/bench.json" "$c" "$round" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" <<'PY'
+import json, math, sys
 r = json.load(open(sys.argv[1]))
 v = r.get("verify") or {}
 ok = "ok" if v.get("ok") and v.get("complete") else "FAILED"
 errors = r["errors"]["http"] + r["errors"]["transport"]
+# Every request of the run: setup (accounts + cash, funding batches), the
+# load, and verify's reads (every acknowledged transfer, every account and
+# the cash account).
+accounts = r["accounts"]
+setup = accounts + 1 + math.ceil(accounts / 1000)
+requests = setup + r["requests"] + r["transfers_acked"] + accounts + 1
+cpu_us = int(sys.argv[4]) / int(sys.argv[5]) * 1e6 / requests
 print(sys.argv[2], sys.argv[3], f"{r['transfers_per_s']:.0f}", f"{r['latency_us']['p50'] / 1000:.2f}",
-      f"{r['latency_us']['p99'] / 1000:.2f}", errors, ok)
+      f"{r['latency_us']['p99'] / 1000:.2f}", errors, ok, f"{cpu_us:.1f}")
 PY
 )
 		echo "bench-auth:   $line" >&2
@@ -140,11 +158,12 @@ table=$(python3 - "$tmp/results.txt" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 by = {}
-for c, rnd, tps, p50, p99, errors, ok in rows:
-    by.setdefault(c, []).append((float(tps), float(p50), float(p99), int(errors), ok))
-print("| configuration | transfers/s per round | mean | spread | p50 ms | p99 ms | errors | verify |")
-print("|---|---|---:|---:|---:|---:|---:|---|")
+for c, rnd, tps, p50, p99, errors, ok, cpu in rows:
+    by.setdefault(c, []).append((float(tps), float(p50), float(p99), int(errors), ok, float(cpu)))
+print("| configuration | transfers/s per round | mean | spread | p50 ms | p99 ms | kobod CPU µs/request per round | mean | errors | verify |")
+print("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
 mean = {}
+cpu_mean = {}
 for c in ("off", "key", "key+ip"):
     runs = by[c]
     t = [r[0] for r in runs]
@@ -155,11 +174,17 @@ for c in ("off", "key", "key+ip"):
     errs = sum(r[3] for r in runs)
     ok = "ok" if all(r[4] == "ok" for r in runs) else "FAILED"
     per_round = " / ".join(f"{x:,.0f}" for x in t)
-    print(f"| {c} | {per_round} | {mean[c]:,.0f} | {spread:.1f} % | {p50:.2f} | {p99:.2f} | {errs} | {ok} |")
+    cpu = [r[5] for r in runs]
+    cpu_mean[c] = sum(cpu) / len(cpu)
+    cpu_rounds = " / ".join(f"{x:.1f}" for x in cpu)
+    print(f"| {c} | {per_round} | {mean[c]:,.0f} | {spread:.1f} % | {p50:.2f} | {p99:.2f} | "
+          f"{cpu_rounds} | {cpu_mean[c]:.1f} | {errs} | {ok} |")
 print()
 for c in ("key", "key+ip"):
     ratio = mean[c] / mean["off"]
-    print(f"{c} / off: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
+    cpu_ratio = cpu_mean[c] / cpu_mean["off"]
+    print(f"{c} / off: throughput {ratio:.3f} ({(ratio - 1) * 100:+.1f} %), "
+          f"kobod CPU per request {cpu_ratio:.3f} ({(cpu_ratio - 1) * 100:+.1f} %)")
 PY
 )
 
