@@ -191,6 +191,17 @@ $(REL)/journal-bench: $(call objs,$(REL),tools/journal-bench/journal_bench.c $(w
 bench-journal: deps $(REL)/journal-bench
 	$(REL)/journal-bench $(JOURNAL_BENCH_DIR) 3
 
+# API keys in the stores: key_insert latency, read_keys of a full key ring,
+# the bound (tools/key-bench; docs/benchmarks.md), on SQLite and on a
+# throw-away PostgreSQL cluster.
+.PHONY: bench-keys
+$(REL)/key-bench: $(call objs,$(REL),tools/key-bench/key_bench.c $(CORE_SRC))
+	$(CC) $(RELEASE_FLAGS) $^ -o $@ $(PKG_LIBS)
+bench-keys: deps $(REL)/key-bench
+	@dir=$$(mktemp -d /tmp/kobo-key-bench-XXXXXX) && echo "SQLite:" && \
+	  $(REL)/key-bench sqlite:$$dir; rc=$$?; rm -rf $$dir; [ $$rc -eq 0 ]
+	@echo "PostgreSQL:" && scripts/pg-cluster.sh sh -c '$(REL)/key-bench "$$KOBO_TEST_POSTGRES"'
+
 # Compares the JSON library candidates on this machine (docs/benchmarks.md).
 measure-libs:
 	@scripts/install-deps.sh measure
