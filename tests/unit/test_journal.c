@@ -6,11 +6,12 @@
  * later appends continuing the sequence, a flipped bit in an earlier frame
  * refused (sampled offsets; every offset and bit with
  * KOBO_JOURNAL_EXHAUSTIVE=1, `make test-journal-exhaustive`), frames moved,
- * swapped or duplicated refused, a missing segment refused, the FAILED state
- * after an injected write / fdatasync / create error, and kill -9 of a
+ * swapped or duplicated refused, a missing segment refused, roll-overs
+ * served by the spare segment, the FAILED state after an injected write /
+ * fdatasync / create error (and a write torn inside a multi-frame append), a
  * reader thread following appends and releases (the projection's use), and
- * kill -9 of a child appending as fast as it can (KOBO_JOURNAL_KILL_ROUNDS rounds,
- * default 5): every acknowledged batch is there, intact, with no gap.
+ * kill -9 of a child appending as fast as it can (KOBO_JOURNAL_KILL_ROUNDS
+ * rounds, default 5): every acknowledged batch is there, intact, no gap.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -664,6 +665,43 @@ static void failed_after_create_error(void **state)
 	failed_state_after(KOBO_JOURNAL_IO_CREATE, 0);
 }
 
+/* A write torn inside the second frame of a three-frame append: the append
+ * answers KOBO_EUNKNOWN; reopened, the complete first frame is there (never
+ * acknowledged, but whole: the caller's "outcome unknown" covers it), the
+ * torn rest is cut, and the sequence goes on after it. */
+static void failed_after_torn_multi_frame_append(void **state)
+{
+	(void)state;
+	char dir[512];
+	fresh_dir(dir);
+	fault_plan f = {KOBO_JOURNAL_IO_WRITE, 0, 0, EIO, 0};
+	kobo_journal_config c = small_config(16384, 4);
+	c.spare_segment = false;
+	c.fault = fault_hook;
+	c.fault_ctx = &f;
+	kobo_journal *j;
+	assert_int_equal(kobo_journal_open(dir, &c, NULL, &j), KOBO_OK);
+	append_filled(j, 4, 300);
+	uint8_t bufs[3][512];
+	kobo_journal_payload p[3];
+	for (int i = 0; i < 3; i++)
+		p[i] = (kobo_journal_payload){bufs[i], fill(5 + (uint64_t)i, bufs[i], 300)};
+	f.countdown = 1;
+	f.keep_bytes = KOBO_JOURNAL_FRAME_OVERHEAD + p[0].len + 20;
+	assert_int_equal(kobo_journal_append(j, p, 3, NULL), KOBO_EUNKNOWN);
+	assert_int_equal(kobo_journal_last_batch(j), 4);
+	kobo_journal_close(j);
+	c.fault = NULL;
+	kobo_journal_recovery r;
+	assert_int_equal(kobo_journal_open(dir, &c, &r, &j), KOBO_OK);
+	assert_int_equal(r.last_batch, 5);
+	assert_true(r.torn_bytes > 0 && r.torn_bytes <= 20); /* up to its last non-zero byte */
+	append_filled(j, 3, 300);
+	assert_int_equal(verify_from(j, 1, 300), 8);
+	kobo_journal_close(j);
+	remove_tree(dir);
+}
+
 /* ---- A reader following the appender (the projection's use). ---- */
 
 typedef struct follower {
@@ -882,6 +920,7 @@ int main(void)
 		cmocka_unit_test(failed_after_torn_write_error),
 		cmocka_unit_test(failed_after_write_error_nothing_written),
 		cmocka_unit_test(failed_after_create_error),
+		cmocka_unit_test(failed_after_torn_multi_frame_append),
 		cmocka_unit_test(reader_follows_appends_and_releases),
 		cmocka_unit_test(kill9_keeps_every_acknowledged_batch),
 	};
