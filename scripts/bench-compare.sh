@@ -121,8 +121,11 @@ verdict = "skipped" if v is None else ("ok" if v["ok"] and v["complete"] else
           ("ok (partial)" if v["ok"] else f"FAILED ({v['violations']})"))
 errors = r["errors"]["http"] + r["errors"]["transport"]
 if errors:
-    other = {k: v for k, v in r.get("status", {}).items() if k not in ("200", "201", "202")}
-    verdict += f", {errors} errors" + (f" (HTTP {other})" if other else " (transport)")
+    # Status 0: no answer (closed, or kobo-bench's 30 s request timeout).
+    other = {("none" if k == "0" else k): v for k, v in r.get("status", {}).items()
+             if k not in ("200", "201", "202")}
+    verdict += (f", {errors} failed requests (transfers by status {other}, "
+                f"max latency {lat['max'] / 1e6:.1f} s)")
 print(f"{pattern}\t{side}\t{label}\t{r['transfers_per_s']:.0f}\t{lat['p50'] / 1000:.2f}\t"
       f"{lat['p99'] / 1000:.2f}\t{verdict}\t{cmd}")
 PY
