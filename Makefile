@@ -42,7 +42,7 @@ objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 REL := build
 SAN := build/asan
 
-.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards bench-compare bench-auth bench-postgres deps test-deps measure-libs clean
+.PHONY: all run test unit system fuzz fuzz-smoke bench bench-shards bench-compare bench-auth bench-otlp bench-postgres deps test-deps measure-libs clean
 all: $(REL)/kobod $(REL)/kobo $(REL)/kobo-bench
 
 # ---- Compilation (one pattern per build flavour). ----
@@ -177,6 +177,11 @@ bench-auth: deps all
 $(REL)/measure/auth-path: tools/measure/auth_path.c $(call objs,$(REL),$(CORE_SRC))
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(PKG_CFLAGS) $^ -o $@ $(PKG_LIBS)
+
+# Traces: kobod without tracing vs OTLP export to a local receiver, same
+# workload, alternating (scripts/bench-otlp.sh).
+bench-otlp: deps all
+	@scripts/bench-otlp.sh
 
 # Kobo over PostgreSQL (1 and 2 kobod, 2 shards) against ../shared/peers/naive_pg.sh.
 bench-postgres: deps all

@@ -127,6 +127,8 @@ class OtlpReceiver:
     def __init__(self):
         self.lock = threading.Lock()
         self.spans = []
+        self.count = 0          # spans accepted
+        self.keep = True        # keep them in .spans (False: count only)
         self.errors = []
         self.posts = 0
         self.status = 200
@@ -162,7 +164,9 @@ class OtlpReceiver:
                     spans = check_request(json.loads(body))
                     if status == 200:
                         with receiver.lock:
-                            receiver.spans.extend(spans)
+                            receiver.count += len(spans)
+                            if receiver.keep:
+                                receiver.spans.extend(spans)
                     code = status
                 except (SpecError, ValueError) as e:
                     with receiver.lock:
@@ -202,3 +206,28 @@ class OtlpReceiver:
             if s["span_id"] == span_id:
                 return s
         return None
+
+
+def main():
+    """Standalone (scripts/bench-otlp.sh): serve on a free 127.0.0.1 port,
+    print "url: URL", keep only counts; on SIGTERM print
+    "spans: N posts: N errors: N" and exit."""
+    import signal
+    import sys
+    r = OtlpReceiver()
+    r.keep = False
+    r.start()
+    print(f"url: {r.url}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    while not done.wait(0.2):
+        pass
+    r.stop()
+    print(f"spans: {r.count} posts: {r.posts} errors: {len(r.errors)}", flush=True)
+    for e in r.errors[:5]:
+        print(f"error: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
