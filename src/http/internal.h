@@ -142,6 +142,10 @@ struct kobo_http_exchange {
 		uint8_t trace_id[16], span_id[8], parent_id[8];
 		int64_t start_ns;
 		char path[201]; /* url.path, cut (KOBO_OTLP_ATTR_STR_MAX) */
+		/* The shard write (queue wait + batch commit), sampled spans
+		 * only: submitted, answered by the writer (0: not yet), status. */
+		int64_t write_start_ns, write_end_ns;
+		int write_status;
 	} span;
 };
 
@@ -152,6 +156,11 @@ struct kobo_http_exchange {
  * carry it, so the answer's traceparent names kobod's span. No-op when
  * export is off (x->traceparent stays the caller's, echoed). */
 void kobo__http_span_begin(kobo_http_exchange *x, const char *url);
+/* Around a write's trip through a shard: before kobo_shard_submit, and on
+ * the writer thread when the shard answers (one clock read each, only for
+ * sampled spans). The child span is built and exported by span_end. */
+void kobo__http_span_write_begin(kobo_http_exchange *x);
+void kobo__http_span_write_end(kobo_http_exchange *x, int status);
 /* When the reply is queued: ends the server span with the status and hands
  * it to the exporter if sampled. Once per exchange; no-op when off. */
 void kobo__http_span_end(kobo_http_exchange *x, int status);

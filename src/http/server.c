@@ -447,6 +447,7 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
 static void on_done(kobo_request *request)
 {
 	kobo_http_exchange *x = request->user;
+	kobo__http_span_write_end(x, request->status);
 	if (request->status != KOBO_OK) {
 		const char *code;
 		int status = kobo__http_write_failed(request->status, &code);
@@ -496,6 +497,7 @@ int kobo__http_submit(kobo_http_exchange *x, uint32_t shard)
 	atomic_store(&x->state, KOBO_HTTP_SUSPENDED);
 	MHD_suspend_connection(x->connection);
 
+	kobo__http_span_write_begin(x);
 	pthread_rwlock_rdlock(&server->submit_lock);
 	int rc = server->writes_closed ? KOBO_ESHUTDOWN
 	                               : kobo_shard_submit(server->shards[shard], &x->request);

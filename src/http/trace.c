@@ -14,6 +14,12 @@
  * matched) carries the semantic-convention attributes http.request.method,
  * http.route, http.response.status_code, url.path, server.address,
  * server.port, client.address and kobo.request_id; a 5xx sets status ERROR.
+ *
+ * A write that went through a shard also gets a child span (kind INTERNAL,
+ * "shard write": from kobo_shard_submit until the writer answered, i.e. the
+ * queue wait and the batch commit; attributes kobo.shard, kobo.ops; ERROR
+ * when the shard failed the batch). Built on the HTTP thread at the end;
+ * the writer thread only reads the clock.
  */
 #include "internal.h"
 
@@ -84,6 +90,47 @@ static void split_host(const char *value, char *host, size_t size, int64_t *port
 		*port = 0;
 }
 
+void kobo__http_span_write_begin(kobo_http_exchange *x)
+{
+	if (x->span.sampled)
+		x->span.write_start_ns = kobo_otlp_now_ns();
+}
+
+void kobo__http_span_write_end(kobo_http_exchange *x, int status)
+{
+	if (x->span.sampled && x->span.write_start_ns) {
+		x->span.write_end_ns = kobo_otlp_now_ns();
+		x->span.write_status = status;
+	}
+}
+
+/* The "shard write" child of the server span s, if the write was answered. */
+static void export_write_span(const kobo_http_exchange *x, const kobo_otlp_span *server)
+{
+	if (!x->span.write_start_ns || !x->span.write_end_ns)
+		return;
+	kobo_otlp_span span;
+	memset(&span, 0, sizeof span);
+	memcpy(span.trace_id, server->trace_id, 16);
+	memcpy(span.parent_id, server->span_id, 8);
+	kobo_otlp_random_id(span.span_id, sizeof span.span_id);
+	span.kind = KOBO_OTLP_KIND_INTERNAL;
+	span.start_ns = x->span.write_start_ns;
+	span.end_ns = x->span.write_end_ns;
+	/* Within the parent, whatever the wall clock did meanwhile. */
+	if (span.start_ns < server->start_ns)
+		span.start_ns = server->start_ns;
+	if (span.end_ns > server->end_ns)
+		span.end_ns = server->end_ns;
+	if (span.end_ns < span.start_ns)
+		span.end_ns = span.start_ns;
+	span.error = x->span.write_status != KOBO_OK;
+	snprintf(span.name, sizeof span.name, "shard write");
+	kobo_otlp_attr_int(&span, "kobo.shard", x->shard);
+	kobo_otlp_attr_int(&span, "kobo.ops", (int64_t)x->ops.count);
+	kobo_otlp_export(&span);
+}
+
 void kobo__http_span_end(kobo_http_exchange *x, int status)
 {
 	if (!x->span.on || x->span.ended)
@@ -143,4 +190,5 @@ void kobo__http_span_end(kobo_http_exchange *x, int status)
 	}
 	kobo_otlp_attr_str(s, "kobo.request_id", x->request_id);
 	kobo_otlp_export(s);
+	export_write_span(x, s);
 }

@@ -120,6 +120,37 @@ def test_traceparent_continues_the_callers_trace(receiver, traced):
     assert wait_until(lambda: metrics(srv).get("kobo_otlp_spans_exported_total", 0) >= 2, 10)
 
 
+def test_a_write_has_a_shard_write_child_span(receiver, traced):
+    srv = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="100")
+    a, b = uid("otlp"), uid("otlp")
+    for acct in (a, b):
+        expect_status(srv.post("/v1/accounts", {"id": acct, "currency": "NGN",
+                                                "allow_negative": True}), 201)
+    r = kobotest.transfer(srv, uid("tr"), a, b, 700,
+                          headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+    expect_status(r, 201)
+    _, server_span, _ = answer_traceparent(r)
+    parent = wait_span(receiver, server_span)
+    assert parent["name"] == "POST /v1/transfers"
+    child = wait_until(lambda: [s for s in receiver.snapshot()
+                                if s["parent_id"] == server_span], 15)
+    assert child and len(child) == 1, f"one shard write span under {server_span}: {child}"
+    c = child[0]
+    assert c["name"] == "shard write" and c["kind"] == 1, c
+    assert c["trace_id"] == CALLER_TRACE
+    assert parent["start_ns"] <= c["start_ns"] <= c["end_ns"] <= parent["end_ns"], (parent, c)
+    assert c["attrs"]["kobo.shard"] == 0 and c["attrs"]["kobo.ops"] == 1, c
+    assert c["status"] == 0
+
+    # A read has no shard write.
+    r = srv.get(f"/v1/accounts/{a}")
+    expect_status(r, 200)
+    _, read_span, _ = answer_traceparent(r)
+    wait_span(receiver, read_span)
+    time.sleep(0.3)
+    assert not [s for s in receiver.snapshot() if s["parent_id"] == read_span]
+
+
 def test_without_traceparent_a_new_trace(receiver, traced):
     srv = traced(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url + "/", OTEL_BSP_SCHEDULE_DELAY="100")
     seen = set()
@@ -198,13 +229,16 @@ def test_bad_sampler_refuses_to_start(monkeypatch, make_server):
     assert "OTEL_TRACES_SAMPLER" in srv.log_text()
 
 
+def timed_create(srv):
+    t0 = time.monotonic()
+    r = srv.post("/v1/accounts", {"id": uid("otlp"), "currency": "NGN"})
+    took = time.monotonic() - t0
+    expect_status(r, 201)
+    return took
+
+
 def p50_latency(srv, n):
-    times = []
-    for _ in range(n):
-        t0 = time.monotonic()
-        r = srv.post("/v1/accounts", {"id": uid("otlp"), "currency": "NGN"})
-        times.append(time.monotonic() - t0)
-        expect_status(r, 201)
+    times = [timed_create(srv) for _ in range(n)]
     return statistics.median(times), max(times)
 
 
@@ -222,9 +256,13 @@ def test_dead_collector_costs_requests_nothing(traced):
     try:
         dead = traced(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
                       OTEL_BSP_SCHEDULE_DELAY="20", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="8")
-        p50_dead, max_dead = p50_latency(dead, N)
-        p50_plain, max_plain = p50_latency(plain, N)
-        assert p50_dead <= 2 * p50_plain + 0.020, (
+        # Alternating, so the shared machine's noise hits both alike.
+        dead_times, plain_times = [], []
+        for _ in range(N):
+            dead_times.append(timed_create(dead))
+            plain_times.append(timed_create(plain))
+        p50_dead, p50_plain = statistics.median(dead_times), statistics.median(plain_times)
+        assert p50_dead <= 2 * p50_plain + 0.030, (
             f"p50 with a dead collector {p50_dead * 1e3:.2f} ms vs without tracing "
             f"{p50_plain * 1e3:.2f} ms")
         # Every span is counted: export_failed after the bounded retries.
