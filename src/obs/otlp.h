@@ -7,7 +7,7 @@
  *   request thread ──kobo_otlp_export(span)──▶ bounded ring (copy; full → drop)
  *                                                   │ batch by size or by time
  *   exporter thread ◀───────────────────────────────┘
- *        encode JSON (jansson) ──POST ENDPOINT/v1/traces (libcurl)
+ *        encode JSON (by hand) ──POST ENDPOINT/v1/traces (libcurl)
  *        429/502/503/504 or no connection → retry with backoff, bounded;
  *        still failing → the batch is dropped and counted.
  *

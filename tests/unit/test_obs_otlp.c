@@ -227,7 +227,7 @@ static void test_encode_matches_the_otlp_json_mapping(void **state)
 	kobo_otlp_config c;
 	char err[256];
 	const char *const t[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:1",
-	                         "OTEL_SERVICE_NAME", "svc", "OTEL_RESOURCE_ATTRIBUTES", "k=v",
+	                         "OTEL_SERVICE_NAME", "s\"v\\c", "OTEL_RESOURCE_ATTRIBUTES", "k=v",
 	                         NULL};
 	assert_int_equal(read_config(&c, t, err, sizeof err), 0);
 	kobo_otlp_span spans[2] = {make_span(1, false), make_span(0x40, true)};
@@ -240,7 +240,7 @@ static void test_encode_matches_the_otlp_json_mapping(void **state)
 
 	json_t *rs = json_array_get(json_object_get(doc, "resourceSpans"), 0);
 	json_t *rattrs = json_object_get(json_object_get(rs, "resource"), "attributes");
-	assert_string_equal(attr_value(rattrs, "service.name", "stringValue"), "svc");
+	assert_string_equal(attr_value(rattrs, "service.name", "stringValue"), "s\"v\\c");
 	assert_string_equal(attr_value(rattrs, "k", "stringValue"), "v");
 	json_t *ss = json_array_get(json_object_get(rs, "scopeSpans"), 0);
 	assert_string_equal(json_string_value(json_object_get(json_object_get(ss, "scope"), "name")),
