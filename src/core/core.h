@@ -18,6 +18,7 @@
 #define KOBO_ID_LEN_MAX 64             /* id, from, to: 1..64 chars */
 #define KOBO_CURRENCY_LEN_MAX 8        /* ^[A-Z][A-Z0-9]{2,7}$ */
 #define KOBO_REQUEST_ID_LEN_MAX 128    /* X-Request-Id */
+#define KOBO_TRACE_ID_LEN 32           /* W3C traceparent trace id: 32 lowercase hex */
 #define KOBO_KEY_ID_LEN 16             /* API key id: 16 lowercase hex (apikey.h) */
 #define KOBO_METADATA_BYTES_MAX 4096   /* serialized compact JSON object */
 #define KOBO_BATCH_OPS_MAX 8190        /* ops one ledger batch may hold */

@@ -285,6 +285,9 @@ typedef struct kobo_op {
 	/* The API key id of the request ("" when none): recorded as
 	 * created_by on the account or transfer the op creates. */
 	char created_by[KOBO_KEY_ID_LEN + 1];
+	/* The request's traceparent trace id ("" when none): recorded on the
+	 * events the op makes (events.h), nowhere else. */
+	char trace_id[KOBO_TRACE_ID_LEN + 1];
 	union {
 		/* CREATE_ACCOUNT: id, currency, allow_negative, metadata. */
 		kobo_account account;
