@@ -21,7 +21,7 @@
  *
  *                        begin ──▶ load_transfers ──▶ load_accounts
  *                          ──▶ now ──▶ (ledger applies, no I/O)
- *                          ──▶ write ──▶ commit
+ *                          ──▶ write ──▶ write_events ──▶ commit
  *                        any error ──▶ rollback
  *
  *                      begin locks what the batch touches (SQLite: BEGIN
@@ -131,6 +131,7 @@
 #include <stdbool.h>
 
 #include "../ledger/ledger.h" /* the record types only: never kobo_ledger */
+#include "../ledger/events.h" /* kobo_event: the journey of a payment */
 #include "../core/apikey.h"
 
 /* The longest node name a saga claim takes (claim_saga). */
@@ -150,6 +151,10 @@ typedef int (*kobo_store_transfer_fn)(void *ctx, const kobo_transfer *transfer,
 /* Called once per account found by load_accounts and by
  * read_accounts_prefix; return values as for kobo_store_transfer_fn. */
 typedef int (*kobo_store_account_fn)(void *ctx, const kobo_account *account);
+
+/* Called once per event read by read_events, oldest first; valid only
+ * during the call. A non-zero return stops the read (KOBO_OK). */
+typedef int (*kobo_store_event_fn)(void *ctx, const kobo_event *event);
 
 /* Called once per API key read by read_keys; valid only during the call.
  * A non-zero return stops the read, which then returns KOBO_OK. */
@@ -234,6 +239,17 @@ typedef struct kobo_store_ops {
 	int (*write)(kobo_store *store, const kobo_account_change *accounts,
 	             size_t account_count, const kobo_transfer_change *transfers,
 	             size_t transfer_count);
+	/* Stages the batch's events (events.h: the journey of a payment), in
+	 * the batch's transaction, after write(): they commit or vanish with
+	 * the money they tell of. Each event is stored as given (seq is
+	 * ignored); the store numbers them in array order after every event
+	 * committed before (the shard-local seq read_events orders by). At
+	 * most one call per batch; count 0 stages nothing. Events are never
+	 * updated nor deleted: they live as long as the shard's transfers
+	 * (the audit trail). KOBO_ECONFLICT, KOBO_ECONNLOST, or KOBO_ESTORE
+	 * (sticky), as write. */
+	int (*write_events)(kobo_store *store, const kobo_event *events,
+	                    size_t count);
 	/* Commits durably and sets *token to the shard's commit sequence after
 	 * this batch (see CONSISTENCY TOKEN). On any error *token is left
 	 * alone: KOBO_ECONFLICT (nothing applied, store healthy),
@@ -277,6 +293,19 @@ typedef struct kobo_store_ops {
 	 * recovery scan. seq is passed as in read_history. KOBO_ESTORE. */
 	int (*read_sagas)(kobo_store_reader *reader, const char *after_id,
 	                  size_t limit, kobo_store_transfer_fn each, void *ctx);
+	/* The events of transfer_id on this shard with seq > after_seq, in
+	 * seq order (the order they were written), at most limit, each with
+	 * its seq set. KOBO_ESTORE. */
+	int (*read_events)(kobo_store_reader *reader, const char *transfer_id,
+	                   int64_t after_seq, size_t limit, kobo_store_event_fn each,
+	                   void *ctx);
+	/* The transfers of this shard whose request_id is request_id (every
+	 * record a request created: a batch creates many; a CREDIT leg carries
+	 * its DEBIT leg's) with seq > after_seq, oldest first, at most limit;
+	 * rejected ones included. Indexed in every backend. KOBO_ESTORE. */
+	int (*read_by_request)(kobo_store_reader *reader, const char *request_id,
+	                       int64_t after_seq, size_t limit,
+	                       kobo_store_transfer_fn each, void *ctx);
 	/* Every account whose id starts with prefix, in id order (the audit
 	 * lists clearing accounts with it). KOBO_ESTORE. */
 	int (*read_accounts_prefix)(kobo_store_reader *reader, const char *prefix,
@@ -422,6 +451,24 @@ static inline int kobo_store_write(kobo_store *s,
                                    size_t transfer_count)
 {
 	return s->ops->write(s, accounts, account_count, transfers, transfer_count);
+}
+static inline int kobo_store_write_events(kobo_store *s, const kobo_event *events,
+                                          size_t count)
+{
+	return s->ops->write_events(s, events, count);
+}
+static inline int kobo_store_read_events(kobo_store_reader *r, const char *transfer_id,
+                                         int64_t after_seq, size_t limit,
+                                         kobo_store_event_fn each, void *ctx)
+{
+	return r->store->ops->read_events(r, transfer_id, after_seq, limit, each, ctx);
+}
+static inline int kobo_store_read_by_request(kobo_store_reader *r,
+                                             const char *request_id,
+                                             int64_t after_seq, size_t limit,
+                                             kobo_store_transfer_fn each, void *ctx)
+{
+	return r->store->ops->read_by_request(r, request_id, after_seq, limit, each, ctx);
 }
 static inline int kobo_store_commit(kobo_store *s, uint64_t *token)
 {

@@ -626,6 +626,17 @@ static inline int run_batch_ex(env *e, const kobo_op *ops, size_t count, int64_t
 	rc = write_changes(e);
 	if (rc != KOBO_OK)
 		goto fail;
+	/* The events, as src/shard/batch.c makes and stamps them. */
+	static kobo_event events[TEST_OPS_MAX];
+	size_t event_count = kobo_events_derive(ops, e->results, count, events);
+	for (size_t i = 0; i < event_count; i++) {
+		events[i].at_ms = batch_now_ms;
+		events[i].shard = e->shard;
+		snprintf(events[i].node, sizeof events[i].node, "node-a");
+	}
+	rc = kobo_store_write_events(e->store, events, event_count);
+	if (rc != KOBO_OK)
+		goto fail;
 	if (!commit)
 		return KOBO_OK;
 	rc = kobo_store_commit(e->store, &e->token);

@@ -2456,6 +2456,161 @@ static void open_knows_its_schemes_and_refuses_the_rest(void **state)
 	assert_null(store);
 }
 
+/* ---- The journey of a payment (events). ---- */
+
+typedef struct event_list {
+	kobo_event events[16];
+	size_t count;
+} event_list;
+
+static int collect_event(void *ctx, const kobo_event *event)
+{
+	event_list *list = ctx;
+	if (list->count < 16)
+		list->events[list->count++] = *event;
+	return 0;
+}
+
+static event_list read_events_ok(kobo_store_reader *reader, const char *id,
+                                 int64_t after_seq, size_t limit)
+{
+	event_list list = {0};
+	assert_int_equal(kobo_store_read_events(reader, id, after_seq, limit,
+	                                        collect_event, &list), KOBO_OK);
+	return list;
+}
+
+/* Every state change writes an event in the batch's transaction: created,
+ * reserved, rejected, replayed, posted, voided, with the op's request,
+ * trace and key ids, the batch's time, shard and node; read back per
+ * transfer in the order written, paged by seq; a rolled-back batch leaves
+ * none. */
+static void events_commit_with_the_batch_in_order(void **state)
+{
+	env *e = *state;
+
+	seed(e, 1000);
+	kobo_op ops[] = {
+		test_op_transfer("t-ev1", "alice", "bob", 5, false, 0),
+		test_op_transfer("t-ev2", "alice", "bob", 7, true, 60),
+		test_op_transfer("t-ev3", "alice", "bob", 999999, false, 0),
+	};
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(ops[i].request_id, sizeof ops[i].request_id, "req-ev");
+		snprintf(ops[i].trace_id, sizeof ops[i].trace_id,
+		         "4bf92f3577b34da6a3ce929d0e0e4736");
+		snprintf(ops[i].created_by, sizeof ops[i].created_by, "0123456789abcdef");
+	}
+	assert_int_equal(run_batch(e, ops, 3, 2000), KOBO_OK);
+	kobo_op post[] = {
+		test_op_target(KOBO_OP_POST, "t-ev2", true, 4),
+		test_op_transfer("t-ev1", "alice", "bob", 5, false, 0),
+	};
+	snprintf(post[1].request_id, sizeof post[1].request_id, "req-retry");
+	assert_int_equal(run_batch(e, post, 2, 3000), KOBO_OK);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_REPLAYED);
+	/* Rolled back: no event of it remains. */
+	kobo_op voided[] = { test_op_target(KOBO_OP_VOID, "t-ev1", false, 0) };
+	assert_int_equal(run_batch_ex(e, voided, 1, 4000, false, NULL), KOBO_OK);
+	kobo_store_rollback(e->store);
+
+	kobo_store_reader *reader = reader_open_ok(e);
+	event_list one = read_events_ok(reader, "t-ev1", 0, 10);
+	assert_int_equal(one.count, 2);
+	assert_int_equal(one.events[0].kind, KOBO_EVENT_CREATED);
+	assert_string_equal(one.events[0].transfer_id, "t-ev1");
+	assert_string_equal(one.events[0].request_id, "req-ev");
+	assert_string_equal(one.events[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+	assert_string_equal(one.events[0].key_id, "0123456789abcdef");
+	assert_string_equal(one.events[0].node, "node-a");
+	assert_int_equal(one.events[0].shard, e->shard);
+	assert_int_equal(one.events[0].leg, KOBO_LEG_LOCAL);
+	assert_int_equal(one.events[0].status, KOBO_STATUS_POSTED);
+	assert_int_equal(one.events[0].amount, 5);
+	if (!e->backend->shared_clock) {
+		assert_int_equal(one.events[0].at_ms, 2000);
+		assert_int_equal(one.events[1].at_ms, 3000);
+	}
+	assert_true(one.events[1].at_ms >= one.events[0].at_ms);
+	assert_int_equal(one.events[1].kind, KOBO_EVENT_REPLAYED);
+	assert_string_equal(one.events[1].request_id, "req-retry");
+	assert_string_equal(one.events[1].trace_id, "");
+	assert_true(one.events[1].seq > one.events[0].seq);
+
+	event_list two = read_events_ok(reader, "t-ev2", 0, 10);
+	assert_int_equal(two.count, 2);
+	assert_int_equal(two.events[0].kind, KOBO_EVENT_RESERVED);
+	assert_int_equal(two.events[0].status, KOBO_STATUS_PENDING);
+	assert_int_equal(two.events[1].kind, KOBO_EVENT_POSTED);
+	assert_int_equal(two.events[1].status, KOBO_STATUS_POSTED);
+	assert_int_equal(two.events[1].amount, 4);
+	/* Pages: after the first, at most one. */
+	event_list page = read_events_ok(reader, "t-ev2", two.events[0].seq, 1);
+	assert_int_equal(page.count, 1);
+	assert_int_equal(page.events[0].kind, KOBO_EVENT_POSTED);
+
+	event_list three = read_events_ok(reader, "t-ev3", 0, 10);
+	assert_int_equal(three.count, 1);
+	assert_int_equal(three.events[0].kind, KOBO_EVENT_REJECTED);
+	assert_int_equal(three.events[0].status, KOBO_STATUS_REJECTED);
+	assert_int_equal(read_events_ok(reader, "t-none", 0, 10).count, 0);
+	assert_int_equal(read_events_ok(reader, "t-ev1", 0, 0).count, 0);
+	reader_close(e, reader);
+}
+
+typedef struct id_list {
+	char ids[8][KOBO_ID_LEN_MAX + 1];
+	int64_t seqs[8];
+	size_t count;
+} id_list;
+
+static int collect_id(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	id_list *list = ctx;
+	if (list->count < 8) {
+		snprintf(list->ids[list->count], sizeof list->ids[0], "%s", transfer->id);
+		list->seqs[list->count++] = seq;
+	}
+	return 0;
+}
+
+/* read_by_request lists the transfers one request created, rejected ones
+ * too, oldest first, in pages. */
+static void read_by_request_lists_what_a_request_created(void **state)
+{
+	env *e = *state;
+
+	seed(e, 1000);
+	kobo_op ops[] = {
+		test_op_transfer("t-rq1", "alice", "bob", 5, false, 0),
+		test_op_transfer("t-other", "alice", "bob", 1, false, 0),
+		test_op_transfer("t-rq2", "alice", "bob", 999999, false, 0),
+		test_op_transfer("t-rq3", "alice", "bob", 6, true, 60),
+	};
+	for (size_t i = 0; i < 4; i++)
+		snprintf(ops[i].request_id, sizeof ops[i].request_id, i == 1 ? "req-b" : "req-a");
+	assert_int_equal(run_batch(e, ops, 4, 2000), KOBO_OK);
+
+	kobo_store_reader *reader = reader_open_ok(e);
+	id_list all = {0};
+	assert_int_equal(kobo_store_read_by_request(reader, "req-a", 0, 10, collect_id, &all),
+	                 KOBO_OK);
+	assert_int_equal(all.count, 3);
+	assert_string_equal(all.ids[0], "t-rq1");
+	assert_string_equal(all.ids[1], "t-rq2");
+	assert_string_equal(all.ids[2], "t-rq3");
+	id_list page = {0};
+	assert_int_equal(kobo_store_read_by_request(reader, "req-a", all.seqs[0], 1,
+	                                            collect_id, &page), KOBO_OK);
+	assert_int_equal(page.count, 1);
+	assert_string_equal(page.ids[0], "t-rq2");
+	id_list none = {0};
+	assert_int_equal(kobo_store_read_by_request(reader, "req-zzz", 0, 10, collect_id,
+	                                            &none), KOBO_OK);
+	assert_int_equal(none.count, 0);
+	reader_close(e, reader);
+}
+
 /* ---- The suite. ---- */
 
 #define CONTRACT_TEST(f) cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, NULL)
@@ -2493,6 +2648,8 @@ static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(shards_of_one_url_are_separate),
 	CONTRACT_TEST(batch_clock_is_the_stores_when_nodes_share_it),
 	CONTRACT_TEST(batch_takes_three_round_trips),
+	CONTRACT_TEST(events_commit_with_the_batch_in_order),
+	CONTRACT_TEST(read_by_request_lists_what_a_request_created),
 	CONTRACT_TEST(a_row_locked_elsewhere_times_the_batch_out),
 	CONTRACT_TEST(optimistic_batches_conflict_on_rows_changed_since_read),
 	CONTRACT_TEST(a_version_1_shard_is_migrated_at_open),

@@ -320,11 +320,16 @@ typedef struct mem_store {
 	size_t key_count;
 	size_t key_cap;
 	size_t keys_live;    /* keys with revoked_at_ms == 0 */
+	kobo_event *events;  /* committed events; seq = row + 1 */
+	size_t event_count;
+	size_t event_cap;
 	/* Writer thread only. */
 	mem_state state;
 	bool read_only;
 	account_rows staged_accounts;
 	transfer_rows staged_transfers;
+	kobo_event *staged_events;
+	size_t staged_event_count;
 	char **loaded; /* metadata handed to the ledger, freed by begin() */
 	size_t loaded_count;
 	size_t loaded_cap;
@@ -379,6 +384,9 @@ static void drop_batch(mem_store *s)
 {
 	accounts_clear(&s->staged_accounts);
 	transfers_clear(&s->staged_transfers);
+	free(s->staged_events);
+	s->staged_events = NULL;
+	s->staged_event_count = 0;
 }
 
 /* ---- The write side. ---- */
@@ -562,6 +570,23 @@ static int mem_write(kobo_store *store, const kobo_account_change *accounts,
 	return KOBO_OK;
 }
 
+static int mem_write_events(kobo_store *store, const kobo_event *events, size_t count)
+{
+	mem_store *s = to_store(store);
+
+	kobo_assert(s->state == MEM_IN_BATCH);
+	if (count == 0)
+		return KOBO_OK;
+	if (s->staged_event_count != 0)
+		return mem_fail(s); /* one call per batch */
+	s->staged_events = malloc(count * sizeof *events);
+	if (s->staged_events == NULL)
+		return mem_fail(s);
+	memcpy(s->staged_events, events, count * sizeof *events);
+	s->staged_event_count = count;
+	return KOBO_OK;
+}
+
 /* Applies the staged batch to the committed rows; the caller holds the
  * mutex. Reserves first, so that it applies all or nothing. Staged
  * metadata of new rows moves into the committed rows. */
@@ -579,7 +604,22 @@ static int apply_batch(mem_store *s)
 	if (accounts_reserve(&s->accounts, new_accounts) != KOBO_OK ||
 	    transfers_reserve(&s->transfers, new_transfers) != KOBO_OK)
 		return KOBO_ENOMEM;
+	if (s->event_count + s->staged_event_count > s->event_cap) {
+		size_t cap = s->event_cap ? s->event_cap : 64;
+		while (cap < s->event_count + s->staged_event_count)
+			cap *= 2;
+		kobo_event *events = realloc(s->events, cap * sizeof *events);
+		if (events == NULL)
+			return KOBO_ENOMEM;
+		s->events = events;
+		s->event_cap = cap;
+	}
 	s->commit_seq++;
+	for (size_t e = 0; e < s->staged_event_count; e++) {
+		s->events[s->event_count] = s->staged_events[e];
+		s->events[s->event_count].seq = (int64_t)s->event_count + 1;
+		s->event_count++;
+	}
 
 	for (size_t r = 0; r < staged_accounts->count; r++) {
 		mem_account *row = &staged_accounts->rows[r];
@@ -861,6 +901,69 @@ static void snapshot_deliver(transfer_snapshot *snap, kobo_store_transfer_fn eac
 	free(snap->transfers);
 	free(snap->seqs);
 	memset(snap, 0, sizeof *snap);
+}
+
+static int mem_read_events(kobo_store_reader *reader, const char *transfer_id,
+                           int64_t after_seq, size_t limit, kobo_store_event_fn each,
+                           void *ctx)
+{
+	mem_store *s = to_store(reader->store);
+	kobo_event *found = NULL;
+	size_t count = 0;
+	size_t cap = 0;
+	int result = KOBO_OK;
+
+	pthread_mutex_lock(&s->mutex);
+	size_t row = after_seq <= 0 ? 0 : (size_t)after_seq;
+	for (; row < s->event_count && count < limit; row++) {
+		if (strcmp(s->events[row].transfer_id, transfer_id) != 0)
+			continue;
+		if (count == cap) {
+			cap = cap ? 2 * cap : 8;
+			kobo_event *grown = realloc(found, cap * sizeof *found);
+			if (grown == NULL) {
+				result = KOBO_ESTORE;
+				break;
+			}
+			found = grown;
+		}
+		found[count++] = s->events[row];
+	}
+	pthread_mutex_unlock(&s->mutex);
+	for (size_t i = 0; result == KOBO_OK && i < count; i++)
+		if (each(ctx, &found[i]) != 0)
+			break;
+	free(found);
+	return result;
+}
+
+static int mem_read_by_request(kobo_store_reader *reader, const char *request_id,
+                               int64_t after_seq, size_t limit,
+                               kobo_store_transfer_fn each, void *ctx)
+{
+	mem_store *s = to_store(reader->store);
+	transfer_snapshot snap = {0};
+	int result = KOBO_OK;
+
+	if (limit == 0)
+		return KOBO_OK;
+	pthread_mutex_lock(&s->mutex);
+	size_t row = after_seq <= 0 ? 0 : (size_t)after_seq;
+	for (; row < s->transfers.count && snap.count < limit; row++) {
+		const kobo_transfer *t = &s->transfers.rows[row].t;
+		if (strcmp(t->request_id, request_id) != 0)
+			continue;
+		result = snapshot_add(&snap, t, (int64_t)row + 1);
+		if (result != KOBO_OK)
+			break;
+	}
+	pthread_mutex_unlock(&s->mutex);
+	if (result != KOBO_OK) {
+		each = NULL;
+		result = KOBO_ESTORE;
+	}
+	snapshot_deliver(&snap, each, ctx);
+	return result;
 }
 
 /* Whether a transfer shows in account_id's history: it names the account
@@ -1210,6 +1313,7 @@ static void mem_close(kobo_store *store)
 	transfers_free(&s->staged_transfers);
 	accounts_free(&s->accounts);
 	transfers_free(&s->transfers);
+	free(s->events);
 	free(s->keys);
 	pthread_mutex_destroy(&s->mutex);
 	free(s);
@@ -1220,6 +1324,7 @@ static const kobo_store_ops mem_ops = {
 	.load_transfers = mem_load_transfers,
 	.load_accounts = mem_load_accounts,
 	.write = mem_write,
+	.write_events = mem_write_events,
 	.commit = mem_commit,
 	.rollback = mem_rollback,
 	.now = mem_now,
@@ -1231,6 +1336,8 @@ static const kobo_store_ops mem_ops = {
 	.read_account = mem_read_account,
 	.read_transfer = mem_read_transfer,
 	.read_history = mem_read_history,
+	.read_events = mem_read_events,
+	.read_by_request = mem_read_by_request,
 	.read_sagas = mem_read_sagas,
 	.read_accounts_prefix = mem_read_accounts_prefix,
 	.read_position = mem_read_position,

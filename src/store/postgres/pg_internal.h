@@ -126,6 +126,12 @@ int store_pg_read_transfer(kobo_store_reader *reader, const char *id,
 int store_pg_read_history(kobo_store_reader *reader, const char *account_id,
                           int64_t after_seq, size_t limit,
                           kobo_store_transfer_fn each, void *ctx);
+int store_pg_read_events(kobo_store_reader *reader, const char *transfer_id,
+                         int64_t after_seq, size_t limit,
+                         kobo_store_event_fn each, void *ctx);
+int store_pg_read_by_request(kobo_store_reader *reader, const char *request_id,
+                             int64_t after_seq, size_t limit,
+                             kobo_store_transfer_fn each, void *ctx);
 int store_pg_read_sagas(kobo_store_reader *reader, const char *after_id,
                         size_t limit, kobo_store_transfer_fn each, void *ctx);
 int store_pg_read_accounts_prefix(kobo_store_reader *reader, const char *prefix,

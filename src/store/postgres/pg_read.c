@@ -37,6 +37,8 @@ enum {
 	SQL_READ_POSITION,
 	SQL_READ_KEYS,
 	SQL_READ_KEYS_ALL,
+	SQL_READ_EVENTS,
+	SQL_READ_BY_REQUEST,
 	SQL_READER_COUNT
 };
 
@@ -77,6 +79,13 @@ static const struct {
 		" AND to_id <> $1 AND seq > $2 AND status <> 'rejected'"
 		" ORDER BY seq LIMIT $3) "
 		"ORDER BY seq LIMIT $3"},
+	[SQL_READ_EVENTS] = {"kobo_read_events",
+		"SELECT seq, transfer_id, event, at_ms, shard, node, request_id, trace_id,"
+		" key_id, leg, status, amount FROM events"
+		" WHERE transfer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"},
+	[SQL_READ_BY_REQUEST] = {"kobo_read_by_request",
+		"SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
+		" WHERE request_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"},
 	[SQL_READ_SAGAS] = {"kobo_read_sagas",
 		"SELECT " PG_TRANSFER_COLUMNS " FROM transfers"
 		" WHERE saga <> 'none' AND id > $1 ORDER BY id LIMIT $2"},
@@ -594,6 +603,73 @@ int store_pg_read_history(kobo_store_reader *reader, const char *account_id,
 	if (res == NULL)
 		return KOBO_ESTORE;
 	return each_transfer_row(r, res, each, ctx, true, after_seq);
+}
+
+int store_pg_read_events(kobo_store_reader *reader, const char *transfer_id,
+                         int64_t after_seq, size_t limit,
+                         kobo_store_event_fn each, void *ctx)
+{
+	pg_reader *r = to_reader(reader);
+	char after_text[32];
+	char limit_text[32];
+	const char *params[3] = {transfer_id, after_text, limit_text};
+	int result = KOBO_OK;
+
+	if (limit == 0)
+		return KOBO_OK;
+	snprintf(after_text, sizeof after_text, "%" PRId64, after_seq);
+	snprintf(limit_text, sizeof limit_text, "%" PRId64,
+	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	PGresult *res = reader_exec(r, SQL_READ_EVENTS, 3, params);
+	if (res == NULL)
+		return KOBO_ESTORE;
+	for (int row = 0; row < PQntuples(res); row++) {
+		kobo_event e;
+		memset(&e, 0, sizeof e);
+		e.seq = store_pg_col_int(res, row, 0);
+		e.at_ms = store_pg_col_int(res, row, 3);
+		e.shard = (uint32_t)store_pg_col_int(res, row, 4);
+		e.amount = store_pg_col_int(res, row, 11);
+		const char *kind = store_pg_col_word(res, row, 2);
+		const char *leg = store_pg_col_word(res, row, 9);
+		const char *status = store_pg_col_word(res, row, 10);
+		bool ok = store_pg_col_copy(res, row, 1, e.transfer_id, sizeof e.transfer_id) == KOBO_OK &&
+		          store_pg_col_copy(res, row, 5, e.node, sizeof e.node) == KOBO_OK &&
+		          store_pg_col_copy(res, row, 6, e.request_id, sizeof e.request_id) == KOBO_OK &&
+		          store_pg_col_copy(res, row, 7, e.trace_id, sizeof e.trace_id) == KOBO_OK &&
+		          store_pg_col_copy(res, row, 8, e.key_id, sizeof e.key_id) == KOBO_OK &&
+		          kind && kobo_event_kind_parse(kind, &e.kind) &&
+		          leg && kobo_leg_parse(leg, &e.leg) &&
+		          status && kobo_transfer_status_parse(status, &e.status);
+		if (!ok) {
+			result = KOBO_ESTORE;
+			break;
+		}
+		if (each(ctx, &e) != 0)
+			break;
+	}
+	PQclear(res);
+	return result;
+}
+
+int store_pg_read_by_request(kobo_store_reader *reader, const char *request_id,
+                             int64_t after_seq, size_t limit,
+                             kobo_store_transfer_fn each, void *ctx)
+{
+	pg_reader *r = to_reader(reader);
+	char after_text[32];
+	char limit_text[32];
+	const char *params[3] = {request_id, after_text, limit_text};
+
+	if (limit == 0)
+		return KOBO_OK;
+	snprintf(after_text, sizeof after_text, "%" PRId64, after_seq);
+	snprintf(limit_text, sizeof limit_text, "%" PRId64,
+	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	PGresult *res = reader_exec(r, SQL_READ_BY_REQUEST, 3, params);
+	if (res == NULL)
+		return KOBO_ESTORE;
+	return each_transfer_row(r, res, each, ctx, false, 0);
 }
 
 int store_pg_read_sagas(kobo_store_reader *reader, const char *after_id,

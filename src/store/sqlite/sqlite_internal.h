@@ -24,7 +24,7 @@
 size_t store_sqlite_arena_bytes(const kobo_store *store);
 
 /* The schema version this build writes and reads (PRAGMA user_version). */
-#define STORE_SQLITE_SCHEMA_VERSION 4
+#define STORE_SQLITE_SCHEMA_VERSION 5
 
 /* How long a connection waits for a lock held by another connection before
  * giving up with SQLITE_BUSY. The writer and readers wait long enough to ride
@@ -110,6 +110,12 @@ int store_sqlite_read_transfer(kobo_store_reader *reader, const char *id,
 int store_sqlite_read_history(kobo_store_reader *reader, const char *account_id,
                               int64_t after_seq, size_t limit,
                               kobo_store_transfer_fn each, void *ctx);
+int store_sqlite_read_events(kobo_store_reader *reader, const char *transfer_id,
+                             int64_t after_seq, size_t limit,
+                             kobo_store_event_fn each, void *ctx);
+int store_sqlite_read_by_request(kobo_store_reader *reader, const char *request_id,
+                                 int64_t after_seq, size_t limit,
+                                 kobo_store_transfer_fn each, void *ctx);
 int store_sqlite_read_sagas(kobo_store_reader *reader, const char *after_id,
                             size_t limit, kobo_store_transfer_fn each, void *ctx);
 int store_sqlite_read_accounts_prefix(kobo_store_reader *reader,

@@ -25,6 +25,8 @@ enum {
 	SQL_READ_ACCOUNTS_RANGE,
 	SQL_READ_KEYS,
 	SQL_READ_KEYS_ALL,
+	SQL_READ_EVENTS,
+	SQL_READ_BY_REQUEST,
 	SQL_READER_COUNT
 };
 
@@ -72,6 +74,13 @@ static const char *const reader_sql[SQL_READER_COUNT] = {
 	[SQL_READ_KEYS] =
 		"SELECT " KEY_COLUMNS " FROM api_keys WHERE revoked_at_ms = 0 ORDER BY id",
 	[SQL_READ_KEYS_ALL] = "SELECT " KEY_COLUMNS " FROM api_keys ORDER BY id",
+	[SQL_READ_EVENTS] =
+		"SELECT seq, transfer_id, event, at_ms, shard, node, request_id, trace_id,"
+		" key_id, leg, status, amount FROM events"
+		" WHERE transfer_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+	[SQL_READ_BY_REQUEST] =
+		"SELECT " TRANSFER_COLUMNS " FROM transfers INDEXED BY transfers_request"
+		" WHERE request_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
 };
 
 typedef struct sqlite_reader {
@@ -478,6 +487,86 @@ int store_sqlite_read_history(kobo_store_reader *reader, const char *account_id,
 	}
 	if (rc != SQLITE_DONE)
 		result = reader_error(r, "store_read_history_failed");
+	sqlite3_reset(stmt);
+	return result;
+}
+
+int store_sqlite_read_events(kobo_store_reader *reader, const char *transfer_id,
+                             int64_t after_seq, size_t limit,
+                             kobo_store_event_fn each, void *ctx)
+{
+	sqlite_reader *r = to_reader(reader);
+	sqlite3_stmt *stmt = r->stmt[SQL_READ_EVENTS];
+	int result = KOBO_OK;
+	int rc;
+
+	if (limit == 0)
+		return KOBO_OK;
+	sqlite3_bind_text(stmt, 1, transfer_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, after_seq);
+	sqlite3_bind_int64(stmt, 3, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		kobo_event e;
+		char word[32];
+		memset(&e, 0, sizeof e);
+		e.seq = sqlite3_column_int64(stmt, 0);
+		e.at_ms = sqlite3_column_int64(stmt, 3);
+		e.shard = (uint32_t)sqlite3_column_int64(stmt, 4);
+		e.amount = sqlite3_column_int64(stmt, 11);
+		bool ok = store_sqlite_copy_text(stmt, 1, e.transfer_id, sizeof e.transfer_id) == KOBO_OK &&
+		          store_sqlite_copy_text(stmt, 5, e.node, sizeof e.node) == KOBO_OK &&
+		          store_sqlite_copy_text(stmt, 6, e.request_id, sizeof e.request_id) == KOBO_OK &&
+		          store_sqlite_copy_text(stmt, 7, e.trace_id, sizeof e.trace_id) == KOBO_OK &&
+		          store_sqlite_copy_text(stmt, 8, e.key_id, sizeof e.key_id) == KOBO_OK &&
+		          store_sqlite_copy_text(stmt, 2, word, sizeof word) == KOBO_OK &&
+		          kobo_event_kind_parse(word, &e.kind) &&
+		          store_sqlite_copy_text(stmt, 9, word, sizeof word) == KOBO_OK &&
+		          kobo_leg_parse(word, &e.leg) &&
+		          store_sqlite_copy_text(stmt, 10, word, sizeof word) == KOBO_OK &&
+		          kobo_transfer_status_parse(word, &e.status);
+		if (!ok) {
+			rc = SQLITE_CORRUPT;
+			break;
+		}
+		if (each(ctx, &e) != 0) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		result = reader_error(r, "store_read_events_failed");
+	sqlite3_reset(stmt);
+	return result;
+}
+
+int store_sqlite_read_by_request(kobo_store_reader *reader, const char *request_id,
+                                 int64_t after_seq, size_t limit,
+                                 kobo_store_transfer_fn each, void *ctx)
+{
+	sqlite_reader *r = to_reader(reader);
+	sqlite3_stmt *stmt = r->stmt[SQL_READ_BY_REQUEST];
+	int result = KOBO_OK;
+	int rc;
+
+	if (limit == 0)
+		return KOBO_OK;
+	sqlite3_bind_text(stmt, 1, request_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, after_seq);
+	sqlite3_bind_int64(stmt, 3, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		kobo_transfer transfer;
+		int64_t seq;
+		if (store_sqlite_transfer_from_row(stmt, &transfer, &seq) != KOBO_OK) {
+			rc = SQLITE_CORRUPT;
+			break;
+		}
+		if (each(ctx, &transfer, seq) != 0) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		result = reader_error(r, "store_read_by_request_failed");
 	sqlite3_reset(stmt);
 	return result;
 }

@@ -271,6 +271,25 @@ static const char *const migrations[] = {
 	") WITHOUT ROWID;"
 	"ALTER TABLE accounts ADD COLUMN created_by TEXT NOT NULL DEFAULT '';"
 	"ALTER TABLE transfers ADD COLUMN created_by TEXT NOT NULL DEFAULT '';",
+	/* 5: the journey of a payment (events.h): one row per state change of
+	 * a transfer, written in the batch's transaction; seq is the
+	 * shard-local order. Transfers by request id (read_by_request). */
+	"CREATE TABLE events ("
+	"  seq         INTEGER PRIMARY KEY,"
+	"  transfer_id TEXT    NOT NULL,"
+	"  event       TEXT    NOT NULL,"
+	"  at_ms       INTEGER NOT NULL,"
+	"  shard       INTEGER NOT NULL,"
+	"  node        TEXT    NOT NULL,"
+	"  request_id  TEXT    NOT NULL,"
+	"  trace_id    TEXT    NOT NULL,"
+	"  key_id      TEXT    NOT NULL,"
+	"  leg         TEXT    NOT NULL,"
+	"  status      TEXT    NOT NULL,"
+	"  amount      INTEGER NOT NULL"
+	");"
+	"CREATE INDEX events_transfer ON events (transfer_id, seq);"
+	"CREATE INDEX transfers_request ON transfers (request_id, seq);",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SQLITE_SCHEMA_VERSION,
@@ -291,6 +310,7 @@ enum {
 	SQL_EXPIRED_HOLDS,
 	SQL_SET_COMMIT_SEQ,
 	SQL_GET_COMMIT_SEQ,
+	SQL_INSERT_EVENT,
 	SQL_WRITER_COUNT
 };
 
@@ -327,6 +347,10 @@ static const char *const writer_sql[SQL_WRITER_COUNT] = {
 		"ORDER BY expires_at_ms, seq LIMIT ?2",
 	[SQL_SET_COMMIT_SEQ] = "UPDATE meta SET commit_seq = ?1 WHERE id = 1",
 	[SQL_GET_COMMIT_SEQ] = "SELECT commit_seq FROM meta WHERE id = 1",
+	[SQL_INSERT_EVENT] =
+		"INSERT INTO events (transfer_id, event, at_ms, shard, node, request_id,"
+		" trace_id, key_id, leg, status, amount)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
 };
 
 /* ---- Handles. ---- */
@@ -725,6 +749,34 @@ static int store_write(kobo_store *store, const kobo_account_change *accounts,
 	for (size_t i = 0; i < transfer_count; i++) {
 		if (write_transfer(s, &transfers[i]) != KOBO_OK)
 			return store_fail(s, "store_write_transfer_failed");
+	}
+	return KOBO_OK;
+}
+
+static int store_write_events(kobo_store *store, const kobo_event *events,
+                              size_t count)
+{
+	sqlite_store *s = to_store(store);
+	sqlite3_stmt *stmt = s->stmt[SQL_INSERT_EVENT];
+
+	assert(s->state == STORE_IN_BATCH);
+	/* In array order: the insert order fixes each event's seq. */
+	for (size_t i = 0; i < count; i++) {
+		const kobo_event *e = &events[i];
+		sqlite3_bind_text(stmt, 1, e->transfer_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 2, kobo_event_kind_name(e->kind), -1, SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 3, e->at_ms);
+		sqlite3_bind_int64(stmt, 4, e->shard);
+		sqlite3_bind_text(stmt, 5, e->node, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 6, e->request_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 7, e->trace_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 8, e->key_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 9, kobo_leg_name(e->leg), -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 10, kobo_transfer_status_name(e->status), -1,
+		                  SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 11, e->amount);
+		if (step_done(stmt) != KOBO_OK)
+			return store_fail(s, "store_write_event_failed");
 	}
 	return KOBO_OK;
 }
@@ -1140,6 +1192,7 @@ static const kobo_store_ops sqlite_ops = {
 	.load_transfers = store_load_transfers,
 	.load_accounts = store_load_accounts,
 	.write = store_write,
+	.write_events = store_write_events,
 	.commit = store_commit,
 	.rollback = store_rollback,
 	.now = store_now,
@@ -1152,6 +1205,8 @@ static const kobo_store_ops sqlite_ops = {
 	.read_transfer = store_sqlite_read_transfer,
 	.read_history = store_sqlite_read_history,
 	.read_sagas = store_sqlite_read_sagas,
+	.read_events = store_sqlite_read_events,
+	.read_by_request = store_sqlite_read_by_request,
 	.read_accounts_prefix = store_sqlite_read_accounts_prefix,
 	.read_position = store_sqlite_read_position,
 	.claim_saga = store_sqlite_claim_saga,
