@@ -92,6 +92,9 @@ typedef struct kobod_config {
 	bool metrics_auth;
 	double key_rate;
 	unsigned long key_burst;
+	/* --node-name (KOBO_NODE_NAME): this kobod's name on the events it
+	 * writes and its saga claims; "" until given: HOST:PORT of --listen. */
+	char node_name[KOBO_EVENT_NODE_LEN_MAX + 1];
 } kobod_config;
 
 enum { AUTH_DEFAULT = 0, AUTH_REQUIRED, AUTH_OFF };
@@ -109,7 +112,11 @@ static void usage(FILE *out)
 	        "             [--ip-rate-limit R [--ip-rate-burst B]] [--trusted-proxy CIDR ...]\n"
 	        "             [--auth required|off] [--insecure-no-auth]\n"
 	        "             [--metrics-auth required|off] [--rate-limit R [--rate-burst B]]\n"
+	        "             [--node-name NAME]\n"
 	        "\n"
+	        "--node-name NAME (KOBO_NODE_NAME): this kobod's name, unique in the\n"
+	        "  fleet, recorded on every event it writes (GET /v1/transfers/{id}/events)\n"
+	        "  and on its saga claims; default HOST:PORT of --listen. 1..127 bytes.\n"
 	        "--auth required|off (KOBO_AUTH): whether /v1 routes need an API key\n"
 	        "  (Authorization: Bearer KEY; keys: `kobo key create`). Default: required,\n"
 	        "  except off when --listen is a loopback address. --auth off on any other\n"
@@ -147,7 +154,7 @@ static void usage(FILE *out)
 	        "  KOBO_SAGA_WAIT_MS (%d)  KOBO_SAGA_DEADLINE_MS (%d)  KOBO_SAGA_STUCK_MS (%d)\n"
 	        "  KOBO_IP_RATE_LIMIT  KOBO_IP_RATE_BURST  KOBO_TRUSTED_PROXY\n"
 	        "  KOBO_AUTH  KOBO_INSECURE_NO_AUTH  KOBO_METRICS_AUTH\n"
-	        "  KOBO_RATE_LIMIT  KOBO_RATE_BURST\n",
+	        "  KOBO_RATE_LIMIT  KOBO_RATE_BURST  KOBO_NODE_NAME\n",
 	        KOBO_HTTP_TRUSTED_PROXIES_MAX,
 	        KOBO_HTTP_CONNECTION_TIMEOUT_S_DEFAULT, KOBO_HTTP_CONNECTIONS_MAX_DEFAULT,
 	        KOBO_HTTP_THREADS_DEFAULT, KOBO_SHARD_QUEUE_OPS_DEFAULT,
@@ -201,7 +208,7 @@ enum {
 	OPT_SAGA_DEADLINE_MS, OPT_SAGA_STUCK_MS, OPT_POSTGRES,
 	OPT_POSTGRES_READ, OPT_CONCURRENCY, OPT_IP_RATE_LIMIT, OPT_IP_RATE_BURST,
 	OPT_TRUSTED_PROXY, OPT_AUTH, OPT_INSECURE_NO_AUTH, OPT_METRICS_AUTH,
-	OPT_RATE_LIMIT, OPT_RATE_BURST,
+	OPT_RATE_LIMIT, OPT_RATE_BURST, OPT_NODE_NAME,
 };
 
 /* A rate in requests per second: a plain decimal number in range. */
@@ -398,6 +405,17 @@ static bool apply(kobod_config *config, int option, const char *value)
 		return parse_rate(value, &config->key_rate);
 	case OPT_RATE_BURST:
 		return parse_count(value, 1, KOBO_GCRA_BURST_MAX, &config->key_burst);
+	case OPT_NODE_NAME: {
+		size_t len = strlen(value);
+		if (len == 0 || len > KOBO_EVENT_NODE_LEN_MAX)
+			return false;
+		for (size_t i = 0; i < len; i++)
+			if ((unsigned char)value[i] < 0x21 || (unsigned char)value[i] > 0x7e ||
+			    value[i] == '"' || value[i] == '\\')
+				return false; /* printable ASCII: it goes into JSON and logs */
+		memcpy(config->node_name, value, len + 1);
+		return true;
+	}
 	case OPT_TRUSTED_PROXY:
 		if (!config->trusted_from_flags) {
 			config->trusted_from_flags = true;
@@ -432,6 +450,7 @@ static const struct option long_options[] = {
 	{ "metrics-auth", required_argument, NULL, OPT_METRICS_AUTH },
 	{ "rate-limit", required_argument, NULL, OPT_RATE_LIMIT },
 	{ "rate-burst", required_argument, NULL, OPT_RATE_BURST },
+	{ "node-name", required_argument, NULL, OPT_NODE_NAME },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -463,6 +482,7 @@ static const struct {
 	{ "KOBO_METRICS_AUTH", OPT_METRICS_AUTH },
 	{ "KOBO_RATE_LIMIT", OPT_RATE_LIMIT },
 	{ "KOBO_RATE_BURST", OPT_RATE_BURST },
+	{ "KOBO_NODE_NAME", OPT_NODE_NAME },
 };
 
 /* true when host (as given to --listen) can only be reached from this
@@ -732,6 +752,9 @@ int main(int argc, char **argv)
 {
 	kobod_config config;
 	int rc = configure(argc, argv, &config);
+	if (rc == 0 && config.node_name[0] == '\0')
+		snprintf(config.node_name, sizeof config.node_name, "%.100s:%u",
+		         config.host, (unsigned)config.port);
 	if (rc == 0)
 		rc = run(&config);
 	free(config.postgres_env);
@@ -806,6 +829,7 @@ static int run(kobod_config *config_in)
 			.map = &map,
 			.deadline_ms = (int64_t)config.saga_deadline_ms,
 			.stuck_ms = (int64_t)config.saga_stuck_ms,
+			.node = config.node_name,
 		};
 		if (kobo_saga_runner_create(&saga, &runner) != KOBO_OK) {
 			log_failure("startup_failed", "saga runner", "out of memory");
@@ -845,6 +869,7 @@ static int run(kobod_config *config_in)
 			.batch_ops_max = config.batch_ops,
 			.saga_started = runner ? kobo_saga_runner_notify : NULL,
 			.saga_ctx = runner,
+			.node = config.node_name,
 		};
 		if (kobo_shard_start(stores[i], &shard_config, &shards[i]) != KOBO_OK) {
 			log_failure("startup_failed", path, "cannot start the shard writer");

@@ -10,6 +10,8 @@
  * the ledger, and takes the ledger's change lists as plain arrays. Neither
  * knows the other (store.h, ledger.h).
  */
+#include <stdio.h>
+
 #include "../obs/obs.h"
 #include "shard.h"
 
@@ -29,7 +31,8 @@ static int put_account(void *ctx, const kobo_account *account)
 
 int kobo_batch_run(kobo_store *store, kobo_ledger *ledger, const kobo_op *ops,
                    size_t count, int64_t now_ms, kobo_result *results,
-                   const char **ids, int64_t *commit_us, uint64_t *token)
+                   const char **ids, int64_t *commit_us, uint64_t *token,
+                   const kobo_batch_events *events)
 {
 	size_t id_count = 0;
 	int rc;
@@ -69,6 +72,18 @@ int kobo_batch_run(kobo_store *store, kobo_ledger *ledger, const kobo_op *ops,
 	                      transfer_count);
 	if (rc != KOBO_OK)
 		goto fail;
+	if (events != NULL) {
+		size_t n = kobo_events_derive(ops, results, count, events->buf);
+		for (size_t i = 0; i < n; i++) {
+			kobo_event *e = &events->buf[i];
+			e->at_ms = now_ms;
+			e->shard = events->shard;
+			snprintf(e->node, sizeof e->node, "%s", events->node ? events->node : "");
+		}
+		rc = kobo_store_write_events(store, events->buf, n);
+		if (rc != KOBO_OK)
+			goto fail;
+	}
 	int64_t started_us = kobo_monotonic_us();
 	rc = kobo_store_commit(store, token);
 	*commit_us = kobo_monotonic_us() - started_us;

@@ -143,10 +143,22 @@ struct kobo_request {
  * ledger's KOBO_EFULL / KOBO_EINVAL; nothing was applied, except that after
  * KOBO_EUNKNOWN the batch may be durable. ids must hold
  * KOBO_LEDGER_ACCOUNT_IDS_MAX(count) entries. *commit_us gets the commit
- * time. */
+ * time.
+ *
+ * events: where the batch's events (events.h) are made, stamped with the
+ * batch's time, events->shard and events->node, and written with
+ * write_events in the batch's transaction; buf holds count entries. NULL:
+ * no events (hand-built test batches). */
+typedef struct kobo_batch_events {
+	uint32_t shard;
+	const char *node;  /* at most KOBO_EVENT_NODE_LEN_MAX bytes are kept */
+	kobo_event *buf;
+} kobo_batch_events;
+
 int kobo_batch_run(kobo_store *store, kobo_ledger *ledger, const kobo_op *ops,
                    size_t count, int64_t now_ms, kobo_result *results,
-                   const char **ids, int64_t *commit_us, uint64_t *token);
+                   const char **ids, int64_t *commit_us, uint64_t *token,
+                   const kobo_batch_events *events);
 
 /* ---- Shards. ---- */
 
@@ -171,6 +183,9 @@ typedef struct kobo_shard_config {
 	 * Must not block. NULL: nobody listens (one shard, unit tests). */
 	void (*saga_started)(void *ctx, uint32_t shard, const kobo_transfer *transfer);
 	void *saga_ctx;
+	/* This kobod's name (--node-name), recorded on every event the shard
+	 * writes; NULL: "". Borrowed: must outlive the shard. */
+	const char *node;
 } kobo_shard_config;
 
 /* Starts the writer thread over store (borrowed; must outlive the shard).

@@ -96,6 +96,7 @@ struct kobo_shard {
 	/* Batch scratch, owned by the writer thread, sized at start. */
 	kobo_op *ops;
 	kobo_result *results;
+	kobo_event *events;   /* the batch's events (batch.c), batch_max */
 	kobo_request **batch;          /* requests of the current batch */
 	const char **ids;              /* transfer/account ids to load */
 	char (*expired_ids)[KOBO_ID_LEN_MAX + 1];
@@ -220,11 +221,16 @@ static int writer_apply(kobo_shard *shard, size_t count, int64_t *commit_us)
 {
 	uint64_t token = 0;
 	int rc;
+	kobo_batch_events events = {
+		.shard = shard->config.index,
+		.node = shard->config.node,
+		.buf = shard->events,
+	};
 
 	for (unsigned run = 0;; run++) {
 		rc = kobo_batch_run(shard->store, shard->ledger, shard->ops, count,
 		                    shard_now_ms(shard), shard->results, shard->ids,
-		                    commit_us, &token);
+		                    commit_us, &token, &events);
 		if (rc != KOBO_ECONFLICT || run == KOBO_SHARD_CONFLICT_RERUNS_MAX)
 			break;
 		kobo_log(KOBO_LOG_WARN, "batch_conflict",
@@ -410,6 +416,7 @@ static void shard_free(kobo_shard *shard)
 {
 	kobo_ledger_destroy(shard->ledger);
 	free(shard->ops);
+	free(shard->events);
 	free(shard->results);
 	free(shard->batch);
 	free(shard->ids);
@@ -441,12 +448,14 @@ int kobo_shard_start(kobo_store *store, const kobo_shard_config *config,
 	shard->ledger = kobo_ledger_create(batch_max);
 	shard->ops = calloc(batch_max, sizeof(*shard->ops));
 	shard->results = calloc(batch_max, sizeof(*shard->results));
+	shard->events = calloc(batch_max, sizeof(*shard->events));
 	shard->batch = calloc(batch_max, sizeof(*shard->batch));
 	shard->ids = calloc(KOBO_LEDGER_ACCOUNT_IDS_MAX(batch_max),
 	                    sizeof(*shard->ids));
 	shard->expired_ids = calloc(KOBO_SHARD_EXPIRED_SCAN_MAX,
 	                            sizeof(*shard->expired_ids));
-	if (!shard->ledger || !shard->ops || !shard->results || !shard->batch ||
+	if (!shard->ledger || !shard->ops || !shard->results || !shard->events ||
+	    !shard->batch ||
 	    !shard->ids || !shard->expired_ids) {
 		shard_free(shard);
 		return KOBO_ENOMEM;

@@ -882,8 +882,10 @@ static void writer_step(sim *s, uint32_t shard, size_t count)
 	}
 	int64_t commit_us;
 	uint64_t token;
+	static kobo_event event_buf[SIM_BATCH_OPS_MAX];
+	kobo_batch_events events = {.shard = shard, .node = "sim", .buf = event_buf};
 	int rc = kobo_batch_run(s->stores[shard], s->ledgers[shard], ops, count,
-	                        s->now_ms, results, ids, &commit_us, &token);
+	                        s->now_ms, results, ids, &commit_us, &token, &events);
 	s->stats.batches++;
 	s->stats.ops_run += count;
 
@@ -1494,7 +1496,7 @@ static void run_direct(sim *s, uint32_t shard, const kobo_op *ops, size_t count,
 	uint64_t token;
 	assert_int_equal(kobo_batch_run(s->stores[shard], s->ledgers[shard], ops,
 	                                count, s->now_ms, results, ids, &commit_us,
-	                                &token),
+	                                &token, NULL),
 	                 KOBO_OK);
 }
 
