@@ -876,3 +876,36 @@ int kobo_http_history_query_arg(kobo_http_history_query *query, const char *key,
 	}
 	return invalid(err, "%.64s: unknown query parameter", key);
 }
+
+int kobo_http_request_query_arg(kobo_http_history_query *query, const char *key,
+                                const char *value, kobo_http_error *err)
+{
+	if (strcmp(key, "request_id") == 0) {
+		if (query->has_request_id)
+			return invalid(err, "request_id: given twice");
+		if (!value || !kobo_http_request_id_valid(value, strlen(value)))
+			return invalid(err, "request_id: must be 1-%d characters of A-Z a-z 0-9 . _ -", KOBO_REQUEST_ID_LEN_MAX);
+		memcpy(query->request_id, value, strlen(value) + 1);
+		query->has_request_id = true;
+		return KOBO_OK;
+	}
+	if (strcmp(key, "after") == 0) {
+		const char *dot = value ? strchr(value, '.') : NULL;
+		char shard_text[16];
+		int64_t shard, seq;
+		if (query->has_after)
+			return invalid(err, "after: given twice");
+		if (!dot || (size_t)(dot - value) >= sizeof shard_text)
+			return invalid(err, "after: must be a cursor returned as \"next\"");
+		memcpy(shard_text, value, (size_t)(dot - value));
+		shard_text[dot - value] = '\0';
+		if (!parse_decimal(shard_text, &shard) || shard > UINT32_MAX ||
+		    !parse_decimal(dot + 1, &seq))
+			return invalid(err, "after: must be a cursor returned as \"next\"");
+		query->after_shard = (uint32_t)shard;
+		query->after_seq = seq;
+		query->has_after = true;
+		return KOBO_OK;
+	}
+	return kobo_http_history_query_arg(query, key, value, err);
+}

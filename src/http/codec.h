@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "../ledger/ledger.h"
+#include "../ledger/events.h"
 
 /* ---- Limits of the HTTP edge. ---- */
 
@@ -30,6 +31,7 @@
 #define KOBO_HTTP_HISTORY_LIMIT_MAX 1000
 #define KOBO_HTTP_ERROR_MESSAGE_MAX 256
 #define KOBO_HTTP_TRACE_ID_LEN 32             /* hex digits of a W3C trace id */
+_Static_assert(KOBO_HTTP_TRACE_ID_LEN == KOBO_TRACE_ID_LEN, "events carry the trace id as read");
 #define KOBO_HTTP_TRACEPARENT_LEN_MAX 256     /* longer headers are ignored */
 
 _Static_assert(KOBO_HTTP_BATCH_BODY_MAX >= KOBO_HTTP_BODY_MAX,
@@ -169,18 +171,29 @@ int kobo_http_parse_void(const char *body, size_t len, const char *id,
 
 /* ---- Query strings. ---- */
 
-/* GET /v1/accounts/{id}/transfers?limit=&after= */
+/* GET /v1/accounts/{id}/transfers?limit=&after= and
+ * GET /v1/transfers?request_id=&limit=&after= */
 typedef struct kobo_http_history_query {
 	size_t limit;      /* 1..1000, default 100 */
 	int64_t after_seq; /* 0: from the start */
 	bool has_limit;
 	bool has_after;
+	/* GET /v1/transfers only: the request id (required), and the cursor
+	 * "SHARD.SEQ" (after_shard, after_seq) that its "next" gave. */
+	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1];
+	bool has_request_id;
+	uint32_t after_shard;
 } kobo_http_history_query;
 
 void kobo_http_history_query_init(kobo_http_history_query *query);
 /* Takes one decoded query argument (value NULL when the argument had no
  * '='). Unknown keys, repeated keys and bad values → KOBO_EINVAL with err. */
 int kobo_http_history_query_arg(kobo_http_history_query *query, const char *key,
+                                const char *value, kobo_http_error *err);
+
+/* The same for GET /v1/transfers: request_id (1..128 of the X-Request-Id
+ * characters), limit, after ("SHARD.SEQ" as "next" gave it). */
+int kobo_http_request_query_arg(kobo_http_history_query *query, const char *key,
                                 const char *value, kobo_http_error *err);
 
 /* ---- Responses. ---- */
@@ -204,6 +217,10 @@ void kobo_http_reply_error(kobo_http_reply *reply, int status, const char *code,
 /* Appends the account / transfer object of API.md to buf. */
 void kobo_http_encode_account(kobo_http_buf *buf, const kobo_account *account);
 void kobo_http_encode_transfer(kobo_http_buf *buf, const kobo_transfer *transfer);
+/* One event of a transfer's journey (events.h): at, at_ms, event,
+ * transfer_id, shard, node, request_id, trace_id and key_id (null when
+ * none), leg, status, amount, seq (shard-local order). */
+void kobo_http_encode_event(kobo_http_buf *buf, const kobo_event *event);
 
 /* HTTP status and error code of one op result: 201 CREATED, 200 REPLAYED or
  * UPDATED (a replayed rejection: 422 with its recorded code), 409

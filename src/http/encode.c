@@ -317,3 +317,31 @@ void kobo_http_saga_outcome(const kobo_transfer *final, kobo_op_kind kind,
 		out->code = kind == KOBO_OP_CREATE_TRANSFER ? KOBO_RESULT_CREATED
 		                                            : KOBO_RESULT_UPDATED;
 }
+
+void kobo_http_encode_event(kobo_http_buf *buf, const kobo_event *event)
+{
+	char text[32];
+	kobo_format_time_ms(text, event->at_ms);
+	kobo_http_buf_printf(buf, "{\"at\":\"%s\",\"at_ms\":%" PRId64 ",\"event\":\"%s\""
+	                     ",\"transfer_id\":", text, event->at_ms,
+	                     kobo_event_kind_name(event->kind));
+	json_str(buf, event->transfer_id);
+	kobo_http_buf_printf(buf, ",\"shard\":%" PRIu32 ",\"node\":", event->shard);
+	json_str(buf, event->node);
+	kobo_http_buf_puts(buf, ",\"request_id\":");
+	json_str(buf, event->request_id);
+	kobo_http_buf_puts(buf, ",\"trace_id\":");
+	if (event->trace_id[0] == '\0')
+		kobo_http_buf_puts(buf, "null");
+	else
+		json_str(buf, event->trace_id);
+	kobo_http_buf_puts(buf, ",\"key_id\":");
+	if (event->key_id[0] == '\0')
+		kobo_http_buf_puts(buf, "null");
+	else
+		json_str(buf, event->key_id);
+	kobo_http_buf_printf(buf, ",\"leg\":\"%s\",\"status\":\"%s\",\"amount\":%" PRId64
+	                     ",\"seq\":%" PRId64 "}", kobo_leg_name(event->leg),
+	                     kobo_transfer_status_name(event->status), event->amount,
+	                     event->seq);
+}

@@ -354,6 +354,186 @@ int kobo__http_get_transfer(kobo_http_exchange *x)
 	return KOBO_HTTP_REPLY_READY;
 }
 
+/* ---- The journey of a payment. ---- */
+
+/* Events read per shard for one transfer: a transfer makes a handful
+ * (events.h); only client retries of its create add more, and past this
+ * many on one shard the oldest are shown. */
+#define KOBO_HTTP_EVENTS_PER_SHARD_MAX 256
+
+typedef struct event_read {
+	kobo_event *events;
+	size_t count;
+} event_read;
+
+static int collect_event(void *ctx, const kobo_event *event)
+{
+	event_read *read = ctx;
+	if (read->count == KOBO_HTTP_EVENTS_PER_SHARD_MAX)
+		return 1;
+	read->events[read->count++] = *event;
+	return 0;
+}
+
+static int read_events_on(kobo_http_exchange *x, uint32_t shard, const char *id,
+                          event_read *out)
+{
+	kobo_http_read read;
+	int rc = kobo__http_read_begin(x, shard, false, &read);
+	do {
+		out->count = 0;
+		if (rc == KOBO_OK)
+			rc = kobo_store_read_events(read.reader, id, 0,
+			                            KOBO_HTTP_EVENTS_PER_SHARD_MAX,
+			                            collect_event, out);
+	} while (kobo__http_read_retry(x, &read, &rc));
+	return rc;
+}
+
+/* The shards a transfer touched: its payer's (where find_transfer found
+ * the DEBIT or LOCAL leg) and, for a cross-shard transfer, its payee's. */
+static size_t transfer_shards(kobo_http_exchange *x, const kobo_transfer *t,
+                              uint32_t found_on, uint32_t shards[2])
+{
+	size_t n = 0;
+	shards[n++] = t->leg == KOBO_LEG_LOCAL ? found_on : shard_of(x, t->from);
+	if (t->leg != KOBO_LEG_LOCAL) {
+		uint32_t payee = shard_of(x, t->to);
+		if (payee != shards[0])
+			shards[n++] = payee;
+	}
+	return n;
+}
+
+int kobo__http_get_events(kobo_http_exchange *x)
+{
+	kobo_transfer transfer;
+	uint32_t found_on;
+	int rc = find_transfer(x, x->match.id, false, &transfer, &found_on);
+	if (rc == KOBO_ENOTFOUND)
+		return kobo__http_fail(x, 404, "transfer_not_found", NULL);
+	if (rc != KOBO_OK)
+		return read_failed(x, rc);
+	uint32_t shards[2];
+	size_t n = transfer_shards(x, &transfer, found_on, shards);
+	kobo_event *all = malloc(3 * KOBO_HTTP_EVENTS_PER_SHARD_MAX * sizeof *all);
+	if (all == NULL)
+		return kobo__http_fail(x, 503, "overloaded", "out of memory");
+	event_read reads[2];
+	const kobo_event *lists[2];
+	size_t lens[2];
+	for (size_t i = 0; i < n; i++) {
+		reads[i] = (event_read){ .events = all + i * KOBO_HTTP_EVENTS_PER_SHARD_MAX };
+		rc = read_events_on(x, shards[i], x->match.id, &reads[i]);
+		if (rc != KOBO_OK) {
+			free(all);
+			return read_failed(x, rc);
+		}
+		lists[i] = reads[i].events;
+		lens[i] = reads[i].count;
+	}
+	kobo_event *merged = all + 2 * KOBO_HTTP_EVENTS_PER_SHARD_MAX;
+	size_t count = kobo_events_merge(lists, lens, n, merged);
+	kobo_http_buf *buf = &x->reply.body;
+	kobo_http_buf_puts(buf, "{\"data\":[");
+	for (size_t i = 0; i < count; i++) {
+		if (i)
+			kobo_http_buf_puts(buf, ",");
+		kobo_http_encode_event(buf, &merged[i]);
+	}
+	kobo_http_buf_puts(buf, "]}");
+	free(all);
+	x->reply.status = 200;
+	return KOBO_HTTP_REPLY_READY;
+}
+
+/* GET /v1/transfers?request_id=X: the records the request created, shard
+ * by shard (0, 1, …), each shard's oldest first; "next" is "SHARD.SEQ".
+ * A cross-shard transfer shows once, as its payer's leg (the CREDIT leg
+ * on the payee's shard carries the same request id and is left out). */
+typedef struct request_page {
+	kobo_http_buf *buf;
+	size_t limit;
+	size_t rows;
+	int64_t last_seq;
+	bool more;
+} request_page;
+
+static int request_row(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	request_page *page = ctx;
+	if (transfer->leg == KOBO_LEG_CREDIT) {
+		page->last_seq = seq;
+		return 0;
+	}
+	if (page->rows == page->limit) {
+		page->more = true;
+		return 1;
+	}
+	if (page->rows)
+		kobo_http_buf_puts(page->buf, ",");
+	kobo_http_encode_transfer(page->buf, transfer);
+	page->rows++;
+	page->last_seq = seq;
+	return 0;
+}
+
+int kobo__http_list_transfers(kobo_http_exchange *x)
+{
+	kobo_http_buf *buf = &x->reply.body;
+	if (!x->query.has_request_id)
+		return kobo__http_fail(x, 400, "invalid_request",
+		                       "request_id: required (GET /v1/transfers?request_id=X)");
+	if (x->query.after_shard >= x->server->shard_count)
+		return kobo__http_fail(x, 400, "invalid_request",
+		                       "after: must be a cursor returned as \"next\"");
+	request_page page = { .buf = buf, .limit = x->query.limit };
+	kobo_http_buf_puts(buf, "{\"data\":[");
+	uint32_t shard = x->query.after_shard;
+	int64_t after = x->query.after_seq;
+	bool more = false;
+	for (; shard < x->server->shard_count; shard++, after = 0) {
+		size_t mark = buf->len;
+		size_t rows = page.rows;
+		kobo_http_read read;
+		int rc = kobo__http_read_begin(x, shard, false, &read);
+		do {
+			buf->len = mark;
+			page.rows = rows;
+			page.more = false;
+			page.last_seq = after;
+			if (rc == KOBO_OK)
+				rc = kobo_store_read_by_request(read.reader, x->query.request_id,
+				                                after, page.limit - page.rows + 1,
+				                                request_row, &page);
+		} while (kobo__http_read_retry(x, &read, &rc));
+		if (rc != KOBO_OK) {
+			buf->len = 0;
+			return read_failed(x, rc);
+		}
+		if (page.more) {
+			more = true;
+			break;
+		}
+		if (page.rows == page.limit) {
+			/* Full: the next shard's first row, if any, is the next page. */
+			if (shard + 1 < x->server->shard_count) {
+				more = true;
+				shard++;
+				page.last_seq = 0;
+			}
+			break;
+		}
+	}
+	if (more)
+		kobo_http_buf_printf(buf, "],\"next\":\"%" PRIu32 ".%" PRId64 "\"}", shard,
+		                     page.last_seq);
+	else
+		kobo_http_buf_puts(buf, "],\"next\":null}");
+	x->reply.status = 200;
+	return KOBO_HTTP_REPLY_READY;
+}
+
 typedef struct history_page {
 	kobo_http_buf *buf;
 	size_t limit;

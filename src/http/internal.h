@@ -173,6 +173,8 @@ int kobo__http_get_history(kobo_http_exchange *x);
 int kobo__http_create_transfer(kobo_http_exchange *x);
 int kobo__http_create_batch(kobo_http_exchange *x);
 int kobo__http_get_transfer(kobo_http_exchange *x);
+int kobo__http_get_events(kobo_http_exchange *x);
+int kobo__http_list_transfers(kobo_http_exchange *x);
 int kobo__http_post_transfer(kobo_http_exchange *x);
 int kobo__http_void_transfer(kobo_http_exchange *x);
 int kobo__http_healthz(kobo_http_exchange *x);

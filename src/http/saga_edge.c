@@ -263,6 +263,7 @@ static void split_layout(kobo_http_exchange *x, const uint32_t *shards)
 		split->ops[to] = x->ops.ops[i];
 		memcpy(split->ops[to].request_id, x->request_id, sizeof(x->request_id));
 		memcpy(split->ops[to].created_by, x->key_id, sizeof(x->key_id));
+		memcpy(split->ops[to].trace_id, x->trace_id, sizeof(x->trace_id));
 		split->index[to] = i;
 	}
 }

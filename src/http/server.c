@@ -153,6 +153,8 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind,
 	int rc;
 	if (kobo_http_routes[x->route].handler == kobo__http_get_history)
 		rc = kobo_http_history_query_arg(&x->query, key, value, &err);
+	else if (kobo_http_routes[x->route].handler == kobo__http_list_transfers)
+		rc = kobo_http_request_query_arg(&x->query, key, value, &err);
 	else
 		rc = kobo_http_error_set(&err, 400, "invalid_request",
 		                         "%.64s: unknown query parameter", key);
@@ -485,6 +487,7 @@ int kobo__http_submit(kobo_http_exchange *x, uint32_t shard)
 	for (size_t i = 0; i < x->ops.count; i++) {
 		memcpy(x->ops.ops[i].request_id, x->request_id, sizeof(x->request_id));
 		memcpy(x->ops.ops[i].created_by, x->key_id, sizeof(x->key_id));
+		memcpy(x->ops.ops[i].trace_id, x->trace_id, sizeof(x->trace_id));
 	}
 	x->request.ops = x->ops.ops;
 	x->request.results = x->results;

@@ -42,6 +42,8 @@ static void scopes_are_the_documented_ones(void **state)
 		{ "POST /v1/transfers", KOBO_SCOPE_TRANSFERS_WRITE },
 		{ "POST /v1/transfers/batch", KOBO_SCOPE_TRANSFERS_WRITE },
 		{ "GET /v1/transfers/{id}", KOBO_SCOPE_TRANSFERS_READ },
+		{ "GET /v1/transfers", KOBO_SCOPE_TRANSFERS_READ },
+		{ "GET /v1/transfers/{id}/events", KOBO_SCOPE_TRANSFERS_READ },
 		{ "POST /v1/transfers/{id}/post", KOBO_SCOPE_TRANSFERS_WRITE },
 		{ "POST /v1/transfers/{id}/void", KOBO_SCOPE_TRANSFERS_WRITE },
 		{ "GET /healthz", KOBO_HTTP_SCOPE_PUBLIC },

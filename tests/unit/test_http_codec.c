@@ -823,9 +823,11 @@ static void routes_match(void **state)
 	assert_int_equal(m.error.status, 405);
 	assert_non_null(strstr(m.allow, "GET"));
 	assert_non_null(strstr(m.allow, "POST"));
-	assert_int_equal(kobo_http_route_match("GET", "/v1/transfers", &m), KOBO_EINVAL);
+	assert_int_equal(kobo_http_route_match("PUT", "/v1/transfers", &m), KOBO_EINVAL);
 	assert_int_equal(m.error.status, 405);
-	assert_string_equal(m.allow, "POST");
+	assert_string_equal(m.allow, "POST, GET");
+	expect_route("GET", "/v1/transfers", "GET /v1/transfers", "");
+	expect_route("GET", "/v1/transfers/tx:1/events", "GET /v1/transfers/{id}/events", "tx:1");
 	assert_int_equal(kobo_http_route_match("POST", "/healthz", &m), KOBO_EINVAL);
 	assert_string_equal(m.allow, "GET");
 

@@ -1,0 +1,134 @@
+"""
+test_events.py — the journey of a payment (API.md "The journey of a
+payment"): GET /v1/transfers/{id}/events and GET /v1/transfers?request_id=,
+on a real `kobod --shards 2 --node-name …` (SQLite and PostgreSQL).
+
+Driven with a chosen X-Request-Id and traceparent: a local transfer, a hold
+that is posted, a hold that expires, a cross-shard transfer and a
+cross-shard hold that is posted; each shows every step in order with its
+shard, node, request id and trace id; a retry shows `replayed`; an unknown
+id is 404; the transfers a request created are listed, paged, on every
+shard.
+"""
+import time
+
+import pytest
+
+from kobotest import (expect_error, expect_status, id_on_shard, make_account, uid,
+                      wait_until)
+
+SHARDS = 2
+NODE = "node-events-1"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def rid(prefix):
+    """A fresh request id (X-Request-Id's alphabet has no ':')."""
+    return uid(prefix).replace(":", "-")
+
+
+def headers(request_id):
+    return {"X-Request-Id": request_id,
+            "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
+
+
+def events(srv, tid):
+    r = expect_status(srv.get(f"/v1/transfers/{tid}/events"), 200, f"events of {tid}")
+    return r.body["data"]
+
+
+def kinds(evs):
+    return [(e["event"], e["shard"]) for e in evs]
+
+
+def transfer(srv, tid, src, dst, amount, request_id, **extra):
+    body = {"id": tid, "from": src, "to": dst, "amount": amount, "currency": "NGN", **extra}
+    return srv.post("/v1/transfers", body, headers=headers(request_id))
+
+
+@pytest.mark.own_shards
+def test_every_step_of_a_payment_is_an_event(make_server):
+    srv = make_server("--shards", str(SHARDS), "--node-name", NODE)
+    a0 = id_on_shard("a", 0, SHARDS)
+    b0 = id_on_shard("b", 0, SHARDS)
+    c1 = id_on_shard("c", 1, SHARDS)
+    for acct in (a0, b0, c1):
+        make_account(srv, acct, allow_negative=True)
+    req = rid("req")
+
+    # A local transfer, and its retry.
+    t_local = uid("tl")
+    expect_status(transfer(srv, t_local, a0, b0, 100, req), 201)
+    expect_status(transfer(srv, t_local, a0, b0, 100, rid("retry")), 200)
+    evs = events(srv, t_local)
+    assert kinds(evs) == [("created", 0), ("replayed", 0)], evs
+    first = evs[0]
+    assert first["node"] == NODE and first["request_id"] == req, first
+    assert first["trace_id"] == TRACE and first["key_id"] is None, first
+    assert first["leg"] == "local" and first["status"] == "posted" and first["amount"] == 100
+    assert first["transfer_id"] == t_local and first["at"].endswith("Z")
+    assert evs[1]["request_id"] != req and evs[1]["at_ms"] >= first["at_ms"]
+
+    # A hold that is posted in part.
+    t_hold = uid("th")
+    expect_status(transfer(srv, t_hold, a0, b0, 300, req, pending=True), 201)
+    expect_status(srv.post(f"/v1/transfers/{t_hold}/post", {"amount": 120},
+                           headers=headers(rid("post"))), 200)
+    evs = events(srv, t_hold)
+    assert kinds(evs) == [("reserved", 0), ("posted", 0)], evs
+    assert evs[0]["status"] == "pending" and evs[1]["amount"] == 120
+
+    # A hold that expires (the expiry scan's request id is "expiry").
+    t_exp = uid("tx")
+    expect_status(transfer(srv, t_exp, a0, b0, 50, req, pending=True, timeout_seconds=1), 201)
+    assert wait_until(lambda: len(events(srv, t_exp)) == 2, timeout=10), events(srv, t_exp)
+    evs = events(srv, t_exp)
+    assert kinds(evs) == [("reserved", 0), ("expired", 0)], evs
+    assert evs[1]["request_id"] == "expiry" and evs[1]["status"] == "voided"
+
+    # A cross-shard transfer: reserved on A, credited on B, settled on A.
+    t_x = uid("tc")
+    expect_status(transfer(srv, t_x, a0, c1, 70, req), 201)
+    assert wait_until(lambda: len(events(srv, t_x)) == 3, timeout=10), events(srv, t_x)
+    evs = events(srv, t_x)
+    assert kinds(evs) == [("reserved", 0), ("credited", 1), ("settled", 0)], evs
+    assert [e["leg"] for e in evs] == ["debit", "credit", "debit"]
+    assert all(e["node"] == NODE and e["request_id"] == req for e in evs), evs
+    assert evs[0]["trace_id"] == TRACE
+    assert evs[2]["status"] == "posted"
+    assert [e["at_ms"] for e in evs] == sorted(e["at_ms"] for e in evs)
+
+    # A cross-shard hold that is posted: the post asks B, B posts, A settles.
+    t_xh = uid("tch")
+    expect_status(transfer(srv, t_xh, a0, c1, 90, req, pending=True), 201)
+    assert wait_until(lambda: len(events(srv, t_xh)) == 3, timeout=10), events(srv, t_xh)
+    r = srv.post(f"/v1/transfers/{t_xh}/post", None, headers=headers(rid("xpost")))
+    assert r.status in (200, 202), r
+    assert wait_until(lambda: len(events(srv, t_xh)) == 6, timeout=10), events(srv, t_xh)
+    evs = events(srv, t_xh)
+    assert kinds(evs) == [("reserved", 0), ("credited", 1), ("settled", 0),
+                          ("post_asked", 0), ("posted", 1), ("settled", 0)], evs
+    assert evs[1]["status"] == "pending" and evs[5]["status"] == "posted"
+
+    # Unknown: 404.
+    expect_error(srv.get(f"/v1/transfers/{uid('nope')}/events"), 404, "transfer_not_found")
+
+    # The transfers the request created, every shard, paged.
+    seen = []
+    after = None
+    for _ in range(10):
+        path = f"/v1/transfers?request_id={req}&limit=2" + (f"&after={after}" if after else "")
+        page = expect_status(srv.get(path), 200, path).body
+        assert len(page["data"]) <= 2
+        seen += [t["id"] for t in page["data"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert sorted(seen) == sorted([t_local, t_hold, t_exp, t_x, t_xh]), seen
+    assert all(t["request_id"] == req
+               for t in srv.get(f"/v1/transfers?request_id={req}").body["data"])
+    empty = expect_status(srv.get(f"/v1/transfers?request_id={rid('none')}"), 200).body
+    assert empty == {"data": [], "next": None}
+    expect_error(srv.get("/v1/transfers"), 400, "invalid_request")
+    expect_error(srv.get("/v1/transfers?request_id=a%20b"), 400, "invalid_request")
+    expect_error(srv.get(f"/v1/transfers?request_id={req}&after=x"), 400, "invalid_request")
