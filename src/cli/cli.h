@@ -18,6 +18,8 @@
  *                  with the sagas in flight accounted for (no server
  *                  needed; definite with DIR/kobod.lock held, re-read
  *                  while kobod runs)
+ *   trace.c        `kobo trace ID`: a transfer's or a request's events on
+ *                  every shard in one timeline, with matching log lines
  *   http_client.c  one libcurl easy handle, reused for every request
  *   output.c       tables, key/value listings, error lines, argument parsing
  *
@@ -124,6 +126,7 @@ int kobo_cli_cmd_void(kobo_cli *cli, int argc, char **argv);
 int kobo_cli_cmd_history(kobo_cli *cli, int argc, char **argv);
 int kobo_cli_cmd_audit(kobo_cli *cli, int argc, char **argv);
 int kobo_cli_cmd_key(kobo_cli *cli, int argc, char **argv);
+int kobo_cli_cmd_trace(kobo_cli *cli, int argc, char **argv);
 
 /* ---- The store a local command works on (target.c). ---- */
 

@@ -20,6 +20,8 @@ void kobo_cli_usage(FILE *stream)
 	      "  kobo post ID [--amount N]\n"
 	      "  kobo void ID\n"
 	      "  kobo history ACCOUNT [--limit N] [--all]\n"
+	      "  kobo trace ID [--logs DIR]   (ID: a transfer id or a request id; exit 1 if\n"
+	      "                                nothing is found)\n"
 	      "  kobo audit --data DIR [--json] [--metrics-file FILE]\n"
 	      "  kobo audit --postgres URL [--postgres URL ...] [--json] [--metrics-file FILE]\n"
 	      "  kobo key create --name NAME --scopes S1,S2 [STORE]   (prints the key once)\n"
@@ -60,6 +62,7 @@ static const command commands[] = {
 	{"post", kobo_cli_cmd_post},
 	{"void", kobo_cli_cmd_void},
 	{"history", kobo_cli_cmd_history},
+	{"trace", kobo_cli_cmd_trace},
 	{"audit", kobo_cli_cmd_audit},
 	{"key", kobo_cli_cmd_key},
 };

@@ -8,13 +8,14 @@ that is posted, a hold that expires, a cross-shard transfer and a
 cross-shard hold that is posted; each shows every step in order with its
 shard, node, request id and trace id; a retry shows `replayed`; an unknown
 id is 404; the transfers a request created are listed, paged, on every
-shard.
+shard; `kobo trace` shows a transfer or a request (text and --json, with
+--logs), exit 1 when nothing is found.
 """
-import time
+import json
 
 import pytest
 
-from kobotest import (expect_error, expect_status, id_on_shard, make_account, uid,
+from kobotest import (cli, expect_error, expect_status, id_on_shard, make_account, uid,
                       wait_until)
 
 SHARDS = 2
@@ -132,3 +133,54 @@ def test_every_step_of_a_payment_is_an_event(make_server):
     expect_error(srv.get("/v1/transfers"), 400, "invalid_request")
     expect_error(srv.get("/v1/transfers?request_id=a%20b"), 400, "invalid_request")
     expect_error(srv.get(f"/v1/transfers?request_id={req}&after=x"), 400, "invalid_request")
+
+
+@pytest.mark.own_shards
+def test_kobo_trace_shows_a_transfer_or_a_request(make_server, tmp_path):
+    srv = make_server("--shards", str(SHARDS), "--node-name", NODE)
+    a0 = id_on_shard("a", 0, SHARDS)
+    c1 = id_on_shard("c", 1, SHARDS)
+    for acct in (a0, c1):
+        make_account(srv, acct, allow_negative=True)
+    req = rid("req")
+    t_x = uid("tc")
+    t_l = uid("tl")
+    expect_status(transfer(srv, t_x, a0, c1, 70, req), 201)
+    expect_status(transfer(srv, t_l, c1, c1, 5, req), 422)  # recorded as rejected
+    assert wait_until(lambda: len(events(srv, t_x)) == 3, timeout=10), events(srv, t_x)
+
+    # By transfer id, as JSON: every event carries its shard.
+    r = cli(srv, "trace", t_x, json_out=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["found_as"] == "transfer"
+    assert [(e["event"], e["shard"]) for e in out["events"]] == \
+        [("reserved", 0), ("credited", 1), ("settled", 0)], out
+    assert out["transfers"][0]["status"] == "posted"
+
+    # By request id, as text: both transfers, durations, the final states.
+    r = cli(srv, "trace", req)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "request id" in lines[0], r.stdout
+    body = "\n".join(lines)
+    for word in ("reserved", "credited", "settled", "rejected", NODE, req, "+"):
+        assert word in body, r.stdout
+    assert f"final: {t_x} posted" in body and f"final: {t_l} rejected" in body, r.stdout
+
+    # With --logs: the node's JSON log lines of that request, merged in.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "node-1.log").write_text(srv.log_text())
+    r = cli(srv, "trace", t_x, "--logs", str(logs), json_out=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["logs"], out
+    assert all(req in (l.get("request_id"), l.get("transfer_id")) or
+               l.get("transfer_id") == t_x for l in out["logs"]), out["logs"]
+    assert any(l.get("event") == "http_request" for l in out["logs"]), out["logs"]
+    assert [l["ts"] for l in out["logs"]] == sorted(l["ts"] for l in out["logs"])
+
+    # Nothing found: exit 1.
+    r = cli(srv, "trace", rid("nothing"))
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
