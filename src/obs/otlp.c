@@ -28,6 +28,7 @@
 #include "obs.h"
 
 #define CONNECT_TIMEOUT_MS_MAX 2000
+#define POP_CHUNK 32 /* spans copied out of the ring per lock hold (~75 KB) */
 
 /* ---- Small helpers. ---- */
 
@@ -616,7 +617,19 @@ static void *exporter_main(void *arg)
 		}
 		if (ex.stopping && (ex.ring.count == 0 || kobo_monotonic_us() >= ex.stop_deadline_us))
 			break;
-		size_t n = kobo_otlp_ring_pop(&ex.ring, ex.batch, ex.config.batch_max);
+		/* Taken POP_CHUNK spans at a time, the lock released in between,
+		 * so a request's export never waits behind a 1 MB copy. */
+		size_t n = 0;
+		for (;;) {
+			size_t want = ex.config.batch_max - n < POP_CHUNK ? ex.config.batch_max - n
+			                                                    : POP_CHUNK;
+			size_t got = kobo_otlp_ring_pop(&ex.ring, ex.batch + n, want);
+			n += got;
+			if (got < want || n == ex.config.batch_max)
+				break;
+			pthread_mutex_unlock(&ex.lock);
+			pthread_mutex_lock(&ex.lock);
+		}
 		pthread_mutex_unlock(&ex.lock);
 		if (n)
 			export_batch(n);
