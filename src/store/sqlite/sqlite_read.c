@@ -453,21 +453,19 @@ int store_sqlite_read_transfer(kobo_store_reader *reader, const char *id,
 	return result;
 }
 
-int store_sqlite_read_history(kobo_store_reader *reader, const char *account_id,
-                              int64_t after_seq, size_t limit,
-                              kobo_store_transfer_fn each, void *ctx)
+/* Steps a bound transfer query to its end, handing each row to each (rows
+ * whose seq repeats the previous one's are skipped: a query of two arms can
+ * return a row twice, adjacent); resets the statement. The record's
+ * metadata points into the row: valid during the call, as the contract
+ * promises. KOBO_OK (also when each stopped the read) or KOBO_ESTORE, logged
+ * as failure_event. */
+static int step_transfers(sqlite_reader *r, sqlite3_stmt *stmt, int64_t after_seq,
+                          kobo_store_transfer_fn each, void *ctx,
+                          const char *failure_event)
 {
-	sqlite_reader *r = to_reader(reader);
-	sqlite3_stmt *stmt = r->stmt[SQL_READ_HISTORY];
 	int64_t last_seq = after_seq;
 	int result = KOBO_OK;
 	int rc;
-
-	if (limit == 0)
-		return KOBO_OK;
-	sqlite3_bind_text(stmt, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(stmt, 2, after_seq);
-	sqlite3_bind_int64(stmt, 3, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
 		kobo_transfer transfer;
 		int64_t seq;
@@ -476,19 +474,37 @@ int store_sqlite_read_history(kobo_store_reader *reader, const char *account_id,
 			break;
 		}
 		if (seq == last_seq)
-			continue; /* the same row from both arms */
+			continue;
 		last_seq = seq;
-		/* metadata points into the row: valid during the call, as the
-		 * contract promises. */
 		if (each(ctx, &transfer, seq) != 0) {
 			rc = SQLITE_DONE;
 			break;
 		}
 	}
 	if (rc != SQLITE_DONE)
-		result = reader_error(r, "store_read_history_failed");
+		result = reader_error(r, failure_event);
 	sqlite3_reset(stmt);
 	return result;
+}
+
+static int64_t limit_arg(size_t limit)
+{
+	return limit > INT64_MAX ? INT64_MAX : (int64_t)limit;
+}
+
+int store_sqlite_read_history(kobo_store_reader *reader, const char *account_id,
+                              int64_t after_seq, size_t limit,
+                              kobo_store_transfer_fn each, void *ctx)
+{
+	sqlite_reader *r = to_reader(reader);
+	sqlite3_stmt *stmt = r->stmt[SQL_READ_HISTORY];
+
+	if (limit == 0)
+		return KOBO_OK;
+	sqlite3_bind_text(stmt, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, after_seq);
+	sqlite3_bind_int64(stmt, 3, limit_arg(limit));
+	return step_transfers(r, stmt, after_seq, each, ctx, "store_read_history_failed");
 }
 
 int store_sqlite_read_events(kobo_store_reader *reader, const char *transfer_id,
@@ -545,30 +561,13 @@ int store_sqlite_read_by_request(kobo_store_reader *reader, const char *request_
 {
 	sqlite_reader *r = to_reader(reader);
 	sqlite3_stmt *stmt = r->stmt[SQL_READ_BY_REQUEST];
-	int result = KOBO_OK;
-	int rc;
 
 	if (limit == 0)
 		return KOBO_OK;
 	sqlite3_bind_text(stmt, 1, request_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(stmt, 2, after_seq);
-	sqlite3_bind_int64(stmt, 3, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-		kobo_transfer transfer;
-		int64_t seq;
-		if (store_sqlite_transfer_from_row(stmt, &transfer, &seq) != KOBO_OK) {
-			rc = SQLITE_CORRUPT;
-			break;
-		}
-		if (each(ctx, &transfer, seq) != 0) {
-			rc = SQLITE_DONE;
-			break;
-		}
-	}
-	if (rc != SQLITE_DONE)
-		result = reader_error(r, "store_read_by_request_failed");
-	sqlite3_reset(stmt);
-	return result;
+	sqlite3_bind_int64(stmt, 3, limit_arg(limit));
+	return step_transfers(r, stmt, after_seq, each, ctx, "store_read_by_request_failed");
 }
 
 int store_sqlite_read_sagas(kobo_store_reader *reader, const char *after_id,
@@ -576,29 +575,14 @@ int store_sqlite_read_sagas(kobo_store_reader *reader, const char *after_id,
 {
 	sqlite_reader *r = to_reader(reader);
 	sqlite3_stmt *stmt = r->stmt[SQL_READ_SAGAS];
-	int result = KOBO_OK;
-	int rc;
 
 	if (limit == 0)
 		return KOBO_OK;
 	sqlite3_bind_text(stmt, 1, after_id != NULL ? after_id : "", -1, SQLITE_STATIC);
-	sqlite3_bind_int64(stmt, 2, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-		kobo_transfer transfer;
-		int64_t seq;
-		if (store_sqlite_transfer_from_row(stmt, &transfer, &seq) != KOBO_OK) {
-			rc = SQLITE_CORRUPT;
-			break;
-		}
-		if (each(ctx, &transfer, seq) != 0) {
-			rc = SQLITE_DONE;
-			break;
-		}
-	}
-	if (rc != SQLITE_DONE)
-		result = reader_error(r, "store_read_sagas_failed");
-	sqlite3_reset(stmt);
-	return result;
+	sqlite3_bind_int64(stmt, 2, limit_arg(limit));
+	/* seq 0 never occurs (seqs start at 1): nothing is skipped as a repeat
+	 * of the first row. */
+	return step_transfers(r, stmt, 0, each, ctx, "store_read_sagas_failed");
 }
 
 /* One kobod serves a SQLite data directory: every claim is granted and
