@@ -157,7 +157,7 @@ int kobo__http_create_batch(kobo_http_exchange *x)
 		kobo_http_ops_free(&x->ops);
 		return KOBO_HTTP_REPLY_READY;
 	}
-	/* A small body expands into ~1.3 KB of state a transfer: count it
+	/* A small body expands into ~1.9 KB of state a transfer: count it
 	 * with the body, or 1,024 such batches would hold ~10 GB. The ops
 	 * were allocated by the parse: one request's worth at most per HTTP
 	 * thread, held only until this refusal frees them. */

@@ -263,7 +263,9 @@ def test_batch_items_count_against_the_request_memory_budget(make_server):
         body = json.dumps(full_batch(tag)).encode()
         assert len(body) < 2 << 20, len(body)
         # 15 announced 8 MiB bodies hold 120 MiB: the batch's body fits the
-        # remaining 8 MiB, its ~8190 × 1.3 KB of ops and results do not.
+        # remaining 8 MiB, its ~8190 × 1.9 KB of ops, results and reply text
+        # (handlers.c charges sizeof(kobo_op) + sizeof(kobo_result) + 512
+        # bytes an item: ~15 MiB) do not.
         held = [announce_batch(srv.port) for _ in range(BODIES_BYTES_MAX // BATCH_BODY_MAX - 1)]
         try:
             time.sleep(1.0)
@@ -275,17 +277,18 @@ def test_batch_items_count_against_the_request_memory_budget(make_server):
                 s.close()
         expect_error(get_transfer(srv, f"{tag}:0"), 404, "transfer_not_found",
                      "nothing of the refused batch is recorded")
-        # With 14 bodies held (16 MiB left) the batch's own state fits on one
-        # shard; spread over two, its split copy (ops, results, slots) does not.
-        held = [announce_batch(srv.port) for _ in range(BODIES_BYTES_MAX // BATCH_BODY_MAX - 2)]
+        # With 13 bodies held (24 MiB left) the batch's own state (~16 MiB
+        # with its body) fits on one shard; spread over two, its split copy
+        # (ops, results, slots: ~16 MiB more) does not.
+        held = [announce_batch(srv.port) for _ in range(BODIES_BYTES_MAX // BATCH_BODY_MAX - 3)]
         try:
             time.sleep(1.0)
             r = srv.post("/v1/transfers/batch", body)
             if shards == 1:
-                expect_status(r, 200, "one shard: the batch's state fits beside 14 held bodies")
+                expect_status(r, 200, "one shard: the batch's state fits beside 13 held bodies")
             else:
                 expect_error(r, 503, "overloaded",
-                             f"--shards {shards}: the split copy does not fit beside 14 held bodies")
+                             f"--shards {shards}: the split copy does not fit beside 13 held bodies")
                 expect_error(get_transfer(srv, f"{tag}:0"), 404, "transfer_not_found",
                              "nothing of the refused split batch is recorded")
         finally:
