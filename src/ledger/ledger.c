@@ -647,6 +647,7 @@ static uint32_t record_leg(kobo_ledger *ledger, const kobo_op *op,
 	memcpy(transfer.currency, wanted->currency, sizeof(transfer.currency));
 	memcpy(transfer.request_id, op->request_id, sizeof(transfer.request_id));
 	memcpy(transfer.created_by, op->created_by, sizeof(transfer.created_by));
+	memcpy(transfer.trace_id, op->trace_id, sizeof(transfer.trace_id));
 	transfer.amount = wanted->amount;
 	transfer.pending = wanted->pending;
 	transfer.timeout_seconds = wanted->timeout_seconds;

@@ -147,6 +147,10 @@ typedef struct kobo_transfer {
 	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1];
 	/* As kobo_account.created_by; a CREDIT leg carries its DEBIT leg's. */
 	char created_by[KOBO_KEY_ID_LEN + 1];
+	/* The trace id of the request that created the transfer ("" when
+	 * none), fixed at creation like request_id; a CREDIT leg carries its
+	 * DEBIT leg's, so saga steps rejoin the request's trace. */
+	char trace_id[KOBO_TRACE_ID_LEN + 1];
 	int64_t amount;        /* as requested, 1..INT64_MAX */
 	int64_t posted_amount; /* what moved: 0 unless POSTED */
 	bool pending;          /* requested as a hold */
@@ -286,7 +290,8 @@ typedef struct kobo_op {
 	 * created_by on the account or transfer the op creates. */
 	char created_by[KOBO_KEY_ID_LEN + 1];
 	/* The request's traceparent trace id ("" when none): recorded on the
-	 * events the op makes (events.h), nowhere else. */
+	 * events the op makes (events.h) and as trace_id on the transfer the
+	 * op creates; saga step ops carry the DEBIT leg's. */
 	char trace_id[KOBO_TRACE_ID_LEN + 1];
 	union {
 		/* CREATE_ACCOUNT: id, currency, allow_negative, metadata. */

@@ -17,6 +17,8 @@ bool kobo_saga_remote_op(const kobo_transfer *a_record, const char *b_clearing,
 	memcpy(op->request_id, a_record->request_id, sizeof(op->request_id));
 	/* Both legs name the key whose request created the DEBIT leg. */
 	memcpy(op->created_by, a_record->created_by, sizeof(op->created_by));
+	/* And the trace of that request: B's events and leg join it. */
+	memcpy(op->trace_id, a_record->trace_id, sizeof(op->trace_id));
 	switch (a_record->saga) {
 	case KOBO_SAGA_RESERVED: {
 		op->kind = abort ? KOBO_OP_SAGA_ABORT : KOBO_OP_SAGA_CREDIT;
@@ -63,6 +65,8 @@ static void settle_init(const kobo_transfer *a_record, kobo_op *settle,
 	memset(settle, 0, sizeof(*settle));
 	settle->kind = KOBO_OP_SAGA_SETTLE;
 	memcpy(settle->request_id, a_record->request_id, sizeof(settle->request_id));
+	memcpy(settle->created_by, a_record->created_by, sizeof(settle->created_by));
+	memcpy(settle->trace_id, a_record->trace_id, sizeof(settle->trace_id));
 	memcpy(settle->u.settle.id, a_record->id, sizeof(settle->u.settle.id));
 	settle->u.settle.refused = refused;
 	settle->u.settle.refusal = refused ? refusal : KOBO_RESULT_CREATED;

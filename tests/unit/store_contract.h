@@ -781,6 +781,7 @@ static inline void assert_transfer_equal(const kobo_transfer *want, const kobo_t
 	assert_int_equal(got->saga_amount, want->saga_amount);
 	assert_int_equal(got->saga_reason, want->saga_reason);
 	assert_string_equal(got->created_by, want->created_by);
+	assert_string_equal(got->trace_id, want->trace_id);
 }
 
 typedef struct seen {

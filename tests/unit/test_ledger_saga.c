@@ -1278,6 +1278,39 @@ static void test_created_by_comes_from_the_op(void **state)
 	           "eeeeeeeeeeeeeeee", __FILE__, __LINE__);
 }
 
+/* trace_id comes from the op like request_id: a local transfer and a
+ * DEBIT leg record their op's, the CREDIT leg on B the one its op carries
+ * (the runner copies the DEBIT leg's: test_saga.c); a replay in another
+ * trace and a later update keep the first. */
+static void test_trace_id_comes_from_the_op(void **state)
+{
+	(void)state;
+	const char *trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+	kobo_op local = op_transfer("t-local", "payer", "cash", 5);
+	snprintf(local.trace_id, sizeof(local.trace_id), "%s", trace);
+	kobo_result r = apply(&shard_a, local);
+	EXPECT_CODE(r, KOBO_RESULT_CREATED);
+	check_name("result.trace_id", r.transfer.trace_id, trace, __FILE__, __LINE__);
+	snprintf(local.trace_id, sizeof(local.trace_id), "00f067aa0ba902b700f067aa0ba902b7");
+	EXPECT_CODE(apply(&shard_a, local), KOBO_RESULT_REPLAYED);
+	check_name("t-local.trace_id after a replay",
+	           transfer_of(&shard_a, "t-local").trace_id, trace, __FILE__, __LINE__);
+
+	kobo_op debit = op_debit("t-x", 300, false, 0);
+	snprintf(debit.trace_id, sizeof(debit.trace_id), "%s", trace);
+	EXPECT_CODE(apply(&shard_a, debit), KOBO_RESULT_CREATED);
+	check_name("A t-x.trace_id", transfer_of(&shard_a, "t-x").trace_id, trace,
+	           __FILE__, __LINE__);
+	EXPECT_CODE(apply(&shard_b, op_credit_for(debit, KOBO_OP_SAGA_CREDIT)),
+	            KOBO_RESULT_CREATED);
+	check_name("B t-x.trace_id", transfer_of(&shard_b, "t-x").trace_id, trace,
+	           __FILE__, __LINE__);
+	kobo_op plain = op_transfer("t-none", "payer", "cash", 5);
+	EXPECT_CODE(apply(&shard_a, plain), KOBO_RESULT_CREATED);
+	check_name("t-none.trace_id", transfer_of(&shard_a, "t-none").trace_id, "",
+	           __FILE__, __LINE__);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -1320,6 +1353,7 @@ int main(void)
 		T(test_end_to_end_pending_void),
 		T(test_end_to_end_compensated),
 		T(test_created_by_comes_from_the_op),
+		T(test_trace_id_comes_from_the_op),
 	};
 #undef T
 	return cmocka_run_group_tests(tests, NULL, NULL);

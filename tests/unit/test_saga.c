@@ -36,6 +36,7 @@ static kobo_transfer debit_record(kobo_saga_state saga, bool pending)
 	snprintf(t.currency, sizeof(t.currency), "NGN");
 	snprintf(t.request_id, sizeof(t.request_id), "req-1");
 	snprintf(t.created_by, sizeof(t.created_by), "00c0ffee00c0ffee");
+	snprintf(t.trace_id, sizeof(t.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
 	snprintf(t.clearing, sizeof(t.clearing), "kobo:clearing:0:1:NGN");
 	t.amount = 500;
 	t.pending = pending;
@@ -71,6 +72,8 @@ static void remote_op_follows_the_state(void **state)
 	assert_string_equal(op.request_id, "req-1");
 	/* Both legs name the key that created the DEBIT leg. */
 	assert_string_equal(op.created_by, "00c0ffee00c0ffee");
+	/* And B's step joins the trace of the request that made the DEBIT leg. */
+	assert_string_equal(op.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 	assert_int_equal(op.atomic_group, 0);
 
 	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", true, &op));
@@ -82,11 +85,13 @@ static void remote_op_follows_the_state(void **state)
 	assert_int_equal(op.kind, KOBO_OP_SAGA_POST); /* abort only concerns RESERVED */
 	assert_true(op.u.target.has_amount);
 	assert_int_equal(op.u.target.amount, 200);
+	assert_string_equal(op.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 
 	t = debit_record(KOBO_SAGA_VOIDING, true);
 	assert_true(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &op));
 	assert_int_equal(op.kind, KOBO_OP_SAGA_VOID);
 	assert_string_equal(op.u.target.id, "tx:1");
+	assert_string_equal(op.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 
 	t = debit_record(KOBO_SAGA_NONE, true);
 	assert_false(kobo_saga_remote_op(&t, "kobo:clearing:1:0:NGN", false, &op));
@@ -123,6 +128,9 @@ static void settle_reads_b_answers(void **state)
 	assert_false(settle.u.settle.refused);
 	assert_int_equal(settle.u.settle.step, KOBO_SAGA_RESERVED);
 	assert_string_equal(settle.request_id, "req-1");
+	/* A's settle joins the same trace and names the same key. */
+	assert_string_equal(settle.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+	assert_string_equal(settle.created_by, "00c0ffee00c0ffee");
 	r = credit_result(KOBO_RESULT_REPLAYED, KOBO_STATUS_POSTED, KOBO_RESULT_CREATED);
 	assert_true(kobo_saga_settle_op(&t, &b_op, &r, &settle));
 	assert_false(settle.u.settle.refused);

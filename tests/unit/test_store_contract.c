@@ -1941,6 +1941,99 @@ static void created_by_round_trips_through_every_read(void **state)
 	reader_close(e, reader);
 }
 
+/* ---- trace_id: the trace of the request that made a transfer. ---- */
+
+static int note_transfer_trace(void *ctx, const kobo_transfer *transfer, int64_t seq)
+{
+	by_id *b = ctx;
+	(void)seq;
+	assert_true(b->count < 16);
+	snprintf(b->ids[b->count], sizeof b->ids[0], "%s", transfer->id);
+	/* by[] is too short for a trace id: keep its first 16 characters. */
+	snprintf(b->by[b->count++], sizeof b->by[0], "%.16s", transfer->trace_id);
+	return 0;
+}
+
+static kobo_op in_trace(kobo_op op, const char *trace_id)
+{
+	snprintf(op.trace_id, sizeof op.trace_id, "%s", trace_id);
+	return op;
+}
+
+#define TRACE_A "4bf92f3577b34da6a3ce929d0e0e4736"
+#define TRACE_B "00f067aa0ba902b700f067aa0ba902b7"
+
+/* trace_id is written with each new transfer and comes back from every
+ * read (read_transfer, history, sagas, by-request, the next batch's
+ * loads: a replay answers the stored trace, not the replaying request's);
+ * an update never changes it; a reopen keeps it. */
+static void trace_id_round_trips_through_every_read(void **state)
+{
+	env *e = *state;
+	kobo_store_reader *reader = NULL;
+	by_id b;
+
+	kobo_op first[] = {
+		test_op_account("cash", "NGN", true, NULL),
+		test_op_account("alice", "NGN", false, NULL),
+		test_op_account("bob", "NGN", false, NULL),
+		in_trace(test_op_transfer("t1", "cash", "alice", 1000, false, 0), TRACE_A),
+		in_trace(test_op_debit("x1", "alice", "zed", "clr:B", 300, false, 0), TRACE_B),
+		test_op_transfer("t0", "cash", "bob", 5, false, 0),
+	};
+	assert_int_equal(run_batch(e, first, 6, 1000), KOBO_OK);
+	for (size_t i = 3; i < 6; i++)
+		assert_int_equal(e->results[i].code, KOBO_RESULT_CREATED);
+	assert_string_equal(e->results[3].transfer.trace_id, TRACE_A);
+	reader = reader_open_ok(e);
+	assert_string_equal(read_transfer_ok(reader, "t1").trace_id, TRACE_A);
+	assert_string_equal(read_transfer_ok(reader, "x1").trace_id, TRACE_B);
+	assert_string_equal(read_transfer_ok(reader, "t0").trace_id, "");
+
+	memset(&b, 0, sizeof b);
+	assert_int_equal(kobo_store_read_history(reader, "alice", 0, 10, note_transfer_trace, &b),
+	                 KOBO_OK);
+	assert_int_equal(b.count, 2);
+	assert_string_equal(b.ids[0], "t1");
+	assert_string_equal(b.by[0], "4bf92f3577b34da6");
+	assert_string_equal(b.ids[1], "x1");
+	assert_string_equal(b.by[1], "00f067aa0ba902b7");
+	memset(&b, 0, sizeof b);
+	assert_int_equal(kobo_store_read_sagas(reader, "", 10, note_transfer_trace, &b), KOBO_OK);
+	assert_int_equal(b.count, 1);
+	assert_string_equal(b.ids[0], "x1");
+	assert_string_equal(b.by[0], "00f067aa0ba902b7");
+	memset(&b, 0, sizeof b);
+	assert_int_equal(kobo_store_read_by_request(reader, first[3].request_id, 0, 10,
+	                                            note_transfer_trace, &b), KOBO_OK);
+	assert_int_equal(b.count, 1);
+	assert_string_equal(b.ids[0], "t1");
+	assert_string_equal(b.by[0], "4bf92f3577b34da6");
+
+	/* A replay in another trace answers the stored one; an update of t2's
+	 * state by a request in another trace leaves t2's alone. */
+	kobo_op second[] = {
+		in_trace(test_op_transfer("t1", "cash", "alice", 1000, false, 0), TRACE_B),
+		in_trace(test_op_transfer("t2", "alice", "bob", 10, true, 60), TRACE_A),
+	};
+	assert_int_equal(run_batch(e, second, 2, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_REPLAYED);
+	assert_string_equal(e->results[0].transfer.trace_id, TRACE_A);
+	assert_int_equal(e->results[1].code, KOBO_RESULT_CREATED);
+	kobo_op third[] = {in_trace(test_op_target(KOBO_OP_POST, "t2", false, 0), TRACE_B)};
+	assert_int_equal(run_batch(e, third, 1, 3000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_UPDATED);
+	assert_string_equal(e->results[0].transfer.trace_id, TRACE_A);
+	reader_close(e, reader);
+
+	reopen_store(e);
+	reader = reader_open_ok(e);
+	assert_string_equal(read_transfer_ok(reader, "t2").trace_id, TRACE_A);
+	assert_int_equal(read_transfer_ok(reader, "t2").status, KOBO_STATUS_POSTED);
+	assert_string_equal(read_transfer_ok(reader, "t1").trace_id, TRACE_A);
+	reader_close(e, reader);
+}
+
 /* ---- API keys (store.h: key_insert, key_revoke, read_keys). ---- */
 
 static kobo_api_key make_key(const char *id, const char *name, uint32_t scopes,
@@ -2292,6 +2385,7 @@ static void a_version_1_shard_is_migrated_at_open(void **state)
 	            " ALTER TABLE transfers DROP COLUMN version;"
 	            " ALTER TABLE accounts DROP COLUMN created_by;"
 	            " ALTER TABLE transfers DROP COLUMN created_by;"
+	            " ALTER TABLE transfers DROP COLUMN trace_id;"
 	            " DROP TABLE api_keys;"
 	            " UPDATE meta SET schema_version = 1"));
 	e->store = open_url(e, false);
@@ -2322,6 +2416,7 @@ static void a_version_2_shard_is_migrated_at_open(void **state)
 	assert_true(e->backend->exec_elsewhere(e->url, e->shard,
 	            "ALTER TABLE accounts DROP COLUMN created_by;"
 	            " ALTER TABLE transfers DROP COLUMN created_by;"
+	            " ALTER TABLE transfers DROP COLUMN trace_id;"
 	            " DROP TABLE api_keys;"
 	            " UPDATE meta SET schema_version = 2"));
 	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_ESTORE);
@@ -2344,6 +2439,40 @@ static void a_version_2_shard_is_migrated_at_open(void **state)
 	assert_int_equal(kobo_store_key_insert(e->store, &key), KOBO_OK);
 	assert_int_equal(read_keys_ok(e, false).count, 1);
 	/* Migrated now: a read-only open reads it. */
+	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_OK);
+	kobo_store_close(read_only);
+	kobo_audit_totals totals;
+	assert_audit_clean(e, &totals);
+}
+
+/* A shard of schema version 4 (no transfers.trace_id) is refused by a
+ * read-only open and migrated by a writable one: its transfers keep
+ * everything and carry no trace, new ones carry theirs. */
+static void a_version_4_shard_is_migrated_at_open(void **state)
+{
+	env *e = *state;
+	kobo_store *read_only = NULL;
+
+	if (e->backend->exec_elsewhere == NULL)
+		skip_because(e, "be given a version-4 schema");
+	seed(e, 1000);
+	kobo_store_close(e->store);
+	e->store = NULL;
+	assert_true(e->backend->exec_elsewhere(e->url, e->shard,
+	            "ALTER TABLE transfers DROP COLUMN trace_id;"
+	            " UPDATE meta SET schema_version = 4"));
+	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_ESTORE);
+	e->store = open_url(e, false);
+	kobo_store_reader *reader = reader_open_ok(e);
+	kobo_transfer fund = read_transfer_ok(reader, "t-fund");
+	assert_int_equal(fund.amount, 10000);
+	assert_string_equal(fund.request_id, "req-t-fund");
+	assert_string_equal(fund.trace_id, "");
+	kobo_op ops[] = {in_trace(test_op_transfer("t-v5", "alice", "bob", 5, false, 0), TRACE_A)};
+	assert_int_equal(run_batch(e, ops, 1, 2000), KOBO_OK);
+	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
+	assert_string_equal(read_transfer_ok(reader, "t-v5").trace_id, TRACE_A);
+	reader_close(e, reader);
 	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_OK);
 	kobo_store_close(read_only);
 	kobo_audit_totals totals;
@@ -2654,7 +2783,9 @@ static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(optimistic_batches_conflict_on_rows_changed_since_read),
 	CONTRACT_TEST(a_version_1_shard_is_migrated_at_open),
 	CONTRACT_TEST(a_version_2_shard_is_migrated_at_open),
+	CONTRACT_TEST(a_version_4_shard_is_migrated_at_open),
 	CONTRACT_TEST(created_by_round_trips_through_every_read),
+	CONTRACT_TEST(trace_id_round_trips_through_every_read),
 	CONTRACT_TEST(keys_round_trip_in_id_order),
 	CONTRACT_TEST(revoked_keys_leave_the_live_list),
 	CONTRACT_TEST(live_keys_are_bounded),

@@ -329,6 +329,8 @@ static void v1_file_migrates_to_v2_keeping_its_data(void **state)
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE created_by = ''"), 4);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM accounts WHERE created_by = ''"), 3);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM api_keys"), 0);
+	/* v6: no row carries a trace. */
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM transfers WHERE trace_id = ''"), 4);
 	sqlite3_close(db);
 
 	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
@@ -401,7 +403,8 @@ static void v3_file_migrates_to_v4_keeping_its_data(void **state)
 
 	seed(e, store, 1000);
 	kobo_store_close(store);
-	raw_exec(e->path, "DROP TABLE events; DROP INDEX transfers_request;" /* 5 */
+	raw_exec(e->path, "ALTER TABLE transfers DROP COLUMN trace_id;" /* 6 */
+	                  " DROP TABLE events; DROP INDEX transfers_request;" /* 5 */
 	                  " DROP TABLE api_keys;"
 	                  " ALTER TABLE accounts DROP COLUMN created_by;"
 	                  " ALTER TABLE transfers DROP COLUMN created_by;"
@@ -438,6 +441,44 @@ static void v3_file_migrates_to_v4_keeping_its_data(void **state)
 	assert_int_equal(totals.problems, 0);
 	kobo_store_close(store);
 	/* Migrated now: a read-only open takes it. */
+	assert_int_equal(open_path(e->path, true, &store), KOBO_OK);
+	kobo_store_close(store);
+}
+
+/* A version-5 file (before transfers.trace_id), made by undoing migration
+ * 6: a read-only open refuses it, a writable one migrates it; its rows
+ * keep every field and carry no trace, new rows carry theirs. */
+static void v5_file_migrates_to_v6_keeping_its_data(void **state)
+{
+	env *e = *state;
+	kobo_store *store = open_store(e->path);
+	kobo_store_reader *reader = NULL;
+	kobo_transfer transfer;
+	kobo_audit_totals totals;
+
+	seed(e, store, 1000);
+	kobo_store_close(store);
+	raw_exec(e->path, "ALTER TABLE transfers DROP COLUMN trace_id;"
+	                  " PRAGMA user_version = 5");
+	assert_int_equal(open_path(e->path, true, &store), KOBO_ESTORE);
+	store = open_store(e->path);
+	sqlite3 *db = raw_open(e->path);
+	assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_SQLITE_SCHEMA_VERSION);
+	sqlite3_close(db);
+	assert_int_equal(kobo_store_reader_open(store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_transfer(reader, "t-fund", &transfer), KOBO_OK);
+	assert_int_equal(transfer.amount, 10000);
+	assert_string_equal(transfer.request_id, "req-t-fund");
+	assert_string_equal(transfer.trace_id, "");
+	kobo_op ops[] = {test_op_transfer("t-v6", "alice", "bob", 5, false, 0)};
+	snprintf(ops[0].trace_id, sizeof ops[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+	assert_int_equal(run_batch(e, store, ops, 1, 2000), KOBO_OK);
+	assert_int_equal(kobo_store_read_transfer(reader, "t-v6", &transfer), KOBO_OK);
+	assert_string_equal(transfer.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+	kobo_store_reader_close(reader);
+	assert_int_equal(kobo_store_audit(store, NULL, NULL, &totals), KOBO_OK);
+	assert_int_equal(totals.problems, 0);
+	kobo_store_close(store);
 	assert_int_equal(open_path(e->path, true, &store), KOBO_OK);
 	kobo_store_close(store);
 }
@@ -831,6 +872,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(newer_schema_version_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(v1_file_migrates_to_v2_keeping_its_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(v3_file_migrates_to_v4_keeping_its_data, setup, teardown),
+		cmocka_unit_test_setup_teardown(v5_file_migrates_to_v6_keeping_its_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(read_only_refuses_unmigrated_file_and_begin, setup, teardown),
 		cmocka_unit_test_setup_teardown(busy_begin_fails_without_going_sticky, setup, teardown),
 		cmocka_unit_test_setup_teardown(arena_shrinks_after_a_large_batch, setup, teardown),

@@ -27,7 +27,7 @@
 	"seq, id, from_id, to_id, currency, amount, posted_amount, pending, " \
 	"timeout_seconds, expires_at_ms, status, void_reason, error_code, " \
 	"metadata, request_id, created_at_ms, updated_at_ms, leg, clearing, " \
-	"saga, saga_amount, saga_reason, created_by"
+	"saga, saga_amount, saga_reason, created_by, trace_id"
 
 /* The api_keys columns store_pg_key_from_row decodes. */
 #define PG_KEY_COLUMNS \

@@ -413,7 +413,9 @@ int store_pg_transfer_from_row(const PGresult *res, int row, store_pg_pool *pool
 	out->saga_amount = store_pg_col_int(res, row, 20);
 	if (!kobo_void_reason_parse(store_pg_col_word(res, row, 21), &out->saga_reason))
 		return KOBO_ESTORE;
-	return store_pg_col_copy(res, row, 22, out->created_by, sizeof out->created_by);
+	if (store_pg_col_copy(res, row, 22, out->created_by, sizeof out->created_by) != KOBO_OK)
+		return KOBO_ESTORE;
+	return store_pg_col_copy(res, row, 23, out->trace_id, sizeof out->trace_id);
 }
 
 /* ---- Readers. ---- */

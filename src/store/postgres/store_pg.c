@@ -12,9 +12,10 @@
  *
  * NOTES ON THE DESIGN
  *
- * Schema (version 3; version 1 lacked the rows' version columns, version 2
- * created_by and api_keys; both are migrated at open, see migrate(); a
- * read-only open takes version 3 only), in schema kobo_shard_<N> of the database the URL
+ * Schema (version 5; version 1 lacked the rows' version columns, version 2
+ * created_by and api_keys, version 3 events, version 4 transfers.trace_id;
+ * all are migrated at open, see migrate(); a read-only open takes version
+ * 5 only), in schema kobo_shard_<N> of the database the URL
  * names, created at open under pg_advisory_xact_lock(KOBO, N) with CREATE
  * … IF NOT EXISTS, so several nodes starting at once are safe. A schema
  * already current is only read at open (schema_is_current): no DDL, no
@@ -41,6 +42,9 @@
  *        balances: a balance update is a HOT update (no index entry
  *        written). created_by (v3, transfers too): the id of the API key
  *        whose request made the row, '' for none and for older rows.
+ *        trace_id (v5, transfers): the trace id of the request that
+ *        created the transfer ('' for none and for older rows), fixed at
+ *        creation; a CREDIT leg carries its DEBIT leg's.
  *   transfers(seq bigint PRIMARY KEY, id text COLLATE "C" UNIQUE, … the
  *        columns of the SQLite store, same words: status, legs, saga states
  *        and reasons as their wire names, NULL for a NONE reason and for
@@ -256,15 +260,16 @@
 
 /* ---- Limits. ---- */
 
-#define PG_SCHEMA_VERSION 4
+#define PG_SCHEMA_VERSION 5
 /* The oldest schema a read-only open (readers, the audit) accepts: the
  * readers read created_by and api_keys, which version 3 added, and the
- * events and the request index, which version 4 added (a read-only
- * open never migrates: open the store writable once, as kobod does). */
-#define PG_SCHEMA_VERSION_READABLE 4
+ * events and the request index, which version 4 added, and transfers'
+ * trace_id, which version 5 added (a read-only open never migrates: open
+ * the store writable once, as kobod does). */
+#define PG_SCHEMA_VERSION_READABLE 5
 #define PG_ADVISORY_KEY 0x6b6f626f /* "kobo": first half of the schema lock */
 #define PG_SCHEMA_NAME_BYTES 32
-#define PG_ARRAY_COLUMNS_MAX 23    /* the transfer insert's parameters */
+#define PG_ARRAY_COLUMNS_MAX 24    /* the transfer insert's parameters */
 #define PG_LOADED_MAX 64           /* load calls one batch may make */
 #define PG_SQL_BYTES_MAX 4096
 /* The whole database's key, second half of the schema lock: every shard of
@@ -360,7 +365,8 @@ static const char *const schema_sql =
 	"  saga_reason     text    NULL CHECK (saga_reason IN"
 	"                    ('voided', 'expired', 'compensated')),"
 	"  version         bigint  NOT NULL DEFAULT 0,"
-	"  created_by      text    NOT NULL DEFAULT ''"
+	"  created_by      text    NOT NULL DEFAULT '',"
+	"  trace_id        text    NOT NULL DEFAULT ''"
 	");"
 	"CREATE TABLE IF NOT EXISTS saga_claims ("
 	"  id    text        COLLATE \"C\" PRIMARY KEY,"
@@ -430,6 +436,12 @@ static const char *const migrate_v3_sql =
 /* Version 3 → 4: events and transfers_request come with schema_sql. */
 static const char *const migrate_v4_sql =
 	"UPDATE meta SET schema_version = 4 WHERE id = 1 AND schema_version = 3";
+
+/* Version 4 → 5: the trace id of the request that created each transfer
+ * ('' for every row before), so a saga's later steps rejoin its trace. */
+static const char *const migrate_v5_sql =
+	"ALTER TABLE transfers ADD COLUMN IF NOT EXISTS trace_id text NOT NULL DEFAULT '';"
+	"UPDATE meta SET schema_version = 5 WHERE id = 1 AND schema_version = 4";
 
 enum {
 	SQL_BATCH_SETTINGS,
@@ -551,17 +563,17 @@ static const struct {
 		" u.amount, u.posted_amount, u.pending, u.timeout_seconds,"
 		" u.expires_at_ms, u.status, u.void_reason, u.error_code, u.metadata,"
 		" u.request_id, u.created_at_ms, u.updated_at_ms, u.leg, u.clearing,"
-		" u.saga, u.saga_amount, u.saga_reason, u.created_by "
+		" u.saga, u.saga_amount, u.saga_reason, u.created_by, u.trace_id "
 		"FROM (SELECT transfer_seq - $1::int8 AS base FROM meta WHERE id = 1) m,"
 		" unnest($2::text[], $3::text[], $4::text[], $5::text[],"
 		" $6::int8[], $7::int8[], $8::bool[], $9::int8[], $10::int8[],"
 		" $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[],"
 		" $16::int8[], $17::int8[], $18::text[], $19::text[], $20::text[],"
-		" $21::int8[], $22::text[], $23::text[]) WITH ORDINALITY"
+		" $21::int8[], $22::text[], $23::text[], $24::text[]) WITH ORDINALITY"
 		" AS u(id, from_id, to_id, currency, amount, posted_amount, pending,"
 		" timeout_seconds, expires_at_ms, status, void_reason, error_code,"
 		" metadata, request_id, created_at_ms, updated_at_ms, leg, clearing,"
-		" saga, saga_amount, saga_reason, created_by, ord)"},
+		" saga, saga_amount, saga_reason, created_by, trace_id, ord)"},
 	/* kobo_transfer_state, no more (store.h guarantee 4). */
 	[SQL_UPDATE_TRANSFERS] = {"kobo_update_transfers",
 		"WITH w AS (UPDATE transfers t SET status = u.status,"
@@ -1159,6 +1171,14 @@ static int migrate(PGconn *conn)
 		kobo_log(KOBO_LOG_WARN, "store_pg_migrated",
 		         "\"from\":3,\"to\":4,\"message\":\"events and transfers_request "
 		         "are new\"");
+		version = 4;
+	}
+	if (version == 4) {
+		if (store_pg_exec(conn, migrate_v5_sql, "store_pg_migration_failed") != KOBO_OK)
+			return KOBO_ESTORE;
+		kobo_log(KOBO_LOG_WARN, "store_pg_migrated",
+		         "\"from\":4,\"to\":5,\"message\":\"transfers gained "
+		         "trace_id ('')\"");
 	}
 	return KOBO_OK;
 }
@@ -1910,6 +1930,7 @@ static int insert_transfers(pg_store *s, const kobo_transfer_change *changes,
 		arr_int(&c[19], t->saga_amount);
 		arr_str(&c[20], kobo_void_reason_name(t->saga_reason));
 		arr_str(&c[21], t->created_by);
+		arr_str(&c[22], t->trace_id);
 	}
 	params[0] = rows_text;
 	if (finish_arrays(s, PG_ARRAY_COLUMNS_MAX - 1, params + 1) != KOBO_OK)

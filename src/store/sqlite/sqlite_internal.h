@@ -24,7 +24,7 @@
 size_t store_sqlite_arena_bytes(const kobo_store *store);
 
 /* The schema version this build writes and reads (PRAGMA user_version). */
-#define STORE_SQLITE_SCHEMA_VERSION 5
+#define STORE_SQLITE_SCHEMA_VERSION 6
 
 /* How long a connection waits for a lock held by another connection before
  * giving up with SQLITE_BUSY. The writer and readers wait long enough to ride
@@ -46,7 +46,7 @@ size_t store_sqlite_arena_bytes(const kobo_store *store);
 	"seq, id, from_id, to_id, currency, amount, posted_amount, pending, " \
 	"timeout_seconds, expires_at_ms, status, void_reason, error_code, " \
 	"metadata, request_id, created_at_ms, updated_at_ms, leg, clearing, " \
-	"saga, saga_amount, saga_reason, created_by"
+	"saga, saga_amount, saga_reason, created_by, trace_id"
 /* The api_keys columns store_sqlite_key_from_row decodes. */
 #define KEY_COLUMNS \
 	"id, name, scopes, salt, hash, created_at_ms, revoked_at_ms"

@@ -295,7 +295,9 @@ int store_sqlite_transfer_from_row(sqlite3_stmt *stmt, kobo_transfer *out, int64
 	if (!kobo_void_reason_parse((const char *)sqlite3_column_text(stmt, 21),
 	                                   &out->saga_reason))
 		return KOBO_ESTORE;
-	return store_sqlite_copy_text(stmt, 22, out->created_by, sizeof out->created_by);
+	if (store_sqlite_copy_text(stmt, 22, out->created_by, sizeof out->created_by) != KOBO_OK)
+		return KOBO_ESTORE;
+	return store_sqlite_copy_text(stmt, 23, out->trace_id, sizeof out->trace_id);
 }
 
 /* Copies a blob column of exactly len bytes. */

@@ -9,7 +9,7 @@
  *
  * NOTES ON THE DESIGN
  *
- * Schema (version 4, see `migrations` below; PRAGMA user_version says which
+ * Schema (version 6, see `migrations` below; PRAGMA user_version says which
  * migrations a file has had):
  *
  *   accounts(id TEXT PRIMARY KEY, currency, allow_negative, posted,
@@ -25,6 +25,9 @@
  *            leg TEXT, clearing TEXT, saga TEXT, saga_amount,
  *            saga_reason TEXT)                                  (v2 columns)
  *            created_by TEXT                                    (v4)
+ *            trace_id TEXT: the trace id of the request that created
+ *            the transfer, '' for none and for rows older than v6;
+ *            fixed at creation like request_id               (v6)
  *            seq is the rowid: rows are never deleted, so a new row's seq is
  *            one more than the largest, and seq orders a shard's transfers
  *            by insertion (the history cursor). Statuses, legs, saga
@@ -66,13 +69,14 @@
  *            kobod runs on the file; they never touch meta.commit_seq.
  *
  * Migrations run one step per transaction at open (migrate()): a new file
- * goes 0 -> 1 -> 2 -> 3 -> 4, a v1 file 1 -> 2 -> 3 -> 4 (ALTER TABLE ADD
+ * goes 0 -> 1 -> ... -> 6, a v1 file 1 -> 2 -> ... -> 6 (ALTER TABLE ADD
  * COLUMN with constant defaults rewrites no row; the two new indexes are
  * built once; v3 adds the meta row at commit_seq 0; v4 adds api_keys and
- * created_by ''). A file newer than this build is refused, read-only opens
- * never migrate, and an open of a current file only reads user_version (no
- * write lock: a second writable open beside a running kobod neither waits
- * for its batches nor holds them up).
+ * created_by ''; v5 events; v6 transfers.trace_id ''). A file newer than
+ * this build is refused, read-only opens never migrate, and an open of a
+ * current file only reads user_version (no write lock: a second writable
+ * open beside a running kobod neither waits for its batches nor holds them
+ * up).
  *
  * Durability: journal_mode=WAL with synchronous=FULL. In WAL mode a commit
  * appends the batch's pages to the -wal file and fsyncs it once; FULL makes
@@ -290,6 +294,9 @@ static const char *const migrations[] = {
 	");"
 	"CREATE INDEX events_transfer ON events (transfer_id, seq);"
 	"CREATE INDEX transfers_request ON transfers (request_id, seq);",
+	/* 6: the trace id of the request that created each transfer ('' for
+	 * the rows before), so a saga's later steps rejoin that trace. */
+	"ALTER TABLE transfers ADD COLUMN trace_id TEXT NOT NULL DEFAULT '';",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SQLITE_SCHEMA_VERSION,
@@ -331,9 +338,9 @@ static const char *const writer_sql[SQL_WRITER_COUNT] = {
 		"posted_amount, pending, timeout_seconds, expires_at_ms, status, "
 		"void_reason, error_code, metadata, request_id, created_at_ms, "
 		"updated_at_ms, leg, clearing, saga, saga_amount, saga_reason, "
-		"created_by) "
+		"created_by, trace_id) "
 		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-		"?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+		"?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
 	/* kobo_transfer_state, no more (see the notes above). */
 	[SQL_UPDATE_TRANSFER] =
 		"UPDATE transfers SET status = ?2, posted_amount = ?3, "
@@ -710,6 +717,7 @@ static int write_transfer(sqlite_store *s, const kobo_transfer_change *change)
 		sqlite3_bind_int64(stmt, 20, t->saga_amount);
 		bind_word(stmt, 21, saga_reason);
 		sqlite3_bind_text(stmt, 22, t->created_by, -1, SQLITE_STATIC);
+		sqlite3_bind_text(stmt, 23, t->trace_id, -1, SQLITE_STATIC);
 		return step_done(stmt);
 	}
 	/* An update binds kobo_transfer_state and nothing else: the one list
