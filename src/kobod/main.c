@@ -912,17 +912,19 @@ static int run(kobod_config *config_in)
 		}
 	}
 
-	if (runner && kobo_saga_runner_start(runner) != KOBO_OK) {
-		log_failure("startup_failed", "saga runner", "cannot start the thread");
-		goto out;
-	}
-
 	/* Traces (OTEL_* environment): the exporter thread starts before the
-	 * first request and stops after the last answer (below). */
+	 * first request and before the saga runner, whose first steps (the
+	 * sagas a restart resumes) have spans too, and stops after the last
+	 * answer (below). */
 	char otlp_error[512];
 	if (kobo_otlp_start(otlp_error, sizeof(otlp_error)) != 0) {
 		log_failure("startup_failed", "otlp", otlp_error);
 		fprintf(stderr, "kobod: %s\n", otlp_error);
+		goto out;
+	}
+
+	if (runner && kobo_saga_runner_start(runner) != KOBO_OK) {
+		log_failure("startup_failed", "saga runner", "cannot start the thread");
 		goto out;
 	}
 

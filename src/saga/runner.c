@@ -69,6 +69,7 @@
 #include <time.h>
 
 #include "../obs/obs.h"
+#include "../obs/otlp.h"
 #include "saga.h"
 
 #define SWEEP_INTERVAL_MS 10
@@ -112,6 +113,7 @@ typedef struct saga_entry {
 	step_kind in_flight;
 	kobo_saga_step_kind step_metric;
 	int64_t step_started_us;
+	int64_t step_started_ns; /* wall clock, for the step's span; 0: none */
 	kobo_op op;
 	kobo_result result;
 	kobo_request request;
@@ -453,11 +455,50 @@ static void log_step(const saga_entry *e, const char *step, uint32_t shard,
                      const char *outcome, int64_t latency_us)
 {
 	kobo_log(KOBO_LOG_INFO, "saga_step",
-	         "\"request_id\":\"%s\",\"transfer_id\":\"%s\",\"step\":\"%s\","
+	         "\"request_id\":\"%s\",\"trace_id\":\"%s\",\"key_id\":\"%s\","
+	         "\"transfer_id\":\"%s\",\"step\":\"%s\","
 	         "\"shard\":%u,\"payer_shard\":%u,\"payee_shard\":%u,"
 	         "\"outcome\":\"%s\",\"latency_us\":%lld",
-	         e->record.request_id, e->id, step, shard, e->shard, e->remote,
+	         e->record.request_id, e->record.trace_id, e->record.created_by,
+	         e->id, step, shard, e->shard, e->remote,
 	         outcome, (long long)latency_us);
+}
+
+/* The step's span "saga STEP" in the trace of the request that created the
+ * transfer (its DEBIT leg's trace_id, stored with the record), when OTLP
+ * is on and the record has a trace. A root span with a fresh span id: the
+ * request's server span may be in another process, or gone with a crash,
+ * so the link is the trace id alone. The original request's sampled flag
+ * is not stored: the sampler decides as for a root span of that trace
+ * (parentbased_always_on, the default, keeps every one; a ratio sampler
+ * decides by the trace id, as it did for the request without a parent). */
+static void export_step_span(const saga_entry *e, const char *step, uint32_t shard,
+                             const char *outcome, bool failed)
+{
+	if (!e->step_started_ns || !kobo_otlp_enabled())
+		return;
+	kobo_otlp_span span;
+	memset(&span, 0, sizeof span);
+	if (strlen(e->record.trace_id) != KOBO_TRACE_ID_LEN ||
+	    !kobo_otlp_unhex(span.trace_id, e->record.trace_id, 16) ||
+	    !kobo_otlp_sample(span.trace_id, false, false))
+		return;
+	kobo_otlp_random_id(span.span_id, sizeof span.span_id);
+	span.kind = KOBO_OTLP_KIND_INTERNAL;
+	span.start_ns = e->step_started_ns;
+	span.end_ns = kobo_otlp_now_ns();
+	if (span.end_ns < span.start_ns)
+		span.end_ns = span.start_ns;
+	span.error = failed;
+	snprintf(span.name, sizeof span.name, "saga %s", step);
+	kobo_otlp_attr_str(&span, "kobo.transfer_id", e->id);
+	kobo_otlp_attr_int(&span, "kobo.shard", shard);
+	kobo_otlp_attr_str(&span, "kobo.step", step);
+	kobo_otlp_attr_str(&span, "kobo.outcome", outcome);
+	kobo_otlp_attr_str(&span, "kobo.request_id", e->record.request_id);
+	kobo_otlp_attr_int(&span, "kobo.payer_shard", e->shard);
+	kobo_otlp_attr_int(&span, "kobo.payee_shard", e->remote);
+	kobo_otlp_export(&span);
 }
 
 /* Runs on a shard's writer thread once the step's batch is durable (or
@@ -498,6 +539,7 @@ static bool submit(kobo_saga_runner *r, saga_entry *e, uint32_t shard,
 	e->in_flight = kind;
 	e->step_metric = metric;
 	e->step_started_us = kobo_monotonic_us();
+	e->step_started_ns = kobo_otlp_enabled() ? kobo_otlp_now_ns() : 0;
 	int rc = kobo_shard_submit(r->config.shards[shard], &e->request);
 	if (rc != KOBO_OK) {
 		e->in_flight = STEP_NONE;
@@ -645,10 +687,12 @@ static void step_answered(kobo_saga_runner *r, saga_entry *e)
 	uint32_t shard = kind == STEP_REMOTE ? e->remote : e->shard;
 	if (!ok) {
 		log_step(e, step, shard, "store_failed", latency_us);
+		export_step_span(e, step, shard, "store_failed", true);
 		schedule_retry(r, e);
 		return;
 	}
 	log_step(e, step, shard, kobo_result_code_name(e->result.code), latency_us);
+	export_step_span(e, step, shard, kobo_result_code_name(e->result.code), false);
 	if (r->quitting)
 		return;
 	if (kind == STEP_SETTLE) {
@@ -671,8 +715,9 @@ static void step_answered(kobo_saga_runner *r, saga_entry *e)
 	kobo_op settle;
 	if (!kobo_saga_settle_op(&e->record, &e->op, &e->result, &settle)) {
 		kobo_log(KOBO_LOG_ERROR, "saga_step_unexpected",
-		         "\"request_id\":\"%s\",\"transfer_id\":\"%s\",\"step\":\"%s\","
-		         "\"code\":\"%s\"", e->record.request_id, e->id, step,
+		         "\"request_id\":\"%s\",\"trace_id\":\"%s\",\"transfer_id\":\"%s\","
+		         "\"step\":\"%s\",\"code\":\"%s\"", e->record.request_id,
+		         e->record.trace_id, e->id, step,
 		         kobo_result_code_name(e->result.code));
 		schedule_retry(r, e);
 		return;
@@ -720,9 +765,11 @@ static void sweep(kobo_saga_runner *r)
 			e->stuck = true;
 			r->stuck++;
 			kobo_log(KOBO_LOG_ERROR, "saga_stuck",
-			         "\"request_id\":\"%s\",\"transfer_id\":\"%s\","
+			         "\"request_id\":\"%s\",\"trace_id\":\"%s\","
+			         "\"key_id\":\"%s\",\"transfer_id\":\"%s\","
 			         "\"state\":\"%s\",\"payer_shard\":%u,\"payee_shard\":%u,"
-			         "\"age_ms\":%lld", e->record.request_id, e->id,
+			         "\"age_ms\":%lld", e->record.request_id,
+			         e->record.trace_id, e->record.created_by, e->id,
 			         kobo_saga_state_name(e->record.saga), e->shard, e->remote,
 			         (long long)(now - e->state_since_ms));
 		}
