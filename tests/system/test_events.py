@@ -95,8 +95,14 @@ def test_every_step_of_a_payment_is_an_event(make_server):
     assert kinds(evs) == [("reserved", 0), ("credited", 1), ("settled", 0)], evs
     assert [e["leg"] for e in evs] == ["debit", "credit", "debit"]
     assert all(e["node"] == NODE and e["request_id"] == req for e in evs), evs
-    assert evs[0]["trace_id"] == TRACE
+    # Every step, the runner's on B and on A included, in the request's trace.
+    assert all(e["trace_id"] == TRACE for e in evs), evs
     assert evs[2]["status"] == "posted"
+    # So are the runner's log lines of its steps.
+    steps = [json.loads(line) for line in srv.log_text().splitlines()
+             if '"saga_step"' in line and t_x in line]
+    assert steps and all(rec["trace_id"] == TRACE and rec["request_id"] == req
+                         for rec in steps), steps
     assert [e["at_ms"] for e in evs] == sorted(e["at_ms"] for e in evs)
 
     # A cross-shard hold that is posted: the post asks B, B posts, A settles.
@@ -110,6 +116,7 @@ def test_every_step_of_a_payment_is_an_event(make_server):
     assert kinds(evs) == [("reserved", 0), ("credited", 1), ("settled", 0),
                           ("post_asked", 0), ("posted", 1), ("settled", 0)], evs
     assert evs[1]["status"] == "pending" and evs[5]["status"] == "posted"
+    assert all(e["trace_id"] == TRACE for e in evs), evs
 
     # Unknown: 404.
     expect_error(srv.get(f"/v1/transfers/{uid('nope')}/events"), 404, "transfer_not_found")

@@ -6,9 +6,11 @@ the trace id of its spans), against our own spec-checking receiver
 
 Tracing does not touch the store, so these run on the embedded store only.
 """
+import json
 import os
 import re
 import socket
+import sqlite3
 import statistics
 import sys
 import time
@@ -307,3 +309,125 @@ def test_disabled_echoes_traceparent(server):
     assert r.header("traceparent") == tp, "without an endpoint the caller's header is echoed"
     r = server.get("/healthz")
     assert r.header("traceparent") is None
+
+
+# ------------------------------------------------------- saga step spans ----
+
+SAGA_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CRASH_TRACE = "5b8aa5a2d2c872e8321cf37308d69df2"
+
+
+def saga_step_lines(srv, tid):
+    out = []
+    for line in srv.log_text().splitlines():
+        if '"saga_step"' not in line or tid not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == "saga_step" and rec.get("transfer_id") == tid:
+            out.append(rec)
+    return out
+
+
+def step_spans(receiver, trace, tid):
+    return [s for s in receiver.snapshot()
+            if s["trace_id"] == trace and s["attrs"].get("kobo.transfer_id") == tid
+            and s["name"].startswith("saga ")]
+
+
+def journey(srv, tid):
+    r = expect_status(srv.get(f"/v1/transfers/{tid}/events"), 200, f"events of {tid}")
+    return r.body["data"]
+
+
+@pytest.mark.own_shards
+def test_saga_steps_join_the_request_trace_also_after_kill9(receiver, monkeypatch, make_server):
+    """A cross-shard transfer with a chosen traceparent: every event on both
+    shards, every saga_step log line and a "saga STEP" span per step carry
+    its trace id. Then a saga held mid-way (the payee shard's file locked
+    by this test, so its CREDIT step cannot commit) and kobod killed -9:
+    after the restart the saga finishes, the journey shows every step in
+    order, and the restarted runner's step spans are in the original
+    trace (by trace id: no parent span is known after a restart)."""
+    # Kept for the whole test: the restarted kobod must export too.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    srv = make_server("--shards", "2")
+    a0 = kobotest.id_on_shard("a", 0, 2)
+    c1 = kobotest.id_on_shard("c", 1, 2)
+    for acct in (a0, c1):
+        kobotest.make_account(srv, acct, allow_negative=True)
+
+    # 1. Straight through.
+    tid = uid("st")
+    r = kobotest.transfer(srv, tid, a0, c1, 70, headers={
+        "traceparent": f"00-{SAGA_TRACE}-{CALLER_SPAN}-01", "X-Request-Id": "saga-trace-1"})
+    expect_status(r, 201, "cross-shard transfer")
+    assert wait_until(lambda: len(journey(srv, tid)) == 3, 10), journey(srv, tid)
+    evs = journey(srv, tid)
+    assert [(e["event"], e["shard"]) for e in evs] == [
+        ("reserved", 0), ("credited", 1), ("settled", 0)], evs
+    assert all(e["trace_id"] == SAGA_TRACE and e["request_id"] == "saga-trace-1"
+               for e in evs), evs
+    spans = wait_until(lambda: (lambda s: s if {x["name"] for x in s} >=
+                                {"saga credit", "saga settle"} else None)(
+        step_spans(receiver, SAGA_TRACE, tid)), 15)
+    assert spans, f"no saga step spans in trace {SAGA_TRACE}: {receiver.snapshot()}"
+    by_name = {s["name"]: s for s in spans}
+    credit, settle = by_name["saga credit"], by_name["saga settle"]
+    assert credit["attrs"]["kobo.shard"] == 1 and credit["attrs"]["kobo.step"] == "credit"
+    assert settle["attrs"]["kobo.shard"] == 0 and settle["attrs"]["kobo.step"] == "settle"
+    assert credit["kind"] == 1 and credit["status"] == 0, credit
+    assert credit["span_id"] != settle["span_id"]
+    server_spans = [s for s in receiver.snapshot()
+                    if s["trace_id"] == SAGA_TRACE and s["name"] == "POST /v1/transfers"]
+    assert server_spans and credit["span_id"] not in {s["span_id"] for s in server_spans}
+    lines = wait_until(lambda: (lambda ls: ls if len(ls) >= 2 else None)(
+        saga_step_lines(srv, tid)), 5)
+    assert lines, f"no saga_step lines for {tid}"
+    assert all(rec["trace_id"] == SAGA_TRACE and rec["request_id"] == "saga-trace-1"
+               for rec in lines), lines
+
+    # 2. Held mid-way, kill -9, restart.
+    shard1 = os.path.join(srv.data, "shard-1.db")
+    lock = sqlite3.connect(shard1, timeout=10, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        tid = uid("sk")
+        r = kobotest.transfer(srv, tid, a0, c1, 40, headers={
+            "traceparent": f"00-{CRASH_TRACE}-{CALLER_SPAN}-01", "X-Request-Id": "saga-trace-2"})
+        expect_status(r, 202, "cross-shard transfer whose payee shard is locked")
+        # The CREDIT step is tried (and fails: store busy) at least once.
+        failed = wait_until(lambda: [x for x in saga_step_lines(srv, tid)
+                                     if x["outcome"] == "store_failed"], 15)
+        assert failed, f"the CREDIT step of {tid} was never tried: {saga_step_lines(srv, tid)}"
+        assert all(x["trace_id"] == CRASH_TRACE for x in failed), failed
+        assert [e["event"] for e in journey(srv, tid)] == ["reserved"]
+        srv.kill9()
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+    restarted_ns = time.time_ns()
+    srv.start(port=srv.port)
+    assert wait_until(lambda: len(journey(srv, tid)) == 3, 15), journey(srv, tid)
+    evs = journey(srv, tid)
+    assert [(e["event"], e["shard"]) for e in evs] == [
+        ("reserved", 0), ("credited", 1), ("settled", 0)], evs
+    assert all(e["trace_id"] == CRASH_TRACE and e["request_id"] == "saga-trace-2"
+               for e in evs), evs
+    assert [e["at_ms"] for e in evs] == sorted(e["at_ms"] for e in evs)
+    assert kobotest.get_transfer(srv, tid).body["status"] == "posted"
+
+    def after_restart():
+        s = [x for x in step_spans(receiver, CRASH_TRACE, tid) if x["start_ns"] >= restarted_ns]
+        return s if {x["name"] for x in s} >= {"saga credit", "saga settle"} else None
+    spans = wait_until(after_restart, 15)
+    assert spans, (f"the restarted runner's step spans never reached trace {CRASH_TRACE}: "
+                   f"{step_spans(receiver, CRASH_TRACE, tid)}")
+    ok_credit = [s for s in spans if s["name"] == "saga credit" and s["status"] == 0]
+    assert ok_credit and ok_credit[0]["attrs"]["kobo.outcome"] == "created", spans
+    assert all(s["parent_id"] == "" for s in spans), spans
+    assert all(rec["trace_id"] == CRASH_TRACE for rec in saga_step_lines(srv, tid))
