@@ -6,15 +6,22 @@ on a real `kobod --shards 2 --node-name …` (SQLite and PostgreSQL).
 Driven with a chosen X-Request-Id and traceparent: a local transfer, a hold
 that is posted, a hold that expires, a cross-shard transfer and a
 cross-shard hold that is posted; each shows every step in order with its
-shard, node, request id and trace id; a retry shows `replayed`; an unknown
-id is 404; the transfers a request created are listed, paged, on every
-shard; `kobo trace` shows a transfer or a request (text and --json, with
+shard, node, request id and trace id; a retry shows `replayed`; a saga
+held mid-way and kobod killed -9 finishes after the restart in the
+original trace; an unknown id is 404; the transfers a request created are
+listed, paged, on every shard; `kobo trace` shows a transfer or a request (text and --json, with
 --logs), exit 1 when nothing is found.
 """
+import contextlib
 import json
+import os
+import sqlite3
+import subprocess
+import time
 
 import pytest
 
+import pgcluster
 from kobotest import (cli, expect_error, expect_status, id_on_shard, make_account, uid,
                       wait_until)
 
@@ -191,3 +198,67 @@ def test_kobo_trace_shows_a_transfer_or_a_request(make_server, tmp_path):
     # Nothing found: exit 1.
     r = cli(srv, "trace", rid("nothing"))
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+
+
+@contextlib.contextmanager
+def payee_shard_held(srv):
+    """Shard 1 cannot commit while this holds: its SQLite file's write lock,
+    or (PostgreSQL) an EXCLUSIVE lock on its meta table, which every batch
+    updates, held by a psql of ours for at most 12 s."""
+    if srv.postgres:
+        proc = subprocess.Popen(
+            [pgcluster._bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", srv.postgres[1], "-c",
+             "BEGIN; LOCK TABLE kobo_shard_1.meta IN EXCLUSIVE MODE; SELECT pg_sleep(12); COMMIT;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)  # the lock is taken
+            yield
+        finally:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return
+    lock = sqlite3.connect(os.path.join(srv.data, "shard-1.db"), timeout=10, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+
+
+@pytest.mark.own_shards
+def test_a_saga_resumed_after_kill9_keeps_its_trace(make_server):
+    """A cross-shard transfer held mid-saga (the payee shard cannot commit),
+    kobod killed -9: after the restart the saga finishes, the journey shows
+    every step in order, and every event and saga_step line carries the
+    request id and trace id of the request that created it."""
+    srv = make_server("--shards", str(SHARDS), "--node-name", NODE)
+    a0 = id_on_shard("a", 0, SHARDS)
+    c1 = id_on_shard("c", 1, SHARDS)
+    for acct in (a0, c1):
+        make_account(srv, acct, allow_negative=True)
+    req = rid("crash")
+    tid = uid("tk")
+
+    def step_lines():
+        return [json.loads(line) for line in srv.log_text().splitlines()
+                if '"saga_step"' in line and tid in line]
+    with payee_shard_held(srv):
+        expect_status(transfer(srv, tid, a0, c1, 40, req), 202)
+        failed = wait_until(lambda: [x for x in step_lines() if x["outcome"] == "store_failed"], 15)
+        assert failed, f"the CREDIT step of {tid} was never tried: {step_lines()}"
+        assert [e["event"] for e in events(srv, tid)] == ["reserved"]
+        srv.kill9()
+    srv.start(port=srv.port)
+    assert wait_until(lambda: len(events(srv, tid)) == 3, 20), events(srv, tid)
+    evs = events(srv, tid)
+    assert kinds(evs) == [("reserved", 0), ("credited", 1), ("settled", 0)], evs
+    assert all(e["trace_id"] == TRACE and e["request_id"] == req for e in evs), evs
+    assert [e["at_ms"] for e in evs] == sorted(e["at_ms"] for e in evs)
+    lines = step_lines()
+    assert any(x["outcome"] == "created" for x in lines), lines
+    assert all(x["trace_id"] == TRACE and x["request_id"] == req for x in lines), lines
