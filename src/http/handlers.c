@@ -447,27 +447,26 @@ int kobo__http_get_events(kobo_http_exchange *x)
 	return KOBO_HTTP_REPLY_READY;
 }
 
-/* GET /v1/transfers?request_id=X: the records the request created, shard
- * by shard (0, 1, …), each shard's oldest first; "next" is "SHARD.SEQ".
- * A cross-shard transfer shows once, as its payer's leg (the CREDIT leg
- * on the payee's shard carries the same request id and is left out). */
-typedef struct request_page {
+/* A page of transfers being encoded into buf: at most limit rows, then
+ * "more" once the extra row asked for shows another page exists. */
+typedef struct transfer_page {
 	kobo_http_buf *buf;
 	size_t limit;
 	size_t rows;
 	int64_t last_seq;
 	bool more;
-} request_page;
+	bool skip_credit_legs; /* the request listing shows a payer's leg only */
+} transfer_page;
 
-static int request_row(void *ctx, const kobo_transfer *transfer, int64_t seq)
+static int page_row(void *ctx, const kobo_transfer *transfer, int64_t seq)
 {
-	request_page *page = ctx;
-	if (transfer->leg == KOBO_LEG_CREDIT) {
+	transfer_page *page = ctx;
+	if (page->skip_credit_legs && transfer->leg == KOBO_LEG_CREDIT) {
 		page->last_seq = seq;
 		return 0;
 	}
 	if (page->rows == page->limit) {
-		page->more = true;
+		page->more = true; /* the extra row asked for: another page exists */
 		return 1;
 	}
 	if (page->rows)
@@ -478,6 +477,10 @@ static int request_row(void *ctx, const kobo_transfer *transfer, int64_t seq)
 	return 0;
 }
 
+/* GET /v1/transfers?request_id=X: the records the request created, shard
+ * by shard (0, 1, …), each shard's oldest first; "next" is "SHARD.SEQ".
+ * A cross-shard transfer shows once, as its payer's leg (the CREDIT leg
+ * on the payee's shard carries the same request id and is left out). */
 int kobo__http_list_transfers(kobo_http_exchange *x)
 {
 	kobo_http_buf *buf = &x->reply.body;
@@ -487,7 +490,7 @@ int kobo__http_list_transfers(kobo_http_exchange *x)
 	if (x->query.after_shard >= x->server->shard_count)
 		return kobo__http_fail(x, 400, "invalid_request",
 		                       "after: must be a cursor returned as \"next\"");
-	request_page page = { .buf = buf, .limit = x->query.limit };
+	transfer_page page = { .buf = buf, .limit = x->query.limit, .skip_credit_legs = true };
 	kobo_http_buf_puts(buf, "{\"data\":[");
 	uint32_t shard = x->query.after_shard;
 	int64_t after = x->query.after_seq;
@@ -505,7 +508,7 @@ int kobo__http_list_transfers(kobo_http_exchange *x)
 			if (rc == KOBO_OK)
 				rc = kobo_store_read_by_request(read.reader, x->query.request_id,
 				                                after, page.limit - page.rows + 1,
-				                                request_row, &page);
+				                                page_row, &page);
 		} while (kobo__http_read_retry(x, &read, &rc));
 		if (rc != KOBO_OK) {
 			buf->len = 0;
@@ -534,33 +537,10 @@ int kobo__http_list_transfers(kobo_http_exchange *x)
 	return KOBO_HTTP_REPLY_READY;
 }
 
-typedef struct history_page {
-	kobo_http_buf *buf;
-	size_t limit;
-	size_t rows;
-	int64_t last_seq;
-	bool more;
-} history_page;
-
-static int history_row(void *ctx, const kobo_transfer *transfer, int64_t seq)
-{
-	history_page *page = ctx;
-	if (page->rows == page->limit) {
-		page->more = true; /* the extra row asked for: another page exists */
-		return 1;
-	}
-	if (page->rows)
-		kobo_http_buf_puts(page->buf, ",");
-	kobo_http_encode_transfer(page->buf, transfer);
-	page->rows++;
-	page->last_seq = seq;
-	return 0;
-}
-
 /* The account, then a page of its history, on one reader: a replica
  * answers both from its replay position, as the primary would. */
 static int read_history_page(kobo_http_exchange *x, kobo_store_reader *reader,
-                             kobo_account *account, history_page *page)
+                             kobo_account *account, transfer_page *page)
 {
 	int rc = kobo_store_read_account(reader, x->match.id, account);
 	if (rc != KOBO_OK)
@@ -571,7 +551,7 @@ static int read_history_page(kobo_http_exchange *x, kobo_store_reader *reader,
 	page->buf->len = 0;
 	kobo_http_buf_puts(page->buf, "{\"data\":[");
 	return kobo_store_read_history(reader, x->match.id, x->query.after_seq,
-	                               x->query.limit + 1, history_row, page);
+	                               x->query.limit + 1, page_row, page);
 }
 
 int kobo__http_get_history(kobo_http_exchange *x)
@@ -579,7 +559,7 @@ int kobo__http_get_history(kobo_http_exchange *x)
 	kobo_http_read read;
 	kobo_account account;
 	kobo_http_buf *buf = &x->reply.body;
-	history_page page = { .buf = buf, .limit = x->query.limit };
+	transfer_page page = { .buf = buf, .limit = x->query.limit };
 	int rc = kobo__http_read_begin(x, shard_of(x, x->match.id), false, &read);
 	do {
 		if (rc == KOBO_OK)

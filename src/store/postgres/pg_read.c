@@ -587,21 +587,29 @@ static int each_transfer_row(pg_reader *r, PGresult *res, kobo_store_transfer_fn
 	return result;
 }
 
+/* Runs a paged read: $1 the key (account, transfer or request id), $2
+ * after_seq, $3 limit. NULL on failure (logged by reader_exec). */
+static PGresult *exec_page(pg_reader *r, int sql, const char *key, int64_t after_seq,
+                           size_t limit)
+{
+	char after_text[32];
+	char limit_text[32];
+	const char *params[3] = {key, after_text, limit_text};
+	snprintf(after_text, sizeof after_text, "%" PRId64, after_seq);
+	snprintf(limit_text, sizeof limit_text, "%" PRId64,
+	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+	return reader_exec(r, sql, 3, params);
+}
+
 int store_pg_read_history(kobo_store_reader *reader, const char *account_id,
                           int64_t after_seq, size_t limit,
                           kobo_store_transfer_fn each, void *ctx)
 {
 	pg_reader *r = to_reader(reader);
-	char after_text[32];
-	char limit_text[32];
-	const char *params[3] = {account_id, after_text, limit_text};
 
 	if (limit == 0)
 		return KOBO_OK;
-	snprintf(after_text, sizeof after_text, "%" PRId64, after_seq);
-	snprintf(limit_text, sizeof limit_text, "%" PRId64,
-	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-	PGresult *res = reader_exec(r, SQL_READ_HISTORY, 3, params);
+	PGresult *res = exec_page(r, SQL_READ_HISTORY, account_id, after_seq, limit);
 	if (res == NULL)
 		return KOBO_ESTORE;
 	return each_transfer_row(r, res, each, ctx, true, after_seq);
@@ -612,17 +620,11 @@ int store_pg_read_events(kobo_store_reader *reader, const char *transfer_id,
                          kobo_store_event_fn each, void *ctx)
 {
 	pg_reader *r = to_reader(reader);
-	char after_text[32];
-	char limit_text[32];
-	const char *params[3] = {transfer_id, after_text, limit_text};
 	int result = KOBO_OK;
 
 	if (limit == 0)
 		return KOBO_OK;
-	snprintf(after_text, sizeof after_text, "%" PRId64, after_seq);
-	snprintf(limit_text, sizeof limit_text, "%" PRId64,
-	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-	PGresult *res = reader_exec(r, SQL_READ_EVENTS, 3, params);
+	PGresult *res = exec_page(r, SQL_READ_EVENTS, transfer_id, after_seq, limit);
 	if (res == NULL)
 		return KOBO_ESTORE;
 	for (int row = 0; row < PQntuples(res); row++) {
@@ -659,16 +661,10 @@ int store_pg_read_by_request(kobo_store_reader *reader, const char *request_id,
                              kobo_store_transfer_fn each, void *ctx)
 {
 	pg_reader *r = to_reader(reader);
-	char after_text[32];
-	char limit_text[32];
-	const char *params[3] = {request_id, after_text, limit_text};
 
 	if (limit == 0)
 		return KOBO_OK;
-	snprintf(after_text, sizeof after_text, "%" PRId64, after_seq);
-	snprintf(limit_text, sizeof limit_text, "%" PRId64,
-	         limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-	PGresult *res = reader_exec(r, SQL_READ_BY_REQUEST, 3, params);
+	PGresult *res = exec_page(r, SQL_READ_BY_REQUEST, request_id, after_seq, limit);
 	if (res == NULL)
 		return KOBO_ESTORE;
 	return each_transfer_row(r, res, each, ctx, false, 0);
