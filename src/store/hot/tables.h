@@ -42,8 +42,9 @@ void hot_accounts_destroy(hot_accounts *accounts);
 const kobo_account *hot_accounts_find(const hot_accounts *accounts, const char *id);
 /* A new id: stores a copy of the record and its metadata. A known id:
  * sets posted, pending_out and pending_in (nothing else of an account
- * ever changes). KOBO_OK, KOBO_EFULL (new id, table full: nothing
- * changed), KOBO_ENOMEM (nothing changed). */
+ * ever changes; a different currency is a bug upstream and aborts).
+ * account may be the record find returned. KOBO_OK, KOBO_EFULL (new id,
+ * table full: nothing changed), KOBO_ENOMEM (nothing changed). */
 int hot_accounts_put(hot_accounts *accounts, const kobo_account *account);
 uint32_t hot_accounts_count(const hot_accounts *accounts);
 uint32_t hot_accounts_capacity(const hot_accounts *accounts);
@@ -52,13 +53,14 @@ uint32_t hot_accounts_capacity(const hot_accounts *accounts);
 typedef struct hot_recent hot_recent;
 
 /* capacity: the most entries at once (1..2^28). KOBO_OK, KOBO_EINVAL,
- * KOBO_ENOMEM. */
+ * KOBO_ENOMEM (also when getrandom(2) gives no seed for its keyed hash). */
 int hot_recent_create(uint32_t capacity, hot_recent **out);
 void hot_recent_destroy(hot_recent *recent);
 /* Stores a copy of transfer (and its metadata) as the newest state of its
  * id, tagged with seq, replacing an older entry of the same id; seq never
- * goes down from one put to the next (asserted). KOBO_OK, KOBO_EFULL
- * (a new id and the table full: nothing changed), KOBO_ENOMEM. */
+ * goes down from one put to the next (asserted). transfer may be the
+ * record find returned. KOBO_OK, KOBO_EFULL (a new id and the table
+ * full: nothing changed), KOBO_ENOMEM (nothing changed). */
 int hot_recent_put(hot_recent *recent, const kobo_transfer *transfer, uint64_t seq);
 /* The newest state of id, or NULL; *seq (may be NULL) gets its tag. Valid
  * until the next put or drop. */
@@ -76,13 +78,15 @@ typedef struct hot_idset hot_idset;
 
 /* capacity: ids it can hold (1..2^32); the slot array is the next power
  * of two >= capacity * 4 / 3, calloc'd (8 bytes a slot). KOBO_OK,
- * KOBO_EINVAL, KOBO_ENOMEM. */
+ * KOBO_EINVAL, KOBO_ENOMEM (also when getrandom(2) gives no seed). */
 int hot_idset_create(uint64_t capacity, hot_idset **out);
 void hot_idset_destroy(hot_idset *set);
 /* false: id was never added (certain). true: it probably was. */
 bool hot_idset_maybe_contains(const hot_idset *set, const char *id);
-/* Adds id (adding one already there changes nothing). KOBO_OK, or
- * KOBO_EFULL when capacity ids are in (nothing changed). */
+/* Adds id (adding one already there changes nothing and answers KOBO_OK,
+ * full or not). KOBO_OK, or KOBO_EFULL when capacity ids are in and id is
+ * new (nothing changed). The set holds hashes: count is the number of
+ * distinct hashes, so two ids of equal hash (odds ~n^2 / 2^65) count once. */
 int hot_idset_add(hot_idset *set, const char *id);
 /* true when n more adds cannot fail for lack of room. */
 bool hot_idset_room(const hot_idset *set, uint64_t n);
