@@ -22,10 +22,12 @@
  *   u32 account_count u32 transfer_count u32 event_count
  *   then the accounts, the transfers, the events, in the order given
  *   (transfers' order fixes their seq in the projection: store.h 5).
- *   Each record starts with a u8 tag (new / update). Strings are a u16
- *   length then the bytes (no NUL), checked against the record's limits;
- *   metadata a u32 length (<= KOBO_METADATA_BYTES_MAX) then the bytes;
- *   enums a u8, checked against their range; bools a u8 0 or 1.
+ *   Each record starts with a u8 tag: 1 new, 2 update (an event is
+ *   always 1). Strings are a u16 length then the bytes (no NUL), checked
+ *   against the record's limits; metadata a u32 length
+ *   (<= KOBO_METADATA_BYTES_MAX) then the bytes (no NUL either: it is JSON
+ *   text); enums a u8, checked against their range; bools a u8 0 or 1;
+ *   integers u32 / i64 (two's complement). Field order: codec.c, put_*.
  *
  * Decoding never trusts the bytes: every length, count, enum and bool is
  * checked, a payload with bytes left over or cut short is refused, and
@@ -51,8 +53,11 @@ size_t hot_codec_size(const kobo_account_change *accounts, size_t account_count,
                       const kobo_event *events, size_t event_count);
 
 /* Writes the effects into out[0..cap) and their length into *len.
- * KOBO_OK, or KOBO_EINVAL when cap is too small or a count does not fit
- * a u32 (nothing meaningful in out then). */
+ * KOBO_OK, or KOBO_EINVAL when cap is too small, a count does not fit a
+ * u32, or a record is one decode would refuse (a string without its NUL
+ * within its array, an enum out of range, metadata over the limit, NULL
+ * with a length, or holding a NUL byte): nothing meaningful in out then.
+ * So every frame encode writes, decode reads back (the same records). */
 int hot_codec_encode(uint64_t commit_seq,
                      const kobo_account_change *accounts, size_t account_count,
                      const kobo_transfer_change *transfers, size_t transfer_count,
