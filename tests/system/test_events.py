@@ -22,7 +22,8 @@ import time
 import pytest
 
 import pgcluster
-from kobotest import (cli, expect_error, expect_status, id_on_shard, make_account, uid,
+from kobotest import (cli, expect_error, expect_status, id_on_shard, make_account,
+                      parallel_map, uid,
                       wait_until)
 
 SHARDS = 2
@@ -262,3 +263,148 @@ def test_a_saga_resumed_after_kill9_keeps_its_trace(make_server):
     lines = step_lines()
     assert any(x["outcome"] == "created" for x in lines), lines
     assert all(x["trace_id"] == TRACE and x["request_id"] == req for x in lines), lines
+
+
+# ---- Many retries: the end of the journey is never left out (issue 13). ----
+
+RETRIES = 300   # more than the 256 events a shard's read once stopped at
+KINDS = {"created", "reserved", "rejected", "replayed", "credited", "credit_refused", "settled",
+         "compensated", "post_asked", "void_asked", "posted", "voided", "expired"}
+
+
+def retried_hold(srv, src, dst, amount, retries=RETRIES):
+    """A hold, then the same create sent `retries` more times (4 at a time),
+    each answered 200 replayed: one `replayed` event each."""
+    tid = uid("tr")
+    expect_status(transfer(srv, tid, src, dst, amount, rid("hold"), pending=True), 201)
+    answers = parallel_map(
+        lambda _: transfer(srv, tid, src, dst, amount, rid("again"), pending=True),
+        range(retries), threads=4)
+    bad = [a for a in answers if isinstance(a, Exception) or a.status != 200]
+    assert not bad, f"{len(bad)} retries were not replayed, e.g. {bad[:3]}"
+    return tid
+
+
+def all_pages(srv, tid, limit):
+    """Every event of tid, `limit` a page, following "next"; (events, pages)."""
+    out, after, pages = [], None, 0
+    while True:
+        path = f"/v1/transfers/{tid}/events?limit={limit}" + (f"&after={after}" if after else "")
+        page = expect_status(srv.get(path), 200, path).body
+        pages += 1
+        assert set(page) == {"data", "next"}, page
+        assert 0 < len(page["data"]) <= limit or (pages == 1 and not page["data"]), \
+            f"{path}: {len(page['data'])} events"
+        out += page["data"]
+        after = page["next"]
+        if after is None:
+            return out, pages
+        assert pages < 1000, f"{path}: still a next page after 1000"
+
+
+def summary(evs):
+    """[(event, shard, count)] of runs: a readable failure message."""
+    runs = []
+    for e in evs:
+        if runs and runs[-1][:2] == (e["event"], e["shard"]):
+            runs[-1] = (e["event"], e["shard"], runs[-1][2] + 1)
+        else:
+            runs.append((e["event"], e["shard"], 1))
+    return runs
+
+
+def test_events_after_many_retries_end_with_the_post(make_server):
+    """A hold retried 300 times, then posted: the events answer holds the
+    reservation, every replay and the post at the end, in one default page
+    or in pages of any size; `kobo trace` shows the post and the final
+    state (text folds the replays)."""
+    srv = make_server("--node-name", NODE)
+    a = id_on_shard("a", 0, srv.shards)
+    b = id_on_shard("b", 0, srv.shards)
+    for acct in (a, b):
+        make_account(srv, acct, allow_negative=True)
+    tid = retried_hold(srv, a, b, 500)
+    expect_status(srv.post(f"/v1/transfers/{tid}/post", {"amount": 200},
+                           headers=headers(rid("post"))), 200)
+    want = [("reserved", 0)] + [("replayed", 0)] * RETRIES + [("posted", 0)]
+
+    body = expect_status(srv.get(f"/v1/transfers/{tid}/events"), 200).body
+    evs = body["data"]
+    assert kinds(evs) == want, summary(evs)
+    assert body["next"] is None, body["next"]
+    assert evs[-1]["status"] == "posted" and evs[-1]["amount"] == 200, evs[-1]
+    assert [e["seq"] for e in evs] == sorted(e["seq"] for e in evs)
+
+    # Pages of any size give the same events, each once, in the same order.
+    for limit in (1, 7, 100, 1000):
+        paged, pages = all_pages(srv, tid, limit)
+        assert paged == evs, (limit, summary(paged))
+        assert pages == -(-len(evs) // limit), (limit, pages)
+    # A page that leaves events out says so.
+    first = expect_status(srv.get(f"/v1/transfers/{tid}/events?limit=10"), 200).body
+    assert len(first["data"]) == 10 and isinstance(first["next"], str), first
+
+    # Bad paging: a clear 400 naming the parameter.
+    base = f"/v1/transfers/{tid}/events"
+    for query, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("limit=x", "limit"),
+                         ("limit=5&limit=5", "limit"), ("after=x", "after"),
+                         ("after=1.2", "after"), ("after=1.2.3.4", "after"),
+                         ("after=-1.0.0", "after"), ("after=1.0.2", "after"),
+                         ("color=red", "color")):
+        expect_error(srv.get(f"{base}?{query}"), 400, "invalid_request", what=query, field=field)
+    # A local transfer keeps its events on one shard: a cursor naming a
+    # position on a second one is not a cursor this endpoint gave.
+    expect_error(srv.get(f"{base}?after=5.3.0"), 400, "invalid_request", field="after")
+
+    # kobo trace follows the pages: the post and the final state.
+    r = cli(srv, "trace", tid, json_out=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert kinds(out["events"]) == want, summary(out["events"])
+    assert out["truncated"] is False, out["truncated"]
+    assert out["transfers"][0]["status"] == "posted", out["transfers"]
+    assert out["transfers"][0]["posted_amount"] == 200, out["transfers"]
+    r = cli(srv, "trace", tid)
+    assert r.returncode == 0, r.stderr
+    assert f"final: {tid} posted posted_amount 200 of 500" in r.stdout, r.stdout
+    lines = r.stdout.splitlines()
+    assert f"{RETRIES + 2} events" in lines[0], lines[0]
+    steps = [word for line in lines[2:] for word in line.split() if word in KINDS]
+    assert steps == ["reserved", "replayed", "posted"], r.stdout
+    folded = [line for line in lines if " replayed " in line]
+    assert len(folded) == 1 and f"x{RETRIES}" in folded[0], folded
+
+
+@pytest.mark.own_shards
+def test_events_of_a_retried_cross_shard_hold_page_across_both_shards(make_server):
+    """A cross-shard hold retried 300 times, then posted: its events on the
+    payer's shard (reserved, settled, the replays, post_asked, settled) and
+    the payee's (credited, posted) merge into one journey, which pages of
+    any size give whole: the cursor keeps a position on each shard."""
+    srv = make_server("--shards", str(SHARDS), "--node-name", NODE)
+    a0 = id_on_shard("a", 0, SHARDS)
+    c1 = id_on_shard("c", 1, SHARDS)
+    for acct in (a0, c1):
+        make_account(srv, acct, allow_negative=True)
+    tid = uid("tx")
+    expect_status(transfer(srv, tid, a0, c1, 90, rid("hold"), pending=True), (201, 202))
+    assert wait_until(lambda: len(events(srv, tid)) == 3, timeout=10), events(srv, tid)
+    answers = parallel_map(
+        lambda _: transfer(srv, tid, a0, c1, 90, rid("again"), pending=True),
+        range(RETRIES), threads=4)
+    bad = [x for x in answers if isinstance(x, Exception) or x.status != 200]
+    assert not bad, f"{len(bad)} retries were not replayed, e.g. {bad[:3]}"
+    r = srv.post(f"/v1/transfers/{tid}/post", None, headers=headers(rid("xpost")))
+    assert r.status in (200, 202), r
+    want = ([("reserved", 0), ("credited", 1), ("settled", 0)] + [("replayed", 0)] * RETRIES +
+            [("post_asked", 0), ("posted", 1), ("settled", 0)])
+    assert wait_until(lambda: len(events(srv, tid)) == len(want), timeout=10), \
+        summary(events(srv, tid))
+    evs = events(srv, tid)
+    assert kinds(evs) == want, summary(evs)
+    for limit in (1, 2, 3, 50):
+        paged, _ = all_pages(srv, tid, limit)
+        assert paged == evs, (limit, summary(paged))
+    out = json.loads(cli(srv, "trace", tid, json_out=True).stdout)
+    assert kinds(out["events"]) == want, summary(out["events"])
+    assert out["transfers"][0]["status"] == "posted", out["transfers"]
