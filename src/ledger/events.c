@@ -2,6 +2,7 @@
  * events.c — the events of a batch, made from its ops and results, and the
  * merge of one transfer's events across shards (events.h). Pure.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "events.h"
@@ -163,16 +164,15 @@ static bool asks_b(const kobo_event *e)
 	        e->kind == KOBO_EVENT_VOID_ASKED);
 }
 
-size_t kobo_events_merge(const kobo_event *const *lists, const size_t *lens,
-                         size_t n, kobo_event *out)
+/* The merge from at[] (per list, how many taken), *after_ask (the last
+ * event given asked B), at most limit events. Advances at[] and
+ * *after_ask. */
+static size_t merge(const kobo_event *const *lists, const size_t *lens, size_t n,
+                    size_t at[], bool *after_ask, size_t limit, kobo_event *out)
 {
-	size_t at[16] = {0};
 	size_t count = 0;
-	const kobo_event *last = NULL;
 
-	if (n > sizeof at / sizeof at[0])
-		n = sizeof at / sizeof at[0];
-	for (;;) {
+	while (count < limit) {
 		size_t best = n;
 		for (size_t i = 0; i < n; i++) {
 			if (at[i] >= lens[i])
@@ -188,16 +188,46 @@ size_t kobo_events_merge(const kobo_event *const *lists, const size_t *lens,
 			} else if (e->at_ms == b->at_ms) {
 				/* A tie: after a step that asks B, B's answer first;
 				 * otherwise the DEBIT (or LOCAL) leg's shard first. */
-				bool after_ask = last && asks_b(last);
 				bool e_b = e->leg == KOBO_LEG_CREDIT;
 				bool b_b = b->leg == KOBO_LEG_CREDIT;
-				if (e_b != b_b && e_b == after_ask)
+				if (e_b != b_b && e_b == *after_ask)
 					best = i;
 			}
 		}
 		if (best == n)
-			return count;
+			break;
 		out[count] = lists[best][at[best]++];
-		last = &out[count++];
+		*after_ask = asks_b(&out[count]);
+		count++;
 	}
+	return count;
+}
+
+size_t kobo_events_merge(const kobo_event *const *lists, const size_t *lens,
+                         size_t n, kobo_event *out)
+{
+	size_t at[16] = {0};
+	bool after_ask = false;
+
+	if (n > sizeof at / sizeof at[0])
+		n = sizeof at / sizeof at[0];
+	return merge(lists, lens, n, at, &after_ask, SIZE_MAX, out);
+}
+
+size_t kobo_events_merge_page(const kobo_event *const *lists, const size_t *lens,
+                              size_t n, size_t limit, kobo_events_position *pos,
+                              kobo_event *out, bool *more)
+{
+	size_t at[KOBO_EVENTS_LISTS_MAX] = {0};
+
+	kobo_assert(n <= KOBO_EVENTS_LISTS_MAX && limit >= 1);
+	size_t count = merge(lists, lens, n, at, &pos->after_ask, limit, out);
+	*more = false;
+	for (size_t i = 0; i < n; i++) {
+		if (at[i] > 0)
+			pos->after_seq[i] = lists[i][at[i] - 1].seq;
+		if (at[i] < lens[i])
+			*more = true;
+	}
+	return count;
 }

@@ -98,4 +98,36 @@ size_t kobo_events_derive(const kobo_op *ops, const kobo_result *results,
 size_t kobo_events_merge(const kobo_event *const *lists, const size_t *lens,
                          size_t n, kobo_event *out);
 
+/* The shards one transfer's events live on: its payer's and, for a
+ * cross-shard transfer, its payee's. */
+#define KOBO_EVENTS_LISTS_MAX 2
+
+/* Where a paged merge of one transfer's events stands (GET
+ * /v1/transfers/{id}/events?after=): everything before it was given. A
+ * position per list, not a place in the merged order, so that an event
+ * written later on either shard is still given by a later page however it
+ * sorts by time: paging can reorder a live journey, never skip an event. */
+typedef struct kobo_events_position {
+	/* Per list, the seq of the last event given (0: none yet). */
+	int64_t after_seq[KOBO_EVENTS_LISTS_MAX];
+	/* The last event given asked B (reserved, post_asked or void_asked of
+	 * a DEBIT leg): on a time tie B's answer comes next, as in
+	 * kobo_events_merge. */
+	bool after_ask;
+} kobo_events_position;
+
+/* One page of kobo_events_merge: the first `limit` (≥ 1) events of the
+ * merged journey after *pos, into out (limit entries), in the same order
+ * kobo_events_merge gives them; *pos is advanced past them, so that pages
+ * laid end to end are exactly the whole merge. n ≤ KOBO_EVENTS_LISTS_MAX;
+ * lists[i] holds list i's events with seq > pos->after_seq[i], oldest
+ * first: all of them, or at least its first limit + 1 (a page takes at most
+ * limit from one list, so it is exact either way; the one more shows
+ * whether the list goes on). *more is set when some list holds an event
+ * the page did not take: with lists read that way, exactly when another
+ * page exists. Returns how many (≤ limit). Pure. */
+size_t kobo_events_merge_page(const kobo_event *const *lists, const size_t *lens,
+                              size_t n, size_t limit, kobo_events_position *pos,
+                              kobo_event *out, bool *more);
+
 #endif /* KOBO_EVENTS_H */

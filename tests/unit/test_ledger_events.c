@@ -2,7 +2,8 @@
  * test_ledger_events.c — the events of a batch (src/ledger/events.h): made
  * purely from ops and results, one per state change, none for what changed
  * nothing, and every one naming a transfer the batch wrote; and the merge of
- * two shards' events in time order with a saga's causal order on ties.
+ * two shards' events in time order with a saga's causal order on ties, whole
+ * or in pages that resume from a position per shard.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -214,6 +215,129 @@ static void merge_keeps_time_then_saga_order(void **state)
 	assert_int_equal(out[0].kind, KOBO_EVENT_CREDITED); /* earlier in time */
 }
 
+/* Seeded: the list's events with seq > after, at most max of them. */
+static size_t after_seq(const kobo_event *list, size_t len, int64_t after, size_t max,
+                        const kobo_event **from)
+{
+	size_t i = 0;
+	while (i < len && list[i].seq <= after)
+		i++;
+	*from = list + i;
+	return len - i < max ? len - i : max;
+}
+
+/* Pages of any size, each read as the events endpoint reads (limit + 1
+ * after the position, or everything), laid end to end are exactly the
+ * whole merge; "more" holds until the last page. Ties in time are many
+ * (at_ms over 4 values), so page boundaries fall between a saga's ask on
+ * A and B's answer: the position's after_ask carries the tie order. */
+static void merge_pages_are_the_whole_merge(void **state)
+{
+	(void)state;
+	static const kobo_event_kind a_kinds[] = {
+		KOBO_EVENT_RESERVED, KOBO_EVENT_SETTLED, KOBO_EVENT_REPLAYED,
+		KOBO_EVENT_POST_ASKED, KOBO_EVENT_VOID_ASKED, KOBO_EVENT_COMPENSATED,
+	};
+	static const kobo_event_kind b_kinds[] = {
+		KOBO_EVENT_CREDITED, KOBO_EVENT_POSTED, KOBO_EVENT_VOIDED,
+	};
+	uint64_t seed = 0x9e3779b97f4a7c15u;
+	for (int round = 0; round < 300; round++) {
+		kobo_event a[40], b[12], whole[52], paged[52];
+		size_t la = 0, lb = 0;
+		size_t want_a = (size_t)(round % 41), want_b = (size_t)((round / 3) % 13);
+		int64_t t = 0;
+		while (la < want_a || lb < want_b) {
+			seed = seed * 6364136223846793005u + 1442695040888963407u;
+			unsigned r = (unsigned)(seed >> 33);
+			if (r % 4 == 0)
+				t += 1 + r % 3; /* time moves now and then: ties abound */
+			if ((r & 16) ? la < want_a : lb >= want_b) {
+				a[la] = ev(a_kinds[(r >> 8) % 6], KOBO_LEG_DEBIT, t);
+				a[la].seq = (int64_t)(la * 3 + 1 + round); /* gaps: other transfers */
+				la++;
+			} else {
+				b[lb] = ev(b_kinds[(r >> 8) % 3], KOBO_LEG_CREDIT, t);
+				b[lb].seq = (int64_t)(lb * 5 + 2);
+				lb++;
+			}
+		}
+		const kobo_event *lists[2] = {a, b};
+		size_t lens[2] = {la, lb};
+		size_t total = kobo_events_merge(lists, lens, 2, whole);
+		assert_int_equal(total, la + lb);
+		for (size_t limit = 1; limit <= 8; limit++) {
+			for (int read_all = 0; read_all < 2; read_all++) {
+				kobo_events_position pos;
+				memset(&pos, 0, sizeof pos);
+				size_t got = 0, pages = 0;
+				bool more = true;
+				while (more) {
+					const kobo_event *from[2];
+					size_t cut[2];
+					size_t max = read_all ? SIZE_MAX : limit + 1;
+					cut[0] = after_seq(a, la, pos.after_seq[0], max, &from[0]);
+					cut[1] = after_seq(b, lb, pos.after_seq[1], max, &from[1]);
+					size_t n = kobo_events_merge_page(from, cut, 2, limit, &pos,
+					                                  paged + got, &more);
+					assert_true(n <= limit);
+					assert_true(n == limit || !more);
+					got += n;
+					pages++;
+					assert_true(pages <= total + 1);
+				}
+				assert_int_equal(got, total);
+				assert_int_equal(pages, total ? (total + limit - 1) / limit : 1);
+				for (size_t i = 0; i < total; i++) {
+					assert_int_equal(paged[i].kind, whole[i].kind);
+					assert_int_equal(paged[i].seq, whole[i].seq);
+					assert_int_equal(paged[i].leg, whole[i].leg);
+				}
+			}
+		}
+	}
+}
+
+/* The boundary the position exists for: a page ending on A's post_asked
+ * (tied in time with B's posted and A's settled) resumes with B's answer. */
+static void a_page_ending_on_an_ask_resumes_with_the_answer(void **state)
+{
+	(void)state;
+	kobo_event a[] = {
+		ev(KOBO_EVENT_POST_ASKED, KOBO_LEG_DEBIT, 100),
+		ev(KOBO_EVENT_SETTLED, KOBO_LEG_DEBIT, 100),
+	};
+	kobo_event b[] = { ev(KOBO_EVENT_POSTED, KOBO_LEG_CREDIT, 100) };
+	a[0].seq = 7;
+	a[1].seq = 9;
+	b[0].seq = 4;
+	const kobo_event *lists[2] = {a, b};
+	size_t lens[2] = {2, 1};
+	kobo_events_position pos = { .after_seq = {6, 3} };
+	kobo_event out[3];
+	bool more;
+	assert_int_equal(kobo_events_merge_page(lists, lens, 2, 1, &pos, out, &more), 1);
+	assert_int_equal(out[0].kind, KOBO_EVENT_POST_ASKED);
+	assert_true(more);
+	assert_true(pos.after_ask);
+	assert_int_equal(pos.after_seq[0], 7);
+	assert_int_equal(pos.after_seq[1], 3); /* nothing taken from B: kept */
+	lists[0] = a + 1;
+	lens[0] = 1;
+	assert_int_equal(kobo_events_merge_page(lists, lens, 2, 5, &pos, out, &more), 2);
+	assert_int_equal(out[0].kind, KOBO_EVENT_POSTED);
+	assert_int_equal(out[1].kind, KOBO_EVENT_SETTLED);
+	assert_false(more);
+	assert_false(pos.after_ask);
+	assert_int_equal(pos.after_seq[0], 9);
+	assert_int_equal(pos.after_seq[1], 4);
+	/* Nothing left: an empty page, no more, the position unchanged. */
+	lens[0] = lens[1] = 0;
+	assert_int_equal(kobo_events_merge_page(lists, lens, 2, 5, &pos, out, &more), 0);
+	assert_false(more);
+	assert_int_equal(pos.after_seq[0], 9);
+}
+
 static void names_round_trip(void **state)
 {
 	(void)state;
@@ -235,6 +359,8 @@ int main(void)
 		cmocka_unit_test(saga_steps_make_their_events),
 		cmocka_unit_test(expiry_and_saga_asks_by_their_results),
 		cmocka_unit_test(merge_keeps_time_then_saga_order),
+		cmocka_unit_test(merge_pages_are_the_whole_merge),
+		cmocka_unit_test(a_page_ending_on_an_ask_resumes_with_the_answer),
 		cmocka_unit_test(names_round_trip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
