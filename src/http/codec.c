@@ -877,6 +877,67 @@ int kobo_http_history_query_arg(kobo_http_history_query *query, const char *key,
 	return invalid(err, "%.64s: unknown query parameter", key);
 }
 
+/* "P.Q.F" (codec.h): digits only, no sign, nothing else. */
+static bool parse_events_cursor(const char *text, kobo_events_position *out)
+{
+	char part[3][20];
+	size_t parts = 0;
+	const char *p = text;
+	for (;;) {
+		size_t len = strcspn(p, ".");
+		if (parts == 3 || len >= sizeof part[0])
+			return false;
+		memcpy(part[parts], p, len);
+		part[parts++][len] = '\0';
+		if (p[len] == '\0')
+			break;
+		p += len + 1;
+	}
+	int64_t flag;
+	if (parts != 3 || !parse_decimal(part[0], &out->after_seq[0]) ||
+	    !parse_decimal(part[1], &out->after_seq[1]) || !parse_decimal(part[2], &flag) ||
+	    flag > 1)
+		return false;
+	out->after_ask = flag == 1;
+	return true;
+}
+
+int kobo_http_events_query_arg(kobo_http_history_query *query, const char *key,
+                               const char *value, kobo_http_error *err)
+{
+	int64_t n;
+	if (strcmp(key, "limit") == 0) {
+		if (query->has_limit)
+			return invalid(err, "limit: given twice");
+		if (!value || !parse_decimal(value, &n) || n < 1 || n > KOBO_HTTP_EVENTS_LIMIT_MAX)
+			return invalid(err, "limit: must be an integer between 1 and %d",
+			               KOBO_HTTP_EVENTS_LIMIT_MAX);
+		query->limit = (size_t)n;
+		query->has_limit = true;
+		return KOBO_OK;
+	}
+	if (strcmp(key, "after") == 0) {
+		if (query->has_after)
+			return invalid(err, "after: given twice");
+		kobo_events_position pos;
+		if (!value || !parse_events_cursor(value, &pos))
+			return invalid(err, "after: must be a cursor returned as \"next\"");
+		query->events_after = pos;
+		query->has_after = true;
+		return KOBO_OK;
+	}
+	return invalid(err, "%.64s: unknown query parameter", key);
+}
+
+size_t kobo_http_events_cursor_format(char *out, const kobo_events_position *pos)
+{
+	kobo_assert(pos->after_seq[0] >= 0 && pos->after_seq[1] >= 0);
+	int len = snprintf(out, KOBO_HTTP_EVENTS_CURSOR_LEN_MAX + 1, "%" PRId64 ".%" PRId64 ".%d",
+	                   pos->after_seq[0], pos->after_seq[1], pos->after_ask ? 1 : 0);
+	kobo_assert(len > 0 && len <= KOBO_HTTP_EVENTS_CURSOR_LEN_MAX);
+	return (size_t)len;
+}
+
 int kobo_http_request_query_arg(kobo_http_history_query *query, const char *key,
                                 const char *value, kobo_http_error *err)
 {

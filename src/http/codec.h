@@ -29,6 +29,15 @@
 #define KOBO_HTTP_METADATA_DEPTH_MAX 32       /* nesting inside metadata */
 #define KOBO_HTTP_HISTORY_LIMIT_DEFAULT 100
 #define KOBO_HTTP_HISTORY_LIMIT_MAX 1000
+/* GET /v1/transfers/{id}/events: a whole journey in one page unless a
+ * client retried its create ~1,000 times (each retry is an event); past
+ * that the answer pages ("next"). A page costs 3 × limit events of memory
+ * while it is read (limit + 1 a shard, limit merged): ~1.5 MB at most. */
+#define KOBO_HTTP_EVENTS_LIMIT_DEFAULT 1000
+#define KOBO_HTTP_EVENTS_LIMIT_MAX 1000
+/* "P.Q.F" (events.h, kobo_events_position): two int64 of up to 19 digits,
+ * two dots and a flag digit. */
+#define KOBO_HTTP_EVENTS_CURSOR_LEN_MAX (2 * 19 + 3)
 #define KOBO_HTTP_ERROR_MESSAGE_MAX 256
 #define KOBO_HTTP_TRACE_ID_LEN 32             /* hex digits of a W3C trace id */
 _Static_assert(KOBO_HTTP_TRACE_ID_LEN == KOBO_TRACE_ID_LEN, "events carry the trace id as read");
@@ -38,6 +47,9 @@ _Static_assert(KOBO_HTTP_BATCH_BODY_MAX >= KOBO_HTTP_BODY_MAX,
                "the batch body limit is the larger one");
 _Static_assert(KOBO_HTTP_HISTORY_LIMIT_DEFAULT <= KOBO_HTTP_HISTORY_LIMIT_MAX,
                "the default page fits the maximum");
+_Static_assert(KOBO_HTTP_EVENTS_LIMIT_DEFAULT <= KOBO_HTTP_EVENTS_LIMIT_MAX,
+               "the default page of events fits the maximum");
+_Static_assert(KOBO_EVENTS_LISTS_MAX == 2, "the events cursor names two shards");
 
 /* ---- Growable output buffer. ---- */
 
@@ -183,6 +195,8 @@ typedef struct kobo_http_history_query {
 	char request_id[KOBO_REQUEST_ID_LEN_MAX + 1];
 	bool has_request_id;
 	uint32_t after_shard;
+	/* GET /v1/transfers/{id}/events only: the cursor its "next" gave. */
+	kobo_events_position events_after;
 } kobo_http_history_query;
 
 void kobo_http_history_query_init(kobo_http_history_query *query);
@@ -195,6 +209,19 @@ int kobo_http_history_query_arg(kobo_http_history_query *query, const char *key,
  * characters), limit, after ("SHARD.SEQ" as "next" gave it). */
 int kobo_http_request_query_arg(kobo_http_history_query *query, const char *key,
                                 const char *value, kobo_http_error *err);
+
+/* The same for GET /v1/transfers/{id}/events: limit (1..
+ * KOBO_HTTP_EVENTS_LIMIT_MAX; has_limit false leaves the default to the
+ * handler) and after, the cursor "P.Q.F" its "next" gave, into
+ * query->events_after: P and Q the seq of the last event given on the
+ * payer's and the payee's shard (0..INT64_MAX decimal, Q 0 for a transfer
+ * on one shard), F 1 when that event asked the payee's shard, else 0. */
+int kobo_http_events_query_arg(kobo_http_history_query *query, const char *key,
+                               const char *value, kobo_http_error *err);
+/* Writes the cursor of pos into out (KOBO_HTTP_EVENTS_CURSOR_LEN_MAX + 1
+ * bytes) as kobo_http_events_query_arg reads it; returns its length. Both
+ * seqs must be ≥ 0. */
+size_t kobo_http_events_cursor_format(char *out, const kobo_events_position *pos);
 
 /* ---- Responses. ---- */
 

@@ -356,35 +356,31 @@ int kobo__http_get_transfer(kobo_http_exchange *x)
 
 /* ---- The journey of a payment. ---- */
 
-/* Events read per shard for one transfer: a transfer makes a handful
- * (events.h); only client retries of its create add more, and past this
- * many on one shard the oldest are shown. */
-#define KOBO_HTTP_EVENTS_PER_SHARD_MAX 256
-
+/* One shard's events of a transfer: at most cap, after a seq. */
 typedef struct event_read {
 	kobo_event *events;
 	size_t count;
+	size_t cap;
 } event_read;
 
 static int collect_event(void *ctx, const kobo_event *event)
 {
 	event_read *read = ctx;
-	if (read->count == KOBO_HTTP_EVENTS_PER_SHARD_MAX)
+	if (read->count == read->cap)
 		return 1;
 	read->events[read->count++] = *event;
 	return 0;
 }
 
 static int read_events_on(kobo_http_exchange *x, uint32_t shard, const char *id,
-                          event_read *out)
+                          int64_t after_seq, event_read *out)
 {
 	kobo_http_read read;
 	int rc = kobo__http_read_begin(x, shard, false, &read);
 	do {
 		out->count = 0;
 		if (rc == KOBO_OK)
-			rc = kobo_store_read_events(read.reader, id, 0,
-			                            KOBO_HTTP_EVENTS_PER_SHARD_MAX,
+			rc = kobo_store_read_events(read.reader, id, after_seq, out->cap,
 			                            collect_event, out);
 	} while (kobo__http_read_retry(x, &read, &rc));
 	return rc;
@@ -393,7 +389,7 @@ static int read_events_on(kobo_http_exchange *x, uint32_t shard, const char *id,
 /* The shards a transfer touched: its payer's (where find_transfer found
  * the DEBIT or LOCAL leg) and, for a cross-shard transfer, its payee's. */
 static size_t transfer_shards(kobo_http_exchange *x, const kobo_transfer *t,
-                              uint32_t found_on, uint32_t shards[2])
+                              uint32_t found_on, uint32_t shards[KOBO_EVENTS_LISTS_MAX])
 {
 	size_t n = 0;
 	shards[n++] = t->leg == KOBO_LEG_LOCAL ? found_on : shard_of(x, t->from);
@@ -405,6 +401,12 @@ static size_t transfer_shards(kobo_http_exchange *x, const kobo_transfer *t,
 	return n;
 }
 
+/* GET /v1/transfers/{id}/events?limit=&after=: one page of the journey,
+ * oldest first, "next" the cursor of the rest or null. Each shard is read
+ * for limit + 1 events after the cursor's position on it, and the page is
+ * the first limit of their merge (events.h, kobo_events_merge_page: exact,
+ * and the extra event tells whether another page exists). Nothing is left
+ * out without a "next" that leads to it. */
 int kobo__http_get_events(kobo_http_exchange *x)
 {
 	kobo_transfer transfer;
@@ -414,17 +416,25 @@ int kobo__http_get_events(kobo_http_exchange *x)
 		return kobo__http_fail(x, 404, "transfer_not_found", NULL);
 	if (rc != KOBO_OK)
 		return read_failed(x, rc);
-	uint32_t shards[2];
+	uint32_t shards[KOBO_EVENTS_LISTS_MAX];
 	size_t n = transfer_shards(x, &transfer, found_on, shards);
-	kobo_event *all = malloc(3 * KOBO_HTTP_EVENTS_PER_SHARD_MAX * sizeof *all);
-	if (all == NULL)
+	kobo_events_position pos = x->query.events_after; /* zero without after */
+	if (n == 1 && (pos.after_seq[1] != 0 || pos.after_ask))
+		return kobo__http_fail(x, 400, "invalid_request",
+		                       "after: must be a cursor returned as \"next\" for this transfer");
+	size_t limit = x->query.has_limit ? x->query.limit : KOBO_HTTP_EVENTS_LIMIT_DEFAULT;
+	size_t per_shard = limit + 1; /* the one more: is there another page? */
+	kobo_event *all = malloc((KOBO_EVENTS_LISTS_MAX * per_shard + limit) * sizeof *all);
+	if (all == NULL) {
+		x->reply.retry_after_s = 1;
 		return kobo__http_fail(x, 503, "overloaded", "out of memory");
-	event_read reads[2];
-	const kobo_event *lists[2];
-	size_t lens[2];
+	}
+	event_read reads[KOBO_EVENTS_LISTS_MAX];
+	const kobo_event *lists[KOBO_EVENTS_LISTS_MAX];
+	size_t lens[KOBO_EVENTS_LISTS_MAX];
 	for (size_t i = 0; i < n; i++) {
-		reads[i] = (event_read){ .events = all + i * KOBO_HTTP_EVENTS_PER_SHARD_MAX };
-		rc = read_events_on(x, shards[i], x->match.id, &reads[i]);
+		reads[i] = (event_read){ .events = all + i * per_shard, .cap = per_shard };
+		rc = read_events_on(x, shards[i], x->match.id, pos.after_seq[i], &reads[i]);
 		if (rc != KOBO_OK) {
 			free(all);
 			return read_failed(x, rc);
@@ -432,17 +442,24 @@ int kobo__http_get_events(kobo_http_exchange *x)
 		lists[i] = reads[i].events;
 		lens[i] = reads[i].count;
 	}
-	kobo_event *merged = all + 2 * KOBO_HTTP_EVENTS_PER_SHARD_MAX;
-	size_t count = kobo_events_merge(lists, lens, n, merged);
+	kobo_event *page = all + KOBO_EVENTS_LISTS_MAX * per_shard;
+	bool more;
+	size_t count = kobo_events_merge_page(lists, lens, n, limit, &pos, page, &more);
 	kobo_http_buf *buf = &x->reply.body;
 	kobo_http_buf_puts(buf, "{\"data\":[");
 	for (size_t i = 0; i < count; i++) {
 		if (i)
 			kobo_http_buf_puts(buf, ",");
-		kobo_http_encode_event(buf, &merged[i]);
+		kobo_http_encode_event(buf, &page[i]);
 	}
-	kobo_http_buf_puts(buf, "]}");
 	free(all);
+	if (more) {
+		char cursor[KOBO_HTTP_EVENTS_CURSOR_LEN_MAX + 1];
+		kobo_http_events_cursor_format(cursor, &pos);
+		kobo_http_buf_printf(buf, "],\"next\":\"%s\"}", cursor);
+	} else {
+		kobo_http_buf_puts(buf, "],\"next\":null}");
+	}
 	x->reply.status = 200;
 	return KOBO_HTTP_REPLY_READY;
 }

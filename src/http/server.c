@@ -155,6 +155,8 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind,
 		rc = kobo_http_history_query_arg(&x->query, key, value, &err);
 	else if (kobo_http_routes[x->route].handler == kobo__http_list_transfers)
 		rc = kobo_http_request_query_arg(&x->query, key, value, &err);
+	else if (kobo_http_routes[x->route].handler == kobo__http_get_events)
+		rc = kobo_http_events_query_arg(&x->query, key, value, &err);
 	else
 		rc = kobo_http_error_set(&err, 400, "invalid_request",
 		                         "%.64s: unknown query parameter", key);

@@ -408,6 +408,72 @@ static void history_query_arguments(void **state)
 	assert_non_null(strstr(err.message, "offset"));
 }
 
+/* GET /v1/transfers/{id}/events: limit 1..1000 (the default is the
+ * handler's), and the cursor "P.Q.F" round-trips through its formatter,
+ * the largest seqs included; anything else is a 400 naming the field. */
+static void events_query_and_cursor(void **state)
+{
+	(void)state;
+	kobo_http_history_query q;
+	kobo_http_error err;
+	kobo_http_history_query_init(&q);
+	assert_int_equal(kobo_http_events_query_arg(&q, "limit", "1000", &err), KOBO_OK);
+	assert_true(q.has_limit);
+	assert_int_equal(q.limit, 1000);
+	assert_int_equal(kobo_http_events_query_arg(&q, "limit", "7", &err), KOBO_EINVAL);
+	assert_non_null(strstr(err.message, "limit: given twice"));
+	assert_int_equal(kobo_http_events_query_arg(&q, "after", "12.0.1", &err), KOBO_OK);
+	assert_int_equal(q.events_after.after_seq[0], 12);
+	assert_int_equal(q.events_after.after_seq[1], 0);
+	assert_true(q.events_after.after_ask);
+	assert_int_equal(kobo_http_events_query_arg(&q, "after", "1.1.0", &err), KOBO_EINVAL);
+	assert_non_null(strstr(err.message, "after: given twice"));
+
+	kobo_events_position cases[] = {
+		{ .after_seq = {0, 0}, .after_ask = false },
+		{ .after_seq = {5, 9}, .after_ask = true },
+		{ .after_seq = {INT64_MAX, INT64_MAX}, .after_ask = true },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char text[KOBO_HTTP_EVENTS_CURSOR_LEN_MAX + 1];
+		size_t len = kobo_http_events_cursor_format(text, &cases[i]);
+		assert_int_equal(len, strlen(text));
+		kobo_http_history_query_init(&q);
+		assert_int_equal(kobo_http_events_query_arg(&q, "after", text, &err), KOBO_OK);
+		assert_memory_equal(q.events_after.after_seq, cases[i].after_seq,
+		                    sizeof cases[i].after_seq);
+		assert_int_equal(q.events_after.after_ask, cases[i].after_ask);
+	}
+	char longest[KOBO_HTTP_EVENTS_CURSOR_LEN_MAX + 1];
+	assert_int_equal(kobo_http_events_cursor_format(longest, &cases[2]),
+	                 KOBO_HTTP_EVENTS_CURSOR_LEN_MAX);
+
+	static const char *const bad_limits[] = { "0", "1001", "-1", "", "x", "1e3" };
+	for (size_t i = 0; i < sizeof bad_limits / sizeof bad_limits[0]; i++) {
+		kobo_http_history_query_init(&q);
+		assert_int_equal(kobo_http_events_query_arg(&q, "limit", bad_limits[i], &err),
+		                 KOBO_EINVAL);
+		assert_int_equal(err.status, 400);
+		assert_non_null(strstr(err.message, "limit"));
+	}
+	static const char *const bad_cursors[] = {
+		"", "1", "1.2", "1.2.3", "1.2.3.4", "1.2.0.", ".1.0", "1..0", "-1.0.0", "1.-2.0",
+		"1.2.-0", "+1.2.0", "1 .2.0", "a.b.c", "9223372036854775808.0.0",
+		"0.9223372036854775808.0", "00000000000000000001.0.0", "1.2.0x",
+	};
+	for (size_t i = 0; i < sizeof bad_cursors / sizeof bad_cursors[0]; i++) {
+		kobo_http_history_query_init(&q);
+		assert_int_equal(kobo_http_events_query_arg(&q, "after", bad_cursors[i], &err),
+		                 KOBO_EINVAL);
+		assert_int_equal(err.status, 400);
+		assert_non_null(strstr(err.message, "after"));
+	}
+	kobo_http_history_query_init(&q);
+	assert_int_equal(kobo_http_events_query_arg(&q, "after", NULL, &err), KOBO_EINVAL);
+	assert_int_equal(kobo_http_events_query_arg(&q, "request_id", "r1", &err), KOBO_EINVAL);
+	assert_non_null(strstr(err.message, "request_id: unknown query parameter"));
+}
+
 static void request_id_and_traceparent(void **state)
 {
 	(void)state;
@@ -1036,6 +1102,7 @@ int main(void)
 		cmocka_unit_test(batch_refusals_name_the_transfer),
 		cmocka_unit_test(post_and_void_bodies),
 		cmocka_unit_test(history_query_arguments),
+		cmocka_unit_test(events_query_and_cursor),
 		cmocka_unit_test(request_id_and_traceparent),
 		cmocka_unit_test(transfer_encodes_as_in_the_api),
 		cmocka_unit_test(account_encodes_with_balance),
