@@ -7,15 +7,23 @@
  * the events of every transfer the request created (GET
  * /v1/transfers?request_id=, every page). Printed oldest first: time,
  * +duration since the previous line, shard, node, event, transfer, request
- * id; then each transfer's final state (GET /v1/transfers/{id}). --logs
+ * id; consecutive replays of one transfer (client retries of its create)
+ * print as one line, "replayed xN", with the time of the first and the
+ * last; then each transfer's final state (GET /v1/transfers/{id}). --logs
  * DIR adds the JSON log lines of the files in DIR (several nodes) that
  * name one of those request ids, transfer ids or trace ids, merged in time
  * order. --json prints one object: {"id", "found_as", "events",
- * "transfers", "logs"}. Exit 1 when nothing is found.
+ * "transfers", "logs", "truncated"}, every event listed. Exit 1 when
+ * nothing is found.
  *
- * Bounds: at most TRACE_TRANSFERS_MAX transfers of one request and
- * TRACE_LOG_LINES_MAX log lines (the oldest kept), each line at most
- * TRACE_LOG_LINE_MAX bytes (longer ones are skipped).
+ * A transfer's events come in pages ("next", TRACE_EVENTS_PAGE a page);
+ * trace follows them to the end, within its bounds.
+ *
+ * Bounds: at most TRACE_TRANSFERS_MAX transfers of one request,
+ * TRACE_EVENTS_MAX events (then it stops, says so on stderr and sets
+ * "truncated": the timeline is never cut silently), TRACE_LOG_LINES_MAX
+ * log lines (the oldest kept), each line at most TRACE_LOG_LINE_MAX bytes
+ * (longer ones are skipped).
  */
 #include <dirent.h>
 #include <stdlib.h>
@@ -24,6 +32,8 @@
 #include "cli.h"
 
 #define TRACE_TRANSFERS_MAX 1000
+#define TRACE_EVENTS_PAGE 1000 /* the endpoint's largest page */
+#define TRACE_EVENTS_MAX 100000
 #define TRACE_LOG_LINES_MAX 100000
 #define TRACE_LOG_LINE_MAX 65536
 
@@ -61,22 +71,49 @@ static char *escaped_path(kobo_cli *cli, const char *format, const char *value)
 	return path;
 }
 
-/* Appends the events of transfer id to events; -1 on a failed request. */
-static int add_events(kobo_cli *cli, const char *id, json_t *events, bool *found)
+/* Appends the events of transfer id to events, every page while fewer
+ * than TRACE_EVENTS_MAX are held (then *truncated, and a line on stderr
+ * naming where the rest starts); -1 on a failed request. */
+static int add_events(kobo_cli *cli, const char *id, json_t *events, bool *found,
+                      bool *truncated)
 {
-	char *path = escaped_path(cli, "/v1/transfers/%s/events", id);
-	json_t *body;
-	int rc = get_json(cli, path, &body);
-	free(path);
-	if (rc != 0 || body == NULL)
-		return rc;
-	json_t *data = json_object_get(body, "data");
-	if (json_is_array(data)) {
-		json_array_extend(events, data);
-		*found = true;
+	char *cursor = NULL;
+	for (;;) {
+		char *base = escaped_path(cli, "/v1/transfers/%s/events", id);
+		char *path = NULL;
+		if (asprintf(&path, "%s?limit=%d%s%s", base, TRACE_EVENTS_PAGE,
+		             cursor ? "&after=" : "", cursor ? cursor : "") < 0)
+			oom();
+		free(base);
+		free(cursor);
+		cursor = NULL;
+		json_t *body;
+		int rc = get_json(cli, path, &body);
+		free(path);
+		if (rc != 0 || body == NULL)
+			return rc;
+		json_t *data = json_object_get(body, "data");
+		if (json_is_array(data)) {
+			json_array_extend(events, data);
+			*found = true;
+		}
+		const json_t *next = json_object_get(body, "next");
+		if (json_is_string(next) && json_array_size(data) > 0) {
+			if (json_array_size(events) < TRACE_EVENTS_MAX) {
+				cursor = kobo_cli_http_escape(cli->http, json_string_value(next));
+				if (cursor == NULL)
+					oom();
+			} else {
+				*truncated = true;
+				fprintf(stderr, "kobo: trace: stopped at %d events; the rest of %s's "
+				        "start at GET /v1/transfers/%s/events?after=%s\n",
+				        TRACE_EVENTS_MAX, id, id, json_string_value(next));
+			}
+		}
+		json_decref(body);
+		if (cursor == NULL)
+			return 0;
 	}
-	json_decref(body);
-	return 0;
 }
 
 /* The ids of the transfers request_id created, every page, into ids. */
@@ -207,6 +244,24 @@ static long long ms_between(const json_t *a, const json_t *b)
 	                   json_integer_value(json_object_get(a, "at_ms")));
 }
 
+/* How many events from index i on are replays of one transfer on one
+ * shard in a row (1 when events[i] is not a replay): printed as one line. */
+static size_t replay_run(const json_t *events, size_t i)
+{
+	const json_t *first = json_array_get(events, i);
+	size_t n = 1;
+	if (strcmp(str(first, "event"), "replayed") != 0)
+		return 1;
+	for (const json_t *e; (e = json_array_get(events, i + n)) != NULL; n++) {
+		if (strcmp(str(e, "event"), "replayed") != 0 ||
+		    strcmp(str(e, "transfer_id"), str(first, "transfer_id")) != 0 ||
+		    json_integer_value(json_object_get(e, "shard")) !=
+		    json_integer_value(json_object_get(first, "shard")))
+			break;
+	}
+	return n;
+}
+
 static void print_timeline(const json_t *events, const json_t *logs, const json_t *transfers)
 {
 	size_t e = 0, l = 0;
@@ -221,12 +276,22 @@ static void print_timeline(const json_t *events, const json_t *logs, const json_
 			char plus[32] = "";
 			if (prev)
 				snprintf(plus, sizeof plus, "+%lld", ms_between(prev, ev));
-			printf("%-24s %8s %5lld  %-22s %-15s %-24s %s\n", str(ev, "at"), plus,
-			       (long long)json_integer_value(json_object_get(ev, "shard")),
-			       str(ev, "node"), str(ev, "event"), str(ev, "transfer_id"),
-			       str(ev, "request_id"));
-			prev = ev;
-			e++;
+			size_t run = replay_run(events, e);
+			const json_t *last = json_array_get(events, e + run - 1);
+			if (run > 1) {
+				printf("%-24s %8s %5lld  %-22s %-15s %-24s x%zu, last at %s (%s)\n",
+				       str(ev, "at"), plus,
+				       (long long)json_integer_value(json_object_get(ev, "shard")),
+				       str(ev, "node"), str(ev, "event"), str(ev, "transfer_id"), run,
+				       str(last, "at"), str(last, "request_id"));
+			} else {
+				printf("%-24s %8s %5lld  %-22s %-15s %-24s %s\n", str(ev, "at"), plus,
+				       (long long)json_integer_value(json_object_get(ev, "shard")),
+				       str(ev, "node"), str(ev, "event"), str(ev, "transfer_id"),
+				       str(ev, "request_id"));
+			}
+			prev = last;
+			e += run;
 		} else {
 			char *text = json_dumps(lg, JSON_COMPACT);
 			printf("%-24s %8s  log %s: %s\n", str(lg, "ts"), "", str(lg, "file"),
@@ -272,7 +337,8 @@ int kobo_cli_cmd_trace(kobo_cli *cli, int argc, char **argv)
 		oom();
 	const char *found_as = "transfer";
 	bool found = false;
-	rc = add_events(cli, id, events, &found);
+	bool truncated = false;
+	rc = add_events(cli, id, events, &found, &truncated);
 	if (rc == 0 && found) {
 		json_array_append_new(ids, json_string(id));
 	} else if (rc == 0) {
@@ -282,7 +348,8 @@ int kobo_cli_cmd_trace(kobo_cli *cli, int argc, char **argv)
 		json_t *v;
 		json_array_foreach(ids, i, v) {
 			if (rc == 0)
-				rc = add_events(cli, json_string_value(v), events, &found);
+				rc = add_events(cli, json_string_value(v), events, &found,
+				                &truncated);
 		}
 		/* Several transfers: one timeline (each one's order is kept). */
 		sort_by_time(events, "at");
@@ -312,8 +379,9 @@ int kobo_cli_cmd_trace(kobo_cli *cli, int argc, char **argv)
 		fprintf(stderr, "kobo: trace: no transfer and no request has the id %s\n", id);
 		status = KOBO_CLI_EXIT_FAILED;
 	} else if (cli->json) {
-		json_t *out = json_pack("{s:s, s:s, s:O, s:O, s:O}", "id", id, "found_as", found_as,
-		                        "events", events, "transfers", transfers, "logs", logs);
+		json_t *out = json_pack("{s:s, s:s, s:O, s:O, s:O, s:b}", "id", id, "found_as",
+		                        found_as, "events", events, "transfers", transfers, "logs",
+		                        logs, "truncated", truncated);
 		char *text = out ? json_dumps(out, JSON_COMPACT) : NULL;
 		if (text == NULL)
 			oom();
@@ -321,8 +389,9 @@ int kobo_cli_cmd_trace(kobo_cli *cli, int argc, char **argv)
 		free(text);
 		json_decref(out);
 	} else {
-		printf("trace %s (%s id): %zu events, %zu transfers\n", id, found_as,
-		       json_array_size(events), json_array_size(transfers));
+		printf("trace %s (%s id): %zu events%s, %zu transfers\n", id, found_as,
+		       json_array_size(events), truncated ? " (stopped: more exist)" : "",
+		       json_array_size(transfers));
 		print_timeline(events, logs, transfers);
 	}
 	json_decref(events);
