@@ -204,6 +204,12 @@ $(REL)/measure/auth-path: tools/measure/auth_path.c $(call objs,$(REL),$(CORE_SR
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(PKG_CFLAGS) $^ -o $@ $(PKG_LIBS)
 
+# The journaled store's in-memory tables alone: RSS and ns per operation
+# (tools/measure/hot_tables.c; numbers in docs/benchmarks.md).
+$(REL)/measure/hot-tables: tools/measure/hot_tables.c $(call objs,$(REL),$(CORE_SRC))
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(PKG_CFLAGS) $^ -o $@ $(PKG_LIBS)
+
 # Traces: kobod without tracing vs OTLP export to a local receiver, same
 # workload, alternating (scripts/bench-otlp.sh).
 bench-otlp: deps all
