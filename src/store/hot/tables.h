@@ -2,7 +2,9 @@
  * tables.h — the in-memory state of a journaled shard (store_hot.c).
  *
  * Three bounded tables, sized once at open, none thread-safe (store_hot.c
- * guards them with its own lock):
+ * guards them with its own lock). The lookups (find, maybe_contains,
+ * count, capacity, room) only read: any number may run at once, under a
+ * reader lock, while no put, add or drop runs.
  *
  *   hot_accounts  every account of the shard, whole (metadata copied):
  *                 the batch loads read balances here, never from disk.
