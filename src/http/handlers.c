@@ -419,7 +419,7 @@ int kobo__http_get_events(kobo_http_exchange *x)
 	uint32_t shards[KOBO_EVENTS_LISTS_MAX];
 	size_t n = transfer_shards(x, &transfer, found_on, shards);
 	kobo_events_position pos = x->query.events_after; /* zero without after */
-	if (n == 1 && (pos.after_seq[1] != 0 || pos.after_ask))
+	if (n == 1 && pos.after_seq[1] != 0) /* a position on a shard it never touched */
 		return kobo__http_fail(x, 400, "invalid_request",
 		                       "after: must be a cursor returned as \"next\" for this transfer");
 	size_t limit = x->query.has_limit ? x->query.limit : KOBO_HTTP_EVENTS_LIMIT_DEFAULT;
