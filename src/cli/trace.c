@@ -156,40 +156,53 @@ static const char *str(const json_t *object, const char *key)
 	return s ? s : "";
 }
 
-/* Oldest first by "at" (ISO 8601 UTC with ms: sorts as text), stable. */
+typedef struct timed {
+	const char *at;
+	size_t index;
+	json_t *item;
+} timed;
+
+static int by_time_then_index(const void *a, const void *b)
+{
+	const timed *x = a, *y = b;
+	int order = strcmp(x->at, y->at);
+	return order ? order : (x->index > y->index) - (x->index < y->index);
+}
+
+/* Oldest first by key (ISO 8601 UTC with ms: sorts as text), stable:
+ * O(n log n), as up to TRACE_EVENTS_MAX events or TRACE_LOG_LINES_MAX
+ * lines may be sorted. */
 static void sort_by_time(json_t *array, const char *key)
 {
 	size_t n = json_array_size(array);
-	for (size_t i = 1; i < n; i++) {
+	if (n < 2)
+		return;
+	timed *items = malloc(n * sizeof *items);
+	if (items == NULL)
+		oom();
+	for (size_t i = 0; i < n; i++) {
 		json_t *item = json_incref(json_array_get(array, i));
-		size_t j = i;
-		while (j > 0 && strcmp(str(json_array_get(array, j - 1), key), str(item, key)) > 0)
-			j--;
-		if (j != i) {
-			json_array_remove(array, i);
-			json_array_insert(array, j, item);
-		}
-		json_decref(item);
+		items[i] = (timed){ .at = str(item, key), .index = i, .item = item };
 	}
+	qsort(items, n, sizeof *items, by_time_then_index);
+	json_array_clear(array);
+	for (size_t i = 0; i < n; i++)
+		if (json_array_append_new(array, items[i].item) != 0)
+			oom();
+	free(items);
 }
 
+/* A set of strings: a JSON object's keys (hashed), so that gathering
+ * every request id of a long journey stays linear. */
 static bool in_set(const json_t *set, const char *value)
 {
-	size_t i;
-	json_t *v;
-	if (value[0] == '\0')
-		return false;
-	json_array_foreach(set, i, v) {
-		if (strcmp(json_string_value(v), value) == 0)
-			return true;
-	}
-	return false;
+	return value[0] != '\0' && json_object_get(set, value) != NULL;
 }
 
 static void add_unique(json_t *set, const char *value)
 {
-	if (value[0] != '\0' && !in_set(set, value))
-		json_array_append_new(set, json_string(value));
+	if (value[0] != '\0' && json_object_set_new(set, value, json_true()) != 0)
+		oom();
 }
 
 /* The log lines of every file in dir naming one of the ids. */
@@ -332,7 +345,7 @@ int kobo_cli_cmd_trace(kobo_cli *cli, int argc, char **argv)
 	json_t *ids = json_array();
 	json_t *transfers = json_array();
 	json_t *logs = json_array();
-	json_t *keys = json_array();
+	json_t *keys = json_object();
 	if (!events || !ids || !transfers || !logs || !keys)
 		oom();
 	const char *found_as = "transfer";

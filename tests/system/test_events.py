@@ -13,20 +13,24 @@ listed, paged, on every shard; `kobo trace` shows a transfer or a request (text 
 --logs), exit 1 when nothing is found. A hold retried 300 times (one `replayed` each) and
 then posted shows every event to the post, in one default page or in pages of any size
 (`limit`, `after` = the `next` cursor; local and cross-shard), and `kobo trace` follows the
-pages (the replays folded into one line of text).
+pages (the replays folded into one line of text); against a stand-in server whose journey
+never ends it stops at its bound (100,000 events) and says so.
 """
 import contextlib
+import http.server
 import json
 import os
 import sqlite3
 import subprocess
+import threading
 import time
+import urllib.parse
 
 import pytest
 
 import pgcluster
-from kobotest import (cli, expect_error, expect_status, id_on_shard, make_account,
-                      parallel_map, uid,
+from kobotest import (binary, child_env, cli, expect_error, expect_status, id_on_shard,
+                      make_account, parallel_map, uid,
                       wait_until)
 
 SHARDS = 2
@@ -412,3 +416,64 @@ def test_events_of_a_retried_cross_shard_hold_page_across_both_shards(make_serve
     out = json.loads(cli(srv, "trace", tid, json_out=True).stdout)
     assert kinds(out["events"]) == want, summary(out["events"])
     assert out["transfers"][0]["status"] == "posted", out["transfers"]
+
+
+class EndlessEvents(http.server.BaseHTTPRequestHandler):
+    """A stand-in server whose transfer "tx:endless" has more events on
+    every page: each page full (limit events) with a "next" cursor."""
+    protocol_version = "HTTP/1.1"
+    pages = 0
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        path = urllib.parse.unquote(url.path)
+        if path == "/v1/transfers/tx:endless/events":
+            type(self).pages += 1
+            n = int(query.get("limit", ["1000"])[0])
+            page = int(query.get("after", ["0.0.0"])[0].split(".")[0])
+            body = {"data": [{"at": "2026-12-02T10:00:00.000Z", "at_ms": 0, "event": "replayed",
+                              "shard": 0, "transfer_id": "tx:endless", "node": "n",
+                              "request_id": f"r{page * n + i}"} for i in range(n)],
+                    "next": f"{page + 1}.0.0"}
+        elif path == "/v1/transfers/tx:endless":
+            body = {"id": "tx:endless", "status": "pending", "amount": 5, "posted_amount": 0,
+                    "currency": "NGN"}
+        else:
+            body = {"error": {"code": "not_found", "message": "no", "request_id": "x"}}
+        data = json.dumps(body).encode()
+        self.send_response(200 if "error" not in body else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_kobo_trace_stops_at_its_bound_and_says_so(tmp_path):
+    """Against a server whose journey never ends, kobo trace follows pages
+    up to its bound (100,000 events), then stops: it says so on stderr, in
+    the text header, and with "truncated": true in --json."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EndlessEvents)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        r = subprocess.run([binary("kobo"), "--server", url, "--json", "trace", "tx:endless"],
+                           capture_output=True, text=True, timeout=120, env=child_env())
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["truncated"] is True and len(out["events"]) == 100000, \
+            (out["truncated"], len(out["events"]))
+        assert EndlessEvents.pages == 100, EndlessEvents.pages
+        assert "stopped at 100000 events" in r.stderr and "after=100.0.0" in r.stderr, r.stderr
+        r = subprocess.run([binary("kobo"), "--server", url, "trace", "tx:endless"],
+                           capture_output=True, text=True, timeout=120, env=child_env())
+        assert r.returncode == 0, r.stderr
+        assert "100000 events (stopped: more exist)" in r.stdout.splitlines()[0], r.stdout[:300]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
