@@ -147,7 +147,8 @@ test-journal-exhaustive: $(SAN)/tests/test_journal
 # records every write and sync of the files under a directory; the replayer
 # rebuilds the directory as a disk would hold it after a power cut at sampled
 # points (only synced bytes, or a prefix / random sectors of the rest), and
-# the journal must recover every acknowledged batch. The shim is built without
+# the journal must recover every acknowledged batch (selftest.py first checks
+# the shim and the replayer on a script of known outcome). The shim is built without
 # sanitizers (an ASan library must come first in the preload list) and is
 # never linked into kobod. POWERLOSS_POINTS crash points per scenario;
 # `make test` runs test-powerloss-smoke (fewer points).
@@ -162,9 +163,11 @@ $(POWERLOSS_WRITER): $(call objs,$(SAN),tests/powerloss/journal_writer.c $(call 
 	@mkdir -p $(@D)
 	$(CC) $(SAN_FLAGS) $^ -o $@ -lxxhash -lpthread
 test-powerloss: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER)
+	/usr/bin/python3 tests/powerloss/selftest.py --shim $(POWERLOSS_SHIM)
 	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM) \
 	  --writer $(POWERLOSS_WRITER) --points $(POWERLOSS_POINTS)
 test-powerloss-smoke: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER)
+	/usr/bin/python3 tests/powerloss/selftest.py --shim $(POWERLOSS_SHIM)
 	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM) \
 	  --writer $(POWERLOSS_WRITER) --points 40
 
