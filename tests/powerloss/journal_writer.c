@@ -9,6 +9,7 @@
  *     batches behind the last. Run under the shim (powerloss_shim.c), it
  *     prints one line per step to stdout, flushed, with the size of the
  *     shim's log (KOBO_POWERLOSS_LOG) at that moment:
+ *       open FIRST LAST LOGPOS      after the open recovered batches FIRST..LAST
  *       begin FIRST COUNT LOGPOS    before an append of COUNT frames
  *       ack FIRST LAST LOGPOS       after kobo_journal_append returned KOBO_OK
  *       release UPTO LOGPOS         before kobo_journal_release
@@ -117,6 +118,9 @@ static int run_write(char **argv)
 		fprintf(stderr, "journal_writer: open: %s\n", rec.message);
 		return 1;
 	}
+	printf("open %" PRIu64 " %" PRIu64 " %lld\n", kobo_journal_first_batch(j),
+	       kobo_journal_last_batch(j), log_pos());
+	fflush(stdout);
 	uint8_t *bufs = malloc((size_t)FRAMES_PER_APPEND_MAX * (c.payload_bytes_max + 1));
 	if (!bufs)
 		return 1;
