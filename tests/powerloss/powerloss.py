@@ -13,9 +13,10 @@ The model (one run's log, records in the order the calls took effect):
   * A crash point k keeps records [0, k). What was not yet durable at k is
     kept according to a policy, seeded:
       none     nothing: only the durable state
-      prefix   per file, a random prefix of its unsynced writes, the last
-               one cut at a random byte (a torn write); names: a random
-               prefix of the undurable name operations
+      prefix   per file, a prefix of its unsynced writes cut at a uniform
+               byte position of their bytes in write order (the write it
+               falls in is torn there); names: a random prefix of the
+               undurable name operations
       sectors  every unsynced write cut into 512-byte-aligned pieces, each
                kept or lost at random (a disk writing sectors in any order;
                a sector itself is atomic); names as for prefix
@@ -227,14 +228,19 @@ class Run:
             for r in unsynced:
                 apply_op(buf, r)
         elif policy == "prefix":
-            cut = rng.randrange(len(unsynced) + 1)
-            for r in unsynced[:cut]:
-                apply_op(buf, r)
-            if cut < len(unsynced):
-                r = unsynced[cut]
-                if r.type == WRITE and r.length > 0:
-                    n = rng.randrange(r.length)
-                    apply_op(buf, r, [(r.offset, write_bytes(r)[:n])])
+            # A cut at a uniform position in the unsynced bytes, in write
+            # order (a size change counts as one byte): the write it falls
+            # in is torn there.
+            weights = [r.length if r.type == WRITE else 1 for r in unsynced]
+            cut = rng.randrange(sum(weights) + 1)
+            for r, w in zip(unsynced, weights):
+                if cut >= w:
+                    apply_op(buf, r)
+                    cut -= w
+                    continue
+                if cut > 0 and r.type == WRITE:
+                    apply_op(buf, r, [(r.offset, write_bytes(r)[:cut])])
+                break
         elif policy == "sectors":
             for r in unsynced:
                 if r.type != WRITE:

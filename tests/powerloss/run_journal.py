@@ -177,6 +177,11 @@ def check_run(args, sc, note, seed, work, log, steps, run, verifier, failures, t
     coverage["dir fsyncs"] += sum(len(v) for v in run.dir_syncs.values())
     coverage["acked appends"] += len(steps["ack"])
     points = crash_points(run, args.points, random.Random(seed))
+    if note:
+        # Round 2: every crash point inside the recovering open (until its
+        # "open" line), where recovery zeroes the torn tail and syncs it.
+        opened_at = steps["open"][0][2]
+        points = sorted(set(points) | {k for k, off in enumerate(offsets) if off <= opened_at})
     coverage["crash points"] += len(points)
     image = os.path.join(work, "image")
     for k in points:
