@@ -549,6 +549,24 @@ static int list_segments(kobo_journal *j, kobo_journal_recovery *r, uint64_t **o
 	return KOBO_OK;
 }
 
+/* Writes zeros over [from, to) of fd and fdatasyncs it (nothing when
+ * empty). Returns 0 or an errno value. */
+static int zero_synced(kobo_journal *j, int fd, uint64_t from, uint64_t to)
+{
+	for (uint64_t at = from; at < to;) {
+		size_t chunk = to - at < ZERO_CHUNK_BYTES ? (size_t)(to - at) : ZERO_CHUNK_BYTES;
+		ssize_t w = pwrite(fd, j->zeros, chunk, (off_t)at);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? errno : EIO;
+		at += (uint64_t)w;
+	}
+	if (from < to && fdatasync(fd) != 0)
+		return errno;
+	return 0;
+}
+
 /* Scans segment i (first batch `first`), appending it to the table. */
 static int recover_segment(kobo_journal *j, kobo_journal_recovery *r, uint64_t first,
                            bool is_last)
@@ -603,24 +621,24 @@ static int recover_segment(kobo_journal *j, kobo_journal_recovery *r, uint64_t f
 			                    " in a segment that is not the last", j->path, name,
 			                    scan.end);
 		}
-		/* The torn last frame was never acknowledged: zero it. */
+		/* The torn last frame was never acknowledged: zero it, in two
+		 * synced steps — the bytes after its header's first HDR bytes,
+		 * then those. A power cut inside either step still leaves a
+		 * tail the next open cuts: while the header is intact its
+		 * extent covers every non-zero byte, and once the rest is
+		 * durably zero the non-zero bytes all lie within HDR of the
+		 * bad frame. Zeroed in one write, a disk could keep the first
+		 * zeros and not the rest: a zeroed header followed by non-zero
+		 * bytes, refused as corruption (tests/powerloss found it). */
 		uint64_t n = scan.torn_end - scan.end;
-		for (uint64_t done = 0; done < n;) {
-			size_t chunk = n - done < ZERO_CHUNK_BYTES ? (size_t)(n - done) : ZERO_CHUNK_BYTES;
-			ssize_t w = pwrite(fd, j->zeros, chunk, (off_t)(scan.end + done));
-			if (w <= 0) {
-				int err = w < 0 ? errno : EIO;
-				close(fd);
-				return recover_fail(r, false, "%s/%s: zeroing the torn tail: %s",
-				                    j->path, name, strerror(err));
-			}
-			done += (uint64_t)w;
-		}
-		if (fdatasync(fd) != 0) {
-			int err = errno;
+		uint64_t split = n > HDR ? scan.end + HDR : scan.end;
+		int err = zero_synced(j, fd, split, scan.torn_end);
+		if (err == 0)
+			err = zero_synced(j, fd, scan.end, split);
+		if (err) {
 			close(fd);
-			return recover_fail(r, false, "%s/%s: fdatasync: %s", j->path, name,
-			                    strerror(err));
+			return recover_fail(r, false, "%s/%s: zeroing the torn tail: %s", j->path,
+			                    name, strerror(err));
 		}
 		r->torn_bytes = n;
 		r->torn_offset = scan.end;

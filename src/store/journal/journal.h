@@ -51,7 +51,9 @@
  *      cut: in the last segment, after the last valid frame, the bytes form
  *      at most one partial frame followed only by zeros, and no valid frame
  *      lies after it. It was never acknowledged (its fdatasync did not
- *      return), so it is zeroed. Anything else — a bad frame followed by a
+ *      return), so it is zeroed: the bytes after its first 40, synced,
+ *      then those 40, synced, so that a power cut during the zeroing
+ *      leaves a tail the next open still cuts. Anything else — a bad frame followed by a
  *      valid frame or by non-zero bytes beyond it, a valid frame with the
  *      wrong batch number or prev checksum, a bad frame in a segment that is
  *      not the last, a gap between segments — fails open with a message
@@ -80,7 +82,11 @@
  * LAST frame looks exactly like a torn write and is cut; the previous frames
  * are still verified. An append of several frames torn by power loss so that
  * a later frame reached the disk but an earlier one did not is refused as
- * corruption (an operator decides) rather than guessed at.
+ * corruption (an operator decides) rather than guessed at. So is an append
+ * whose later sectors reached the disk while an earlier one did not (a disk
+ * may persist the sectors of one unsynced write in any order): a zeroed
+ * frame header followed by non-zero bytes. Nothing acknowledged is lost in
+ * either case; tests/powerloss counts how often a power cut does this.
  *
  * Spare segment: a thread of the journal keeps one zeroed, fsynced segment
  * ready under a temporary name (0000000000000000.seg.tmp); a roll-over
