@@ -151,11 +151,11 @@ test-journal-exhaustive: $(SAN)/tests/test_journal
 # the shim and the replayer on a script of known outcome). The shim is built without
 # sanitizers (an ASan library must come first in the preload list) and is
 # never linked into kobod. POWERLOSS_POINTS crash points per scenario;
-# `make test` runs test-powerloss-smoke (fewer points).
+# `make test` runs test-powerloss-smoke (fewer points, ~30 s).
 POWERLOSS_SHIM := $(REL)/powerloss/libkobo-powerloss.so
 POWERLOSS_WRITER := $(SAN)/powerloss/journal_writer
 POWERLOSS_POINTS ?= 300
-.PHONY: test-powerloss test-powerloss-smoke
+.PHONY: test-powerloss test-powerloss-smoke test-powerloss-kobod
 $(POWERLOSS_SHIM): tests/powerloss/powerloss_shim.c
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) -fPIC -shared -fvisibility=hidden $< -o $@ -ldl -lpthread
@@ -166,10 +166,17 @@ test-powerloss: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER)
 	/usr/bin/python3 tests/powerloss/selftest.py --shim $(POWERLOSS_SHIM)
 	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM) \
 	  --writer $(POWERLOSS_WRITER) --points $(POWERLOSS_POINTS)
-test-powerloss-smoke: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER)
+# kobod itself on SQLite (WAL, synchronous=FULL) under the shim: every
+# acknowledged account and transfer in every crash image, kobo audit sound.
+test-powerloss-kobod: $(POWERLOSS_SHIM) $(SAN)/kobod $(SAN)/kobo
+	/usr/bin/python3 tests/powerloss/run_kobod.py --shim $(POWERLOSS_SHIM) \
+	  --kobod $(SAN)/kobod --kobo $(SAN)/kobo --points $(POWERLOSS_POINTS)
+test-powerloss-smoke: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER) $(SAN)/kobod $(SAN)/kobo
 	/usr/bin/python3 tests/powerloss/selftest.py --shim $(POWERLOSS_SHIM)
 	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM) \
 	  --writer $(POWERLOSS_WRITER) --points 40
+	/usr/bin/python3 tests/powerloss/run_kobod.py --shim $(POWERLOSS_SHIM) \
+	  --kobod $(SAN)/kobod --kobo $(SAN)/kobo --points 12 --transfers 20
 
 # libFuzzer needs clang; the fuzzers compile the core sources themselves.
 FUZZ_CC    := clang

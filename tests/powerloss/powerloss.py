@@ -24,10 +24,14 @@ The model (one run's log, records in the order the calls took effect):
 
     python3 powerloss.py dump LOG
     python3 powerloss.py replay LOG OUT --at K --policy P [--seed S] [--base DIR]
+                                [--volatile GLOB ...]
 
 --base: the directory's content when logging started (taken as durable).
+--volatile: paths whose content never matters after a crash (SQLite's
+  '*-shm' wal-index): left out, and their shared writable maps accepted.
 """
 import argparse
+import fnmatch
 import os
 import random
 import shutil
@@ -125,8 +129,13 @@ class Run:
     """A parsed log with the identities resolved: which inode each record
     touches, which name operations exist."""
 
-    def __init__(self, records, base=None):
+    def __init__(self, records, base=None, volatile=()):
+        """volatile: glob patterns of paths whose content never matters
+        after a crash (SQLite's -shm wal-index, rebuilt from the WAL): they
+        are left out of every image, and a shared writable map of them is
+        accepted."""
         self.records = records
+        self.volatile = tuple(volatile)
         self.inodes = {}        # logical id -> Inode
         self.base_names = {}    # path -> ("dir", None) | ("file", lid)
         self.name_ops = []      # (index, record, lid of a created file or None)
@@ -151,6 +160,7 @@ class Run:
                         self.base_names[os.path.join(rel, fn)] = ("file", new_inode(f.read()))
         live = dict(self.base_names)   # the namespace as the program saw it
         by_ino = {}                    # (dev, ino) -> lid, the newest file of that number
+        lid_path = {}                  # lid -> the path it was last opened by
         for r in records:
             key = (r.dev, r.ino)
             if r.type == OPEN:
@@ -167,6 +177,7 @@ class Run:
                                          " and was not created in the log" % (r.index, r.path))
                     lid = entry[1]
                 by_ino[key] = lid
+                lid_path[lid] = r.path
                 if r.flags & F_TRUNCATED:
                     t = Record()
                     t.index, t.type, t.length = r.index, TRUNCATE, 0
@@ -197,7 +208,11 @@ class Run:
             elif r.type == SYNC_ALL:
                 self.sync_all.append(r.index)
             elif r.type == UNSUPPORTED:
-                self.unsupported.append(r)
+                if not self.is_volatile(lid_path.get(by_ino.get(key), r.path)):
+                    self.unsupported.append(r)
+
+    def is_volatile(self, path):
+        return any(fnmatch.fnmatch(path, p) for p in self.volatile)
 
     def offsets(self):
         """Byte offset in the log of each crash point 0..len(records)."""
@@ -303,6 +318,8 @@ class Run:
         os.makedirs(out)
         for path in sorted(names):
             kind, lid = names[path]
+            if self.is_volatile(path):
+                continue
             full = os.path.join(out, path)
             os.makedirs(full if kind == "dir" else os.path.dirname(full), exist_ok=True)
             if kind == "file":
@@ -323,6 +340,8 @@ def main():
     rp.add_argument("--policy", choices=POLICIES, default="none")
     rp.add_argument("--seed", default="1")
     rp.add_argument("--base")
+    rp.add_argument("--volatile", action="append", default=[], metavar="GLOB",
+                    help="paths left out of the image (e.g. '*-shm'); repeatable")
     a = ap.parse_args()
     records = parse_log(a.log)
     if a.cmd == "dump":
@@ -331,7 +350,7 @@ def main():
                 r.index, r.start, TYPE_NAMES.get(r.type, r.type), r.flags, r.ino, r.offset,
                 r.length, r.path, r.path2))
         return 0
-    run = Run(records, a.base)
+    run = Run(records, a.base, a.volatile)
     if not 0 <= a.at <= len(records):
         print("--at must be 0..%d" % len(records), file=sys.stderr)
         return 2

@@ -161,6 +161,11 @@ def main():
             failures.append("mmap: the replayer accepted a log with a shared writable map")
         except ValueError as err:
             check("mmap refused", "cannot follow" in str(err), True)
+        # Unless the file is volatile (SQLite's -shm): then it is left out.
+        run3 = powerloss.Run(powerloss.parse_log(log2), volatile=["a"])
+        run3.build(len(run3.records), "none", 1, out)
+        check("volatile: mapped file left out", sorted(read_tree(out)),
+              ["c", "d", "e", "f", "s", "sub/g"])
 
     for f in failures:
         print("FAIL: " + f)
