@@ -249,6 +249,28 @@ bench-keys: deps $(REL)/key-bench
 	  $(REL)/key-bench sqlite:$$dir; rc=$$?; rm -rf $$dir; [ $$rc -eq 0 ]
 	@echo "PostgreSQL:" && scripts/pg-cluster.sh sh -c '$(REL)/key-bench "$$KOBO_TEST_POSTGRES"'
 
+# Compares HTTP server libraries for kobod's edge, without the ledger
+# (bench/http: libmicrohttpd poll and epoll pool, h2o evloop, libuv +
+# http-parser; docs/benchmarks.md "HTTP libraries, edge only"). Installs wrk,
+# libuv1-dev and libh2o-evloop-dev when missing; not built by all or test.
+BENCH_HTTP := build/bench-http
+BENCH_HTTP_SRC := bench/http/edge.c bench/http/edge.h
+.PHONY: bench-http bench-http-build
+$(BENCH_HTTP)/edge-mhd: bench/http/edge_mhd.c $(BENCH_HTTP_SRC)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(filter %.c,$^) -o $@ $$(pkg-config --cflags --libs libmicrohttpd jansson) -lpthread
+$(BENCH_HTTP)/edge-h2o: bench/http/edge_h2o.c $(BENCH_HTTP_SRC)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(filter %.c,$^) -o $@ $$(pkg-config --cflags --libs libh2o-evloop jansson openssl) -lpthread
+$(BENCH_HTTP)/edge-uv: bench/http/edge_uv.c $(BENCH_HTTP_SRC)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(filter %.c,$^) -o $@ $$(pkg-config --cflags --libs libuv jansson) -lhttp_parser -lpthread
+bench-http-build: $(BENCH_HTTP)/edge-mhd $(BENCH_HTTP)/edge-h2o $(BENCH_HTTP)/edge-uv
+bench-http:
+	@scripts/install-deps.sh bench-http
+	@$(MAKE) --no-print-directory bench-http-build
+	@bench/http/run.sh $(BENCH_HTTP)
+
 # Compares the JSON library candidates on this machine (docs/benchmarks.md).
 measure-libs:
 	@scripts/install-deps.sh measure

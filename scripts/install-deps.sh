@@ -2,6 +2,7 @@
 # Installs the Debian packages Kobo needs, only those missing.
 #   install-deps.sh build   libraries and tools to build and run
 #   install-deps.sh test    plus what `make test` needs
+#   install-deps.sh measure / bench-http   plus what the library comparisons need
 # Why each one is there: README.md, "Dependencies".
 set -euo pipefail
 
@@ -30,9 +31,14 @@ measure_pkgs=(
 	libcjson-dev libjson-c-dev libevent-dev wrk # only to compare libraries (make measure-libs)
 )
 
+bench_http_pkgs=(
+	wrk libuv1-dev libh2o-evloop-dev libssl-dev # only to compare HTTP server libraries (make bench-http)
+)
+
 want=("${build_pkgs[@]}")
 [ "${1:-build}" = test ] && want+=("${test_pkgs[@]}")
 [ "${1:-build}" = measure ] && want+=("${measure_pkgs[@]}")
+[ "${1:-build}" = bench-http ] && want+=("${bench_http_pkgs[@]}")
 
 missing=()
 for p in "${want[@]}"; do
