@@ -251,8 +251,10 @@ bench-keys: deps $(REL)/key-bench
 
 # Compares HTTP server libraries for kobod's edge, without the ledger
 # (bench/http: libmicrohttpd poll and epoll pool, h2o evloop, libuv +
-# http-parser; docs/benchmarks.md "HTTP libraries, edge only"). Installs wrk,
-# libuv1-dev and libh2o-evloop-dev when missing; not built by all or test.
+# http-parser; docs/benchmarks.md "HTTP libraries, edge only"): wrk load
+# (run.sh, ~2.5 min), then instructions per request under callgrind
+# (instructions.sh, ~2 min). Installs wrk, valgrind, libuv1-dev and
+# libh2o-evloop-dev when missing; not built by all or test.
 BENCH_HTTP := build/bench-http
 BENCH_HTTP_SRC := bench/http/edge.c bench/http/edge.h
 .PHONY: bench-http bench-http-build
@@ -270,6 +272,8 @@ bench-http:
 	@scripts/install-deps.sh bench-http
 	@$(MAKE) --no-print-directory bench-http-build
 	@bench/http/run.sh $(BENCH_HTTP)
+	@echo
+	@bench/http/instructions.sh $(BENCH_HTTP)
 
 # Compares the JSON library candidates on this machine (docs/benchmarks.md).
 measure-libs:

@@ -32,7 +32,7 @@ measure_pkgs=(
 )
 
 bench_http_pkgs=(
-	wrk libuv1-dev libh2o-evloop-dev libssl-dev # only to compare HTTP server libraries (make bench-http)
+	wrk valgrind libuv1-dev libh2o-evloop-dev libssl-dev # only to compare HTTP server libraries (make bench-http)
 )
 
 want=("${build_pkgs[@]}")

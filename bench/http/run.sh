@@ -3,7 +3,8 @@
 # their order round by round (`make bench-http` builds them and runs this):
 #   bench/http/run.sh BUILD_DIR
 # Environment: ROUNDS (2), DURATION (15 s), CONNECTIONS (64), WRK_THREADS (1),
-# SERVERS (all four: mhd-poll mhd-epoll-pool2 h2o uv).
+# SERVERS (all four: mhd-poll mhd-epoll-pool2 h2o uv), PERF (1 when perf
+# is installed: count the server's system calls and context switches).
 # Before its first load each server must pass a short check (201 with the
 # transfer echoed, 400 on duplicate keys, 413 past 1 MiB, 404 elsewhere).
 # Per run: requests/s, p50/p99 (wrk), errors, and CPU per request from
@@ -16,6 +17,7 @@ BUILD=${1:?usage: run.sh BUILD_DIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROUNDS=${ROUNDS:-2}; DURATION=${DURATION:-15}; CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
+PERF=${PERF:-$(command -v perf >/dev/null && echo 1 || echo 0)}
 SERVERS=${SERVERS:-mhd-poll mhd-epoll-pool2 h2o uv}
 command -v wrk >/dev/null || { echo "wrk missing: scripts/install-deps.sh bench-http" >&2; exit 1; }
 
@@ -44,19 +46,18 @@ command_of() {
 	esac
 }
 
-# "loop_ticks worker_ticks context_switches" of pid's threads
+# "loop_utime loop_stime worker_ticks" of pid's threads (the loop: all but edge-worker)
 server_ticks() {
-	local loop=0 worker=0 switches=0 f line comm rest
-	for f in /proc/"$1"/task/*; do
-		line=$(cat "$f/stat" 2>/dev/null) || continue
+	local user=0 sys=0 worker=0 f line comm rest
+	for f in /proc/"$1"/task/*/stat; do
+		line=$(cat "$f" 2>/dev/null) || continue
 		comm=${line#*(}; comm=${comm%%)*}
 		rest=${line##*) }
 		read -r -a a <<<"$rest" # after ")": state is 0, utime 11, stime 12
 		if [[ $comm == edge-worker ]]; then worker=$((worker + a[11] + a[12]));
-		else loop=$((loop + a[11] + a[12])); fi
-		switches=$((switches + $(awk '/ctxt_switches/ {s += $2} END {print s + 0}' "$f/status" 2>/dev/null || echo 0)))
+		else user=$((user + a[11])); sys=$((sys + a[12])); fi
 	done
-	echo "$loop $worker $switches"
+	echo "$user $sys $worker"
 }
 # "busy total" jiffies of the whole machine
 machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
@@ -85,7 +86,13 @@ run() { # name round
 	if [[ $round == 1 ]] && ! check "$port" >"$d/check" 2>&1; then
 		echo "$name: check FAILED: $(cat "$d/check")"; stop "$sp"; return
 	fi
-	local s0 s1 m0 m1
+	local s0 s1 m0 m1 pp=
+	# System calls and context switches of the server over the same window
+	# (counting a tracepoint costs well under 0.1 µs a call).
+	if [[ $PERF == 1 ]]; then
+		perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$sp" -o "$d/perf" &
+		pp=$!; pids+=("$pp"); sleep 0.2
+	fi
 	s0=$(server_ticks "$sp"); m0=$(machine_ticks)
 	/usr/bin/time -f '%U %S' -o "$d/wrk.time" timeout -k 5 $((DURATION + 30)) \
 		wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$HERE/post.lua" \
@@ -93,6 +100,7 @@ run() { # name round
 	local wp=$!; pids+=("$wp")
 	wait "$wp" || true
 	s1=$(server_ticks "$sp"); m1=$(machine_ticks)
+	[[ -z $pp ]] || { kill -INT "$pp" 2>/dev/null; wait "$pp" 2>/dev/null || true; }
 	kill -0 "$sp" 2>/dev/null || echo "$name: server died"
 	stop "$sp"
 	# A server prints nothing unless something went wrong (or a sanitizer spoke).
@@ -111,7 +119,16 @@ requests, seconds = (int(m.group(1)), float(m.group(2)) * (60 if m.group(3) == "
 lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 errors = re.search(r"Socket errors: (.*)", text)
-l0, w0, c0 = map(int, s0.split()); l1, w1, c1 = map(int, s1.split())
+u0, k0, w0 = map(int, s0.split()); u1, k1, w1 = map(int, s1.split())
+l0, l1 = u0 + k0, u1 + k1
+perf = {}
+try:
+    for row in open(f"{d}/perf"):
+        f = row.strip().split(",")
+        if len(f) > 2 and f[0].isdigit():
+            perf[f[2]] = int(f[0])
+except OSError:
+    pass
 b0, t0 = map(int, m0.split()); b1, t1 = map(int, m1.split())
 try:
     wu, ws = map(float, open(f"{d}/wrk.time").read().split()[-2:])
@@ -129,9 +146,11 @@ r = {
     "p99_ms": unit(lat["99"]) if "99" in lat else None,
     "non2xx": int(non2xx.group(1)) if non2xx else 0,
     "socket_errors": errors.group(1) if errors else "",
-    "loop_us": per(l1 - l0), "worker_us": per(w1 - w0),
+    "loop_us": per(l1 - l0), "loop_user_us": per(u1 - u0), "loop_sys_us": per(k1 - k0),
+    "worker_us": per(w1 - w0),
     "server_us": per((l1 - l0) + (w1 - w0)),
-    "switches_per_req": (c1 - c0) / requests if requests else 0.0,
+    "syscalls_per_req": perf.get("raw_syscalls:sys_enter", 0) / requests if requests else 0.0,
+    "switches_per_req": perf.get("context-switches", 0) / requests if requests else 0.0,
     "wrk_us": (wu + ws) * 1e6 / requests if requests else 0.0,
     "server_cores": server_cores, "wrk_cores": wrk_cores,
     "other_cores": max(0.0, busy_cores - server_cores - wrk_cores),
@@ -140,8 +159,9 @@ with open(results, "a") as f:
     f.write(json.dumps(r) + "\n")
 p = lambda v: f"{v:.2f}" if v is not None else "n/a"
 line = (f"{name:>16} round {rnd}: {r['rps']:8.0f} req/s  p50 {p(r['p50_ms'])} ms  "
-        f"p99 {p(r['p99_ms'])} ms  CPU/req: server {r['server_us']:.1f} µs (loop {r['loop_us']:.1f}, "
-        f"worker {r['worker_us']:.1f}), wrk {r['wrk_us']:.1f}; {r['switches_per_req']:.2f} switches/req; "
+        f"p99 {p(r['p99_ms'])} ms  CPU/req: server {r['server_us']:.1f} µs (loop {r['loop_us']:.1f} = "
+        f"user {r['loop_user_us']:.1f} + sys {r['loop_sys_us']:.1f}, worker {r['worker_us']:.1f}), "
+        f"wrk {r['wrk_us']:.1f}; {r['syscalls_per_req']:.2f} syscalls, {r['switches_per_req']:.2f} switches/req; "
         f"cores: server {server_cores:.2f} wrk {wrk_cores:.2f} other {r['other_cores']:.2f}")
 if r["non2xx"]:
     line += f"; non-2xx {r['non2xx']}"
@@ -166,16 +186,16 @@ echo
 /usr/bin/python3 - "$tmp/results" "$SERVERS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| server | req/s (per round) | p50 ms | p99 ms | server CPU µs/req (loop + worker) | switches/req | wrk CPU µs/req | other load (cores) |")
-print("|---|---|---|---|---|---|---|---|")
+print("| server | req/s (per round) | p50 ms | p99 ms | server CPU µs/req: loop (user+sys) + worker | syscalls/req | switches/req | wrk CPU µs/req | other load (cores) |")
+print("|---|---|---|---|---|---|---|---|---|")
 for name in sys.argv[2].split():
     rs = [r for r in rows if r["server"] == name]
     if not rs:
-        print(f"| {name} | failed | | | | | | |"); continue
+        print(f"| {name} | failed | | | | | | | |"); continue
     j = lambda f, k="{:.2f}": " / ".join(k.format(r[f]) if r[f] is not None else "n/a" for r in rs)
     mean = sum(r["rps"] for r in rs) / len(rs)
-    cpu = " / ".join(f"{r['server_us']:.1f} ({r['loop_us']:.1f} + {r['worker_us']:.1f})" for r in rs)
+    cpu = " / ".join(f"{r['server_us']:.1f}: {r['loop_us']:.1f} ({r['loop_user_us']:.1f}+{r['loop_sys_us']:.1f}) + {r['worker_us']:.1f}" for r in rs)
     bad = sum(r["non2xx"] for r in rs)
     print(f"| {name} | {j('rps', '{:,.0f}')} (mean {mean:,.0f}){' — non-2xx: %d' % bad if bad else ''} | "
-          f"{j('p50_ms')} | {j('p99_ms')} | {cpu} | {j('switches_per_req')} | {j('wrk_us', '{:.1f}')} | {j('other_cores')} |")
+          f"{j('p50_ms')} | {j('p99_ms')} | {cpu} | {j('syscalls_per_req', '{:.1f}')} | {j('switches_per_req')} | {j('wrk_us', '{:.1f}')} | {j('other_cores')} |")
 PY
