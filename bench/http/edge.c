@@ -35,6 +35,7 @@ static void *worker_main(void *arg)
 {
 	edge_worker *w = arg;
 	uint64_t sequence = 0;
+	struct timespec commit = { .tv_nsec = (long)w->commit_us * 1000 };
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
 		while (!w->head && !w->stopping)
@@ -59,6 +60,8 @@ static void *worker_main(void *arg)
 			w->requests++;
 		}
 		w->batches++;
+		if (commit.tv_nsec) /* a durable commit waits on the disk, not the CPU */
+			nanosleep(&commit, NULL);
 		w->deliver(batch, w->context);
 		pthread_mutex_lock(&w->lock);
 	}
@@ -74,6 +77,10 @@ int edge_worker_start(edge_worker *w, edge_deliver_fn deliver, void *context)
 	w->tail = &w->head;
 	w->deliver = deliver;
 	w->context = context;
+	const char *commit_us = getenv("EDGE_COMMIT_US");
+	w->commit_us = commit_us ? (unsigned)strtoul(commit_us, NULL, 10) : 0;
+	if (w->commit_us > 999999)
+		w->commit_us = 999999;
 	int rc = pthread_create(&w->thread, NULL, worker_main, w);
 	if (rc == 0)
 		pthread_setname_np(w->thread, "edge-worker");
@@ -104,6 +111,12 @@ void edge_worker_stop(edge_worker *w)
 	pthread_join(w->thread, NULL);
 	pthread_cond_destroy(&w->wake);
 	pthread_mutex_destroy(&w->lock);
+	const char *stats = getenv("EDGE_STATS");
+	FILE *f = stats ? fopen(stats, "w") : NULL;
+	if (f) {
+		fprintf(f, "%" PRIu64 " %" PRIu64 "\n", w->batches, w->requests);
+		fclose(f);
+	}
 }
 
 /* ---- JSON in (jansson, strict) and errors out. ---- */

@@ -3,6 +3,7 @@
 # their order round by round (`make bench-http` builds them and runs this):
 #   bench/http/run.sh BUILD_DIR
 # Environment: ROUNDS (2), DURATION (15 s), CONNECTIONS (64), WRK_THREADS (1),
+# COMMIT_US (0: the worker's sleep per batch, standing for an fdatasync),
 # SERVERS (all four: mhd-poll mhd-epoll-pool2 h2o uv), PERF (1 when perf
 # is installed: count the server's system calls and context switches).
 # Before its first load each server must pass a short check (201 with the
@@ -16,7 +17,7 @@ set -euo pipefail
 BUILD=${1:?usage: run.sh BUILD_DIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROUNDS=${ROUNDS:-2}; DURATION=${DURATION:-15}; CONNECTIONS=${CONNECTIONS:-64}
-WRK_THREADS=${WRK_THREADS:-1}
+WRK_THREADS=${WRK_THREADS:-1}; COMMIT_US=${COMMIT_US:-0}
 PERF=${PERF:-$(command -v perf >/dev/null && echo 1 || echo 0)}
 SERVERS=${SERVERS:-mhd-poll mhd-epoll-pool2 h2o uv}
 command -v wrk >/dev/null || { echo "wrk missing: scripts/install-deps.sh bench-http" >&2; exit 1; }
@@ -80,7 +81,7 @@ run() { # name round
 	mkdir -p "$d"
 	cmd=$(command_of "$name")
 	# shellcheck disable=SC2086 # cmd is "program [mode]"
-	$cmd "$port" >"$d/server.out" 2>&1 &
+	EDGE_STATS="$d/stats" EDGE_COMMIT_US=$COMMIT_US $cmd "$port" >"$d/server.out" 2>&1 &
 	local sp=$!; pids+=("$sp")
 	for _ in $(seq 50); do curl -s -m 1 -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 	if [[ $round == 1 ]] && ! check "$port" >"$d/check" 2>&1; then
@@ -134,6 +135,10 @@ try:
     wu, ws = map(float, open(f"{d}/wrk.time").read().split()[-2:])
 except Exception:
     wu = ws = 0.0
+try:
+    batches, handled = map(int, open(f"{d}/stats").read().split())
+except (OSError, ValueError):
+    batches = handled = 0
 per = lambda ticks: ticks / tck * 1e6 / requests if requests else 0.0
 window = (t1 - t0) / 2 or 1  # jiffies of one core over the window (2 cores)
 busy_cores = (b1 - b0) / window
@@ -151,6 +156,7 @@ r = {
     "server_us": per((l1 - l0) + (w1 - w0)),
     "syscalls_per_req": perf.get("raw_syscalls:sys_enter", 0) / requests if requests else 0.0,
     "switches_per_req": perf.get("context-switches", 0) / requests if requests else 0.0,
+    "batch_mean": handled / batches if batches else 0.0,
     "wrk_us": (wu + ws) * 1e6 / requests if requests else 0.0,
     "server_cores": server_cores, "wrk_cores": wrk_cores,
     "other_cores": max(0.0, busy_cores - server_cores - wrk_cores),
@@ -161,7 +167,7 @@ p = lambda v: f"{v:.2f}" if v is not None else "n/a"
 line = (f"{name:>16} round {rnd}: {r['rps']:8.0f} req/s  p50 {p(r['p50_ms'])} ms  "
         f"p99 {p(r['p99_ms'])} ms  CPU/req: server {r['server_us']:.1f} µs (loop {r['loop_us']:.1f} = "
         f"user {r['loop_user_us']:.1f} + sys {r['loop_sys_us']:.1f}, worker {r['worker_us']:.1f}), "
-        f"wrk {r['wrk_us']:.1f}; {r['syscalls_per_req']:.2f} syscalls, {r['switches_per_req']:.2f} switches/req; "
+        f"wrk {r['wrk_us']:.1f}; batch {r['batch_mean']:.1f}; {r['syscalls_per_req']:.2f} syscalls, {r['switches_per_req']:.2f} switches/req; "
         f"cores: server {server_cores:.2f} wrk {wrk_cores:.2f} other {r['other_cores']:.2f}")
 if r["non2xx"]:
     line += f"; non-2xx {r['non2xx']}"
@@ -171,7 +177,7 @@ print(line)
 PY
 }
 
-echo "bench-http: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds"
+echo "bench-http: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds, worker sleep ${COMMIT_US} µs per batch"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 read -r -a order <<<"$SERVERS"
 for round in $(seq "$ROUNDS"); do
@@ -186,16 +192,16 @@ echo
 /usr/bin/python3 - "$tmp/results" "$SERVERS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| server | req/s (per round) | p50 ms | p99 ms | server CPU µs/req: loop (user+sys) + worker | syscalls/req | switches/req | wrk CPU µs/req | other load (cores) |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| server | req/s (per round) | p50 ms | p99 ms | server CPU µs/req: loop (user+sys) + worker | mean batch | syscalls/req | switches/req | wrk CPU µs/req | other load (cores) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for name in sys.argv[2].split():
     rs = [r for r in rows if r["server"] == name]
     if not rs:
-        print(f"| {name} | failed | | | | | | | |"); continue
+        print(f"| {name} | failed | | | | | | | | |"); continue
     j = lambda f, k="{:.2f}": " / ".join(k.format(r[f]) if r[f] is not None else "n/a" for r in rs)
     mean = sum(r["rps"] for r in rs) / len(rs)
     cpu = " / ".join(f"{r['server_us']:.1f}: {r['loop_us']:.1f} ({r['loop_user_us']:.1f}+{r['loop_sys_us']:.1f}) + {r['worker_us']:.1f}" for r in rs)
     bad = sum(r["non2xx"] for r in rs)
     print(f"| {name} | {j('rps', '{:,.0f}')} (mean {mean:,.0f}){' — non-2xx: %d' % bad if bad else ''} | "
-          f"{j('p50_ms')} | {j('p99_ms')} | {cpu} | {j('syscalls_per_req', '{:.1f}')} | {j('switches_per_req')} | {j('wrk_us', '{:.1f}')} | {j('other_cores')} |")
+          f"{j('p50_ms')} | {j('p99_ms')} | {cpu} | {j('batch_mean', '{:.1f}')} | {j('syscalls_per_req', '{:.1f}')} | {j('switches_per_req')} | {j('wrk_us', '{:.1f}')} | {j('other_cores')} |")
 PY
