@@ -1,6 +1,6 @@
 /*
  * edge.h — what every bench/http server does per request besides HTTP, so
- * the four servers (edge_mhd.c twice, edge_h2o.c, edge_uv.c) differ only in
+ * the servers (edge_mhd.c in three modes, edge_h2o.c, edge_uv.c) differ only in
  * their HTTP library. Not part of kobod: `make bench-http` builds and runs
  * them (bench/http/run.sh; results in docs/benchmarks.md).
  *

@@ -3,6 +3,8 @@
  *   edge-mhd poll PORT          one internal thread in poll mode with
  *                               suspend/resume: kobod's flags today
  *                               (src/http/server.c, kobo_http_server_start)
+ *   edge-mhd poll-pool2 PORT    a pool of 2 threads in poll mode (kobod
+ *                               --http-threads 2)
  *   edge-mhd epoll-pool2 PORT   a pool of 2 threads, each in epoll mode
  *
  * A request's connection is suspended before it is submitted to the
@@ -177,8 +179,9 @@ static void deliver(edge_request *batch, void *context)
 
 int main(int argc, char **argv)
 {
-	const char *usage = "edge-mhd poll|epoll-pool2 PORT";
-	bool pool = argc == 3 && strcmp(argv[1], "epoll-pool2") == 0;
+	const char *usage = "edge-mhd poll|poll-pool2|epoll-pool2 PORT";
+	bool epoll = argc == 3 && strcmp(argv[1], "epoll-pool2") == 0;
+	bool pool = epoll || (argc == 3 && strcmp(argv[1], "poll-pool2") == 0);
 	if (argc != 3 || (!pool && strcmp(argv[1], "poll") != 0)) {
 		fprintf(stderr, "usage: %s\n", usage);
 		return 2;
@@ -187,7 +190,7 @@ int main(int argc, char **argv)
 	edge_block_signals();
 	if (edge_worker_start(&worker, deliver, NULL) != 0)
 		return 1;
-	unsigned flags = (pool ? MHD_USE_EPOLL_INTERNAL_THREAD : MHD_USE_POLL_INTERNAL_THREAD) |
+	unsigned flags = (epoll ? MHD_USE_EPOLL_INTERNAL_THREAD : MHD_USE_POLL_INTERNAL_THREAD) |
 	                 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(port),
 	                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };

@@ -8,15 +8,17 @@
  * A connection's states:
  *
  *   READING --message complete--> IN_WORKER --on_answers--> WRITING
- *      ^   (parser paused, reads stopped)                      |
- *      +---------- write done, keep-alive: resume parser ------+
- *   any --error, timeout, peer closed, write done without keep-alive--> CLOSING
+ *      ^      (parser paused: busy)                             |
+ *      +------ write done, keep-alive: parse what is buffered --+
+ *   any --error, timeout, peer reset, write done without keep-alive--> CLOSING
  *
  * Invariants:
  *   1. One request per connection is in the worker or being written at a
- *      time: the parser is paused on message complete and reads stop, so a
- *      pipelined request waits in the read buffer (conn.in) until the
- *      reply has been written.
+ *      time (busy): the parser is paused on message complete. Reads go on
+ *      into the read buffer (conn.in) while busy, so the socket is not
+ *      taken out of epoll and put back for every request (2 epoll_ctl);
+ *      they stop only when the buffer is full, or at end of stream, which
+ *      closes the connection once the reply is written.
  *   2. A connection is freed once both its handles are closed and the
  *      worker no longer holds its request (conn_release).
  *
@@ -47,6 +49,9 @@ typedef struct conn {
 	http_parser parser;
 	int handles_open;
 	bool closing, in_worker, keep_alive, refused;
+	bool busy;    /* a request is in the worker or being written (invariant 1) */
+	bool reading; /* uv_read_start is in effect */
+	bool ended;   /* the peer ended its stream: close after the reply */
 	size_t url_len;
 	char url[URL_MAX];
 	char *body;
@@ -70,6 +75,13 @@ static char date[64];
 static time_t date_s;
 
 static void conn_read(conn *c);
+
+static void read_stop(conn *c)
+{
+	if (c->reading)
+		uv_read_stop((uv_stream_t *)&c->tcp);
+	c->reading = false;
+}
 
 /* ---- Lifecycle (invariant 2). ---- */
 
@@ -143,6 +155,7 @@ static void on_written(uv_write_t *write, int status)
 		conn_close(c);
 		return;
 	}
+	c->busy = false;
 	/* Invariant 1: the next request, if already buffered, goes on now. */
 	c->refused = false;
 	c->body_len = 0;
@@ -166,7 +179,7 @@ static void reply(conn *c)
 		abort(); /* every part is bounded */
 	uv_buf_t bufs[2] = { uv_buf_init(c->head, (unsigned)n),
 		             uv_buf_init(r->reply, (unsigned)r->reply_len) };
-	uv_read_stop((uv_stream_t *)&c->tcp);
+	c->busy = true; /* until on_written: nothing more is parsed */
 	arm_timeout(c); /* a client that never reads is closed */
 	c->write.data = c;
 	if (uv_write(&c->write, (uv_stream_t *)&c->tcp, bufs, 2, on_written) != 0)
@@ -250,8 +263,8 @@ static int on_message_complete(http_parser *p)
 {
 	conn *c = p->data;
 	http_parser_pause(p, 1); /* invariant 1 */
+	c->busy = true;
 	c->keep_alive = http_should_keep_alive(p);
-	uv_read_stop((uv_stream_t *)&c->tcp);
 	uv_timer_stop(&c->timer);
 	if (c->refused || !edge_parse(&c->request, c->body, c->body_len)) {
 		reply(c);
@@ -288,22 +301,33 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 {
 	(void)suggested;
 	conn *c = handle->data;
-	/* Reads run only once everything buffered has been parsed. */
-	c->in_off = c->in_len = 0;
-	*buf = uv_buf_init(c->in, sizeof c->in);
+	/* Keep what is not parsed yet (a request read while busy), at the start. */
+	memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+	c->in_len -= c->in_off;
+	c->in_off = 0;
+	/* Never empty: reads stop when the buffer fills (on_read). */
+	*buf = uv_buf_init(c->in + c->in_len, (unsigned)(sizeof c->in - c->in_len));
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
 	(void)buf;
 	conn *c = stream->data;
+	if (nread == UV_EOF && c->busy) {
+		c->ended = true; /* answer what is buffered, then close (conn_read) */
+		read_stop(c);
+		return;
+	}
 	if (nread < 0) {
 		conn_close(c);
 		return;
 	}
-	if (nread == 0)
+	c->in_len += (size_t)nread;
+	if (c->busy) { /* parsed once the reply is written (invariant 1) */
+		if (c->in_len == sizeof c->in)
+			read_stop(c);
 		return;
-	c->in_len = (size_t)nread;
+	}
 	arm_timeout(c);
 	conn_parse(c);
 }
@@ -313,8 +337,12 @@ static void conn_read(conn *c)
 {
 	if (c->in_off < c->in_len)
 		conn_parse(c);
-	if (!c->closing && HTTP_PARSER_ERRNO(&c->parser) != HPE_PAUSED)
+	if (c->ended && !c->busy) /* nothing more will come */
+		conn_close(c);
+	if (!c->closing && !c->ended && !c->reading && c->in_len - c->in_off < sizeof c->in) {
+		c->reading = true;
 		uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+	}
 }
 
 /* ---- Accepting. ---- */
@@ -352,7 +380,7 @@ static void on_connection(uv_stream_t *server, int status)
 	http_parser_init(&c->parser, HTTP_REQUEST);
 	c->parser.data = c;
 	arm_timeout(c);
-	uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+	conn_read(c);
 }
 
 /* ---- The worker's answers, on the loop thread. ---- */

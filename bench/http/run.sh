@@ -4,7 +4,7 @@
 #   bench/http/run.sh BUILD_DIR
 # Environment: ROUNDS (2), DURATION (15 s), CONNECTIONS (64), WRK_THREADS (1),
 # COMMIT_US (0: the worker's sleep per batch, standing for an fdatasync),
-# SERVERS (all four: mhd-poll mhd-epoll-pool2 h2o uv), PERF (1 when perf
+# SERVERS (all five: mhd-poll mhd-poll-pool2 mhd-epoll-pool2 h2o uv), PERF (1 when perf
 # is installed: count the server's system calls and context switches).
 # Before its first load each server must pass a short check (201 with the
 # transfer echoed, 400 on duplicate keys, 413 past 1 MiB, 404 elsewhere).
@@ -19,7 +19,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROUNDS=${ROUNDS:-2}; DURATION=${DURATION:-15}; CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-1}; COMMIT_US=${COMMIT_US:-0}
 PERF=${PERF:-$(command -v perf >/dev/null && echo 1 || echo 0)}
-SERVERS=${SERVERS:-mhd-poll mhd-epoll-pool2 h2o uv}
+SERVERS=${SERVERS:-mhd-poll mhd-poll-pool2 mhd-epoll-pool2 h2o uv}
 command -v wrk >/dev/null || { echo "wrk missing: scripts/install-deps.sh bench-http" >&2; exit 1; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kobo-bench-http.XXXXXX")
@@ -40,6 +40,7 @@ trap 'exit 130' INT TERM
 command_of() {
 	case $1 in
 	mhd-poll) echo "$BUILD/edge-mhd poll" ;;
+	mhd-poll-pool2) echo "$BUILD/edge-mhd poll-pool2" ;;
 	mhd-epoll-pool2) echo "$BUILD/edge-mhd epoll-pool2" ;;
 	h2o) echo "$BUILD/edge-h2o" ;;
 	uv) echo "$BUILD/edge-uv" ;;
