@@ -166,17 +166,21 @@ test-powerloss: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER)
 	/usr/bin/python3 tests/powerloss/selftest.py --shim $(POWERLOSS_SHIM)
 	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM) \
 	  --writer $(POWERLOSS_WRITER) --points $(POWERLOSS_POINTS)
-# kobod itself on SQLite (WAL, synchronous=FULL) under the shim: every
-# acknowledged account and transfer in every crash image, kobo audit sound.
+# kobod itself on SQLite (WAL, synchronous=FULL, 2 shards: sagas) under the
+# shim: every acknowledged account and transfer in every crash image, kobo
+# audit sound; every 4th image restarted until no saga is left half-way.
+POWERLOSS_KOBOD_POINTS ?= 100
 test-powerloss-kobod: $(POWERLOSS_SHIM) $(SAN)/kobod $(SAN)/kobo
 	/usr/bin/python3 tests/powerloss/run_kobod.py --shim $(POWERLOSS_SHIM) \
-	  --kobod $(SAN)/kobod --kobo $(SAN)/kobo --points $(POWERLOSS_POINTS)
+	  --kobod $(SAN)/kobod --kobo $(SAN)/kobo --shards 2 --restart-every 4 \
+	  --points $(POWERLOSS_KOBOD_POINTS)
 test-powerloss-smoke: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER) $(SAN)/kobod $(SAN)/kobo
 	/usr/bin/python3 tests/powerloss/selftest.py --shim $(POWERLOSS_SHIM)
 	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM) \
 	  --writer $(POWERLOSS_WRITER) --points 40
 	/usr/bin/python3 tests/powerloss/run_kobod.py --shim $(POWERLOSS_SHIM) \
-	  --kobod $(SAN)/kobod --kobo $(SAN)/kobo --points 12 --transfers 20
+	  --kobod $(SAN)/kobod --kobo $(SAN)/kobo --shards 2 --restart-every 8 \
+	  --points 12 --transfers 20
 
 # libFuzzer needs clang; the fuzzers compile the core sources themselves.
 FUZZ_CC    := clang

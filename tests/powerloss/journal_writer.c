@@ -29,8 +29,12 @@
  *     policy could write an unsynced append's sectors out of order), and a
  *     scan of the segment files must still find every acknowledged frame,
  *     intact, before the bad one: nothing acknowledged lost, only an
- *     operator needed. Prints one line: "ok …", "refused-valid-after …" or
- *     "refused-nonzero-after …"; exits 1 with "FAIL: …" otherwise.
+ *     operator needed. Prints one line: "ok …", or for a refusal
+ *     "refused-later-frame …" (a valid frame lies after the bad one: an
+ *     earlier frame of the append was lost, a later one reached the disk —
+ *     journal.h's known limit) or "refused-later-bytes …" (only non-zero
+ *     bytes after it: sectors of the torn frame(s) out of order); exits 1
+ *     with "FAIL: …" otherwise.
  *
  *   journal_writer verify-batch
  *     The same for each line of stdin (verify's arguments), in one process.
@@ -223,11 +227,33 @@ static size_t list_segments(const char *dir, uint64_t *out, size_t max)
 
 #define SEGMENTS_LISTED_MAX 8192
 
+/* Whether a checksum-valid frame starts anywhere after `from` in a segment
+ * image; its batch in *batch. */
+static bool valid_frame_after(const uint8_t *map, uint64_t size, uint64_t from, uint64_t *batch)
+{
+	for (uint64_t at = from + 1; at + KOBO_JOURNAL_FRAME_OVERHEAD <= size; at++) {
+		if (memcmp(map + at, "KbJl", 4) != 0)
+			continue;
+		uint64_t b = 0;
+		for (int i = 7; i >= 0; i--)
+			b = b << 8 | map[at + 8 + i];
+		kobo_journal_scan scan;
+		kobo__journal_scan(map + at, size - at, b, NULL, KOBO_JOURNAL_PAYLOAD_BYTES_MAX, NULL,
+		                   NULL, &scan);
+		if (scan.frames > 0) {
+			*batch = b;
+			return true;
+		}
+	}
+	return false;
+}
+
 /* After a refusal: scans every segment as recovery does (chained), checks
  * each frame's bytes, and answers the last batch found before the bad
- * frame (which must lie in the last segment, at `bad_offset`). */
+ * frame (which must lie in the last segment, at `bad_offset`); *later: a
+ * valid frame lies after the bad one (its batch in *later_batch). */
 static int scan_refused(const char *dir, checker *k, uint64_t bad_first, uint64_t bad_offset,
-                        char *why, size_t why_len)
+                        bool *later, uint64_t *later_batch, char *why, size_t why_len)
 {
 	static uint64_t segs[SEGMENTS_LISTED_MAX];
 	size_t n = list_segments(dir, segs, SEGMENTS_LISTED_MAX);
@@ -257,6 +283,8 @@ static int scan_refused(const char *dir, checker *k, uint64_t bad_first, uint64_
 		k->next = segs[i];
 		int status = kobo__journal_scan(map, (uint64_t)st.st_size, segs[i], i ? prev : NULL,
 		                                KOBO_JOURNAL_PAYLOAD_BYTES_MAX, on_frame, k, &scan);
+		if (i + 1 == n)
+			*later = valid_frame_after(map, (uint64_t)st.st_size, bad_offset, later_batch);
 		munmap(map, (size_t)st.st_size);
 		memcpy(prev, scan.last_checksum, sizeof prev);
 		bool last = i + 1 == n;
@@ -324,15 +352,22 @@ static int run_verify(char **argv)
 		uint64_t bad_first = strtoull(name + strlen("/journal/"), NULL, 10);
 		uint64_t bad_offset = strtoull(at + strlen(": corrupt: bad frame at offset "), NULL, 10);
 		char why[400];
-		if (scan_refused(dir, &k, bad_first, bad_offset, why, sizeof why) != 0)
+		bool later = false;
+		uint64_t later_batch = 0;
+		if (scan_refused(dir, &k, bad_first, bad_offset, &later, &later_batch, why,
+		                 sizeof why) != 0)
 			return fail("refused (%s), and %s", rec.message, why);
 		if (k.bad)
 			return fail("refused (%s), and %s", rec.message, k.bad);
 		if (k.last < acked)
 			return fail("refused (%s) and acknowledged batch %" PRIu64 " lies at or after"
 			            " the bad frame (last good %" PRIu64 ")", rec.message, acked, k.last);
-		printf("%s last_good=%" PRIu64 " acked=%" PRIu64 "\n",
-		       valid_after ? "refused-valid-after" : "refused-nonzero-after", k.last, acked);
+		if (later && later_batch <= k.last)
+			return fail("refused (%s), and a valid frame of batch %" PRIu64 " after the bad"
+			            " one repeats a batch already found", rec.message, later_batch);
+		printf("%s last_good=%" PRIu64 " acked=%" PRIu64 " later_batch=%" PRIu64 "\n",
+		       later ? "refused-later-frame" : "refused-later-bytes", k.last, acked,
+		       later_batch);
 		free(k.expect);
 		return 0;
 	}

@@ -91,7 +91,7 @@ class Verifier:
         self.proc.stdin.write(" ".join(vargs) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline().strip()
-        if line.startswith("ok") or line.startswith("refused-"):
+        if line.startswith("ok") or line.startswith("refused-later-"):
             return line, ""
         try:
             err = self.proc.communicate(timeout=VERIFY_TIMEOUT_S)[1]
@@ -193,7 +193,7 @@ def check_run(args, sc, note, seed, work, log, steps, run, verifier, failures, t
                      "1" if policy == "sectors" else "0"]
             line, err = verifier.check(vargs)
             outcome = line.split()[0] if line else ""
-            if outcome not in ("ok", "refused-valid-after", "refused-nonzero-after"):
+            if outcome not in ("ok", "refused-later-frame", "refused-later-bytes"):
                 failures.append("%s%s k=%d policy=%s: %s %s\n  rebuild: %s replay %s IMG"
                                 " --at %d --policy %s --seed %d\n  check: %s verify %s" % (
                                     sc["name"], note, k, policy, line, err[-2000:],
