@@ -148,37 +148,44 @@ test-journal-exhaustive: $(SAN)/tests/test_journal
 # rebuilds the directory as a disk would hold it after a power cut at sampled
 # points (only synced bytes, or a prefix / random sectors of the rest), and
 # the journal must recover every acknowledged batch (selftest.py first checks
-# the shim and the replayer on a script of known outcome). The shim is built without
-# sanitizers (an ASan library must come first in the preload list) and is
-# never linked into kobod. POWERLOSS_POINTS crash points per scenario;
+# the shim and the replayer on a script of known outcome). The shim is built
+# twice: plain for programs without ASan (the Python self-test), with
+# ASan+UBSan for the ASan programs (their libasan then comes after the shim
+# in the load order: ASAN_OPTIONS=verify_asan_link_order=0). Never linked
+# into kobod. POWERLOSS_POINTS crash points per scenario;
 # `make test` runs test-powerloss-smoke (fewer points, ~30 s).
 POWERLOSS_SHIM := $(REL)/powerloss/libkobo-powerloss.so
+POWERLOSS_SHIM_SAN := $(SAN)/powerloss/libkobo-powerloss.so
 POWERLOSS_WRITER := $(SAN)/powerloss/journal_writer
 POWERLOSS_POINTS ?= 300
 .PHONY: test-powerloss test-powerloss-smoke test-powerloss-kobod
 $(POWERLOSS_SHIM): tests/powerloss/powerloss_shim.c
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) -fPIC -shared -fvisibility=hidden $< -o $@ -ldl -lpthread
+$(POWERLOSS_SHIM_SAN): tests/powerloss/powerloss_shim.c
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(SAN_FLAGS) -fPIC -shared -fvisibility=hidden $< -o $@ -ldl -lpthread
 $(POWERLOSS_WRITER): $(call objs,$(SAN),tests/powerloss/journal_writer.c $(call layer_src,core store/journal))
 	@mkdir -p $(@D)
 	$(CC) $(SAN_FLAGS) $^ -o $@ -lxxhash -lpthread
-test-powerloss: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER)
+test-powerloss: $(POWERLOSS_SHIM) $(POWERLOSS_SHIM_SAN) $(POWERLOSS_WRITER)
 	/usr/bin/python3 tests/powerloss/selftest.py --shim $(POWERLOSS_SHIM)
-	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM) \
+	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM_SAN) \
 	  --writer $(POWERLOSS_WRITER) --points $(POWERLOSS_POINTS)
 # kobod itself on SQLite (WAL, synchronous=FULL, 2 shards: sagas) under the
 # shim: every acknowledged account and transfer in every crash image, kobo
 # audit sound; every 4th image restarted until no saga is left half-way.
 POWERLOSS_KOBOD_POINTS ?= 100
-test-powerloss-kobod: $(POWERLOSS_SHIM) $(SAN)/kobod $(SAN)/kobo
-	/usr/bin/python3 tests/powerloss/run_kobod.py --shim $(POWERLOSS_SHIM) \
+test-powerloss-kobod: $(POWERLOSS_SHIM_SAN) $(SAN)/kobod $(SAN)/kobo
+	/usr/bin/python3 tests/powerloss/run_kobod.py --shim $(POWERLOSS_SHIM_SAN) \
 	  --kobod $(SAN)/kobod --kobo $(SAN)/kobo --shards 2 --restart-every 4 \
 	  --points $(POWERLOSS_KOBOD_POINTS)
-test-powerloss-smoke: $(POWERLOSS_SHIM) $(POWERLOSS_WRITER) $(SAN)/kobod $(SAN)/kobo
+test-powerloss-smoke: $(POWERLOSS_SHIM) $(POWERLOSS_SHIM_SAN) $(POWERLOSS_WRITER) \
+                      $(SAN)/kobod $(SAN)/kobo
 	/usr/bin/python3 tests/powerloss/selftest.py --shim $(POWERLOSS_SHIM)
-	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM) \
+	/usr/bin/python3 tests/powerloss/run_journal.py --shim $(POWERLOSS_SHIM_SAN) \
 	  --writer $(POWERLOSS_WRITER) --points 40
-	/usr/bin/python3 tests/powerloss/run_kobod.py --shim $(POWERLOSS_SHIM) \
+	/usr/bin/python3 tests/powerloss/run_kobod.py --shim $(POWERLOSS_SHIM_SAN) \
 	  --kobod $(SAN)/kobod --kobo $(SAN)/kobo --shards 2 --restart-every 8 \
 	  --points 12 --transfers 20
 

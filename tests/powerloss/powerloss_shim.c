@@ -42,9 +42,14 @@
  * Not seen (documented in README "Durability"): stdio (fopen/fwrite use
  * libc-internal calls), copy_file_range/sendfile into a recorded file,
  * link/symlink, writes through a shared mmap (flagged, see above), and
- * direct syscalls. The shim is built WITHOUT sanitizers (an ASan library
- * must come first in the preload list); programs under it may be ASan
- * builds, run with ASAN_OPTIONS=verify_asan_link_order=0.
+ * direct syscalls. A log shared by several processes is untested, and a
+ * fork while another thread holds the log lock would deadlock the child.
+ *
+ * Built twice (Makefile): plain, for programs without ASan (an ASan
+ * library would have to come first in the preload list), and with
+ * ASan+UBSan for ASan programs such as build/asan/kobod — whose libasan
+ * then loads after the shim: run them with
+ * ASAN_OPTIONS=verify_asan_link_order=0.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
