@@ -46,6 +46,9 @@ SCENARIOS = [
          release_every=20, second_round_appends=60),
     dict(name="no-spare", appends=120, segment=8192, payload_max=1500, spare=0,
          release_every=0),
+    # Frames of up to 40 sectors: one torn frame can lose any of them.
+    dict(name="big-frames", appends=60, segment=65536, payload_max=20000, spare=1,
+         release_every=0),
 ]
 WRITER_TIMEOUT_S = 120
 VERIFY_TIMEOUT_S = 30

@@ -51,6 +51,12 @@ os.mkdir(p("sub")); os.fsync(dirfd)
 subfd = os.open(p("sub"), os.O_RDONLY | os.O_DIRECTORY)
 g = os.open(p("sub/g"), os.O_CREAT | os.O_RDWR, 0o600)
 os.write(g, b"g"); os.fsync(g); os.fsync(subfd)
+# sub/r: "new" renamed over a durable sub/r without a fsync of sub: after
+# a cut the old sub/r (its own inode and bytes) is still there.
+r = os.open(p("sub/r"), os.O_CREAT | os.O_RDWR, 0o600)
+os.write(r, b"old"); os.fsync(r); os.fsync(subfd)
+n = os.open(p("sub/r.new"), os.O_CREAT | os.O_RDWR, 0o600)
+os.write(n, b"new"); os.fsync(n); os.rename(p("sub/r.new"), p("sub/r"))
 # d: durable, then unlinked without a directory fsync: still there after a cut.
 dd = os.open(p("d"), os.O_CREAT | os.O_RDWR, 0o600)
 os.write(dd, b"dd"); os.fsync(dd); os.fsync(dirfd); os.close(dd); os.unlink(p("d"))
@@ -108,7 +114,8 @@ def main():
 
         run.build(end, "none", 1, out)
         t = read_tree(out)
-        check("none: names", sorted(t), ["a", "c", "d", "e", "f", "s", "sub/g"])
+        check("none: names", sorted(t), ["a", "c", "d", "e", "f", "s", "sub/g", "sub/r"])
+        check("none: sub/r (the rename over it not synced)", t.get("sub/r"), b"old")
         check("none: e (O_DSYNC write, no fsync)", t.get("e"), b"eeeee")
         check("none: a (3 synced bytes)", t.get("a"), b"aaa")
         check("none: c (renamed, dir synced)", t.get("c"), b"cccc")
@@ -120,7 +127,8 @@ def main():
 
         run.build(end, "all", 1, out)
         t = read_tree(out)
-        check("all: names", sorted(t), ["a", "b", "c", "e", "f", "s", "sub/g"])
+        check("all: names", sorted(t), ["a", "b", "c", "e", "f", "s", "sub/g", "sub/r"])
+        check("all: sub/r", t.get("sub/r"), b"new")
         check("all: a", t.get("a"), b"aaabbb")
         check("all: b", t.get("b"), b"bbbb")
         check("all: f", t.get("f"), b"ffffFFFF")
@@ -165,7 +173,7 @@ def main():
         run3 = powerloss.Run(powerloss.parse_log(log2), volatile=["a"])
         run3.build(len(run3.records), "none", 1, out)
         check("volatile: mapped file left out", sorted(read_tree(out)),
-              ["c", "d", "e", "f", "s", "sub/g"])
+              ["c", "d", "e", "f", "s", "sub/g", "sub/r"])
 
     for f in failures:
         print("FAIL: " + f)
