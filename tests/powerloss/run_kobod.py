@@ -105,9 +105,10 @@ def start_kobod(args, data, env, err_path):
     """Starts kobod on data (127.0.0.1, a free port); returns (proc, port)
     once /healthz answers."""
     port = free_port()
-    proc = subprocess.Popen([args.kobod, "--listen", "127.0.0.1:%d" % port, "--data", data,
-                             "--shards", str(args.shards), "--log-level", "warn"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(err_path, "w"))
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([args.kobod, "--listen", "127.0.0.1:%d" % port, "--data", data,
+                                 "--shards", str(args.shards), "--log-level", "warn"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
