@@ -21,6 +21,7 @@ const char *kobo_status_name(int status)
 	case KOBO_ECONFLICT: return "conflict";
 	case KOBO_ECONNLOST: return "connection_lost";
 	case KOBO_EUNKNOWN: return "outcome_unknown";
+	case KOBO_ECAPACITY: return "capacity_exhausted";
 	}
 	return "unknown_status";
 }

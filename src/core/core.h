@@ -54,6 +54,8 @@ enum {
 	KOBO_ECONFLICT = -9,   /* retryable conflict: re-run the batch */
 	KOBO_ECONNLOST = -10,  /* store connection lost, nothing committed */
 	KOBO_EUNKNOWN = -11,   /* commit outcome unknown: resolve by id */
+	KOBO_ECAPACITY = -12,  /* a store's configured limit (accounts, transfer
+	                          ids) would be passed: nothing applied */
 };
 
 /* A short name for a status code ("ok", "store_failed", …), static. */

@@ -183,6 +183,7 @@ const char *kobo_http_error_message(const char *code)
 		{ "id_conflict", "this id was used with other parameters" },
 		{ "atomic_cross_shard", "an atomic batch must stay on one shard" },
 		{ "overloaded", "the server is overloaded; retry later" },
+		{ "capacity_exhausted", "the shard holds as many accounts or transfers as it is configured for; nothing was stored (README: Capacity)" },
 		{ "storage_unavailable", "storage failed; the write may or may not be durable: retry with the same id, it applies at most once" },
 		{ "shutting_down", "the server is shutting down; retry with the same id" },
 		{ "internal_error", "an internal error refused the batch; nothing was applied" },

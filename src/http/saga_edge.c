@@ -168,8 +168,14 @@ int kobo__http_write_failed(int status, const char **code)
 		*code = "internal_error"; /* a ledger refusal: a bug of ours */
 		return 500;
 	}
-	if (status == KOBO_ECONFLICT) {
-		*code = "overloaded"; /* re-runs exhausted; nothing committed */
+	if (status == KOBO_ECONFLICT || status == KOBO_EOVERLOADED) {
+		/* re-runs exhausted, or the store's backlog is full (the
+		 * journaled store's projection behind): nothing committed */
+		*code = "overloaded";
+		return 503;
+	}
+	if (status == KOBO_ECAPACITY) {
+		*code = "capacity_exhausted"; /* a store limit: nothing committed */
 		return 503;
 	}
 	/* KOBO_EUNKNOWN, KOBO_ESTORE, KOBO_EFAILED, KOBO_ECONNLOST: the

@@ -16,6 +16,7 @@
  * else before any thread starts), so no code runs in a signal handler.
  */
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
@@ -39,6 +40,7 @@
 #include "../saga/saga.h"
 #include "../shard/shard.h"
 #include "../store/layout.h"
+#include "../store/hot/store_hot.h"
 #include "../store/store.h"
 
 #define DRAIN_WAIT_MS 5000 /* answers already computed get this long to leave */
@@ -95,7 +97,15 @@ typedef struct kobod_config {
 	/* --node-name (KOBO_NODE_NAME): this kobod's name on the events it
 	 * writes and its saga claims; "" until given: HOST:PORT of --listen. */
 	char node_name[KOBO_EVENT_NODE_LEN_MAX + 1];
+	/* --journal on|off (JOURNAL_DEFAULT: not given), --max-accounts N,
+	 * --max-transfers N: the journaled embedded store (src/store/hot) and
+	 * the size of its in-memory tables per shard. */
+	int journal;
+	unsigned long max_accounts;
+	unsigned long long max_transfers;
 } kobod_config;
+
+enum { JOURNAL_DEFAULT = 0, JOURNAL_ON, JOURNAL_OFF };
 
 enum { AUTH_DEFAULT = 0, AUTH_REQUIRED, AUTH_OFF };
 
@@ -113,6 +123,17 @@ static void usage(FILE *out)
 	        "             [--auth required|off] [--insecure-no-auth]\n"
 	        "             [--metrics-auth required|off] [--rate-limit R [--rate-burst B]]\n"
 	        "             [--node-name NAME]\n"
+	        "             [--journal on|off] [--max-accounts N] [--max-transfers N]\n"
+	        "\n"
+	        "--journal on|off (KOBO_JOURNAL; with --data, default on): on, each shard's\n"
+	        "  state lives in memory and in a checksummed journal (DIR/shard-N.journal/),\n"
+	        "  with the SQLite file as a projection written behind it; off, every batch\n"
+	        "  is a SQLite transaction. A data directory whose journal holds frames\n"
+	        "  needs on (kobod refuses off, so nothing journaled is skipped).\n"
+	        "--max-accounts N (default %u) and --max-transfers N (default %llu): the\n"
+	        "  accounts and transfer ids one shard holds with --journal on; past them\n"
+	        "  writes answer 503 capacity_exhausted (KOBO_MAX_ACCOUNTS,\n"
+	        "  KOBO_MAX_TRANSFERS).\n"
 	        "\n"
 	        "--node-name NAME (KOBO_NODE_NAME): this kobod's name, unique in the\n"
 	        "  fleet, recorded on every event it writes (GET /v1/transfers/{id}/events)\n"
@@ -154,7 +175,9 @@ static void usage(FILE *out)
 	        "  KOBO_SAGA_WAIT_MS (%d)  KOBO_SAGA_DEADLINE_MS (%d)  KOBO_SAGA_STUCK_MS (%d)\n"
 	        "  KOBO_IP_RATE_LIMIT  KOBO_IP_RATE_BURST  KOBO_TRUSTED_PROXY\n"
 	        "  KOBO_AUTH  KOBO_INSECURE_NO_AUTH  KOBO_METRICS_AUTH\n"
-	        "  KOBO_RATE_LIMIT  KOBO_RATE_BURST  KOBO_NODE_NAME\n",
+	        "  KOBO_RATE_LIMIT  KOBO_RATE_BURST  KOBO_NODE_NAME\n"
+	        "  KOBO_JOURNAL  KOBO_MAX_ACCOUNTS  KOBO_MAX_TRANSFERS\n",
+	        HOT_ACCOUNTS_MAX_DEFAULT, (unsigned long long)HOT_TRANSFERS_MAX_DEFAULT,
 	        KOBO_HTTP_TRUSTED_PROXIES_MAX,
 	        KOBO_HTTP_CONNECTION_TIMEOUT_S_DEFAULT, KOBO_HTTP_CONNECTIONS_MAX_DEFAULT,
 	        KOBO_HTTP_THREADS_DEFAULT, KOBO_SHARD_QUEUE_OPS_DEFAULT,
@@ -209,6 +232,7 @@ enum {
 	OPT_POSTGRES_READ, OPT_CONCURRENCY, OPT_IP_RATE_LIMIT, OPT_IP_RATE_BURST,
 	OPT_TRUSTED_PROXY, OPT_AUTH, OPT_INSECURE_NO_AUTH, OPT_METRICS_AUTH,
 	OPT_RATE_LIMIT, OPT_RATE_BURST, OPT_NODE_NAME,
+	OPT_JOURNAL, OPT_MAX_ACCOUNTS, OPT_MAX_TRANSFERS,
 };
 
 /* A rate in requests per second: a plain decimal number in range. */
@@ -405,6 +429,23 @@ static bool apply(kobod_config *config, int option, const char *value)
 		return parse_rate(value, &config->key_rate);
 	case OPT_RATE_BURST:
 		return parse_count(value, 1, KOBO_GCRA_BURST_MAX, &config->key_burst);
+	case OPT_JOURNAL:
+		if (strcmp(value, "on") == 0)
+			config->journal = JOURNAL_ON;
+		else if (strcmp(value, "off") == 0)
+			config->journal = JOURNAL_OFF;
+		else
+			return false;
+		return true;
+	case OPT_MAX_ACCOUNTS:
+		return parse_count(value, 1, HOT_ACCOUNTS_MAX_LIMIT, &config->max_accounts);
+	case OPT_MAX_TRANSFERS: {
+		unsigned long n;
+		if (!parse_count(value, 1, ULONG_MAX, &n) || n > HOT_TRANSFERS_MAX_LIMIT)
+			return false;
+		config->max_transfers = n;
+		return true;
+	}
 	case OPT_NODE_NAME: {
 		size_t len = strlen(value);
 		if (len == 0 || len > KOBO_EVENT_NODE_LEN_MAX)
@@ -451,6 +492,9 @@ static const struct option long_options[] = {
 	{ "rate-limit", required_argument, NULL, OPT_RATE_LIMIT },
 	{ "rate-burst", required_argument, NULL, OPT_RATE_BURST },
 	{ "node-name", required_argument, NULL, OPT_NODE_NAME },
+	{ "journal", required_argument, NULL, OPT_JOURNAL },
+	{ "max-accounts", required_argument, NULL, OPT_MAX_ACCOUNTS },
+	{ "max-transfers", required_argument, NULL, OPT_MAX_TRANSFERS },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -483,6 +527,9 @@ static const struct {
 	{ "KOBO_RATE_LIMIT", OPT_RATE_LIMIT },
 	{ "KOBO_RATE_BURST", OPT_RATE_BURST },
 	{ "KOBO_NODE_NAME", OPT_NODE_NAME },
+	{ "KOBO_JOURNAL", OPT_JOURNAL },
+	{ "KOBO_MAX_ACCOUNTS", OPT_MAX_ACCOUNTS },
+	{ "KOBO_MAX_TRANSFERS", OPT_MAX_TRANSFERS },
 };
 
 /* true when host (as given to --listen) can only be reached from this
@@ -546,7 +593,9 @@ static int resolve_auth(kobod_config *config)
 /* Environment first, then flags over it. Returns 0, or 2 after usage. */
 static int configure(int argc, char **argv, kobod_config *config)
 {
-	*config = (kobod_config){ .data_dir = "var", .shards = 1 };
+	*config = (kobod_config){ .data_dir = "var", .shards = 1,
+	                          .max_accounts = HOT_ACCOUNTS_MAX_DEFAULT,
+	                          .max_transfers = HOT_TRANSFERS_MAX_DEFAULT };
 	parse_listen("127.0.0.1:8080", config);
 	for (size_t i = 0; i < sizeof(env_options) / sizeof(env_options[0]); i++) {
 		const char *value = getenv(env_options[i].name);
@@ -627,6 +676,12 @@ static int configure(int argc, char **argv, kobod_config *config)
 		        KOBO_HTTP_TRUSTED_PROXIES_MAX);
 		return 2;
 	}
+	if (config->journal == JOURNAL_ON && config->postgres_count > 0) {
+		fprintf(stderr, "kobod: --journal on is the embedded store's (--data); with "
+		        "--postgres the database is the journal\n");
+		usage(stderr);
+		return 2;
+	}
 	if (config->concurrency == KOBO_STORE_OPTIMISTIC && config->postgres_count == 0) {
 		fprintf(stderr, "kobod: --concurrency optimistic (or KOBO_CONCURRENCY) needs "
 		        "--postgres: the embedded SQLite store has one writer per shard, so "
@@ -703,6 +758,39 @@ static void log_failure(const char *event, const char *what, const char *detail)
 	kobo_json_escape(escaped_detail, sizeof(escaped_detail), detail ? detail : "");
 	kobo_log(KOBO_LOG_ERROR, event, "\"what\":\"%s\",\"detail\":\"%s\"",
 	         escaped_what, escaped_detail);
+}
+
+/* --journal off on a data directory whose journal holds frames would
+ * serve the SQLite projection without the batches not projected yet:
+ * refuse (exit 2) unless every shard's journal directory is absent or has
+ * no segment. */
+static int refuse_unreplayed_journal(const kobod_config *config, uint32_t shard_count)
+{
+	for (uint32_t i = 0; i < shard_count; i++) {
+		char dir[PATH_MAX];
+		char journal[PATH_MAX + 16];
+		if (!kobo_layout_journal_dir(dir, sizeof dir, config->data_dir, i))
+			return 1;
+		snprintf(journal, sizeof journal, "%s/journal", dir);
+		DIR *d = opendir(journal);
+		if (d == NULL)
+			continue;
+		bool segments = false;
+		struct dirent *entry;
+		while ((entry = readdir(d)) != NULL) {
+			size_t len = strlen(entry->d_name);
+			if (len > 4 && strcmp(entry->d_name + len - 4, ".seg") == 0)
+				segments = true;
+		}
+		closedir(d);
+		if (segments) {
+			fprintf(stderr, "kobod: shard %u has a journal (%s): start with --journal on "
+			        "(it replays what the SQLite file does not hold yet)\n", i, dir);
+			log_failure("startup_failed", dir, "--journal off on a journaled shard");
+			return 2;
+		}
+	}
+	return 0;
 }
 
 /* The data directory: created if missing, its lock taken (into *lock_fd)
@@ -799,14 +887,20 @@ static int run(kobod_config *config_in)
 			return 2;
 		}
 	} else {
-		if ((size_t)snprintf(store_url, sizeof(store_url), "sqlite:%s",
-		                     config.data_dir) >= sizeof(store_url)) {
+		bool journal = config.journal != JOURNAL_OFF;
+		int n = journal
+			? snprintf(store_url, sizeof(store_url), "journal:%s?accounts=%lu&transfers=%llu",
+			           config.data_dir, config.max_accounts, config.max_transfers)
+			: snprintf(store_url, sizeof(store_url), "sqlite:%s", config.data_dir);
+		if (n < 0 || (size_t)n >= sizeof(store_url)) {
 			fprintf(stderr, "kobod: data directory path is too long: %s\n",
 			        config.data_dir);
 			close(signal_fd);
 			return 1;
 		}
 		rc = open_data_dir(&config, shard_count, &map, &lock_fd);
+		if (rc == 0 && !journal)
+			rc = refuse_unreplayed_journal(&config, shard_count);
 		if (rc != 0) {
 			if (lock_fd >= 0)
 				close(lock_fd);

@@ -30,6 +30,10 @@
  *   kobo_replica_up{shard}                          shards with a replica
  *   kobo_replica_lag_seconds{shard}                 shards with a replica
  *   kobo_replica_reads_total{shard,served}          shards with a replica
+ *   kobo_store_records{shard,kind}                  journaled shards only
+ *   kobo_store_records_max{shard,kind}              journaled shards only
+ *   kobo_journal_backlog_batches{shard}, _bytes     journaled shards only
+ *   kobo_journal_segments{shard}                    journaled shards only
  *   kobo_otlp_spans_exported_total                  spans a collector accepted
  *   kobo_otlp_spans_dropped_total{reason}           every drop reason
  *
@@ -101,6 +105,12 @@ static latency_histogram batch_commit[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t queue_depth[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t queue_capacity[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t shard_ready[KOBO_METRICS_SHARDS_MAX];
+/* The journaled store (kobo_metrics_journal): 7 gauges per shard, and
+ * whether the shard reported at all. */
+enum { J_ACCOUNTS, J_ACCOUNTS_MAX, J_TRANSFERS, J_TRANSFERS_MAX, J_BACKLOG_BATCHES,
+       J_BACKLOG_BYTES, J_SEGMENTS, J_GAUGES };
+static _Atomic uint64_t journal_gauges[KOBO_METRICS_SHARDS_MAX][J_GAUGES];
+static _Atomic bool journal_seen[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t overloaded_total[KOBO_METRICS_SHARDS_MAX];
 static _Atomic uint64_t rate_limited_ip_total;
 static _Atomic uint64_t rate_limited_key_total;
@@ -219,6 +229,21 @@ void kobo_metrics_queue_capacity(uint32_t shard, size_t ops)
 {
 	if (shard_use(shard))
 		set(&queue_capacity[shard], ops);
+}
+
+void kobo_metrics_journal(uint32_t shard, const kobo_metrics_journal_usage *u)
+{
+	if (!shard_use(shard))
+		return;
+	_Atomic uint64_t *g = journal_gauges[shard];
+	set(&g[J_ACCOUNTS], u->accounts);
+	set(&g[J_ACCOUNTS_MAX], u->accounts_max);
+	set(&g[J_TRANSFERS], u->transfers);
+	set(&g[J_TRANSFERS_MAX], u->transfers_max);
+	set(&g[J_BACKLOG_BATCHES], u->backlog_batches);
+	set(&g[J_BACKLOG_BYTES], u->backlog_bytes);
+	set(&g[J_SEGMENTS], u->segments);
+	atomic_store_explicit(&journal_seen[shard], true, memory_order_relaxed);
 }
 
 void kobo_metrics_shard_ready(uint32_t shard, bool ready)
@@ -529,6 +554,44 @@ size_t kobo_metrics_render(char *buf, size_t cap)
 	for (uint32_t s = 0; s < shards; s++)
 		emit(&o, "kobo_shard_ready{shard=\"%" PRIu32 "\"} %" PRIu64 "\n", s,
 		     load(&shard_ready[s]));
+
+	bool journaled = false;
+	for (uint32_t s = 0; s < shards; s++)
+		journaled = journaled || atomic_load_explicit(&journal_seen[s], memory_order_relaxed);
+	if (journaled) {
+		static const struct {
+			const char *name, *help;
+			int kind_gauge[2]; /* accounts / transfers, or one gauge */
+		} journal_metrics[] = {
+			{ "kobo_store_records", "Records a journaled shard holds in memory, by kind.",
+			  { J_ACCOUNTS, J_TRANSFERS } },
+			{ "kobo_store_records_max", "The configured limit of those records "
+			  "(--max-accounts, --max-transfers); past it, 503 capacity_exhausted.",
+			  { J_ACCOUNTS_MAX, J_TRANSFERS_MAX } },
+			{ "kobo_journal_backlog_batches", "Committed batches the SQLite projection "
+			  "has not written yet.", { J_BACKLOG_BATCHES, -1 } },
+			{ "kobo_journal_backlog_bytes", "Journal frame bytes the SQLite projection "
+			  "has not written yet.", { J_BACKLOG_BYTES, -1 } },
+			{ "kobo_journal_segments", "Live journal segment files.", { J_SEGMENTS, -1 } },
+		};
+		for (size_t m = 0; m < sizeof journal_metrics / sizeof journal_metrics[0]; m++) {
+			emit_header(&o, journal_metrics[m].name, "gauge", journal_metrics[m].help);
+			for (uint32_t s = 0; s < shards; s++) {
+				if (!atomic_load_explicit(&journal_seen[s], memory_order_relaxed))
+					continue;
+				int a = journal_metrics[m].kind_gauge[0], b = journal_metrics[m].kind_gauge[1];
+				if (b < 0) {
+					emit(&o, "%s{shard=\"%" PRIu32 "\"} %" PRIu64 "\n",
+					     journal_metrics[m].name, s, load(&journal_gauges[s][a]));
+					continue;
+				}
+				emit(&o, "%s{shard=\"%" PRIu32 "\",kind=\"accounts\"} %" PRIu64 "\n",
+				     journal_metrics[m].name, s, load(&journal_gauges[s][a]));
+				emit(&o, "%s{shard=\"%" PRIu32 "\",kind=\"transfers\"} %" PRIu64 "\n",
+				     journal_metrics[m].name, s, load(&journal_gauges[s][b]));
+			}
+		}
+	}
 
 	emit_header(&o, "kobo_rejections_total", "counter",
 	            "Business rejections and conflicts, by result code.");

@@ -148,6 +148,21 @@ void kobo_metrics_replica_state(uint32_t shard, bool up, int64_t lag_us);
  * token in time). */
 void kobo_metrics_replica_read(uint32_t shard, bool replica);
 
+/* The journaled embedded store's usage of one shard (src/store/hot), set
+ * after each commit and each projection transaction: records held against
+ * their limits (kobo_store_records{shard,kind}, kobo_store_records_max),
+ * the frames the SQLite projection has not written yet
+ * (kobo_journal_backlog_batches / _bytes{shard}) and the live journal
+ * segments (kobo_journal_segments{shard}). Rendered only for shards that
+ * reported. */
+typedef struct kobo_metrics_journal_usage {
+	uint64_t accounts, accounts_max;
+	uint64_t transfers, transfers_max;
+	uint64_t backlog_batches, backlog_bytes;
+	uint64_t segments;
+} kobo_metrics_journal_usage;
+void kobo_metrics_journal(uint32_t shard, const kobo_metrics_journal_usage *usage);
+
 /* OTLP span export (otlp.c): spans a collector accepted, and spans dropped
  * by reason (kobo_otlp_spans_exported_total,
  * kobo_otlp_spans_dropped_total{reason}). */

@@ -23,6 +23,13 @@ bool kobo_layout_shard_path(char *out, size_t out_len, const char *dir,
 	                     dir, shard), out_len);
 }
 
+bool kobo_layout_journal_dir(char *out, size_t out_len, const char *dir,
+                             uint32_t shard)
+{
+	return fits(snprintf(out, out_len, "%s/" SHARD_PREFIX "%u.journal", dir, shard),
+	            out_len);
+}
+
 bool kobo_layout_map_path(char *out, size_t out_len, const char *dir)
 {
 	return fits(snprintf(out, out_len, "%s/" KOBO_LAYOUT_MAP_FILE, dir), out_len);

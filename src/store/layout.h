@@ -4,6 +4,9 @@
  * A data directory DIR holds:
  *   DIR/shard-<N>.db     the SQLite store of shard N (N decimal, no sign, no
  *                        leading zero unless "0"), with its -wal and -shm
+ *   DIR/shard-<N>.journal/journal/  the journal of shard N when kobod runs
+ *                        the journaled store (--journal on; src/store/hot):
+ *                        its segments, NNNN….seg (src/store/journal)
  *   DIR/shard-map.json   which shard owns each partition (src/shard/map_file.c)
  *   DIR/kobod.lock       flock'd by the one kobod (or `kobo audit`) using DIR
  *
@@ -25,6 +28,10 @@
  * NUL-terminated prefix). */
 bool kobo_layout_shard_path(char *out, size_t out_len, const char *dir,
                             uint32_t shard);
+/* DIR/shard-<shard>.journal: the directory the journal of shard `shard`
+ * lives in (kobo_journal_open adds its own "journal" folder). */
+bool kobo_layout_journal_dir(char *out, size_t out_len, const char *dir,
+                             uint32_t shard);
 bool kobo_layout_map_path(char *out, size_t out_len, const char *dir);
 bool kobo_layout_lock_path(char *out, size_t out_len, const char *dir);
 

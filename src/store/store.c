@@ -5,9 +5,12 @@
  * the schemes). A new backend adds a row to `backends` and a folder under
  * src/store.
  */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "hot/store_hot.h"
 #include "layout.h"
 #include "mem/store_mem.h"
 #include "postgres/store_pg.h"
@@ -31,6 +34,54 @@ static int open_sqlite(const char *rest, uint32_t shard, uint32_t shard_count,
 		return KOBO_EINVAL;
 	}
 	return store_sqlite_open(path, read_only, out);
+}
+
+/* "journal:DIR[?accounts=N&transfers=N]": the journaled embedded store
+ * (src/store/hot). DIR may not contain '?'. */
+static int open_journal(const char *rest, uint32_t shard, uint32_t shard_count,
+                        bool read_only, kobo_store **out)
+{
+	(void)shard_count; /* the data directory's shard map checks it */
+	char dir[STORE_PATH_BYTES_MAX];
+	hot_config config = { .accounts_max = HOT_ACCOUNTS_MAX_DEFAULT,
+	                      .transfers_max = HOT_TRANSFERS_MAX_DEFAULT };
+	const char *query = strchr(rest, '?');
+	size_t dir_len = query ? (size_t)(query - rest) : strlen(rest);
+	if (dir_len == 0 || dir_len >= sizeof dir) {
+		fprintf(stderr, "kobo: store url \"journal:%s\" names no directory, or "
+		                "one too long (journal:DIR)\n", rest);
+		return KOBO_EINVAL;
+	}
+	memcpy(dir, rest, dir_len);
+	dir[dir_len] = '\0';
+	while (query != NULL) {
+		const char *param = query + 1;
+		query = strchr(param, '&');
+		char *end;
+		unsigned long long n;
+		errno = 0;
+		if (strncmp(param, "accounts=", 9) == 0) {
+			n = strtoull(param + 9, &end, 10);
+			if (errno || end == param + 9 || (*end != '&' && *end != '\0') || n == 0 ||
+			    n > HOT_ACCOUNTS_MAX_LIMIT)
+				goto bad;
+			config.accounts_max = (uint32_t)n;
+		} else if (strncmp(param, "transfers=", 10) == 0) {
+			n = strtoull(param + 10, &end, 10);
+			if (errno || end == param + 10 || (*end != '&' && *end != '\0') || n == 0 ||
+			    n > HOT_TRANSFERS_MAX_LIMIT)
+				goto bad;
+			config.transfers_max = n;
+		} else {
+			goto bad;
+		}
+	}
+	return store_hot_open(dir, shard, &config, read_only, out);
+bad:
+	fprintf(stderr, "kobo: store url \"journal:%s\": the query takes accounts=N "
+	                "(1..%u) and transfers=N (1..%llu)\n", rest, HOT_ACCOUNTS_MAX_LIMIT,
+	        (unsigned long long)HOT_TRANSFERS_MAX_LIMIT);
+	return KOBO_EINVAL;
 }
 
 static int open_mem(const char *rest, uint32_t shard, uint32_t shard_count,
@@ -65,6 +116,7 @@ static const struct {
 	            bool read_only, kobo_store **out);
 } backends[] = {
 	{ "sqlite:", open_sqlite },
+	{ "journal:", open_journal },
 	{ "mem:", open_mem },
 	{ "postgresql:", open_postgres },
 	{ "postgres:", open_postgres },
@@ -87,8 +139,8 @@ int kobo_store_open_sharded(const char *url, uint32_t shard,
 			return backends[i].open(url + len, shard, shard_count, read_only, out);
 	}
 	fprintf(stderr, "kobo: cannot open store \"%s\": this build supports "
-	                "sqlite:DIR, postgresql://… (or postgres://…) and mem: "
-	                "only\n", url);
+	                "sqlite:DIR, journal:DIR, postgresql://… (or postgres://…) "
+	                "and mem: only\n", url);
 	return KOBO_EINVAL;
 }
 

@@ -154,6 +154,10 @@ static const backend backends[] = {
 	 kobo_store_mem_conflict_next_commits, false, false, NULL, NULL, NULL, NULL, false},
 	{"sqlite", "sqlite:%s", NULL, false, NULL, sqlite_fail_next_commit, NULL, false,
 	 false, NULL, NULL, NULL, NULL, false},
+	/* The journaled embedded store (src/store/hot): memory + journal,
+	 * SQLite as its projection. */
+	{"journal", "journal:%s", NULL, false, NULL, NULL, NULL, false, false, NULL, NULL,
+	 NULL, NULL, false},
 	/* scripts/pg-cluster.sh sets the variable to a fresh cluster's URI. */
 	{"postgres", NULL, "KOBO_TEST_POSTGRES", false, NULL, NULL, NULL, true, true,
 	 pg_round_trips, pg_hold_row_lock, pg_release_row_lock, pg_exec_elsewhere, false},

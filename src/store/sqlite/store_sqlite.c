@@ -411,6 +411,10 @@ typedef struct sqlite_store {
 	sqlite3_stmt *stmt[SQL_WRITER_COUNT];
 	store_state state;
 	uint64_t commit_seq; /* meta.commit_seq as last committed */
+	/* 0, or the value the next commit stores instead of commit_seq + 1
+	 * (store_sqlite_set_next_commit_seq: the journaled store's projection
+	 * records the journal's commit sequence). */
+	uint64_t next_commit_seq;
 	atomic_bool failed;
 	arena loaded;
 	checkpointer ckpt;
@@ -793,7 +797,7 @@ static int store_commit(kobo_store *store, uint64_t *token)
 {
 	sqlite_store *s = to_store(store);
 	sqlite3_stmt *stmt = s->stmt[SQL_SET_COMMIT_SEQ];
-	uint64_t seq = s->commit_seq + 1;
+	uint64_t seq = s->next_commit_seq ? s->next_commit_seq : s->commit_seq + 1;
 
 	assert(s->state == STORE_IN_BATCH);
 	kobo_assert(seq <= INT64_MAX);
@@ -808,6 +812,7 @@ static int store_commit(kobo_store *store, uint64_t *token)
 	}
 	end_batch(s, STORE_IDLE); /* committed: nothing left to roll back */
 	s->commit_seq = seq;
+	s->next_commit_seq = 0;
 	*token = seq;
 	return KOBO_OK;
 }
@@ -884,6 +889,54 @@ static int store_expired_holds(kobo_store *store, int64_t now_ms,
 		return KOBO_ESTORE;
 	}
 	return KOBO_OK;
+}
+
+/* ---- For the journaled store's projection (store_sqlite.h). ---- */
+
+uint64_t store_sqlite_commit_seq(kobo_store *store)
+{
+	return to_store(store)->commit_seq;
+}
+
+void store_sqlite_set_next_commit_seq(kobo_store *store, uint64_t seq)
+{
+	sqlite_store *s = to_store(store);
+
+	kobo_assert(seq > s->commit_seq && seq <= INT64_MAX);
+	s->next_commit_seq = seq;
+}
+
+int store_sqlite_each_transfer_id(kobo_store *store,
+                                  int (*each)(void *ctx, const char *id),
+                                  void *ctx)
+{
+	sqlite_store *s = to_store(store);
+	sqlite3_stmt *stmt = NULL;
+	int rc;
+
+	assert(s->state != STORE_IN_BATCH);
+	if (sqlite3_prepare_v2(s->writer, "SELECT id FROM transfers", -1, &stmt,
+	                       NULL) != SQLITE_OK) {
+		store_sqlite_log_error(s->writer, "store_transfer_ids_failed", s->path);
+		return KOBO_ESTORE;
+	}
+	int status = KOBO_OK;
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		const char *id = (const char *)sqlite3_column_text(stmt, 0);
+		if (id == NULL) {
+			rc = SQLITE_CORRUPT;
+			break;
+		}
+		status = each(ctx, id);
+		if (status != KOBO_OK)
+			break;
+	}
+	if (status == KOBO_OK && rc != SQLITE_DONE) {
+		store_sqlite_log_error(s->writer, "store_transfer_ids_failed", s->path);
+		status = KOBO_ESTORE;
+	}
+	sqlite3_finalize(stmt);
+	return status;
 }
 
 static bool store_healthy(kobo_store *store)

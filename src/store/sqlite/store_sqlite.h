@@ -17,4 +17,22 @@
  * *out NULL. */
 int store_sqlite_open(const char *path, bool read_only, kobo_store **out);
 
+/* For the journaled embedded store (src/store/hot), whose SQLite file is an
+ * asynchronous projection of its journal. On the write side, by the one
+ * thread that owns it.
+ *
+ * store_sqlite_commit_seq: meta.commit_seq as last committed (the last
+ * journal batch the file holds).
+ * store_sqlite_set_next_commit_seq: the next commit stores seq (greater
+ * than the current one) instead of current + 1: one projection
+ * transaction holds many journal batches and records the last one's.
+ * store_sqlite_each_transfer_id: calls each with every transfer id of the
+ * shard (any order), outside a batch; stops at the first non-KOBO_OK
+ * return and returns it. KOBO_ESTORE when the read fails. */
+uint64_t store_sqlite_commit_seq(kobo_store *store);
+void store_sqlite_set_next_commit_seq(kobo_store *store, uint64_t seq);
+int store_sqlite_each_transfer_id(kobo_store *store,
+                                  int (*each)(void *ctx, const char *id),
+                                  void *ctx);
+
 #endif /* KOBO_STORE_SQLITE_H */
