@@ -342,6 +342,34 @@ static int project_frame(hot_store *s, hot_decoded *d, const void *bytes, size_t
 	return rc;
 }
 
+/* Begins a projection transaction. A begin that fails wrote nothing (the
+ * file's write lock held by another process — `kobo key create`, a backup
+ * — past SQLite's busy timeout): retry with backoff while the frames wait
+ * in the journal and memory (the backlog bounds and backpressure hold
+ * meanwhile). Gives up only when kobod stops. */
+static int projection_begin(hot_store *s)
+{
+	int64_t backoff_ms = 50;
+	for (;;) {
+		int rc = kobo_store_begin(s->proj);
+		if (rc != KOBO_ESTORE)
+			return rc;
+		kobo_log(KOBO_LOG_WARN, "projection_begin_retry",
+		         "\"shard\":%u,\"retry_in_ms\":%lld", s->shard, (long long)backoff_ms);
+		pthread_mutex_lock(&s->proj_lock);
+		bool stop = s->proj_stop;
+		if (!stop) {
+			struct timespec deadline = kobo_deadline_after_ms(backoff_ms);
+			pthread_cond_timedwait(&s->proj_wake, &s->proj_lock, &deadline);
+		}
+		pthread_mutex_unlock(&s->proj_lock);
+		if (stop)
+			return rc;
+		if (backoff_ms < 1000)
+			backoff_ms *= 2;
+	}
+}
+
 static void *projection_main(void *arg)
 {
 	hot_store *s = arg;
@@ -370,7 +398,7 @@ static void *projection_main(void *arg)
 		pthread_mutex_unlock(&s->proj_lock);
 
 		int64_t started_us = kobo_monotonic_us();
-		int rc = kobo_store_begin(s->proj);
+		int rc = projection_begin(s);
 		for (hot_queued *q = first; rc == KOBO_OK && q; q = q->next)
 			rc = project_frame(s, &decoded, q->bytes, q->len);
 		uint64_t token = 0;
