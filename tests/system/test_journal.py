@@ -98,7 +98,7 @@ def test_projection_held_back_writes_acked_and_read(journaled):
         assert r.body["status"] == "posted" and r.body["amount"] == 10, r.body
         r = srv.get("/v1/accounts/alice")
         expect_status(r, 200, "GET of a balance not projected yet")
-        assert r.body["posted"] == 200, f"expected alice's posted 200 from memory, saw {r.body}"
+        assert r.body["balance"]["posted"] == 200, f"expected alice's posted 200 from memory, saw {r.body}"
         backlog = metric(srv, "kobo_journal_backlog_batches", shard=0)
         assert backlog and backlog >= 1, f"expected a projection backlog, saw {backlog}"
         with sqlite3.connect(f"file:{shard_file(srv)}?mode=ro", uri=True) as ro:
@@ -233,7 +233,7 @@ def test_capacity_limits(journaled):
                                    "currency": "NGN"})
     expect_error(r, 503, "capacity_exhausted", "a 3rd transfer past --max-transfers 2")
     expect_status(get_transfer(srv, "cap2"), 404, "the refused transfer is not stored")
-    assert srv.get("/v1/accounts/a1").body["posted"] == 10
+    assert srv.get("/v1/accounts/a1").body["balance"]["posted"] == 10
     # A retry of a stored id still replays: it needs no room.
     r = srv.post("/v1/transfers", {"id": "cap1", "from": "cash", "to": "a1", "amount": 5,
                                    "currency": "NGN"})

@@ -111,10 +111,10 @@ typedef struct hot_chunk {
 typedef struct hot_staged {
 	kobo_account *accounts;
 	kobo_account_change *account_changes;
-	size_t account_count, accounts_cap;
+	size_t account_count, accounts_cap, account_changes_cap;
 	kobo_transfer *transfers;
 	kobo_transfer_change *transfer_changes;
-	size_t transfer_count, transfers_cap;
+	size_t transfer_count, transfers_cap, transfer_changes_cap;
 	kobo_event *events;
 	size_t event_count, events_cap;
 	hot_arena metadata;
@@ -596,18 +596,13 @@ static int hot_write(kobo_store *store, const kobo_account_change *accounts,
 	}
 	if (grow((void **)&st->accounts, &st->accounts_cap, st->account_count + account_count,
 	         sizeof *st->accounts) != KOBO_OK ||
+	    grow((void **)&st->account_changes, &st->account_changes_cap,
+	         st->account_count + account_count, sizeof *st->account_changes) != KOBO_OK ||
 	    grow((void **)&st->transfers, &st->transfers_cap,
-	         st->transfer_count + transfer_count, sizeof *st->transfers) != KOBO_OK)
+	         st->transfer_count + transfer_count, sizeof *st->transfers) != KOBO_OK ||
+	    grow((void **)&st->transfer_changes, &st->transfer_changes_cap,
+	         st->transfer_count + transfer_count, sizeof *st->transfer_changes) != KOBO_OK)
 		return KOBO_ESTORE;
-	/* The change arrays are sized with the records (same caps). */
-	void *ac = realloc(st->account_changes, st->accounts_cap * sizeof *st->account_changes);
-	if (ac == NULL)
-		return KOBO_ESTORE;
-	st->account_changes = ac;
-	void *tc = realloc(st->transfer_changes, st->transfers_cap * sizeof *st->transfer_changes);
-	if (tc == NULL)
-		return KOBO_ESTORE;
-	st->transfer_changes = tc;
 	/* Records by value; metadata offsets into the arena until commit
 	 * fixes the pointers (the arena may move while it grows). */
 	for (size_t i = 0; i < account_count; i++) {
@@ -639,6 +634,8 @@ static int hot_write_events(kobo_store *store, const kobo_event *events, size_t 
 	hot_staged *st = &s->staged;
 
 	kobo_assert(s->in_batch);
+	if (count == 0)
+		return KOBO_OK;
 	if (grow((void **)&st->events, &st->events_cap, st->event_count + count,
 	         sizeof *st->events) != KOBO_OK)
 		return KOBO_ESTORE;
@@ -738,6 +735,7 @@ static int hot_commit(kobo_store *store, uint64_t *token)
 	pthread_mutex_unlock(&s->proj_lock);
 	atomic_store(&s->commit_seq, seq);
 	s->in_batch = false;
+	report_usage(s);
 	*token = seq;
 	return KOBO_OK;
 }
