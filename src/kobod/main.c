@@ -103,6 +103,7 @@ typedef struct kobod_config {
 	int journal;
 	unsigned long max_accounts;
 	unsigned long long max_transfers;
+	unsigned long journal_segment_mb;
 } kobod_config;
 
 enum { JOURNAL_DEFAULT = 0, JOURNAL_ON, JOURNAL_OFF };
@@ -124,6 +125,7 @@ static void usage(FILE *out)
 	        "             [--metrics-auth required|off] [--rate-limit R [--rate-burst B]]\n"
 	        "             [--node-name NAME]\n"
 	        "             [--journal on|off] [--max-accounts N] [--max-transfers N]\n"
+	        "             [--journal-segment-mb N]\n"
 	        "\n"
 	        "--journal on|off (KOBO_JOURNAL; with --data, default on): on, each shard's\n"
 	        "  state lives in memory and in a checksummed journal (DIR/shard-N.journal/),\n"
@@ -134,6 +136,9 @@ static void usage(FILE *out)
 	        "  accounts and transfer ids one shard holds with --journal on; past them\n"
 	        "  writes answer 503 capacity_exhausted (KOBO_MAX_ACCOUNTS,\n"
 	        "  KOBO_MAX_TRANSFERS).\n"
+	        "--journal-segment-mb N (KOBO_JOURNAL_SEGMENT_MB, %u..%u, default %u): the\n"
+	        "  size of each journal segment file (pre-written with zeros); one batch's\n"
+	        "  frame must fit in one (the largest batch needs about 43 MB).\n"
 	        "\n"
 	        "--node-name NAME (KOBO_NODE_NAME): this kobod's name, unique in the\n"
 	        "  fleet, recorded on every event it writes (GET /v1/transfers/{id}/events)\n"
@@ -178,6 +183,7 @@ static void usage(FILE *out)
 	        "  KOBO_RATE_LIMIT  KOBO_RATE_BURST  KOBO_NODE_NAME\n"
 	        "  KOBO_JOURNAL  KOBO_MAX_ACCOUNTS  KOBO_MAX_TRANSFERS\n",
 	        HOT_ACCOUNTS_MAX_DEFAULT, (unsigned long long)HOT_TRANSFERS_MAX_DEFAULT,
+	        HOT_SEGMENT_MB_MIN, HOT_SEGMENT_MB_MAX, HOT_SEGMENT_MB_DEFAULT,
 	        KOBO_HTTP_TRUSTED_PROXIES_MAX,
 	        KOBO_HTTP_CONNECTION_TIMEOUT_S_DEFAULT, KOBO_HTTP_CONNECTIONS_MAX_DEFAULT,
 	        KOBO_HTTP_THREADS_DEFAULT, KOBO_SHARD_QUEUE_OPS_DEFAULT,
@@ -232,7 +238,7 @@ enum {
 	OPT_POSTGRES_READ, OPT_CONCURRENCY, OPT_IP_RATE_LIMIT, OPT_IP_RATE_BURST,
 	OPT_TRUSTED_PROXY, OPT_AUTH, OPT_INSECURE_NO_AUTH, OPT_METRICS_AUTH,
 	OPT_RATE_LIMIT, OPT_RATE_BURST, OPT_NODE_NAME,
-	OPT_JOURNAL, OPT_MAX_ACCOUNTS, OPT_MAX_TRANSFERS,
+	OPT_JOURNAL, OPT_MAX_ACCOUNTS, OPT_MAX_TRANSFERS, OPT_JOURNAL_SEGMENT_MB,
 };
 
 /* A rate in requests per second: a plain decimal number in range. */
@@ -439,6 +445,9 @@ static bool apply(kobod_config *config, int option, const char *value)
 		return true;
 	case OPT_MAX_ACCOUNTS:
 		return parse_count(value, 1, HOT_ACCOUNTS_MAX_LIMIT, &config->max_accounts);
+	case OPT_JOURNAL_SEGMENT_MB:
+		return parse_count(value, HOT_SEGMENT_MB_MIN, HOT_SEGMENT_MB_MAX,
+		                   &config->journal_segment_mb);
 	case OPT_MAX_TRANSFERS: {
 		unsigned long n;
 		if (!parse_count(value, 1, ULONG_MAX, &n) || n > HOT_TRANSFERS_MAX_LIMIT)
@@ -495,6 +504,7 @@ static const struct option long_options[] = {
 	{ "journal", required_argument, NULL, OPT_JOURNAL },
 	{ "max-accounts", required_argument, NULL, OPT_MAX_ACCOUNTS },
 	{ "max-transfers", required_argument, NULL, OPT_MAX_TRANSFERS },
+	{ "journal-segment-mb", required_argument, NULL, OPT_JOURNAL_SEGMENT_MB },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -530,6 +540,7 @@ static const struct {
 	{ "KOBO_JOURNAL", OPT_JOURNAL },
 	{ "KOBO_MAX_ACCOUNTS", OPT_MAX_ACCOUNTS },
 	{ "KOBO_MAX_TRANSFERS", OPT_MAX_TRANSFERS },
+	{ "KOBO_JOURNAL_SEGMENT_MB", OPT_JOURNAL_SEGMENT_MB },
 };
 
 /* true when host (as given to --listen) can only be reached from this
@@ -595,7 +606,8 @@ static int configure(int argc, char **argv, kobod_config *config)
 {
 	*config = (kobod_config){ .data_dir = "var", .shards = 1,
 	                          .max_accounts = HOT_ACCOUNTS_MAX_DEFAULT,
-	                          .max_transfers = HOT_TRANSFERS_MAX_DEFAULT };
+	                          .max_transfers = HOT_TRANSFERS_MAX_DEFAULT,
+	                          .journal_segment_mb = HOT_SEGMENT_MB_DEFAULT };
 	parse_listen("127.0.0.1:8080", config);
 	for (size_t i = 0; i < sizeof(env_options) / sizeof(env_options[0]); i++) {
 		const char *value = getenv(env_options[i].name);
@@ -889,8 +901,10 @@ static int run(kobod_config *config_in)
 	} else {
 		bool journal = config.journal != JOURNAL_OFF;
 		int n = journal
-			? snprintf(store_url, sizeof(store_url), "journal:%s?accounts=%lu&transfers=%llu",
-			           config.data_dir, config.max_accounts, config.max_transfers)
+			? snprintf(store_url, sizeof(store_url),
+			           "journal:%s?accounts=%lu&transfers=%llu&segment_mb=%lu",
+			           config.data_dir, config.max_accounts, config.max_transfers,
+			           config.journal_segment_mb)
 			: snprintf(store_url, sizeof(store_url), "sqlite:%s", config.data_dir);
 		if (n < 0 || (size_t)n >= sizeof(store_url)) {
 			fprintf(stderr, "kobod: data directory path is too long: %s\n",

@@ -44,7 +44,8 @@ static int open_journal(const char *rest, uint32_t shard, uint32_t shard_count,
 	(void)shard_count; /* the data directory's shard map checks it */
 	char dir[STORE_PATH_BYTES_MAX];
 	hot_config config = { .accounts_max = HOT_ACCOUNTS_MAX_DEFAULT,
-	                      .transfers_max = HOT_TRANSFERS_MAX_DEFAULT };
+	                      .transfers_max = HOT_TRANSFERS_MAX_DEFAULT,
+	                      .segment_mb = HOT_SEGMENT_MB_DEFAULT };
 	const char *query = strchr(rest, '?');
 	size_t dir_len = query ? (size_t)(query - rest) : strlen(rest);
 	if (dir_len == 0 || dir_len >= sizeof dir) {
@@ -72,6 +73,12 @@ static int open_journal(const char *rest, uint32_t shard, uint32_t shard_count,
 			    n > HOT_TRANSFERS_MAX_LIMIT)
 				goto bad;
 			config.transfers_max = n;
+		} else if (strncmp(param, "segment_mb=", 11) == 0) {
+			n = strtoull(param + 11, &end, 10);
+			if (errno || end == param + 11 || (*end != '&' && *end != '\0') ||
+			    n < HOT_SEGMENT_MB_MIN || n > HOT_SEGMENT_MB_MAX)
+				goto bad;
+			config.segment_mb = (uint32_t)n;
 		} else {
 			goto bad;
 		}
@@ -79,8 +86,9 @@ static int open_journal(const char *rest, uint32_t shard, uint32_t shard_count,
 	return store_hot_open(dir, shard, &config, read_only, out);
 bad:
 	fprintf(stderr, "kobo: store url \"journal:%s\": the query takes accounts=N "
-	                "(1..%u) and transfers=N (1..%llu)\n", rest, HOT_ACCOUNTS_MAX_LIMIT,
-	        (unsigned long long)HOT_TRANSFERS_MAX_LIMIT);
+	                "(1..%u), transfers=N (1..%llu) and segment_mb=N (%u..%u)\n", rest,
+	        HOT_ACCOUNTS_MAX_LIMIT, (unsigned long long)HOT_TRANSFERS_MAX_LIMIT,
+	        HOT_SEGMENT_MB_MIN, HOT_SEGMENT_MB_MAX);
 	return KOBO_EINVAL;
 }
 

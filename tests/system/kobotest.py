@@ -54,7 +54,12 @@ def child_env():
     """The environment for kobod and kobo: ours without KOBO* variables,
     since every kobod flag has a KOBO_* equivalent and $KOBO/$KOBOD/$KOBO_BENCH
     (the binary paths) must not be read as configuration."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("KOBO")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOBO")}
+    # Small journal segments (the default 64 MiB, pre-written with zeros,
+    # would write gigabytes over the suite's hundreds of kobod starts); 8 MiB
+    # still takes the largest batch the suite sends (8,190 transfers).
+    env["KOBO_JOURNAL_SEGMENT_MB"] = os.environ.get("KOBO_TEST_JOURNAL_SEGMENT_MB", "8")
+    return env
 
 
 def free_port():

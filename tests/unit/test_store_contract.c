@@ -338,11 +338,13 @@ typedef struct load_order {
 	int stop_with; /* returned by the first call when non-zero */
 } load_order;
 
+static bool loads_seq_unknown;
+
 static int note_transfer(void *ctx, const kobo_transfer *transfer, int64_t seq)
 {
 	load_order *o = ctx;
 	assert_true(o->count < 8);
-	assert_true(seq > 0);
+	assert_true(seq > 0 || (loads_seq_unknown && seq == 0));
 	assert_true(transfer->metadata_len > 0);
 	snprintf(o->ids[o->count++], sizeof o->ids[0], "%s", transfer->id);
 	return o->stop_with;
@@ -364,6 +366,7 @@ static void loads_follow_ids_order_and_skip_missing_ids(void **state)
 	const char *account_ids[] = {"bob", "nobody", "alice", "cash"};
 	load_order o;
 
+	loads_seq_unknown = e->backend->load_seq_unknown;
 	seed(e, 1000);
 	kobo_op ops[] = {
 		test_op_transfer("m2", "cash", "bob", 1, false, 0),
@@ -2245,7 +2248,9 @@ static void *race_key_insert(void *arg)
 static void two_writers_cannot_pass_the_key_limit(void **state)
 {
 	env *e = *state;
-	kobo_store *second = e->backend->fresh_per_open ? e->store : open_url(e, false);
+	kobo_store *second = e->store;
+	if (!e->backend->fresh_per_open)
+		assert_int_equal(open_key_tool_store(e, &second), KOBO_OK);
 	pthread_barrier_t start;
 
 	fill_keys(e, KOBO_KEYS_MAX - 1);
@@ -2277,6 +2282,28 @@ static void two_writers_cannot_pass_the_key_limit(void **state)
 		kobo_store_close(second);
 }
 
+
+/* A read-only open sees what the store's files hold; the journaled store's
+ * SQLite projection trails its journal until its thread catches up, which
+ * a scanning read on the live store waits for (store_hot.c). */
+static int no_account(void *ctx, const kobo_account *account)
+{
+	(void)ctx;
+	(void)account;
+	return 0;
+}
+
+static void settle(env *e)
+{
+	if (!e->backend->read_only_trails)
+		return;
+	kobo_store_reader *reader = NULL;
+	assert_int_equal(kobo_store_reader_open(e->store, &reader), KOBO_OK);
+	assert_int_equal(kobo_store_read_accounts_prefix(reader, "\x7f", no_account, NULL),
+	                 KOBO_OK);
+	kobo_store_reader_close(reader);
+}
+
 /* A read-only store refuses key writes and reads the keys the writable
  * one wrote (where a second open reaches the same data). */
 static void read_only_store_refuses_key_writes(void **state)
@@ -2286,6 +2313,7 @@ static void read_only_store_refuses_key_writes(void **state)
 	kobo_api_key key = make_key("1111111111111111", "k", KOBO_SCOPE_ADMIN, 1, 1);
 
 	assert_int_equal(kobo_store_key_insert(e->store, &key), KOBO_OK);
+	settle(e);
 	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_OK);
 	kobo_api_key other = make_key("2222222222222222", "k", KOBO_SCOPE_ADMIN, 1, 1);
 	assert_int_equal(kobo_store_key_insert(read_only, &other), KOBO_EINVAL);
@@ -2343,7 +2371,7 @@ static void a_second_writable_open_writes_keys_beside_a_running_writer(void **st
 	assert_int_equal(kobo_store_load_accounts(e->store, ids, 1, load_nothing_account, NULL),
 	                 KOBO_OK);
 	int64_t opened_at = kobo_monotonic_us();
-	assert_int_equal(kobo_store_open(e->url, e->shard, false, &second), KOBO_OK);
+	assert_int_equal(open_key_tool_store(e, &second), KOBO_OK);
 	/* Well inside SQLite's 2 s busy timeout: the open took no write lock. */
 	assert_true(kobo_monotonic_us() - opened_at < 1500000);
 	late_insert l = {second, make_key("3333333333333333", "cli", KOBO_SCOPE_ADMIN, 3, 1), -1};
@@ -2439,6 +2467,7 @@ static void a_version_2_shard_is_migrated_at_open(void **state)
 	assert_int_equal(kobo_store_key_insert(e->store, &key), KOBO_OK);
 	assert_int_equal(read_keys_ok(e, false).count, 1);
 	/* Migrated now: a read-only open reads it. */
+	settle(e);
 	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_OK);
 	kobo_store_close(read_only);
 	kobo_audit_totals totals;
@@ -2473,6 +2502,7 @@ static void a_version_4_shard_is_migrated_at_open(void **state)
 	assert_int_equal(e->results[0].code, KOBO_RESULT_CREATED);
 	assert_string_equal(read_transfer_ok(reader, "t-v5").trace_id, TRACE_A);
 	reader_close(e, reader);
+	settle(e);
 	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_OK);
 	kobo_store_close(read_only);
 	kobo_audit_totals totals;
@@ -2492,6 +2522,7 @@ static void read_only_store_reads_but_refuses_batches(void **state)
 	kobo_audit_totals totals;
 
 	seed(e, 1000);
+	settle(e);
 	assert_int_equal(kobo_store_open(e->url, e->shard, true, &read_only), KOBO_OK);
 	assert_int_equal(kobo_store_begin(read_only), KOBO_EINVAL);
 	assert_true(kobo_store_healthy(read_only));

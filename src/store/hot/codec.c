@@ -8,7 +8,7 @@
  * the room left for it, then writes it with plain stores; the decoder
  * checks every read against the bytes left. The encoder refuses any record
  * the decoder would refuse (an unterminated string, an enum out of range,
- * metadata over the limit or holding a NUL byte), so a frame that reaches
+ * metadata over the limit), so a frame that reaches
  * the journal always replays: a frame written but not decodable would be
  * a committed batch lost at recovery.
  */
@@ -185,7 +185,8 @@ static bool metadata_ok(const char *metadata, uint32_t len)
 		return false;
 	if (len == 0)
 		return true;
-	return metadata != NULL && memchr(metadata, '\0', len) == NULL;
+	/* Metadata is bytes (store.h): a NUL inside is kept, not refused. */
+	return metadata != NULL;
 }
 
 static inline uint8_t *put_metadata(uint8_t *p, const char *metadata, uint32_t len)
@@ -482,8 +483,6 @@ static int get_metadata(reader *r, const char **metadata, uint32_t *len)
 		              (unsigned)KOBO_METADATA_BYTES_MAX);
 	if (!have(r, n))
 		return CUT(r, "metadata");
-	if (memchr(r->p, '\0', n) != NULL)
-		return refuse(r, "NUL byte in metadata");
 	*metadata = (const char *)r->p;
 	*len = n;
 	r->p += n;

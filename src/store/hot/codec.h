@@ -55,8 +55,9 @@ size_t hot_codec_size(const kobo_account_change *accounts, size_t account_count,
 /* Writes the effects into out[0..cap) and their length into *len.
  * KOBO_OK, or KOBO_EINVAL when cap is too small, a count does not fit a
  * u32, or a record is one decode would refuse (a string without its NUL
- * within its array, an enum out of range, metadata over the limit, NULL
- * with a length, or holding a NUL byte): nothing meaningful in out then.
+ * within its array, an enum out of range, metadata over the limit, or NULL
+ * with a length): nothing meaningful in out then. Metadata is bytes (the
+ * store contract keeps a NUL inside it), so it may hold NUL bytes.
  * So every frame encode writes, decode reads back (the same records). */
 int hot_codec_encode(uint64_t commit_seq,
                      const kobo_account_change *accounts, size_t account_count,

@@ -251,12 +251,12 @@ static bool wait_until(pthread_cond_t *cond, pthread_mutex_t *lock,
 }
 
 /* Waits until the projection holds batch seq. KOBO_OK, or KOBO_ESTORE
- * (failed, or not within HOT_PROJECTION_WAIT_MS). */
-static int wait_projected(hot_store *s, uint64_t seq)
+ * (failed, or not within wait_ms). */
+static int wait_projected(hot_store *s, uint64_t seq, int64_t wait_ms)
 {
 	if (atomic_load(&s->projected_seq) >= seq)
 		return KOBO_OK;
-	int64_t deadline = kobo_monotonic_us() + (int64_t)HOT_PROJECTION_WAIT_MS * 1000;
+	int64_t deadline = kobo_monotonic_us() + wait_ms * 1000;
 	int rc = KOBO_OK;
 	pthread_mutex_lock(&s->proj_lock);
 	while (atomic_load(&s->projected_seq) < seq) {
@@ -266,7 +266,7 @@ static int wait_projected(hot_store *s, uint64_t seq)
 		}
 	}
 	pthread_mutex_unlock(&s->proj_lock);
-	if (rc != KOBO_OK)
+	if (rc != KOBO_OK && wait_ms >= HOT_PROJECTION_WAIT_MS)
 		kobo_log(KOBO_LOG_WARN, "projection_wait_failed",
 		         "\"shard\":%u,\"want\":%llu,\"projected\":%llu", s->shard,
 		         (unsigned long long)seq,
@@ -570,6 +570,40 @@ static int hot_set_concurrency(kobo_store *store, kobo_store_concurrency mode)
 	return mode == KOBO_STORE_PESSIMISTIC ? KOBO_OK : KOBO_EINVAL;
 }
 
+/* A write that breaks the store's constraints (an insert of an id that
+ * exists, an update of one that does not): memory believed in rows the
+ * store does not have. Sticky, as SQLite's failed write is. */
+static int write_refused(hot_store *s, const char *why)
+{
+	kobo_log(KOBO_LOG_ERROR, "store_write_refused", "\"shard\":%u,\"why\":\"%s\"",
+	         s->shard, why);
+	return hot_fail(s, "store_failed_sticky", KOBO_ESTORE);
+}
+
+/* The stored newest state of transfer id (hot_recent, else SQLite) into
+ * *out, its metadata appended to arena (out->metadata left pointing at
+ * the copy's start offset is the caller's business). KOBO_OK,
+ * KOBO_ENOTFOUND, KOBO_ESTORE. Writer thread. */
+static int stored_transfer(hot_store *s, const char *id, kobo_transfer *out, hot_arena *arena)
+{
+	pthread_rwlock_rdlock(&s->state_lock);
+	const kobo_transfer *r = hot_recent_find(s->recent, id, NULL);
+	if (r != NULL) {
+		*out = *r;
+		const char *copy = arena_copy(arena, r->metadata ? r->metadata : "", r->metadata_len);
+		pthread_rwlock_unlock(&s->state_lock);
+		return copy ? KOBO_OK : KOBO_ESTORE;
+	}
+	pthread_rwlock_unlock(&s->state_lock);
+	if (!hot_idset_maybe_contains(s->ids, id))
+		return KOBO_ENOTFOUND;
+	int rc = kobo_store_read_transfer(s->load_reader, id, out);
+	if (rc != KOBO_OK)
+		return rc == KOBO_ENOTFOUND ? rc : KOBO_ESTORE;
+	return arena_copy(arena, out->metadata ? out->metadata : "", out->metadata_len)
+		? KOBO_OK : KOBO_ESTORE;
+}
+
 static int hot_write(kobo_store *store, const kobo_account_change *accounts,
                      size_t account_count, const kobo_transfer_change *transfers,
                      size_t transfer_count)
@@ -607,7 +641,20 @@ static int hot_write(kobo_store *store, const kobo_account_change *accounts,
 	 * fixes the pointers (the arena may move while it grows). */
 	for (size_t i = 0; i < account_count; i++) {
 		kobo_account *a = &st->accounts[st->account_count];
-		*a = *accounts[i].account;
+		const kobo_account *given = accounts[i].account;
+		const kobo_account *stored = hot_accounts_find(s->accounts, given->id);
+		if (accounts[i].is_new == (stored != NULL))
+			return write_refused(s, accounts[i].is_new ? "a new account's id exists"
+			                                            : "an updated account does not exist");
+		if (stored != NULL) {
+			/* An update moves the balances only (store.h 4). */
+			*a = *stored;
+			a->posted = given->posted;
+			a->pending_out = given->pending_out;
+			a->pending_in = given->pending_in;
+		} else {
+			*a = *given;
+		}
 		size_t off = st->metadata.used;
 		if (arena_copy(&st->metadata, a->metadata ? a->metadata : "", a->metadata_len) == NULL)
 			return KOBO_ESTORE;
@@ -617,10 +664,24 @@ static int hot_write(kobo_store *store, const kobo_account_change *accounts,
 	}
 	for (size_t i = 0; i < transfer_count; i++) {
 		kobo_transfer *t = &st->transfers[st->transfer_count];
-		*t = *transfers[i].transfer;
+		const kobo_transfer *given = transfers[i].transfer;
 		size_t off = st->metadata.used;
-		if (arena_copy(&st->metadata, t->metadata ? t->metadata : "", t->metadata_len) == NULL)
+		int rc = stored_transfer(s, given->id, t, &st->metadata);
+		if (rc == KOBO_ESTORE)
 			return KOBO_ESTORE;
+		if (transfers[i].is_new == (rc == KOBO_OK))
+			return write_refused(s, transfers[i].is_new ? "a new transfer's id exists"
+			                                             : "an updated transfer does not exist");
+		if (rc == KOBO_OK) {
+			/* An update moves kobo_transfer_state only (store.h 4). */
+			kobo_transfer_state state = kobo_transfer_state_of(given);
+			kobo_transfer_state_set(t, &state);
+		} else {
+			*t = *given;
+			if (arena_copy(&st->metadata, t->metadata ? t->metadata : "",
+			               t->metadata_len) == NULL)
+				return KOBO_ESTORE;
+		}
 		t->metadata = (const char *)(uintptr_t)off;
 		st->transfer_changes[st->transfer_count].is_new = transfers[i].is_new;
 		st->transfer_count++;
@@ -755,9 +816,12 @@ static int hot_expired_holds(kobo_store *store, int64_t now_ms,
 	*count = 0;
 	if (atomic_load(&s->failed))
 		return KOBO_EFAILED;
-	/* The projection's view may be behind: a hold it lists that memory
-	 * has already ended is left out; a hold it does not list yet is
-	 * found by a later scan. */
+	/* The scan reads the projection: give it a moment to hold every
+	 * acknowledged batch (HOT_EXPIRY_WAIT_MS, so the writer never stalls
+	 * long). If it is further behind, a hold it lists that memory has
+	 * already ended is left out below, and a hold it does not list yet is
+	 * found by a later scan (expiry late, never early). */
+	(void)wait_projected(s, atomic_load(&s->commit_seq), HOT_EXPIRY_WAIT_MS);
 	size_t found = 0;
 	int rc = kobo_store_expired_holds(s->scan, now_ms, ids, max, &found);
 	if (rc != KOBO_OK)
@@ -855,7 +919,7 @@ static int hot_read_transfer(kobo_store_reader *reader, const char *id, kobo_tra
 static int catch_up(kobo_store_reader *reader)
 {
 	hot_store *s = to_hot(reader->store);
-	return wait_projected(s, atomic_load(&s->commit_seq));
+	return wait_projected(s, atomic_load(&s->commit_seq), HOT_PROJECTION_WAIT_MS);
 }
 
 static int hot_read_history(kobo_store_reader *reader, const char *account_id,
@@ -1005,7 +1069,7 @@ static int hot_audit(kobo_store *store, kobo_store_report_fn report, void *ctx,
                      kobo_audit_totals *totals)
 {
 	hot_store *s = to_hot(store);
-	int rc = wait_projected(s, atomic_load(&s->commit_seq));
+	int rc = wait_projected(s, atomic_load(&s->commit_seq), HOT_PROJECTION_WAIT_MS);
 	if (rc != KOBO_OK)
 		return rc;
 	/* A handle of its own: s->scan belongs to the writer thread. */
@@ -1294,9 +1358,15 @@ int store_hot_open(const char *dir, uint32_t shard, const hot_config *config,
 	}
 	kobo_journal_config jc;
 	kobo_journal_config_default(&jc);
-	jc.payload_bytes_max = KOBO_JOURNAL_PAYLOAD_BYTES_MAX;
-	jc.segment_bytes = 2 * (uint64_t)KOBO_JOURNAL_PAYLOAD_BYTES_MAX; /* 128 MiB */
-	jc.segments_max = 32; /* 4 GiB */
+	jc.segment_bytes = (uint64_t)config->segment_mb << 20;
+	uint64_t payload_max = jc.segment_bytes - 4096; /* a frame fits a segment */
+	jc.payload_bytes_max = payload_max < KOBO_JOURNAL_PAYLOAD_BYTES_MAX
+		? (uint32_t)payload_max : KOBO_JOURNAL_PAYLOAD_BYTES_MAX;
+	/* 4 GiB of segments (at least 4): past it the projection is far
+	 * behind and appends answer 503 until it catches up. */
+	jc.segments_max = (uint32_t)((4096u + config->segment_mb - 1) / config->segment_mb);
+	if (jc.segments_max < 4)
+		jc.segments_max = 4;
 	kobo_journal_recovery recovery;
 	rc = kobo_journal_open(s->journal_dir, &jc, &recovery, &s->journal);
 	if (rc != KOBO_OK) {

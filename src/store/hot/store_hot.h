@@ -3,8 +3,8 @@
  * embedded store.
  *
  * Everyone else opens it with kobo_store_open("journal:DIR", shard, …),
- * optionally "journal:DIR?accounts=N&transfers=N" to size its in-memory
- * tables (store.c parses the query).
+ * optionally "journal:DIR?accounts=N&transfers=N&segment_mb=N" to size its
+ * in-memory tables and journal segments (store.c parses the query).
  */
 #ifndef KOBO_STORE_HOT_H
 #define KOBO_STORE_HOT_H
@@ -27,12 +27,23 @@
  * acknowledged before the read began, at most this long, then fails
  * (KOBO_ESTORE: 503, retry). */
 #define HOT_PROJECTION_WAIT_MS 10000
+/* An expiry scan (the writer's, every 250 ms) waits at most this long for
+ * the projection to hold every acknowledged batch, then scans what it has. */
+#define HOT_EXPIRY_WAIT_MS 100
 /* One projection transaction holds at most this many frame bytes. */
 #define HOT_PROJECTION_TXN_BYTES (32u << 20)
+
+/* Journal segment size: a batch's frame must fit in one segment, and the
+ * largest batch (8,190 ops with 4 KiB of metadata each) is about 43 MB. */
+#define HOT_SEGMENT_MB_DEFAULT 64u
+#define HOT_SEGMENT_MB_MIN 1u
+#define HOT_SEGMENT_MB_MAX 1024u
 
 typedef struct hot_config {
 	uint32_t accounts_max;
 	uint64_t transfers_max;
+	uint32_t segment_mb; /* HOT_SEGMENT_MB_MIN..MAX; a batch whose frame
+	                        does not fit answers 503 overloaded */
 } hot_config;
 
 /* Opens shard `shard` of the data directory dir: its SQLite projection
