@@ -75,6 +75,7 @@
 
 #include "../shard/shard.h"
 #include "../store/auditor.h" /* store_pairs_*: the cross-shard rules */
+#include "../store/hot/store_hot.h" /* a journaled shard replays first */
 #include "../store/layout.h"
 #include "../store/store.h"
 #include "cli.h"
@@ -355,6 +356,7 @@ typedef struct audit_run {
 	audit_slot slots[KOBO_SHARDS_MAX];
 	size_t accounts, transfers, problems, sagas;
 	bool cannot_read;
+	bool lock_held;     /* DIR/kobod.lock is ours: no kobod runs */
 	bool pairs_unknown; /* the pairs could not be settled (exit 3) */
 	json_t *shards_json;
 } audit_run;
@@ -384,6 +386,12 @@ static void audit_one_shard(audit_run *run, uint32_t index)
 	if (slot->file->url != NULL)
 		open_rc = kobo_store_open_sharded(slot->file->url, index, run->shard_count,
 		                                  true, &slot->store);
+	else if (run->lock_held && store_hot_journal_present(run->dir, index))
+		/* kobod is stopped and left frames its projection may not hold:
+		 * replay them first (what kobod's start does), then audit. */
+		open_rc = (size_t)snprintf(url, sizeof url, "journal:%s?fit", run->dir) < sizeof url
+			? kobo_store_open(url, index, false, &slot->store)
+			: KOBO_EINVAL;
 	else
 		open_rc = (size_t)snprintf(url, sizeof url, "sqlite:%s", run->dir) < sizeof url
 			? kobo_store_open(url, index, true, &slot->store)
@@ -759,6 +767,7 @@ int kobo_cli_cmd_audit(kobo_cli *cli, int argc_in, char **argv_in)
 		         "to take: kobod may be writing");
 	else
 		lock = take_lock(dir, &lock_fd, lock_reason, sizeof(lock_reason));
+	run->lock_held = lock == AUDIT_LOCK_HELD;
 
 	/* 3. Every shard of the map, then the files beyond it (problems). */
 	for (long i = 0; i < count; i++) {

@@ -16,7 +16,6 @@
  * else before any thread starts), so no code runs in a signal handler.
  */
 #include <errno.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
@@ -779,23 +778,9 @@ static void log_failure(const char *event, const char *what, const char *detail)
 static int refuse_unreplayed_journal(const kobod_config *config, uint32_t shard_count)
 {
 	for (uint32_t i = 0; i < shard_count; i++) {
-		char dir[PATH_MAX];
-		char journal[PATH_MAX + 16];
-		if (!kobo_layout_journal_dir(dir, sizeof dir, config->data_dir, i))
-			return 1;
-		snprintf(journal, sizeof journal, "%s/journal", dir);
-		DIR *d = opendir(journal);
-		if (d == NULL)
-			continue;
-		bool segments = false;
-		struct dirent *entry;
-		while ((entry = readdir(d)) != NULL) {
-			size_t len = strlen(entry->d_name);
-			if (len > 4 && strcmp(entry->d_name + len - 4, ".seg") == 0)
-				segments = true;
-		}
-		closedir(d);
-		if (segments) {
+		if (store_hot_journal_present(config->data_dir, i)) {
+			char dir[PATH_MAX];
+			(void)kobo_layout_journal_dir(dir, sizeof dir, config->data_dir, i);
 			fprintf(stderr, "kobod: shard %u has a journal (%s): start with --journal on "
 			        "(it replays what the SQLite file does not hold yet)\n", i, dir);
 			log_failure("startup_failed", dir, "--journal off on a journaled shard");

@@ -37,7 +37,8 @@ static int open_sqlite(const char *rest, uint32_t shard, uint32_t shard_count,
 }
 
 /* "journal:DIR[?accounts=N&transfers=N]": the journaled embedded store
- * (src/store/hot). DIR may not contain '?'. */
+ * (src/store/hot). DIR may not contain '?'. The query: accounts=N,
+ * transfers=N, segment_mb=N, fit (store_hot.h, hot_config). */
 static int open_journal(const char *rest, uint32_t shard, uint32_t shard_count,
                         bool read_only, kobo_store **out)
 {
@@ -73,6 +74,8 @@ static int open_journal(const char *rest, uint32_t shard, uint32_t shard_count,
 			    n > HOT_TRANSFERS_MAX_LIMIT)
 				goto bad;
 			config.transfers_max = n;
+		} else if (strncmp(param, "fit", 3) == 0 && (param[3] == '&' || param[3] == '\0')) {
+			config.fit = true;
 		} else if (strncmp(param, "segment_mb=", 11) == 0) {
 			n = strtoull(param + 11, &end, 10);
 			if (errno || end == param + 11 || (*end != '&' && *end != '\0') ||

@@ -70,6 +70,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include "../../obs/obs.h"
@@ -1358,6 +1359,7 @@ int store_hot_open(const char *dir, uint32_t shard, const hot_config *config,
 	}
 	kobo_journal_config jc;
 	kobo_journal_config_default(&jc);
+	jc.spare_segment = !config->fit; /* the audit appends nothing */
 	jc.segment_bytes = (uint64_t)config->segment_mb << 20;
 	uint64_t payload_max = jc.segment_bytes - 4096; /* a frame fits a segment */
 	jc.payload_bytes_max = payload_max < KOBO_JOURNAL_PAYLOAD_BYTES_MAX
@@ -1384,9 +1386,19 @@ int store_hot_open(const char *dir, uint32_t shard, const hot_config *config,
 	rc = recover(s);
 	if (rc != KOBO_OK)
 		goto fail;
-	if ((rc = hot_accounts_create(config->accounts_max, &s->accounts)) != KOBO_OK ||
+	if (config->fit) {
+		uint64_t accounts = 0, transfers = 0;
+		rc = store_sqlite_counts(s->proj, &accounts, &transfers);
+		if (rc != KOBO_OK)
+			goto fail;
+		s->config.accounts_max = (uint32_t)(accounts + 1024 < HOT_ACCOUNTS_MAX_LIMIT
+		                                    ? accounts + 1024 : HOT_ACCOUNTS_MAX_LIMIT);
+		s->config.transfers_max = transfers + 1024 < HOT_TRANSFERS_MAX_LIMIT
+		                          ? transfers + 1024 : HOT_TRANSFERS_MAX_LIMIT;
+	}
+	if ((rc = hot_accounts_create(s->config.accounts_max, &s->accounts)) != KOBO_OK ||
 	    (rc = hot_recent_create(HOT_RECENT_MAX, &s->recent)) != KOBO_OK ||
-	    (rc = hot_idset_create(config->transfers_max, &s->ids)) != KOBO_OK)
+	    (rc = hot_idset_create(s->config.transfers_max, &s->ids)) != KOBO_OK)
 		goto fail;
 	rc = load_memory(s);
 	if (rc != KOBO_OK)
@@ -1441,4 +1453,24 @@ bool store_hot_usage(kobo_store *store, hot_usage *out)
 	out->projected_seq = atomic_load(&s->projected_seq);
 	out->journal_segments = kobo_journal_segments(s->journal);
 	return true;
+}
+
+bool store_hot_journal_present(const char *dir, uint32_t shard)
+{
+	char journal_dir[HOT_PATH_MAX];
+	char path[HOT_PATH_MAX + 16];
+	if (!kobo_layout_journal_dir(journal_dir, sizeof journal_dir, dir, shard))
+		return false;
+	snprintf(path, sizeof path, "%s/journal", journal_dir);
+	DIR *d = opendir(path);
+	if (d == NULL)
+		return false;
+	bool found = false;
+	struct dirent *entry;
+	while (!found && (entry = readdir(d)) != NULL) {
+		size_t len = strlen(entry->d_name);
+		found = len > 4 && strcmp(entry->d_name + len - 4, ".seg") == 0;
+	}
+	closedir(d);
+	return found;
 }

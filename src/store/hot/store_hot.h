@@ -44,6 +44,11 @@ typedef struct hot_config {
 	uint64_t transfers_max;
 	uint32_t segment_mb; /* HOT_SEGMENT_MB_MIN..MAX; a batch whose frame
 	                        does not fit answers 503 overloaded */
+	/* Size the tables to what the shard holds after recovery (plus
+	 * headroom), ignoring accounts_max and transfers_max: `kobo audit`,
+	 * which replays a stopped kobod's journal and writes nothing else
+	 * ("journal:DIR?fit"). */
+	bool fit;
 } hot_config;
 
 /* Opens shard `shard` of the data directory dir: its SQLite projection
@@ -58,6 +63,12 @@ typedef struct hot_config {
  * corrupt journal: a sentence on stderr naming the file and offset). */
 int store_hot_open(const char *dir, uint32_t shard, const hot_config *config,
                    bool read_only, kobo_store **out);
+
+/* true when shard `shard` of data directory dir has a journal holding at
+ * least one segment file (DIR/shard-N.journal/journal/NNNN.seg): frames a
+ * plain SQLite open would not see. kobod refuses --journal off then, and
+ * `kobo audit` replays them before it reads. */
+bool store_hot_journal_present(const char *dir, uint32_t shard);
 
 /* How full the in-memory tables are, for /metrics and the 80 % alert. */
 typedef struct hot_usage {

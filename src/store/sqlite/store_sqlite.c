@@ -906,6 +906,27 @@ void store_sqlite_set_next_commit_seq(kobo_store *store, uint64_t seq)
 	s->next_commit_seq = seq;
 }
 
+int store_sqlite_counts(kobo_store *store, uint64_t *accounts, uint64_t *transfers)
+{
+	sqlite_store *s = to_store(store);
+	static const char *const sql[2] = {
+		"SELECT count(*) FROM accounts", "SELECT count(*) FROM transfers",
+	};
+	uint64_t *out[2] = {accounts, transfers};
+	for (int i = 0; i < 2; i++) {
+		sqlite3_stmt *stmt = NULL;
+		if (sqlite3_prepare_v2(s->writer, sql[i], -1, &stmt, NULL) != SQLITE_OK ||
+		    sqlite3_step(stmt) != SQLITE_ROW) {
+			sqlite3_finalize(stmt);
+			store_sqlite_log_error(s->writer, "store_count_failed", s->path);
+			return KOBO_ESTORE;
+		}
+		*out[i] = (uint64_t)sqlite3_column_int64(stmt, 0);
+		sqlite3_finalize(stmt);
+	}
+	return KOBO_OK;
+}
+
 int store_sqlite_each_transfer_id(kobo_store *store,
                                   int (*each)(void *ctx, const char *id),
                                   void *ctx)

@@ -30,6 +30,8 @@ int store_sqlite_open(const char *path, bool read_only, kobo_store **out);
  * shard (any order), outside a batch; stops at the first non-KOBO_OK
  * return and returns it. KOBO_ESTORE when the read fails. */
 uint64_t store_sqlite_commit_seq(kobo_store *store);
+/* How many accounts and transfers the file holds. KOBO_ESTORE. */
+int store_sqlite_counts(kobo_store *store, uint64_t *accounts, uint64_t *transfers);
 void store_sqlite_set_next_commit_seq(kobo_store *store, uint64_t seq);
 int store_sqlite_each_transfer_id(kobo_store *store,
                                   int (*each)(void *ctx, const char *id),
