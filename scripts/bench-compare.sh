@@ -22,6 +22,7 @@
 #   DURATION=10 ACCOUNTS=100000 CONNECTIONS=64 scripts/bench-compare.sh
 #   QUICK=1 scripts/bench-compare.sh     # 3 s per row, to try it
 #   PATTERNS="uniform" scripts/bench-compare.sh
+#   KOBOD_ARGS="--journal off" scripts/bench-compare.sh   # the SQLite-only path
 #
 # Pattern differences: the peers' hot10 draws payer AND payee among 10 hot
 # accounts; kobo-bench --hot 10 puts one of 10 hot accounts on one side of
@@ -76,7 +77,9 @@ start_kobod() { # dir -> sets kobod_pid, url
 	local port
 	port=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 	url="http://127.0.0.1:$port"
-	build/kobod --listen "127.0.0.1:$port" --data "$dir/data" --log-level warn >"$dir/kobod.out" 2>"$dir/kobod.log" &
+	# shellcheck disable=SC2086 # KOBOD_ARGS is a list of flags
+	build/kobod --listen "127.0.0.1:$port" --data "$dir/data" --log-level warn ${KOBOD_ARGS:-} \
+		>"$dir/kobod.out" 2>"$dir/kobod.log" &
 	kobod_pid=$!
 	pids+=("$kobod_pid")
 	for _ in $(seq 300); do
@@ -227,7 +230,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 	echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r), shared with other work"
 	echo "(load before: ${uptime_start##*load average: }; after: ${uptime_end##*load average: })."
 	echo "\`scripts/bench-compare.sh\` (DURATION=$DURATION, ACCOUNTS=$ACCOUNTS): one after the other in one run;"
-	echo "each Kobo row on a fresh kobod (embedded SQLite, default shards, release build), verification on;"
+	echo "each Kobo row on a fresh kobod (--data, default shards, release build, kobod flags: '${KOBOD_ARGS:-none: the journal on}'), verification on;"
 	echo "the peers as shipped in ../shared/peers (durable: appendfsync always; fsync and synchronous_commit on)."
 	echo "The peers' hot10 puts payer and payee among 10 accounts; kobo-bench --hot 10 puts one side there."
 	echo
