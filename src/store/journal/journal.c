@@ -193,19 +193,15 @@ int kobo__journal_scan(const uint8_t *bytes, uint64_t size, uint64_t first_batch
 	if (off >= size || all_zero(bytes + off, size - off))
 		return KOBO_OK;
 
-	/* Bytes after the last valid frame: at most one partial frame, then
-	 * zeros, and no valid frame anywhere after it — or it is corruption. */
-	uint64_t extent = HDR;
-	if (size - off >= HDR && header_plausible(bytes + off, payload_max))
-		extent = HDR + (uint64_t)get_u32(bytes + off + 16) + SUM;
+	/* Bytes after the last valid frame: an unacknowledged append torn by a
+	 * crash — however its sectors reached the disk, in any order — unless
+	 * a valid frame lies anywhere after them (then an acknowledged frame
+	 * was damaged: corruption). Segments are zeroed and synced before use
+	 * and appends are sequential, so nothing acknowledged lies past the
+	 * last valid frame when no valid frame follows. */
 	uint64_t last_nonzero = size - 1;
 	while (bytes[last_nonzero] == 0)
 		last_nonzero--;
-	if (last_nonzero - off >= extent) {
-		scan_fail(scan, "bad frame at offset %" PRIu64 " followed by non-zero bytes"
-		          " at offset %" PRIu64, off, last_nonzero);
-		return KOBO_ESTORE;
-	}
 	for (uint64_t at = off + 1; at <= last_nonzero; at++) {
 		if (bytes[at] == journal_magic[0] &&
 		    frame_valid(bytes, size, at, payload_max, &frame_bytes)) {

@@ -47,17 +47,20 @@
  *      shard) and reopen: recovery then decides, from the disk, what is
  *      there. The append that failed answers KOBO_EUNKNOWN: its frames may
  *      or may not be durable.
- *   5. Recovery never silently fixes corruption. Only a torn LAST frame is
- *      cut: in the last segment, after the last valid frame, the bytes form
- *      at most one partial frame followed only by zeros, and no valid frame
- *      lies after it. It was never acknowledged (its fdatasync did not
- *      return), so it is zeroed: the bytes after its first 40, synced,
- *      then those 40, synced, so that a power cut during the zeroing
- *      leaves a tail the next open still cuts. Anything else — a bad frame followed by a
- *      valid frame or by non-zero bytes beyond it, a valid frame with the
+ *   5. Recovery never silently fixes corruption. Only a torn TAIL is cut:
+ *      in the last segment, the bytes after the last valid frame when no
+ *      valid frame lies anywhere after them (whatever they are: a partial
+ *      frame, or the sectors of one that reached the disk out of order,
+ *      its header lost). Segments are zeroed and synced before use and
+ *      appends are sequential, so those bytes were never acknowledged (their
+ *      fdatasync did not return); they are zeroed: the bytes after the
+ *      tail's first 40, synced, then those 40, synced, so that a power cut
+ *      during the zeroing leaves a tail the next open still cuts. Anything
+ *      else — a bad frame followed by a valid frame, a valid frame with the
  *      wrong batch number or prev checksum, a bad frame in a segment that is
  *      not the last, a gap between segments — fails open with a message
- *      naming the segment and offset.
+ *      naming the segment and offset (issue 12: "a bad frame followed by a
+ *      valid one is corruption").
  *   6. The segment being appended to is never released, so the last batch
  *      number survives any release.
  *   7. Live segments never exceed segments_max: an append that would need
@@ -82,11 +85,13 @@
  * LAST frame looks exactly like a torn write and is cut; the previous frames
  * are still verified. An append of several frames torn by power loss so that
  * a later frame reached the disk but an earlier one did not is refused as
- * corruption (an operator decides) rather than guessed at. So is an append
- * whose later sectors reached the disk while an earlier one did not (a disk
- * may persist the sectors of one unsynced write in any order): a zeroed
- * frame header followed by non-zero bytes. Nothing acknowledged is lost in
- * either case; tests/powerloss counts how often a power cut does this.
+ * corruption (an operator decides) rather than guessed at (the journaled
+ * store appends one frame per batch, so it never writes such an append). An
+ * append whose later sectors reached the disk while an earlier one did not
+ * (a disk may persist the sectors of one unsynced write in any order) is a
+ * torn tail like any other and is cut: refusing it made kobod need an
+ * operator after an ordinary power cut (tests/powerloss, kobod under the
+ * sectors policy).
  *
  * Spare segment: a thread of the journal keeps one zeroed, fsynced segment
  * ready under a temporary name (0000000000000000.seg.tmp); a roll-over
