@@ -3,13 +3,12 @@
  * read them back, recover after a crash. One job, no business logic: a
  * frame's payload is opaque bytes (the caller's encoded batch effects).
  *
- * What it is for (issue 12): the durability of the future embedded backend.
- * The shard's state will live in memory, each batch's effects will be
- * appended here with one fdatasync and then answered, and SQLite becomes an
- * asynchronous projection that replays the journal past its last projected
- * batch and releases segments once it has them. What uses it yet: NOTHING.
- * It is a standalone, tested module; wiring it into the embedded store
- * (in-memory shard state, the projection thread) is the next step.
+ * What it is for (issue 12): the durability of the journaled embedded store
+ * (src/store/hot, kobod's default with --data). The shard's state lives in
+ * memory, each batch's effects are appended here with one fdatasync and then
+ * answered, and SQLite is an asynchronous projection that replays the
+ * journal past its last projected batch and releases segments once it has
+ * them.
  *
  * Files: DIR/journal/NNNNNNNNNNNNNNNN.seg, sixteen decimal digits naming the
  * batch number of the segment's first frame. A segment is created at a fixed
