@@ -108,7 +108,9 @@ typedef struct hot_chunk {
 
 #define HOT_CHUNK_BYTES (64u << 10)
 
-/* The batch being formed: copies of what write / write_events gave. */
+/* The batch being formed: copies of what write / write_events gave (their
+ * metadata in the loaded chunks, or, for an updated account, the stable
+ * copy hot_accounts holds). */
 typedef struct hot_staged {
 	kobo_account *accounts;
 	kobo_account_change *account_changes;
@@ -118,7 +120,6 @@ typedef struct hot_staged {
 	size_t transfer_count, transfers_cap, transfer_changes_cap;
 	kobo_event *events;
 	size_t event_count, events_cap;
-	hot_arena metadata;
 } hot_staged;
 
 typedef struct hot_store {
@@ -144,8 +145,6 @@ typedef struct hot_store {
 	bool in_batch;
 	hot_staged staged;
 	hot_chunk *loaded; /* newest first; the last one is kept on reset */
-	uint8_t *payload;
-	size_t payload_cap;
 	uint64_t released_upto;       /* journal batches released so far */
 	_Atomic uint64_t commit_seq;  /* acknowledged */
 
@@ -495,7 +494,6 @@ static int hot_begin(kobo_store *store)
 	s->staged.account_count = 0;
 	s->staged.transfer_count = 0;
 	s->staged.event_count = 0;
-	arena_reset(&s->staged.metadata);
 	s->in_batch = true;
 	return KOBO_OK;
 }
@@ -582,18 +580,18 @@ static int write_refused(hot_store *s, const char *why)
 }
 
 /* The stored newest state of transfer id (hot_recent, else SQLite) into
- * *out, its metadata appended to arena (out->metadata left pointing at
- * the copy's start offset is the caller's business). KOBO_OK,
- * KOBO_ENOTFOUND, KOBO_ESTORE. Writer thread. */
-static int stored_transfer(hot_store *s, const char *id, kobo_transfer *out, hot_arena *arena)
+ * *out, its metadata copied into the loaded chunks (valid until the next
+ * begin). KOBO_OK, KOBO_ENOTFOUND, KOBO_ESTORE. Writer thread. */
+static int stored_transfer(hot_store *s, const char *id, kobo_transfer *out)
 {
 	pthread_rwlock_rdlock(&s->state_lock);
 	const kobo_transfer *r = hot_recent_find(s->recent, id, NULL);
 	if (r != NULL) {
 		*out = *r;
-		const char *copy = arena_copy(arena, r->metadata ? r->metadata : "", r->metadata_len);
+		/* copied under the lock: the projection may drop the entry */
+		out->metadata = loaded_copy(s, r->metadata ? r->metadata : "", r->metadata_len);
 		pthread_rwlock_unlock(&s->state_lock);
-		return copy ? KOBO_OK : KOBO_ESTORE;
+		return out->metadata ? KOBO_OK : KOBO_ESTORE;
 	}
 	pthread_rwlock_unlock(&s->state_lock);
 	if (!hot_idset_maybe_contains(s->ids, id))
@@ -601,8 +599,8 @@ static int stored_transfer(hot_store *s, const char *id, kobo_transfer *out, hot
 	int rc = kobo_store_read_transfer(s->load_reader, id, out);
 	if (rc != KOBO_OK)
 		return rc == KOBO_ENOTFOUND ? rc : KOBO_ESTORE;
-	return arena_copy(arena, out->metadata ? out->metadata : "", out->metadata_len)
-		? KOBO_OK : KOBO_ESTORE;
+	out->metadata = loaded_copy(s, out->metadata ? out->metadata : "", out->metadata_len);
+	return out->metadata ? KOBO_OK : KOBO_ESTORE;
 }
 
 static int hot_write(kobo_store *store, const kobo_account_change *accounts,
@@ -638,8 +636,7 @@ static int hot_write(kobo_store *store, const kobo_account_change *accounts,
 	    grow((void **)&st->transfer_changes, &st->transfer_changes_cap,
 	         st->transfer_count + transfer_count, sizeof *st->transfer_changes) != KOBO_OK)
 		return KOBO_ESTORE;
-	/* Records by value; metadata offsets into the arena until commit
-	 * fixes the pointers (the arena may move while it grows). */
+	/* Records by value; metadata in chunks that never move. */
 	for (size_t i = 0; i < account_count; i++) {
 		kobo_account *a = &st->accounts[st->account_count];
 		const kobo_account *given = accounts[i].account;
@@ -648,26 +645,25 @@ static int hot_write(kobo_store *store, const kobo_account_change *accounts,
 			return write_refused(s, accounts[i].is_new ? "a new account's id exists"
 			                                            : "an updated account does not exist");
 		if (stored != NULL) {
-			/* An update moves the balances only (store.h 4). */
+			/* An update moves the balances only (store.h 4); the
+			 * metadata stays hot_accounts' own copy, which never moves. */
 			*a = *stored;
 			a->posted = given->posted;
 			a->pending_out = given->pending_out;
 			a->pending_in = given->pending_in;
 		} else {
 			*a = *given;
+			a->metadata = loaded_copy(s, a->metadata ? a->metadata : "", a->metadata_len);
+			if (a->metadata == NULL)
+				return KOBO_ESTORE;
 		}
-		size_t off = st->metadata.used;
-		if (arena_copy(&st->metadata, a->metadata ? a->metadata : "", a->metadata_len) == NULL)
-			return KOBO_ESTORE;
-		a->metadata = (const char *)(uintptr_t)off;
 		st->account_changes[st->account_count].is_new = accounts[i].is_new;
 		st->account_count++;
 	}
 	for (size_t i = 0; i < transfer_count; i++) {
 		kobo_transfer *t = &st->transfers[st->transfer_count];
 		const kobo_transfer *given = transfers[i].transfer;
-		size_t off = st->metadata.used;
-		int rc = stored_transfer(s, given->id, t, &st->metadata);
+		int rc = stored_transfer(s, given->id, t);
 		if (rc == KOBO_ESTORE)
 			return KOBO_ESTORE;
 		if (transfers[i].is_new == (rc == KOBO_OK))
@@ -679,11 +675,10 @@ static int hot_write(kobo_store *store, const kobo_account_change *accounts,
 			kobo_transfer_state_set(t, &state);
 		} else {
 			*t = *given;
-			if (arena_copy(&st->metadata, t->metadata ? t->metadata : "",
-			               t->metadata_len) == NULL)
+			t->metadata = loaded_copy(s, t->metadata ? t->metadata : "", t->metadata_len);
+			if (t->metadata == NULL)
 				return KOBO_ESTORE;
 		}
-		t->metadata = (const char *)(uintptr_t)off;
 		st->transfer_changes[st->transfer_count].is_new = transfers[i].is_new;
 		st->transfer_count++;
 	}
@@ -706,17 +701,14 @@ static int hot_write_events(kobo_store *store, const kobo_event *events, size_t 
 	return KOBO_OK;
 }
 
-/* Points the staged records' metadata into the arena (now it is final). */
-static void staged_fix(hot_staged *st)
+/* Points the change lists at the staged records (their arrays are final
+ * once the batch's writes are in). */
+static void staged_link(hot_staged *st)
 {
-	for (size_t i = 0; i < st->account_count; i++) {
-		st->accounts[i].metadata = st->metadata.buf + (uintptr_t)st->accounts[i].metadata;
+	for (size_t i = 0; i < st->account_count; i++)
 		st->account_changes[i].account = &st->accounts[i];
-	}
-	for (size_t i = 0; i < st->transfer_count; i++) {
-		st->transfers[i].metadata = st->metadata.buf + (uintptr_t)st->transfers[i].metadata;
+	for (size_t i = 0; i < st->transfer_count; i++)
 		st->transfer_changes[i].transfer = &st->transfers[i];
-	}
 }
 
 /* After the append: the batch into memory (invariant 2). */
@@ -744,7 +736,7 @@ static int hot_commit(kobo_store *store, uint64_t *token)
 	uint64_t seq = atomic_load(&s->commit_seq) + 1;
 
 	kobo_assert(s->in_batch);
-	staged_fix(st);
+	staged_link(st);
 	size_t size = hot_codec_size(st->account_changes, st->account_count,
 	                             st->transfer_changes, st->transfer_count,
 	                             st->events, st->event_count);
@@ -1128,8 +1120,6 @@ static void hot_close(kobo_store *store)
 	free(s->staged.transfers);
 	free(s->staged.transfer_changes);
 	free(s->staged.events);
-	free(s->staged.metadata.buf);
-	free(s->payload);
 	pthread_rwlock_destroy(&s->state_lock);
 	pthread_mutex_destroy(&s->proj_lock);
 	pthread_cond_destroy(&s->proj_wake);
