@@ -142,8 +142,9 @@ struct kobo_http_exchange {
 		uint8_t trace_id[16], span_id[8], parent_id[8];
 		int64_t start_ns;
 		char path[201]; /* url.path, cut (KOBO_OTLP_ATTR_STR_MAX) */
-		/* The shard write (queue wait + batch commit), sampled spans
-		 * only: submitted, answered by the writer (0: not yet), status. */
+		/* The shard write, sampled spans only: submitted, answered by
+		 * the writer (0: not yet), status; its span id and the batch's
+		 * are in request.trace. */
 		int64_t write_start_ns, write_end_ns;
 		int write_status;
 	} span;
@@ -161,6 +162,12 @@ void kobo__http_span_begin(kobo_http_exchange *x, const char *url);
  * sampled spans). The child span is built and exported by span_end. */
 void kobo__http_span_write_begin(kobo_http_exchange *x);
 void kobo__http_span_write_end(kobo_http_exchange *x, int status);
+/* On the writer thread, when a shard answered ops[0..count) of x with
+ * results (OK): a "transfer" span per created transfer that goes on
+ * without the request (trace.c). No-op unless x's span is sampled. */
+#define KOBO_HTTP_TRANSFER_SPANS_MAX 32
+void kobo__http_span_transfers(const kobo_http_exchange *x, uint32_t shard,
+                               const kobo_op *ops, const kobo_result *results, size_t count);
 /* When the reply is queued: ends the server span with the status and hands
  * it to the exporter if sampled. Once per exchange; no-op when off. */
 void kobo__http_span_end(kobo_http_exchange *x, int status);

@@ -210,6 +210,9 @@ static void part_done(kobo_request *request)
 	http_part *part = request->user;
 	kobo_http_exchange *x = part->x;
 	http_split *split = x->split;
+	/* x is alive until this part is answered (split_answered below). */
+	if (request->status == KOBO_OK)
+		kobo__http_span_transfers(x, part->shard, part->ops, part->results, part->count);
 	for (size_t j = 0; j < part->count; j++) {
 		size_t i = part->index[j];
 		kobo_http_buf *slot = &split->slots[i];

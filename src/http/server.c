@@ -452,6 +452,8 @@ static void on_done(kobo_request *request)
 {
 	kobo_http_exchange *x = request->user;
 	kobo__http_span_write_end(x, request->status);
+	if (request->status == KOBO_OK)
+		kobo__http_span_transfers(x, x->shard, x->ops.ops, x->results, x->ops.count);
 	if (request->status != KOBO_OK) {
 		const char *code;
 		int status = kobo__http_write_failed(request->status, &code);

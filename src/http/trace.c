@@ -15,11 +15,24 @@
  * http.route, http.response.status_code, url.path, server.address,
  * server.port, client.address and kobo.request_id; a 5xx sets status ERROR.
  *
- * A write that went through a shard also gets a child span (kind INTERNAL,
- * "shard write": from kobo_shard_submit until the writer answered, i.e. the
- * queue wait and the batch commit; attributes kobo.shard, kobo.ops; ERROR
- * when the shard failed the batch). Built on the HTTP thread at the end;
- * the writer thread only reads the clock.
+ * A write that went through one shard also gets, under the server span:
+ *
+ *   shard write   from kobo_shard_submit until the writer answered
+ *                 (kobo.shard, kobo.ops; ERROR when the batch failed), with
+ *                 a link to the "batch commit" span that committed it (the
+ *                 batch's own trace, src/shard/spans.c, which links back);
+ *    └ queue wait from submit until the writer took it into a batch;
+ *   transfer      per transfer the write created that goes on without the
+ *                 request (a cross-shard saga, a hold that can expire): the
+ *                 parent of the saga's step spans and of "hold expired".
+ *                 Its span id is derived from the trace id and the transfer
+ *                 id (kobo_otlp_transfer_span_id), so those later spans —
+ *                 after a restart too — find it with nothing stored. At most
+ *                 KOBO_HTTP_TRANSFER_SPANS_MAX per shard answer.
+ *
+ * The write spans are built on the HTTP thread at the end; the writer
+ * thread reads the clock and, for "transfer", exports from the results it
+ * just answered (they are valid only then).
  */
 #include "internal.h"
 
@@ -92,8 +105,13 @@ static void split_host(const char *value, char *host, size_t size, int64_t *port
 
 void kobo__http_span_write_begin(kobo_http_exchange *x)
 {
-	if (x->span.sampled)
-		x->span.write_start_ns = kobo_otlp_now_ns();
+	if (!x->span.sampled)
+		return;
+	x->span.write_start_ns = kobo_otlp_now_ns();
+	kobo_request_trace *t = &x->request.trace;
+	t->sampled = true;
+	memcpy(t->trace_id, x->span.trace_id, sizeof t->trace_id);
+	kobo_otlp_random_id(t->span_id, sizeof t->span_id);
 }
 
 void kobo__http_span_write_end(kobo_http_exchange *x, int status)
@@ -104,16 +122,72 @@ void kobo__http_span_write_end(kobo_http_exchange *x, int status)
 	}
 }
 
+void kobo__http_span_transfers(const kobo_http_exchange *x, uint32_t shard,
+                               const kobo_op *ops, const kobo_result *results, size_t count)
+{
+	if (!x->span.sampled)
+		return;
+	/* A batch split over shards has no single shard write: from the
+	 * request's start. */
+	int64_t start_ns = x->span.write_start_ns ? x->span.write_start_ns : x->span.start_ns;
+	int64_t now_ns = kobo_otlp_now_ns();
+	size_t made = 0;
+	for (size_t i = 0; i < count && made < KOBO_HTTP_TRANSFER_SPANS_MAX; i++) {
+		const kobo_transfer *t = &results[i].transfer;
+		if (ops[i].kind != KOBO_OP_CREATE_TRANSFER || results[i].code != KOBO_RESULT_CREATED ||
+		    !results[i].has_transfer)
+			continue;
+		bool saga = t->leg == KOBO_LEG_DEBIT;
+		bool expires = t->status == KOBO_STATUS_PENDING && t->expires_at_ms > 0;
+		if (!saga && !expires)
+			continue;
+		kobo_otlp_span span;
+		memset(&span, 0, sizeof span);
+		memcpy(span.trace_id, x->span.trace_id, 16);
+		memcpy(span.parent_id, x->span.span_id, 8);
+		kobo_otlp_transfer_span_id(span.span_id, span.trace_id, t->id);
+		span.kind = KOBO_OTLP_KIND_INTERNAL;
+		span.start_ns = start_ns;
+		span.end_ns = now_ns < start_ns ? start_ns : now_ns;
+		snprintf(span.name, sizeof span.name, "transfer");
+		kobo_otlp_attr_str(&span, "kobo.transfer_id", t->id);
+		kobo_otlp_attr_int(&span, "kobo.shard", shard);
+		kobo_otlp_attr_str(&span, "kobo.continues", saga ? "saga" : "hold");
+		kobo_otlp_export(&span);
+		made++;
+	}
+}
+
+/* The "queue wait" child of the shard write span w. */
+static void export_queue_span(const kobo_http_exchange *x, const kobo_otlp_span *w)
+{
+	int64_t taken_ns = x->request.trace.taken_ns;
+	if (!taken_ns)
+		return;
+	kobo_otlp_span span;
+	memset(&span, 0, sizeof span);
+	memcpy(span.trace_id, w->trace_id, 16);
+	memcpy(span.parent_id, w->span_id, 8);
+	kobo_otlp_random_id(span.span_id, sizeof span.span_id);
+	span.kind = KOBO_OTLP_KIND_INTERNAL;
+	span.start_ns = w->start_ns;
+	span.end_ns = taken_ns < w->start_ns ? w->start_ns : taken_ns > w->end_ns ? w->end_ns : taken_ns;
+	snprintf(span.name, sizeof span.name, "queue wait");
+	kobo_otlp_attr_int(&span, "kobo.shard", x->shard);
+	kobo_otlp_export(&span);
+}
+
 /* The "shard write" child of the server span s, if the write was answered. */
 static void export_write_span(const kobo_http_exchange *x, const kobo_otlp_span *server)
 {
 	if (!x->span.write_start_ns || !x->span.write_end_ns)
 		return;
+	const kobo_request_trace *t = &x->request.trace;
 	kobo_otlp_span span;
 	memset(&span, 0, sizeof span);
 	memcpy(span.trace_id, server->trace_id, 16);
 	memcpy(span.parent_id, server->span_id, 8);
-	kobo_otlp_random_id(span.span_id, sizeof span.span_id);
+	memcpy(span.span_id, t->span_id, 8);
 	span.kind = KOBO_OTLP_KIND_INTERNAL;
 	span.start_ns = x->span.write_start_ns;
 	span.end_ns = x->span.write_end_ns;
@@ -128,7 +202,11 @@ static void export_write_span(const kobo_http_exchange *x, const kobo_otlp_span 
 	snprintf(span.name, sizeof span.name, "shard write");
 	kobo_otlp_attr_int(&span, "kobo.shard", x->shard);
 	kobo_otlp_attr_int(&span, "kobo.ops", (int64_t)x->ops.count);
+	static const uint8_t none[8];
+	if (memcmp(t->batch_span_id, none, sizeof none) != 0)
+		kobo_otlp_link_add(&span, t->batch_trace_id, t->batch_span_id);
 	kobo_otlp_export(&span);
+	export_queue_span(x, &span);
 }
 
 void kobo__http_span_end(kobo_http_exchange *x, int status)

@@ -141,7 +141,10 @@ size_t kobo_events_derive(const kobo_op *ops, const kobo_result *results,
 		/* The request that asked, not the one that made the record: a
 		 * replay names the retry's request. */
 		memcpy(e->request_id, ops[i].request_id, sizeof e->request_id);
-		memcpy(e->trace_id, ops[i].trace_id, sizeof e->trace_id);
+		/* An expiry has no request: its event joins the trace of the
+		 * request that made the hold. */
+		memcpy(e->trace_id, ops[i].kind == KOBO_OP_EXPIRE ? t->trace_id : ops[i].trace_id,
+		       sizeof e->trace_id);
 		memcpy(e->key_id, ops[i].created_by, sizeof e->key_id);
 		e->leg = t->leg;
 		e->status = t->status;

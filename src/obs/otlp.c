@@ -74,6 +74,22 @@ void kobo_otlp_random_id(uint8_t *out, size_t n)
 	}
 }
 
+void kobo_otlp_transfer_span_id(uint8_t out[8], const uint8_t trace_id[16],
+                                const char *transfer_id)
+{
+	static const unsigned char key[] = "kobo transfer span";
+	crypto_generichash_state st;
+	crypto_generichash_init(&st, key, sizeof key - 1, 8);
+	crypto_generichash_update(&st, trace_id, 16);
+	crypto_generichash_update(&st, (const unsigned char *)transfer_id, strlen(transfer_id));
+	crypto_generichash_final(&st, out, 8);
+	bool zero = true;
+	for (int i = 0; i < 8; i++)
+		zero &= out[i] == 0;
+	if (zero)
+		out[7] = 1;
+}
+
 int64_t kobo_otlp_now_ns(void)
 {
 	struct timespec ts;
@@ -112,6 +128,18 @@ void kobo_otlp_attr_int(kobo_otlp_span *s, const char *key, int64_t value)
 	a->is_int = true;
 	a->i = value;
 	a->s[0] = '\0';
+}
+
+void kobo_otlp_link_add(kobo_otlp_span *s, const uint8_t trace_id[16],
+                        const uint8_t span_id[8])
+{
+	if (s->link_count >= KOBO_OTLP_LINKS_MAX) {
+		s->links_dropped++;
+		return;
+	}
+	kobo_otlp_link *l = &s->links[s->link_count++];
+	memcpy(l->trace_id, trace_id, 16);
+	memcpy(l->span_id, span_id, 8);
 }
 
 /* ---- Configuration. ---- */
@@ -418,7 +446,26 @@ static void encode_span(jbuf *b, const kobo_otlp_span *s)
 			jb_kv_str(b, a->key, a->s);
 		}
 	}
-	jb_lit(b, s->error ? "],\"status\":{\"code\":2}}" : "],\"status\":{\"code\":0}}");
+	jb_lit(b, "]");
+	if (s->link_count) {
+		jb_lit(b, ",\"links\":[");
+		for (size_t i = 0; i < s->link_count; i++) {
+			jb_lit(b, i ? ",{\"traceId\":\"" : "{\"traceId\":\"");
+			kobo_otlp_hex(hex, s->links[i].trace_id, 16);
+			jb_put(b, hex, 32);
+			jb_lit(b, "\",\"spanId\":\"");
+			kobo_otlp_hex(hex, s->links[i].span_id, 8);
+			jb_put(b, hex, 16);
+			jb_lit(b, "\"}");
+		}
+		jb_lit(b, "]");
+	}
+	if (s->links_dropped) {
+		char dropped[48];
+		snprintf(dropped, sizeof dropped, ",\"droppedLinksCount\":%u", s->links_dropped);
+		jb_lit(b, dropped);
+	}
+	jb_lit(b, s->error ? ",\"status\":{\"code\":2}}" : ",\"status\":{\"code\":0}}");
 }
 
 char *kobo_otlp_encode(const kobo_otlp_config *c, const kobo_otlp_span *spans, size_t n)

@@ -43,6 +43,8 @@
 #define KOBO_OTLP_URL_MAX 1024
 #define KOBO_OTLP_NAME_MAX 96         /* span name bytes */
 #define KOBO_OTLP_ATTRS_MAX 10        /* attributes per span */
+#define KOBO_OTLP_LINKS_MAX 16        /* links per span; more are counted
+                                         in droppedLinksCount */
 #define KOBO_OTLP_ATTR_STR_MAX 200    /* bytes of a string attribute (cut) */
 #define KOBO_OTLP_RESOURCE_ATTRS_MAX 16
 #define KOBO_OTLP_RESOURCE_STR_MAX 255
@@ -95,6 +97,13 @@ typedef struct kobo_otlp_attr {
 	char s[KOBO_OTLP_ATTR_STR_MAX + 1];
 } kobo_otlp_attr;
 
+/* A link to a span of another trace (or of the same one): the batch a
+ * request was committed in, the requests a batch committed. */
+typedef struct kobo_otlp_link {
+	uint8_t trace_id[16];
+	uint8_t span_id[8];
+} kobo_otlp_link;
+
 typedef struct kobo_otlp_span {
 	uint8_t trace_id[16];
 	uint8_t span_id[8];
@@ -105,6 +114,9 @@ typedef struct kobo_otlp_span {
 	char name[KOBO_OTLP_NAME_MAX + 1];
 	kobo_otlp_attr attrs[KOBO_OTLP_ATTRS_MAX];
 	size_t attr_count;
+	kobo_otlp_link links[KOBO_OTLP_LINKS_MAX];
+	size_t link_count;
+	uint32_t links_dropped; /* links past KOBO_OTLP_LINKS_MAX */
 } kobo_otlp_span;
 
 /* Attribute helpers: add one if there is room (silently ignored past
@@ -112,6 +124,9 @@ typedef struct kobo_otlp_span {
  * bytes that are not printable ASCII become '?', so the JSON is valid UTF-8. */
 void kobo_otlp_attr_str(kobo_otlp_span *s, const char *key, const char *value);
 void kobo_otlp_attr_int(kobo_otlp_span *s, const char *key, int64_t value);
+/* Adds a link if there is room, else counts it in links_dropped. */
+void kobo_otlp_link_add(kobo_otlp_span *s, const uint8_t trace_id[16],
+                        const uint8_t span_id[8]);
 
 /* The OTLP/HTTP JSON body (ExportTraceServiceRequest) of spans[0..n), as a
  * malloc'd NUL-terminated string, or NULL when out of memory. */
@@ -158,6 +173,14 @@ void kobo_otlp_stop(long deadline_ms);
 
 /* n random bytes, never all zero (libsodium randombytes_buf). */
 void kobo_otlp_random_id(uint8_t *out, size_t n);
+/* The span id of the "transfer" span of transfer_id in trace_id: a keyed
+ * hash of both (BLAKE2b, libsodium), never all zero. Whoever knows the
+ * transfer's stored trace id computes the same id — the request that
+ * created the transfer names its span so, and the saga runner and the
+ * expiry scan (later, maybe after a restart, with nothing else stored)
+ * parent their spans to it. */
+void kobo_otlp_transfer_span_id(uint8_t out[8], const uint8_t trace_id[16],
+                                const char *transfer_id);
 /* The wall clock in Unix epoch nanoseconds. */
 int64_t kobo_otlp_now_ns(void);
 /* Lower-case hex of n bytes into out (2n + 1 bytes). */

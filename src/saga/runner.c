@@ -466,12 +466,14 @@ static void log_step(const saga_entry *e, const char *step, uint32_t shard,
 
 /* The step's span "saga STEP" in the trace of the request that created the
  * transfer (its DEBIT leg's trace_id, stored with the record), when OTLP
- * is on and the record has a trace. A root span with a fresh span id: the
- * request's server span may be in another process, or gone with a crash,
- * so the link is the trace id alone. The original request's sampled flag
- * is not stored: the sampler decides as for a root span of that trace
- * (parentbased_always_on, the default, keeps every one; a ratio sampler
- * decides by the trace id, as it did for the request without a parent). */
+ * is on and the record has a trace. Its parent is that request's
+ * "transfer" span, whose id both sides derive from the trace id and the
+ * transfer id (kobo_otlp_transfer_span_id): nothing more is stored, so a
+ * step run after a restart, or by another node, still finds its parent.
+ * The original request's sampled flag is not stored: the sampler decides
+ * as for a root span of that trace (parentbased_always_on, the default,
+ * keeps every one; a ratio sampler decides by the trace id, as it did for
+ * the request without a parent). */
 static void export_step_span(const saga_entry *e, const char *step, uint32_t shard,
                              const char *outcome, bool failed)
 {
@@ -483,6 +485,7 @@ static void export_step_span(const saga_entry *e, const char *step, uint32_t sha
 	    !kobo_otlp_unhex(span.trace_id, e->record.trace_id, 16) ||
 	    !kobo_otlp_sample(span.trace_id, false, false))
 		return;
+	kobo_otlp_transfer_span_id(span.parent_id, span.trace_id, e->id);
 	kobo_otlp_random_id(span.span_id, sizeof span.span_id);
 	span.kind = KOBO_OTLP_KIND_INTERNAL;
 	span.start_ns = e->step_started_ns;

@@ -109,6 +109,24 @@ typedef struct kobo_request kobo_request;
  * writer answers requests last first so that memory is still alive. */
 typedef void (*kobo_request_done_fn)(kobo_request *request);
 
+/* A request's part in tracing (src/obs/otlp.h); all zero when it is not
+ * traced. The writer exports one "batch commit" span per batch that holds
+ * a traced request (its own trace, linked to each traced request's write
+ * span, with a "store commit" child), and tells each traced request when
+ * it was taken and which batch span committed it, so the submitter can
+ * build its "queue wait" span and link back. See src/shard/spans.c. */
+typedef struct kobo_request_trace {
+	/* Filled by the submitter. */
+	bool sampled;         /* traced: the fields below mean something */
+	uint8_t trace_id[16]; /* the request's trace */
+	uint8_t span_id[8];   /* its span for the trip through the shard */
+	/* Filled by the shard before done (sampled requests only). */
+	int64_t taken_ns;           /* the writer took it into a batch
+	                               (Unix epoch ns; 0: never) */
+	uint8_t batch_trace_id[16]; /* the "batch commit" span; zero: none */
+	uint8_t batch_span_id[8];
+} kobo_request_trace;
+
 struct kobo_request {
 	/* Filled by the submitter; owned by it, borrowed by the shard from
 	 * submit until done returns. */
@@ -117,6 +135,7 @@ struct kobo_request {
 	size_t op_count;      /* 1..KOBO_BATCH_OPS_MAX */
 	kobo_request_done_fn done;
 	void *user;
+	kobo_request_trace trace;
 	/* Filled by the shard before done: KOBO_OK (results valid), or
 	 *   a store error kind (KOBO_EUNKNOWN: the batch may be durable;
 	 *   KOBO_ESTORE, KOBO_EFAILED, KOBO_ECONNLOST: nothing was applied) —

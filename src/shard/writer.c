@@ -66,6 +66,10 @@
  *   APPLYING → ANSWERING            writer_answer()       (done callbacks)
  *   IDLE → APPLYING (expiry)        writer_expire_holds() (internal batch)
  *   any → EXITED                    writer_main() returns once stopping and empty
+ *
+ * Tracing (spans.c): with OTLP export on, a batch holding a traced request
+ * exports its "batch commit" / "store commit" spans before the answers, and
+ * an expiry batch a "hold expired" span per hold; off, one test per batch.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -76,6 +80,7 @@
 
 #include "../obs/obs.h"
 #include "shard.h"
+#include "spans.h"
 
 struct kobo_shard {
 	kobo_store *store;
@@ -331,11 +336,14 @@ static void writer_log_batch(const kobo_shard *shard, size_t ops, int status,
 
 static void writer_run_batch(kobo_shard *shard, size_t requests)
 {
+	int64_t taken_ns = kobo__shard_span_clock(); /* 0: tracing off */
 	size_t count = writer_gather_ops(shard, requests);
 	int64_t commit_us = 0;
 	int status = writer_apply(shard, count, &commit_us);
 
 	writer_log_batch(shard, count, status, commit_us);
+	kobo__shard_span_batch(shard->config.index, shard->batch, requests, count, taken_ns,
+	                       commit_us, status);
 	writer_answer(shard, requests, status);
 }
 
@@ -377,11 +385,13 @@ static void writer_expire_holds(kobo_shard *shard)
 		memcpy(op->u.target.id, shard->expired_ids[i], sizeof(op->u.target.id));
 		memcpy(op->request_id, "expiry", sizeof("expiry"));
 	}
+	int64_t started_ns = kobo__shard_span_clock(); /* 0: tracing off */
 	int64_t commit_us = 0;
 	rc = writer_apply(shard, count, &commit_us);
 	writer_log_batch(shard, count, rc, commit_us);
 	if (rc != KOBO_OK)
 		return;
+	kobo__shard_span_expired(shard->config.index, shard->results, count, started_ns);
 
 	size_t expired = 0;
 	for (size_t i = 0; i < count; i++)

@@ -11,7 +11,9 @@ trace/v1 and its JSON mapping):
   Span: traceId 32 hex (16 bytes, not all zero), spanId 16 hex (8 bytes, not
         all zero), parentSpanId absent/"" or 16 hex, name non-empty, kind
         0..5, startTimeUnixNano <= endTimeUnixNano (uint64 as decimal strings
-        or numbers), attributes [KeyValue], status.code 0..2
+        or numbers), attributes [KeyValue], status.code 0..2, links
+        [{traceId 32 hex, spanId 16 hex, attributes}], droppedLinksCount
+        uint32
   KeyValue {key, value: {stringValue|intValue|boolValue|doubleValue}}
 
 A body that breaks a rule is answered 400 and the reason kept in .errors
@@ -118,9 +120,24 @@ def check_span(sp, resource, scope):
     status = sp.get("status", {})
     _need(isinstance(status, dict) and status.get("code", 0) in (0, 1, 2),
           f"span {sid}: status {status!r}")
+    links = []
+    _need(isinstance(sp.get("links", []), list), f"span {sid}: links not a list")
+    for ln in sp.get("links", []):
+        _need(isinstance(ln, dict), f"span {sid}: link not an object")
+        lt, ls = ln.get("traceId"), ln.get("spanId")
+        _need(isinstance(lt, str) and HEX32.match(lt) and lt != "0" * 32,
+              f"span {sid}: link traceId {lt!r}")
+        _need(isinstance(ls, str) and HEX16.match(ls) and ls != "0" * 16,
+              f"span {sid}: link spanId {ls!r}")
+        attributes(ln.get("attributes", []), f"span {sid} link")
+        links.append((lt, ls))
+    dropped_links = sp.get("droppedLinksCount", 0)
+    _need(isinstance(dropped_links, int) and 0 <= dropped_links < 2**32,
+          f"span {sid}: droppedLinksCount {dropped_links!r}")
     return {"trace_id": tid, "span_id": sid, "parent_id": parent, "name": sp["name"],
             "kind": kind, "start_ns": start, "end_ns": end, "attrs": attrs,
-            "status": status.get("code", 0), "resource": resource, "scope": scope}
+            "status": status.get("code", 0), "resource": resource, "scope": scope,
+            "links": links, "dropped_links": dropped_links}
 
 
 class OtlpReceiver:

@@ -40,11 +40,11 @@ def receiver():
 @pytest.fixture
 def traced(monkeypatch, make_server):
     """make a kobod with the given OTEL_* environment."""
-    def make(**env):
+    def make(*args, **env):
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         try:
-            return make_server()
+            return make_server(*args)
         finally:
             for k in env:
                 monkeypatch.delenv(k)
@@ -143,6 +143,30 @@ def test_a_write_has_a_shard_write_child_span(receiver, traced):
     assert parent["start_ns"] <= c["start_ns"] <= c["end_ns"] <= parent["end_ns"], (parent, c)
     assert c["attrs"]["kobo.shard"] == 0 and c["attrs"]["kobo.ops"] == 1, c
     assert c["status"] == 0
+
+    # Under the shard write, its wait in the queue.
+    waits = wait_until(lambda: [s for s in receiver.snapshot() if s["parent_id"] == c["span_id"]], 15)
+    assert waits and len(waits) == 1 and waits[0]["name"] == "queue wait", waits
+    w = waits[0]
+    assert w["trace_id"] == CALLER_TRACE and w["kind"] == 1
+    assert c["start_ns"] == w["start_ns"] <= w["end_ns"] <= c["end_ns"], (c, w)
+
+    # The shard write links to the batch that committed it, a span of the
+    # batch's own trace that links back; the batch's store commit is its child.
+    assert len(c["links"]) == 1, c
+    batch_trace, batch_span = c["links"][0]
+    assert batch_trace != CALLER_TRACE
+    b = wait_span(receiver, batch_span)
+    assert b["name"] == "batch commit" and b["trace_id"] == batch_trace and b["parent_id"] == "", b
+    assert (CALLER_TRACE, c["span_id"]) in b["links"], b
+    assert b["attrs"]["kobo.shard"] == 0 and b["attrs"]["kobo.batch.requests"] >= 1, b
+    assert b["attrs"]["kobo.batch.ops"] >= 1 and b["status"] == 0, b
+    assert w["end_ns"] == b["start_ns"], ("the queue wait ends when the batch begins", w, b)
+    commits = wait_until(lambda: [s for s in receiver.snapshot() if s["parent_id"] == batch_span], 15)
+    assert commits and [x["name"] for x in commits] == ["store commit"], commits
+    sc = commits[0]
+    assert sc["trace_id"] == batch_trace
+    assert b["start_ns"] <= sc["start_ns"] <= sc["end_ns"] == b["end_ns"], (b, sc)
 
     # A read has no shard write.
     r = srv.get(f"/v1/accounts/{a}")
@@ -431,5 +455,115 @@ def test_saga_steps_join_the_request_trace_also_after_kill9(receiver, monkeypatc
                    f"{step_spans(receiver, CRASH_TRACE, tid)}")
     ok_credit = [s for s in spans if s["name"] == "saga credit" and s["status"] == 0]
     assert ok_credit and ok_credit[0]["attrs"]["kobo.outcome"] == "created", spans
-    assert all(s["parent_id"] == "" for s in spans), spans
+    # Their parent is the original request's "transfer" span: its id is
+    # derived from the trace and transfer ids, so the restarted runner
+    # finds it with nothing stored.
+    created = [s for s in receiver.snapshot() if s["trace_id"] == CRASH_TRACE
+               and s["name"] == "transfer" and s["attrs"].get("kobo.transfer_id") == tid]
+    assert len(created) == 1, created
+    assert all(s["parent_id"] == created[0]["span_id"] for s in spans), (created, spans)
     assert all(rec["trace_id"] == CRASH_TRACE for rec in saga_step_lines(srv, tid))
+
+
+# --------------------------------------------------- one tree per trace ----
+
+JOURNEY_TRACE = "7d3f0c2ab41e4f0a9c55e6b0d1a2b3c4"
+HOLD_TRACE = "1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f"
+
+
+def trace_tree(receiver, trace):
+    """The spans of trace, checked to form one tree under the caller's span:
+    every parent is the caller's span or a span of the trace, and every
+    child starts no earlier than its parent. Returns {span_id: span}."""
+    spans = {s["span_id"]: s for s in receiver.snapshot() if s["trace_id"] == trace}
+    for s in spans.values():
+        p = s["parent_id"]
+        assert p == CALLER_SPAN or p in spans, (
+            f"span {s['name']} {s['span_id']} has parent {p!r}, not in trace {trace}: "
+            f"{sorted((x['name'], x['span_id'], x['parent_id']) for x in spans.values())}")
+        if p in spans:
+            assert spans[p]["start_ns"] <= s["start_ns"], (spans[p], s)
+    return spans
+
+
+def children(spans, parent, name=None):
+    return [s for s in spans.values()
+            if s["parent_id"] == parent and (name is None or s["name"] == name)]
+
+
+@pytest.mark.own_shards
+def test_a_cross_shard_transfer_and_an_expiring_hold_are_one_tree_each(receiver, traced):
+    """Issue 13's journey, on the journaled store with two shards: a
+    cross-shard transfer and a hold that expires, each sent with a chosen
+    traceparent and X-Request-Id. Each trace is one tree under the caller's
+    span: POST → shard write → queue wait; POST → transfer → the saga's
+    steps on both shards, or → hold expired; every write links to its batch
+    commit. kobo trace shows every step on both shards with the node and
+    request id, and the expiry's event carries the hold's trace id."""
+    srv = traced("--shards", "2", "--node-name", "trace-node-1",
+                 OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="100")
+    a0 = kobotest.id_on_shard("ja", 0, 2)
+    b0 = kobotest.id_on_shard("jb", 0, 2)
+    c1 = kobotest.id_on_shard("jc", 1, 2)
+    for acct in (a0, b0, c1):
+        kobotest.make_account(srv, acct, allow_negative=True)
+
+    tid = uid("jx")
+    r = kobotest.transfer(srv, tid, a0, c1, 70, headers={
+        "traceparent": f"00-{JOURNEY_TRACE}-{CALLER_SPAN}-01", "X-Request-Id": "journey-1"})
+    expect_status(r, 201, "cross-shard transfer")
+    _, server_span, _ = answer_traceparent(r)
+
+    hold = uid("jh")
+    r = kobotest.transfer(srv, hold, a0, b0, 30, pending=True, timeout_seconds=1, headers={
+        "traceparent": f"00-{HOLD_TRACE}-{CALLER_SPAN}-01", "X-Request-Id": "journey-2"})
+    expect_status(r, 201, "hold that expires")
+    _, hold_server_span, _ = answer_traceparent(r)
+
+    def saga_done():
+        s = trace_tree(receiver, JOURNEY_TRACE)
+        names = sorted(x["name"] for x in s.values())
+        return s if {"saga credit", "saga settle", "queue wait", "transfer"} <= set(names) else None
+    spans = wait_until(saga_done, 20)
+    assert spans, sorted((x["name"], x["parent_id"]) for x in receiver.snapshot()
+                         if x["trace_id"] == JOURNEY_TRACE)
+    server = spans[server_span]
+    assert server["parent_id"] == CALLER_SPAN and server["name"] == "POST /v1/transfers"
+    [write] = children(spans, server_span, "shard write")
+    [transfer_span] = children(spans, server_span, "transfer")
+    assert transfer_span["attrs"]["kobo.transfer_id"] == tid
+    assert transfer_span["attrs"]["kobo.continues"] == "saga"
+    assert [x["name"] for x in children(spans, write["span_id"])] == ["queue wait"]
+    steps = children(spans, transfer_span["span_id"])
+    assert {(x["name"], x["attrs"]["kobo.shard"]) for x in steps} >= {
+        ("saga credit", 1), ("saga settle", 0)}, steps
+    assert all(x["attrs"]["kobo.request_id"] == "journey-1" for x in steps), steps
+    batch = wait_span(receiver, write["links"][0][1])
+    assert batch["name"] == "batch commit" and (JOURNEY_TRACE, write["span_id"]) in batch["links"]
+
+    def expired():
+        s = trace_tree(receiver, HOLD_TRACE)
+        return s if any(x["name"] == "hold expired" for x in s.values()) else None
+    hs = wait_until(expired, 20)
+    assert hs, sorted((x["name"], x["parent_id"]) for x in receiver.snapshot()
+                      if x["trace_id"] == HOLD_TRACE)
+    [hold_span] = children(hs, hold_server_span, "transfer")
+    assert hold_span["attrs"]["kobo.continues"] == "hold"
+    [exp] = children(hs, hold_span["span_id"], "hold expired")
+    assert exp["attrs"]["kobo.transfer_id"] == hold and exp["attrs"]["kobo.shard"] == 0
+    assert exp["start_ns"] >= hold_span["end_ns"], (hold_span, exp)
+
+    # The stored journey agrees: every step, both shards, node and request id.
+    evs = journey(srv, tid)
+    assert [(e["event"], e["shard"]) for e in evs] == [
+        ("reserved", 0), ("credited", 1), ("settled", 0)], evs
+    assert all(e["node"] == "trace-node-1" and e["trace_id"] == JOURNEY_TRACE and
+               e["request_id"] == "journey-1" for e in evs), evs
+    hevs = journey(srv, hold)
+    assert [e["event"] for e in hevs] == ["reserved", "expired"], hevs
+    assert hevs[1]["request_id"] == "expiry" and hevs[1]["trace_id"] == HOLD_TRACE, hevs
+    out = kobotest.cli(srv, "trace", tid)
+    assert out.returncode == 0, out.stderr
+    for step in ("reserved", "credited", "settled"):
+        assert step in out.stdout, out.stdout
+    assert "trace-node-1" in out.stdout and "journey-1" in out.stdout, out.stdout

@@ -157,6 +157,11 @@ static void expiry_and_saga_asks_by_their_results(void **state)
 	}
 	r[0].transfer.status = KOBO_STATUS_VOIDED;
 	r[0].transfer.void_reason = KOBO_VOID_EXPIRED;
+	/* The hold's trace: an expiry has no request of its own. */
+	snprintf(r[0].transfer.trace_id, sizeof r[0].transfer.trace_id, "%s",
+	         "4bf92f3577b34da6a3ce929d0e0e4736");
+	snprintf(r[1].transfer.trace_id, sizeof r[1].transfer.trace_id, "%s",
+	         "0af7651916cd43dd8448eb211c80319c");
 	r[1].transfer.status = KOBO_STATUS_PROCESSING;
 	r[1].transfer.saga = KOBO_SAGA_POSTING;
 	r[1].transfer.saga_amount = 7;
@@ -166,7 +171,10 @@ static void expiry_and_saga_asks_by_their_results(void **state)
 	kobo_event events[4];
 	assert_int_equal(kobo_events_derive(ops, r, 4, events), 3);
 	assert_int_equal(events[0].kind, KOBO_EVENT_EXPIRED);
+	assert_string_equal(events[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 	assert_int_equal(events[1].kind, KOBO_EVENT_POST_ASKED);
+	/* Any other op: the trace of the request that asked (none here). */
+	assert_string_equal(events[1].trace_id, "");
 	assert_int_equal(events[1].amount, 7);
 	assert_int_equal(events[2].kind, KOBO_EVENT_VOID_ASKED);
 }

@@ -232,6 +232,10 @@ static void test_encode_matches_the_otlp_json_mapping(void **state)
 	assert_int_equal(read_config(&c, t, err, sizeof err), 0);
 	kobo_otlp_span spans[2] = {make_span(1, false), make_span(0x40, true)};
 	spans[1].end_ns = spans[1].start_ns - 5; /* a clock step: encoded as start */
+	for (int i = 0; i < KOBO_OTLP_LINKS_MAX + 3; i++) /* 3 past the bound: counted */
+		kobo_otlp_link_add(&spans[1], spans[0].trace_id, spans[0].span_id);
+	assert_int_equal(spans[1].link_count, KOBO_OTLP_LINKS_MAX);
+	assert_int_equal(spans[1].links_dropped, 3);
 	char *text = kobo_otlp_encode(&c, spans, 2);
 	assert_non_null(text);
 	json_error_t jerr;
@@ -269,8 +273,18 @@ static void test_encode_matches_the_otlp_json_mapping(void **state)
 	assert_int_equal(json_integer_value(json_object_get(json_object_get(a, "status"), "code")),
 	                 2);
 
+	assert_null(json_object_get(a, "links")); /* none: no field */
+	assert_null(json_object_get(a, "droppedLinksCount"));
+
 	json_t *b = json_array_get(list, 1);
 	assert_null(json_object_get(b, "parentSpanId")); /* a root span has none */
+	json_t *links = json_object_get(b, "links");
+	assert_int_equal(json_array_size(links), KOBO_OTLP_LINKS_MAX);
+	json_t *l0 = json_array_get(links, 0);
+	assert_string_equal(json_string_value(json_object_get(l0, "traceId")),
+	                    "0102030405060708090a0b0c0d0e0f10");
+	assert_string_equal(json_string_value(json_object_get(l0, "spanId")), "a0a1a2a3a4a5a6a7");
+	assert_int_equal(json_integer_value(json_object_get(b, "droppedLinksCount")), 3);
 	assert_string_equal(json_string_value(json_object_get(b, "endTimeUnixNano")),
 	                    json_string_value(json_object_get(b, "startTimeUnixNano")));
 	json_decref(doc);
@@ -331,6 +345,26 @@ static void test_ids_and_hex(void **state)
 	assert_false(kobo_otlp_unhex(back, "00f0", 8));
 }
 
+/* The "transfer" span id: the same from the same trace and transfer (the
+ * creating request and, later, the saga runner or the expiry scan), a
+ * different one when either differs, never zero. */
+static void test_transfer_span_id_is_derived(void **state)
+{
+	(void)state;
+	uint8_t t1[16], t2[16], a[8], b[8], c[8], d[8];
+	memset(t1, 0x11, sizeof t1);
+	memset(t2, 0x22, sizeof t2);
+	kobo_otlp_transfer_span_id(a, t1, "tr-1");
+	kobo_otlp_transfer_span_id(b, t1, "tr-1");
+	kobo_otlp_transfer_span_id(c, t1, "tr-2");
+	kobo_otlp_transfer_span_id(d, t2, "tr-1");
+	assert_memory_equal(a, b, 8);
+	assert_memory_not_equal(a, c, 8);
+	assert_memory_not_equal(a, d, 8);
+	static const uint8_t zero[8];
+	assert_memory_not_equal(a, zero, 8);
+}
+
 static void test_disabled_costs_nothing(void **state)
 {
 	(void)state;
@@ -355,6 +389,7 @@ int main(void)
 		cmocka_unit_test(test_attributes_bounded),
 		cmocka_unit_test(test_ring_bounded_fifo),
 		cmocka_unit_test(test_ids_and_hex),
+		cmocka_unit_test(test_transfer_span_id_is_derived),
 		cmocka_unit_test(test_disabled_costs_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
