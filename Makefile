@@ -9,6 +9,8 @@
 #   make bench      standard benchmark set; appends results to docs/benchmarks.md
 #   make bench-shards  shards 1/2/4 × 0/10/100 % cross-shard, backlog after kill -9
 #   make bench-compare Kobo vs the Redis + Lua and naive PostgreSQL peers, ratios
+#   make bench-otlp    cost of events and of OTLP tracing, same run: no events /
+#                      events / every request traced / 1 % traced, single + batch
 #
 # Sources are found by folder, so a new .c file needs no Makefile change:
 #   src/{core,limit,ledger,store,auth,shard,saga,http,obs}/*.c  the core library (libkobo),
@@ -231,9 +233,19 @@ $(REL)/measure/hot-tables: tools/measure/hot_tables.c $(call objs,$(REL),$(CORE_
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) $(PKG_CFLAGS) $^ -o $@ $(PKG_LIBS)
 
-# Traces: kobod without tracing vs OTLP export to a local receiver, same
-# workload, alternating (scripts/bench-otlp.sh).
-bench-otlp: deps all
+# The cost of events and tracing, same run (scripts/bench-otlp.sh): kobod
+# without event rows (the floor), with events, with OTLP export of every
+# request and of 1 % to a local sink, single and batched transfers.
+# build/bench-noevents/kobod is the release build with -DKOBO_BENCH_NO_EVENTS
+# (src/shard/writer.c commits batches with no event rows): only for this
+# measurement, not part of all or test.
+NOEV := build/bench-noevents
+$(NOEV)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(RELEASE_FLAGS) -DKOBO_BENCH_NO_EVENTS $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+$(NOEV)/kobod: $(call objs,$(NOEV),$(KOBOD_SRC) $(CORE_SRC))
+	$(CC) $(RELEASE_FLAGS) $^ -o $@ $(PKG_LIBS)
+bench-otlp: deps all $(NOEV)/kobod
 	@scripts/bench-otlp.sh
 
 # Kobo over PostgreSQL (1 and 2 kobod, 2 shards) against ../shared/peers/naive_pg.sh.
