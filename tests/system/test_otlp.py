@@ -327,6 +327,37 @@ def test_shutdown_flushes_queued_spans(receiver, traced):
     assert set(ids) <= got, f"spans lost at shutdown: {set(ids) - got}"
 
 
+def test_sink_counts_what_kobod_exports_and_checks_nothing(traced):
+    """otlp_receiver.py --sink (scripts/bench-otlp.sh): its cheap count of
+    "startTimeUnixNano" equals the spans kobod says it exported, and it
+    answers 200 to a body the checking receiver would refuse."""
+    import urllib.request
+    sink = OtlpReceiver()
+    sink.sink = True
+    sink.start()
+    try:
+        srv = traced(OTEL_EXPORTER_OTLP_ENDPOINT=sink.url, OTEL_BSP_SCHEDULE_DELAY="50")
+        for _ in range(10):
+            expect_status(srv.post("/v1/accounts", {"id": uid("otlp"), "currency": "NGN"}), 201)
+
+        def exported():
+            return metrics(srv).get("kobo_otlp_spans_exported_total", 0)
+        assert wait_until(lambda: exported() >= 10 and sink.count == exported(), 15), (
+            f"sink counted {sink.count} spans, kobod exported {exported()}")
+        assert sink.posts > 0 and not sink.errors and sink.spans == []
+
+        bad = b'{"resourceSpans": [{"scopeSpans": [{"spans": [' \
+              b'{"traceId": "zz", "startTimeUnixNano": "9"}, {"startTimeUnixNano": 1}]}]}]}'
+        before = sink.count
+        req = urllib.request.Request(f"{sink.url}/v1/traces", data=bad, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+        assert sink.count == before + 2 and not sink.errors
+    finally:
+        sink.stop()
+
+
 def test_disabled_echoes_traceparent(server):
     tp = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
     r = server.get("/healthz", headers={"traceparent": tp})
