@@ -262,12 +262,13 @@ for mode in modes:
     out.append("| configuration | transfers/s per round | mean | spread | p50 ms | p99 ms "
                "| errors | verify | spans exported | spans dropped |")
     out.append("|---|---|---:|---:|---:|---:|---:|---|---:|---|")
-    mean, spread = {}, {}
+    mean, spread, rounds = {}, {}, {}
     for c in configs:
         runs = [r for r in rows if r["mode"] == mode and r["config"] == c and r["round"] != "perf"]
         if not runs:
             continue
         t = [r["tps"] for r in runs]
+        rounds[c] = len(t)
         mean[c] = sum(t) / len(t)
         spread[c] = (max(t) - min(t)) / mean[c] * 100 if mean[c] else 0.0
         p50 = sum(r["p50_ms"] for r in runs) / len(runs)
@@ -282,7 +283,8 @@ for mode in modes:
         drops = ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items()) if v) or "0"
         per_round = " / ".join(f"{x:,.0f}" for x in t)
         traced = c.startswith("otlp")
-        out.append(f"| {c} | {per_round} | {mean[c]:,.0f} | {spread[c]:.1f} % | {p50:.2f} "
+        spread_s = f"{spread[c]:.1f} %" if len(t) > 1 else "–"
+        out.append(f"| {c} | {per_round} | {mean[c]:,.0f} | {spread_s} | {p50:.2f} "
                    f"| {p99:.2f} | {errs} | {ok} | {f'{exported:,}' if traced else '–'} "
                    f"| {drops if traced else '–'} |")
     perf_runs = [r for r in rows if r["mode"] == mode and r["round"] == "perf"]
@@ -297,10 +299,13 @@ for mode in modes:
             return
         x = mean[a] / mean[b]
         noise = max(spread[a], spread[b])
-        line = f"- {a} / {b} ({what}): {x:.3f} ({(x - 1) * 100:+.1f} %; spread up to {noise:.1f} %)"
+        if min(rounds[a], rounds[b]) > 1:
+            line = f"- {a} / {b} ({what}): {x:.3f} ({(x - 1) * 100:+.1f} %; spread up to {noise:.1f} %)"
+        else:
+            line = f"- {a} / {b} ({what}): {x:.3f} ({(x - 1) * 100:+.1f} %; one round: no spread)"
         if target:
             line += ": target met" if x >= TARGET else ": target NOT met"
-            if abs(1 - x) * 100 < noise:
+            if min(rounds[a], rounds[b]) > 1 and abs(1 - x) * 100 < noise:
                 line += " (the difference is within the rounds' spread)"
         out.append(line)
     ratio("off", "noevents", "cost of events", True)
