@@ -334,8 +334,9 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 	echo "OTEL_EXPORTER_OTLP_ENDPOINT at \`otlp_receiver.py --sink\` on this machine (no parsing),"
 	echo "every request sampled, OTEL_BSP_SCHEDULE_DELAY=1000; otlp-1pct = otlp with traceidratio 0.01."
 	echo "Target (issue 13): events and tracing cost at most 10 % of throughput (ratio >= 0.90)."
-	echo "Spans exported/dropped: kobod's counters at the end of each run's load and verify (the"
-	echo "last batch is flushed at shutdown, after). The sink got ${sink_spans:-?} spans in ${sink_posts:-?} posts in all."
+	echo "Spans exported/dropped: kobod's counters when kobo-bench has ended (so they include the spans"
+	echo "of its setup and verify requests, not only the load's; the last batch is flushed at shutdown,"
+	echo "after). The sink got ${sink_spans:-?} spans in ${sink_posts:-?} posts in all."
 	echo
 	echo "$table"
 	if [[ -n $perf_top ]]; then
