@@ -27,9 +27,14 @@
  * acknowledged before the read began, at most this long, then fails
  * (KOBO_ESTORE: 503, retry). */
 #define HOT_PROJECTION_WAIT_MS 10000
-/* An expiry scan (the writer's, every 250 ms) waits at most this long for
- * the projection to hold every acknowledged batch, then scans what it has. */
+/* An expiry scan (the writer's, every 250 ms) that may list a hold a batch
+ * not yet projected left, due by the scan's time, waits at most this long
+ * for the projection to hold that batch, then scans what it has. Batches
+ * with no hold due are never waited for. */
 #define HOT_EXPIRY_WAIT_MS 100
+/* Unprojected batches with holds an expiry scan remembers one by one;
+ * past it they merge (store_hot.c, mark_holds). */
+#define HOT_HOLD_MARKS_MAX 1024
 /* One projection transaction holds at most this many frame bytes. */
 #define HOT_PROJECTION_TXN_BYTES (32u << 20)
 
@@ -77,6 +82,8 @@ typedef struct hot_usage {
 	uint64_t backlog_batches, backlog_bytes; /* not yet projected */
 	uint64_t commit_seq, projected_seq;
 	uint32_t journal_segments;
+	uint64_t expiry_waits; /* expiry scans that waited for the projection
+	                          (writer thread's count: read it there) */
 } hot_usage;
 
 /* false when store is not a journaled store. Any thread. */
