@@ -137,20 +137,28 @@ char *kobo_otlp_encode(const kobo_otlp_config *c, const kobo_otlp_span *spans, s
 bool kobo_otlp_should_sample(const kobo_otlp_config *c, const uint8_t trace_id[16],
                              bool has_parent, bool parent_sampled);
 
-/* ---- The ring (exposed for tests; the exporter owns one). ---- */
+/* ---- The ring (exposed for tests; the exporter owns one). ----
+ *
+ * Two buffers of cap spans: requests append to one under the exporter's
+ * lock; the exporter takes the whole of it by swapping the two (a pointer
+ * swap under the lock, never a copy) and posts it while requests fill the
+ * other. So at most cap spans wait and cap more are in flight. */
 
 typedef struct kobo_otlp_ring {
-	kobo_otlp_span *slots;
-	size_t cap, head, count;
+	kobo_otlp_span *slots; /* being filled: [0, count) */
+	kobo_otlp_span *spare; /* the one last taken */
+	size_t cap, count;
 } kobo_otlp_ring;
 
-/* Allocates cap slots. Returns 0, or -1 out of memory. */
+/* Allocates both buffers. Returns 0, or -1 out of memory. */
 int kobo_otlp_ring_init(kobo_otlp_ring *r, size_t cap);
 void kobo_otlp_ring_free(kobo_otlp_ring *r);
-/* Copies span in; false when full (nothing changed). */
+/* Copies span in (its used attributes and links only); false when full
+ * (nothing changed). */
 bool kobo_otlp_ring_push(kobo_otlp_ring *r, const kobo_otlp_span *span);
-/* Moves up to max oldest spans out into out; returns how many. */
-size_t kobo_otlp_ring_pop(kobo_otlp_ring *r, kobo_otlp_span *out, size_t max);
+/* Takes every queued span, oldest first: *spans points at them until the
+ * next take. Returns how many; the ring is empty after. */
+size_t kobo_otlp_ring_take(kobo_otlp_ring *r, const kobo_otlp_span **spans);
 
 /* ---- The process's exporter. ---- */
 
@@ -171,7 +179,8 @@ void kobo_otlp_export(const kobo_otlp_span *span);
  * the thread, frees everything. No-op when disabled. */
 void kobo_otlp_stop(long deadline_ms);
 
-/* n random bytes, never all zero (libsodium randombytes_buf). */
+/* n random bytes, never all zero: a per-thread ChaCha20 keystream keyed by
+ * randombytes_buf (libsodium), no system call per id. */
 void kobo_otlp_random_id(uint8_t *out, size_t n);
 /* The span id of the "transfer" span of transfer_id in trace_id: a keyed
  * hash of both (BLAKE2b, libsodium), never all zero. Whoever knows the

@@ -311,21 +311,88 @@ static void test_ring_bounded_fifo(void **state)
 	(void)state;
 	kobo_otlp_ring r;
 	assert_int_equal(kobo_otlp_ring_init(&r, 3), 0);
-	kobo_otlp_span s, out[4];
+	kobo_otlp_span s;
+	const kobo_otlp_span *out;
 	memset(&s, 0, sizeof s);
-	for (int round = 0; round < 3; round++) { /* wraps around */
+	for (int round = 0; round < 3; round++) { /* the buffers swap each take */
 		for (int i = 0; i < 3; i++) {
 			s.start_ns = round * 10 + i;
 			assert_true(kobo_otlp_ring_push(&r, &s));
 		}
 		assert_false(kobo_otlp_ring_push(&r, &s)); /* full: refused, nothing lost */
-		assert_int_equal(kobo_otlp_ring_pop(&r, out, 2), 2);
+		assert_int_equal(kobo_otlp_ring_take(&r, &out), 3);
+		for (int i = 0; i < 3; i++)
+			assert_int_equal(out[i].start_ns, round * 10 + i);
+		/* What was taken stays readable while the ring fills again. */
+		s.start_ns = 99;
+		assert_true(kobo_otlp_ring_push(&r, &s));
 		assert_int_equal(out[0].start_ns, round * 10);
-		assert_int_equal(out[1].start_ns, round * 10 + 1);
-		assert_int_equal(kobo_otlp_ring_pop(&r, out, 4), 1);
-		assert_int_equal(out[0].start_ns, round * 10 + 2);
-		assert_int_equal(kobo_otlp_ring_pop(&r, out, 4), 0);
+		assert_int_equal(kobo_otlp_ring_take(&r, &out), 1);
+		assert_int_equal(out[0].start_ns, 99);
+		assert_int_equal(kobo_otlp_ring_take(&r, &out), 0);
 	}
+	kobo_otlp_ring_free(&r);
+}
+
+/* The ring copies a span's used attributes and links, and nothing is lost:
+ * what comes out encodes exactly as what went in. */
+static void test_ring_copy_keeps_the_span(void **state)
+{
+	(void)state;
+	kobo_otlp_config c;
+	memset(&c, 0, sizeof c);
+	kobo_otlp_span s;
+	memset(&s, 0, sizeof s);
+	memset(s.trace_id, 0x11, 16);
+	memset(s.span_id, 0x22, 8);
+	memset(s.parent_id, 0x33, 8);
+	s.kind = KOBO_OTLP_KIND_SERVER;
+	s.start_ns = 1000;
+	s.end_ns = 2000;
+	s.error = true;
+	snprintf(s.name, sizeof s.name, "POST /v1/transfers");
+	kobo_otlp_attr_str(&s, "a", "value");
+	kobo_otlp_attr_int(&s, "b", -7);
+	char longest[KOBO_OTLP_ATTR_STR_MAX + 50];
+	memset(longest, 'y', sizeof longest - 1);
+	longest[sizeof longest - 1] = '\0';
+	kobo_otlp_attr_str(&s, "c", longest);
+	kobo_otlp_attr_str(&s, "d", "");
+	uint8_t tid[16], sid[8];
+	for (int i = 0; i < KOBO_OTLP_LINKS_MAX + 2; i++) {
+		memset(tid, i + 1, sizeof tid);
+		memset(sid, i + 2, sizeof sid);
+		kobo_otlp_link_add(&s, tid, sid);
+	}
+	kobo_otlp_ring r;
+	assert_int_equal(kobo_otlp_ring_init(&r, 2), 0);
+	/* The slot held another, longer span before: nothing of it shows. */
+	kobo_otlp_span other;
+	memset(&other, 0x7f, sizeof other);
+	other.attr_count = KOBO_OTLP_ATTRS_MAX;
+	other.link_count = KOBO_OTLP_LINKS_MAX;
+	for (size_t i = 0; i < KOBO_OTLP_ATTRS_MAX; i++) {
+		other.attrs[i].key = "x";
+		other.attrs[i].is_int = false;
+		other.attrs[i].s[KOBO_OTLP_ATTR_STR_MAX] = '\0';
+	}
+	other.name[KOBO_OTLP_NAME_MAX] = '\0';
+	other.error = false;
+	other.kind = KOBO_OTLP_KIND_INTERNAL;
+	const kobo_otlp_span *out;
+	assert_true(kobo_otlp_ring_push(&r, &other));
+	assert_int_equal(kobo_otlp_ring_take(&r, &out), 1);
+	assert_int_equal(kobo_otlp_ring_take(&r, &out), 0);
+	assert_true(kobo_otlp_ring_push(&r, &s));
+	assert_int_equal(kobo_otlp_ring_take(&r, &out), 1);
+	char *want = kobo_otlp_encode(&c, &s, 1);
+	char *got = kobo_otlp_encode(&c, out, 1);
+	assert_non_null(want);
+	assert_non_null(got);
+	assert_string_equal(got, want);
+	assert_non_null(strstr(got, "\"droppedLinksCount\":2"));
+	free(want);
+	free(got);
 	kobo_otlp_ring_free(&r);
 }
 
@@ -388,6 +455,7 @@ int main(void)
 		cmocka_unit_test(test_encode_matches_the_otlp_json_mapping),
 		cmocka_unit_test(test_attributes_bounded),
 		cmocka_unit_test(test_ring_bounded_fifo),
+		cmocka_unit_test(test_ring_copy_keeps_the_span),
 		cmocka_unit_test(test_ids_and_hex),
 		cmocka_unit_test(test_transfer_span_id_is_derived),
 		cmocka_unit_test(test_disabled_costs_nothing),
