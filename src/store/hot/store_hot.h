@@ -82,8 +82,7 @@ typedef struct hot_usage {
 	uint64_t backlog_batches, backlog_bytes; /* not yet projected */
 	uint64_t commit_seq, projected_seq;
 	uint32_t journal_segments;
-	uint64_t expiry_waits; /* expiry scans that waited for the projection
-	                          (writer thread's count: read it there) */
+	uint64_t expiry_waits; /* expiry scans that waited for the projection */
 } hot_usage;
 
 /* false when store is not a journaled store. Any thread. */
