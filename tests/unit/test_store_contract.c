@@ -1106,6 +1106,61 @@ static void expired_holds_wait_only_for_due_holds(void **state)
 	assert_string_equal(ids[1], "h");
 }
 
+/* The journaled store remembers HOT_HOLD_MARKS_MAX unprojected batches
+ * with holds one by one; past that they merge into the newest mark, which
+ * must keep the earliest expiry and the latest batch: a hold due in a merged
+ * batch is still waited for, and none is waited for before one is due. The
+ * projection is held back (another connection holds the SQLite file's write
+ * lock) so every mark stays. Only the journaled store has an asynchronous
+ * projection; the other backends have nothing here to test. */
+static void expired_holds_wait_for_merged_marks(void **state)
+{
+	env *e = *state;
+	char ids[4][KOBO_ID_LEN_MAX + 1];
+	size_t count = 99;
+	hot_usage before, after;
+
+	if (!store_hot_usage(e->store, &before))
+		return;
+	seed(e, 1000);
+	kobo_store *holder = NULL;
+	assert_int_equal(open_key_tool_store(e, &holder), KOBO_OK);
+	assert_int_equal(kobo_store_begin(holder), KOBO_OK); /* the write lock */
+
+	int n = HOT_HOLD_MARKS_MAX + 50;
+	for (int i = 0; i < n; i++) {
+		char id[32];
+		snprintf(id, sizeof id, "hold-%d", i);
+		/* The last batch's hold (merged) expires first: 2000 + n + 1000. */
+		kobo_op op[] = { test_op_transfer(id, "alice", "bob", 1, true, i == n - 1 ? 1 : 600) };
+		assert_int_equal(run_batch(e, op, 1, 2000 + i), KOBO_OK);
+	}
+	int64_t due = 2000 + (n - 1) + 1000;
+	assert_true(store_hot_usage(e->store, &before));
+	assert_int_equal(kobo_store_expired_holds(e->store, due - 1, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 0);
+	assert_true(store_hot_usage(e->store, &after));
+	assert_int_equal(after.expiry_waits, before.expiry_waits); /* nothing due: no wait */
+
+	/* Due but not projected: the scan waits (HOT_EXPIRY_WAIT_MS), then
+	 * lists what the projection has: the hold comes late, never early. */
+	assert_int_equal(kobo_store_expired_holds(e->store, due, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 0);
+	assert_true(store_hot_usage(e->store, &after));
+	assert_int_equal(after.expiry_waits, before.expiry_waits + 1);
+
+	kobo_store_rollback(holder);
+	kobo_store_close(holder);
+	/* Projected now (the wait below lets it catch up): listed. */
+	assert_int_equal(kobo_store_expired_holds(e->store, due, ids, 4, &count), KOBO_OK);
+	for (int tries = 0; count == 0 && tries < 100; tries++) /* the projection's retry backoff */
+		assert_int_equal(kobo_store_expired_holds(e->store, due, ids, 4, &count), KOBO_OK);
+	assert_int_equal(count, 1);
+	char last[32];
+	snprintf(last, sizeof last, "hold-%d", n - 1);
+	assert_string_equal(ids[0], last);
+}
+
 /* A DEBIT leg's hold has an expiry, but while its saga is under way
  * (PROCESSING) the saga decides its end: the expiry scan skips it until
  * it is an ordinary PENDING hold again. */
@@ -2840,6 +2895,7 @@ static const struct CMUnitTest contract_tests[] = {
 	CONTRACT_TEST(expired_holds_lists_due_pending_holds_oldest_first),
 	CONTRACT_TEST(expired_holds_skip_holds_whose_saga_is_under_way),
 	CONTRACT_TEST(expired_holds_wait_only_for_due_holds),
+	CONTRACT_TEST(expired_holds_wait_for_merged_marks),
 	CONTRACT_TEST(audit_passes_sound_data),
 	CONTRACT_TEST(audit_reports_a_batch_built_on_a_lie),
 	CONTRACT_TEST(commit_token_counts_committed_batches),
