@@ -872,11 +872,12 @@ static int hot_expired_holds(kobo_store *store, int64_t now_ms,
 	/* The scan reads the projection. A hold due by now_ms that a batch
 	 * not projected yet left is waited for (HOT_EXPIRY_WAIT_MS, so the
 	 * writer never stalls long); nothing else is: under load the
-	 * projection always trails by a transaction, and waiting for all of it
-	 * stalled the writer up to 100 ms in every 250 (half of kobod's
-	 * single-transfer throughput in `make bench-otlp`). Past the wait, a hold the projection lists that
-	 * memory has already ended is left out below, and a hold it does not
-	 * list yet is found by a later scan (expiry late, never early). */
+	 * projection always trails by a transaction, and waiting for all of
+	 * it stalled the writer up to 100 ms in every 250 (half of kobod's
+	 * single-transfer throughput in `make bench-otlp`). Past the wait, a
+	 * hold the projection lists that memory has already ended is left out
+	 * below, and a hold it does not list yet is found by a later scan
+	 * (expiry late, never early). */
 	uint64_t need = due_unprojected_seq(s, now_ms);
 	if (need) {
 		atomic_fetch_add_explicit(&s->expiry_waits, 1, memory_order_relaxed);
